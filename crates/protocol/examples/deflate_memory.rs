@@ -1,0 +1,54 @@
+//! Measures the heap each permessage-deflate codec holds, per window size, with a counting
+//! allocator: the figures behind the defaults in `protocol::deflate`.
+//! `cargo run --release -p protocol --example deflate_memory`
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use bytes::BytesMut;
+use protocol::deflate::{Deflater, Inflater};
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the counter is only
+// bookkeeping and never affects the pointers returned.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: same layout contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: `ptr` was allocated by `alloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn live() -> isize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+fn main() {
+    let message = br#"{"type":"msg","from":"svc","data":{"text":"hello, this is a typical push message of a hundred bytes or so"}}"#;
+    println!("window_bits  deflater_bytes  inflater_bytes   (live heap after one message, context kept)");
+    for bits in [9u8, 10, 12, 15] {
+        let before = live();
+        let mut d = Deflater::new(1, bits, false);
+        let mut z = BytesMut::new();
+        d.compress_into(message, &mut z);
+        let deflater = live() - before - z.capacity() as isize;
+
+        let before = live();
+        let mut i = Inflater::new(bits, false);
+        let out = i.inflate(&z, 1 << 20).map(|b| b.capacity()).unwrap_or(0);
+        let inflater = live() - before - out as isize;
+        println!("{bits:>11}  {deflater:>14}  {inflater:>14}");
+        drop((d, i));
+    }
+}
