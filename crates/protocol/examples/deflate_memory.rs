@@ -36,7 +36,9 @@ fn live() -> isize {
 
 fn main() {
     let message = br#"{"type":"msg","from":"svc","data":{"text":"hello, this is a typical push message of a hundred bytes or so"}}"#;
-    println!("window_bits  deflater_bytes  inflater_bytes   (live heap after one message, context kept)");
+    println!(
+        "window_bits  deflater_bytes  inflater_bytes   (live heap after one message, context kept)"
+    );
     for bits in [9u8, 10, 12, 15] {
         let before = live();
         let mut d = Deflater::new(1, bits, false);

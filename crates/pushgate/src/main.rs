@@ -1,1 +1,124 @@
-fn main() {}
+//! The pushgate binary: configuration, listeners, startup and shutdown.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Parser;
+use reactor::{ConnRef, Hooks, Server};
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use pushgate::config::{Cli, Settings};
+use pushgate::control::{self, ControlState};
+use pushgate::limits;
+
+/// Until the router lands (issue 4), `/ws` connections get their `welcome` and heartbeats,
+/// and their client requests are counted (`pushgate_messages_received_total`) and dropped.
+struct Unrouted;
+
+impl Hooks for Unrouted {
+    fn on_open(&mut self, _conn: ConnRef, _uid: &str, _device: Option<&str>) {}
+    fn on_message(&mut self, _conn: ConnRef, _message: Bytes) {}
+    fn on_close(&mut self, _conn: ConnRef) {}
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("pushgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PUSHGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .with_ansi(ansi);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let fd_limit = limits::raise_nofile().context("raising the open-files limit")?;
+    let settings = Settings::resolve(cli, fd_limit)?;
+    init_logging(settings.log_json);
+    let node_id = format!(
+        "{}-{}",
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map_or_else(|_| "node".to_owned(), |h| h.trim().to_owned()),
+        std::process::id()
+    );
+
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("installing signal handlers")?;
+    let server =
+        Server::start(settings.reactor.clone(), |_| Box::new(Unrouted)).with_context(|| {
+            format!(
+                "starting the client listener on {}",
+                settings.reactor.listen
+            )
+        })?;
+    let state = Arc::new(ControlState {
+        reactors: server.reactors().to_vec(),
+        admission: Arc::clone(server.admission()),
+        node_id: node_id.clone(),
+    });
+    let control = control::spawn(settings.control, state, || true)
+        .with_context(|| format!("starting the control listener on {}", settings.control))?;
+
+    tracing::warn!(
+        "DEV MODE: no JWT secret configured; /ws trusts ?uid= as the user ID. Do not expose this node."
+    );
+    tracing::info!(
+        listen = %server.local_addr(),
+        control = %control.local_addr,
+        reactors = settings.reactor.reactors,
+        max_connections = settings.reactor.max_connections,
+        open_files_limit = fd_limit,
+        capacity_from = if settings.capacity_from_fd_limit { "open-files limit" } else { "configuration" },
+        mode = "dev",
+        echo = settings.reactor.session.echo,
+        node = %node_id,
+        "pushgate started"
+    );
+
+    // Wait for a signal, watching the reactors meanwhile.
+    let mut failed = false;
+    'wait: loop {
+        if let Some(sig) = signals.pending().next() {
+            tracing::info!(
+                signal = sig,
+                drain_secs = settings.shutdown_drain.as_secs_f64(),
+                "draining"
+            );
+            break 'wait;
+        }
+        if !server.is_running() {
+            tracing::error!("a reactor thread stopped; shutting down");
+            failed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let result = server.shutdown(settings.shutdown_drain);
+    control.stop();
+    result.context("reactor failed")?;
+    if failed {
+        anyhow::bail!("a reactor thread stopped unexpectedly");
+    }
+    tracing::info!("drained; exiting");
+    Ok(())
+}

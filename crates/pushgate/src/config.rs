@@ -1,0 +1,314 @@
+//! Configuration: command-line flags, each also read from `PUSHGATE_<NAME>`, over an
+//! optional TOML file (`--config`), over the defaults. Every key and default is listed by
+//! `pushgate --help` and in shared/CONTRACT.md.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use protocol::deflate::DeflateConfig;
+use protocol::{DecoderConfig, Role};
+use reactor::{OutboundLimits, ReactorConfig};
+use serde::Deserialize;
+use session::{AuthMode, SessionConfig};
+
+/// Defaults, in one place.
+pub mod default {
+    pub const LISTEN: &str = "0.0.0.0:8080";
+    pub const CONTROL: &str = "127.0.0.1:8081";
+    pub const HANDSHAKE_TIMEOUT: f64 = 10.0;
+    pub const HEARTBEAT: f64 = 25.0;
+    pub const IDLE_TIMEOUT: f64 = 60.0;
+    pub const CLOSE_TIMEOUT: f64 = 5.0;
+    pub const SHUTDOWN_DRAIN: f64 = 10.0;
+    pub const BACKLOG: i32 = 4096;
+    pub const MAX_PENDING_HANDSHAKES: usize = 1024;
+    pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+    pub const MAX_FRAME_SIZE: usize = 64 * 1024;
+    pub const MAX_MESSAGE_SIZE: usize = 1024 * 1024;
+    pub const MAX_OUTBOUND_BYTES: usize = 256 * 1024;
+    pub const MAX_OUTBOUND_MESSAGES: usize = 256;
+    /// Descriptors kept back from the open-files limit for listeners, the control
+    /// listener, logs and the bus.
+    pub const RESERVED_FDS: u64 = 64;
+}
+
+/// pushgate: a WebSocket push gateway for instant messaging.
+///
+/// With no arguments it runs a single node with embedded defaults: in-process routing,
+/// dev auth (`?uid=` trusted), `/echo` on.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    /// TOML file with any of the keys below (snake_case); flags and environment override it.
+    #[arg(long, env = "PUSHGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Client listener [default: 0.0.0.0:8080].
+    #[arg(long, env = "PUSHGATE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Control listener: metrics, health, server API [default: 127.0.0.1:8081].
+    #[arg(long, env = "PUSHGATE_CONTROL")]
+    pub control: Option<SocketAddr>,
+    /// Reactor threads [default: number of cores].
+    #[arg(long, env = "PUSHGATE_REACTORS")]
+    pub reactors: Option<usize>,
+    /// Connections held before upgrades get 503 [default: from the open-files limit].
+    #[arg(long, env = "PUSHGATE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Connections per client address before 429; 0 = no limit [default: 0].
+    #[arg(long, env = "PUSHGATE_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<u32>,
+    /// Per reactor: pause accepting at this many handshakes in progress, resume at 3/4
+    /// [default: 1024].
+    #[arg(long, env = "PUSHGATE_MAX_PENDING_HANDSHAKES")]
+    pub max_pending_handshakes: Option<usize>,
+    /// Per reactor: most connections accepted per second; 0 = no limit [default: 0].
+    #[arg(long, env = "PUSHGATE_MAX_ACCEPT_RATE")]
+    pub max_accept_rate: Option<u32>,
+    /// Listen backlog [default: 4096].
+    #[arg(long, env = "PUSHGATE_BACKLOG")]
+    pub backlog: Option<i32>,
+    /// Seconds to complete the HTTP upgrade [default: 10].
+    #[arg(long, env = "PUSHGATE_HANDSHAKE_TIMEOUT")]
+    pub handshake_timeout: Option<f64>,
+    /// Seconds of silence before the server pings [default: 25].
+    #[arg(long, env = "PUSHGATE_HEARTBEAT")]
+    pub heartbeat: Option<f64>,
+    /// Seconds of silence before the connection is closed with 1001 [default: 60].
+    #[arg(long, env = "PUSHGATE_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<f64>,
+    /// Seconds to wait for the peer's close frame [default: 5].
+    #[arg(long, env = "PUSHGATE_CLOSE_TIMEOUT")]
+    pub close_timeout: Option<f64>,
+    /// Seconds over which SIGTERM closes all connections [default: 10].
+    #[arg(long, env = "PUSHGATE_SHUTDOWN_DRAIN")]
+    pub shutdown_drain: Option<f64>,
+    /// Largest upgrade request head in bytes, 431 past it [default: 8192].
+    #[arg(long, env = "PUSHGATE_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Largest client frame payload in bytes, 1009 past it [default: 65536].
+    #[arg(long, env = "PUSHGATE_MAX_FRAME_SIZE")]
+    pub max_frame_size: Option<usize>,
+    /// Largest client message in bytes (after inflating), 1009 past it [default: 1048576].
+    #[arg(long, env = "PUSHGATE_MAX_MESSAGE_SIZE")]
+    pub max_message_size: Option<usize>,
+    /// Bytes queued to one connection before it is closed with 1013 [default: 262144].
+    #[arg(long, env = "PUSHGATE_MAX_OUTBOUND_BYTES")]
+    pub max_outbound_bytes: Option<usize>,
+    /// Messages queued to one connection before it is closed with 1013 [default: 256].
+    #[arg(long, env = "PUSHGATE_MAX_OUTBOUND_MESSAGES")]
+    pub max_outbound_messages: Option<usize>,
+    /// Serve the /echo endpoint [default: true].
+    #[arg(long, env = "PUSHGATE_ECHO")]
+    pub echo: Option<bool>,
+    /// Accept permessage-deflate (without context takeover) [default: true].
+    #[arg(long, env = "PUSHGATE_DEFLATE")]
+    pub deflate: Option<bool>,
+    /// Log as JSON lines instead of text [default: false].
+    #[arg(long, env = "PUSHGATE_LOG_JSON")]
+    pub log_json: Option<bool>,
+}
+
+/// The same keys in a TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    listen: Option<SocketAddr>,
+    control: Option<SocketAddr>,
+    reactors: Option<usize>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<u32>,
+    max_pending_handshakes: Option<usize>,
+    max_accept_rate: Option<u32>,
+    backlog: Option<i32>,
+    handshake_timeout: Option<f64>,
+    heartbeat: Option<f64>,
+    idle_timeout: Option<f64>,
+    close_timeout: Option<f64>,
+    shutdown_drain: Option<f64>,
+    max_header_bytes: Option<usize>,
+    max_frame_size: Option<usize>,
+    max_message_size: Option<usize>,
+    max_outbound_bytes: Option<usize>,
+    max_outbound_messages: Option<usize>,
+    echo: Option<bool>,
+    deflate: Option<bool>,
+    log_json: Option<bool>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Client listener and reactors.
+    pub reactor: ReactorConfig,
+    /// Control listener.
+    pub control: SocketAddr,
+    /// SIGTERM drain window.
+    pub shutdown_drain: Duration,
+    /// Connection capacity came from the open-files limit, not from configuration.
+    pub capacity_from_fd_limit: bool,
+    /// JSON logs.
+    pub log_json: bool,
+}
+
+fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
+    if !v.is_finite() || v <= 0.0 || v > 86_400.0 {
+        bail!("{name} must be between 0 and 86400 seconds, got {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+impl Settings {
+    /// Resolves flags over the file over the defaults. `fd_limit` is the open-files limit
+    /// after raising it, from which the default capacity is derived.
+    pub fn resolve(cli: &Cli, fd_limit: u64) -> anyhow::Result<Settings> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        macro_rules! pick {
+            ($key:ident, $default:expr) => {
+                cli.$key.or(file.$key).unwrap_or($default)
+            };
+        }
+        let listen = match cli.listen.or(file.listen) {
+            Some(a) => a,
+            None => default::LISTEN.parse()?,
+        };
+        let control = match cli.control.or(file.control) {
+            Some(a) => a,
+            None => default::CONTROL.parse()?,
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let reactors = pick!(reactors, cores);
+        if reactors == 0 || reactors > 1024 {
+            bail!("reactors must be between 1 and 1024, got {reactors}");
+        }
+        let fd_capacity = fd_limit.saturating_sub(default::RESERVED_FDS).max(1) as usize;
+        let configured = cli.max_connections.or(file.max_connections);
+        let max_connections = configured.unwrap_or(fd_capacity);
+        if max_connections == 0 {
+            bail!("max_connections must be at least 1");
+        }
+        let max_frame_size = pick!(max_frame_size, default::MAX_FRAME_SIZE);
+        let max_message_size = pick!(max_message_size, default::MAX_MESSAGE_SIZE);
+        if max_frame_size == 0 || max_message_size == 0 {
+            bail!("max_frame_size and max_message_size must be positive");
+        }
+        let heartbeat = secs("heartbeat", pick!(heartbeat, default::HEARTBEAT))?;
+        let session = SessionConfig {
+            handshake_timeout: secs(
+                "handshake_timeout",
+                pick!(handshake_timeout, default::HANDSHAKE_TIMEOUT),
+            )?,
+            heartbeat,
+            idle_timeout: secs("idle_timeout", pick!(idle_timeout, default::IDLE_TIMEOUT))?,
+            close_timeout: secs(
+                "close_timeout",
+                pick!(close_timeout, default::CLOSE_TIMEOUT),
+            )?,
+            max_header_bytes: pick!(max_header_bytes, default::MAX_HEADER_BYTES).max(64),
+            decoder: DecoderConfig {
+                role: Role::Server,
+                max_frame_size,
+                max_message_size,
+            },
+            deflate: DeflateConfig {
+                enabled: pick!(deflate, true),
+                ..DeflateConfig::default()
+            },
+            echo: pick!(echo, true),
+            auth: AuthMode::Dev,
+        };
+        let reactor = ReactorConfig {
+            listen,
+            reactors,
+            backlog: pick!(backlog, default::BACKLOG),
+            max_connections,
+            max_connections_per_ip: pick!(max_connections_per_ip, 0),
+            max_pending_handshakes: pick!(max_pending_handshakes, default::MAX_PENDING_HANDSHAKES)
+                .max(1),
+            max_accept_rate: pick!(max_accept_rate, 0),
+            outbound: OutboundLimits {
+                max_bytes: pick!(max_outbound_bytes, default::MAX_OUTBOUND_BYTES),
+                max_messages: pick!(max_outbound_messages, default::MAX_OUTBOUND_MESSAGES),
+            },
+            tick: Duration::from_millis(10),
+            session,
+        };
+        Ok(Settings {
+            reactor,
+            control,
+            shutdown_drain: secs(
+                "shutdown_drain",
+                pick!(shutdown_drain, default::SHUTDOWN_DRAIN),
+            )?,
+            capacity_from_fd_limit: configured.is_none(),
+            log_json: pick!(log_json, false),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("pushgate").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let s = Settings::resolve(&cli(&[]), 20_000).unwrap();
+        assert_eq!(s.reactor.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.control.to_string(), "127.0.0.1:8081");
+        assert_eq!(s.reactor.session.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(s.reactor.session.heartbeat, Duration::from_secs(25));
+        assert_eq!(s.reactor.session.idle_timeout, Duration::from_secs(60));
+        assert_eq!(s.shutdown_drain, Duration::from_secs(10));
+        assert_eq!(s.reactor.max_connections, 20_000 - 64);
+        assert!(s.capacity_from_fd_limit);
+        assert!(s.reactor.session.echo);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("pushgate-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.toml");
+        std::fs::write(
+            &path,
+            "heartbeat = 5\nidle_timeout = 7.5\nmax_connections = 100\necho = false\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let s = Settings::resolve(&cli(&["--config", p, "--heartbeat", "3"]), 20_000).unwrap();
+        assert_eq!(s.reactor.session.heartbeat, Duration::from_secs(3));
+        assert_eq!(s.reactor.session.idle_timeout, Duration::from_millis(7500));
+        assert_eq!(s.reactor.max_connections, 100);
+        assert!(!s.capacity_from_fd_limit);
+        assert!(!s.reactor.session.echo);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Settings::resolve(&cli(&["--heartbeat=-1"]), 100).is_err());
+        assert!(Settings::resolve(&cli(&["--heartbeat", "0"]), 100).is_err());
+        assert!(Settings::resolve(&cli(&["--reactors", "0"]), 100).is_err());
+        assert!(Cli::try_parse_from(["pushgate", "--listen", "nope"]).is_err());
+        let dir = std::env::temp_dir().join(format!("pushgate-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.toml");
+        std::fs::write(&path, "no_such_key = 1\n").unwrap();
+        assert!(Settings::resolve(&cli(&["--config", path.to_str().unwrap()]), 100).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,202 @@
+//! HTTP/1.1 for the control listener, without I/O: bytes in, parsed requests out, with
+//! keep-alive and pipelining (requests are answered in order), a head limit (431) and a
+//! body limit (413).
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Largest request head.
+pub const MAX_HEAD: usize = 8 * 1024;
+const MAX_HEADERS: usize = 32;
+
+/// A complete request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Method, e.g. `POST`.
+    pub method: String,
+    /// Path without the query.
+    pub path: String,
+    /// `Authorization` header value, if any.
+    pub authorization: Option<String>,
+    /// The body.
+    pub body: Bytes,
+    /// The client wants the connection kept open after the response.
+    pub keep_alive: bool,
+}
+
+/// Why the input cannot be served; the connection is answered and closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not HTTP/1.x (400).
+    Malformed,
+    /// Head over [`MAX_HEAD`] (431).
+    HeadTooLarge,
+    /// Body over the limit (413).
+    BodyTooLarge,
+    /// Chunked or otherwise unsupported framing (411: send a Content-Length).
+    LengthRequired,
+}
+
+impl ParseError {
+    /// The status to answer with.
+    pub fn status(self) -> (u16, &'static str) {
+        match self {
+            ParseError::Malformed => (400, "malformed request"),
+            ParseError::HeadTooLarge => (431, "request head too large"),
+            ParseError::BodyTooLarge => (413, "request body too large"),
+            ParseError::LengthRequired => (411, "a Content-Length is required"),
+        }
+    }
+}
+
+/// Takes the next complete request from the front of `buf`; `Ok(None)` when more bytes
+/// are needed.
+pub fn next_request(buf: &mut BytesMut, max_body: usize) -> Result<Option<Request>, ParseError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Err(ParseError::HeadTooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(ParseError::HeadTooLarge),
+        Err(_) => return Err(ParseError::Malformed),
+    };
+    if head_len > MAX_HEAD {
+        return Err(ParseError::HeadTooLarge);
+    }
+    let version = req.version.unwrap_or(0);
+    let mut content_length = 0usize;
+    let mut keep_alive = version >= 1;
+    let mut authorization = None;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            content_length = v.ok_or(ParseError::Malformed)?;
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(ParseError::LengthRequired);
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+            if v.split(',').any(|t| t.trim() == "close") {
+                keep_alive = false;
+            } else if v.split(',').any(|t| t.trim() == "keep-alive") {
+                keep_alive = true;
+            }
+        } else if h.name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(String::from_utf8_lossy(h.value).into_owned());
+        }
+    }
+    if content_length > max_body {
+        return Err(ParseError::BodyTooLarge);
+    }
+    if buf.len() < head_len + content_length {
+        return Ok(None);
+    }
+    let target = req.path.unwrap_or("/");
+    let path = target.split_once('?').map_or(target, |(p, _)| p).to_owned();
+    let method = req.method.unwrap_or("").to_owned();
+    buf.advance(head_len);
+    let body = buf.split_to(content_length).freeze();
+    Ok(Some(Request {
+        method,
+        path,
+        authorization,
+        body,
+        keep_alive,
+    }))
+}
+
+/// A response with a body, `Content-Length` and keep-alive or close.
+pub fn response(status: u16, content_type: &str, body: &[u8], keep_alive: bool) -> Vec<u8> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+        body.len(),
+        if keep_alive { "keep-alive" } else { "close" }
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// A JSON error body.
+pub fn json_error(status: u16, message: &str, keep_alive: bool) -> Vec<u8> {
+    let body = format!("{{\"ok\":false,\"error\":{}}}", json_string(message));
+    response(status, "application/json", body.as_bytes(), keep_alive)
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipelined_requests_come_out_in_order() {
+        let mut buf = BytesMut::from(
+            &b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nPOST /v1/push HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}GET /m"[..],
+        );
+        let a = next_request(&mut buf, 100).unwrap().unwrap();
+        assert_eq!(
+            (a.method.as_str(), a.path.as_str(), a.keep_alive),
+            ("GET", "/healthz", true)
+        );
+        let b = next_request(&mut buf, 100).unwrap().unwrap();
+        assert_eq!((b.path.as_str(), &b.body[..]), ("/v1/push", &b"{}"[..]));
+        assert_eq!(next_request(&mut buf, 100), Ok(None));
+        assert_eq!(&buf[..], b"GET /m");
+    }
+
+    #[test]
+    fn limits_and_framing() {
+        let mut big = BytesMut::from(&b"POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n"[..]);
+        assert_eq!(next_request(&mut big, 100), Err(ParseError::BodyTooLarge));
+        let mut chunked =
+            BytesMut::from(&b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..]);
+        assert_eq!(
+            next_request(&mut chunked, 100),
+            Err(ParseError::LengthRequired)
+        );
+        let mut long = BytesMut::from(&b"GET / HTTP/1.1\r\nX: "[..]);
+        long.extend_from_slice(&vec![b'a'; MAX_HEAD]);
+        assert_eq!(next_request(&mut long, 100), Err(ParseError::HeadTooLarge));
+        let mut close = BytesMut::from(&b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"[..]);
+        assert!(!next_request(&mut close, 100).unwrap().unwrap().keep_alive);
+        let mut old = BytesMut::from(&b"GET / HTTP/1.0\r\n\r\n"[..]);
+        assert!(!next_request(&mut old, 100).unwrap().unwrap().keep_alive);
+        let mut junk = BytesMut::from(&b"\x00\x01\x02 junk\r\n\r\n"[..]);
+        assert_eq!(next_request(&mut junk, 100), Err(ParseError::Malformed));
+    }
+
+    #[test]
+    fn json_errors_escape() {
+        let r = json_error(400, "bad \"x\"", false);
+        assert!(r.ends_with(br#"{"ok":false,"error":"bad \"x\""}"#));
+    }
+}

@@ -1,0 +1,205 @@
+//! The control listener's event loop.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::http::{json_error, next_request};
+use super::routes::ControlState;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+/// Control clients are few (Prometheus, backends); more than this are refused.
+const MAX_CLIENTS: usize = 1024;
+/// A control connection silent this long is closed.
+const IDLE: Duration = Duration::from_secs(60);
+/// Largest API request body.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+struct Client {
+    stream: TcpStream,
+    inbuf: BytesMut,
+    out: Vec<u8>,
+    close_after_write: bool,
+    last_active: Instant,
+}
+
+/// A running control listener.
+#[derive(Debug)]
+pub struct ControlServer {
+    /// The bound address.
+    pub local_addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    thread: JoinHandle<()>,
+}
+
+impl ControlServer {
+    /// Stops the listener and waits for its thread.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.waker.wake();
+        let _ = self.thread.join();
+    }
+}
+
+/// Binds `addr` and serves `state` on a new thread. `running` says whether the reactors
+/// are up (for `/readyz`).
+pub fn spawn(
+    addr: SocketAddr,
+    state: Arc<ControlState>,
+    running: impl Fn() -> bool + Send + 'static,
+) -> io::Result<ControlServer> {
+    let mut listener = TcpListener::bind(addr)?;
+    let local_addr = listener.local_addr()?;
+    let poll = Poll::new()?;
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let thread = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || run(poll, listener, state, running, stop2))?;
+    Ok(ControlServer {
+        local_addr,
+        stop,
+        waker,
+        thread,
+    })
+}
+
+fn run(
+    mut poll: Poll,
+    listener: TcpListener,
+    state: Arc<ControlState>,
+    running: impl Fn() -> bool,
+    stop: Arc<AtomicBool>,
+) {
+    let mut events = Events::with_capacity(256);
+    let mut clients: slab::Slab<Client> = slab::Slab::new();
+    while !stop.load(Ordering::Relaxed) {
+        if let Err(e) = poll.poll(&mut events, Some(Duration::from_secs(1))) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                tracing::error!(error = %e, "control poll failed");
+                return;
+            }
+        }
+        for event in events.iter() {
+            match event.token() {
+                WAKER => {}
+                LISTENER => loop {
+                    match listener.accept() {
+                        Ok((mut stream, _)) => {
+                            if clients.len() >= MAX_CLIENTS {
+                                continue;
+                            }
+                            let entry = clients.vacant_entry();
+                            let token = Token(entry.key());
+                            if poll
+                                .registry()
+                                .register(
+                                    &mut stream,
+                                    token,
+                                    Interest::READABLE | Interest::WRITABLE,
+                                )
+                                .is_ok()
+                            {
+                                entry.insert(Client {
+                                    stream,
+                                    inbuf: BytesMut::new(),
+                                    out: Vec::new(),
+                                    close_after_write: false,
+                                    last_active: Instant::now(),
+                                });
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                },
+                Token(key) => {
+                    let Some(client) = clients.get_mut(key) else {
+                        continue;
+                    };
+                    let keep = serve(client, &state, &running);
+                    if !keep {
+                        clients.remove(key);
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        clients.retain(|_, c| now.duration_since(c.last_active) < IDLE);
+    }
+}
+
+/// Reads, answers and writes what it can; false when the connection is done.
+fn serve(c: &mut Client, state: &ControlState, running: &impl Fn() -> bool) -> bool {
+    let mut chunk = [0u8; 16 * 1024];
+    let mut eof = false;
+    loop {
+        match c.stream.read(&mut chunk) {
+            Ok(0) => {
+                eof = true;
+                break;
+            }
+            Ok(n) => {
+                c.last_active = Instant::now();
+                if !c.close_after_write {
+                    c.inbuf.extend_from_slice(&chunk[..n]);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+        // Answer as we go so a pipelining client never makes us buffer without bound.
+        answer(c, state, running);
+        if c.inbuf.len() > super::http::MAX_HEAD + MAX_BODY {
+            break;
+        }
+    }
+    answer(c, state, running);
+    while !c.out.is_empty() {
+        match c.stream.write(&c.out) {
+            Ok(0) => return false,
+            Ok(n) => {
+                c.out.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    !(c.close_after_write || eof)
+}
+
+fn answer(c: &mut Client, state: &ControlState, running: &impl Fn() -> bool) {
+    while !c.close_after_write {
+        match next_request(&mut c.inbuf, MAX_BODY) {
+            Ok(Some(req)) => {
+                let resp = state.handle(&req, running());
+                c.out.extend_from_slice(&resp);
+                if !req.keep_alive {
+                    c.close_after_write = true;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                let (status, msg) = e.status();
+                c.out.extend_from_slice(&json_error(status, msg, false));
+                c.close_after_write = true;
+                c.inbuf.clear();
+            }
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Settings of the client listener and its reactors.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use session::SessionConfig;
+
+use crate::outbound::OutboundLimits;
+
+/// Everything the reactors need.
+#[derive(Debug, Clone)]
+pub struct ReactorConfig {
+    /// Client listener address.
+    pub listen: SocketAddr,
+    /// Reactor threads.
+    pub reactors: usize,
+    /// Listen backlog per reactor socket.
+    pub backlog: i32,
+    /// Sockets the node holds before refusing upgrades with 503.
+    pub max_connections: usize,
+    /// Connections per client address (429 past it); 0 for no limit.
+    pub max_connections_per_ip: u32,
+    /// Per reactor: stop accepting while this many handshakes are in progress, and resume
+    /// once they fall to three quarters of it (reconnect-storm admission control).
+    pub max_pending_handshakes: usize,
+    /// Per reactor: most sockets accepted per second; 0 for no limit.
+    pub max_accept_rate: u32,
+    /// Per-connection outbound queue limits (1013 past them).
+    pub outbound: OutboundLimits,
+    /// Timer wheel resolution.
+    pub tick: Duration,
+    /// Per-connection protocol settings.
+    pub session: SessionConfig,
+}
+
+impl Default for ReactorConfig {
+    fn default() -> Self {
+        ReactorConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            reactors: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            backlog: 4096,
+            max_connections: 10_000,
+            max_connections_per_ip: 0,
+            max_pending_handshakes: 1024,
+            max_accept_rate: 0,
+            outbound: OutboundLimits {
+                max_bytes: 256 * 1024,
+                max_messages: 256,
+            },
+            tick: Duration::from_millis(10),
+            session: SessionConfig::default(),
+        }
+    }
+}

@@ -1,0 +1,790 @@
+//! One reactor: a thread with its own `mio::Poll`, listener, connection slab, timer wheel
+//! and inbox. Nothing here is shared with other reactors except admission control and
+//! the counters they read.
+//!
+//! Each loop turn: wait for readiness or the next timer; fire due timers; serve ready
+//! sockets (reading each until `WouldBlock`, within a per-turn budget, and remembering the
+//! ones cut short); drain the inbox; advance a drain in progress.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::{IpAddr, Shutdown};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use crossbeam_channel::{Receiver, TryRecvError};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use protocol::CloseCode;
+use session::{CloseKind, Codecs, Ctx, Effects, Event, Session, TransmitKind};
+use slab::Slab;
+use socket2::SockRef;
+
+use crate::admission::{Admission, Verdict};
+use crate::config::ReactorConfig;
+use crate::inbox::{Command, ConnRef, Hooks};
+use crate::outbound::Outbound;
+use crate::stats::ReactorStats;
+use crate::wheel::{TimerId, Wheel};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+pub(crate) const WAKER: Token = Token(usize::MAX - 2);
+
+/// Bytes read per `recv`; the buffer is the reactor's, shared by all its connections.
+const READ_CHUNK: usize = 64 * 1024;
+/// Reads per connection per loop turn before others get their turn.
+const READS_PER_TURN: usize = 8;
+/// Inbox commands handled per loop turn.
+const COMMANDS_PER_TURN: usize = 1024;
+/// Back-off after `accept` fails for lack of descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How a connection's gauges are currently counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gauge {
+    Handshaking,
+    Upgraded,
+    Neither,
+}
+
+#[derive(Debug)]
+struct Conn {
+    stream: TcpStream,
+    ip: IpAddr,
+    verdict: Verdict,
+    generation: u32,
+    session: Session,
+    out: Outbound,
+    timer: Option<(TimerId, u64)>,
+    /// The session is done; close once the queue is flushed.
+    close_after_flush: bool,
+    /// Writing was shut down after a protocol error.
+    write_shut: bool,
+    gauge: Gauge,
+}
+
+#[derive(Debug)]
+struct DrainPlan {
+    targets: Vec<(usize, u32)>,
+    next: usize,
+    start: Instant,
+    window: Duration,
+}
+
+/// A reactor thread's state.
+pub struct Reactor {
+    id: u16,
+    poll: Poll,
+    listener: TcpListener,
+    accepting: bool,
+    accept_resume_at: Option<Instant>,
+    inbox: Receiver<Command>,
+    conns: Slab<Conn>,
+    next_generation: u32,
+    wheel: Wheel<usize>,
+    epoch: Instant,
+    config: Arc<ReactorConfig>,
+    admission: Arc<Admission>,
+    stats: Arc<ReactorStats>,
+    hooks: Box<dyn Hooks>,
+    codecs: Codecs,
+    read_buf: BytesMut,
+    fx: Effects,
+    /// Connections whose read budget ran out while readable.
+    again: Vec<usize>,
+    drain: Option<DrainPlan>,
+    accept_tokens: f64,
+    accept_refill_at: Instant,
+}
+
+impl std::fmt::Debug for Reactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reactor")
+            .field("id", &self.id)
+            .field("connections", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reactor {
+    /// A reactor over `listener`, whose waker is registered on `poll` by the caller.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        id: u16,
+        poll: Poll,
+        mut listener: TcpListener,
+        inbox: Receiver<Command>,
+        config: Arc<ReactorConfig>,
+        admission: Arc<Admission>,
+        stats: Arc<ReactorStats>,
+        hooks: Box<dyn Hooks>,
+    ) -> io::Result<Reactor> {
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let now = Instant::now();
+        Ok(Reactor {
+            id,
+            poll,
+            listener,
+            accepting: true,
+            accept_resume_at: None,
+            inbox,
+            conns: Slab::new(),
+            next_generation: 0,
+            wheel: Wheel::new(),
+            epoch: now,
+            codecs: Codecs::new(&config.session),
+            config,
+            admission,
+            stats,
+            hooks,
+            read_buf: BytesMut::with_capacity(READ_CHUNK),
+            fx: Effects::default(),
+            again: Vec::new(),
+            drain: None,
+            accept_tokens: 0.0,
+            accept_refill_at: now,
+        })
+    }
+
+    /// Runs until a drain completes.
+    pub(crate) fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut expired = Vec::new();
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            let now = Instant::now();
+            expired.clear();
+            self.wheel.advance(self.tick_of(now), &mut expired);
+            for &key in &expired {
+                self.on_timer(key);
+            }
+            let again = std::mem::take(&mut self.again);
+            for key in again {
+                self.on_readable(key);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_loop(),
+                    WAKER => self.drain_inbox(),
+                    Token(key) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(key);
+                        }
+                        if event.is_writable() || event.is_write_closed() {
+                            self.on_writable(key);
+                        }
+                    }
+                }
+            }
+            // Commands may arrive faster than wakers are polled; never leave them waiting.
+            if !self.inbox.is_empty() {
+                self.drain_inbox();
+            }
+            if self.accept_resume_at.is_some_and(|t| now >= t) {
+                self.accept_resume_at = None;
+                self.accept_loop();
+            }
+            // Paused at the pending-handshake mark: the listener's readiness edge was
+            // spent while paused, so resuming must try `accept` itself.
+            if !self.accepting && self.below_resume_mark() {
+                self.accept_loop();
+            }
+            if self.drain.is_some() && self.advance_drain(now) {
+                return Ok(());
+            }
+        }
+    }
+
+    fn tick_of(&self, t: Instant) -> u64 {
+        let tick = self.config.tick.as_nanos().max(1);
+        (t.saturating_duration_since(self.epoch).as_nanos() / tick) as u64
+    }
+
+    /// The first tick at or after `t`.
+    fn tick_after(&self, t: Instant) -> u64 {
+        let tick = self.config.tick.as_nanos().max(1);
+        t.saturating_duration_since(self.epoch)
+            .as_nanos()
+            .div_ceil(tick) as u64
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        let mut until: Option<Instant> = self
+            .wheel
+            .next_due()
+            .map(|tick| self.epoch + self.config.tick * tick as u32);
+        let mut consider = |t: Instant| until = Some(until.map_or(t, |u| u.min(t)));
+        if let Some(t) = self.accept_resume_at {
+            consider(t);
+        }
+        if let Some(plan) = &self.drain {
+            consider(plan.next_due());
+        }
+        until.map(|t| t.saturating_duration_since(now))
+    }
+
+    // ---- accepting -------------------------------------------------------------------
+
+    fn accept_loop(&mut self) {
+        if self.drain.is_some() {
+            return;
+        }
+        loop {
+            if !self.may_accept() {
+                return;
+            }
+            match self.listener.accept() {
+                Ok((stream, peer)) => self.on_accept(stream, peer.ip()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors, most likely: pending connections stay in the
+                    // backlog; try again shortly.
+                    self.stats.accept_errors.add(1);
+                    tracing::warn!(reactor = self.id, error = %e, "accept failed; backing off");
+                    self.accept_resume_at = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn below_resume_mark(&self) -> bool {
+        let pending = self.stats.handshaking.get() as usize;
+        pending <= self.config.max_pending_handshakes.max(1) * 3 / 4
+    }
+
+    /// Admission control local to this reactor: pending handshakes with hysteresis, and
+    /// the accept rate.
+    fn may_accept(&mut self) -> bool {
+        let pending = self.stats.handshaking.get() as usize;
+        let high = self.config.max_pending_handshakes.max(1);
+        if self.accepting && pending >= high {
+            self.accepting = false;
+            self.stats.accept_pauses.add(1);
+        } else if !self.accepting && self.below_resume_mark() {
+            self.accepting = true;
+        }
+        if !self.accepting {
+            return false;
+        }
+        let rate = self.config.max_accept_rate;
+        if rate > 0 {
+            let now = Instant::now();
+            let elapsed = now
+                .saturating_duration_since(self.accept_refill_at)
+                .as_secs_f64();
+            self.accept_refill_at = now;
+            let burst = f64::from(rate.max(1)) / 10.0 + 1.0;
+            self.accept_tokens = (self.accept_tokens + elapsed * f64::from(rate)).min(burst);
+            if self.accept_tokens < 1.0 {
+                let wait = (1.0 - self.accept_tokens) / f64::from(rate);
+                self.accept_resume_at = Some(now + Duration::from_secs_f64(wait));
+                return false;
+            }
+            self.accept_tokens -= 1.0;
+        }
+        true
+    }
+
+    fn on_accept(&mut self, mut stream: TcpStream, ip: IpAddr) {
+        let verdict = self.admission.admit(ip);
+        if verdict == Verdict::Drop {
+            self.stats.count_rejected(503);
+            return;
+        }
+        // Latency matters more than packet count for pushes.
+        let _ = stream.set_nodelay(true);
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!(error = %e, "register failed");
+            self.admission.release(ip, verdict);
+            return;
+        }
+        let reject = match verdict {
+            Verdict::Refuse(status) => Some(status),
+            _ => None,
+        };
+        let now = Instant::now();
+        self.next_generation = self.next_generation.wrapping_add(1);
+        entry.insert(Conn {
+            stream,
+            ip,
+            verdict,
+            generation: self.next_generation,
+            session: Session::new(now, reject, &self.config.session),
+            out: Outbound::default(),
+            timer: None,
+            close_after_flush: false,
+            write_shut: false,
+            gauge: Gauge::Handshaking,
+        });
+        self.stats.accepted.add(1);
+        self.stats.connections.add(1);
+        self.stats.handshaking.add(1);
+        self.rearm(key, now);
+    }
+
+    // ---- socket events ---------------------------------------------------------------
+
+    fn on_readable(&mut self, key: usize) {
+        for _ in 0..READS_PER_TURN {
+            let Some(conn) = self.conns.get(key) else {
+                return;
+            };
+            if conn.close_after_flush {
+                return;
+            }
+            self.read_buf.clear();
+            self.read_buf.reserve(READ_CHUNK);
+            let spare = self.read_buf.spare_capacity_mut();
+            let len = spare.len().min(READ_CHUNK);
+            let spare = &mut spare[..len];
+            match recv(&conn.stream, spare) {
+                Ok(0) => {
+                    self.with_session(key, |s, _, fx| s.handle_eof(fx));
+                    return;
+                }
+                Ok(n) => {
+                    // SAFETY: `recv` initialised the first `n` bytes of the spare capacity
+                    // it was given, which starts at the buffer's current length (0).
+                    unsafe { self.read_buf.set_len(n) };
+                    self.stats.bytes_in.add(n as u64);
+                    let mut input = std::mem::take(&mut self.read_buf);
+                    self.with_session(key, |s, cx, fx| s.handle_input(&mut input, cx, fx));
+                    self.read_buf = input;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.remove(key, false);
+                    return;
+                }
+            }
+        }
+        // Budget spent with data possibly left: edge-triggered readiness will not repeat,
+        // so remember to come back.
+        self.again.push(key);
+    }
+
+    fn on_writable(&mut self, key: usize) {
+        self.flush(key);
+    }
+
+    fn on_timer(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.timer = None;
+        if conn.close_after_flush {
+            // The peer never took the rest of its queue.
+            self.remove(key, true);
+            return;
+        }
+        self.with_session(key, |s, cx, fx| s.handle_timeout(cx, fx));
+    }
+
+    /// Runs `f` on a connection's session with a fresh effects sink, then applies them.
+    fn with_session(
+        &mut self,
+        key: usize,
+        f: impl FnOnce(&mut Session, &mut Ctx<'_>, &mut Effects),
+    ) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let now = Instant::now();
+        let conn_id = format_conn_id(self.id, key, conn.generation);
+        let mut fx = std::mem::take(&mut self.fx);
+        fx.clear();
+        {
+            let mut cx = Ctx {
+                config: &self.config.session,
+                codecs: &mut self.codecs,
+                now,
+                conn_id: &conn_id,
+            };
+            f(&mut conn.session, &mut cx, &mut fx);
+        }
+        self.apply(key, &mut fx, now);
+        self.fx = fx;
+    }
+
+    fn apply(&mut self, key: usize, fx: &mut Effects, now: Instant) {
+        let cref = self.conn_ref(key);
+        let mut overflowed = false;
+        if let Some(conn) = self.conns.get_mut(key) {
+            for t in fx.transmits.drain(..) {
+                match t.kind {
+                    TransmitKind::Handshake | TransmitKind::Control => {
+                        conn.out.push_control(t.bytes)
+                    }
+                    TransmitKind::Data => {
+                        if conn.out.push_data(t.bytes, &self.config.outbound).is_err() {
+                            overflowed = true;
+                            continue;
+                        }
+                    }
+                }
+                self.stats.frames_out.add(1);
+            }
+        }
+        for event in fx.events.drain(..) {
+            self.on_event(key, cref, event);
+        }
+        let close = fx.close.take();
+        if overflowed {
+            self.slow_consumer(key);
+        }
+        match close {
+            Some(CloseKind::Reset) => {
+                self.remove(key, true);
+                return;
+            }
+            Some(CloseKind::Graceful) => {
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.close_after_flush = true;
+                }
+            }
+            Some(CloseKind::ShutdownWrite) => {
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.write_shut = true;
+                }
+            }
+            None => {}
+        }
+        self.flush(key);
+        self.rearm(key, now);
+    }
+
+    fn on_event(&mut self, key: usize, cref: Option<ConnRef>, event: Event) {
+        let stats = &self.stats;
+        match event {
+            Event::Rejected(status) => {
+                stats.count_rejected(status.code());
+                self.set_gauge(key, Gauge::Neither);
+            }
+            Event::Opened { uid, device } => {
+                stats.handshakes_ok.add(1);
+                self.set_gauge(key, Gauge::Upgraded);
+                if let Some(c) = cref {
+                    self.hooks.on_open(c, &uid, device.as_deref());
+                }
+            }
+            Event::EchoOpened => {
+                stats.handshakes_ok.add(1);
+                self.set_gauge(key, Gauge::Upgraded);
+            }
+            Event::Text(b) | Event::Binary(b) => {
+                stats.messages_in.add(1);
+                if let Some(c) = cref {
+                    self.hooks.on_message(c, b);
+                }
+            }
+            Event::Echoed => stats.messages_in.add(1),
+            Event::ProtocolError(code) => stats.count_protocol_error(code.0),
+            Event::HandshakeTimeout => stats.handshake_timeouts.add(1),
+            Event::HeartbeatSent => stats.heartbeats.add(1),
+            Event::IdleTimeout => stats.idle_timeouts.add(1),
+            Event::CloseTimeout => stats.close_timeouts.add(1),
+        }
+    }
+
+    fn set_gauge(&mut self, key: usize, to: Gauge) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match conn.gauge {
+            Gauge::Handshaking => self.stats.handshaking.sub(1),
+            Gauge::Upgraded => self.stats.upgraded.sub(1),
+            Gauge::Neither => {}
+        }
+        match to {
+            Gauge::Handshaking => self.stats.handshaking.add(1),
+            Gauge::Upgraded => self.stats.upgraded.add(1),
+            Gauge::Neither => {}
+        }
+        conn.gauge = to;
+    }
+
+    fn slow_consumer(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !conn.session.is_open() {
+            return;
+        }
+        self.stats.slow_consumer_closes.add(1);
+        conn.out.discard_data();
+        self.with_session(key, |s, cx, fx| {
+            s.close(CloseCode::TRY_AGAIN_LATER, "slow consumer", cx, fx)
+        });
+    }
+
+    fn flush(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match conn.out.flush(&mut conn.stream) {
+            Ok(n) => self.stats.bytes_out.add(n as u64),
+            Err(_) => {
+                self.remove(key, false);
+                return;
+            }
+        }
+        if !conn.out.is_empty() {
+            return;
+        }
+        if conn.close_after_flush {
+            self.remove(key, false);
+        } else if conn.write_shut {
+            let _ = conn.stream.shutdown(Shutdown::Write);
+        }
+    }
+
+    /// Keeps the connection's single wheel entry at or before its next deadline. Moving a
+    /// deadline later touches nothing: the early expiry finds nothing due and re-arms.
+    fn rearm(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let deadline = if conn.close_after_flush {
+            Some(now + self.config.session.close_timeout)
+        } else {
+            conn.session.next_deadline(&self.config.session)
+        };
+        let Some(deadline) = deadline else {
+            return;
+        };
+        let due = self.tick_after(deadline).max(self.wheel.now() + 1);
+        let current = conn.timer;
+        match current {
+            Some((_, armed)) if armed <= due => {}
+            Some((id, _)) => {
+                let new = self
+                    .wheel
+                    .rearm(id, due)
+                    .unwrap_or_else(|| self.wheel.arm(due, key));
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.timer = Some((new, due));
+                }
+            }
+            None => {
+                let id = self.wheel.arm(due, key);
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.timer = Some((id, due));
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, key: usize, reset: bool) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let cref = self.conn_ref(key);
+        self.set_gauge(key, Gauge::Neither);
+        let conn = self.conns.remove(key);
+        if let Some((id, _)) = conn.timer {
+            self.wheel.cancel(id);
+        }
+        if reset {
+            // RST rather than FIN: the peer broke the protocol or stopped answering.
+            let _ = SockRef::from(&conn.stream).set_linger(Some(Duration::ZERO));
+        }
+        self.admission.release(conn.ip, conn.verdict);
+        self.stats.connections.sub(1);
+        if conn.gauge == Gauge::Upgraded || conn.session.is_open() {
+            if let Some(c) = cref {
+                self.hooks.on_close(c);
+            }
+        }
+        drop(conn);
+    }
+
+    fn conn_ref(&self, key: usize) -> Option<ConnRef> {
+        self.conns.get(key).map(|c| ConnRef {
+            reactor: self.id,
+            index: key as u32,
+            generation: c.generation,
+        })
+    }
+
+    // ---- inbox -----------------------------------------------------------------------
+
+    fn drain_inbox(&mut self) {
+        for _ in 0..COMMANDS_PER_TURN {
+            match self.inbox.try_recv() {
+                Ok(cmd) => self.on_command(cmd),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::Deliver { frame, targets } => {
+                for t in targets {
+                    if let Some(key) = self.resolve(t) {
+                        self.deliver(key, frame.clone());
+                    }
+                }
+            }
+            Command::Broadcast { frame } => {
+                let keys: Vec<usize> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.session.is_open())
+                    .map(|(k, _)| k)
+                    .collect();
+                for key in keys {
+                    self.deliver(key, frame.clone());
+                }
+            }
+            Command::Close {
+                target,
+                code,
+                reason,
+            } => {
+                if let Some(key) = self.resolve(target) {
+                    self.with_session(key, |s, cx, fx| s.close(code, reason, cx, fx));
+                }
+            }
+            Command::Drain { window } => self.start_drain(window, now),
+        }
+    }
+
+    fn resolve(&self, r: ConnRef) -> Option<usize> {
+        let key = r.index as usize;
+        match self.conns.get(key) {
+            Some(c) if r.reactor == self.id && c.generation == r.generation => Some(key),
+            _ => None,
+        }
+    }
+
+    fn deliver(&mut self, key: usize, frame: Bytes) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !conn.session.is_open() {
+            return;
+        }
+        if conn.out.push_data(frame, &self.config.outbound).is_err() {
+            self.slow_consumer(key);
+            return;
+        }
+        self.stats.frames_out.add(1);
+        self.flush(key);
+    }
+
+    // ---- shutdown --------------------------------------------------------------------
+
+    fn start_drain(&mut self, window: Duration, now: Instant) {
+        if self.drain.is_some() {
+            return;
+        }
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        let mut targets = Vec::new();
+        let mut handshaking = Vec::new();
+        for (key, c) in self.conns.iter() {
+            if c.session.is_open() {
+                targets.push((key, c.generation));
+            } else if c.session.is_handshaking() {
+                handshaking.push(key);
+            }
+        }
+        for key in handshaking {
+            self.remove(key, false);
+        }
+        self.drain = Some(DrainPlan {
+            targets,
+            next: 0,
+            start: now,
+            window,
+        });
+    }
+
+    /// Closes the connections whose turn has come; true when the reactor may exit.
+    fn advance_drain(&mut self, now: Instant) -> bool {
+        let Some(plan) = self.drain.as_mut() else {
+            return false;
+        };
+        let mut due = Vec::new();
+        while plan.next < plan.targets.len() && plan.slot_time(plan.next) <= now {
+            due.push(plan.targets[plan.next]);
+            plan.next += 1;
+        }
+        let finished_at = plan.start + plan.window + self.config.session.close_timeout;
+        for (key, generation) in due {
+            if self
+                .conns
+                .get(key)
+                .is_some_and(|c| c.generation == generation)
+            {
+                self.with_session(key, |s, cx, fx| {
+                    s.close(CloseCode::GOING_AWAY, "server shutting down", cx, fx)
+                });
+            }
+        }
+        let all_sent = self
+            .drain
+            .as_ref()
+            .is_some_and(|p| p.next >= p.targets.len());
+        if all_sent && self.conns.is_empty() {
+            return true;
+        }
+        if now >= finished_at {
+            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for key in keys {
+                self.remove(key, false);
+            }
+            return true;
+        }
+        false
+    }
+}
+
+impl DrainPlan {
+    /// When the `i`-th connection is closed: evenly over the window, so clients do not
+    /// all reconnect at the same moment.
+    fn slot_time(&self, i: usize) -> Instant {
+        let n = self.targets.len().max(1) as u32;
+        self.start + self.window / n * i as u32
+    }
+
+    fn next_due(&self) -> Instant {
+        if self.next < self.targets.len() {
+            self.slot_time(self.next)
+        } else {
+            self.start + self.window
+        }
+    }
+}
+
+/// A connection ID unique on this node for the process lifetime (reactor, slot,
+/// generation), as sent in `welcome`.
+fn format_conn_id(reactor: u16, key: usize, generation: u32) -> String {
+    format!("{reactor:x}-{key:x}-{generation:x}")
+}
+
+/// `recv` into uninitialised memory, so the shared read buffer is never zeroed.
+fn recv(stream: &TcpStream, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+    SockRef::from(stream).recv(buf)
+}

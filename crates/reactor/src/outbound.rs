@@ -1,0 +1,220 @@
+//! A connection's queue of bytes the kernel has not taken yet.
+//!
+//! Frames are shared `Bytes` (a push encoded once is queued by reference on every
+//! recipient). Control frames wait in their own queue and go out at the next frame
+//! boundary, ahead of queued data, and never count against the limit: a connection busy
+//! receiving must still answer pings and receive its close frame.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+use bytes::{Buf, Bytes};
+
+/// Most slices handed to one `writev`.
+const MAX_IOVECS: usize = 64;
+
+/// The queue limit was reached: the consumer is too slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow;
+
+/// Per-connection outbound limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboundLimits {
+    /// Queued data bytes allowed.
+    pub max_bytes: usize,
+    /// Queued data frames allowed.
+    pub max_messages: usize,
+}
+
+/// The queue. Empty, it holds no heap memory.
+#[derive(Debug, Default)]
+pub struct Outbound {
+    /// The rest of the frame being written, wherever it came from.
+    current: Option<Bytes>,
+    control: VecDeque<Bytes>,
+    data: VecDeque<Bytes>,
+    data_bytes: usize,
+}
+
+impl Outbound {
+    /// Nothing left to write.
+    pub fn is_empty(&self) -> bool {
+        self.current.is_none() && self.control.is_empty() && self.data.is_empty()
+    }
+
+    /// Bytes waiting.
+    pub fn queued_bytes(&self) -> usize {
+        self.data_bytes
+            + self.current.as_ref().map_or(0, Bytes::len)
+            + self.control.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    /// Queues a control frame (or handshake bytes): never refused.
+    pub fn push_control(&mut self, frame: Bytes) {
+        self.control.push_back(frame);
+    }
+
+    /// Queues a data frame, unless that would pass the limits.
+    pub fn push_data(&mut self, frame: Bytes, limits: &OutboundLimits) -> Result<(), Overflow> {
+        if self.data.len() >= limits.max_messages
+            || self.data_bytes + frame.len() > limits.max_bytes
+        {
+            return Err(Overflow);
+        }
+        self.data_bytes += frame.len();
+        self.data.push_back(frame);
+        Ok(())
+    }
+
+    /// Drops queued data (not control frames, not the frame half written): used when a
+    /// slow consumer is closed, so its close frame goes out next and its memory is freed.
+    pub fn discard_data(&mut self) {
+        self.data.clear();
+        self.data_bytes = 0;
+    }
+
+    /// Writes as much as `w` takes with vectored writes. `Ok(n)` is the bytes written; the
+    /// queue is empty or the writer said `WouldBlock`.
+    pub fn flush<W: Write>(&mut self, w: &mut W) -> io::Result<usize> {
+        let mut total = 0;
+        while !self.is_empty() {
+            let n = {
+                let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut count = 0;
+                let order = self
+                    .current
+                    .iter()
+                    .chain(self.control.iter())
+                    .chain(self.data.iter());
+                for b in order.take(MAX_IOVECS) {
+                    slices[count] = IoSlice::new(b);
+                    count += 1;
+                }
+                match w.write_vectored(&slices[..count]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            total += n;
+            self.consume(n);
+        }
+        Ok(total)
+    }
+
+    /// Removes `n` written bytes from the front, in the order `flush` wrote them.
+    fn consume(&mut self, mut n: usize) {
+        while n > 0 {
+            let mut frame = match self.current.take() {
+                Some(f) => f,
+                None => match self.control.pop_front() {
+                    Some(f) => f,
+                    None => match self.data.pop_front() {
+                        Some(f) => {
+                            self.data_bytes -= f.len();
+                            f
+                        }
+                        None => return,
+                    },
+                },
+            };
+            if n < frame.len() {
+                frame.advance(n);
+                self.current = Some(frame);
+                return;
+            }
+            n -= frame.len();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `budget` bytes per call, then blocks when it is spent.
+    struct Trickle {
+        out: Vec<u8>,
+        per_call: usize,
+        budget: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.per_call).min(self.budget);
+            self.out.extend_from_slice(&buf[..n]);
+            self.budget -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const LIMITS: OutboundLimits = OutboundLimits {
+        max_bytes: 100,
+        max_messages: 3,
+    };
+
+    #[test]
+    fn control_frames_jump_ahead_at_a_frame_boundary() {
+        let mut q = Outbound::default();
+        q.push_data(Bytes::from_static(b"AAAA"), &LIMITS).unwrap();
+        q.push_data(Bytes::from_static(b"BBBB"), &LIMITS).unwrap();
+        let mut w = Trickle {
+            out: Vec::new(),
+            per_call: 2,
+            budget: 2,
+        };
+        q.flush(&mut w).unwrap();
+        // Half of A is out; a pong arrives; it must follow A, not split it.
+        q.push_control(Bytes::from_static(b"pp"));
+        w.budget = 100;
+        q.flush(&mut w).unwrap();
+        assert_eq!(w.out, b"AAAAppBBBB");
+        assert!(q.is_empty());
+        assert_eq!(q.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn limits_refuse_data_but_never_control() {
+        let mut q = Outbound::default();
+        for _ in 0..3 {
+            q.push_data(Bytes::from_static(b"x"), &LIMITS).unwrap();
+        }
+        assert_eq!(
+            q.push_data(Bytes::from_static(b"x"), &LIMITS),
+            Err(Overflow)
+        );
+        q.push_control(Bytes::from_static(b"close"));
+        let mut q = Outbound::default();
+        assert_eq!(
+            q.push_data(Bytes::from(vec![0; 101]), &LIMITS),
+            Err(Overflow)
+        );
+        q.push_data(Bytes::from(vec![0; 100]), &LIMITS).unwrap();
+    }
+
+    #[test]
+    fn discard_keeps_the_half_written_frame_and_control() {
+        let mut q = Outbound::default();
+        q.push_data(Bytes::from_static(b"AAAA"), &LIMITS).unwrap();
+        q.push_data(Bytes::from_static(b"BBBB"), &LIMITS).unwrap();
+        let mut w = Trickle {
+            out: Vec::new(),
+            per_call: 3,
+            budget: 3,
+        };
+        q.flush(&mut w).unwrap();
+        q.push_control(Bytes::from_static(b"cc"));
+        q.discard_data();
+        w.budget = 100;
+        q.flush(&mut w).unwrap();
+        assert_eq!(w.out, b"AAAAcc");
+    }
+}

@@ -1,0 +1,97 @@
+//! Per-reactor counters. Each reactor is the only writer of its own counters (plain
+//! load-and-store, no locked read-modify-write on the hot path); a scrape reads them all
+//! and sums.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One counter or gauge, written by a single thread.
+#[derive(Debug, Default)]
+pub struct Cell(AtomicU64);
+
+impl Cell {
+    /// Adds `n` (single writer).
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Subtracts `n` (single writer; gauges).
+    #[inline]
+    pub fn sub(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_sub(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// HTTP statuses an upgrade can be refused with, in a fixed order for the counters.
+pub const REJECT_STATUSES: [u16; 8] = [400, 401, 403, 404, 426, 429, 431, 503];
+
+/// Close codes the server sends on protocol violations.
+pub const PROTOCOL_CLOSE_CODES: [u16; 3] = [1002, 1007, 1009];
+
+/// Everything one reactor counts.
+#[derive(Debug, Default)]
+pub struct ReactorStats {
+    /// Gauge: open sockets (any phase).
+    pub connections: Cell,
+    /// Gauge: sockets still in the upgrade handshake.
+    pub handshaking: Cell,
+    /// Gauge: upgraded `/ws` and `/echo` connections.
+    pub upgraded: Cell,
+    /// Sockets accepted.
+    pub accepted: Cell,
+    /// Upgrades completed.
+    pub handshakes_ok: Cell,
+    /// Upgrades refused, by status (index into [`REJECT_STATUSES`]).
+    pub rejected: [Cell; 8],
+    /// Bytes read from clients.
+    pub bytes_in: Cell,
+    /// Bytes written to clients.
+    pub bytes_out: Cell,
+    /// Data messages received from clients.
+    pub messages_in: Cell,
+    /// Frames queued to clients (data and control).
+    pub frames_out: Cell,
+    /// Handshakes not completed in time.
+    pub handshake_timeouts: Cell,
+    /// Connections closed for silence.
+    pub idle_timeouts: Cell,
+    /// Close handshakes the peer did not finish.
+    pub close_timeouts: Cell,
+    /// Pings sent to silent connections.
+    pub heartbeats: Cell,
+    /// Connections closed with 1013 because their queue overflowed.
+    pub slow_consumer_closes: Cell,
+    /// Connections failed for protocol violations, by close code.
+    pub protocol_errors: [Cell; 3],
+    /// Times the reactor stopped accepting because too many handshakes were pending.
+    pub accept_pauses: Cell,
+    /// `accept` failures (e.g. out of file descriptors).
+    pub accept_errors: Cell,
+}
+
+impl ReactorStats {
+    /// Counts a refused upgrade.
+    pub fn count_rejected(&self, status: u16) {
+        if let Some(i) = REJECT_STATUSES.iter().position(|&s| s == status) {
+            self.rejected[i].add(1);
+        }
+    }
+
+    /// Counts a protocol failure.
+    pub fn count_protocol_error(&self, code: u16) {
+        if let Some(i) = PROTOCOL_CLOSE_CODES.iter().position(|&c| c == code) {
+            self.protocol_errors[i].add(1);
+        }
+    }
+}

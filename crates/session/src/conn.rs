@@ -1,0 +1,448 @@
+//! One client connection, from the first byte of the upgrade request to the end of the
+//! close handshake (RFC 6455 §4, §5.5, §7).
+//!
+//! ```text
+//! Handshake ──101──► Open ──our close──► Closing ──peer's close / EOF──► Closed
+//!     │               │  └─peer's close: answer 1000───────────────────────► Closed
+//!     └─error status──┴─protocol error: close code, shut down writing─► Closing (discard)
+//! ```
+//! Timers are derived from two instants and need no bookkeeping on reads: while open,
+//! reading only moves `since`; the driver's single timer fires at the old deadline, finds
+//! nothing due, and is re-armed at [`Session::next_deadline`].
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use protocol::deflate::{negotiate, DeflateParams, Deflater, Inflater};
+use protocol::frame::{server_close, server_frame, FrameBuilder};
+use protocol::handshake::{
+    error_response, switching_protocols, validate, Request, RequestParser, Status,
+};
+use protocol::{CloseCode, Decoder, Message, OpCode};
+
+use crate::config::{AuthMode, SessionConfig};
+use crate::effects::{CloseKind, Effects, Event, TransmitKind};
+use crate::messages;
+
+/// Compression contexts shared by all connections of a reactor: with no context takeover
+/// (the default) they carry nothing from one message to the next.
+#[derive(Debug)]
+pub struct Codecs {
+    /// Inflates client messages.
+    pub inflater: Inflater,
+    /// Compresses server messages.
+    pub deflater: Deflater,
+}
+
+impl Codecs {
+    /// Stateless codecs for `config`.
+    pub fn new(config: &SessionConfig) -> Self {
+        Codecs {
+            inflater: Inflater::new(15, true),
+            deflater: Deflater::new(
+                config.deflate.level,
+                config.deflate.server_max_window_bits,
+                true,
+            ),
+        }
+    }
+}
+
+/// Which endpoint a connection was upgraded on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    /// `/ws`: client requests go to the router.
+    Push,
+    /// `/echo`: every data message is sent back.
+    Echo,
+}
+
+#[derive(Debug)]
+struct HandshakeState {
+    parser: RequestParser,
+    /// Admission control's verdict, answered once the request is read.
+    reject: Option<Status>,
+}
+
+/// Codecs of a connection that negotiated context takeover (never with the defaults).
+#[derive(Debug)]
+struct OwnCodecs {
+    inflater: Option<Inflater>,
+    deflater: Option<Deflater>,
+}
+
+#[derive(Debug)]
+struct Open {
+    decoder: Decoder,
+    endpoint: Endpoint,
+    deflate: Option<DeflateParams>,
+    own: Option<Box<OwnCodecs>>,
+    ping_outstanding: bool,
+}
+
+#[derive(Debug)]
+struct Closing {
+    /// `None` after a protocol error: input is discarded unread.
+    decoder: Option<Decoder>,
+    deadline: Instant,
+    deflate: bool,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Handshake(Box<HandshakeState>),
+    Open(Open),
+    Closing(Closing),
+    Closed,
+}
+
+/// The per-connection state machine.
+#[derive(Debug)]
+pub struct Session {
+    phase: Phase,
+    /// Handshake: when the connection was accepted. Open: when the peer last sent bytes.
+    since: Instant,
+}
+
+/// What a call needs besides the session itself.
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    /// The listener's settings.
+    pub config: &'a SessionConfig,
+    /// The reactor's shared codecs.
+    pub codecs: &'a mut Codecs,
+    /// The current time.
+    pub now: Instant,
+    /// Node-unique connection ID, sent in `welcome`.
+    pub conn_id: &'a str,
+}
+
+impl Session {
+    /// A connection just accepted. `reject` is admission control's verdict (capacity, per-IP
+    /// limit, draining): the request is still read so the client gets a real HTTP status.
+    pub fn new(now: Instant, reject: Option<Status>, config: &SessionConfig) -> Self {
+        Session {
+            phase: Phase::Handshake(Box::new(HandshakeState {
+                parser: RequestParser::new(config.max_header_bytes),
+                reject,
+            })),
+            since: now,
+        }
+    }
+
+    /// Upgraded and not closing.
+    pub fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open(_))
+    }
+
+    /// Still in the upgrade handshake.
+    pub fn is_handshaking(&self) -> bool {
+        matches!(self.phase, Phase::Handshake(_))
+    }
+
+    /// Finished: the driver closes the socket once its queue is flushed.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
+    /// Whether permessage-deflate was negotiated (and server frames may be compressed).
+    pub fn compresses(&self) -> bool {
+        match &self.phase {
+            Phase::Open(o) => o.deflate.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Bytes received. `input` is consumed entirely.
+    pub fn handle_input(&mut self, input: &mut BytesMut, cx: &mut Ctx<'_>, fx: &mut Effects) {
+        if input.is_empty() {
+            return;
+        }
+        match &mut self.phase {
+            Phase::Handshake(hs) => {
+                let data = input.split();
+                match hs.parser.feed(&data) {
+                    Ok(None) => {}
+                    Ok(Some(req)) => {
+                        let reject = hs.reject;
+                        self.upgrade(req, reject, cx, fx);
+                    }
+                    Err(e) => self.refuse(e.status(), &e.to_string(), fx),
+                }
+            }
+            Phase::Open(_) => {
+                self.since = cx.now;
+                self.read_frames(input, cx, fx);
+            }
+            Phase::Closing(_) => self.read_while_closing(input, cx, fx),
+            Phase::Closed => input.clear(),
+        }
+    }
+
+    /// The peer closed its side of the TCP connection.
+    pub fn handle_eof(&mut self, fx: &mut Effects) {
+        self.phase = Phase::Closed;
+        fx.close = Some(CloseKind::Graceful);
+    }
+
+    /// The driver's timer fired. Does whatever is due at `now` (possibly nothing).
+    pub fn handle_timeout(&mut self, cx: &mut Ctx<'_>, fx: &mut Effects) {
+        let now = cx.now;
+        let config = cx.config;
+        match &mut self.phase {
+            Phase::Handshake(_) => {
+                if now >= self.since + config.handshake_timeout {
+                    fx.events.push(Event::HandshakeTimeout);
+                    self.phase = Phase::Closed;
+                    fx.close = Some(CloseKind::Graceful);
+                }
+            }
+            Phase::Open(open) => {
+                let silent = now.saturating_duration_since(self.since);
+                if silent >= config.idle_timeout {
+                    fx.events.push(Event::IdleTimeout);
+                    self.close(CloseCode::GOING_AWAY, "idle timeout", cx, fx);
+                } else if silent >= config.heartbeat && !open.ping_outstanding {
+                    open.ping_outstanding = true;
+                    fx.events.push(Event::HeartbeatSent);
+                    fx.send(TransmitKind::Control, server_frame(OpCode::Ping, b""));
+                }
+            }
+            Phase::Closing(c) => {
+                if now >= c.deadline {
+                    fx.events.push(Event::CloseTimeout);
+                    self.phase = Phase::Closed;
+                    fx.close = Some(CloseKind::Reset);
+                }
+            }
+            Phase::Closed => {}
+        }
+    }
+
+    /// Starts a server-initiated close (drain, idle, slow consumer, policy). The socket stays
+    /// open for the peer's close frame until the close timeout.
+    pub fn close(&mut self, code: CloseCode, reason: &str, cx: &mut Ctx<'_>, fx: &mut Effects) {
+        match std::mem::replace(&mut self.phase, Phase::Closed) {
+            Phase::Open(open) => {
+                fx.send(TransmitKind::Control, server_close(code, reason));
+                self.phase = Phase::Closing(Closing {
+                    decoder: Some(open.decoder),
+                    deadline: cx.now + cx.config.close_timeout,
+                    deflate: open.deflate.is_some(),
+                });
+            }
+            Phase::Handshake(_) => fx.close = Some(CloseKind::Graceful),
+            other @ Phase::Closing(_) => self.phase = other,
+            Phase::Closed => fx.close = Some(CloseKind::Graceful),
+        }
+    }
+
+    /// When the driver's timer should next fire.
+    pub fn next_deadline(&self, config: &SessionConfig) -> Option<Instant> {
+        match &self.phase {
+            Phase::Handshake(_) => Some(self.since + config.handshake_timeout),
+            Phase::Open(o) if o.ping_outstanding => Some(self.since + config.idle_timeout),
+            Phase::Open(_) => Some(self.since + config.heartbeat.min(config.idle_timeout)),
+            Phase::Closing(c) => Some(c.deadline),
+            Phase::Closed => None,
+        }
+    }
+
+    /// Encodes a data frame for this connection, compressed when deflate was negotiated.
+    pub fn data_frame(&mut self, opcode: OpCode, payload: &[u8], codecs: &mut Codecs) -> Bytes {
+        match &mut self.phase {
+            Phase::Open(Open {
+                deflate: Some(_),
+                own,
+                ..
+            }) => {
+                let deflater = match own.as_mut().and_then(|o| o.deflater.as_mut()) {
+                    Some(d) => d,
+                    None => &mut codecs.deflater,
+                };
+                let mut f = FrameBuilder::with_capacity(payload.len() / 2 + 16);
+                f.extend_compressed(deflater, payload);
+                f.finish(opcode, true)
+            }
+            _ => server_frame(opcode, payload),
+        }
+    }
+
+    fn refuse(&mut self, status: Status, message: &str, fx: &mut Effects) {
+        fx.events.push(Event::Rejected(status));
+        fx.send(
+            TransmitKind::Handshake,
+            Bytes::from(error_response(status, message)),
+        );
+        self.phase = Phase::Closed;
+        fx.close = Some(CloseKind::Graceful);
+    }
+
+    fn upgrade(
+        &mut self,
+        req: Request,
+        reject: Option<Status>,
+        cx: &mut Ctx<'_>,
+        fx: &mut Effects,
+    ) {
+        if let Some(status) = reject {
+            return self.refuse(status, "not accepting connections now", fx);
+        }
+        let endpoint = match req.path() {
+            "/ws" => Endpoint::Push,
+            "/echo" if cx.config.echo => Endpoint::Echo,
+            _ => return self.refuse(Status::NotFound, "no such endpoint", fx),
+        };
+        let upgrade = match validate(&req) {
+            Ok(u) => u,
+            Err(e) => return self.refuse(e.status(), &e.to_string(), fx),
+        };
+        let opened = match endpoint {
+            Endpoint::Echo => Event::EchoOpened,
+            Endpoint::Push => match &cx.config.auth {
+                AuthMode::Dev => match req.query_param("uid").filter(|u| !u.is_empty()) {
+                    Some(uid) => Event::Opened {
+                        uid: uid.into_owned(),
+                        device: req.query_param("device").map(|d| d.into_owned()),
+                    },
+                    None => return self.refuse(Status::Unauthorized, "missing uid", fx),
+                },
+            },
+        };
+        let agreed = negotiate(
+            req.header_values("sec-websocket-extensions"),
+            &cx.config.deflate,
+        );
+        let (deflate, extensions) = match agreed {
+            Some((p, header)) => (Some(p), Some(header)),
+            None => (None, None),
+        };
+        fx.send(
+            TransmitKind::Handshake,
+            Bytes::from(switching_protocols(
+                &upgrade.accept,
+                None,
+                extensions.as_deref(),
+            )),
+        );
+        let own = deflate.and_then(|p| {
+            let inflater = (!p.client_no_context_takeover)
+                .then(|| Inflater::new(p.client_max_window_bits, false));
+            let deflater = (!p.server_no_context_takeover)
+                .then(|| Deflater::new(cx.config.deflate.level, p.server_max_window_bits, false));
+            (inflater.is_some() || deflater.is_some())
+                .then(|| Box::new(OwnCodecs { inflater, deflater }))
+        });
+        // A client may have sent frames right behind its request.
+        let mut rest = BytesMut::from(&req.trailing()[..]);
+        if let Event::Opened { uid, .. } = &opened {
+            let welcome = messages::welcome(cx.conn_id, uid, cx.config.heartbeat.as_secs());
+            fx.send(TransmitKind::Data, welcome);
+        }
+        fx.events.push(opened);
+        self.phase = Phase::Open(Open {
+            decoder: Decoder::new(),
+            endpoint,
+            deflate,
+            own,
+            ping_outstanding: false,
+        });
+        self.since = cx.now;
+        if !rest.is_empty() {
+            self.read_frames(&mut rest, cx, fx);
+        }
+    }
+
+    fn read_frames(&mut self, input: &mut BytesMut, cx: &mut Ctx<'_>, fx: &mut Effects) {
+        loop {
+            let Phase::Open(open) = &mut self.phase else {
+                input.clear();
+                return;
+            };
+            open.ping_outstanding = false;
+            let inflater = match (
+                &open.deflate,
+                open.own.as_mut().and_then(|o| o.inflater.as_mut()),
+            ) {
+                (None, _) => None,
+                (Some(_), Some(own)) => Some(own),
+                (Some(_), None) => Some(&mut cx.codecs.inflater),
+            };
+            match open.decoder.decode(input, &cx.config.decoder, inflater) {
+                Ok(None) => return,
+                Ok(Some(Message::Ping(payload))) => {
+                    fx.send(TransmitKind::Control, server_frame(OpCode::Pong, &payload));
+                }
+                Ok(Some(Message::Pong(_))) => {}
+                Ok(Some(Message::Close(_))) => {
+                    // The contract answers every client close with 1000.
+                    fx.send(TransmitKind::Control, server_close(CloseCode::NORMAL, ""));
+                    self.phase = Phase::Closed;
+                    fx.close = Some(CloseKind::Graceful);
+                    input.clear();
+                    return;
+                }
+                Ok(Some(Message::Text(t))) => match open.endpoint {
+                    Endpoint::Echo => {
+                        let f = self.data_frame(OpCode::Text, &t, cx.codecs);
+                        fx.send(TransmitKind::Data, f);
+                        fx.events.push(Event::Echoed);
+                    }
+                    Endpoint::Push => fx.events.push(Event::Text(t)),
+                },
+                Ok(Some(Message::Binary(b))) => match open.endpoint {
+                    Endpoint::Echo => {
+                        let f = self.data_frame(OpCode::Binary, &b, cx.codecs);
+                        fx.send(TransmitKind::Data, f);
+                        fx.events.push(Event::Echoed);
+                    }
+                    Endpoint::Push => fx.events.push(Event::Binary(b)),
+                },
+                Err(e) => {
+                    let code = e.close_code();
+                    fx.events.push(Event::ProtocolError(code));
+                    fx.send(TransmitKind::Control, server_close(code, &e.to_string()));
+                    self.phase = Phase::Closing(Closing {
+                        decoder: None,
+                        deadline: cx.now + cx.config.close_timeout,
+                        deflate: false,
+                    });
+                    fx.close = Some(CloseKind::ShutdownWrite);
+                    input.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_while_closing(&mut self, input: &mut BytesMut, cx: &mut Ctx<'_>, fx: &mut Effects) {
+        let Phase::Closing(c) = &mut self.phase else {
+            return;
+        };
+        let Some(decoder) = c.decoder.as_mut() else {
+            input.clear();
+            return;
+        };
+        let inflater = c.deflate.then_some(&mut cx.codecs.inflater);
+        let mut inflater = inflater;
+        loop {
+            match decoder.decode(input, &cx.config.decoder, inflater.as_deref_mut()) {
+                Ok(Some(Message::Close(_))) => {
+                    self.phase = Phase::Closed;
+                    fx.close = Some(CloseKind::Graceful);
+                    input.clear();
+                    return;
+                }
+                // Data after our close frame is ignored (RFC 6455 §5.5.1).
+                Ok(Some(_)) => {}
+                Ok(None) => return,
+                Err(_) => {
+                    self.phase = Phase::Closed;
+                    fx.close = Some(CloseKind::Reset);
+                    input.clear();
+                    return;
+                }
+            }
+        }
+    }
+}

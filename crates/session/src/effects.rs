@@ -1,0 +1,96 @@
+//! What a session asks its driver to do after each call.
+
+use bytes::Bytes;
+use protocol::handshake::Status;
+use protocol::CloseCode;
+
+/// How a transmit is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransmitKind {
+    /// HTTP response bytes, before any frame.
+    Handshake,
+    /// Pong, ping or close: goes ahead of queued data at the next frame boundary and never
+    /// counts against the outbound limit.
+    Control,
+    /// A data frame: subject to the outbound limit.
+    Data,
+}
+
+/// Bytes to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Queueing class.
+    pub kind: TransmitKind,
+    /// The bytes (a whole frame or response).
+    pub bytes: Bytes,
+}
+
+/// What happened that the rest of the gateway must know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The upgrade was refused with this status (counted by reason).
+    Rejected(Status),
+    /// A `/ws` connection was upgraded for this user.
+    Opened {
+        /// Authenticated user ID.
+        uid: String,
+        /// Optional device ID.
+        device: Option<String>,
+    },
+    /// A `/echo` connection was upgraded.
+    EchoOpened,
+    /// A text message from a `/ws` client (a client request).
+    Text(Bytes),
+    /// A binary message from a `/ws` client.
+    Binary(Bytes),
+    /// A `/echo` message was received and sent back.
+    Echoed,
+    /// The connection failed with a protocol error; the close code was sent.
+    ProtocolError(CloseCode),
+    /// The handshake did not complete in time.
+    HandshakeTimeout,
+    /// The server pinged a silent connection.
+    HeartbeatSent,
+    /// The connection was silent past the idle timeout and was closed.
+    IdleTimeout,
+    /// The peer did not answer our close frame in time.
+    CloseTimeout,
+}
+
+/// How the driver should end the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseKind {
+    /// Flush what is queued, then close.
+    Graceful,
+    /// Flush what is queued, then shut down writing; keep reading (and discarding) until
+    /// the peer closes or the session's deadline passes.
+    ShutdownWrite,
+    /// Close now with a reset (SO_LINGER 0): the peer broke the protocol or stopped
+    /// answering.
+    Reset,
+}
+
+/// The sink a session writes into; the driver owns one per reactor and drains it after
+/// every call, so a connection holds no queue of its own.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Bytes to write, in order.
+    pub transmits: Vec<Transmit>,
+    /// Events, in order.
+    pub events: Vec<Event>,
+    /// Set when the socket is to be closed.
+    pub close: Option<CloseKind>,
+}
+
+impl Effects {
+    /// Empties the sink for the next call.
+    pub fn clear(&mut self) {
+        self.transmits.clear();
+        self.events.clear();
+        self.close = None;
+    }
+
+    pub(crate) fn send(&mut self, kind: TransmitKind, bytes: Bytes) {
+        self.transmits.push(Transmit { kind, bytes });
+    }
+}
