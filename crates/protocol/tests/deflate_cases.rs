@@ -68,6 +68,20 @@ fn deflater_strips_the_tail() {
 }
 
 #[test]
+fn regression_empty_message_with_context_takeover() {
+    // Found by `round_trip_with_context_takeover`: an empty message after another one
+    // compressed to nothing, and nothing plus the tail is not a DEFLATE block.
+    let mut d = Deflater::new(6, 15, false);
+    let mut i = Inflater::new(15, false);
+    for m in [&b"\x03\x00"[..], b"", b"\x01\x02", b"", b""] {
+        let mut z = BytesMut::new();
+        d.compress_into(m, &mut z);
+        assert!(!z.is_empty());
+        assert_eq!(&i.inflate(&z, 100).unwrap()[..], m);
+    }
+}
+
+#[test]
 fn the_limit_is_exact() {
     let mut d = Deflater::new(6, 15, true);
     let mut z = BytesMut::new();

@@ -161,6 +161,12 @@ impl Deflater {
         if out.len() >= start + TAIL.len() && out[out.len() - TAIL.len()..] == TAIL {
             out.truncate(out.len() - TAIL.len());
         }
+        if out.len() == start {
+            // zlib emits nothing for a second sync flush with no new input (an empty
+            // message with context takeover); RFC 7692 §7.2.3.6 sends an empty stored
+            // block's header, which the receiver's appended tail completes.
+            out.extend_from_slice(&[0x00]);
+        }
         if self.no_context_takeover {
             self.inner.reset();
         }
