@@ -27,7 +27,6 @@ pub enum InflateError {
 #[derive(Debug)]
 pub struct Inflater {
     inner: Decompress,
-    window_bits: u8,
     no_context_takeover: bool,
 }
 
@@ -39,7 +38,6 @@ impl Inflater {
         let window_bits = window_bits.clamp(9, 15);
         Inflater {
             inner: Decompress::new_with_window_bits(false, window_bits),
-            window_bits,
             no_context_takeover,
         }
     }
@@ -107,8 +105,10 @@ impl Inflater {
         }
     }
 
+    /// Back to an empty window without reallocating (flate2 re-initialises with the
+    /// window bits the stream was created with).
     fn reset(&mut self) {
-        self.inner = Decompress::new_with_window_bits(false, self.window_bits);
+        self.inner.reset(false);
     }
 }
 

@@ -3,13 +3,12 @@
 //! limit.
 //!
 //! # Memory per connection, and the defaults
-//! zlib-style deflate keeps `2^(window_bits+2) + 2^(mem_level+9)` bytes of state
-//! (window, hash chains, pending buffer) plus about 6 KiB, and inflate keeps a
-//! `2^window_bits` window plus about 7 KiB (figures measured with a counting allocator by
-//! `cargo run --release -p protocol --example deflate_memory`, recorded in
-//! `bench/RESULTS.md`). With context takeover that state lives as long as the connection:
-//! at the maximum window that is roughly 300 KiB per compressing connection, which is
-//! 30 GiB for 100 000 connections — not an option for a gateway of mostly idle
+//! Measured with a counting allocator (`cargo run --release -p protocol --example
+//! deflate_memory`, figures in `bench/RESULTS.md`), one compression context with the
+//! zlib-rs backend holds about 250 KiB (9-bit window) to 370 KiB (15-bit window), and one
+//! decompression context about 46 KiB whatever the window. With context takeover that state
+//! lives as long as the connection: roughly 420 KiB per connection at the maximum window,
+//! which is 40 GiB for 100 000 connections — not an option for a gateway of mostly idle
 //! connections. Without context takeover every message is compressed and inflated from an
 //! empty window, so a codec holds nothing between messages and **one codec per reactor
 //! thread** serves all its connections; a push is then compressed once and the same
