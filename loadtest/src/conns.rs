@@ -1,0 +1,151 @@
+//! `conns`: open N idle connections at a set rate, hold them, and report the connect rate
+//! and the server's memory per connection.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use mio::{Events, Interest, Poll, Token};
+
+use crate::procfs;
+use crate::wsclient::{Phase, WsConn};
+
+/// Arguments of the `conns` scenario.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    server: SocketAddr,
+    /// Request path (the `uid` query parameter is appended as `uid=u<i>`).
+    #[arg(long, default_value = "/ws?")]
+    path: String,
+    /// Connections to open.
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Connections started per second (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
+    /// Seconds to hold the connections once all are open.
+    #[arg(long, default_value_t = 5.0)]
+    hold: f64,
+    /// Give up on connecting after this many seconds.
+    #[arg(long, default_value_t = 120.0)]
+    timeout: f64,
+    /// Source addresses used, 127.0.0.2 onwards, round robin.
+    #[arg(long, default_value_t = 16)]
+    sources: u8,
+    /// Server process to read RSS from (`/proc/<pid>`).
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
+    if args.count as u64 + 32 > fd_limit {
+        bail!("{} connections need more descriptors than the open-files limit ({fd_limit}) allows", args.count);
+    }
+    let rss_before = args.server_pid.and_then(procfs::rss_bytes);
+    let tcp_before = procfs::tcp_mem_bytes();
+    let slab_before = procfs::slab_bytes();
+    let mut poll = Poll::new()?;
+    let mut events = Events::with_capacity(4096);
+    let mut conns: Vec<WsConn> = Vec::with_capacity(args.count);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(args.timeout);
+    let mut started = 0usize;
+    let mut open = 0usize;
+    let mut failed = 0usize;
+    let mut last_progress = Instant::now();
+    let mut scratch = Vec::new();
+    let host = args.server.to_string();
+    while open + failed < args.count && Instant::now() < deadline {
+        // Start connections up to the pace.
+        let allowed = if args.rate == 0 {
+            args.count
+        } else {
+            ((start.elapsed().as_secs_f64() * f64::from(args.rate)) as usize + 1).min(args.count)
+        };
+        while started < allowed && started - (open + failed) < 2048 {
+            let source = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (started % usize::from(args.sources.max(1))) as u8)), 0);
+            let path = format!("{}uid=u{started}", args.path);
+            let mut c = WsConn::connect(source, args.server, &host, &path).context("connect")?;
+            poll.registry()
+                .register(&mut c.stream, Token(conns.len()), Interest::READABLE | Interest::WRITABLE)?;
+            conns.push(c);
+            started += 1;
+        }
+        poll.poll(&mut events, Some(Duration::from_millis(10)))?;
+        for ev in events.iter() {
+            let Some(c) = conns.get_mut(ev.token().0) else { continue };
+            let before = c.phase;
+            c.drive(&mut scratch);
+            scratch.clear();
+            match (before, c.phase) {
+                (Phase::Open, _) | (Phase::Failed, _) => {}
+                (_, Phase::Open) => open += 1,
+                (_, Phase::Failed) => failed += 1,
+                _ => {}
+            }
+        }
+        if last_progress.elapsed() > Duration::from_secs(2) {
+            eprintln!("  … {open} open, {failed} failed, {started} started after {:.1}s", start.elapsed().as_secs_f64());
+            last_progress = Instant::now();
+        }
+    }
+    let connect_secs = start.elapsed().as_secs_f64();
+    // Let the server settle, then read its memory while everything is held.
+    std::thread::sleep(Duration::from_secs_f64(args.hold.max(0.0)));
+    let rss_after = args.server_pid.and_then(procfs::rss_bytes);
+    let tcp_after = procfs::tcp_mem_bytes();
+    let slab_after = procfs::slab_bytes();
+    let fds = args.server_pid.and_then(procfs::open_fds);
+    let per_conn = match (rss_before, rss_after) {
+        (Some(b), Some(a)) if open > 0 => Some(a.saturating_sub(b) as f64 / open as f64),
+        _ => None,
+    };
+    let kernel_per_conn = match (tcp_before, tcp_after) {
+        (Some(b), Some(a)) if open > 0 => Some(a.saturating_sub(b) as f64 / open as f64 / 2.0),
+        _ => None,
+    };
+    // Both ends live on this host; half the growth is the server's share (an estimate:
+    // the server end also has an epoll entry, the client end a bound source port).
+    let slab_per_conn = match (slab_before, slab_after) {
+        (Some(b), Some(a)) if open > 0 => Some(a.saturating_sub(b) as f64 / open as f64 / 2.0),
+        _ => None,
+    };
+    let rate = open as f64 / connect_secs.max(1e-9);
+    println!("conns: {open}/{} open, {failed} failed, in {connect_secs:.2}s ({rate:.0} upgrades/s)", args.count);
+    if let (Some(b), Some(a)) = (rss_before, rss_after) {
+        println!(
+            "server RSS: {:.1} MiB -> {:.1} MiB, {:.0} bytes per connection",
+            b as f64 / 1048576.0,
+            a as f64 / 1048576.0,
+            per_conn.unwrap_or(0.0)
+        );
+    }
+    if let (Some(k), Some(s)) = (kernel_per_conn, slab_per_conn) {
+        println!(
+            "kernel, per connection end (both ends on this host, halved): {k:.0} bytes of TCP buffers, {s:.0} bytes of slab"
+        );
+    }
+    let json = serde_json::json!({
+        "scenario": "conns",
+        "count": args.count,
+        "open": open,
+        "failed": failed,
+        "connect_secs": connect_secs,
+        "upgrades_per_sec": rate,
+        "server_rss_before": rss_before,
+        "server_rss_after": rss_after,
+        "server_rss_per_conn": per_conn,
+        "kernel_tcp_mem_per_conn": kernel_per_conn,
+        "kernel_slab_per_conn": slab_per_conn,
+        "server_fds": fds,
+        "client_fd_limit": fd_limit,
+    });
+    println!("{json}");
+    drop(conns);
+    if failed > 0 || open < args.count {
+        bail!("{} of {} connections did not open", args.count - open, args.count);
+    }
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! pushgate-load: load scenarios against pushgate (and, through URL templates, other
+//! servers). Every scenario is bounded in count and time, prints a human summary and one
+//! JSON line.
+//!
+//! Scenarios: `conns` (open and hold N idle connections; connect rate; the server's RSS per
+//! connection). More scenarios (`fanout`, `broadcast`, `echo`) arrive with issue 6.
+
+mod conns;
+mod procfs;
+mod wsclient;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Open N WebSocket connections at a set rate, hold them, report success, connect rate
+    /// and the server's memory per connection.
+    Conns(conns::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let fd_limit = raise_nofile();
+    match Cli::parse().scenario {
+        Scenario::Conns(args) => conns::run(&args, fd_limit),
+    }
+}
+
+/// Raises the soft open-files limit to the hard limit; returns the limit in force.
+fn raise_nofile() -> u64 {
+    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
+        let _ = rlimit::Resource::NOFILE.set(hard, hard);
+    }
+    rlimit::Resource::NOFILE.get().map_or(1024, |(soft, _)| soft)
+}

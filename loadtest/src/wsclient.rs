@@ -1,0 +1,107 @@
+//! A non-blocking WebSocket client connection for the load tool, driven by a mio loop:
+//! connect from a chosen source address, send the upgrade, read the 101, then frames.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use mio::net::TcpStream;
+use protocol::{Decoder, DecoderConfig, Message};
+
+/// Where a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Waiting for the TCP connect and for room to send the request.
+    Connecting,
+    /// Request sent; reading the response head.
+    Upgrading,
+    /// 101 received.
+    Open,
+    /// Refused, reset or closed.
+    Failed,
+}
+
+/// One client connection.
+#[derive(Debug)]
+pub(crate) struct WsConn {
+    pub(crate) stream: TcpStream,
+    pub(crate) phase: Phase,
+    request: Vec<u8>,
+    sent: usize,
+    buf: BytesMut,
+    decoder: Decoder,
+}
+
+impl WsConn {
+    /// Starts a non-blocking connect from `source` to `server`.
+    pub(crate) fn connect(source: SocketAddr, server: SocketAddr, host: &str, path: &str) -> io::Result<WsConn> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.set_nonblocking(true)?;
+        socket.set_tcp_nodelay(true)?;
+        socket.bind(&source.into())?;
+        match socket.connect(&server.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(115) || e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .into_bytes();
+        Ok(WsConn {
+            stream: TcpStream::from_std(socket.into()),
+            phase: Phase::Connecting,
+            request,
+            sent: 0,
+            buf: BytesMut::new(),
+            decoder: Decoder::new(),
+        })
+    }
+
+    /// Makes progress after a readiness event; returns messages received.
+    pub(crate) fn drive(&mut self, out: &mut Vec<Message>) {
+        if self.phase == Phase::Connecting {
+            while self.sent < self.request.len() {
+                match self.stream.write(&self.request[self.sent..]) {
+                    Ok(n) => self.sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::NotConnected => return,
+                    Err(_) => {
+                        self.phase = Phase::Failed;
+                        return;
+                    }
+                }
+            }
+            self.phase = Phase::Upgrading;
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    self.phase = Phase::Failed;
+                    return;
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.phase = Phase::Failed;
+                    return;
+                }
+            }
+        }
+        if self.phase == Phase::Upgrading {
+            let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                return;
+            };
+            let head = self.buf.split_to(end + 4);
+            self.phase = if head.starts_with(b"HTTP/1.1 101") { Phase::Open } else { Phase::Failed };
+        }
+        if self.phase == Phase::Open {
+            let cfg = DecoderConfig::client();
+            while let Ok(Some(m)) = self.decoder.decode(&mut self.buf, &cfg, None) {
+                out.push(m);
+            }
+        }
+    }
+}
