@@ -1,18 +1,33 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, on Debian 12, as root.
-# Idempotent: a second run installs nothing. Every test that needs one of these fails,
-# rather than skips, when it is missing.
+# Idempotent: a second run installs nothing. A test whose tool is missing fails rather
+# than skips, so run this first (the README's test command does).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
-need_apt=()
-# (Packages are added here as the suites that use them land: nats-server for the cluster
-# tests, python3-websockets/node ws/chromium for the conformance tests.)
-for pkg in "$@"; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+# Debian packages: headless Chromium for the browser conformance test.
+apt_packages=(chromium)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
-if [ "${#need_apt[@]}" -gt 0 ]; then
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Python websockets (PyPI), the first independent client.
+if ! python3 -c 'import websockets.sync.client' 2>/dev/null; then
+  echo "installing websockets from PyPI"
+  python3 -m pip install -q --disable-pip-version-check 'websockets==17.4'
+fi
+
+# Node ws (npm), the second, pinned by the committed lock file.
+conformance=crates/pushgate/tests/conformance
+if [ ! -d "$conformance/node_modules/ws" ]; then
+  echo "installing ws from npm"
+  npm ci --prefix "$conformance" --no-audit --no-fund --loglevel=error
 fi
 
 # clippy and rustfmt for the checks CI runs beside the tests.

@@ -41,7 +41,10 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     if args.count as u64 + 32 > fd_limit {
-        bail!("{} connections need more descriptors than the open-files limit ({fd_limit}) allows", args.count);
+        bail!(
+            "{} connections need more descriptors than the open-files limit ({fd_limit}) allows",
+            args.count
+        );
     }
     let rss_before = args.server_pid.and_then(procfs::rss_bytes);
     let tcp_before = procfs::tcp_mem_bytes();
@@ -65,17 +68,30 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
             ((start.elapsed().as_secs_f64() * f64::from(args.rate)) as usize + 1).min(args.count)
         };
         while started < allowed && started - (open + failed) < 2048 {
-            let source = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (started % usize::from(args.sources.max(1))) as u8)), 0);
+            let source = SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(
+                    127,
+                    0,
+                    0,
+                    2 + (started % usize::from(args.sources.max(1))) as u8,
+                )),
+                0,
+            );
             let path = format!("{}uid=u{started}", args.path);
             let mut c = WsConn::connect(source, args.server, &host, &path).context("connect")?;
-            poll.registry()
-                .register(&mut c.stream, Token(conns.len()), Interest::READABLE | Interest::WRITABLE)?;
+            poll.registry().register(
+                &mut c.stream,
+                Token(conns.len()),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
             conns.push(c);
             started += 1;
         }
         poll.poll(&mut events, Some(Duration::from_millis(10)))?;
         for ev in events.iter() {
-            let Some(c) = conns.get_mut(ev.token().0) else { continue };
+            let Some(c) = conns.get_mut(ev.token().0) else {
+                continue;
+            };
             let before = c.phase;
             c.drive(&mut scratch);
             scratch.clear();
@@ -87,7 +103,10 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
             }
         }
         if last_progress.elapsed() > Duration::from_secs(2) {
-            eprintln!("  … {open} open, {failed} failed, {started} started after {:.1}s", start.elapsed().as_secs_f64());
+            eprintln!(
+                "  … {open} open, {failed} failed, {started} started after {:.1}s",
+                start.elapsed().as_secs_f64()
+            );
             last_progress = Instant::now();
         }
     }
@@ -113,7 +132,10 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         _ => None,
     };
     let rate = open as f64 / connect_secs.max(1e-9);
-    println!("conns: {open}/{} open, {failed} failed, in {connect_secs:.2}s ({rate:.0} upgrades/s)", args.count);
+    println!(
+        "conns: {open}/{} open, {failed} failed, in {connect_secs:.2}s ({rate:.0} upgrades/s)",
+        args.count
+    );
     if let (Some(b), Some(a)) = (rss_before, rss_after) {
         println!(
             "server RSS: {:.1} MiB -> {:.1} MiB, {:.0} bytes per connection",
@@ -145,7 +167,11 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     println!("{json}");
     drop(conns);
     if failed > 0 || open < args.count {
-        bail!("{} of {} connections did not open", args.count - open, args.count);
+        bail!(
+            "{} of {} connections did not open",
+            args.count - open,
+            args.count
+        );
     }
     Ok(())
 }

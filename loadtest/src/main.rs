@@ -37,5 +37,7 @@ fn raise_nofile() -> u64 {
     if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
         let _ = rlimit::Resource::NOFILE.set(hard, hard);
     }
-    rlimit::Resource::NOFILE.get().map_or(1024, |(soft, _)| soft)
+    rlimit::Resource::NOFILE
+        .get()
+        .map_or(1024, |(soft, _)| soft)
 }

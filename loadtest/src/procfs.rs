@@ -25,7 +25,9 @@ pub(crate) fn tcp_mem_bytes() -> Option<u64> {
 
 /// Open file descriptors of `pid`.
 pub(crate) fn open_fds(pid: u32) -> Option<usize> {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).ok().map(|d| d.count())
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(|d| d.count())
 }
 
 /// Kernel slab memory, system-wide, in bytes (`Slab:` in `/proc/meminfo`): where socket,

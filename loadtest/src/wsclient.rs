@@ -34,7 +34,12 @@ pub(crate) struct WsConn {
 
 impl WsConn {
     /// Starts a non-blocking connect from `source` to `server`.
-    pub(crate) fn connect(source: SocketAddr, server: SocketAddr, host: &str, path: &str) -> io::Result<WsConn> {
+    pub(crate) fn connect(
+        source: SocketAddr,
+        server: SocketAddr,
+        host: &str,
+        path: &str,
+    ) -> io::Result<WsConn> {
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
         socket.set_nonblocking(true)?;
         socket.set_tcp_nodelay(true)?;
@@ -65,7 +70,12 @@ impl WsConn {
             while self.sent < self.request.len() {
                 match self.stream.write(&self.request[self.sent..]) {
                     Ok(n) => self.sent += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::NotConnected => return,
+                    Err(e)
+                        if e.kind() == io::ErrorKind::WouldBlock
+                            || e.kind() == io::ErrorKind::NotConnected =>
+                    {
+                        return
+                    }
                     Err(_) => {
                         self.phase = Phase::Failed;
                         return;
@@ -95,7 +105,11 @@ impl WsConn {
                 return;
             };
             let head = self.buf.split_to(end + 4);
-            self.phase = if head.starts_with(b"HTTP/1.1 101") { Phase::Open } else { Phase::Failed };
+            self.phase = if head.starts_with(b"HTTP/1.1 101") {
+                Phase::Open
+            } else {
+                Phase::Failed
+            };
         }
         if self.phase == Phase::Open {
             let cfg = DecoderConfig::client();

@@ -26,7 +26,8 @@ pub mod default {
     pub const BACKLOG: i32 = 4096;
     pub const MAX_PENDING_HANDSHAKES: usize = 1024;
     pub const MAX_HEADER_BYTES: usize = 8 * 1024;
-    pub const MAX_FRAME_SIZE: usize = 64 * 1024;
+    /// Browsers never fragment, so frames may be as large as messages.
+    pub const MAX_FRAME_SIZE: usize = 1024 * 1024;
     pub const MAX_MESSAGE_SIZE: usize = 1024 * 1024;
     pub const MAX_OUTBOUND_BYTES: usize = 256 * 1024;
     pub const MAX_OUTBOUND_MESSAGES: usize = 256;
@@ -88,7 +89,7 @@ pub struct Cli {
     /// Largest upgrade request head in bytes, 431 past it [default: 8192].
     #[arg(long, env = "PUSHGATE_MAX_HEADER_BYTES")]
     pub max_header_bytes: Option<usize>,
-    /// Largest client frame payload in bytes, 1009 past it [default: 65536].
+    /// Largest client frame payload in bytes, 1009 past it [default: 1048576].
     #[arg(long, env = "PUSHGATE_MAX_FRAME_SIZE")]
     pub max_frame_size: Option<usize>,
     /// Largest client message in bytes (after inflating), 1009 past it [default: 1048576].

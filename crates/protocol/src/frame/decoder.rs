@@ -41,11 +41,13 @@ pub struct DecoderConfig {
 }
 
 impl DecoderConfig {
-    /// Server-side defaults: 64 KiB frames and 1 MiB messages, ample for IM traffic.
+    /// Server-side defaults: 1 MiB messages, ample for IM traffic. The frame limit is the
+    /// same: browsers send every message as one frame, so a lower frame limit would only
+    /// refuse large browser messages that the message limit allows.
     pub const fn server() -> Self {
         DecoderConfig {
             role: Role::Server,
-            max_frame_size: 64 * 1024,
+            max_frame_size: 1024 * 1024,
             max_message_size: 1024 * 1024,
         }
     }
