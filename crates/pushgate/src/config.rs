@@ -107,6 +107,9 @@ pub struct Cli {
     /// Accept permessage-deflate (without context takeover) [default: true].
     #[arg(long, env = "PUSHGATE_DEFLATE")]
     pub deflate: Option<bool>,
+    /// This node's name in logs, metrics and on the bus [default: host name + pid].
+    #[arg(long, env = "PUSHGATE_NODE_ID")]
+    pub node_id: Option<String>,
     /// Log as JSON lines instead of text [default: false].
     #[arg(long, env = "PUSHGATE_LOG_JSON")]
     pub log_json: Option<bool>,
@@ -136,6 +139,7 @@ pub struct FileConfig {
     max_outbound_messages: Option<usize>,
     echo: Option<bool>,
     deflate: Option<bool>,
+    node_id: Option<String>,
     log_json: Option<bool>,
 }
 
@@ -150,6 +154,8 @@ pub struct Settings {
     pub shutdown_drain: Duration,
     /// Connection capacity came from the open-files limit, not from configuration.
     pub capacity_from_fd_limit: bool,
+    /// This node's name.
+    pub node_id: String,
     /// JSON logs.
     pub log_json: bool,
 }
@@ -252,9 +258,21 @@ impl Settings {
                 pick!(shutdown_drain, default::SHUTDOWN_DRAIN),
             )?,
             capacity_from_fd_limit: configured.is_none(),
+            node_id: match cli.node_id.clone().or(file.node_id) {
+                Some(id) if id.trim().is_empty() => bail!("node_id must not be empty"),
+                Some(id) => id,
+                None => default_node_id(),
+            },
             log_json: pick!(log_json, false),
         })
     }
+}
+
+/// Host name and process ID: unique among the nodes of a cluster, stable for the process.
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "node".to_owned(), |h| h.trim().to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 #[cfg(test)]
@@ -277,6 +295,9 @@ mod tests {
         assert_eq!(s.reactor.max_connections, 20_000 - 64);
         assert!(s.capacity_from_fd_limit);
         assert!(s.reactor.session.echo);
+        assert!(s.node_id.ends_with(&format!("-{}", std::process::id())));
+        let named = Settings::resolve(&cli(&["--node-id", "edge-7"]), 100).unwrap();
+        assert_eq!(named.node_id, "edge-7");
     }
 
     #[test]

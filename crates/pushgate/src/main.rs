@@ -55,12 +55,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let fd_limit = limits::raise_nofile().context("raising the open-files limit")?;
     let settings = Settings::resolve(cli, fd_limit)?;
     init_logging(settings.log_json);
-    let node_id = format!(
-        "{}-{}",
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map_or_else(|_| "node".to_owned(), |h| h.trim().to_owned()),
-        std::process::id()
-    );
+    let node_id = settings.node_id.clone();
 
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .context("installing signal handlers")?;

@@ -88,3 +88,17 @@ fn connect_storm_pauses_accepting_and_recovers() {
     assert!(gw.metric("pushgate_timeouts_total{kind=\"handshake\"}") >= 4.0);
     drop(idle);
 }
+
+#[test]
+fn accept_rate_limit_paces_a_burst() {
+    let gw = Gateway::start(&["--reactors", "1", "--max-accept-rate", "20"]);
+    let start = Instant::now();
+    // 30 connections at 20 per second (burst 3): at least ~1.3 s.
+    let clients: Vec<Client> = (0..30)
+        .map(|_| Client::connect(gw.client_addr, "/echo"))
+        .collect();
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(1200), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(clients.len(), 30);
+}

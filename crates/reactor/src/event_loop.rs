@@ -599,6 +599,10 @@ impl Reactor {
             return;
         }
         let cref = self.conn_ref(key);
+        let was_upgraded = self
+            .conns
+            .get(key)
+            .is_some_and(|c| c.gauge == Gauge::Upgraded);
         self.set_gauge(key, Gauge::Neither);
         let conn = self.conns.remove(key);
         if let Some((id, _)) = conn.timer {
@@ -610,7 +614,7 @@ impl Reactor {
         }
         self.admission.release(conn.ip, conn.verdict);
         self.stats.connections.sub(1);
-        if conn.gauge == Gauge::Upgraded || conn.session.is_open() {
+        if was_upgraded {
             if let Some(c) = cref {
                 self.hooks.on_close(c);
             }

@@ -152,10 +152,13 @@ mod tests {
 
     #[test]
     fn every_kernel_matches_reference_for_all_small_lengths_offsets_and_alignments() {
+        // Under Miri (which checks the unsafe kernels for undefined behaviour) a smaller
+        // range still covers every alignment, tail length and key phase.
+        let (len, starts) = if cfg!(miri) { (80u32, 9) } else { (300, 33) };
         let key = [0x12, 0x34, 0x56, 0x78];
-        let src: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
+        let src: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
         for kernel in Kernel::available() {
-            for start in 0..33 {
+            for start in 0..starts {
                 for len in 0..(src.len() - start) {
                     for offset in 0..4 {
                         let mut want = src[start..start + len].to_vec();
