@@ -12,7 +12,7 @@ use protocol::deflate::DeflateConfig;
 use protocol::{DecoderConfig, Role};
 use reactor::{OutboundLimits, ReactorConfig};
 use serde::Deserialize;
-use session::{AuthMode, SessionConfig};
+use session::{AuthMode, JwtAuth, ReconnectAdvice, SessionConfig};
 
 /// Defaults, in one place.
 pub mod default {
@@ -107,6 +107,48 @@ pub struct Cli {
     /// Accept permessage-deflate (without context takeover) [default: true].
     #[arg(long, env = "PUSHGATE_DEFLATE")]
     pub deflate: Option<bool>,
+    /// HS256 secret for client JWTs; setting it (or a public key) turns dev mode off.
+    #[arg(long, env = "PUSHGATE_JWT_SECRET")]
+    pub jwt_secret: Option<String>,
+    /// PEM public key file for RS256 or ES256 client JWTs (see --jwt-algorithm).
+    #[arg(long, env = "PUSHGATE_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Algorithm of --jwt-public-key: RS256 or ES256 [default: RS256].
+    #[arg(long, env = "PUSHGATE_JWT_ALGORITHM")]
+    pub jwt_algorithm: Option<String>,
+    /// Seconds of clock skew tolerated on a token's exp [default: 30].
+    #[arg(long, env = "PUSHGATE_JWT_LEEWAY")]
+    pub jwt_leeway: Option<u64>,
+    /// Close a connection with 1008 when its token expires [default: true].
+    #[arg(long, env = "PUSHGATE_CLOSE_ON_TOKEN_EXPIRY")]
+    pub close_on_token_expiry: Option<bool>,
+    /// Comma-separated Origin values allowed to connect (403 otherwise) [default: any].
+    #[arg(long, env = "PUSHGATE_ALLOWED_ORIGINS")]
+    pub allowed_origins: Option<String>,
+    /// Malformed client requests tolerated before closing with 1008 [default: 10].
+    #[arg(long, env = "PUSHGATE_MAX_BAD_REQUESTS")]
+    pub max_bad_requests: Option<u32>,
+    /// Bearer key required on the server API [default: none].
+    #[arg(long, env = "PUSHGATE_API_KEY")]
+    pub api_key: Option<String>,
+    /// Largest server API request body in bytes, 413 past it [default: 1048576].
+    #[arg(long, env = "PUSHGATE_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Pushes smaller than this go uncompressed to deflate clients [default: 256].
+    #[arg(long, env = "PUSHGATE_COMPRESS_MIN_BYTES")]
+    pub compress_min_bytes: Option<usize>,
+    /// Reconnect backoff advertised in welcome: first delay in ms [default: 1000].
+    #[arg(long, env = "PUSHGATE_RECONNECT_BASE_MS")]
+    pub reconnect_base_ms: Option<u64>,
+    /// Reconnect backoff: growth factor per attempt [default: 2].
+    #[arg(long, env = "PUSHGATE_RECONNECT_FACTOR")]
+    pub reconnect_factor: Option<f64>,
+    /// Reconnect backoff: jitter fraction, 0 to 1 [default: 0.5].
+    #[arg(long, env = "PUSHGATE_RECONNECT_JITTER")]
+    pub reconnect_jitter: Option<f64>,
+    /// Reconnect backoff: largest delay in ms [default: 60000].
+    #[arg(long, env = "PUSHGATE_RECONNECT_CAP_MS")]
+    pub reconnect_cap_ms: Option<u64>,
     /// This node's name in logs, metrics and on the bus [default: host name + pid].
     #[arg(long, env = "PUSHGATE_NODE_ID")]
     pub node_id: Option<String>,
@@ -139,6 +181,20 @@ pub struct FileConfig {
     max_outbound_messages: Option<usize>,
     echo: Option<bool>,
     deflate: Option<bool>,
+    jwt_secret: Option<String>,
+    jwt_public_key: Option<PathBuf>,
+    jwt_algorithm: Option<String>,
+    jwt_leeway: Option<u64>,
+    close_on_token_expiry: Option<bool>,
+    allowed_origins: Option<String>,
+    max_bad_requests: Option<u32>,
+    api_key: Option<String>,
+    max_body_bytes: Option<usize>,
+    compress_min_bytes: Option<usize>,
+    reconnect_base_ms: Option<u64>,
+    reconnect_factor: Option<f64>,
+    reconnect_jitter: Option<f64>,
+    reconnect_cap_ms: Option<u64>,
     node_id: Option<String>,
     log_json: Option<bool>,
 }
@@ -156,6 +212,10 @@ pub struct Settings {
     pub capacity_from_fd_limit: bool,
     /// This node's name.
     pub node_id: String,
+    /// Bearer key for the server API.
+    pub api_key: Option<String>,
+    /// Server API body limit.
+    pub max_body_bytes: usize,
     /// JSON logs.
     pub log_json: bool,
 }
@@ -232,7 +292,25 @@ impl Settings {
                 ..DeflateConfig::default()
             },
             echo: pick!(echo, true),
-            auth: AuthMode::Dev,
+            auth: auth_mode(cli, &file)?,
+            allowed_origins: cli
+                .allowed_origins
+                .clone()
+                .or(file.allowed_origins.clone())
+                .map(|list| {
+                    list.split(',')
+                        .map(|o| o.trim().to_owned())
+                        .filter(|o| !o.is_empty())
+                        .collect()
+                }),
+            close_on_token_expiry: pick!(close_on_token_expiry, true),
+            max_bad_requests: pick!(max_bad_requests, 10),
+            reconnect: ReconnectAdvice {
+                base_ms: pick!(reconnect_base_ms, 1000),
+                factor: pick!(reconnect_factor, 2.0),
+                jitter: pick!(reconnect_jitter, 0.5).clamp(0.0, 1.0),
+                cap_ms: pick!(reconnect_cap_ms, 60_000),
+            },
         };
         let reactor = ReactorConfig {
             listen,
@@ -248,6 +326,7 @@ impl Settings {
                 max_messages: pick!(max_outbound_messages, default::MAX_OUTBOUND_MESSAGES),
             },
             tick: Duration::from_millis(10),
+            compress_min_bytes: pick!(compress_min_bytes, 256),
             session,
         };
         Ok(Settings {
@@ -263,8 +342,47 @@ impl Settings {
                 Some(id) => id,
                 None => default_node_id(),
             },
+            api_key: cli
+                .api_key
+                .clone()
+                .or(file.api_key.clone())
+                .filter(|k| !k.is_empty()),
+            max_body_bytes: pick!(max_body_bytes, 1024 * 1024).max(64),
             log_json: pick!(log_json, false),
         })
+    }
+}
+
+/// JWT verification from a secret or a public key; dev mode when neither is set.
+fn auth_mode(cli: &Cli, file: &FileConfig) -> anyhow::Result<AuthMode> {
+    let leeway = Duration::from_secs(cli.jwt_leeway.or(file.jwt_leeway).unwrap_or(30));
+    let secret = cli
+        .jwt_secret
+        .clone()
+        .or(file.jwt_secret.clone())
+        .filter(|s| !s.is_empty());
+    let key_file = cli.jwt_public_key.clone().or(file.jwt_public_key.clone());
+    match (secret, key_file) {
+        (Some(_), Some(_)) => bail!("set either jwt_secret or jwt_public_key, not both"),
+        (Some(secret), None) => Ok(AuthMode::Jwt(
+            JwtAuth::hs256(secret.as_bytes()).with_leeway(leeway),
+        )),
+        (None, Some(path)) => {
+            let pem =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let algorithm = cli
+                .jwt_algorithm
+                .clone()
+                .or(file.jwt_algorithm.clone())
+                .unwrap_or_else(|| "RS256".into());
+            let auth = match algorithm.to_ascii_uppercase().as_str() {
+                "RS256" => JwtAuth::rs256_pem(&pem)?,
+                "ES256" => JwtAuth::es256_pem(&pem)?,
+                other => bail!("jwt_algorithm must be RS256 or ES256, got {other}"),
+            };
+            Ok(AuthMode::Jwt(auth.with_leeway(leeway)))
+        }
+        (None, None) => Ok(AuthMode::Dev),
     }
 }
 

@@ -5,24 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bytes::Bytes;
 use clap::Parser;
-use reactor::{ConnRef, Hooks, Server};
-use signal_hook::consts::{SIGINT, SIGTERM};
-
 use pushgate::config::{Cli, Settings};
-use pushgate::control::{self, ControlState};
+use pushgate::control::{self, ApiStats, ControlState};
 use pushgate::limits;
-
-/// Until the router lands (issue 4), `/ws` connections get their `welcome` and heartbeats,
-/// and their client requests are counted (`pushgate_messages_received_total`) and dropped.
-struct Unrouted;
-
-impl Hooks for Unrouted {
-    fn on_open(&mut self, _conn: ConnRef, _uid: &str, _device: Option<&str>) {}
-    fn on_message(&mut self, _conn: ConnRef, _message: Bytes) {}
-    fn on_close(&mut self, _conn: ConnRef) {}
-}
+use reactor::Server;
+use router::{Router, RouterHooks};
+use session::AuthMode;
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -59,24 +49,43 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .context("installing signal handlers")?;
-    let server =
-        Server::start(settings.reactor.clone(), |_| Box::new(Unrouted)).with_context(|| {
-            format!(
-                "starting the client listener on {}",
-                settings.reactor.listen
-            )
-        })?;
+    let router = Arc::new(Router::new());
+    let hooks_router = Arc::clone(&router);
+    let server = Server::start(settings.reactor.clone(), move |_, stats| {
+        Box::new(RouterHooks::new(
+            Arc::clone(&hooks_router),
+            Arc::clone(stats),
+        ))
+    })
+    .with_context(|| {
+        format!(
+            "starting the client listener on {}",
+            settings.reactor.listen
+        )
+    })?;
+    router.attach(server.reactors().to_vec());
     let state = Arc::new(ControlState {
         reactors: server.reactors().to_vec(),
         admission: Arc::clone(server.admission()),
+        router: Arc::clone(&router),
         node_id: node_id.clone(),
+        api_key: settings.api_key.clone(),
+        max_body_bytes: settings.max_body_bytes,
+        api_stats: ApiStats::default(),
     });
     let control = control::spawn(settings.control, state, || true)
         .with_context(|| format!("starting the control listener on {}", settings.control))?;
 
-    tracing::warn!(
-        "DEV MODE: no JWT secret configured; /ws trusts ?uid= as the user ID. Do not expose this node."
-    );
+    let dev = matches!(settings.reactor.session.auth, AuthMode::Dev);
+    if dev {
+        tracing::warn!(
+            "DEV MODE: no JWT secret or key configured; /ws trusts ?uid= as the user ID. \
+             Do not expose this node."
+        );
+    }
+    if settings.api_key.is_none() {
+        tracing::warn!("no API key configured: anyone who reaches the control listener can push");
+    }
     tracing::info!(
         listen = %server.local_addr(),
         control = %control.local_addr,
@@ -84,7 +93,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         max_connections = settings.reactor.max_connections,
         open_files_limit = fd_limit,
         capacity_from = if settings.capacity_from_fd_limit { "open-files limit" } else { "configuration" },
-        mode = "dev",
+        mode = if dev { "dev" } else { "jwt" },
         echo = settings.reactor.session.echo,
         node = %node_id,
         "pushgate started"
@@ -92,14 +101,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 
     // Wait for a signal, watching the reactors meanwhile.
     let mut failed = false;
-    'wait: loop {
+    loop {
         if let Some(sig) = signals.pending().next() {
             tracing::info!(
                 signal = sig,
                 drain_secs = settings.shutdown_drain.as_secs_f64(),
                 "draining"
             );
-            break 'wait;
+            break;
         }
         if !server.is_running() {
             tracing::error!("a reactor thread stopped; shutting down");

@@ -4,9 +4,10 @@
 
 use std::fmt::Write;
 
-use reactor::admission::Admission;
-use reactor::stats::{PROTOCOL_CLOSE_CODES, REJECT_STATUSES};
+use reactor::stats::{DROP_REASONS, LATENCY_BUCKETS_US, PROTOCOL_CLOSE_CODES, REJECT_STATUSES};
 use reactor::{ReactorHandle, ReactorStats};
+
+use crate::control::{ControlState, API_ENDPOINTS, API_STATUSES};
 
 /// Metric names, one place to grep.
 pub mod names {
@@ -44,6 +45,22 @@ pub mod names {
     pub const ACCEPT_ERRORS: &str = "pushgate_accept_errors_total";
     /// Gauge: 1, labelled with the node ID.
     pub const NODE_INFO: &str = "pushgate_node_info";
+    /// Gauge: users with a connection on this node.
+    pub const USERS_ONLINE: &str = "pushgate_users_online";
+    /// Gauge: rooms with a member on this node.
+    pub const ROOMS: &str = "pushgate_rooms";
+    /// Counter: push frames queued to connections.
+    pub const MESSAGES_DELIVERED: &str = "pushgate_messages_delivered_total";
+    /// Counter: messages not delivered, by reason.
+    pub const MESSAGES_DROPPED: &str = "pushgate_messages_dropped_total";
+    /// Counter: server API requests by endpoint and status.
+    pub const PUSH_REQUESTS: &str = "pushgate_push_requests_total";
+    /// Histogram: push receipt to frame handed to the kernel.
+    pub const PUSH_LATENCY: &str = "pushgate_push_latency_seconds";
+    /// Counter: client requests by type.
+    pub const CLIENT_REQUESTS: &str = "pushgate_client_requests_total";
+    /// Counter: connections closed with 1008.
+    pub const POLICY_CLOSES: &str = "pushgate_policy_closes_total";
 }
 
 /// Reads one value from a reactor's counters.
@@ -58,8 +75,11 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// Renders every metric.
-pub fn render(reactors: &[ReactorHandle], admission: &Admission, node_id: &str) -> String {
+pub fn render(state: &ControlState) -> String {
     use names::*;
+    let reactors = state.reactors.as_slice();
+    let admission = &state.admission;
+    let node_id = &state.node_id;
     let mut out = String::with_capacity(4096);
     header(&mut out, NODE_INFO, "gauge", "This node.");
     let _ = writeln!(
@@ -160,6 +180,123 @@ pub fn render(reactors: &[ReactorHandle], admission: &Admission, node_id: &str) 
     for (kind, f) in kinds {
         let _ = writeln!(out, "{TIMEOUTS}{{kind=\"{kind}\"}} {}", sum(reactors, f));
     }
+
+    header(
+        &mut out,
+        USERS_ONLINE,
+        "gauge",
+        "Users with at least one connection on this node.",
+    );
+    let _ = writeln!(
+        out,
+        "{USERS_ONLINE} {}",
+        state.router.registry().users_online()
+    );
+    header(
+        &mut out,
+        ROOMS,
+        "gauge",
+        "Rooms with at least one member on this node.",
+    );
+    let _ = writeln!(out, "{ROOMS} {}", state.router.registry().rooms());
+    header(
+        &mut out,
+        MESSAGES_DELIVERED,
+        "counter",
+        "Push frames queued to connections.",
+    );
+    let _ = writeln!(
+        out,
+        "{MESSAGES_DELIVERED} {}",
+        sum(reactors, |s| s.delivered.get())
+    );
+    header(
+        &mut out,
+        MESSAGES_DROPPED,
+        "counter",
+        "Messages not delivered, by reason.",
+    );
+    for (i, reason) in DROP_REASONS.iter().enumerate() {
+        let mut n = sum(reactors, |s| s.dropped[i].get());
+        if *reason == "offline" {
+            n += state.api_stats.offline.get();
+        }
+        let _ = writeln!(out, "{MESSAGES_DROPPED}{{reason=\"{reason}\"}} {n}");
+    }
+    header(
+        &mut out,
+        PUSH_REQUESTS,
+        "counter",
+        "Server API requests by endpoint and status.",
+    );
+    for (e, endpoint) in API_ENDPOINTS.iter().enumerate() {
+        for (i, status) in API_STATUSES.iter().enumerate() {
+            let n = state.api_stats.requests[e][i].get();
+            let _ = writeln!(
+                out,
+                "{PUSH_REQUESTS}{{endpoint=\"{endpoint}\",status=\"{status}\"}} {n}"
+            );
+        }
+    }
+    header(
+        &mut out,
+        PUSH_LATENCY,
+        "histogram",
+        "Push receipt to frame handed to the kernel, per reactor batch.",
+    );
+    let mut cumulative = 0;
+    for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
+        cumulative += sum(reactors, |s| s.push_latency.buckets[i].get());
+        let _ = writeln!(
+            out,
+            "{PUSH_LATENCY}_bucket{{le=\"{}\"}} {cumulative}",
+            *bound as f64 / 1e6
+        );
+    }
+    cumulative += sum(reactors, |s| {
+        s.push_latency.buckets[LATENCY_BUCKETS_US.len()].get()
+    });
+    let _ = writeln!(out, "{PUSH_LATENCY}_bucket{{le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(
+        out,
+        "{PUSH_LATENCY}_sum {}",
+        sum(reactors, |s| s.push_latency.sum_us.get()) as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "{PUSH_LATENCY}_count {}",
+        sum(reactors, |s| s.push_latency.count.get())
+    );
+    header(
+        &mut out,
+        CLIENT_REQUESTS,
+        "counter",
+        "Client requests by type (malformed ones as \"bad\").",
+    );
+    let kinds: [(&str, Read); 4] = [
+        ("send", |s| s.client_sends.get()),
+        ("room", |s| s.client_room_ops.get()),
+        ("ping", |s| s.app_pings.get()),
+        ("bad", |s| s.bad_requests.get()),
+    ];
+    for (kind, f) in kinds {
+        let _ = writeln!(
+            out,
+            "{CLIENT_REQUESTS}{{type=\"{kind}\"}} {}",
+            sum(reactors, f)
+        );
+    }
+    header(
+        &mut out,
+        POLICY_CLOSES,
+        "counter",
+        "Connections closed with 1008 (token expiry, repeated bad requests).",
+    );
+    let _ = writeln!(
+        out,
+        "{POLICY_CLOSES} {}",
+        sum(reactors, |s| s.policy_closes.get())
+    );
 
     header(
         &mut out,

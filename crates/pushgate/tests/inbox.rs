@@ -13,11 +13,12 @@ use common::{Client, Read_};
 use protocol::frame::server_frame;
 use protocol::{CloseCode, Message, OpCode};
 use reactor::{Command, ConnRef, Hooks, ReactorConfig, Server};
+use session::ClientRequest;
 
 #[derive(Debug, PartialEq)]
 enum Seen {
     Open(ConnRef, String),
-    Msg(ConnRef, Bytes),
+    Request(ConnRef, ClientRequest),
     Closed(ConnRef),
 }
 
@@ -27,8 +28,8 @@ impl Hooks for Report {
     fn on_open(&mut self, conn: ConnRef, uid: &str, _device: Option<&str>) {
         let _ = self.0.send(Seen::Open(conn, uid.to_owned()));
     }
-    fn on_message(&mut self, conn: ConnRef, message: Bytes) {
-        let _ = self.0.send(Seen::Msg(conn, message));
+    fn on_request(&mut self, conn: ConnRef, request: ClientRequest) {
+        let _ = self.0.send(Seen::Request(conn, request));
     }
     fn on_close(&mut self, conn: ConnRef) {
         let _ = self.0.send(Seen::Closed(conn));
@@ -42,7 +43,7 @@ fn start() -> (Server, mpsc::Receiver<Seen>) {
         reactors: 1,
         ..ReactorConfig::default()
     };
-    let server = Server::start(config, move |_| Box::new(Report(tx.clone()))).unwrap();
+    let server = Server::start(config, move |_, _| Box::new(Report(tx.clone()))).unwrap();
     (server, rx)
 }
 
@@ -66,19 +67,21 @@ fn deliveries_follow_references_and_stale_references_match_nothing() {
     };
     assert_eq!(uid, "a");
 
-    a.send_text("hello hooks");
+    a.send_text(r#"{"type":"join","room":"r1"}"#);
     assert_eq!(
         next(&rx),
-        Seen::Msg(ref_a, Bytes::from_static(b"hello hooks"))
+        Seen::Request(ref_a, ClientRequest::Join { room: "r1".into() })
     );
 
     assert!(reactor.send(Command::Deliver {
         frame: server_frame(OpCode::Text, b"to a"),
-        targets: vec![ref_a]
+        targets: vec![ref_a],
+        received: None,
     }));
     assert_eq!(a.recv(), text("to a"));
     assert!(reactor.send(Command::Broadcast {
-        frame: server_frame(OpCode::Text, b"all")
+        frame: server_frame(OpCode::Text, b"all"),
+        received: None
     }));
     assert_eq!(a.recv(), text("all"));
 
@@ -98,10 +101,12 @@ fn deliveries_follow_references_and_stale_references_match_nothing() {
     reactor.send(Command::Deliver {
         frame: server_frame(OpCode::Text, b"stale"),
         targets: vec![ref_a],
+        received: None,
     });
     reactor.send(Command::Deliver {
         frame: server_frame(OpCode::Text, b"fresh"),
         targets: vec![ref_b],
+        received: None,
     });
     assert_eq!(
         b.recv(),
@@ -143,6 +148,7 @@ fn shared_frame_reaches_every_target_once() {
     server.reactors()[0].send(Command::Deliver {
         frame,
         targets: refs[1..4].to_vec(),
+        received: None,
     });
     for (i, c) in clients.iter_mut().enumerate() {
         let got = c.read(Duration::from_millis(if (1..4).contains(&i) {

@@ -29,6 +29,9 @@ pub struct ReactorConfig {
     pub outbound: OutboundLimits,
     /// Timer wheel resolution.
     pub tick: Duration,
+    /// Pushes smaller than this are sent uncompressed even to connections that negotiated
+    /// permessage-deflate (compressing tiny messages costs more than it saves).
+    pub compress_min_bytes: usize,
     /// Per-connection protocol settings.
     pub session: SessionConfig,
 }
@@ -48,6 +51,7 @@ impl Default for ReactorConfig {
                 max_messages: 256,
             },
             tick: Duration::from_millis(10),
+            compress_min_bytes: 256,
             session: SessionConfig::default(),
         }
     }

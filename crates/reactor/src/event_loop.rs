@@ -62,6 +62,8 @@ struct Conn {
     /// Writing was shut down after a protocol error.
     write_shut: bool,
     gauge: Gauge,
+    /// Upgraded on `/ws` (broadcasts go to these, not to `/echo`).
+    push_endpoint: bool,
 }
 
 #[derive(Debug)]
@@ -334,6 +336,7 @@ impl Reactor {
             close_after_flush: false,
             write_shut: false,
             gauge: Gauge::Handshaking,
+            push_endpoint: false,
         });
         self.stats.accepted.add(1);
         self.stats.connections.add(1);
@@ -483,6 +486,9 @@ impl Reactor {
             Event::Opened { uid, device } => {
                 stats.handshakes_ok.add(1);
                 self.set_gauge(key, Gauge::Upgraded);
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.push_endpoint = true;
+                }
                 if let Some(c) = cref {
                     self.hooks.on_open(c, &uid, device.as_deref());
                 }
@@ -491,12 +497,25 @@ impl Reactor {
                 stats.handshakes_ok.add(1);
                 self.set_gauge(key, Gauge::Upgraded);
             }
-            Event::Text(b) | Event::Binary(b) => {
+            Event::Request(req) => {
                 stats.messages_in.add(1);
+                match &req {
+                    session::ClientRequest::Send { .. } => stats.client_sends.add(1),
+                    _ => stats.client_room_ops.add(1),
+                }
                 if let Some(c) = cref {
-                    self.hooks.on_message(c, b);
+                    self.hooks.on_request(c, req);
                 }
             }
+            Event::AppPing => {
+                stats.messages_in.add(1);
+                stats.app_pings.add(1);
+            }
+            Event::BadRequest => {
+                stats.messages_in.add(1);
+                stats.bad_requests.add(1);
+            }
+            Event::TooManyBadRequests | Event::TokenExpired => stats.policy_closes.add(1),
             Event::Echoed => stats.messages_in.add(1),
             Event::ProtocolError(code) => stats.count_protocol_error(code.0),
             Event::HandshakeTimeout => stats.handshake_timeouts.add(1),
@@ -644,22 +663,39 @@ impl Reactor {
     fn on_command(&mut self, cmd: Command) {
         let now = Instant::now();
         match cmd {
-            Command::Deliver { frame, targets } => {
+            Command::Deliver {
+                frame,
+                targets,
+                received,
+            } => {
+                let mut compressed = None;
                 for t in targets {
-                    if let Some(key) = self.resolve(t) {
-                        self.deliver(key, frame.clone());
+                    match self.resolve(t) {
+                        Some(key) => self.deliver(key, &frame, &mut compressed),
+                        None => self.stats.count_dropped("gone", 1),
                     }
                 }
+                if let Some(r) = received {
+                    self.stats
+                        .push_latency
+                        .observe(Instant::now().saturating_duration_since(r));
+                }
             }
-            Command::Broadcast { frame } => {
+            Command::Broadcast { frame, received } => {
                 let keys: Vec<usize> = self
                     .conns
                     .iter()
-                    .filter(|(_, c)| c.session.is_open())
+                    .filter(|(_, c)| c.push_endpoint && c.session.is_open())
                     .map(|(k, _)| k)
                     .collect();
+                let mut compressed = None;
                 for key in keys {
-                    self.deliver(key, frame.clone());
+                    self.deliver(key, &frame, &mut compressed);
+                }
+                if let Some(r) = received {
+                    self.stats
+                        .push_latency
+                        .observe(Instant::now().saturating_duration_since(r));
                 }
             }
             Command::Close {
@@ -683,18 +719,34 @@ impl Reactor {
         }
     }
 
-    fn deliver(&mut self, key: usize, frame: Bytes) {
-        let Some(conn) = self.conns.get_mut(key) else {
+    /// Queues a push frame on one connection: the compressed form when the connection
+    /// negotiated permessage-deflate and the payload is worth compressing, compressed at
+    /// most once per command and shared by every such recipient on this reactor.
+    fn deliver(&mut self, key: usize, frame: &Bytes, compressed: &mut Option<Bytes>) {
+        let Some(conn) = self.conns.get(key) else {
             return;
         };
         if !conn.session.is_open() {
+            self.stats.count_dropped("gone", 1);
             return;
         }
-        if conn.out.push_data(frame, &self.config.outbound).is_err() {
+        let bytes = if conn.session.compresses() && frame.len() >= self.config.compress_min_bytes {
+            compressed
+                .get_or_insert_with(|| compress_frame(frame, &mut self.codecs.deflater))
+                .clone()
+        } else {
+            frame.clone()
+        };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.out.push_data(bytes, &self.config.outbound).is_err() {
+            self.stats.count_dropped("slow_consumer", 1);
             self.slow_consumer(key);
             return;
         }
         self.stats.frames_out.add(1);
+        self.stats.delivered.add(1);
         self.flush(key);
     }
 
@@ -780,6 +832,17 @@ impl DrainPlan {
             self.start + self.window
         }
     }
+}
+
+/// The same message as `frame` (a final, unmasked server frame), compressed.
+fn compress_frame(frame: &Bytes, deflater: &mut protocol::deflate::Deflater) -> Bytes {
+    let Ok(Some((header, n))) = protocol::FrameHeader::parse(frame) else {
+        return frame.clone();
+    };
+    let payload = &frame[n..];
+    let mut f = protocol::FrameBuilder::with_capacity(payload.len() / 2 + 16);
+    f.extend_compressed(deflater, payload);
+    f.finish(header.opcode, true)
 }
 
 /// A connection ID unique on this node for the process lifetime (reactor, slot,

@@ -2,7 +2,7 @@
 //! of the gateway about its connections.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::Sender;
@@ -28,15 +28,20 @@ pub struct ConnRef {
 pub enum Command {
     /// Queue one shared, already encoded frame on each of these connections.
     Deliver {
-        /// The frame.
+        /// The frame (uncompressed; compressed once per reactor for connections that
+        /// negotiated permessage-deflate).
         frame: Bytes,
         /// Recipients on this reactor.
         targets: Vec<ConnRef>,
+        /// When the push was received, for the push latency histogram.
+        received: Option<Instant>,
     },
-    /// Queue the frame on every upgraded connection of the reactor.
+    /// Queue the frame on every `/ws` connection of the reactor.
     Broadcast {
         /// The frame.
         frame: Bytes,
+        /// When the push was received.
+        received: Option<Instant>,
     },
     /// Start the close handshake on one connection.
     Close {
@@ -59,8 +64,8 @@ pub enum Command {
 pub trait Hooks: Send {
     /// A `/ws` connection was upgraded for `uid`.
     fn on_open(&mut self, conn: ConnRef, uid: &str, device: Option<&str>);
-    /// A `/ws` client sent a data message.
-    fn on_message(&mut self, conn: ConnRef, message: Bytes);
+    /// A `/ws` client sent a well-formed request (`send`, `join`, `leave`).
+    fn on_request(&mut self, conn: ConnRef, request: session::ClientRequest);
     /// A `/ws` connection that was open has gone.
     fn on_close(&mut self, conn: ConnRef);
 }

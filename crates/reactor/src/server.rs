@@ -25,11 +25,11 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the listener and starts `config.reactors` threads. `hooks(i)` makes reactor
-    /// `i`'s hooks.
+    /// Binds the listener and starts `config.reactors` threads. `hooks(i, stats)` makes
+    /// reactor `i`'s hooks, which may count into that reactor's `stats`.
     pub fn start(
         config: ReactorConfig,
-        mut hooks: impl FnMut(u16) -> Box<dyn Hooks>,
+        mut hooks: impl FnMut(u16, &Arc<ReactorStats>) -> Box<dyn Hooks>,
     ) -> io::Result<Server> {
         let n = config.reactors.max(1);
         let (listeners, local_addr) = bind_group(config.listen, n, config.backlog)?;
@@ -54,7 +54,7 @@ impl Server {
                 Arc::clone(&config),
                 Arc::clone(&admission),
                 Arc::clone(&stats),
-                hooks(id),
+                hooks(id, &stats),
             )?;
             let thread = std::thread::Builder::new()
                 .name(format!("reactor-{i}"))

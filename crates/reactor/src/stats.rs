@@ -33,6 +33,40 @@ impl Cell {
     }
 }
 
+/// Upper bounds of the push latency histogram buckets, in microseconds (+Inf implied).
+pub const LATENCY_BUCKETS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000,
+];
+
+/// A histogram with fixed buckets, written by one thread.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per-bucket counts (not cumulative); the last is +Inf.
+    pub buckets: [Cell; 15],
+    /// Sum of observations, microseconds.
+    pub sum_us: Cell,
+    /// Observations.
+    pub count: Cell,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: std::time::Duration) {
+        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        let i = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.buckets[i].add(1);
+        self.sum_us.add(us);
+        self.count.add(1);
+    }
+}
+
+/// Reasons a message is not delivered to a connection, in a fixed order for the counters.
+pub const DROP_REASONS: [&str; 5] = ["offline", "gone", "slow_consumer", "room_limit", "bus"];
+
 /// HTTP statuses an upgrade can be refused with, in a fixed order for the counters.
 pub const REJECT_STATUSES: [u16; 8] = [400, 401, 403, 404, 426, 429, 431, 503];
 
@@ -78,6 +112,22 @@ pub struct ReactorStats {
     pub accept_pauses: Cell,
     /// `accept` failures (e.g. out of file descriptors).
     pub accept_errors: Cell,
+    /// Push frames queued to connections.
+    pub delivered: Cell,
+    /// Messages not delivered, by reason (index into [`DROP_REASONS`]).
+    pub dropped: [Cell; 5],
+    /// Push latency: receipt to frame handed to the kernel (or queued behind earlier data).
+    pub push_latency: Histogram,
+    /// Client `send` requests.
+    pub client_sends: Cell,
+    /// Client room joins and leaves.
+    pub client_room_ops: Cell,
+    /// Application-level pings answered.
+    pub app_pings: Cell,
+    /// Malformed client requests.
+    pub bad_requests: Cell,
+    /// Connections closed with 1008 (token expiry, repeated malformed requests).
+    pub policy_closes: Cell,
 }
 
 impl ReactorStats {
@@ -85,6 +135,13 @@ impl ReactorStats {
     pub fn count_rejected(&self, status: u16) {
         if let Some(i) = REJECT_STATUSES.iter().position(|&s| s == status) {
             self.rejected[i].add(1);
+        }
+    }
+
+    /// Counts an undelivered message.
+    pub fn count_dropped(&self, reason: &str, n: u64) {
+        if let Some(i) = DROP_REASONS.iter().position(|&r| r == reason) {
+            self.dropped[i].add(n);
         }
     }
 

@@ -1,4 +1,16 @@
-//! Recipient-ID routing, rooms and the cluster bus.
+//! Recipient-ID routing: messages are addressed to users and rooms, never to sockets.
 //!
-//! Filled in by issues 4 and 5; the crate exists so the workspace layout is final from
-//! the first commit.
+//! - [`registry`]: user ID → the connections of that user on this node (every device),
+//!   room → member connections; sharded so reactors rarely meet on a lock.
+//! - [`router`]: resolves a push to connections, encodes the frame once and hands each
+//!   reactor one command with all of its recipients.
+//! - [`hooks`]: the per-reactor bookkeeping of which user and rooms each connection has,
+//!   fed by the reactor and feeding the registry.
+
+pub mod hooks;
+pub mod registry;
+pub mod router;
+
+pub use hooks::RouterHooks;
+pub use registry::Registry;
+pub use router::{PushOutcome, Router};

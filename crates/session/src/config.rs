@@ -5,11 +5,31 @@ use std::time::Duration;
 use protocol::deflate::DeflateConfig;
 use protocol::DecoderConfig;
 
-/// How `/ws` identifies the user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthMode {
-    /// `?uid=` is trusted as is. Only for development; the binary says so loudly.
-    Dev,
+pub use crate::auth::AuthMode;
+
+/// What `welcome` tells clients about reconnecting, so a node's clients do not all come
+/// back at the same moment after it restarts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReconnectAdvice {
+    /// First delay.
+    pub base_ms: u64,
+    /// Growth per attempt.
+    pub factor: f64,
+    /// Random fraction added to or taken from each delay (0..=1).
+    pub jitter: f64,
+    /// Largest delay.
+    pub cap_ms: u64,
+}
+
+impl Default for ReconnectAdvice {
+    fn default() -> Self {
+        ReconnectAdvice {
+            base_ms: 1000,
+            factor: 2.0,
+            jitter: 0.5,
+            cap_ms: 60_000,
+        }
+    }
 }
 
 /// Timeouts, limits and endpoints.
@@ -33,6 +53,15 @@ pub struct SessionConfig {
     pub echo: bool,
     /// Identity on `/ws`.
     pub auth: AuthMode,
+    /// Origins allowed to open `/ws` and `/echo` (403 otherwise); `None` allows any. A
+    /// request without `Origin` (not a browser) is allowed.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Close with 1008 when the connection's token expires.
+    pub close_on_token_expiry: bool,
+    /// Malformed client requests tolerated before the connection is closed with 1008.
+    pub max_bad_requests: u32,
+    /// Backoff advertised in `welcome`.
+    pub reconnect: ReconnectAdvice,
 }
 
 impl Default for SessionConfig {
@@ -47,6 +76,10 @@ impl Default for SessionConfig {
             deflate: DeflateConfig::default(),
             echo: true,
             auth: AuthMode::Dev,
+            allowed_origins: None,
+            close_on_token_expiry: true,
+            max_bad_requests: 10,
+            reconnect: ReconnectAdvice::default(),
         }
     }
 }

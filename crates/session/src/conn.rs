@@ -10,7 +10,7 @@
 //! reading only moves `since`; the driver's single timer fires at the old deadline, finds
 //! nothing due, and is re-armed at [`Session::next_deadline`].
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use protocol::deflate::{negotiate, DeflateParams, Deflater, Inflater};
@@ -20,7 +20,9 @@ use protocol::handshake::{
 };
 use protocol::{CloseCode, Decoder, Message, OpCode};
 
-use crate::config::{AuthMode, SessionConfig};
+use crate::auth::{authenticate, AuthError};
+use crate::client_protocol::{self, ClientRequest};
+use crate::config::SessionConfig;
 use crate::effects::{CloseKind, Effects, Event, TransmitKind};
 use crate::messages;
 
@@ -78,6 +80,9 @@ struct Open {
     deflate: Option<DeflateParams>,
     own: Option<Box<OwnCodecs>>,
     ping_outstanding: bool,
+    bad_requests: u32,
+    /// When the token stops being valid (JWT auth only).
+    token_expires: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -199,7 +204,10 @@ impl Session {
             }
             Phase::Open(open) => {
                 let silent = now.saturating_duration_since(self.since);
-                if silent >= config.idle_timeout {
+                if config.close_on_token_expiry && open.token_expires.is_some_and(|t| now >= t) {
+                    fx.events.push(Event::TokenExpired);
+                    self.close(CloseCode::POLICY, "token expired", cx, fx);
+                } else if silent >= config.idle_timeout {
                     fx.events.push(Event::IdleTimeout);
                     self.close(CloseCode::GOING_AWAY, "idle timeout", cx, fx);
                 } else if silent >= config.heartbeat && !open.ping_outstanding {
@@ -241,8 +249,17 @@ impl Session {
     pub fn next_deadline(&self, config: &SessionConfig) -> Option<Instant> {
         match &self.phase {
             Phase::Handshake(_) => Some(self.since + config.handshake_timeout),
-            Phase::Open(o) if o.ping_outstanding => Some(self.since + config.idle_timeout),
-            Phase::Open(_) => Some(self.since + config.heartbeat.min(config.idle_timeout)),
+            Phase::Open(o) => {
+                let silence = if o.ping_outstanding {
+                    self.since + config.idle_timeout
+                } else {
+                    self.since + config.heartbeat.min(config.idle_timeout)
+                };
+                match o.token_expires {
+                    Some(t) if config.close_on_token_expiry => Some(silence.min(t)),
+                    _ => Some(silence),
+                }
+            }
             Phase::Closing(c) => Some(c.deadline),
             Phase::Closed => None,
         }
@@ -297,16 +314,28 @@ impl Session {
             Ok(u) => u,
             Err(e) => return self.refuse(e.status(), &e.to_string(), fx),
         };
+        if let (Some(allowed), Some(origin)) = (&cx.config.allowed_origins, &upgrade.origin) {
+            if !allowed.iter().any(|a| a == origin) {
+                return self.refuse(Status::Forbidden, "origin not allowed", fx);
+            }
+        }
+        let mut token_expires = None;
         let opened = match endpoint {
             Endpoint::Echo => Event::EchoOpened,
-            Endpoint::Push => match &cx.config.auth {
-                AuthMode::Dev => match req.query_param("uid").filter(|u| !u.is_empty()) {
-                    Some(uid) => Event::Opened {
-                        uid: uid.into_owned(),
-                        device: req.query_param("device").map(|d| d.into_owned()),
-                    },
-                    None => return self.refuse(Status::Unauthorized, "missing uid", fx),
-                },
+            Endpoint::Push => match authenticate(&cx.config.auth, &req, SystemTime::now()) {
+                Ok(id) => {
+                    token_expires = id.expires_in.map(|d| cx.now + d);
+                    Event::Opened {
+                        uid: id.uid,
+                        device: id.device,
+                    }
+                }
+                Err(
+                    e @ (AuthError::Missing
+                    | AuthError::Invalid
+                    | AuthError::Expired
+                    | AuthError::TooLong),
+                ) => return self.refuse(Status::Unauthorized, &e.to_string(), fx),
             },
         };
         let agreed = negotiate(
@@ -336,7 +365,12 @@ impl Session {
         // A client may have sent frames right behind its request.
         let mut rest = BytesMut::from(&req.trailing()[..]);
         if let Event::Opened { uid, .. } = &opened {
-            let welcome = messages::welcome(cx.conn_id, uid, cx.config.heartbeat.as_secs());
+            let welcome = messages::welcome(
+                cx.conn_id,
+                uid,
+                cx.config.heartbeat.as_secs(),
+                &cx.config.reconnect,
+            );
             fx.send(TransmitKind::Data, welcome);
         }
         fx.events.push(opened);
@@ -346,6 +380,8 @@ impl Session {
             deflate,
             own,
             ping_outstanding: false,
+            bad_requests: 0,
+            token_expires,
         });
         self.since = cx.now;
         if !rest.is_empty() {
@@ -388,7 +424,19 @@ impl Session {
                         fx.send(TransmitKind::Data, f);
                         fx.events.push(Event::Echoed);
                     }
-                    Endpoint::Push => fx.events.push(Event::Text(t)),
+                    Endpoint::Push => match client_protocol::parse(&t) {
+                        Ok(ClientRequest::Ping) => {
+                            fx.events.push(Event::AppPing);
+                            let f = self.data_frame(
+                                OpCode::Text,
+                                client_protocol::pong_json(),
+                                cx.codecs,
+                            );
+                            fx.send(TransmitKind::Data, f);
+                        }
+                        Ok(req) => fx.events.push(Event::Request(req)),
+                        Err(e) => self.bad_request(e, cx, fx),
+                    },
                 },
                 Ok(Some(Message::Binary(b))) => match open.endpoint {
                     Endpoint::Echo => {
@@ -396,7 +444,14 @@ impl Session {
                         fx.send(TransmitKind::Data, f);
                         fx.events.push(Event::Echoed);
                     }
-                    Endpoint::Push => fx.events.push(Event::Binary(b)),
+                    Endpoint::Push => self.bad_request(
+                        client_protocol::RequestError {
+                            code: "bad_request",
+                            message: "requests are JSON text messages",
+                        },
+                        cx,
+                        fx,
+                    ),
                 },
                 Err(e) => {
                     let code = e.close_code();
@@ -412,6 +467,27 @@ impl Session {
                     return;
                 }
             }
+        }
+    }
+
+    /// Answers a malformed request; past the configured number, closes with 1008.
+    fn bad_request(
+        &mut self,
+        e: client_protocol::RequestError,
+        cx: &mut Ctx<'_>,
+        fx: &mut Effects,
+    ) {
+        let Phase::Open(open) = &mut self.phase else {
+            return;
+        };
+        open.bad_requests += 1;
+        let too_many = open.bad_requests > cx.config.max_bad_requests;
+        fx.events.push(Event::BadRequest);
+        let f = self.data_frame(OpCode::Text, &client_protocol::error_json(e), cx.codecs);
+        fx.send(TransmitKind::Data, f);
+        if too_many {
+            fx.events.push(Event::TooManyBadRequests);
+            self.close(CloseCode::POLICY, "too many malformed requests", cx, fx);
         }
     }
 

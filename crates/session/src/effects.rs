@@ -39,10 +39,16 @@ pub enum Event {
     },
     /// A `/echo` connection was upgraded.
     EchoOpened,
-    /// A text message from a `/ws` client (a client request).
-    Text(Bytes),
-    /// A binary message from a `/ws` client.
-    Binary(Bytes),
+    /// A well-formed request from a `/ws` client, for the router.
+    Request(crate::client_protocol::ClientRequest),
+    /// An application-level ping was answered.
+    AppPing,
+    /// A malformed or unknown request was answered with an `error` message.
+    BadRequest,
+    /// Too many malformed requests: closed with 1008.
+    TooManyBadRequests,
+    /// The token expired while connected: closed with 1008.
+    TokenExpired,
     /// A `/echo` message was received and sent back.
     Echoed,
     /// The connection failed with a protocol error; the close code was sent.

@@ -2,6 +2,8 @@
 //! bytes to send, events for the router, what to do with the socket and the next deadline
 //! come out.
 //!
+//! - [`auth`]: JWT or dev-mode identity, decided before the upgrade.
+//! - [`client_protocol`]: `send`, `join`, `leave`, `ping`, parsed with simd-json.
 //! - [`config`]: timeouts, limits, endpoints and auth mode shared by a listener's
 //!   connections.
 //! - [`conn`]: the state machine ([`Session`]) a reactor keeps per connection.
@@ -13,11 +15,15 @@
 //! then carry out the socket action; finally it re-arms its timer at
 //! [`Session::next_deadline`].
 
+pub mod auth;
+pub mod client_protocol;
 pub mod config;
 pub mod conn;
 pub mod effects;
 pub mod messages;
 
-pub use config::{AuthMode, SessionConfig};
+pub use auth::{AuthMode, JwtAuth};
+pub use client_protocol::ClientRequest;
+pub use config::{ReconnectAdvice, SessionConfig};
 pub use conn::{Codecs, Ctx, Session};
 pub use effects::{CloseKind, Effects, Event, Transmit, TransmitKind};

@@ -3,13 +3,21 @@
 use bytes::Bytes;
 use protocol::frame::{FrameBuilder, OpCode};
 
+use crate::config::ReconnectAdvice;
+
 /// The `welcome` frame sent right after the upgrade.
-pub fn welcome(conn: &str, uid: &str, heartbeat_secs: u64) -> Bytes {
+pub fn welcome(conn: &str, uid: &str, heartbeat_secs: u64, reconnect: &ReconnectAdvice) -> Bytes {
     let body = serde_json::json!({
         "type": "welcome",
         "conn": conn,
         "uid": uid,
         "heartbeat": heartbeat_secs,
+        "reconnect": {
+            "base_ms": reconnect.base_ms,
+            "factor": reconnect.factor,
+            "jitter": reconnect.jitter,
+            "cap_ms": reconnect.cap_ms,
+        },
     });
     text_frame(&body)
 }

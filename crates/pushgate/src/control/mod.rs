@@ -2,9 +2,10 @@
 //! It runs on its own thread with its own small mio loop, so a slow scrape or API client
 //! never touches a reactor.
 
+pub mod api;
 pub mod http;
 mod routes;
 mod server;
 
-pub use routes::ControlState;
-pub use server::{spawn, ControlServer, MAX_BODY};
+pub use routes::{ApiStats, ControlState, API_ENDPOINTS, API_STATUSES};
+pub use server::{spawn, ControlServer};

@@ -1,12 +1,38 @@
 //! What each control path answers.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use reactor::admission::Admission;
+use reactor::stats::Cell;
 use reactor::ReactorHandle;
+use router::Router;
 
+use super::api;
 use super::http::{json_error, response, Request};
 use crate::metrics;
+
+/// Server API endpoints, for the request counters.
+pub const API_ENDPOINTS: [&str; 2] = ["push", "broadcast"];
+/// Statuses the API answers with, for the request counters.
+pub const API_STATUSES: [u16; 6] = [200, 400, 401, 404, 405, 413];
+
+/// Counters of the control thread (its only writer).
+#[derive(Debug, Default)]
+pub struct ApiStats {
+    /// Requests by endpoint (index into [`API_ENDPOINTS`]) and status (into [`API_STATUSES`]).
+    pub requests: [[Cell; 6]; 2],
+    /// Users named in pushes with no connection on this node.
+    pub offline: Cell,
+}
+
+impl ApiStats {
+    fn count(&self, endpoint: usize, status: u16) {
+        if let Some(i) = API_STATUSES.iter().position(|&s| s == status) {
+            self.requests[endpoint][i].add(1);
+        }
+    }
+}
 
 /// What the routes read.
 #[derive(Debug)]
@@ -15,14 +41,40 @@ pub struct ControlState {
     pub reactors: Vec<ReactorHandle>,
     /// Connection caps and the drain flag.
     pub admission: Arc<Admission>,
+    /// The router, for pushes and registry gauges.
+    pub router: Arc<Router>,
     /// This node's name.
     pub node_id: String,
+    /// Bearer key the API requires, if any.
+    pub api_key: Option<String>,
+    /// API body limit.
+    pub max_body_bytes: usize,
+    /// API counters.
+    pub api_stats: ApiStats,
+}
+
+/// Compares without an early exit, so response time says nothing about the key.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl ControlState {
     /// The response to one request.
     pub fn handle(&self, req: &Request, reactors_running: bool) -> Vec<u8> {
         let keep = req.keep_alive;
+        let endpoint = match req.path.as_str() {
+            "/v1/push" => Some(0),
+            "/v1/broadcast" => Some(1),
+            _ => None,
+        };
+        if let Some(e) = endpoint {
+            let (status, body) = self.api(e, req);
+            self.api_stats.count(e, status);
+            return match body {
+                Ok(()) => response(200, "application/json", b"{\"ok\":true}", keep),
+                Err(msg) => json_error(status, msg, keep),
+            };
+        }
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/healthz") => response(200, "application/json", b"{\"ok\":true}", keep),
             ("GET", "/readyz") => {
@@ -33,7 +85,7 @@ impl ControlState {
                 }
             }
             ("GET", "/metrics") => {
-                let body = metrics::render(&self.reactors, &self.admission, &self.node_id);
+                let body = metrics::render(self);
                 response(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -43,6 +95,42 @@ impl ControlState {
             }
             (_, "/healthz" | "/readyz" | "/metrics") => json_error(405, "method not allowed", keep),
             _ => json_error(404, "not found", keep),
+        }
+    }
+
+    /// Serves an API endpoint: (status, Ok or the error message).
+    fn api(&self, endpoint: usize, req: &Request) -> (u16, Result<(), &'static str>) {
+        if req.method != "POST" {
+            return (405, Err("method not allowed"));
+        }
+        if let Some(key) = &self.api_key {
+            let given = req.authorization.as_deref().and_then(|h| {
+                let (scheme, token) = h.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            });
+            if !given.is_some_and(|g| same_secret(g.as_bytes(), key.as_bytes())) {
+                return (401, Err("missing or wrong API key"));
+            }
+        }
+        let received = Instant::now();
+        if endpoint == 0 {
+            match api::parse_push(&req.body) {
+                Ok(p) => {
+                    let offline = api::push(&self.router, &p, received);
+                    self.api_stats.offline.add(offline as u64);
+                    (200, Ok(()))
+                }
+                Err(e) => (400, Err(e)),
+            }
+        } else {
+            match api::parse_broadcast(&req.body) {
+                Ok((from, data)) => {
+                    self.router
+                        .broadcast(Router::msg_frame(&from, &data), received);
+                    (200, Ok(()))
+                }
+                Err(e) => (400, Err(e)),
+            }
         }
     }
 }

@@ -20,8 +20,6 @@ const WAKER: Token = Token(usize::MAX - 2);
 const MAX_CLIENTS: usize = 1024;
 /// A control connection silent this long is closed.
 const IDLE: Duration = Duration::from_secs(60);
-/// Largest API request body.
-pub const MAX_BODY: usize = 1024 * 1024;
 
 struct Client {
     stream: TcpStream,
@@ -164,7 +162,7 @@ fn serve(c: &mut Client, state: &ControlState, running: &impl Fn() -> bool) -> b
         }
         // Answer as we go so a pipelining client never makes us buffer without bound.
         answer(c, state, running);
-        if c.inbuf.len() > super::http::MAX_HEAD + MAX_BODY {
+        if c.inbuf.len() > super::http::MAX_HEAD + state.max_body_bytes {
             break;
         }
     }
@@ -185,7 +183,7 @@ fn serve(c: &mut Client, state: &ControlState, running: &impl Fn() -> bool) -> b
 
 fn answer(c: &mut Client, state: &ControlState, running: &impl Fn() -> bool) {
     while !c.close_after_write {
-        match next_request(&mut c.inbuf, MAX_BODY) {
+        match next_request(&mut c.inbuf, state.max_body_bytes) {
             Ok(Some(req)) => {
                 let resp = state.handle(&req, running());
                 c.out.extend_from_slice(&resp);

@@ -1,0 +1,198 @@
+//! The user and room registry.
+//!
+//! Both maps are split into shards by a hash of the ID, each behind its own `RwLock`:
+//! connects and disconnects (a write on one shard) and pushes (reads) from different
+//! reactors and the API thread rarely meet. IDs are interned: a user's ID is stored once,
+//! as the `Arc<str>` key, and the per-connection bookkeeping holds clones of it.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use reactor::ConnRef;
+
+/// Shards per map: a power of two comfortably above the number of threads.
+const SHARDS: usize = 64;
+
+type Members = Vec<ConnRef>;
+
+#[derive(Debug, Default)]
+struct Shard {
+    map: RwLock<HashMap<Arc<str>, Members>>,
+}
+
+/// One sharded ID → connections map.
+#[derive(Debug)]
+struct ShardedMap {
+    shards: Box<[Shard]>,
+}
+
+impl ShardedMap {
+    fn new() -> Self {
+        ShardedMap {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+        }
+    }
+
+    fn shard(&self, id: &str) -> &Shard {
+        let mut h = DefaultHasher::new();
+        id.hash(&mut h);
+        &self.shards[h.finish() as usize & (SHARDS - 1)]
+    }
+
+    /// Adds `conn` under `id`; returns the interned ID.
+    fn insert(&self, id: &str, conn: ConnRef) -> Arc<str> {
+        let mut map = self.shard(id).map.write();
+        if let Some(key) = map.get_key_value(id).map(|(k, _)| Arc::clone(k)) {
+            if let Some(members) = map.get_mut(id) {
+                if !members.contains(&conn) {
+                    members.push(conn);
+                }
+            }
+            return key;
+        }
+        let key: Arc<str> = Arc::from(id);
+        map.insert(Arc::clone(&key), vec![conn]);
+        key
+    }
+
+    /// Removes `conn` from `id`, dropping the entry when it empties.
+    fn remove(&self, id: &str, conn: ConnRef) {
+        let mut map = self.shard(id).map.write();
+        let now_empty = match map.get_mut(id) {
+            Some(members) => {
+                members.retain(|c| *c != conn);
+                members.is_empty()
+            }
+            None => false,
+        };
+        if now_empty {
+            map.remove(id);
+        }
+    }
+
+    /// Appends the connections under `id` to `out`; false when there are none.
+    fn collect(&self, id: &str, out: &mut Vec<ConnRef>) -> bool {
+        match self.shard(id).map.read().get(id) {
+            Some(m) => {
+                out.extend_from_slice(m);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.map.read().len()).sum()
+    }
+}
+
+/// Users and rooms of this node.
+#[derive(Debug)]
+pub struct Registry {
+    users: ShardedMap,
+    rooms: ShardedMap,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Registry {
+    /// Empty.
+    pub fn new() -> Self {
+        Registry {
+            users: ShardedMap::new(),
+            rooms: ShardedMap::new(),
+        }
+    }
+
+    /// A connection of `uid` opened; returns the interned ID.
+    pub fn add_user(&self, uid: &str, conn: ConnRef) -> Arc<str> {
+        self.users.insert(uid, conn)
+    }
+
+    /// A connection of `uid` went away.
+    pub fn remove_user(&self, uid: &str, conn: ConnRef) {
+        self.users.remove(uid, conn);
+    }
+
+    /// `conn` joined `room`; returns the interned ID.
+    pub fn join(&self, room: &str, conn: ConnRef) -> Arc<str> {
+        self.rooms.insert(room, conn)
+    }
+
+    /// `conn` left `room`.
+    pub fn leave(&self, room: &str, conn: ConnRef) {
+        self.rooms.remove(room, conn);
+    }
+
+    /// Appends every connection of `uid`; false if the user is not on this node.
+    pub fn user_connections(&self, uid: &str, out: &mut Vec<ConnRef>) -> bool {
+        self.users.collect(uid, out)
+    }
+
+    /// Appends every member connection of `room`; false if the room is empty here.
+    pub fn room_connections(&self, room: &str, out: &mut Vec<ConnRef>) -> bool {
+        self.rooms.collect(room, out)
+    }
+
+    /// Users with at least one connection here.
+    pub fn users_online(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Rooms with at least one member here.
+    pub fn rooms(&self) -> usize {
+        self.rooms.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(index: u32) -> ConnRef {
+        ConnRef {
+            reactor: 0,
+            index,
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn users_with_many_devices() {
+        let r = Registry::new();
+        let a1 = r.add_user("alice", c(1));
+        let a2 = r.add_user("alice", c(2));
+        assert!(Arc::ptr_eq(&a1, &a2), "one interned ID per user");
+        r.add_user("bob", c(3));
+        let mut out = Vec::new();
+        assert!(r.user_connections("alice", &mut out));
+        assert_eq!(out, [c(1), c(2)]);
+        assert_eq!(r.users_online(), 2);
+        r.remove_user("alice", c(1));
+        r.remove_user("alice", c(2));
+        assert!(!r.user_connections("alice", &mut Vec::new()));
+        assert_eq!(r.users_online(), 1);
+        r.remove_user("nobody", c(9));
+    }
+
+    #[test]
+    fn rooms_join_and_leave() {
+        let r = Registry::new();
+        r.join("r1", c(1));
+        r.join("r1", c(1));
+        r.join("r1", c(2));
+        let mut out = Vec::new();
+        r.room_connections("r1", &mut out);
+        assert_eq!(out, [c(1), c(2)], "joining twice is one membership");
+        r.leave("r1", c(1));
+        r.leave("r1", c(2));
+        assert_eq!(r.rooms(), 0);
+    }
+}

@@ -1,0 +1,188 @@
+//! Who is connecting: a JWT (`?token=` or `Authorization: Bearer`), or in dev mode a
+//! trusted `?uid=`. Decided from the request head, before the upgrade: a failure is a 401
+//! and nothing is allocated for the connection.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+use protocol::handshake::Request;
+use serde::Deserialize;
+
+/// The longest user or device ID accepted, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+
+/// How `/ws` identifies the user.
+#[derive(Clone)]
+pub enum AuthMode {
+    /// `?uid=` is trusted as is. Only for development; the binary says so loudly.
+    Dev,
+    /// A signed JWT whose `sub` is the user ID.
+    Jwt(JwtAuth),
+}
+
+impl std::fmt::Debug for AuthMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthMode::Dev => f.write_str("Dev"),
+            AuthMode::Jwt(j) => write!(f, "Jwt({j:?})"),
+        }
+    }
+}
+
+/// JWT verification settings.
+#[derive(Clone)]
+pub struct JwtAuth {
+    key: DecodingKey,
+    algorithm: Algorithm,
+    leeway: Duration,
+}
+
+impl std::fmt::Debug for JwtAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtAuth")
+            .field("algorithm", &self.algorithm)
+            .field("leeway", &self.leeway)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The key could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid JWT key: {0}")]
+pub struct KeyError(String);
+
+impl JwtAuth {
+    /// HS256 with a shared secret.
+    pub fn hs256(secret: &[u8]) -> Self {
+        JwtAuth {
+            key: DecodingKey::from_secret(secret),
+            algorithm: Algorithm::HS256,
+            leeway: Duration::from_secs(30),
+        }
+    }
+
+    /// RS256 with an RSA public key in PEM.
+    pub fn rs256_pem(pem: &[u8]) -> Result<Self, KeyError> {
+        Ok(JwtAuth {
+            key: DecodingKey::from_rsa_pem(pem).map_err(|e| KeyError(e.to_string()))?,
+            algorithm: Algorithm::RS256,
+            leeway: Duration::from_secs(30),
+        })
+    }
+
+    /// ES256 with an EC (P-256) public key in PEM.
+    pub fn es256_pem(pem: &[u8]) -> Result<Self, KeyError> {
+        Ok(JwtAuth {
+            key: DecodingKey::from_ec_pem(pem).map_err(|e| KeyError(e.to_string()))?,
+            algorithm: Algorithm::ES256,
+            leeway: Duration::from_secs(30),
+        })
+    }
+
+    /// Clock skew tolerated on `exp` (default 30 s).
+    pub fn with_leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+}
+
+/// An authenticated connection's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// User ID (`sub`, or `uid` in dev mode).
+    pub uid: String,
+    /// Device ID from `?device=`.
+    pub device: Option<String>,
+    /// How long the token stays valid, from now; `None` in dev mode.
+    pub expires_in: Option<Duration>,
+}
+
+/// Why a request was not authenticated (all answered 401).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token (or, in dev mode, no `uid`).
+    #[error("missing credentials")]
+    Missing,
+    /// Bad signature, malformed, wrong algorithm, or no usable `sub`.
+    #[error("invalid token")]
+    Invalid,
+    /// Past `exp`.
+    #[error("token expired")]
+    Expired,
+    /// An ID longer than [`MAX_ID_LEN`].
+    #[error("ID too long")]
+    TooLong,
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+}
+
+/// Authenticates an upgrade request.
+pub fn authenticate(
+    mode: &AuthMode,
+    req: &Request,
+    now: SystemTime,
+) -> Result<Identity, AuthError> {
+    let device = req
+        .query_param("device")
+        .map(|d| d.into_owned())
+        .filter(|d| !d.is_empty());
+    if device.as_ref().is_some_and(|d| d.len() > MAX_ID_LEN) {
+        return Err(AuthError::TooLong);
+    }
+    let identity = match mode {
+        AuthMode::Dev => {
+            let uid = req
+                .query_param("uid")
+                .filter(|u| !u.is_empty())
+                .ok_or(AuthError::Missing)?;
+            Identity {
+                uid: uid.into_owned(),
+                device,
+                expires_in: None,
+            }
+        }
+        AuthMode::Jwt(jwt) => {
+            let token = bearer(req).ok_or(AuthError::Missing)?;
+            let mut validation = Validation::new(jwt.algorithm);
+            validation.leeway = jwt.leeway.as_secs();
+            validation.validate_exp = true;
+            let data =
+                decode::<Claims>(&token, &jwt.key, &validation).map_err(|e| match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                    _ => AuthError::Invalid,
+                })?;
+            if data.claims.sub.is_empty() {
+                return Err(AuthError::Invalid);
+            }
+            let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let valid_until = data.claims.exp.saturating_add(jwt.leeway.as_secs());
+            Identity {
+                uid: data.claims.sub,
+                device,
+                expires_in: Some(Duration::from_secs(valid_until.saturating_sub(now_secs))),
+            }
+        }
+    };
+    if identity.uid.len() > MAX_ID_LEN {
+        return Err(AuthError::TooLong);
+    }
+    Ok(identity)
+}
+
+/// The token from `Authorization: Bearer`, else from `?token=`.
+fn bearer(req: &Request) -> Option<String> {
+    if let Some(h) = req.header("authorization") {
+        let h = std::str::from_utf8(h).ok()?.trim();
+        let (scheme, token) = h.split_once(' ')?;
+        if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
+            return Some(token.trim().to_owned());
+        }
+    }
+    req.query_param("token")
+        .filter(|t| !t.is_empty())
+        .map(|t| t.into_owned())
+}

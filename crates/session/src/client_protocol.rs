@@ -1,0 +1,194 @@
+//! Requests a `/ws` client sends (shared/CONTRACT.md, "Client protocol"), parsed with
+//! simd-json, and the JSON the server answers with.
+
+use bytes::Bytes;
+use simd_json::prelude::*;
+use simd_json::BorrowedValue;
+
+use crate::auth::MAX_ID_LEN;
+
+/// Most recipients one `send` may name.
+pub const MAX_RECIPIENTS: usize = 1000;
+
+/// A well-formed client request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientRequest {
+    /// Deliver `data` (raw JSON) to every connection of each user in `to`.
+    Send {
+        /// Recipient user IDs.
+        to: Vec<String>,
+        /// The `data` value, serialized JSON.
+        data: Bytes,
+    },
+    /// Join a room.
+    Join {
+        /// Room ID.
+        room: String,
+    },
+    /// Leave a room.
+    Leave {
+        /// Room ID.
+        room: String,
+    },
+    /// Application-level ping (browsers cannot send ping frames).
+    Ping,
+}
+
+/// A rejected request: the `code` and `message` of the `error` reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestError {
+    /// Machine-readable code.
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: &'static str,
+}
+
+const fn err(code: &'static str, message: &'static str) -> RequestError {
+    RequestError { code, message }
+}
+
+/// Parses one text message.
+pub fn parse(text: &[u8]) -> Result<ClientRequest, RequestError> {
+    let mut buf = text.to_vec();
+    let value =
+        simd_json::to_borrowed_value(&mut buf).map_err(|_| err("bad_json", "not valid JSON"))?;
+    let Some(obj) = value.as_object() else {
+        return Err(err("bad_request", "a request is a JSON object"));
+    };
+    let Some(kind) = obj.get("type").and_then(|t| t.as_str()) else {
+        return Err(err("bad_request", "missing \"type\""));
+    };
+    match kind {
+        "ping" => Ok(ClientRequest::Ping),
+        "join" | "leave" => {
+            let room = id(obj.get("room"), "room")?;
+            Ok(if kind == "join" {
+                ClientRequest::Join { room }
+            } else {
+                ClientRequest::Leave { room }
+            })
+        }
+        "send" => {
+            let Some(list) = obj.get("to").and_then(|t| t.as_array()) else {
+                return Err(err("bad_request", "\"to\" must be an array of user IDs"));
+            };
+            if list.is_empty() || list.len() > MAX_RECIPIENTS {
+                return Err(err("bad_request", "\"to\" must name 1 to 1000 users"));
+            }
+            let to = list
+                .iter()
+                .map(|v| id(Some(v), "to"))
+                .collect::<Result<Vec<_>, _>>()?;
+            let Some(data) = obj.get("data") else {
+                return Err(err("bad_request", "missing \"data\""));
+            };
+            Ok(ClientRequest::Send {
+                to,
+                data: Bytes::from(data.encode()),
+            })
+        }
+        _ => Err(err("unknown_type", "unknown request type")),
+    }
+}
+
+fn id(v: Option<&BorrowedValue<'_>>, field: &'static str) -> Result<String, RequestError> {
+    match v.and_then(|v| v.as_str()) {
+        Some(s) if !s.is_empty() && s.len() <= MAX_ID_LEN => Ok(s.to_owned()),
+        _ => Err(err(
+            "bad_request",
+            match field {
+                "room" => "\"room\" must be a non-empty string of at most 256 bytes",
+                _ => "user IDs must be non-empty strings of at most 256 bytes",
+            },
+        )),
+    }
+}
+
+/// `{"type":"pong"}`.
+pub fn pong_json() -> &'static [u8] {
+    br#"{"type":"pong"}"#
+}
+
+/// `{"type":"error","code":...,"message":...}`.
+pub fn error_json(e: RequestError) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"type": "error", "code": e.code, "message": e.message}))
+        .unwrap_or_default()
+}
+
+/// The body of a delivered message, `{"type":"msg","from":...,"data":...}`, with `data`
+/// already serialized.
+pub fn msg_json(from: &str, data: &[u8]) -> Vec<u8> {
+    let from = serde_json::to_string(from).unwrap_or_else(|_| "\"\"".to_owned());
+    let mut out = Vec::with_capacity(data.len() + from.len() + 32);
+    out.extend_from_slice(br#"{"type":"msg","from":"#);
+    out.extend_from_slice(from.as_bytes());
+    out.extend_from_slice(br#","data":"#);
+    out.extend_from_slice(data);
+    out.push(b'}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_request_type() {
+        assert_eq!(parse(br#"{"type":"ping"}"#), Ok(ClientRequest::Ping));
+        assert_eq!(
+            parse(br#"{"type":"join","room":"r1"}"#),
+            Ok(ClientRequest::Join { room: "r1".into() })
+        );
+        assert_eq!(
+            parse(br#"{"type":"leave","room":"r1"}"#),
+            Ok(ClientRequest::Leave { room: "r1".into() })
+        );
+        let Ok(ClientRequest::Send { to, data }) =
+            parse(br#"{"type":"send","to":["u2","u3"],"data":{"t":"hi","n":[1,2]}}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(to, ["u2", "u3"]);
+        let back: serde_json::Value = serde_json::from_slice(&data).unwrap();
+        assert_eq!(back, serde_json::json!({"t": "hi", "n": [1, 2]}));
+    }
+
+    #[test]
+    fn malformed_requests_get_codes() {
+        let cases: [(&[u8], &str); 10] = [
+            (b"not json", "bad_json"),
+            (b"[1,2]", "bad_request"),
+            (br#"{"kind":"ping"}"#, "bad_request"),
+            (br#"{"type":"dance"}"#, "unknown_type"),
+            (br#"{"type":"join"}"#, "bad_request"),
+            (br#"{"type":"join","room":7}"#, "bad_request"),
+            (br#"{"type":"send","to":"u2","data":1}"#, "bad_request"),
+            (br#"{"type":"send","to":[],"data":1}"#, "bad_request"),
+            (br#"{"type":"send","to":["u2",3],"data":1}"#, "bad_request"),
+            (br#"{"type":"send","to":["u2"]}"#, "bad_request"),
+        ];
+        for (input, code) in cases {
+            assert_eq!(
+                parse(input).map_err(|e| e.code),
+                Err(code),
+                "{}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        let long = format!(
+            r#"{{"type":"join","room":"{}"}}"#,
+            "r".repeat(MAX_ID_LEN + 1)
+        );
+        assert!(parse(long.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn msg_json_escapes_the_sender() {
+        let m = msg_json("a\"b", br#"{"x":1}"#);
+        let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "msg", "from": "a\"b", "data": {"x": 1}})
+        );
+    }
+}
