@@ -438,6 +438,7 @@ impl Reactor {
                     TransmitKind::Handshake | TransmitKind::Control => {
                         conn.out.push_control(t.bytes)
                     }
+                    TransmitKind::Close => conn.out.push_close(t.bytes),
                     TransmitKind::Data => {
                         if conn.out.push_data(t.bytes, &self.config.outbound).is_err() {
                             overflowed = true;

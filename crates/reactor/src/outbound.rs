@@ -66,6 +66,12 @@ impl Outbound {
         Ok(())
     }
 
+    /// Queues a close frame after all queued data: never refused, since nothing follows it.
+    pub fn push_close(&mut self, frame: Bytes) {
+        self.data_bytes += frame.len();
+        self.data.push_back(frame);
+    }
+
     /// Drops queued data (not control frames, not the frame half written): used when a
     /// slow consumer is closed, so its close frame goes out next and its memory is freed.
     pub fn discard_data(&mut self) {
@@ -198,6 +204,23 @@ mod tests {
             Err(Overflow)
         );
         q.push_data(Bytes::from(vec![0; 100]), &LIMITS).unwrap();
+    }
+
+    #[test]
+    fn close_goes_after_queued_data_and_is_never_refused() {
+        let mut q = Outbound::default();
+        for _ in 0..3 {
+            q.push_data(Bytes::from_static(b"d"), &LIMITS).unwrap();
+        }
+        q.push_close(Bytes::from_static(b"C"));
+        q.push_control(Bytes::from_static(b"p"));
+        let mut w = Trickle {
+            out: Vec::new(),
+            per_call: 100,
+            budget: 100,
+        };
+        q.flush(&mut w).unwrap();
+        assert_eq!(w.out, b"pdddC");
     }
 
     #[test]

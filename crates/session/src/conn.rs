@@ -232,7 +232,7 @@ impl Session {
     pub fn close(&mut self, code: CloseCode, reason: &str, cx: &mut Ctx<'_>, fx: &mut Effects) {
         match std::mem::replace(&mut self.phase, Phase::Closed) {
             Phase::Open(open) => {
-                fx.send(TransmitKind::Control, server_close(code, reason));
+                fx.send(TransmitKind::Close, server_close(code, reason));
                 self.phase = Phase::Closing(Closing {
                     decoder: Some(open.decoder),
                     deadline: cx.now + cx.config.close_timeout,
@@ -412,7 +412,7 @@ impl Session {
                 Ok(Some(Message::Pong(_))) => {}
                 Ok(Some(Message::Close(_))) => {
                     // The contract answers every client close with 1000.
-                    fx.send(TransmitKind::Control, server_close(CloseCode::NORMAL, ""));
+                    fx.send(TransmitKind::Close, server_close(CloseCode::NORMAL, ""));
                     self.phase = Phase::Closed;
                     fx.close = Some(CloseKind::Graceful);
                     input.clear();
@@ -456,7 +456,7 @@ impl Session {
                 Err(e) => {
                     let code = e.close_code();
                     fx.events.push(Event::ProtocolError(code));
-                    fx.send(TransmitKind::Control, server_close(code, &e.to_string()));
+                    fx.send(TransmitKind::Close, server_close(code, &e.to_string()));
                     self.phase = Phase::Closing(Closing {
                         decoder: None,
                         deadline: cx.now + cx.config.close_timeout,

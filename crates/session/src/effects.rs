@@ -9,9 +9,12 @@ use protocol::CloseCode;
 pub enum TransmitKind {
     /// HTTP response bytes, before any frame.
     Handshake,
-    /// Pong, ping or close: goes ahead of queued data at the next frame boundary and never
-    /// counts against the outbound limit.
+    /// Pong or ping: goes ahead of queued data at the next frame boundary and never counts
+    /// against the outbound limit.
     Control,
+    /// A close frame: goes after everything queued before it (nothing may follow it on the
+    /// wire, RFC 6455 §5.5.1) and is never refused.
+    Close,
     /// A data frame: subject to the outbound limit.
     Data,
 }

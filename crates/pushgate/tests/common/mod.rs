@@ -149,6 +149,20 @@ impl Drop for Gateway {
     }
 }
 
+/// POSTs a JSON body to the control listener; (status, body).
+pub fn post(addr: SocketAddr, path: &str, body: &str, auth: Option<&str>) -> (u16, String) {
+    let auth = auth
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    http(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
 /// One HTTP request over a fresh connection; (status, body).
 pub fn http(addr: SocketAddr, raw: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -315,6 +329,27 @@ impl Client {
                 }
                 Err(_) => return Read_::Eof,
             }
+        }
+    }
+
+    /// The next frame as sent, undecoded (to inspect RSV1 and compressed payloads).
+    pub fn read_raw_frame(&mut self) -> (FrameHeader, Vec<u8>) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(Some((h, n))) = FrameHeader::parse(&self.buf) {
+                let end = n + h.payload_len as usize;
+                if self.buf.len() >= end {
+                    let frame = self.buf.split_to(end);
+                    return (h, frame[n..].to_vec());
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no frame within 5 s");
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 65536];
+            let n = self.stream.read(&mut chunk).unwrap_or(0);
+            assert!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 
