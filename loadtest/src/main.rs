@@ -3,9 +3,11 @@
 //! JSON line.
 //!
 //! Scenarios: `conns` (open and hold N idle connections; connect rate; the server's RSS per
-//! connection). More scenarios (`fanout`, `broadcast`, `echo`) arrive with issue 6.
+//! connection), `fanout` (pushes to random users through the API; throughput and latency).
+//! `broadcast` and `echo` arrive with issue 6.
 
 mod conns;
+mod fanout;
 mod procfs;
 mod wsclient;
 
@@ -23,12 +25,16 @@ enum Scenario {
     /// Open N WebSocket connections at a set rate, hold them, report success, connect rate
     /// and the server's memory per connection.
     Conns(conns::Args),
+    /// N subscribers, M pushes to random single users through the server API; delivered
+    /// messages per second, latency percentiles, losses.
+    Fanout(fanout::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let fd_limit = raise_nofile();
     match Cli::parse().scenario {
         Scenario::Conns(args) => conns::run(&args, fd_limit),
+        Scenario::Fanout(args) => fanout::run(&args, fd_limit),
     }
 }
 

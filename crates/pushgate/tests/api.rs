@@ -132,6 +132,11 @@ fn metric_names_after_traffic() {
         200
     );
     c.recv_json();
+    // Latency is recorded right after the frame is handed to the kernel, so the client
+    // may see the message a moment before the histogram does.
+    assert!(gw.eventually(std::time::Duration::from_secs(2), |g| g
+        .metric("pushgate_push_latency_seconds_count")
+        == 1.0));
     let (_, body) = gw.control_get("/metrics");
     for name in [
         "pushgate_users_online 1",

@@ -218,7 +218,9 @@ impl Reactor {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.again.is_empty() {
+        // Work already waiting must not sleep until the next unrelated wakeup: the
+        // inbox's waker fired once for all of it.
+        if !self.again.is_empty() || !self.inbox.is_empty() {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();

@@ -140,33 +140,45 @@ fn run(
     }
 }
 
-/// Reads, answers and writes what it can; false when the connection is done.
+/// Responses buffered for one client before its requests stop being read: a client that
+/// pipelines without reading its responses is slowed down, not buffered without bound.
+const MAX_PENDING_OUTPUT: usize = 1024 * 1024;
+
+/// Writes what it can, then reads and answers while the output backlog is small; called
+/// on every readiness event, so input left unread under backpressure is picked up when
+/// the client drains its responses. False when the connection is done.
 fn serve(c: &mut Client, state: &ControlState, running: &impl Fn() -> bool) -> bool {
     let mut chunk = [0u8; 16 * 1024];
-    let mut eof = false;
     loop {
+        if !flush(c) {
+            return false;
+        }
+        if c.close_after_write {
+            return !c.out.is_empty();
+        }
+        if c.out.len() > MAX_PENDING_OUTPUT {
+            return true;
+        }
         match c.stream.read(&mut chunk) {
             Ok(0) => {
-                eof = true;
-                break;
+                // The client is done sending; answer what is complete, then close.
+                answer(c, state, running);
+                c.close_after_write = true;
             }
             Ok(n) => {
                 c.last_active = Instant::now();
-                if !c.close_after_write {
-                    c.inbuf.extend_from_slice(&chunk[..n]);
-                }
+                c.inbuf.extend_from_slice(&chunk[..n]);
+                answer(c, state, running);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return flush(c),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return false,
         }
-        // Answer as we go so a pipelining client never makes us buffer without bound.
-        answer(c, state, running);
-        if c.inbuf.len() > super::http::MAX_HEAD + state.max_body_bytes {
-            break;
-        }
     }
-    answer(c, state, running);
+}
+
+/// Writes buffered responses until done or `WouldBlock`; false on a broken connection.
+fn flush(c: &mut Client) -> bool {
     while !c.out.is_empty() {
         match c.stream.write(&c.out) {
             Ok(0) => return false,
@@ -178,7 +190,7 @@ fn serve(c: &mut Client, state: &ControlState, running: &impl Fn() -> bool) -> b
             Err(_) => return false,
         }
     }
-    !(c.close_after_write || eof)
+    true
 }
 
 fn answer(c: &mut Client, state: &ControlState, running: &impl Fn() -> bool) {

@@ -1,0 +1,287 @@
+//! `fanout`: N subscribers, M pushes through `POST /v1/push` to random single users, at a
+//! set rate or flat out. Each push carries its send time; latency is measured on arrival
+//! (client and server share this host's clock) into an HDR histogram.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use mio::{Events, Interest, Poll, Token};
+use protocol::Message;
+
+use crate::wsclient::{Phase, WsConn};
+
+/// Arguments of the `fanout` scenario.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Client listener of the server.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    server: SocketAddr,
+    /// Control listener (server API) of the server.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    api: SocketAddr,
+    /// Subscribers, as users u0..u<N-1>, one connection each.
+    #[arg(long, default_value_t = 10_000)]
+    subscribers: usize,
+    /// Pushes to send.
+    #[arg(long, default_value_t = 100_000)]
+    pushes: u64,
+    /// Pushes per second (0: flat out, pipelined).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Requests in flight per API connection when flat out.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// Seconds to wait for stragglers after the last push.
+    #[arg(long, default_value_t = 5.0)]
+    drain: f64,
+    /// Give up after this many seconds in all.
+    #[arg(long, default_value_t = 300.0)]
+    timeout: f64,
+    /// Source addresses for subscribers, 127.0.0.2 onwards.
+    #[arg(long, default_value_t = 16)]
+    sources: u8,
+    /// Bearer key for the server API.
+    #[arg(long)]
+    api_key: Option<String>,
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
+    if args.subscribers as u64 + 64 > fd_limit {
+        bail!(
+            "{} subscribers need more descriptors than the limit ({fd_limit})",
+            args.subscribers
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
+    let mut poll = Poll::new()?;
+    let mut events = Events::with_capacity(4096);
+    let mut conns = Vec::with_capacity(args.subscribers);
+    let host = args.server.to_string();
+    for i in 0..args.subscribers {
+        let source = SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(
+                127,
+                0,
+                0,
+                2 + (i % usize::from(args.sources.max(1))) as u8,
+            )),
+            0,
+        );
+        let mut c = WsConn::connect(source, args.server, &host, &format!("/ws?uid=u{i}"))?;
+        poll.registry().register(
+            &mut c.stream,
+            Token(i),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        conns.push(c);
+    }
+    // Upgrade everyone and swallow the welcomes.
+    let mut open = 0;
+    let mut scratch = Vec::new();
+    while open < args.subscribers {
+        if Instant::now() > deadline {
+            bail!("only {open} of {} subscribers connected", args.subscribers);
+        }
+        poll.poll(&mut events, Some(Duration::from_millis(50)))?;
+        for ev in events.iter() {
+            let c = &mut conns[ev.token().0];
+            let before = c.phase;
+            c.drive(&mut scratch);
+            if before != Phase::Open && c.phase == Phase::Open {
+                open += 1;
+            }
+            if c.phase == Phase::Failed {
+                bail!("subscriber {} failed to connect", ev.token().0);
+            }
+        }
+        scratch.clear();
+    }
+    // Give the server a moment to register the last users.
+    std::thread::sleep(Duration::from_millis(500));
+    eprintln!(
+        "  {open} subscribers connected; publishing {} pushes",
+        args.pushes
+    );
+
+    let sent = Arc::new(AtomicU64::new(0));
+    let publisher = {
+        let sent = Arc::clone(&sent);
+        let api = args.api;
+        let (pushes, rate, window, subs) =
+            (args.pushes, args.rate, args.window.max(1), args.subscribers);
+        let key = args.api_key.clone();
+        std::thread::spawn(move || publish(api, pushes, rate, window, subs, key.as_deref(), &sent))
+    };
+
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut received = 0u64;
+    let start = Instant::now();
+    let mut publish_done_at: Option<Instant> = None;
+    let mut msgs = Vec::new();
+    loop {
+        if received >= args.pushes {
+            break;
+        }
+        if publish_done_at.is_none() && publisher.is_finished() {
+            publish_done_at = Some(Instant::now());
+        }
+        if publish_done_at.is_some_and(|t| t.elapsed() > Duration::from_secs_f64(args.drain))
+            || Instant::now() > deadline
+        {
+            break;
+        }
+        poll.poll(&mut events, Some(Duration::from_millis(20)))?;
+        for ev in events.iter() {
+            conns[ev.token().0].drive(&mut msgs);
+            for m in msgs.drain(..) {
+                if let Message::Text(t) = m {
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&t) {
+                        if let Some(ts) = v["data"]["ts"].as_u64() {
+                            let _ = hist.record(now_micros().saturating_sub(ts).max(1));
+                            received += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let pub_result = publisher
+        .join()
+        .map_err(|_| anyhow::anyhow!("publisher panicked"))?;
+    let (publish_secs, errors) = pub_result?;
+    let sent = sent.load(Ordering::Relaxed);
+    let lost = sent.saturating_sub(received);
+    let rate = received as f64 / elapsed.max(1e-9);
+    let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
+    println!(
+        "fanout: {sent} pushes sent in {publish_secs:.2}s ({:.0}/s), {received} delivered in {elapsed:.2}s ({rate:.0}/s), {lost} lost, {errors} API errors",
+        sent as f64 / publish_secs.max(1e-9)
+    );
+    println!(
+        "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(0.999),
+        hist.max() as f64 / 1000.0
+    );
+    let json = serde_json::json!({
+        "scenario": "fanout",
+        "subscribers": args.subscribers,
+        "pushes_sent": sent,
+        "delivered": received,
+        "lost": lost,
+        "api_errors": errors,
+        "publish_secs": publish_secs,
+        "elapsed_secs": elapsed,
+        "delivered_per_sec": rate,
+        "rate_target": args.rate,
+        "latency_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p99_9": q(0.999), "max": hist.max() as f64 / 1000.0},
+    });
+    println!("{json}");
+    if lost > 0 || errors > 0 {
+        bail!("{lost} messages lost, {errors} API errors");
+    }
+    Ok(())
+}
+
+/// Sends the pushes over one keep-alive connection, pipelining up to `window` requests;
+/// returns (seconds, non-200 responses).
+fn publish(
+    api: SocketAddr,
+    pushes: u64,
+    rate: u64,
+    window: usize,
+    subscribers: usize,
+    key: Option<&str>,
+    sent: &AtomicU64,
+) -> anyhow::Result<(f64, u64)> {
+    let mut s = TcpStream::connect(api).context("connecting to the API")?;
+    s.set_nodelay(true)?;
+    let mut reader = s.try_clone()?;
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    // Responses are read on another thread; they are all the same size class, so only
+    // the status lines are counted.
+    let responses = std::thread::spawn(move || -> (u64, u64) {
+        let mut buf = vec![0u8; 64 * 1024];
+        let (mut ok, mut bad) = (0u64, 0u64);
+        let mut carry = Vec::new();
+        while ok + bad < pushes {
+            let n = match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            carry.extend_from_slice(&buf[..n]);
+            while let Some(p) = carry.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&carry[..p]).into_owned();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_owned())
+                    })
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if carry.len() < p + 4 + len {
+                    break;
+                }
+                if head.starts_with("HTTP/1.1 200") {
+                    ok += 1;
+                } else {
+                    bad += 1;
+                }
+                carry.drain(..p + 4 + len);
+            }
+        }
+        (ok, bad)
+    });
+    let start = Instant::now();
+    let mut batch = Vec::with_capacity(window * 160);
+    let mut i = 0u64;
+    while i < pushes {
+        if rate > 0 {
+            let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        let burst = if rate > 0 { 1 } else { window as u64 }.min(pushes - i);
+        batch.clear();
+        for _ in 0..burst {
+            let user = fastrand::usize(..subscribers);
+            let body = format!(
+                r#"{{"to":["u{user}"],"data":{{"ts":{},"seq":{i}}}}}"#,
+                now_micros()
+            );
+            let _ = write!(
+                batch,
+                "POST /v1/push HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            i += 1;
+        }
+        s.write_all(&batch)?;
+        sent.fetch_add(burst, Ordering::Relaxed);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let (_, bad) = responses
+        .join()
+        .map_err(|_| anyhow::anyhow!("response reader panicked"))?;
+    Ok((secs, bad))
+}
