@@ -211,6 +211,8 @@ fn publish(
     let mut s = TcpStream::connect(api).context("connecting to the API")?;
     s.set_nodelay(true)?;
     let mut reader = s.try_clone()?;
+    // A response that never comes ends the run instead of hanging it.
+    reader.set_read_timeout(Some(Duration::from_secs(30)))?;
     let auth = key
         .map(|k| format!("Authorization: Bearer {k}\r\n"))
         .unwrap_or_default();

@@ -160,3 +160,32 @@ fn metric_names_after_traffic() {
         assert!(line.starts_with("pushgate_"), "unprefixed: {line}");
     }
 }
+
+#[test]
+fn a_long_pipeline_is_answered_in_full() {
+    // Thousands of pipelined requests written while responses are read: the listener must
+    // keep reading under output backpressure (edge-triggered readiness is not repeated).
+    let gw = Gateway::start(&[]);
+    let mut s = std::net::TcpStream::connect(gw.control_addr).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let n = 5000;
+    let sender = std::thread::spawn(move || {
+        let body = r#"{"to":["nobody"],"data":0}"#;
+        let one = format!(
+            "POST /v1/push HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let all = one.repeat(n);
+        writer.write_all(all.as_bytes()).unwrap();
+        writer
+            .write_all(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
+    });
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    sender.join().unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), n + 1);
+}

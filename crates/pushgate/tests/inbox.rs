@@ -167,3 +167,35 @@ fn shared_frame_reaches_every_target_once() {
     drop(clients);
     server.shutdown(Duration::from_millis(100)).unwrap();
 }
+
+#[test]
+fn regression_a_burst_of_commands_is_drained_without_further_wakeups() {
+    // Found by the fan-out benchmark: the reactor handled a bounded batch of commands per
+    // wakeup and then slept with the rest queued until some unrelated event.
+    let (server, rx) = start();
+    let mut a = Client::connect(server.local_addr(), "/ws?uid=a");
+    a.recv_json();
+    let Seen::Open(ref_a, _) = next(&rx) else {
+        panic!("expected open")
+    };
+    let frame = server_frame(OpCode::Text, b"n");
+    for _ in 0..100_000 {
+        server.reactors()[0].send(Command::Deliver {
+            frame: frame.clone(),
+            targets: vec![ref_a],
+            received: None,
+        });
+    }
+    // Unfixed, the reactor crawls on (each unrelated wakeup drains one more batch); fixed,
+    // this takes well under a second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for i in 0..100_000 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(
+            matches!(a.read(left), Read_::Msg(_)),
+            "message {i} not delivered within 10 s"
+        );
+    }
+    drop(a);
+    server.shutdown(Duration::from_millis(100)).unwrap();
+}
