@@ -134,23 +134,10 @@ pub fn response(status: u16, content_type: &str, body: &[u8], keep_alive: bool) 
 
 /// A JSON error body.
 pub fn json_error(status: u16, message: &str, keep_alive: bool) -> Vec<u8> {
-    let body = format!("{{\"ok\":false,\"error\":{}}}", json_string(message));
+    // Written by hand to keep `ok` first, as the contract shows it; serde_json escapes.
+    let message = serde_json::to_string(message).unwrap_or_else(|_| "\"\"".to_owned());
+    let body = format!("{{\"ok\":false,\"error\":{message}}}");
     response(status, "application/json", body.as_bytes(), keep_alive)
-}
-
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]
