@@ -119,6 +119,10 @@ pub fn detected_kernel() -> Kernel {
 
 /// Below this length the SIMD set-up costs more than it saves.
 const SMALL: usize = 16;
+/// Below this length the 16-byte kernel beats the 32-byte one: AVX2's body would run only
+/// a few times and its tail falls through to the narrower kernels anyway (measured at
+/// 64 B: SSE2 6.0 GiB/s, AVX2 4.6 GiB/s; bench/RESULTS.md).
+const MEDIUM: usize = 128;
 
 /// XORs `buf` with the masking `key`, where `buf[0]` is byte `offset` of the payload.
 /// Masking and unmasking are the same operation.
@@ -126,6 +130,8 @@ const SMALL: usize = 16;
 pub fn unmask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     if buf.len() < SMALL {
         scalar::words(buf, rotate(key, offset));
+    } else if buf.len() < MEDIUM && Kernel::Sse2.is_supported() && !cfg!(miri) {
+        Kernel::Sse2.apply(buf, key, offset);
     } else {
         detected_kernel().apply(buf, key, offset);
     }
