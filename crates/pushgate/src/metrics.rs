@@ -74,19 +74,42 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// One metric with no labels.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// One metric family: a sample per value of a single bounded label.
+fn family<L: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    label: &str,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) {
+    header(out, name, kind, help);
+    for (value, n) in samples {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+    }
+}
+
 /// Renders every metric.
 pub fn render(state: &ControlState) -> String {
     use names::*;
     let reactors = state.reactors.as_slice();
-    let admission = &state.admission;
-    let node_id = &state.node_id;
-    let mut out = String::with_capacity(4096);
-    header(&mut out, NODE_INFO, "gauge", "This node.");
-    let _ = writeln!(
-        out,
-        "{NODE_INFO}{{node=\"{}\"}} 1",
-        node_id.replace(['"', '\\', '\n'], "_")
+    let mut out = String::with_capacity(8192);
+    let node = state.node_id.replace(['"', '\\', '\n'], "_");
+    family(
+        &mut out,
+        NODE_INFO,
+        "gauge",
+        "This node.",
+        "node",
+        [(node, 1)],
     );
+
     let gauges: [(&str, &str, Read); 3] = [
         (CONNECTIONS, "Open client sockets.", |s| s.connections.get()),
         (
@@ -101,20 +124,24 @@ pub fn render(state: &ControlState) -> String {
         ),
     ];
     for (name, help, f) in gauges {
-        header(&mut out, name, "gauge", help);
-        for r in reactors {
-            let _ = writeln!(out, "{name}{{reactor=\"{}\"}} {}", r.id(), f(r.stats()));
-        }
+        family(
+            &mut out,
+            name,
+            "gauge",
+            help,
+            "reactor",
+            reactors.iter().map(|r| (r.id(), f(r.stats()))),
+        );
     }
-    header(
+    single(
         &mut out,
         CONNECTION_CAPACITY,
         "gauge",
         "Connections held before upgrades get 503.",
+        state.admission.max_connections(),
     );
-    let _ = writeln!(out, "{CONNECTION_CAPACITY} {}", admission.max_connections());
 
-    let counters: [(&str, &str, Read); 9] = [
+    let counters: [(&str, &str, Read); 10] = [
         (ACCEPTED, "Client sockets accepted.", |s| s.accepted.get()),
         (BYTES_RECEIVED, "Bytes read from clients.", |s| {
             s.bytes_in.get()
@@ -146,83 +173,79 @@ pub fn render(state: &ControlState) -> String {
         (ACCEPT_ERRORS, "Failed accept calls.", |s| {
             s.accept_errors.get()
         }),
+        (
+            MESSAGES_DELIVERED,
+            "Push frames queued to connections.",
+            |s| s.delivered.get(),
+        ),
     ];
     for (name, help, f) in counters {
-        header(&mut out, name, "counter", help);
-        let _ = writeln!(out, "{name} {}", sum(reactors, f));
+        single(&mut out, name, "counter", help, sum(reactors, f));
     }
+    single(
+        &mut out,
+        POLICY_CLOSES,
+        "counter",
+        "Connections closed with 1008 (token expiry, repeated bad requests).",
+        sum(reactors, |s| s.policy_closes.get()),
+    );
 
-    header(
+    let rejected = REJECT_STATUSES
+        .iter()
+        .enumerate()
+        .map(|(i, status)| (status.to_string(), sum(reactors, |s| s.rejected[i].get())));
+    family(
         &mut out,
         HANDSHAKES,
         "counter",
         "WebSocket upgrades by result (ok, or the HTTP status refused with).",
+        "result",
+        std::iter::once(("ok".to_owned(), sum(reactors, |s| s.handshakes_ok.get())))
+            .chain(rejected),
     );
-    let _ = writeln!(
-        out,
-        "{HANDSHAKES}{{result=\"ok\"}} {}",
-        sum(reactors, |s| s.handshakes_ok.get())
-    );
-    for (i, status) in REJECT_STATUSES.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "{HANDSHAKES}{{result=\"{status}\"}} {}",
-            sum(reactors, |s| s.rejected[i].get())
-        );
-    }
-
-    header(&mut out, TIMEOUTS, "counter", "Timeouts by kind.");
-    let kinds: [(&str, Read); 3] = [
+    let timeouts: [(&str, Read); 3] = [
         ("handshake", |s| s.handshake_timeouts.get()),
         ("idle", |s| s.idle_timeouts.get()),
         ("close", |s| s.close_timeouts.get()),
     ];
-    for (kind, f) in kinds {
-        let _ = writeln!(out, "{TIMEOUTS}{{kind=\"{kind}\"}} {}", sum(reactors, f));
-    }
+    family(
+        &mut out,
+        TIMEOUTS,
+        "counter",
+        "Timeouts by kind.",
+        "kind",
+        timeouts.map(|(k, f)| (k, sum(reactors, f))),
+    );
 
-    header(
+    single(
         &mut out,
         USERS_ONLINE,
         "gauge",
         "Users with at least one connection on this node.",
+        state.router.registry().users_online(),
     );
-    let _ = writeln!(
-        out,
-        "{USERS_ONLINE} {}",
-        state.router.registry().users_online()
-    );
-    header(
+    single(
         &mut out,
         ROOMS,
         "gauge",
         "Rooms with at least one member on this node.",
+        state.router.registry().rooms(),
     );
-    let _ = writeln!(out, "{ROOMS} {}", state.router.registry().rooms());
-    header(
-        &mut out,
-        MESSAGES_DELIVERED,
-        "counter",
-        "Push frames queued to connections.",
-    );
-    let _ = writeln!(
-        out,
-        "{MESSAGES_DELIVERED} {}",
-        sum(reactors, |s| s.delivered.get())
-    );
-    header(
+    family(
         &mut out,
         MESSAGES_DROPPED,
         "counter",
         "Messages not delivered, by reason.",
+        "reason",
+        DROP_REASONS.iter().enumerate().map(|(i, reason)| {
+            let api_offline = if *reason == "offline" {
+                state.api_stats.offline.get()
+            } else {
+                0
+            };
+            (reason, sum(reactors, |s| s.dropped[i].get()) + api_offline)
+        }),
     );
-    for (i, reason) in DROP_REASONS.iter().enumerate() {
-        let mut n = sum(reactors, |s| s.dropped[i].get());
-        if *reason == "offline" {
-            n += state.api_stats.offline.get();
-        }
-        let _ = writeln!(out, "{MESSAGES_DROPPED}{{reason=\"{reason}\"}} {n}");
-    }
     header(
         &mut out,
         PUSH_REQUESTS,
@@ -238,8 +261,40 @@ pub fn render(state: &ControlState) -> String {
             );
         }
     }
-    header(
+    render_latency(&mut out, reactors);
+    let requests: [(&str, Read); 4] = [
+        ("send", |s| s.client_sends.get()),
+        ("room", |s| s.client_room_ops.get()),
+        ("ping", |s| s.app_pings.get()),
+        ("bad", |s| s.bad_requests.get()),
+    ];
+    family(
         &mut out,
+        CLIENT_REQUESTS,
+        "counter",
+        "Client requests by type (malformed ones as \"bad\").",
+        "type",
+        requests.map(|(k, f)| (k, sum(reactors, f))),
+    );
+    family(
+        &mut out,
+        PROTOCOL_ERRORS,
+        "counter",
+        "Connections failed for protocol violations, by close code.",
+        "code",
+        PROTOCOL_CLOSE_CODES
+            .iter()
+            .enumerate()
+            .map(|(i, code)| (code, sum(reactors, |s| s.protocol_errors[i].get()))),
+    );
+    out
+}
+
+/// The push latency histogram, buckets summed over reactors and made cumulative.
+fn render_latency(out: &mut String, reactors: &[ReactorHandle]) {
+    use names::PUSH_LATENCY;
+    header(
+        out,
         PUSH_LATENCY,
         "histogram",
         "Push receipt to frame handed to the kernel, per reactor batch.",
@@ -267,49 +322,4 @@ pub fn render(state: &ControlState) -> String {
         "{PUSH_LATENCY}_count {}",
         sum(reactors, |s| s.push_latency.count.get())
     );
-    header(
-        &mut out,
-        CLIENT_REQUESTS,
-        "counter",
-        "Client requests by type (malformed ones as \"bad\").",
-    );
-    let kinds: [(&str, Read); 4] = [
-        ("send", |s| s.client_sends.get()),
-        ("room", |s| s.client_room_ops.get()),
-        ("ping", |s| s.app_pings.get()),
-        ("bad", |s| s.bad_requests.get()),
-    ];
-    for (kind, f) in kinds {
-        let _ = writeln!(
-            out,
-            "{CLIENT_REQUESTS}{{type=\"{kind}\"}} {}",
-            sum(reactors, f)
-        );
-    }
-    header(
-        &mut out,
-        POLICY_CLOSES,
-        "counter",
-        "Connections closed with 1008 (token expiry, repeated bad requests).",
-    );
-    let _ = writeln!(
-        out,
-        "{POLICY_CLOSES} {}",
-        sum(reactors, |s| s.policy_closes.get())
-    );
-
-    header(
-        &mut out,
-        PROTOCOL_ERRORS,
-        "counter",
-        "Connections failed for protocol violations, by close code.",
-    );
-    for (i, code) in PROTOCOL_CLOSE_CODES.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "{PROTOCOL_ERRORS}{{code=\"{code}\"}} {}",
-            sum(reactors, |s| s.protocol_errors[i].get())
-        );
-    }
-    out
 }
