@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: headless Chromium for the browser conformance test.
-apt_packages=(chromium)
+# Debian packages: headless Chromium for the browser conformance test, nats-server for
+# the cluster tests (they start their own servers on free ports).
+apt_packages=(chromium nats-server)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -13,6 +13,7 @@ use hdrhistogram::Histogram;
 use mio::{Events, Interest, Poll, Token};
 use protocol::Message;
 
+use crate::storm;
 use crate::wsclient::{Phase, WsConn};
 
 /// Arguments of the `fanout` scenario.
@@ -48,19 +49,30 @@ pub(crate) struct Args {
     /// Bearer key for the server API.
     #[arg(long)]
     api_key: Option<String>,
+    /// Storm: this many extra users (s0, s1, ...) connect within a second, drop and
+    /// reconnect within a second, then leave, while the pushes go on (0: no storm).
+    #[arg(long, default_value_t = 0)]
+    storm_users: usize,
+    /// Storm: the client listener they connect to [default: --server].
+    #[arg(long)]
+    storm_server: Option<SocketAddr>,
+    /// Storm: seconds after the first push.
+    #[arg(long, default_value_t = 2.0)]
+    storm_after: f64,
 }
 
-fn now_micros() -> u64 {
+pub(crate) fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
 }
 
 pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
-    if args.subscribers as u64 + 64 > fd_limit {
+    if (args.subscribers + args.storm_users) as u64 + 64 > fd_limit {
         bail!(
-            "{} subscribers need more descriptors than the limit ({fd_limit})",
-            args.subscribers
+            "{} subscribers and {} storm users need more descriptors than the limit ({fd_limit})",
+            args.subscribers,
+            args.storm_users
         );
     }
     let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
@@ -124,7 +136,20 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         std::thread::spawn(move || publish(api, pushes, rate, window, subs, key.as_deref(), &sent))
     };
 
+    let marks = Arc::new(storm::Marks::default());
+    let storm = (args.storm_users > 0).then(|| {
+        let spec = storm::Spec {
+            server: args.storm_server.unwrap_or(args.server),
+            users: args.storm_users,
+            start_after: Duration::from_secs_f64(args.storm_after),
+            sources: args.sources,
+        };
+        let marks = Arc::clone(&marks);
+        std::thread::spawn(move || storm::run(&spec, &marks, deadline))
+    });
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    // Deliveries before, during and after the storm.
+    let mut phases = [hist.clone(), hist.clone(), hist.clone()];
     let mut received = 0u64;
     let start = Instant::now();
     let mut publish_done_at: Option<Instant> = None;
@@ -148,7 +173,20 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
                 if let Message::Text(t) = m {
                     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&t) {
                         if let Some(ts) = v["data"]["ts"].as_u64() {
-                            let _ = hist.record(now_micros().saturating_sub(ts).max(1));
+                            let now = now_micros();
+                            let latency = now.saturating_sub(ts).max(1);
+                            let _ = hist.record(latency);
+                            let (s, e) = (
+                                marks.start.load(Ordering::Relaxed),
+                                marks.end.load(Ordering::Relaxed),
+                            );
+                            let phase = match (s, e) {
+                                (0, _) => 0,
+                                (_, 0) => 1,
+                                (_, e) if now <= e => 1,
+                                _ => 2,
+                            };
+                            let _ = phases[phase].record(latency);
                             received += 1;
                         }
                     }
@@ -157,6 +195,13 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let storm_report = match storm {
+        Some(t) => Some(
+            t.join()
+                .map_err(|_| anyhow::anyhow!("storm thread panicked"))??,
+        ),
+        None => None,
+    };
     let pub_result = publisher
         .join()
         .map_err(|_| anyhow::anyhow!("publisher panicked"))?;
@@ -177,6 +222,34 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         q(0.999),
         hist.max() as f64 / 1000.0
     );
+    let phase_json = |h: &Histogram<u64>| {
+        let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+        serde_json::json!({"count": h.len(), "p50": q(0.5), "p99": q(0.99), "max": h.max() as f64 / 1000.0})
+    };
+    let storm_json = storm_report.map(|r| {
+        for (name, h) in ["before", "during", "after"].iter().zip(&phases) {
+            println!(
+                "storm {name:>6}: {} deliveries, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                h.len(),
+                h.value_at_quantile(0.5) as f64 / 1000.0,
+                h.value_at_quantile(0.99) as f64 / 1000.0,
+                h.max() as f64 / 1000.0
+            );
+        }
+        println!(
+            "storm: {} users connected in {:.2}s, reconnected in {:.2}s, {} failed",
+            args.storm_users, r.connect_secs, r.reconnect_secs, r.failed
+        );
+        serde_json::json!({
+            "users": args.storm_users,
+            "connect_secs": r.connect_secs,
+            "reconnect_secs": r.reconnect_secs,
+            "failed": r.failed,
+            "before": phase_json(&phases[0]),
+            "during": phase_json(&phases[1]),
+            "after": phase_json(&phases[2]),
+        })
+    });
     let json = serde_json::json!({
         "scenario": "fanout",
         "subscribers": args.subscribers,
@@ -189,6 +262,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         "delivered_per_sec": rate,
         "rate_target": args.rate,
         "latency_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p99_9": q(0.999), "max": hist.max() as f64 / 1000.0},
+        "storm": storm_json,
     });
     println!("{json}");
     if lost > 0 || errors > 0 {

@@ -9,6 +9,7 @@
 mod conns;
 mod fanout;
 mod procfs;
+mod storm;
 mod wsclient;
 
 use clap::{Parser, Subcommand};

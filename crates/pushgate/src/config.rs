@@ -34,6 +34,9 @@ pub mod default {
     /// Descriptors kept back from the open-files limit for listeners, the control
     /// listener, logs and the bus.
     pub const RESERVED_FDS: u64 = 64;
+    pub const BUS_PREFIX: &str = "pushgate";
+    pub const BUS_QUEUE_DEPTH: usize = 65536;
+    pub const BUS_UNSUBSCRIBE_DELAY: f64 = 5.0;
 }
 
 /// pushgate: a WebSocket push gateway for instant messaging.
@@ -152,6 +155,19 @@ pub struct Cli {
     /// This node's name in logs, metrics and on the bus [default: host name + pid].
     #[arg(long, env = "PUSHGATE_NODE_ID")]
     pub node_id: Option<String>,
+    /// Cluster bus: NATS server URL(s), comma-separated [default: none, in-process].
+    #[arg(long, env = "PUSHGATE_NATS")]
+    pub nats: Option<String>,
+    /// Subject prefix on the bus, shared by the nodes of one cluster [default: pushgate].
+    #[arg(long, env = "PUSHGATE_BUS_PREFIX")]
+    pub bus_prefix: Option<String>,
+    /// Pushes queued for the bus thread before more are refused (503) [default: 65536].
+    #[arg(long, env = "PUSHGATE_BUS_QUEUE_DEPTH")]
+    pub bus_queue_depth: Option<usize>,
+    /// Seconds a bus subscription outlives its user's or room's last local connection,
+    /// so reconnect storms cost no bus traffic [default: 5].
+    #[arg(long, env = "PUSHGATE_BUS_UNSUBSCRIBE_DELAY")]
+    pub bus_unsubscribe_delay: Option<f64>,
     /// Log as JSON lines instead of text [default: false].
     #[arg(long, env = "PUSHGATE_LOG_JSON")]
     pub log_json: Option<bool>,
@@ -196,7 +212,24 @@ pub struct FileConfig {
     reconnect_jitter: Option<f64>,
     reconnect_cap_ms: Option<u64>,
     node_id: Option<String>,
+    nats: Option<String>,
+    bus_prefix: Option<String>,
+    bus_queue_depth: Option<usize>,
+    bus_unsubscribe_delay: Option<f64>,
     log_json: Option<bool>,
+}
+
+/// The cluster bus settings.
+#[derive(Debug, Clone)]
+pub struct BusSettings {
+    /// NATS server URL(s).
+    pub url: String,
+    /// Subject prefix.
+    pub prefix: String,
+    /// Queue to the bus thread.
+    pub queue_depth: usize,
+    /// Subscription linger after the last local connection.
+    pub unsubscribe_delay: Duration,
 }
 
 /// Resolved settings.
@@ -216,6 +249,8 @@ pub struct Settings {
     pub api_key: Option<String>,
     /// Server API body limit.
     pub max_body_bytes: usize,
+    /// The cluster bus, if any (`None`: a single node routing in-process).
+    pub bus: Option<BusSettings>,
     /// JSON logs.
     pub log_json: bool,
 }
@@ -348,6 +383,32 @@ impl Settings {
                 .or(file.api_key.clone())
                 .filter(|k| !k.is_empty()),
             max_body_bytes: pick!(max_body_bytes, 1024 * 1024).max(64),
+            bus: match cli
+                .nats
+                .clone()
+                .or(file.nats.clone())
+                .filter(|u| !u.trim().is_empty())
+            {
+                None => None,
+                Some(url) => {
+                    Some(BusSettings {
+                        url,
+                        prefix: cli
+                            .bus_prefix
+                            .clone()
+                            .or(file.bus_prefix.clone())
+                            .unwrap_or_else(|| default::BUS_PREFIX.to_owned()),
+                        queue_depth: pick!(bus_queue_depth, default::BUS_QUEUE_DEPTH).max(1),
+                        unsubscribe_delay: {
+                            let v = pick!(bus_unsubscribe_delay, default::BUS_UNSUBSCRIBE_DELAY);
+                            if !v.is_finite() || !(0.0..=3600.0).contains(&v) {
+                                bail!("bus_unsubscribe_delay must be between 0 and 3600 seconds, got {v}");
+                            }
+                            Duration::from_secs_f64(v)
+                        },
+                    })
+                }
+            },
             log_json: pick!(log_json, false),
         })
     }

@@ -10,7 +10,7 @@ use pushgate::config::{Cli, Settings};
 use pushgate::control::{self, ApiStats, ControlState};
 use pushgate::limits;
 use reactor::Server;
-use router::{Router, RouterHooks};
+use router::{NatsBus, NatsConfig, Router, RouterHooks};
 use session::AuthMode;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
@@ -49,7 +49,23 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .context("installing signal handlers")?;
-    let router = Arc::new(Router::new());
+    let nats = match &settings.bus {
+        Some(bus) => Some(Arc::new(
+            NatsBus::new(NatsConfig {
+                url: bus.url.clone(),
+                prefix: bus.prefix.clone(),
+                node_id: node_id.clone(),
+                queue_depth: bus.queue_depth,
+                unsubscribe_delay: bus.unsubscribe_delay,
+            })
+            .map_err(anyhow::Error::msg)?,
+        )),
+        None => None,
+    };
+    let router = Arc::new(match &nats {
+        Some(bus) => Router::with_bus(Box::new(Arc::clone(bus))),
+        None => Router::new(),
+    });
     let hooks_router = Arc::clone(&router);
     let server = Server::start(settings.reactor.clone(), move |_, stats| {
         Box::new(RouterHooks::new(
@@ -64,6 +80,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         )
     })?;
     router.attach(server.reactors().to_vec());
+    if let Some(bus) = &nats {
+        bus.start(Arc::clone(&router))
+            .context("starting the bus thread")?;
+    }
     let state = Arc::new(ControlState {
         reactors: server.reactors().to_vec(),
         admission: Arc::clone(server.admission()),
@@ -96,6 +116,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         mode = if dev { "dev" } else { "jwt" },
         echo = settings.reactor.session.echo,
         node = %node_id,
+        bus = settings.bus.as_ref().map_or("in-process", |b| b.url.as_str()),
         "pushgate started"
     );
 
@@ -119,6 +140,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     let result = server.shutdown(settings.shutdown_drain);
     control.stop();
+    if let Some(bus) = &nats {
+        bus.stop();
+    }
     result.context("reactor failed")?;
     if failed {
         anyhow::bail!("a reactor thread stopped unexpectedly");

@@ -4,8 +4,12 @@
 
 use std::fmt::Write;
 
-use reactor::stats::{DROP_REASONS, LATENCY_BUCKETS_US, PROTOCOL_CLOSE_CODES, REJECT_STATUSES};
+use reactor::stats::{
+    Histogram, DROP_REASONS, LATENCY_BUCKETS_US, PROTOCOL_CLOSE_CODES, REJECT_STATUSES,
+};
 use reactor::{ReactorHandle, ReactorStats};
+use router::bus::stats::REFUSE_REASONS;
+use router::bus::BusStats;
 
 use crate::control::{ControlState, API_ENDPOINTS, API_STATUSES};
 
@@ -61,6 +65,34 @@ pub mod names {
     pub const CLIENT_REQUESTS: &str = "pushgate_client_requests_total";
     /// Counter: connections closed with 1008.
     pub const POLICY_CLOSES: &str = "pushgate_policy_closes_total";
+    /// Gauge: 1, labelled with the bus kind (`nats` or `in-process`).
+    pub const BUS_INFO: &str = "pushgate_bus_info";
+    /// Gauge: 1 while pushes reach the other nodes (always 1 in-process).
+    pub const BUS_CONNECTED: &str = "pushgate_bus_connected";
+    /// Counter: connections made to NATS.
+    pub const BUS_CONNECTS: &str = "pushgate_bus_connects_total";
+    /// Counter: connections to NATS lost.
+    pub const BUS_DISCONNECTS: &str = "pushgate_bus_disconnects_total";
+    /// Counter: messages published on the bus.
+    pub const BUS_PUBLISHED: &str = "pushgate_bus_published_total";
+    /// Counter: pushes the bus could not take, by reason.
+    pub const BUS_REFUSED: &str = "pushgate_bus_refused_total";
+    /// Counter: publishes NATS failed after they were queued.
+    pub const BUS_PUBLISH_ERRORS: &str = "pushgate_bus_publish_errors_total";
+    /// Counter: messages received from the bus.
+    pub const BUS_RECEIVED: &str = "pushgate_bus_received_total";
+    /// Counter: copies of multi-recipient pushes already delivered.
+    pub const BUS_DUPLICATES: &str = "pushgate_bus_duplicates_total";
+    /// Counter: malformed messages from the bus.
+    pub const BUS_INVALID: &str = "pushgate_bus_invalid_total";
+    /// Gauge: subjects subscribed to.
+    pub const BUS_SUBSCRIPTIONS: &str = "pushgate_bus_subscriptions";
+    /// Counter: subscribe and unsubscribe operations.
+    pub const BUS_INTEREST_CHANGES: &str = "pushgate_bus_interest_changes_total";
+    /// Counter: messages dropped by NATS for a slow subscription.
+    pub const BUS_SLOW_CONSUMER: &str = "pushgate_bus_slow_consumer_total";
+    /// Histogram: publish on any node to delivery handed to the reactors here.
+    pub const BUS_LATENCY: &str = "pushgate_bus_latency_seconds";
 }
 
 /// Reads one value from a reactor's counters.
@@ -261,7 +293,12 @@ pub fn render(state: &ControlState) -> String {
             );
         }
     }
-    render_latency(&mut out, reactors);
+    render_histogram(
+        &mut out,
+        names::PUSH_LATENCY,
+        "Push receipt to frame handed to the kernel, per reactor batch.",
+        reactors.iter().map(|r| &r.stats().push_latency),
+    );
     let requests: [(&str, Read); 4] = [
         ("send", |s| s.client_sends.get()),
         ("room", |s| s.client_room_ops.get()),
@@ -287,39 +324,131 @@ pub fn render(state: &ControlState) -> String {
             .enumerate()
             .map(|(i, code)| (code, sum(reactors, |s| s.protocol_errors[i].get()))),
     );
+    render_bus(&mut out, state);
     out
 }
 
-/// The push latency histogram, buckets summed over reactors and made cumulative.
-fn render_latency(out: &mut String, reactors: &[ReactorHandle]) {
-    use names::PUSH_LATENCY;
-    header(
+/// The bus metrics; present on a single node too (zeros, connected), so dashboards and
+/// alerts work unchanged when a node joins a cluster.
+fn render_bus(out: &mut String, state: &ControlState) {
+    use names::*;
+    let bus = state.router.bus();
+    let none = BusStats::default();
+    let (kind, stats) = match bus.stats() {
+        Some(s) => ("nats", s),
+        None => ("in-process", &none),
+    };
+    family(
         out,
-        PUSH_LATENCY,
-        "histogram",
-        "Push receipt to frame handed to the kernel, per reactor batch.",
+        BUS_INFO,
+        "gauge",
+        "The cluster bus.",
+        "kind",
+        [(kind, 1)],
     );
+    single(
+        out,
+        BUS_CONNECTED,
+        "gauge",
+        "1 while pushes reach the other nodes.",
+        u8::from(bus.is_ready()),
+    );
+    single(
+        out,
+        BUS_SUBSCRIPTIONS,
+        "gauge",
+        "Bus subjects subscribed to (users, rooms, broadcast).",
+        stats.subscriptions.get(),
+    );
+    let counters = [
+        (BUS_CONNECTS, "Connections made to NATS.", &stats.connects),
+        (
+            BUS_DISCONNECTS,
+            "Connections to NATS lost.",
+            &stats.disconnects,
+        ),
+        (
+            BUS_PUBLISHED,
+            "Messages published on the bus (one per recipient subject).",
+            &stats.published,
+        ),
+        (
+            BUS_PUBLISH_ERRORS,
+            "Publishes that failed after they were queued.",
+            &stats.publish_errors,
+        ),
+        (
+            BUS_RECEIVED,
+            "Messages received from the bus.",
+            &stats.received,
+        ),
+        (
+            BUS_DUPLICATES,
+            "Copies of multi-recipient pushes already delivered here.",
+            &stats.duplicates,
+        ),
+        (
+            BUS_INVALID,
+            "Malformed messages from the bus, dropped.",
+            &stats.invalid,
+        ),
+        (
+            BUS_INTEREST_CHANGES,
+            "Subscribe and unsubscribe operations sent to NATS.",
+            &stats.interest_changes,
+        ),
+        (
+            BUS_SLOW_CONSUMER,
+            "Slow-consumer events on bus subscriptions (messages dropped by the client).",
+            &stats.slow_consumer_drops,
+        ),
+    ];
+    for (name, help, c) in counters {
+        single(out, name, "counter", help, c.get());
+    }
+    family(
+        out,
+        BUS_REFUSED,
+        "counter",
+        "Pushes the bus could not take (delivered on this node only), by reason.",
+        "reason",
+        REFUSE_REASONS
+            .iter()
+            .zip(&stats.refused)
+            .map(|(r, c)| (r, c.get())),
+    );
+    render_histogram(
+        out,
+        BUS_LATENCY,
+        "Publish on any node (by its clock) to delivery handed to the reactors here.",
+        std::iter::once(&stats.latency),
+    );
+}
+
+/// A latency histogram, buckets summed over its parts and made cumulative.
+fn render_histogram<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    parts: impl Iterator<Item = &'a Histogram> + Clone,
+) {
+    header(out, name, "histogram", help);
+    let total = |f: &dyn Fn(&Histogram) -> u64| parts.clone().map(f).sum::<u64>();
     let mut cumulative = 0;
     for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
-        cumulative += sum(reactors, |s| s.push_latency.buckets[i].get());
+        cumulative += total(&|h| h.buckets[i].get());
         let _ = writeln!(
             out,
-            "{PUSH_LATENCY}_bucket{{le=\"{}\"}} {cumulative}",
+            "{name}_bucket{{le=\"{}\"}} {cumulative}",
             *bound as f64 / 1e6
         );
     }
-    cumulative += sum(reactors, |s| {
-        s.push_latency.buckets[LATENCY_BUCKETS_US.len()].get()
-    });
-    let _ = writeln!(out, "{PUSH_LATENCY}_bucket{{le=\"+Inf\"}} {cumulative}");
+    cumulative += total(&|h| h.buckets[LATENCY_BUCKETS_US.len()].get());
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
     let _ = writeln!(
         out,
-        "{PUSH_LATENCY}_sum {}",
-        sum(reactors, |s| s.push_latency.sum_us.get()) as f64 / 1e6
+        "{name}_sum {}",
+        total(&|h| h.sum_us.get()) as f64 / 1e6
     );
-    let _ = writeln!(
-        out,
-        "{PUSH_LATENCY}_count {}",
-        sum(reactors, |s| s.push_latency.count.get())
-    );
+    let _ = writeln!(out, "{name}_count {}", total(&|h| h.count.get()));
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use reactor::{ConnRef, Hooks, ReactorStats};
+use session::client_protocol::RequestError;
 use session::ClientRequest;
 
 use crate::router::Router;
@@ -38,9 +39,18 @@ impl RouterHooks {
     }
 }
 
+impl RouterHooks {
+    /// Sends `{"type":"error",...}` to one connection, through its reactor's inbox like
+    /// any delivery.
+    fn reply(&self, conn: ConnRef, code: &'static str, message: &'static str) {
+        let body = session::client_protocol::error_json(RequestError { code, message });
+        self.router.deliver_to(conn, Router::text_frame(&body));
+    }
+}
+
 impl Hooks for RouterHooks {
     fn on_open(&mut self, conn: ConnRef, uid: &str, _device: Option<&str>) {
-        let uid = self.router.registry().add_user(uid, conn);
+        let uid = self.router.add_user(uid, conn);
         self.conns.insert(
             conn,
             ConnInfo {
@@ -57,10 +67,15 @@ impl Hooks for RouterHooks {
         match request {
             ClientRequest::Send { to, data } => {
                 // `from` is the sender's authenticated ID, never anything the client said.
-                let frame = Router::msg_frame(&info.uid, &data);
-                let outcome = self.router.push(&to, &[] as &[&str], frame, Instant::now());
+                let body = Router::msg_body(&info.uid, &data);
+                let outcome = self.router.push(&to, &[] as &[&str], body, Instant::now());
                 self.stats
                     .count_dropped("offline", outcome.offline_users as u64);
+                if let Err(e) = outcome.bus {
+                    // Delivered here only; the sender learns so rather than assuming.
+                    self.stats.count_dropped("bus", to.len() as u64);
+                    self.reply(conn, "unavailable", e.as_str());
+                }
             }
             ClientRequest::Join { room } => {
                 if info.rooms.iter().any(|r| **r == *room) {
@@ -70,13 +85,13 @@ impl Hooks for RouterHooks {
                     self.stats.count_dropped("room_limit", 1);
                     return;
                 }
-                let room = self.router.registry().join(&room, conn);
+                let room = self.router.join(&room, conn);
                 info.rooms.push(room);
             }
             ClientRequest::Leave { room } => {
                 if let Some(i) = info.rooms.iter().position(|r| **r == *room) {
                     let room = info.rooms.swap_remove(i);
-                    self.router.registry().leave(&room, conn);
+                    self.router.leave(&room, conn);
                 }
             }
             ClientRequest::Ping => {}
@@ -86,9 +101,9 @@ impl Hooks for RouterHooks {
     fn on_close(&mut self, conn: ConnRef) {
         if let Some(info) = self.conns.remove(&conn) {
             for room in &info.rooms {
-                self.router.registry().leave(room, conn);
+                self.router.leave(room, conn);
             }
-            self.router.registry().remove_user(&info.uid, conn);
+            self.router.remove_user(&info.uid, conn);
         }
     }
 }

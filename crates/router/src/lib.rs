@@ -3,14 +3,18 @@
 //! - [`registry`]: user ID → the connections of that user on this node (every device),
 //!   room → member connections; sharded so reactors rarely meet on a lock.
 //! - [`router`]: resolves a push to connections, encodes the frame once and hands each
-//!   reactor one command with all of its recipients.
+//!   reactor one command with all of its recipients; hands the push to the bus once.
+//! - [`bus`]: the cluster bus that carries pushes to the other nodes (in-process for a
+//!   single node, NATS for a cluster).
 //! - [`hooks`]: the per-reactor bookkeeping of which user and rooms each connection has,
 //!   fed by the reactor and feeding the registry.
 
+pub mod bus;
 pub mod hooks;
 pub mod registry;
 pub mod router;
 
+pub use bus::{BusError, ClusterBus, InProcess, NatsBus, NatsConfig};
 pub use hooks::RouterHooks;
 pub use registry::Registry;
 pub use router::{PushOutcome, Router};

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use reactor::ConnRef;
 
+use crate::bus::Kind;
+
 /// Shards per map: a power of two comfortably above the number of threads.
 const SHARDS: usize = 64;
 
@@ -42,8 +44,8 @@ impl ShardedMap {
         &self.shards[h.finish() as usize & (SHARDS - 1)]
     }
 
-    /// Adds `conn` under `id`; returns the interned ID.
-    fn insert(&self, id: &str, conn: ConnRef) -> Arc<str> {
+    /// Adds `conn` under `id`; returns the interned ID and whether `conn` is the first.
+    fn insert(&self, id: &str, conn: ConnRef) -> (Arc<str>, bool) {
         let mut map = self.shard(id).map.write();
         if let Some(key) = map.get_key_value(id).map(|(k, _)| Arc::clone(k)) {
             if let Some(members) = map.get_mut(id) {
@@ -51,15 +53,15 @@ impl ShardedMap {
                     members.push(conn);
                 }
             }
-            return key;
+            return (key, false);
         }
         let key: Arc<str> = Arc::from(id);
         map.insert(Arc::clone(&key), vec![conn]);
-        key
+        (key, true)
     }
 
-    /// Removes `conn` from `id`, dropping the entry when it empties.
-    fn remove(&self, id: &str, conn: ConnRef) {
+    /// Removes `conn` from `id`, dropping the entry when it empties; true if it did.
+    fn remove(&self, id: &str, conn: ConnRef) -> bool {
         let mut map = self.shard(id).map.write();
         let now_empty = match map.get_mut(id) {
             Some(members) => {
@@ -71,6 +73,11 @@ impl ShardedMap {
         if now_empty {
             map.remove(id);
         }
+        now_empty
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.shard(id).map.read().contains_key(id)
     }
 
     /// Appends the connections under `id` to `out`; false when there are none.
@@ -111,24 +118,34 @@ impl Registry {
         }
     }
 
-    /// A connection of `uid` opened; returns the interned ID.
-    pub fn add_user(&self, uid: &str, conn: ConnRef) -> Arc<str> {
+    /// A connection of `uid` opened; returns the interned ID and whether it is the
+    /// user's first connection here.
+    pub fn add_user(&self, uid: &str, conn: ConnRef) -> (Arc<str>, bool) {
         self.users.insert(uid, conn)
     }
 
-    /// A connection of `uid` went away.
-    pub fn remove_user(&self, uid: &str, conn: ConnRef) {
-        self.users.remove(uid, conn);
+    /// A connection of `uid` went away; true if it was the user's last here.
+    pub fn remove_user(&self, uid: &str, conn: ConnRef) -> bool {
+        self.users.remove(uid, conn)
     }
 
-    /// `conn` joined `room`; returns the interned ID.
-    pub fn join(&self, room: &str, conn: ConnRef) -> Arc<str> {
+    /// `conn` joined `room`; returns the interned ID and whether it is the room's first
+    /// member here.
+    pub fn join(&self, room: &str, conn: ConnRef) -> (Arc<str>, bool) {
         self.rooms.insert(room, conn)
     }
 
-    /// `conn` left `room`.
-    pub fn leave(&self, room: &str, conn: ConnRef) {
-        self.rooms.remove(room, conn);
+    /// `conn` left `room`; true if it was the room's last member here.
+    pub fn leave(&self, room: &str, conn: ConnRef) -> bool {
+        self.rooms.remove(room, conn)
+    }
+
+    /// Whether the user or room has a connection here.
+    pub fn contains(&self, kind: Kind, id: &str) -> bool {
+        match kind {
+            Kind::User => self.users.contains(id),
+            Kind::Room => self.rooms.contains(id),
+        }
     }
 
     /// Appends every connection of `uid`; false if the user is not on this node.
@@ -167,16 +184,22 @@ mod tests {
     #[test]
     fn users_with_many_devices() {
         let r = Registry::new();
-        let a1 = r.add_user("alice", c(1));
-        let a2 = r.add_user("alice", c(2));
+        let (a1, first) = r.add_user("alice", c(1));
+        assert!(first);
+        let (a2, first) = r.add_user("alice", c(2));
+        assert!(!first);
         assert!(Arc::ptr_eq(&a1, &a2), "one interned ID per user");
+        assert!(r.contains(Kind::User, "alice") && !r.contains(Kind::Room, "alice"));
         r.add_user("bob", c(3));
         let mut out = Vec::new();
         assert!(r.user_connections("alice", &mut out));
         assert_eq!(out, [c(1), c(2)]);
         assert_eq!(r.users_online(), 2);
-        r.remove_user("alice", c(1));
-        r.remove_user("alice", c(2));
+        assert!(!r.remove_user("alice", c(1)));
+        assert!(
+            r.remove_user("alice", c(2)),
+            "the last connection empties the entry"
+        );
         assert!(!r.user_connections("alice", &mut Vec::new()));
         assert_eq!(r.users_online(), 1);
         r.remove_user("nobody", c(9));
@@ -191,8 +214,9 @@ mod tests {
         let mut out = Vec::new();
         r.room_connections("r1", &mut out);
         assert_eq!(out, [c(1), c(2)], "joining twice is one membership");
-        r.leave("r1", c(1));
-        r.leave("r1", c(2));
+        assert!(!r.leave("r1", c(1)));
+        assert!(r.leave("r1", c(2)));
+        assert!(!r.leave("r1", c(2)));
         assert_eq!(r.rooms(), 0);
     }
 }

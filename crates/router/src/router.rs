@@ -2,22 +2,26 @@
 //! each reactor one command listing all of its recipients.
 
 use std::collections::HashSet;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
 use protocol::frame::{FrameBuilder, OpCode};
 use reactor::{Command, ConnRef, ReactorHandle};
 
+use crate::bus::{BusError, ClusterBus, InProcess, Kind, Outgoing};
 use crate::registry::Registry;
 
-/// What a push reached on this node.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What a push reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PushOutcome {
-    /// Connections the frame was handed to (their reactors queue it).
+    /// Connections on this node the frame was handed to (their reactors queue it).
     pub connections: usize,
-    /// Named users with no connection on this node.
+    /// Named users with no connection on this node, counted only on a single node (in a
+    /// cluster they may well be on another).
     pub offline_users: usize,
+    /// Whether the other nodes were reached (always, on a single node).
+    pub bus: Result<(), BusError>,
 }
 
 /// The node's router.
@@ -25,6 +29,7 @@ pub struct PushOutcome {
 pub struct Router {
     registry: Registry,
     reactors: OnceLock<Vec<ReactorHandle>>,
+    bus: Box<dyn ClusterBus>,
 }
 
 impl Default for Router {
@@ -34,11 +39,17 @@ impl Default for Router {
 }
 
 impl Router {
-    /// A router with no reactors attached yet.
+    /// A single-node router (in-process bus) with no reactors attached yet.
     pub fn new() -> Self {
+        Self::with_bus(Box::new(InProcess))
+    }
+
+    /// A router reaching the other nodes through `bus`.
+    pub fn with_bus(bus: Box<dyn ClusterBus>) -> Self {
         Router {
             registry: Registry::new(),
             reactors: OnceLock::new(),
+            bus,
         }
     }
 
@@ -52,20 +63,102 @@ impl Router {
         &self.registry
     }
 
-    /// Encodes `{"type":"msg","from":...,"data":...}` once as a text frame.
-    pub fn msg_frame(from: &str, data: &[u8]) -> Bytes {
-        let body = session::client_protocol::msg_json(from, data);
+    /// The bus.
+    pub fn bus(&self) -> &dyn ClusterBus {
+        &*self.bus
+    }
+
+    /// Whether other nodes may hold recipients.
+    pub fn is_clustered(&self) -> bool {
+        self.bus.stats().is_some()
+    }
+
+    /// A connection of `uid` opened here; returns the interned ID.
+    pub fn add_user(&self, uid: &str, conn: ConnRef) -> Arc<str> {
+        let (id, first) = self.registry.add_user(uid, conn);
+        if first {
+            self.bus.interest_changed(Kind::User, &id);
+        }
+        id
+    }
+
+    /// A connection of `uid` went away.
+    pub fn remove_user(&self, uid: &Arc<str>, conn: ConnRef) {
+        if self.registry.remove_user(uid, conn) {
+            self.bus.interest_changed(Kind::User, uid);
+        }
+    }
+
+    /// `conn` joined `room`; returns the interned ID.
+    pub fn join(&self, room: &str, conn: ConnRef) -> Arc<str> {
+        let (id, first) = self.registry.join(room, conn);
+        if first {
+            self.bus.interest_changed(Kind::Room, &id);
+        }
+        id
+    }
+
+    /// `conn` left `room`.
+    pub fn leave(&self, room: &Arc<str>, conn: ConnRef) {
+        if self.registry.leave(room, conn) {
+            self.bus.interest_changed(Kind::Room, room);
+        }
+    }
+
+    /// The body of a delivered message: `{"type":"msg","from":...,"data":...}`.
+    pub fn msg_body(from: &str, data: &[u8]) -> Bytes {
+        Bytes::from(session::client_protocol::msg_json(from, data))
+    }
+
+    /// `body` as one unmasked text frame.
+    pub fn text_frame(body: &[u8]) -> Bytes {
         let mut f = FrameBuilder::with_capacity(body.len());
-        f.extend_from_slice(&body);
+        f.extend_from_slice(body);
         f.finish(OpCode::Text, false)
     }
 
-    /// Delivers `frame` to every connection of `users` and every member of `rooms` on this
-    /// node, each connection once.
+    /// Delivers `body` (a message's JSON) to every connection of `users` and every member
+    /// of `rooms`, each connection once: the local ones directly, the rest through the
+    /// bus.
     pub fn push(
         &self,
         users: &[impl AsRef<str>],
         rooms: &[impl AsRef<str>],
+        body: Bytes,
+        received: Instant,
+    ) -> PushOutcome {
+        let frame = Self::text_frame(&body);
+        let mut outcome = self.deliver_local(users, rooms, &[] as &[&str], frame, received);
+        if self.is_clustered() {
+            outcome.offline_users = 0;
+            outcome.bus = self.bus.publish(Outgoing {
+                users: dedup_ids(users),
+                rooms: dedup_ids(rooms),
+                broadcast: false,
+                body,
+            });
+        }
+        outcome
+    }
+
+    /// Delivers `body` to every `/ws` connection of the cluster.
+    pub fn broadcast(&self, body: Bytes, received: Instant) -> Result<(), BusError> {
+        self.broadcast_local(Self::text_frame(&body), received);
+        self.bus.publish(Outgoing {
+            users: Vec::new(),
+            rooms: Vec::new(),
+            broadcast: true,
+            body,
+        })
+    }
+
+    /// Delivers `frame` to every connection here of `users` and every member here of
+    /// `rooms`, except the connections of `except_users`, each connection once.
+    pub fn deliver_local(
+        &self,
+        users: &[impl AsRef<str>],
+        rooms: &[impl AsRef<str>],
+        except_users: &[impl AsRef<str>],
         frame: Bytes,
         received: Instant,
     ) -> PushOutcome {
@@ -84,16 +177,32 @@ impl Router {
             let mut seen = HashSet::with_capacity(targets.len());
             targets.retain(|c| seen.insert(*c));
         }
+        if !except_users.is_empty() && !targets.is_empty() {
+            let mut skip = Vec::new();
+            for u in except_users {
+                self.registry.user_connections(u.as_ref(), &mut skip);
+            }
+            if !skip.is_empty() {
+                let skip: HashSet<ConnRef> = skip.into_iter().collect();
+                targets.retain(|c| !skip.contains(c));
+            }
+        }
         let connections = targets.len();
         self.dispatch(targets, frame, received);
         PushOutcome {
             connections,
             offline_users,
+            bus: Ok(()),
         }
     }
 
+    /// Delivers `frame` to one connection of this node.
+    pub fn deliver_to(&self, conn: ConnRef, frame: Bytes) {
+        self.dispatch(vec![conn], frame, Instant::now());
+    }
+
     /// Delivers `frame` to every `/ws` connection of this node.
-    pub fn broadcast(&self, frame: Bytes, received: Instant) {
+    pub fn broadcast_local(&self, frame: Bytes, received: Instant) {
         for r in self.reactors.get().map(Vec::as_slice).unwrap_or_default() {
             r.send(Command::Broadcast {
                 frame: frame.clone(),
@@ -128,4 +237,14 @@ impl Router {
             rest = tail;
         }
     }
+}
+
+/// The IDs once each, in order, for the trip to the bus thread.
+fn dedup_ids(ids: &[impl AsRef<str>]) -> Vec<Arc<str>> {
+    let mut seen = HashSet::with_capacity(ids.len());
+    ids.iter()
+        .map(AsRef::as_ref)
+        .filter(|id| seen.insert(*id))
+        .map(Arc::from)
+        .collect()
 }

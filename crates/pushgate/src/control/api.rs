@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use router::Router;
+use router::{PushOutcome, Router};
 use session::auth::MAX_ID_LEN;
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
@@ -94,12 +94,10 @@ pub fn parse_broadcast(body: &[u8]) -> Result<(String, Bytes), BadRequest> {
     Ok((from, Bytes::from(data.encode())))
 }
 
-/// Carries out a push; returns how many named users had no connection here.
-pub fn push(router: &Router, req: &PushRequest, received: Instant) -> usize {
-    let frame = Router::msg_frame(&req.from, &req.data);
-    router
-        .push(&req.to, &req.rooms, frame, received)
-        .offline_users
+/// Carries out a push.
+pub fn push(router: &Router, req: &PushRequest, received: Instant) -> PushOutcome {
+    let body = Router::msg_body(&req.from, &req.data);
+    router.push(&req.to, &req.rooms, body, received)
 }
 
 #[cfg(test)]

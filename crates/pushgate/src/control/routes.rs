@@ -6,7 +6,7 @@ use std::time::Instant;
 use reactor::admission::Admission;
 use reactor::stats::Cell;
 use reactor::ReactorHandle;
-use router::Router;
+use router::{BusError, Router};
 
 use super::api;
 use super::http::{json_error, response, Request};
@@ -15,13 +15,13 @@ use crate::metrics;
 /// Server API endpoints, for the request counters.
 pub const API_ENDPOINTS: [&str; 2] = ["push", "broadcast"];
 /// Statuses the API answers with, for the request counters.
-pub const API_STATUSES: [u16; 6] = [200, 400, 401, 404, 405, 413];
+pub const API_STATUSES: [u16; 7] = [200, 400, 401, 404, 405, 413, 503];
 
 /// Counters of the control thread (its only writer).
 #[derive(Debug, Default)]
 pub struct ApiStats {
     /// Requests by endpoint (index into [`API_ENDPOINTS`]) and status (into [`API_STATUSES`]).
-    pub requests: [[Cell; 6]; 2],
+    pub requests: [[Cell; 7]; 2],
     /// Users named in pushes with no connection on this node.
     pub offline: Cell,
 }
@@ -78,10 +78,12 @@ impl ControlState {
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/healthz") => response(200, "application/json", b"{\"ok\":true}", keep),
             ("GET", "/readyz") => {
-                if reactors_running && !self.admission.is_draining() {
-                    response(200, "application/json", b"{\"ok\":true}", keep)
-                } else {
+                if !reactors_running || self.admission.is_draining() {
                     json_error(503, "not accepting connections", keep)
+                } else if !self.router.bus().is_ready() {
+                    json_error(503, "cluster bus disconnected", keep)
+                } else {
+                    response(200, "application/json", b"{\"ok\":true}", keep)
                 }
             }
             ("GET", "/metrics") => {
@@ -116,21 +118,42 @@ impl ControlState {
         if endpoint == 0 {
             match api::parse_push(&req.body) {
                 Ok(p) => {
-                    let offline = api::push(&self.router, &p, received);
-                    self.api_stats.offline.add(offline as u64);
-                    (200, Ok(()))
+                    let outcome = api::push(&self.router, &p, received);
+                    self.api_stats.offline.add(outcome.offline_users as u64);
+                    bus_status(outcome.bus)
                 }
                 Err(e) => (400, Err(e)),
             }
         } else {
             match api::parse_broadcast(&req.body) {
                 Ok((from, data)) => {
-                    self.router
-                        .broadcast(Router::msg_frame(&from, &data), received);
-                    (200, Ok(()))
+                    let sent = self
+                        .router
+                        .broadcast(Router::msg_body(&from, &data), received);
+                    bus_status(sent)
                 }
                 Err(e) => (400, Err(e)),
             }
         }
+    }
+}
+
+/// A push the bus could not take went to this node's recipients only: 503, so the
+/// caller knows the rest of the cluster missed it.
+fn bus_status(sent: Result<(), BusError>) -> (u16, Result<(), &'static str>) {
+    match sent {
+        Ok(()) => (200, Ok(())),
+        Err(BusError::Disconnected) => (
+            503,
+            Err("cluster bus disconnected: delivered to this node's connections only"),
+        ),
+        Err(BusError::QueueFull) => (
+            503,
+            Err("cluster bus queue full: delivered to this node's connections only"),
+        ),
+        Err(BusError::TooLarge) => (
+            413,
+            Err("message too large for the cluster bus: delivered to this node's connections only"),
+        ),
     }
 }

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod nats;
+
 use bytes::BytesMut;
 use protocol::frame::{client_frame, client_message};
 use protocol::{CloseCode, Decoder, DecoderConfig, FrameHeader, Message, OpCode};

@@ -1,0 +1,145 @@
+//! A real `nats-server` (Debian's package) on a free port, stopped by PID.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl NatsServer {
+    /// Starts a server on a free port. A missing `nats-server` fails the test: the README
+    /// test command installs it.
+    pub fn start() -> NatsServer {
+        NatsServer::start_on(free_port())
+    }
+
+    /// Starts a server on `port`.
+    pub fn start_on(port: u16) -> NatsServer {
+        let mut s = NatsServer { child: None, port };
+        s.restart();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (as a crash would).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, waiting until it accepts.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is not installed: run scripts/install-test-deps.sh");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A raw protocol connection, as a backend publishing straight onto the bus would
+    /// have.
+    pub fn client(&self) -> RawNats {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut c = RawNats {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            stream,
+        };
+        let mut info = String::new();
+        c.reader.read_line(&mut info).unwrap();
+        assert!(info.starts_with("INFO "), "{info}");
+        c.stream
+            .write_all(b"CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":false}\r\n")
+            .unwrap();
+        c.sync();
+        c
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The NATS text protocol, by hand: what a backend in any language can do.
+pub struct RawNats {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl RawNats {
+    /// `PUB subject` with `payload`.
+    pub fn publish(&mut self, subject: &str, payload: &[u8]) {
+        let mut msg = format!("PUB {subject} {}\r\n", payload.len()).into_bytes();
+        msg.extend_from_slice(payload);
+        msg.extend_from_slice(b"\r\n");
+        self.stream.write_all(&msg).unwrap();
+        self.sync();
+    }
+
+    /// `HPUB subject` with `headers` and `payload`.
+    pub fn publish_with_headers(
+        &mut self,
+        subject: &str,
+        headers: &[(&str, &str)],
+        payload: &[u8],
+    ) {
+        let mut h = String::from("NATS/1.0\r\n");
+        for (k, v) in headers {
+            h.push_str(&format!("{k}: {v}\r\n"));
+        }
+        h.push_str("\r\n");
+        let mut msg =
+            format!("HPUB {subject} {} {}\r\n", h.len(), h.len() + payload.len()).into_bytes();
+        msg.extend_from_slice(h.as_bytes());
+        msg.extend_from_slice(payload);
+        msg.extend_from_slice(b"\r\n");
+        self.stream.write_all(&msg).unwrap();
+        self.sync();
+    }
+
+    /// PING, then wait for PONG: the server has processed everything sent before.
+    fn sync(&mut self) {
+        self.stream.write_all(b"PING\r\n").unwrap();
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).unwrap();
+            if line.starts_with("PONG") {
+                return;
+            }
+            assert!(!line.starts_with("-ERR"), "nats-server said {line}");
+            if line.starts_with("PING") {
+                self.stream.write_all(b"PONG\r\n").unwrap();
+            }
+        }
+    }
+}

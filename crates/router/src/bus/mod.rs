@@ -1,0 +1,129 @@
+//! The cluster bus: how a push reaches the recipients held by other nodes.
+//!
+//! The node that accepts a push delivers its own local recipients directly and hands the
+//! push to the bus once; every other node delivers its local recipients when the push
+//! arrives. Two implementations:
+//!
+//! - [`InProcess`]: one node, no other nodes to reach (the embedded default).
+//! - [`NatsBus`]: NATS. A node subscribes to the subject of every user and room it holds
+//!   and to the broadcast subject; its connection to NATS is opened with `no_echo`, so a
+//!   push it published never comes back to it and local recipients get it exactly once.
+//!
+//! The message format on NATS, so that a backend can publish without the HTTP API, is in
+//! `docs/BUS.md`:
+//!
+//! - subjects `<prefix>.user.<id>`, `<prefix>.room.<id>`, `<prefix>.all` ([`subject`]);
+//! - the payload is the JSON text the clients receive, `{"type":"msg",...}`;
+//! - optional headers: [`HEADER_ID`] and [`HEADER_TARGETS`] (a push to several
+//!   recipients is published once per recipient subject; a node delivers the first copy
+//!   to all of its local recipients of the listed targets and ignores the rest), and
+//!   [`HEADER_SENT`] (for the bus latency histogram).
+
+mod dedup;
+mod nats;
+pub mod stats;
+pub mod subject;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use nats::{NatsBus, NatsConfig};
+pub use stats::BusStats;
+pub use subject::{Kind, Subjects};
+
+/// Header naming a push uniquely across the cluster (present when it has several
+/// recipient subjects).
+pub const HEADER_ID: &str = "Pushgate-Id";
+/// Header listing every recipient of a push as `user.<id>` / `room.<id>` tokens,
+/// separated by spaces, IDs escaped as in subjects.
+pub const HEADER_TARGETS: &str = "Pushgate-Targets";
+/// Header holding the publish time, microseconds since the Unix epoch.
+pub const HEADER_SENT: &str = "Pushgate-Sent";
+
+/// A push on its way to the other nodes.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Recipient users (empty for a broadcast).
+    pub users: Vec<Arc<str>>,
+    /// Recipient rooms (empty for a broadcast).
+    pub rooms: Vec<Arc<str>>,
+    /// To every connection of the cluster.
+    pub broadcast: bool,
+    /// The message JSON the clients receive.
+    pub body: Bytes,
+}
+
+/// The bus could not take a push: the other nodes will not get it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusError {
+    /// Not connected to the bus.
+    Disconnected,
+    /// The queue to the bus thread is full.
+    QueueFull,
+    /// The message is larger than the bus accepts.
+    TooLarge,
+}
+
+impl BusError {
+    /// Short name, for logs and error replies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BusError::Disconnected => "cluster bus disconnected",
+            BusError::QueueFull => "cluster bus queue full",
+            BusError::TooLarge => "message larger than the cluster bus accepts",
+        }
+    }
+}
+
+/// How pushes reach other nodes.
+pub trait ClusterBus: Send + Sync + Debug {
+    /// Hands a push to the other nodes, without blocking.
+    fn publish(&self, push: Outgoing) -> Result<(), BusError>;
+    /// A user or room gained its first or lost its last connection on this node.
+    fn interest_changed(&self, kind: Kind, id: &Arc<str>);
+    /// Whether pushes reach the other nodes now.
+    fn is_ready(&self) -> bool;
+    /// The bus counters, when there is a bus.
+    fn stats(&self) -> Option<&BusStats>;
+}
+
+/// A node alone: nothing to reach beyond it.
+#[derive(Debug, Default)]
+pub struct InProcess;
+
+impl ClusterBus for InProcess {
+    fn publish(&self, _push: Outgoing) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    fn interest_changed(&self, _kind: Kind, _id: &Arc<str>) {}
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn stats(&self) -> Option<&BusStats> {
+        None
+    }
+}
+
+/// A bus shared with its owner (which starts and stops it) is a bus too.
+impl<T: ClusterBus + ?Sized> ClusterBus for Arc<T> {
+    fn publish(&self, push: Outgoing) -> Result<(), BusError> {
+        (**self).publish(push)
+    }
+
+    fn interest_changed(&self, kind: Kind, id: &Arc<str>) {
+        (**self).interest_changed(kind, id);
+    }
+
+    fn is_ready(&self) -> bool {
+        (**self).is_ready()
+    }
+
+    fn stats(&self) -> Option<&BusStats> {
+        (**self).stats()
+    }
+}

@@ -1,0 +1,628 @@
+//! The NATS bus: async-nats on a dedicated thread with its own single-threaded runtime.
+//!
+//! Reactors and the API thread never wait on it. Publishes go through a bounded
+//! crossbeam queue (`try_send`; full means refused, counted, and a 503 or error reply);
+//! interest changes go into a small set that the bus thread reconciles against the
+//! registry, so a user who leaves and comes back before the bus thread looks costs no
+//! bus traffic at all, and an unsubscribe waits `unsubscribe_delay` in case the user comes
+//! straight back (reconnect storms after a deploy or a network blip). Messages from the
+//! bus reach the reactors through their inboxes, like any local push.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::{Client, ConnectOptions, Event, HeaderMap, Message};
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+
+use super::dedup::RecentIds;
+use super::stats::BusStats;
+use super::subject::{self, Kind, Subjects};
+use super::{BusError, ClusterBus, Outgoing, HEADER_ID, HEADER_SENT, HEADER_TARGETS};
+use crate::router::Router;
+
+/// Settings of the NATS bus.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated: `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Subject prefix shared by the nodes of one deployment.
+    pub prefix: String,
+    /// This node's name, given to NATS as the connection name.
+    pub node_id: String,
+    /// Pushes waiting for the bus thread before more are refused.
+    pub queue_depth: usize,
+    /// How long a subscription outlives the last local connection of its user or room.
+    pub unsubscribe_delay: Duration,
+}
+
+/// Interest changes reconciled per pass before the bus thread looks at publishes again.
+const RECONCILE_BATCH: usize = 1024;
+/// Publishes taken per pass before interest changes get a turn.
+const PUBLISH_BATCH: usize = 4096;
+/// How long the copies of one push are remembered.
+const DEDUP_WINDOW: Duration = Duration::from_secs(30);
+const DEDUP_MAX: usize = 1 << 16;
+/// Room for the headers on top of a body, when checking against NATS's payload limit.
+const HEADER_ALLOWANCE: usize = 512;
+
+#[derive(Debug)]
+struct Shared {
+    stats: BusStats,
+    dirty: Mutex<Vec<(Kind, Arc<str>)>>,
+    wake: Notify,
+    max_payload: AtomicUsize,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+/// The NATS implementation of [`ClusterBus`].
+#[derive(Debug)]
+pub struct NatsBus {
+    tx: Sender<Outgoing>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    pending: Mutex<Option<(NatsConfig, Subjects, Receiver<Outgoing>)>>,
+}
+
+impl NatsBus {
+    /// A bus that starts working once [`NatsBus::start`] gives it the router.
+    pub fn new(config: NatsConfig) -> Result<Self, String> {
+        let subjects = Subjects::new(&config.prefix)?;
+        let (tx, rx) = crossbeam_channel::bounded(config.queue_depth.max(1));
+        Ok(NatsBus {
+            tx,
+            shared: Arc::new(Shared {
+                stats: BusStats::default(),
+                dirty: Mutex::new(Vec::new()),
+                wake: Notify::new(),
+                max_payload: AtomicUsize::new(1024 * 1024),
+                stop: Default::default(),
+            }),
+            thread: Mutex::new(None),
+            pending: Mutex::new(Some((config, subjects, rx))),
+        })
+    }
+
+    /// Starts the bus thread, which connects (retrying with backoff for as long as it
+    /// takes) and delivers what arrives to `router`'s reactors.
+    pub fn start(&self, router: Arc<Router>) -> std::io::Result<()> {
+        let Some((config, subjects, rx)) = self.pending.lock().take() else {
+            return Ok(());
+        };
+        let shared = Arc::clone(&self.shared);
+        let handle = std::thread::Builder::new()
+            .name("pushgate-bus".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the bus runtime");
+                        return;
+                    }
+                };
+                rt.block_on(Worker::new(config, subjects, rx, shared, router).run());
+            })?;
+        *self.thread.lock() = Some(handle);
+        Ok(())
+    }
+
+    /// Stops the bus thread (pushes are refused from then on).
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.stats.connected.store(false, Ordering::Relaxed);
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl ClusterBus for NatsBus {
+    fn publish(&self, push: Outgoing) -> Result<(), BusError> {
+        let stats = &self.shared.stats;
+        let refuse = |e: BusError| {
+            stats.refused[e as usize].add(1);
+            Err(e)
+        };
+        if !stats.is_connected() {
+            return refuse(BusError::Disconnected);
+        }
+        if push.body.len() + HEADER_ALLOWANCE > self.shared.max_payload.load(Ordering::Relaxed) {
+            return refuse(BusError::TooLarge);
+        }
+        match self.tx.try_send(push) {
+            Ok(()) => {
+                self.shared.wake.notify_one();
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => refuse(BusError::QueueFull),
+            Err(TrySendError::Disconnected(_)) => refuse(BusError::Disconnected),
+        }
+    }
+
+    fn interest_changed(&self, kind: Kind, id: &Arc<str>) {
+        self.shared.dirty.lock().push((kind, Arc::clone(id)));
+        self.shared.wake.notify_one();
+    }
+
+    fn is_ready(&self) -> bool {
+        self.shared.stats.is_connected()
+    }
+
+    fn stats(&self) -> Option<&BusStats> {
+        Some(&self.shared.stats)
+    }
+}
+
+type Key = (Kind, Arc<str>);
+
+/// What handles messages arriving from the bus (shared by the subscription tasks, all on
+/// the bus thread).
+struct Inbound {
+    router: Arc<Router>,
+    shared: Arc<Shared>,
+    recent: Mutex<RecentIds>,
+}
+
+impl Inbound {
+    fn on_message(&self, on: Option<&Key>, msg: &Message) {
+        let stats = &self.shared.stats;
+        stats.received.add(1);
+        let now = Instant::now();
+        if let Some(sent) = header(msg, HEADER_SENT).and_then(|v| v.parse::<u64>().ok()) {
+            stats
+                .latency
+                .observe(Duration::from_micros(unix_micros().saturating_sub(sent)));
+        }
+        if protocol::utf8::validate(&msg.payload).is_err() {
+            stats.invalid.add(1);
+            return;
+        }
+        let frame = Router::text_frame(&msg.payload);
+        let Some((kind, id)) = on else {
+            self.router.broadcast_local(frame, now);
+            return;
+        };
+        match (kind, header(msg, HEADER_TARGETS)) {
+            (Kind::User, _) => {
+                self.router
+                    .deliver_local(&[&**id], &[] as &[&str], &[] as &[&str], frame, now);
+            }
+            (Kind::Room, None) => {
+                self.router
+                    .deliver_local(&[] as &[&str], &[&**id], &[] as &[&str], frame, now);
+            }
+            (Kind::Room, Some(targets)) => {
+                // One copy per room of the push arrives; the first delivers to every
+                // listed room's members here, except connections of listed users (their
+                // user copy reaches them).
+                if let Some(push_id) = header(msg, HEADER_ID) {
+                    if !self.recent.lock().first_sight(push_id, now) {
+                        stats.duplicates.add(1);
+                        return;
+                    }
+                }
+                let mut users = Vec::new();
+                let mut rooms = vec![id.to_string()];
+                for t in targets.split(' ').filter(|t| !t.is_empty()) {
+                    match subject::parse_target(t) {
+                        Some((Kind::User, u)) => users.push(u),
+                        Some((Kind::Room, r)) => {
+                            if *r != **id {
+                                rooms.push(r);
+                            }
+                        }
+                        None => {
+                            stats.invalid.add(1);
+                            return;
+                        }
+                    }
+                }
+                self.router
+                    .deliver_local(&[] as &[&str], &rooms, &users, frame, now);
+            }
+        }
+    }
+}
+
+fn header<'a>(msg: &'a Message, name: &str) -> Option<&'a str> {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str())
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+struct Worker {
+    config: NatsConfig,
+    subjects: Subjects,
+    rx: Receiver<Outgoing>,
+    shared: Arc<Shared>,
+    router: Arc<Router>,
+    inbound: Arc<Inbound>,
+    subscribed: HashMap<Key, AbortHandle>,
+    /// Subscriptions with no local member left, and when they may go.
+    leaving: HashMap<Key, Instant>,
+    broadcast: Option<AbortHandle>,
+    boot: u64,
+    seq: AtomicU64,
+}
+
+impl Worker {
+    fn new(
+        config: NatsConfig,
+        subjects: Subjects,
+        rx: Receiver<Outgoing>,
+        shared: Arc<Shared>,
+        router: Arc<Router>,
+    ) -> Self {
+        let inbound = Arc::new(Inbound {
+            router: Arc::clone(&router),
+            shared: Arc::clone(&shared),
+            recent: Mutex::new(RecentIds::new(DEDUP_WINDOW, DEDUP_MAX)),
+        });
+        Worker {
+            config,
+            subjects,
+            rx,
+            shared,
+            router,
+            inbound,
+            subscribed: HashMap::new(),
+            leaving: HashMap::new(),
+            broadcast: None,
+            boot: RandomState::new().hash_one(unix_micros() ^ u64::from(std::process::id())),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    async fn run(mut self) {
+        let shared = Arc::clone(&self.shared);
+        let options = ConnectOptions::new()
+            .no_echo()
+            .name(format!("pushgate {}", self.config.node_id))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .reconnect_delay_callback(reconnect_delay)
+            .event_callback(move |event| {
+                let shared = Arc::clone(&shared);
+                async move { on_event(&shared, event) }
+            });
+        let client = match options.connect(self.config.url.as_str()).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, url = %self.config.url, "bad NATS address; the bus stays down");
+                return;
+            }
+        };
+        tracing::info!(url = %self.config.url, prefix = %self.config.prefix, "cluster bus: connecting to NATS");
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.shared.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let connected = client.connection_state() == async_nats::connection::State::Connected;
+            if connected {
+                let max = client.server_info().max_payload;
+                if max > 0 {
+                    self.shared.max_payload.store(max, Ordering::Relaxed);
+                }
+            }
+            // async-nats restores its subscriptions on reconnect; the bus thread only
+            // adds and removes while connected, so its commands never queue up behind a
+            // reconnect.
+            let mut more = self.publish_batch(&client).await;
+            if connected {
+                if self.broadcast.is_none() {
+                    self.broadcast = self.subscribe(&client, None).await;
+                }
+                more |= self.reconcile_batch(&client).await;
+                self.expire_leaving();
+            }
+            if more {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::select! {
+                    () = self.shared.wake.notified() => {}
+                    _ = tick.tick() => {}
+                }
+            }
+        }
+        let _ = client.flush().await;
+        for (_, h) in self.subscribed.drain() {
+            h.abort();
+        }
+    }
+
+    /// Publishes queued pushes; true if more are waiting.
+    async fn publish_batch(&mut self, client: &Client) -> bool {
+        for _ in 0..PUBLISH_BATCH {
+            let Ok(push) = self.rx.try_recv() else {
+                return false;
+            };
+            self.publish(client, push).await;
+        }
+        true
+    }
+
+    async fn publish(&self, client: &Client, push: Outgoing) {
+        let stats = &self.shared.stats;
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER_SENT, unix_micros().to_string());
+        if push.broadcast {
+            self.send(client, self.subjects.broadcast(), headers, push.body)
+                .await;
+            return;
+        }
+        // Users' copies need nothing more: a connection belongs to one user. Rooms'
+        // copies list every target, so that a connection reached twice gets it once.
+        for u in &push.users {
+            self.send(
+                client,
+                self.subjects.subject(Kind::User, u),
+                headers.clone(),
+                push.body.clone(),
+            )
+            .await;
+        }
+        if push.rooms.is_empty() {
+            return;
+        }
+        if push.rooms.len() + push.users.len() > 1 {
+            let mut targets = String::new();
+            for (kind, ids) in [(Kind::User, &push.users), (Kind::Room, &push.rooms)] {
+                for id in ids {
+                    if !targets.is_empty() {
+                        targets.push(' ');
+                    }
+                    subject::write_target(kind, id, &mut targets);
+                }
+            }
+            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+            headers.insert(HEADER_ID, format!("{:016x}-{seq:x}", self.boot));
+            headers.insert(HEADER_TARGETS, targets);
+        }
+        if push.body.len() + headers_len(&headers) > self.shared.max_payload.load(Ordering::Relaxed)
+        {
+            stats.publish_errors.add(1);
+            tracing::warn!(
+                rooms = push.rooms.len(),
+                users = push.users.len(),
+                "push too large for the bus with its target list; other nodes' room members miss it"
+            );
+            return;
+        }
+        for r in &push.rooms {
+            self.send(
+                client,
+                self.subjects.subject(Kind::Room, r),
+                headers.clone(),
+                push.body.clone(),
+            )
+            .await;
+        }
+    }
+
+    async fn send(&self, client: &Client, subject: String, headers: HeaderMap, body: Bytes) {
+        let stats = &self.shared.stats;
+        match client.publish_with_headers(subject, headers, body).await {
+            Ok(()) => stats.published.add(1),
+            Err(e) => {
+                stats.publish_errors.add(1);
+                tracing::debug!(error = %e, "publish failed");
+            }
+        }
+    }
+
+    /// Brings subscriptions in line with the registry for a batch of changed IDs; true if
+    /// more are waiting.
+    async fn reconcile_batch(&mut self, client: &Client) -> bool {
+        let batch: Vec<Key> = {
+            let mut dirty = self.shared.dirty.lock();
+            let n = dirty.len().min(RECONCILE_BATCH);
+            dirty.drain(..n).collect()
+        };
+        let now = Instant::now();
+        for key in batch {
+            let wanted = self.router.registry().contains(key.0, &key.1);
+            let have = self.subscribed.contains_key(&key);
+            match (wanted, have) {
+                (true, true) => {
+                    self.leaving.remove(&key);
+                }
+                (true, false) => {
+                    if let Some(h) = self.subscribe(client, Some(key.clone())).await {
+                        self.subscribed.insert(key, h);
+                    }
+                }
+                (false, true) => {
+                    let when = now + self.config.unsubscribe_delay;
+                    self.leaving.entry(key).or_insert(when);
+                }
+                (false, false) => {}
+            }
+        }
+        self.shared
+            .stats
+            .subscriptions
+            .set(self.subscribed.len() as u64 + u64::from(self.broadcast.is_some()));
+        !self.shared.dirty.lock().is_empty()
+    }
+
+    /// Drops subscriptions whose delay ran out and whose user or room is still gone.
+    fn expire_leaving(&mut self) {
+        if self.leaving.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<Key> = self
+            .leaving
+            .iter()
+            .filter(|(_, when)| **when <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            self.leaving.remove(&key);
+            if self.router.registry().contains(key.0, &key.1) {
+                continue;
+            }
+            if let Some(h) = self.subscribed.remove(&key) {
+                // Dropping the subscriber (with its task) unsubscribes.
+                h.abort();
+                self.shared.stats.interest_changes.add(1);
+            }
+        }
+        self.shared
+            .stats
+            .subscriptions
+            .set(self.subscribed.len() as u64 + u64::from(self.broadcast.is_some()));
+    }
+
+    /// Subscribes to a user or room subject (or broadcast, for `None`) and starts the task
+    /// that hands its messages on.
+    async fn subscribe(&self, client: &Client, key: Option<Key>) -> Option<AbortHandle> {
+        let subject = match &key {
+            Some((kind, id)) => self.subjects.subject(*kind, id),
+            None => self.subjects.broadcast(),
+        };
+        let mut sub = match client.subscribe(subject).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "subscribe failed");
+                return None;
+            }
+        };
+        self.shared.stats.interest_changes.add(1);
+        let inbound = Arc::clone(&self.inbound);
+        let task = tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                inbound.on_message(key.as_ref(), &msg);
+            }
+        });
+        Some(task.abort_handle())
+    }
+}
+
+fn headers_len(h: &HeaderMap) -> usize {
+    h.iter()
+        .map(|(k, vs)| {
+            let name: &str = k.as_ref();
+            vs.iter()
+                .map(|v| name.len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum::<usize>()
+        + 12
+}
+
+/// 0 ms, then doubling from 50 ms to 2 s, with jitter so that nodes do not come back in
+/// step after a NATS restart.
+fn reconnect_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let exp = (attempts - 2).min(6) as u32;
+    let base = Duration::from_millis(50 * 2u64.pow(exp)).min(Duration::from_secs(2));
+    let jitter = RandomState::new().hash_one(attempts) % (base.as_millis() as u64 / 4 + 1);
+    base + Duration::from_millis(jitter)
+}
+
+fn on_event(shared: &Shared, event: Event) {
+    let stats = &shared.stats;
+    match event {
+        Event::Connected => {
+            stats.connects.add(1);
+            stats.connected.store(true, Ordering::Relaxed);
+            tracing::info!("cluster bus: connected to NATS");
+            shared.wake.notify_one();
+        }
+        Event::Disconnected => {
+            stats.disconnects.add(1);
+            stats.connected.store(false, Ordering::Relaxed);
+            tracing::warn!("cluster bus: lost NATS; reconnecting");
+        }
+        Event::SlowConsumer(_) => stats.slow_consumer_drops.add(1),
+        Event::Closed => stats.connected.store(false, Ordering::Relaxed),
+        other => tracing::warn!(event = %other, "cluster bus"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bus(queue_depth: usize) -> NatsBus {
+        NatsBus::new(NatsConfig {
+            url: "nats://127.0.0.1:1".into(),
+            prefix: "t".into(),
+            node_id: "n".into(),
+            queue_depth,
+            unsubscribe_delay: Duration::ZERO,
+        })
+        .unwrap()
+    }
+
+    fn push(len: usize) -> Outgoing {
+        Outgoing {
+            users: vec![Arc::from("u")],
+            rooms: Vec::new(),
+            broadcast: false,
+            body: Bytes::from(vec![b' '; len]),
+        }
+    }
+
+    #[test]
+    fn refuses_rather_than_waits() {
+        let b = bus(2);
+        assert_eq!(b.publish(push(10)), Err(BusError::Disconnected));
+        assert!(!b.is_ready());
+        b.shared.stats.connected.store(true, Ordering::Relaxed);
+        assert_eq!(b.publish(push(10)), Ok(()));
+        assert_eq!(b.publish(push(10)), Ok(()));
+        // No bus thread drains the queue: the third waits for nobody.
+        assert_eq!(b.publish(push(10)), Err(BusError::QueueFull));
+        assert_eq!(b.publish(push(1 << 20)), Err(BusError::TooLarge));
+        let refused: Vec<u64> = b.shared.stats.refused.iter().map(|c| c.get()).collect();
+        assert_eq!(refused, [1, 1, 1]);
+    }
+
+    #[test]
+    fn bad_prefix_is_refused() {
+        let mut c = bus(1).pending.lock().take().unwrap().0;
+        c.prefix = "a.*".into();
+        assert!(NatsBus::new(c).is_err());
+    }
+
+    #[test]
+    fn reconnect_backoff_grows_to_a_cap() {
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        let d2 = reconnect_delay(2);
+        assert!(d2 >= Duration::from_millis(50) && d2 <= Duration::from_millis(63));
+        for n in 10..40 {
+            let d = reconnect_delay(n);
+            assert!(
+                d >= Duration::from_secs(2) && d <= Duration::from_millis(2501),
+                "{d:?}"
+            );
+        }
+    }
+}
