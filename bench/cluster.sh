@@ -23,20 +23,24 @@ nats-server -a 127.0.0.1 -p "$nats_port" >"$logs/nats.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.05; done
 
-# start_node NAME EXTRA_ARGS...: sets ${NAME}_port and ${NAME}_cport.
+# start_node NAME EXTRA_ARGS...: a node on the bus; sets ${NAME}_port, ${NAME}_cport and
+# ${NAME}_pid. start_node NAME --alone: a single node routing in-process.
 start_node() {
   local name=$1; shift
-  local p c
+  local p c bus=(--nats "nats://127.0.0.1:$nats_port")
+  if [ "${1:-}" = --alone ]; then bus=(); shift; fi
   p=$(free_port); c=$(free_port)
   ./target/release/pushgate --listen "127.0.0.1:$p" --control "127.0.0.1:$c" \
     --heartbeat 300 --idle-timeout 600 --max-pending-handshakes 4096 --shutdown-drain 1 \
-    --node-id "$name" --nats "nats://127.0.0.1:$nats_port" "$@" >"$logs/$name.log" 2>&1 &
+    --node-id "$name" "${bus[@]}" "$@" >"$logs/$name.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do curl -sf "127.0.0.1:$c/readyz" >/dev/null && break; sleep 0.1; done
   curl -sf "127.0.0.1:$c/readyz" >/dev/null || { cat "$logs/$name.log"; exit 1; }
   printf -v "${name}_port" %s "$p"
   printf -v "${name}_cport" %s "$c"
+  printf -v "${name}_pid" %s "${pids[-1]}"
 }
+stop_node() { kill -TERM "$1"; wait "$1" 2>/dev/null || true; }
 
 case $mode in
 fanout)
@@ -52,11 +56,15 @@ fanout)
   ;;
 storm)
   storm=${2:-10000}; delay=${3:-5}
+  load=(--subscribers 1000 --pushes 24000 --rate 2000 --sources 8 --storm-users "$storm" --storm-after 2)
+  echo "== reference: one node, no bus; subscribers, pushes and storm all on L"
+  start_node L --alone
+  ./target/release/pushgate-load fanout --server "127.0.0.1:$L_port" --api "127.0.0.1:$L_cport" "${load[@]}"
+  stop_node "$L_pid"
+  echo "== cluster: subscribers and storm on B, pushes through A (unsubscribe delay ${delay}s)"
   start_node A --bus-unsubscribe-delay "$delay"
   start_node B --bus-unsubscribe-delay "$delay"
-  ./target/release/pushgate-load fanout --server "127.0.0.1:$B_port" --api "127.0.0.1:$A_cport" \
-    --subscribers 1000 --pushes 24000 --rate 2000 --sources 8 \
-    --storm-users "$storm" --storm-after 2
+  ./target/release/pushgate-load fanout --server "127.0.0.1:$B_port" --api "127.0.0.1:$A_cport" "${load[@]}"
   curl -s "127.0.0.1:$B_cport/metrics" | grep -E '^pushgate_bus_(interest_changes_total|subscriptions|slow_consumer_total) '
   ;;
 *) echo "usage: $0 fanout|storm ..." >&2; exit 2 ;;

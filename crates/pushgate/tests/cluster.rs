@@ -225,6 +225,25 @@ fn bus_lost_and_restored_mid_run() {
 }
 
 #[test]
+fn sigterm_exits_promptly_with_the_bus_down() {
+    let mut nats = NatsServer::start();
+    let mut gw = node(&nats.url(), "n", &["--shutdown-drain", "1"]);
+    let _c = ws(&gw, "alice");
+    subscribed(&gw, 2);
+    nats.kill();
+    assert!(
+        gw.eventually(Duration::from_secs(10), |g| g.control_get("/readyz").0
+            == 503)
+    );
+    gw.terminate();
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(6)),
+        Some(0),
+        "hung on shutdown"
+    );
+}
+
+#[test]
 fn nats_down_at_start_then_up() {
     let port = free_port();
     let url = format!("nats://127.0.0.1:{port}");

@@ -347,7 +347,9 @@ impl Worker {
                 }
             }
         }
-        let _ = client.flush().await;
+        // Best effort: with NATS gone a flush would wait for a reconnect that may never
+        // come, and shutdown must not.
+        let _ = tokio::time::timeout(Duration::from_millis(500), client.flush()).await;
         for (_, h) in self.subscribed.drain() {
             h.abort();
         }
