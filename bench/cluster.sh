@@ -53,6 +53,8 @@ fanout)
   echo "== cross node: subscribers on B, pushes through A"
   ./target/release/pushgate-load fanout --server "127.0.0.1:$B_port" --api "127.0.0.1:$A_cport" \
     --subscribers "$subs" --pushes "$pushes" --rate "$rate" --sources 32
+  echo "B's bus latency histogram (publish on A to handed to B's reactors), cumulative:"
+  curl -s "127.0.0.1:$B_cport/metrics" | grep -E '^pushgate_bus_latency_seconds_(bucket|count)' | tr '\n' ' '; echo
   ;;
 storm)
   storm=${2:-10000}; delay=${3:-5}

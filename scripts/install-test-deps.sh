@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: headless Chromium for the browser conformance test, nats-server for
-# the cluster tests (they start their own servers on free ports).
-apt_packages=(chromium nats-server)
+# the cluster tests (they start their own servers on free ports), and the checkers the
+# deploy tests run on deploy/: promtool (package prometheus; its server is not started)
+# and systemd-analyze (package systemd).
+apt_packages=(chromium nats-server prometheus systemd)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -49,6 +49,9 @@ pub struct NatsConfig {
 const RECONCILE_BATCH: usize = 1024;
 /// Publishes taken per pass before interest changes get a turn.
 const PUBLISH_BATCH: usize = 4096;
+/// Unsubscribes sent at most every `EXPIRY_EVERY` (2 500 a second).
+const EXPIRY_BATCH: usize = 125;
+const EXPIRY_EVERY: Duration = Duration::from_millis(50);
 /// How long the copies of one push are remembered.
 const DEDUP_WINDOW: Duration = Duration::from_secs(30);
 const DEDUP_MAX: usize = 1 << 16;
@@ -261,6 +264,7 @@ struct Worker {
     subscribed: HashMap<Key, AbortHandle>,
     /// Subscriptions with no local member left, and when they may go.
     leaving: HashMap<Key, Instant>,
+    last_expiry: Instant,
     broadcast: Option<AbortHandle>,
     boot: u64,
     seq: AtomicU64,
@@ -288,6 +292,7 @@ impl Worker {
             inbound,
             subscribed: HashMap::new(),
             leaving: HashMap::new(),
+            last_expiry: Instant::now(),
             broadcast: None,
             boot: RandomState::new().hash_one(unix_micros() ^ u64::from(std::process::id())),
             seq: AtomicU64::new(0),
@@ -314,7 +319,7 @@ impl Worker {
             }
         };
         tracing::info!(url = %self.config.url, prefix = %self.config.prefix, "cluster bus: connecting to NATS");
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut tick = tokio::time::interval(EXPIRY_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.shared.stop.load(Ordering::Relaxed) {
@@ -476,10 +481,17 @@ impl Worker {
             return;
         }
         let now = Instant::now();
+        if now.duration_since(self.last_expiry) < EXPIRY_EVERY {
+            return;
+        }
+        self.last_expiry = now;
+        // Unsubscribing is never urgent (a stale subscription only costs traffic that is
+        // dropped here), so a mass departure is spread out rather than sent at once.
         let due: Vec<Key> = self
             .leaving
             .iter()
             .filter(|(_, when)| **when <= now)
+            .take(EXPIRY_BATCH)
             .map(|(k, _)| k.clone())
             .collect();
         for key in due {
