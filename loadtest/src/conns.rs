@@ -16,9 +16,9 @@ pub(crate) struct Args {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     server: SocketAddr,
-    /// Request path (the `uid` query parameter is appended as `uid=u<i>`).
-    #[arg(long, default_value = "/ws?")]
-    path: String,
+    /// Server-specific paths (`--subscribe`, with users u0, u1, …).
+    #[command(flatten)]
+    templates: crate::adapter::Templates,
     /// Connections to open.
     #[arg(long, default_value_t = 1000)]
     count: usize,
@@ -34,9 +34,11 @@ pub(crate) struct Args {
     /// Source addresses used, 127.0.0.2 onwards, round robin.
     #[arg(long, default_value_t = 16)]
     sources: u8,
-    /// Server process to read RSS from (`/proc/<pid>`).
+    /// Server process(es) to read memory from (`/proc/<pid>`); repeat for a server with
+    /// several processes (nginx's master and workers): their proportional set sizes are
+    /// summed so shared memory counts once.
     #[arg(long)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
 }
 
 pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
@@ -46,7 +48,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
             args.count
         );
     }
-    let rss_before = args.server_pid.and_then(procfs::rss_bytes);
+    let rss_before = procfs::memory_bytes(&args.server_pid);
     let tcp_before = procfs::tcp_mem_bytes();
     let slab_before = procfs::slab_bytes();
     let mut poll = Poll::new()?;
@@ -77,7 +79,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
                 )),
                 0,
             );
-            let path = format!("{}uid=u{started}", args.path);
+            let path = crate::adapter::fill(&args.templates.subscribe, &format!("u{started}"), "");
             let mut c = WsConn::connect(source, args.server, &host, &path).context("connect")?;
             poll.registry().register(
                 &mut c.stream,
@@ -113,10 +115,10 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     let connect_secs = start.elapsed().as_secs_f64();
     // Let the server settle, then read its memory while everything is held.
     std::thread::sleep(Duration::from_secs_f64(args.hold.max(0.0)));
-    let rss_after = args.server_pid.and_then(procfs::rss_bytes);
+    let rss_after = procfs::memory_bytes(&args.server_pid);
     let tcp_after = procfs::tcp_mem_bytes();
     let slab_after = procfs::slab_bytes();
-    let fds = args.server_pid.and_then(procfs::open_fds);
+    let fds: Option<usize> = args.server_pid.iter().map(|&p| procfs::open_fds(p)).sum();
     let per_conn = match (rss_before, rss_after) {
         (Some(b), Some(a)) if open > 0 => Some(a.saturating_sub(b) as f64 / open as f64),
         _ => None,
@@ -138,7 +140,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     );
     if let (Some(b), Some(a)) = (rss_before, rss_after) {
         println!(
-            "server RSS: {:.1} MiB -> {:.1} MiB, {:.0} bytes per connection",
+            "server memory (PSS): {:.1} MiB -> {:.1} MiB, {:.0} bytes per connection",
             b as f64 / 1048576.0,
             a as f64 / 1048576.0,
             per_conn.unwrap_or(0.0)

@@ -2,19 +2,18 @@
 //! set rate or flat out. Each push carries its send time; latency is measured on arrival
 //! (client and server share this host's clock) into an HDR histogram.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use hdrhistogram::Histogram;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Poll};
 use protocol::Message;
 
-use crate::storm;
-use crate::wsclient::{Phase, WsConn};
+use crate::adapter::{self, fill, now_micros, Templates};
+use crate::{publisher, storm};
 
 /// Arguments of the `fanout` scenario.
 #[derive(Debug, clap::Args)]
@@ -49,6 +48,9 @@ pub(crate) struct Args {
     /// Bearer key for the server API.
     #[arg(long)]
     api_key: Option<String>,
+    /// Server-specific paths and bodies.
+    #[command(flatten)]
+    templates: Templates,
     /// Storm: this many extra users (s0, s1, ...) connect within a second, drop and
     /// reconnect within a second, then leave, while the pushes go on (0: no storm).
     #[arg(long, default_value_t = 0)]
@@ -59,12 +61,6 @@ pub(crate) struct Args {
     /// Storm: seconds after the first push.
     #[arg(long, default_value_t = 2.0)]
     storm_after: f64,
-}
-
-pub(crate) fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
@@ -78,47 +74,16 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(4096);
-    let mut conns = Vec::with_capacity(args.subscribers);
-    let host = args.server.to_string();
-    for i in 0..args.subscribers {
-        let source = SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::new(
-                127,
-                0,
-                0,
-                2 + (i % usize::from(args.sources.max(1))) as u8,
-            )),
-            0,
-        );
-        let mut c = WsConn::connect(source, args.server, &host, &format!("/ws?uid=u{i}"))?;
-        poll.registry().register(
-            &mut c.stream,
-            Token(i),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
-        conns.push(c);
-    }
-    // Upgrade everyone and swallow the welcomes.
-    let mut open = 0;
-    let mut scratch = Vec::new();
-    while open < args.subscribers {
-        if Instant::now() > deadline {
-            bail!("only {open} of {} subscribers connected", args.subscribers);
-        }
-        poll.poll(&mut events, Some(Duration::from_millis(50)))?;
-        for ev in events.iter() {
-            let c = &mut conns[ev.token().0];
-            let before = c.phase;
-            c.drive(&mut scratch);
-            if before != Phase::Open && c.phase == Phase::Open {
-                open += 1;
-            }
-            if c.phase == Phase::Failed {
-                bail!("subscriber {} failed to connect", ev.token().0);
-            }
-        }
-        scratch.clear();
-    }
+    let mut conns = adapter::connect_all(
+        &mut poll,
+        args.server,
+        &args.templates.subscribe,
+        "u",
+        args.subscribers,
+        args.sources,
+        deadline,
+    )?;
+    let open = conns.len();
     // Give the server a moment to register the last users.
     std::thread::sleep(Duration::from_millis(500));
     eprintln!(
@@ -133,7 +98,26 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         let (pushes, rate, window, subs) =
             (args.pushes, args.rate, args.window.max(1), args.subscribers);
         let key = args.api_key.clone();
-        std::thread::spawn(move || publish(api, pushes, rate, window, subs, key.as_deref(), &sent))
+        let t = args.templates.clone();
+        let make: publisher::MakeRequest = Box::new(move |i| {
+            let user = format!("u{}", fastrand::usize(..subs));
+            let data = format!(r#"{{"ts":{},"seq":{i}}}"#, now_micros());
+            (
+                fill(&t.publish, &user, ""),
+                fill(&t.publish_body, &user, &data),
+            )
+        });
+        std::thread::spawn(move || {
+            publisher::run(
+                api,
+                pushes,
+                rate as f64,
+                window,
+                key.as_deref(),
+                make,
+                &sent,
+            )
+        })
     };
 
     let marks = Arc::new(storm::Marks::default());
@@ -171,8 +155,8 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
             conns[ev.token().0].drive(&mut msgs);
             for m in msgs.drain(..) {
                 if let Message::Text(t) = m {
-                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&t) {
-                        if let Some(ts) = v["data"]["ts"].as_u64() {
+                    {
+                        if let Some(ts) = adapter::field_u64(&t, "ts") {
                             let now = now_micros();
                             let latency = now.saturating_sub(ts).max(1);
                             let _ = hist.record(latency);
@@ -269,95 +253,4 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         bail!("{lost} messages lost, {errors} API errors");
     }
     Ok(())
-}
-
-/// Sends the pushes over one keep-alive connection, pipelining up to `window` requests;
-/// returns (seconds, non-200 responses).
-fn publish(
-    api: SocketAddr,
-    pushes: u64,
-    rate: u64,
-    window: usize,
-    subscribers: usize,
-    key: Option<&str>,
-    sent: &AtomicU64,
-) -> anyhow::Result<(f64, u64)> {
-    let mut s = TcpStream::connect(api).context("connecting to the API")?;
-    s.set_nodelay(true)?;
-    let mut reader = s.try_clone()?;
-    // A response that never comes ends the run instead of hanging it.
-    reader.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let auth = key
-        .map(|k| format!("Authorization: Bearer {k}\r\n"))
-        .unwrap_or_default();
-    // Responses are read on another thread; they are all the same size class, so only
-    // the status lines are counted.
-    let responses = std::thread::spawn(move || -> (u64, u64) {
-        let mut buf = vec![0u8; 64 * 1024];
-        let (mut ok, mut bad) = (0u64, 0u64);
-        let mut carry = Vec::new();
-        while ok + bad < pushes {
-            let n = match reader.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            carry.extend_from_slice(&buf[..n]);
-            while let Some(p) = carry.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&carry[..p]).into_owned();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().to_owned())
-                    })
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                if carry.len() < p + 4 + len {
-                    break;
-                }
-                if head.starts_with("HTTP/1.1 200") {
-                    ok += 1;
-                } else {
-                    bad += 1;
-                }
-                carry.drain(..p + 4 + len);
-            }
-        }
-        (ok, bad)
-    });
-    let start = Instant::now();
-    let mut batch = Vec::with_capacity(window * 160);
-    let mut i = 0u64;
-    while i < pushes {
-        if rate > 0 {
-            let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-        }
-        let burst = if rate > 0 { 1 } else { window as u64 }.min(pushes - i);
-        batch.clear();
-        for _ in 0..burst {
-            let user = fastrand::usize(..subscribers);
-            let body = format!(
-                r#"{{"to":["u{user}"],"data":{{"ts":{},"seq":{i}}}}}"#,
-                now_micros()
-            );
-            let _ = write!(
-                batch,
-                "POST /v1/push HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            i += 1;
-        }
-        s.write_all(&batch)?;
-        sent.fetch_add(burst, Ordering::Relaxed);
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let (_, bad) = responses
-        .join()
-        .map_err(|_| anyhow::anyhow!("response reader panicked"))?;
-    Ok((secs, bad))
 }

@@ -2,13 +2,19 @@
 //! servers). Every scenario is bounded in count and time, prints a human summary and one
 //! JSON line.
 //!
-//! Scenarios: `conns` (open and hold N idle connections; connect rate; the server's RSS per
-//! connection), `fanout` (pushes to random users through the API; throughput and latency).
-//! `broadcast` and `echo` arrive with issue 6.
+//! Scenarios: `conns` (open and hold N idle connections; connect rate; the server's memory
+//! per connection), `fanout` (pushes to random users through the API; throughput and
+//! latency; optionally a reconnect storm beside it), `broadcast` (time for each broadcast to
+//! reach every connection), `echo` (closed-loop round trips). Server differences are
+//! templates ([`adapter`]), so the same scenarios run against other servers.
 
+mod adapter;
+mod broadcast;
 mod conns;
+mod echo;
 mod fanout;
 mod procfs;
+mod publisher;
 mod storm;
 mod wsclient;
 
@@ -29,6 +35,11 @@ enum Scenario {
     /// N subscribers, M pushes to random single users through the server API; delivered
     /// messages per second, latency percentiles, losses.
     Fanout(fanout::Args),
+    /// N subscribers, K broadcasts; time until every connection received each one.
+    Broadcast(broadcast::Args),
+    /// C clients sending S-byte messages to an echo endpoint; round trips per second and
+    /// latency.
+    Echo(echo::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,6 +47,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Conns(args) => conns::run(&args, fd_limit),
         Scenario::Fanout(args) => fanout::run(&args, fd_limit),
+        Scenario::Broadcast(args) => broadcast::run(&args, fd_limit),
+        Scenario::Echo(args) => echo::run(&args, fd_limit),
     }
 }
 

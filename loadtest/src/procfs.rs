@@ -1,9 +1,24 @@
 //! What the kernel says about a process and about TCP memory.
 
-/// Resident set size of `pid` in bytes (`VmRSS` in `/proc/<pid>/status`).
-pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+/// Memory of a server made of `pids`, in bytes: the sum of their proportional set sizes
+/// (`Pss` in `/proc/<pid>/smaps_rollup`, so pages shared between an nginx master and its
+/// workers count once), or the resident set size (`VmRSS`) where PSS is unavailable.
+/// For a single process the two agree but for shared libraries. `None` for no pids.
+pub(crate) fn memory_bytes(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter()
+        .map(|&pid| {
+            kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
+                .or_else(|| kib_field(&format!("/proc/{pid}/status"), "VmRSS:"))
+        })
+        .sum()
+}
+
+fn kib_field(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }

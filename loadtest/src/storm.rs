@@ -43,7 +43,7 @@ pub(crate) fn run(spec: &Spec, marks: &Arc<Marks>, deadline: Instant) -> anyhow:
     std::thread::sleep(spec.start_after);
     marks
         .start
-        .store(crate::fanout::now_micros(), Ordering::Relaxed);
+        .store(crate::adapter::now_micros(), Ordering::Relaxed);
     let mut report = Report::default();
     let (conns, secs, failed) = open_all(spec, deadline)?;
     report.connect_secs = secs;
@@ -57,7 +57,7 @@ pub(crate) fn run(spec: &Spec, marks: &Arc<Marks>, deadline: Instant) -> anyhow:
     drop(conns);
     marks
         .end
-        .store(crate::fanout::now_micros(), Ordering::Relaxed);
+        .store(crate::adapter::now_micros(), Ordering::Relaxed);
     Ok(report)
 }
 

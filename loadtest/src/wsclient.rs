@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use mio::net::TcpStream;
-use protocol::{Decoder, DecoderConfig, Message};
+use protocol::frame::client_message;
+use protocol::{Decoder, DecoderConfig, Message, OpCode};
 
 /// Where a connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +31,8 @@ pub(crate) struct WsConn {
     sent: usize,
     buf: BytesMut,
     decoder: Decoder,
+    /// Frames waiting for room in the socket.
+    out: Vec<u8>,
 }
 
 impl WsConn {
@@ -61,11 +64,37 @@ impl WsConn {
             sent: 0,
             buf: BytesMut::new(),
             decoder: Decoder::new(),
+            out: Vec::new(),
         })
+    }
+
+    /// Queues a masked text frame and writes as much as the socket takes.
+    pub(crate) fn send_text(&mut self, payload: &[u8]) {
+        let key = fastrand::u32(..).to_be_bytes();
+        self.out
+            .extend_from_slice(&client_message(OpCode::Text, payload, key));
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        while !self.out.is_empty() && self.phase == Phase::Open {
+            match self.stream.write(&self.out) {
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.phase = Phase::Failed;
+                    return;
+                }
+            }
+        }
     }
 
     /// Makes progress after a readiness event; returns messages received.
     pub(crate) fn drive(&mut self, out: &mut Vec<Message>) {
+        self.flush();
         if self.phase == Phase::Connecting {
             while self.sent < self.request.len() {
                 match self.stream.write(&self.request[self.sent..]) {

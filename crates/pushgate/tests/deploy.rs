@@ -74,7 +74,10 @@ fn dashboard_and_alerts_use_only_exported_metrics() {
         let used = metric_names(text);
         assert!(!used.is_empty(), "{file} names no metric");
         let missing: Vec<_> = used.difference(&have).collect();
-        assert!(missing.is_empty(), "{file} uses metrics the gateway does not export: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "{file} uses metrics the gateway does not export: {missing:?}"
+        );
     }
     // And the dashboard shows every area the operators asked for.
     let used = metric_names(&dashboard);
@@ -218,15 +221,15 @@ fn sysctl_keys_exist_in_this_kernel() {
 }
 
 fn number_after(text: &str, marker: &str) -> f64 {
-    let at = text
-        .find(marker)
-        .unwrap_or_else(|| panic!("no {marker:?}"));
+    let at = text.find(marker).unwrap_or_else(|| panic!("no {marker:?}"));
     let rest = &text[at + marker.len()..];
     let digits: String = rest
         .chars()
         .take_while(|c| c.is_ascii_digit() || *c == '.')
         .collect();
-    digits.parse().unwrap_or_else(|_| panic!("no number after {marker:?}"))
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number after {marker:?}"))
 }
 
 /// The lines of a YAML block scalar (`key: |`), dedented.

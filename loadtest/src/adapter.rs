@@ -1,0 +1,137 @@
+//! What differs between servers under test, as templates: where a user subscribes, where
+//! and how a push or broadcast is published, where a client echoes. `{user}` is replaced by
+//! the user name, `{data}` by the JSON object carrying the send timestamp. The defaults are
+//! pushgate's; `bench/compare.sh` passes nchan's.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::bail;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::wsclient::{Phase, WsConn};
+
+/// The templates, shared by every scenario.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Templates {
+    /// Subscribe path on the client listener.
+    #[arg(long, default_value = "/ws?uid={user}")]
+    pub(crate) subscribe: String,
+    /// Publish-to-one-user path on the API listener.
+    #[arg(long, default_value = "/v1/push")]
+    pub(crate) publish: String,
+    /// Publish body.
+    #[arg(long, default_value = r#"{"to":["{user}"],"data":{data}}"#)]
+    pub(crate) publish_body: String,
+    /// Broadcast path on the API listener.
+    #[arg(long, default_value = "/v1/broadcast")]
+    pub(crate) broadcast: String,
+    /// Broadcast body.
+    #[arg(long, default_value = r#"{"data":{data}}"#)]
+    pub(crate) broadcast_body: String,
+    /// Echo path on the client listener: what a client sends comes back to it.
+    #[arg(long, default_value = "/echo?uid={user}")]
+    pub(crate) echo: String,
+}
+
+/// `template` with `{user}` and `{data}` filled in.
+pub(crate) fn fill(template: &str, user: &str, data: &str) -> String {
+    template.replace("{user}", user).replace("{data}", data)
+}
+
+/// Microseconds since the Unix epoch: the clock both ends of a loopback run share.
+pub(crate) fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The unsigned integer after `"key":` in `text`, wherever the server put the data object
+/// (pushgate wraps it in `{"type":"msg",...}`, nchan delivers it bare).
+pub(crate) fn field_u64(text: &[u8], key: &str) -> Option<u64> {
+    let needle = format!("\"{key}\":");
+    let at = text
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())?;
+    let digits = &text[at + needle.len()..];
+    let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&digits[..n]).ok()?.parse().ok()
+}
+
+/// The source address for connection `i`: 127.0.0.2 onwards (or 127.0.<net>.2 onwards),
+/// round robin over `sources`, so ephemeral ports never run out.
+pub(crate) fn source(net: u8, i: usize, sources: u8) -> SocketAddr {
+    let host = 2 + (i % usize::from(sources.max(1))) as u8;
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, net, host)), 0)
+}
+
+/// Opens `n` connections to `server` at `path_template` (users `{prefix}0`…) and drives
+/// them until all are upgraded; fails if any is refused or `deadline` passes.
+pub(crate) fn connect_all(
+    poll: &mut Poll,
+    server: SocketAddr,
+    path_template: &str,
+    prefix: &str,
+    n: usize,
+    sources: u8,
+    deadline: Instant,
+) -> anyhow::Result<Vec<WsConn>> {
+    let host = server.to_string();
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let path = fill(path_template, &format!("{prefix}{i}"), "");
+        let mut c = WsConn::connect(source(0, i, sources), server, &host, &path)?;
+        poll.registry().register(
+            &mut c.stream,
+            Token(i),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        conns.push(c);
+    }
+    let mut events = Events::with_capacity(4096);
+    let mut open = 0;
+    let mut scratch = Vec::new();
+    let mut last_progress = Instant::now();
+    while open < n {
+        if Instant::now() > deadline {
+            bail!("only {open} of {n} connections upgraded");
+        }
+        poll.poll(&mut events, Some(Duration::from_millis(50)))?;
+        for ev in events.iter() {
+            let c = &mut conns[ev.token().0];
+            let before = c.phase;
+            c.drive(&mut scratch);
+            if before != Phase::Open && c.phase == Phase::Open {
+                open += 1;
+            }
+            if c.phase == Phase::Failed {
+                bail!("connection {} was refused or closed", ev.token().0);
+            }
+        }
+        scratch.clear();
+        if last_progress.elapsed() > Duration::from_secs(5) {
+            eprintln!("  {open}/{n} connections upgraded");
+            last_progress = Instant::now();
+        }
+    }
+    Ok(conns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_and_fields() {
+        assert_eq!(
+            fill(r#"{"to":["{user}"],"data":{data}}"#, "u7", r#"{"ts":1}"#),
+            r#"{"to":["u7"],"data":{"ts":1}}"#
+        );
+        let wrapped = br#"{"type":"msg","from":"server","data":{"ts":1234,"seq":5}}"#;
+        assert_eq!(field_u64(wrapped, "ts"), Some(1234));
+        assert_eq!(field_u64(wrapped, "seq"), Some(5));
+        assert_eq!(field_u64(br#"{"ts":99}"#, "ts"), Some(99));
+        assert_eq!(field_u64(br#"{"type":"welcome"}"#, "ts"), None);
+        assert_eq!(source(1, 3, 2).to_string(), "127.0.1.3:0");
+    }
+}

@@ -1,0 +1,183 @@
+//! `broadcast`: N subscribers, K broadcasts through the API one at a time, each carrying
+//! its send time; for each broadcast, the time until the last of the N received it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use hdrhistogram::Histogram;
+use mio::{Events, Poll};
+use protocol::Message;
+
+use crate::adapter::{self, fill, now_micros, Templates};
+use crate::publisher;
+
+/// Arguments of the `broadcast` scenario.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Client listener of the server.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    server: SocketAddr,
+    /// API listener of the server.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    api: SocketAddr,
+    /// Subscribers (users u0…), one connection each.
+    #[arg(long, default_value_t = 10_000)]
+    subscribers: usize,
+    /// Broadcasts to send.
+    #[arg(long, default_value_t = 50)]
+    broadcasts: u64,
+    /// Broadcasts per second (spaced so that each normally completes before the next).
+    #[arg(long, default_value_t = 4.0)]
+    rate: f64,
+    /// Seconds to wait for stragglers after the last broadcast.
+    #[arg(long, default_value_t = 5.0)]
+    drain: f64,
+    /// Give up after this many seconds in all.
+    #[arg(long, default_value_t = 300.0)]
+    timeout: f64,
+    /// Source addresses for subscribers, 127.0.0.2 onwards.
+    #[arg(long, default_value_t = 16)]
+    sources: u8,
+    /// Bearer key for the server API.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Server-specific paths and bodies.
+    #[command(flatten)]
+    templates: Templates,
+}
+
+pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
+    if args.subscribers as u64 + 64 > fd_limit {
+        bail!(
+            "{} subscribers exceed the open-files limit ({fd_limit})",
+            args.subscribers
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
+    let mut poll = Poll::new()?;
+    let mut events = Events::with_capacity(4096);
+    let mut conns = adapter::connect_all(
+        &mut poll,
+        args.server,
+        &args.templates.subscribe,
+        "u",
+        args.subscribers,
+        args.sources,
+        deadline,
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    eprintln!(
+        "  {} subscribers connected; {} broadcasts at {}/s",
+        conns.len(),
+        args.broadcasts,
+        args.rate
+    );
+
+    let sent = Arc::new(AtomicU64::new(0));
+    let publisher = {
+        let sent = Arc::clone(&sent);
+        let (api, n, rate, key, t) = (
+            args.api,
+            args.broadcasts,
+            args.rate,
+            args.api_key.clone(),
+            args.templates.clone(),
+        );
+        let make: publisher::MakeRequest = Box::new(move |i| {
+            let data = format!(r#"{{"ts":{},"seq":{i}}}"#, now_micros());
+            (
+                fill(&t.broadcast, "", ""),
+                fill(&t.broadcast_body, "", &data),
+            )
+        });
+        std::thread::spawn(move || publisher::run(api, n, rate, 1, key.as_deref(), make, &sent))
+    };
+
+    let k = args.broadcasts as usize;
+    let n = args.subscribers;
+    // Per broadcast: deliveries seen and the latest arrival (µs after its send time).
+    let mut count = vec![0usize; k];
+    let mut last = vec![0u64; k];
+    let mut deliveries = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut total = 0usize;
+    let mut publish_done_at: Option<Instant> = None;
+    let mut msgs = Vec::new();
+    let start = Instant::now();
+    while total < n * k {
+        if publish_done_at.is_none() && publisher.is_finished() {
+            publish_done_at = Some(Instant::now());
+        }
+        if publish_done_at.is_some_and(|t| t.elapsed() > Duration::from_secs_f64(args.drain))
+            || Instant::now() > deadline
+        {
+            break;
+        }
+        poll.poll(&mut events, Some(Duration::from_millis(20)))?;
+        for ev in events.iter() {
+            conns[ev.token().0].drive(&mut msgs);
+            for m in msgs.drain(..) {
+                let Message::Text(t) = m else { continue };
+                let (Some(ts), Some(seq)) =
+                    (adapter::field_u64(&t, "ts"), adapter::field_u64(&t, "seq"))
+                else {
+                    continue;
+                };
+                let Some(i) = usize::try_from(seq).ok().filter(|&i| i < k) else {
+                    continue;
+                };
+                let latency = now_micros().saturating_sub(ts).max(1);
+                let _ = deliveries.record(latency);
+                count[i] += 1;
+                last[i] = last[i].max(latency);
+                total += 1;
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let (publish_secs, errors) = publisher
+        .join()
+        .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+    let mut to_all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut incomplete = 0;
+    for i in 0..k {
+        if count[i] == n {
+            let _ = to_all.record(last[i].max(1));
+        } else {
+            incomplete += 1;
+        }
+    }
+    let lost = n * k - total;
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "broadcast: {k} broadcasts to {n} connections in {publish_secs:.2}s; {total} of {} deliveries ({lost} lost, {incomplete} broadcasts incomplete, {errors} API errors) in {elapsed:.2}s",
+        n * k
+    );
+    println!(
+        "time to reach all ms: p50 {:.3}  p99 {:.3}  max {:.3};  per delivery ms: p50 {:.3}  p99 {:.3}",
+        ms(&to_all, 0.5),
+        ms(&to_all, 0.99),
+        to_all.max() as f64 / 1000.0,
+        ms(&deliveries, 0.5),
+        ms(&deliveries, 0.99),
+    );
+    let json = serde_json::json!({
+        "scenario": "broadcast",
+        "subscribers": n,
+        "broadcasts": k,
+        "delivered": total,
+        "lost": lost,
+        "incomplete": incomplete,
+        "api_errors": errors,
+        "deliveries_per_sec": total as f64 / elapsed.max(1e-9),
+        "to_all_ms": {"p50": ms(&to_all, 0.5), "p99": ms(&to_all, 0.99), "max": to_all.max() as f64 / 1000.0},
+        "delivery_ms": {"p50": ms(&deliveries, 0.5), "p99": ms(&deliveries, 0.99), "max": deliveries.max() as f64 / 1000.0},
+    });
+    println!("{json}");
+    if lost > 0 || errors > 0 {
+        bail!("{lost} deliveries lost, {errors} API errors");
+    }
+    Ok(())
+}
