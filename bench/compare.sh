@@ -4,6 +4,7 @@
 # bench/peers/nchan.conf) on free loopback ports, runs each scenario against one then the
 # other, stops both (by PID), and prints a table of pushgate/nchan ratios.
 #   bench/compare.sh [OUT_DIR]     (JSON lines and the table land in OUT_DIR, default a temp dir)
+#   SCENARIOS="fanout_rate echo" bench/compare.sh   runs only those (default: all five)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-$(mktemp -d)}
@@ -43,8 +44,10 @@ nx_args=(--server "127.0.0.1:$nx_port" --subscribe "/sub/{user}" --publish "/pub
   --publish-body "{data}" --broadcast "/pub/all" --broadcast-body "{data}" --echo "/pubsub/{user}")
 
 # scenario NAME ARGS...: runs against pushgate then nchan, keeping each one's JSON line.
+only=" ${SCENARIOS:-idle fanout_flat fanout_rate broadcast echo} "
 scenario() {
   local name=$1; shift
+  [[ $only == *" $name "* ]] || return 0
   for server in pushgate nchan; do
     local extra=()
     if [ "$server" = pushgate ]; then extra=("${pg_args[@]}"); api=$pg_api; pidargs=(--server-pid "$pg_pid")
@@ -89,6 +92,8 @@ rows = [
 print("| figure | pushgate | nchan | pushgate / nchan | target | met |")
 print("|---|---|---|---|---|---|")
 for label, name, f, better, target in rows:
+    if not os.path.exists(os.path.join(out, f"{name}.nchan.json")):
+        continue
     p, n = f(load(name, "pushgate")), f(load(name, "nchan"))
     ratio = p / n if n else float("inf")
     met = ""
