@@ -117,6 +117,37 @@ pub(crate) fn connect_all(
     Ok(conns)
 }
 
+/// A progress line on stderr every few seconds of a long run.
+#[derive(Debug)]
+pub(crate) struct Progress {
+    what: &'static str,
+    start: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    pub(crate) fn new(what: &'static str) -> Self {
+        let now = Instant::now();
+        Progress {
+            what,
+            start: now,
+            last: now,
+        }
+    }
+
+    /// Prints `count` if five seconds passed since the last line.
+    pub(crate) fn tick(&mut self, count: u64) {
+        if self.last.elapsed() >= Duration::from_secs(5) {
+            self.last = Instant::now();
+            eprintln!(
+                "  {:.0}s: {count} {}",
+                self.start.elapsed().as_secs_f64(),
+                self.what
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -106,6 +106,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     let mut publish_done_at: Option<Instant> = None;
     let mut msgs = Vec::new();
     let start = Instant::now();
+    let mut progress = adapter::Progress::new("deliveries");
     while total < n * k {
         if publish_done_at.is_none() && publisher.is_finished() {
             publish_done_at = Some(Instant::now());
@@ -116,6 +117,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
             break;
         }
         poll.poll(&mut events, Some(Duration::from_millis(20)))?;
+        progress.tick(total as u64);
         for ev in events.iter() {
             conns[ev.token().0].drive(&mut msgs);
             for m in msgs.drain(..) {
@@ -165,6 +167,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     );
     let json = serde_json::json!({
         "scenario": "broadcast",
+        "client_fd_limit": fd_limit,
         "subscribers": n,
         "broadcasts": k,
         "delivered": total,

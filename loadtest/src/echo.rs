@@ -81,9 +81,11 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut round_trips = 0u64;
     let start = Instant::now();
+    let mut progress = adapter::Progress::new("round trips");
     let run_for = Duration::from_secs_f64(args.duration);
     while start.elapsed() < run_for && round_trips < args.max_round_trips {
         poll.poll(&mut events, Some(Duration::from_millis(20)))?;
+        progress.tick(round_trips as u64);
         for ev in events.iter() {
             let i = ev.token().0;
             conns[i].drive(&mut msgs);
@@ -120,6 +122,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     );
     let json = serde_json::json!({
         "scenario": "echo",
+        "client_fd_limit": fd_limit,
         "clients": conns.len(),
         "size": args.size,
         "round_trips": round_trips,

@@ -136,6 +136,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     let mut phases = [hist.clone(), hist.clone(), hist.clone()];
     let mut received = 0u64;
     let start = Instant::now();
+    let mut progress = adapter::Progress::new("delivered");
     let mut publish_done_at: Option<Instant> = None;
     let mut msgs = Vec::new();
     loop {
@@ -151,6 +152,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
             break;
         }
         poll.poll(&mut events, Some(Duration::from_millis(20)))?;
+        progress.tick(received as u64);
         for ev in events.iter() {
             conns[ev.token().0].drive(&mut msgs);
             for m in msgs.drain(..) {
@@ -236,6 +238,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     });
     let json = serde_json::json!({
         "scenario": "fanout",
+        "client_fd_limit": fd_limit,
         "subscribers": args.subscribers,
         "pushes_sent": sent,
         "delivered": received,
