@@ -85,7 +85,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     let run_for = Duration::from_secs_f64(args.duration);
     while start.elapsed() < run_for && round_trips < args.max_round_trips {
         poll.poll(&mut events, Some(Duration::from_millis(20)))?;
-        progress.tick(round_trips as u64);
+        progress.tick(round_trips);
         for ev in events.iter() {
             let i = ev.token().0;
             conns[i].drive(&mut msgs);

@@ -152,7 +152,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
             break;
         }
         poll.poll(&mut events, Some(Duration::from_millis(20)))?;
-        progress.tick(received as u64);
+        progress.tick(received);
         for ev in events.iter() {
             conns[ev.token().0].drive(&mut msgs);
             for m in msgs.drain(..) {
