@@ -65,17 +65,27 @@ pub(crate) fn source(net: u8, i: usize, sources: u8) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, net, host)), 0)
 }
 
-/// Opens `n` connections to `server` at `path_template` (users `{prefix}0`…) and drives
-/// them until all are upgraded; fails if any is refused or `deadline` passes.
+/// Fails unless `connections` (plus a margin for the API and the process itself) fit in
+/// the open-files limit.
+pub(crate) fn check_fds(connections: usize, fd_limit: u64) -> anyhow::Result<()> {
+    if connections as u64 + 64 > fd_limit {
+        bail!("{connections} connections need more descriptors than the open-files limit ({fd_limit})");
+    }
+    Ok(())
+}
+
+/// Opens `n` connections to `server` at `path_template` (users `{prefix}0`…), registered
+/// with a new poll, and drives them until all are upgraded; fails if any is refused or
+/// `deadline` passes.
 pub(crate) fn connect_all(
-    poll: &mut Poll,
     server: SocketAddr,
     path_template: &str,
     prefix: &str,
     n: usize,
     sources: u8,
     deadline: Instant,
-) -> anyhow::Result<Vec<WsConn>> {
+) -> anyhow::Result<(Poll, Vec<WsConn>)> {
+    let mut poll = Poll::new()?;
     let host = server.to_string();
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
@@ -114,7 +124,7 @@ pub(crate) fn connect_all(
             last_progress = Instant::now();
         }
     }
-    Ok(conns)
+    Ok((poll, conns))
 }
 
 /// A progress line on stderr every few seconds of a long run.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use hdrhistogram::Histogram;
-use mio::{Events, Poll};
+use mio::Events;
 use protocol::Message;
 
 use crate::adapter::{self, fill, now_micros, Templates};
@@ -50,17 +50,10 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
-    if args.subscribers as u64 + 64 > fd_limit {
-        bail!(
-            "{} subscribers exceed the open-files limit ({fd_limit})",
-            args.subscribers
-        );
-    }
+    adapter::check_fds(args.subscribers, fd_limit)?;
     let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
-    let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(4096);
-    let mut conns = adapter::connect_all(
-        &mut poll,
+    let (mut poll, mut conns) = adapter::connect_all(
         args.server,
         &args.templates.subscribe,
         "u",

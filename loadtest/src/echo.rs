@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use hdrhistogram::Histogram;
-use mio::{Events, Poll};
+use mio::Events;
 use protocol::Message;
 
 use crate::adapter::{self, now_micros, Templates};
@@ -48,17 +48,10 @@ fn message(size: usize, seq: u64) -> Vec<u8> {
 }
 
 pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
-    if args.clients as u64 + 64 > fd_limit {
-        bail!(
-            "{} clients exceed the open-files limit ({fd_limit})",
-            args.clients
-        );
-    }
+    adapter::check_fds(args.clients, fd_limit)?;
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration + 120.0);
-    let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(4096);
-    let mut conns = adapter::connect_all(
-        &mut poll,
+    let (mut poll, mut conns) = adapter::connect_all(
         args.server,
         &args.templates.echo,
         "e",

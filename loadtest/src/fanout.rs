@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use hdrhistogram::Histogram;
-use mio::{Events, Poll};
+use mio::Events;
 use protocol::Message;
 
 use crate::adapter::{self, fill, now_micros, Templates};
@@ -64,18 +64,10 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
-    if (args.subscribers + args.storm_users) as u64 + 64 > fd_limit {
-        bail!(
-            "{} subscribers and {} storm users need more descriptors than the limit ({fd_limit})",
-            args.subscribers,
-            args.storm_users
-        );
-    }
+    adapter::check_fds(args.subscribers + args.storm_users, fd_limit)?;
     let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
-    let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(4096);
-    let mut conns = adapter::connect_all(
-        &mut poll,
+    let (mut poll, mut conns) = adapter::connect_all(
         args.server,
         &args.templates.subscribe,
         "u",
@@ -124,6 +116,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     let storm = (args.storm_users > 0).then(|| {
         let spec = storm::Spec {
             server: args.storm_server.unwrap_or(args.server),
+            subscribe: args.templates.subscribe.clone(),
             users: args.storm_users,
             start_after: Duration::from_secs_f64(args.storm_after),
             sources: args.sources,

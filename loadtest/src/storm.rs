@@ -3,7 +3,7 @@
 //! classified by whether they arrived before, during or after the storm, so the report
 //! says whether the storm stalled deliveries to the users already online.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,12 +11,15 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use mio::{Events, Interest, Poll, Token};
 
+use crate::adapter;
 use crate::wsclient::{Phase, WsConn};
 
 /// What the storm does.
 #[derive(Debug, Clone)]
 pub(crate) struct Spec {
     pub(crate) server: SocketAddr,
+    /// Subscribe path template (users s0, s1, …).
+    pub(crate) subscribe: String,
     pub(crate) users: usize,
     pub(crate) start_after: Duration,
     pub(crate) sources: u8,
@@ -81,16 +84,13 @@ fn open_all(spec: &Spec, deadline: Instant) -> anyhow::Result<(Vec<WsConn>, f64,
             ((start.elapsed().as_secs_f64() * spec.users as f64) as usize + 1).min(spec.users);
         while conns.len() < due {
             let i = conns.len();
-            let source = SocketAddr::new(
-                IpAddr::V4(Ipv4Addr::new(
-                    127,
-                    0,
-                    1,
-                    2 + (i % usize::from(spec.sources.max(1))) as u8,
-                )),
-                0,
-            );
-            let mut c = WsConn::connect(source, spec.server, &host, &format!("/ws?uid=s{i}"))?;
+            let path = adapter::fill(&spec.subscribe, &format!("s{i}"), "");
+            let mut c = WsConn::connect(
+                adapter::source(1, i, spec.sources),
+                spec.server,
+                &host,
+                &path,
+            )?;
             poll.registry().register(
                 &mut c.stream,
                 Token(i),
