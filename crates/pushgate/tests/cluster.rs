@@ -352,3 +352,25 @@ fn subscriptions_follow_presence_with_a_grace_period() {
         changes + 1.0
     );
 }
+
+#[test]
+fn bad_bus_settings_are_refused_at_start() {
+    for (args, expect) in [
+        (&["--bus-prefix", "a.*"][..], "bus prefix"),
+        (&["--bus-unsubscribe-delay=-1"][..], "bus_unsubscribe_delay"),
+        (
+            &["--bus-unsubscribe-delay", "99999"][..],
+            "bus_unsubscribe_delay",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
+            .args(["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"])
+            .args(["--nats", "nats://127.0.0.1:1"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+    }
+}
