@@ -1,7 +1,6 @@
 //! Per-reactor bookkeeping: which user and rooms each connection of the reactor has. It
 //! lives on the reactor's thread (no lock), and keeps the shared registry in step.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,7 +24,9 @@ struct ConnInfo {
 pub struct RouterHooks {
     router: Arc<Router>,
     stats: Arc<ReactorStats>,
-    conns: HashMap<ConnRef, ConnInfo>,
+    /// Indexed by the connection's slab index in this reactor (dense, no hashing); the
+    /// generation tells a live entry from a stale reference.
+    conns: Vec<Option<(u32, ConnInfo)>>,
 }
 
 impl RouterHooks {
@@ -34,8 +35,16 @@ impl RouterHooks {
         RouterHooks {
             router,
             stats,
-            conns: HashMap::new(),
+            conns: Vec::new(),
         }
+    }
+}
+
+/// The live entry for `conn`, if any.
+fn info_mut(conns: &mut [Option<(u32, ConnInfo)>], conn: ConnRef) -> Option<&mut ConnInfo> {
+    match conns.get_mut(conn.index as usize) {
+        Some(Some((g, info))) if *g == conn.generation => Some(info),
+        _ => None,
     }
 }
 
@@ -51,17 +60,21 @@ impl RouterHooks {
 impl Hooks for RouterHooks {
     fn on_open(&mut self, conn: ConnRef, uid: &str, _device: Option<&str>) {
         let uid = self.router.add_user(uid, conn);
-        self.conns.insert(
-            conn,
+        let i = conn.index as usize;
+        if self.conns.len() <= i {
+            self.conns.resize_with(i + 1, || None);
+        }
+        self.conns[i] = Some((
+            conn.generation,
             ConnInfo {
                 uid,
                 rooms: Vec::new(),
             },
-        );
+        ));
     }
 
     fn on_request(&mut self, conn: ConnRef, request: ClientRequest) {
-        let Some(info) = self.conns.get_mut(&conn) else {
+        let Some(info) = info_mut(&mut self.conns, conn) else {
             return;
         };
         match request {
@@ -99,11 +112,49 @@ impl Hooks for RouterHooks {
     }
 
     fn on_close(&mut self, conn: ConnRef) {
-        if let Some(info) = self.conns.remove(&conn) {
+        let slot = self.conns.get_mut(conn.index as usize);
+        let live = slot
+            .as_ref()
+            .is_some_and(|s| s.as_ref().is_some_and(|(g, _)| *g == conn.generation));
+        if let Some((_, info)) = slot.filter(|_| live).and_then(Option::take) {
             for room in &info.rooms {
                 self.router.leave(room, conn);
             }
             self.router.remove_user(&info.uid, conn);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::Kind;
+
+    fn c(index: u32, generation: u32) -> ConnRef {
+        ConnRef {
+            reactor: 0,
+            index,
+            generation,
+        }
+    }
+
+    #[test]
+    fn stale_references_leave_the_slot_alone() {
+        let router = Arc::new(Router::new());
+        let mut h = RouterHooks::new(Arc::clone(&router), Arc::default());
+        h.on_open(c(5, 1), "alice", None);
+        h.on_request(c(5, 1), ClientRequest::Join { room: "r".into() });
+        // A request or close for an older occupant of slot 5 does nothing.
+        h.on_request(c(5, 0), ClientRequest::Leave { room: "r".into() });
+        h.on_close(c(5, 0));
+        h.on_close(c(9, 1));
+        assert!(router.registry().contains(Kind::User, "alice"));
+        assert!(router.registry().contains(Kind::Room, "r"));
+        h.on_close(c(5, 1));
+        assert!(!router.registry().contains(Kind::User, "alice"));
+        assert!(!router.registry().contains(Kind::Room, "r"));
+        // The slot is reused by the next connection.
+        h.on_open(c(5, 2), "bob", None);
+        assert_eq!(router.registry().users_online(), 1);
     }
 }

@@ -13,13 +13,15 @@ use foldhash::fast::RandomState;
 
 use parking_lot::RwLock;
 use reactor::ConnRef;
+use smallvec::{smallvec, SmallVec};
 
 use crate::bus::Kind;
 
 /// Shards per map: a power of two comfortably above the number of threads.
 const SHARDS: usize = 64;
 
-type Members = Vec<ConnRef>;
+/// Most users have one device: their only connection is stored inline, with no allocation.
+type Members = SmallVec<[ConnRef; 1]>;
 
 /// foldhash: several times cheaper than SipHash on short IDs, and seeded per process, so
 /// room names chosen by clients cannot be crafted to collide.
@@ -61,7 +63,7 @@ impl ShardedMap {
             return (key, false);
         }
         let key: Arc<str> = Arc::from(id);
-        map.insert(Arc::clone(&key), vec![conn]);
+        map.insert(Arc::clone(&key), smallvec![conn]);
         (key, true)
     }
 
