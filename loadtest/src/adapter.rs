@@ -34,6 +34,54 @@ pub(crate) struct Templates {
     pub(crate) echo: String,
 }
 
+/// The server under test and its subscribers, shared by `fanout` and `broadcast`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Subscribers {
+    /// Client listener of the server.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub(crate) server: SocketAddr,
+    /// API listener of the server.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub(crate) api: SocketAddr,
+    /// Subscribers (users u0…), one connection each.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) subscribers: usize,
+    /// Seconds to wait for stragglers after the last publish.
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) drain: f64,
+    /// Give up after this many seconds in all.
+    #[arg(long, default_value_t = 300.0)]
+    pub(crate) timeout: f64,
+    /// Source addresses for subscribers, 127.0.0.2 onwards.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) sources: u8,
+    /// Bearer key for the server API.
+    #[arg(long)]
+    pub(crate) api_key: Option<String>,
+    /// Server-specific paths and bodies.
+    #[command(flatten)]
+    pub(crate) templates: Templates,
+}
+
+/// Prints the usual latency line for a histogram of microseconds.
+pub(crate) fn print_latency(h: &hdrhistogram::Histogram<u64>) {
+    let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+    println!(
+        "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(0.999),
+        h.max() as f64 / 1000.0
+    );
+}
+
+/// The same percentiles, in milliseconds, for the JSON line.
+pub(crate) fn latency_json(h: &hdrhistogram::Histogram<u64>) -> serde_json::Value {
+    let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+    serde_json::json!({"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p99_9": q(0.999), "max": h.max() as f64 / 1000.0})
+}
+
 /// `template` with `{user}` and `{data}` filled in.
 pub(crate) fn fill(template: &str, user: &str, data: &str) -> String {
     template.replace("{user}", user).replace("{data}", data)

@@ -1,7 +1,6 @@
 //! `broadcast`: N subscribers, K broadcasts through the API one at a time, each carrying
 //! its send time; for each broadcast, the time until the last of the N received it.
 
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,54 +10,33 @@ use hdrhistogram::Histogram;
 use mio::Events;
 use protocol::Message;
 
-use crate::adapter::{self, fill, now_micros, Templates};
+use crate::adapter::{self, fill, now_micros, Subscribers};
 use crate::publisher;
 
 /// Arguments of the `broadcast` scenario.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Client listener of the server.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    server: SocketAddr,
-    /// API listener of the server.
-    #[arg(long, default_value = "127.0.0.1:8081")]
-    api: SocketAddr,
-    /// Subscribers (users u0…), one connection each.
-    #[arg(long, default_value_t = 10_000)]
-    subscribers: usize,
+    /// The server and its subscribers.
+    #[command(flatten)]
+    common: Subscribers,
     /// Broadcasts to send.
     #[arg(long, default_value_t = 50)]
     broadcasts: u64,
     /// Broadcasts per second (spaced so that each normally completes before the next).
     #[arg(long, default_value_t = 4.0)]
     rate: f64,
-    /// Seconds to wait for stragglers after the last broadcast.
-    #[arg(long, default_value_t = 5.0)]
-    drain: f64,
-    /// Give up after this many seconds in all.
-    #[arg(long, default_value_t = 300.0)]
-    timeout: f64,
-    /// Source addresses for subscribers, 127.0.0.2 onwards.
-    #[arg(long, default_value_t = 16)]
-    sources: u8,
-    /// Bearer key for the server API.
-    #[arg(long)]
-    api_key: Option<String>,
-    /// Server-specific paths and bodies.
-    #[command(flatten)]
-    templates: Templates,
 }
 
 pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
-    adapter::check_fds(args.subscribers, fd_limit)?;
-    let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
+    adapter::check_fds(args.common.subscribers, fd_limit)?;
+    let deadline = Instant::now() + Duration::from_secs_f64(args.common.timeout);
     let mut events = Events::with_capacity(4096);
     let (mut poll, mut conns) = adapter::connect_all(
-        args.server,
-        &args.templates.subscribe,
+        args.common.server,
+        &args.common.templates.subscribe,
         "u",
-        args.subscribers,
-        args.sources,
+        args.common.subscribers,
+        args.common.sources,
         deadline,
     )?;
     std::thread::sleep(Duration::from_millis(500));
@@ -73,11 +51,11 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     let publisher = {
         let sent = Arc::clone(&sent);
         let (api, n, rate, key, t) = (
-            args.api,
+            args.common.api,
             args.broadcasts,
             args.rate,
-            args.api_key.clone(),
-            args.templates.clone(),
+            args.common.api_key.clone(),
+            args.common.templates.clone(),
         );
         let make: publisher::MakeRequest = Box::new(move |i| {
             let data = format!(r#"{{"ts":{},"seq":{i}}}"#, now_micros());
@@ -90,7 +68,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     };
 
     let k = args.broadcasts as usize;
-    let n = args.subscribers;
+    let n = args.common.subscribers;
     // Per broadcast: deliveries seen and the latest arrival (µs after its send time).
     let mut count = vec![0usize; k];
     let mut last = vec![0u64; k];
@@ -104,7 +82,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         if publish_done_at.is_none() && publisher.is_finished() {
             publish_done_at = Some(Instant::now());
         }
-        if publish_done_at.is_some_and(|t| t.elapsed() > Duration::from_secs_f64(args.drain))
+        if publish_done_at.is_some_and(|t| t.elapsed() > Duration::from_secs_f64(args.common.drain))
             || Instant::now() > deadline
         {
             break;

@@ -98,21 +98,13 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
     let rate = round_trips as f64 / secs.max(1e-9);
     println!(
         "echo: {} clients, {} B messages: {round_trips} round trips in {secs:.2}s ({rate:.0}/s)",
         conns.len(),
         args.size
     );
-    println!(
-        "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-        q(0.5),
-        q(0.9),
-        q(0.99),
-        q(0.999),
-        hist.max() as f64 / 1000.0
-    );
+    adapter::print_latency(&hist);
     let json = serde_json::json!({
         "scenario": "echo",
         "client_fd_limit": fd_limit,
@@ -121,7 +113,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         "round_trips": round_trips,
         "secs": secs,
         "round_trips_per_sec": rate,
-        "latency_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p99_9": q(0.999), "max": hist.max() as f64 / 1000.0},
+        "latency_ms": adapter::latency_json(&hist),
     });
     println!("{json}");
     if round_trips == 0 {

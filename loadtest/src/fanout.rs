@@ -12,21 +12,15 @@ use hdrhistogram::Histogram;
 use mio::Events;
 use protocol::Message;
 
-use crate::adapter::{self, fill, now_micros, Templates};
+use crate::adapter::{self, fill, now_micros, Subscribers};
 use crate::{publisher, storm};
 
 /// Arguments of the `fanout` scenario.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Client listener of the server.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    server: SocketAddr,
-    /// Control listener (server API) of the server.
-    #[arg(long, default_value = "127.0.0.1:8081")]
-    api: SocketAddr,
-    /// Subscribers, as users u0..u<N-1>, one connection each.
-    #[arg(long, default_value_t = 10_000)]
-    subscribers: usize,
+    /// The server and its subscribers.
+    #[command(flatten)]
+    common: Subscribers,
     /// Pushes to send.
     #[arg(long, default_value_t = 100_000)]
     pushes: u64,
@@ -36,21 +30,6 @@ pub(crate) struct Args {
     /// Requests in flight per API connection when flat out.
     #[arg(long, default_value_t = 256)]
     window: usize,
-    /// Seconds to wait for stragglers after the last push.
-    #[arg(long, default_value_t = 5.0)]
-    drain: f64,
-    /// Give up after this many seconds in all.
-    #[arg(long, default_value_t = 300.0)]
-    timeout: f64,
-    /// Source addresses for subscribers, 127.0.0.2 onwards.
-    #[arg(long, default_value_t = 16)]
-    sources: u8,
-    /// Bearer key for the server API.
-    #[arg(long)]
-    api_key: Option<String>,
-    /// Server-specific paths and bodies.
-    #[command(flatten)]
-    templates: Templates,
     /// Storm: this many extra users (s0, s1, ...) connect within a second, drop and
     /// reconnect within a second, then leave, while the pushes go on (0: no storm).
     #[arg(long, default_value_t = 0)]
@@ -64,15 +43,15 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
-    adapter::check_fds(args.subscribers + args.storm_users, fd_limit)?;
-    let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
+    adapter::check_fds(args.common.subscribers + args.storm_users, fd_limit)?;
+    let deadline = Instant::now() + Duration::from_secs_f64(args.common.timeout);
     let mut events = Events::with_capacity(4096);
     let (mut poll, mut conns) = adapter::connect_all(
-        args.server,
-        &args.templates.subscribe,
+        args.common.server,
+        &args.common.templates.subscribe,
         "u",
-        args.subscribers,
-        args.sources,
+        args.common.subscribers,
+        args.common.sources,
         deadline,
     )?;
     let open = conns.len();
@@ -86,11 +65,15 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     let sent = Arc::new(AtomicU64::new(0));
     let publisher = {
         let sent = Arc::clone(&sent);
-        let api = args.api;
-        let (pushes, rate, window, subs) =
-            (args.pushes, args.rate, args.window.max(1), args.subscribers);
-        let key = args.api_key.clone();
-        let t = args.templates.clone();
+        let api = args.common.api;
+        let (pushes, rate, window, subs) = (
+            args.pushes,
+            args.rate,
+            args.window.max(1),
+            args.common.subscribers,
+        );
+        let key = args.common.api_key.clone();
+        let t = args.common.templates.clone();
         let make: publisher::MakeRequest = Box::new(move |i| {
             let user = format!("u{}", fastrand::usize(..subs));
             let data = format!(r#"{{"ts":{},"seq":{i}}}"#, now_micros());
@@ -115,11 +98,11 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     let marks = Arc::new(storm::Marks::default());
     let storm = (args.storm_users > 0).then(|| {
         let spec = storm::Spec {
-            server: args.storm_server.unwrap_or(args.server),
-            subscribe: args.templates.subscribe.clone(),
+            server: args.storm_server.unwrap_or(args.common.server),
+            subscribe: args.common.templates.subscribe.clone(),
             users: args.storm_users,
             start_after: Duration::from_secs_f64(args.storm_after),
-            sources: args.sources,
+            sources: args.common.sources,
         };
         let marks = Arc::clone(&marks);
         std::thread::spawn(move || storm::run(&spec, &marks, deadline))
@@ -139,7 +122,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         if publish_done_at.is_none() && publisher.is_finished() {
             publish_done_at = Some(Instant::now());
         }
-        if publish_done_at.is_some_and(|t| t.elapsed() > Duration::from_secs_f64(args.drain))
+        if publish_done_at.is_some_and(|t| t.elapsed() > Duration::from_secs_f64(args.common.drain))
             || Instant::now() > deadline
         {
             break;
@@ -188,19 +171,11 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     let sent = sent.load(Ordering::Relaxed);
     let lost = sent.saturating_sub(received);
     let rate = received as f64 / elapsed.max(1e-9);
-    let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
     println!(
         "fanout: {sent} pushes sent in {publish_secs:.2}s ({:.0}/s), {received} delivered in {elapsed:.2}s ({rate:.0}/s), {lost} lost, {errors} API errors",
         sent as f64 / publish_secs.max(1e-9)
     );
-    println!(
-        "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-        q(0.5),
-        q(0.9),
-        q(0.99),
-        q(0.999),
-        hist.max() as f64 / 1000.0
-    );
+    adapter::print_latency(&hist);
     let phase_json = |h: &Histogram<u64>| {
         let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
         serde_json::json!({"count": h.len(), "p50": q(0.5), "p99": q(0.99), "max": h.max() as f64 / 1000.0})
@@ -232,7 +207,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     let json = serde_json::json!({
         "scenario": "fanout",
         "client_fd_limit": fd_limit,
-        "subscribers": args.subscribers,
+        "subscribers": args.common.subscribers,
         "pushes_sent": sent,
         "delivered": received,
         "lost": lost,
@@ -241,7 +216,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         "elapsed_secs": elapsed,
         "delivered_per_sec": rate,
         "rate_target": args.rate,
-        "latency_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p99_9": q(0.999), "max": hist.max() as f64 / 1000.0},
+        "latency_ms": adapter::latency_json(&hist),
         "storm": storm_json,
     });
     println!("{json}");

@@ -382,15 +382,8 @@ impl Worker {
         }
         // Users' copies need nothing more: a connection belongs to one user. Rooms'
         // copies list every target, so that a connection reached twice gets it once.
-        for u in &push.users {
-            self.send(
-                client,
-                self.subjects.subject(Kind::User, u),
-                headers.clone(),
-                push.body.clone(),
-            )
+        self.send_each(client, Kind::User, &push.users, &headers, &push.body)
             .await;
-        }
         if push.rooms.is_empty() {
             return;
         }
@@ -418,14 +411,23 @@ impl Worker {
             );
             return;
         }
-        for r in &push.rooms {
-            self.send(
-                client,
-                self.subjects.subject(Kind::Room, r),
-                headers.clone(),
-                push.body.clone(),
-            )
+        self.send_each(client, Kind::Room, &push.rooms, &headers, &push.body)
             .await;
+    }
+
+    /// One copy to the subject of each of `ids`.
+    async fn send_each(
+        &self,
+        client: &Client,
+        kind: Kind,
+        ids: &[Arc<str>],
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) {
+        for id in ids {
+            let subject = self.subjects.subject(kind, id);
+            self.send(client, subject, headers.clone(), body.clone())
+                .await;
         }
     }
 
