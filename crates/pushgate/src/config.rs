@@ -31,6 +31,14 @@ pub mod default {
     pub const MAX_MESSAGE_SIZE: usize = 1024 * 1024;
     pub const MAX_OUTBOUND_BYTES: usize = 256 * 1024;
     pub const MAX_OUTBOUND_MESSAGES: usize = 256;
+    /// Per reactor; far above what a healthy reactor ever holds (it drains 1 024 a turn).
+    pub const INBOX_DEPTH: usize = 65_536;
+    pub const INBOX_BYTES: usize = 64 * 1024 * 1024;
+    pub const CLIENT_RATE: u32 = 50;
+    pub const MAX_RECIPIENTS: usize = 100;
+    /// Room for the JSON around a push's `data` on top of the message limit, so that the
+    /// API body limit admits any message the connections may receive.
+    pub const BODY_ENVELOPE: usize = 64 * 1024;
     /// Descriptors kept back from the open-files limit for listeners, the control
     /// listener, logs and the bus.
     pub const RESERVED_FDS: u64 = 64;
@@ -64,8 +72,8 @@ pub struct Cli {
     /// Connections per client address before 429; 0 = no limit [default: 0].
     #[arg(long, env = "PUSHGATE_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<u32>,
-    /// Per reactor: pause accepting at this many handshakes in progress, resume at 3/4
-    /// [default: 1024].
+    /// Per reactor: handshakes in progress at once; a new connection past it resets the
+    /// oldest [default: 1024].
     #[arg(long, env = "PUSHGATE_MAX_PENDING_HANDSHAKES")]
     pub max_pending_handshakes: Option<usize>,
     /// Per reactor: most connections accepted per second; 0 = no limit [default: 0].
@@ -104,6 +112,19 @@ pub struct Cli {
     /// Messages queued to one connection before it is closed with 1013 [default: 256].
     #[arg(long, env = "PUSHGATE_MAX_OUTBOUND_MESSAGES")]
     pub max_outbound_messages: Option<usize>,
+    /// Per reactor: commands waiting in its inbox before pushes get 503 [default: 65536].
+    #[arg(long, env = "PUSHGATE_INBOX_DEPTH")]
+    pub inbox_depth: Option<usize>,
+    /// Per reactor: bytes waiting in its inbox before pushes get 503 [default: 67108864].
+    #[arg(long, env = "PUSHGATE_INBOX_BYTES")]
+    pub inbox_bytes: Option<usize>,
+    /// Client requests per second per connection, bursts of twice that; 0 = no limit
+    /// [default: 50].
+    #[arg(long, env = "PUSHGATE_CLIENT_RATE")]
+    pub client_rate: Option<u32>,
+    /// Most users one client `send` may name, at most 1000 [default: 100].
+    #[arg(long, env = "PUSHGATE_MAX_RECIPIENTS")]
+    pub max_recipients: Option<usize>,
     /// Serve the /echo endpoint [default: true].
     #[arg(long, env = "PUSHGATE_ECHO")]
     pub echo: Option<bool>,
@@ -134,7 +155,8 @@ pub struct Cli {
     /// Bearer key required on the server API [default: none].
     #[arg(long, env = "PUSHGATE_API_KEY")]
     pub api_key: Option<String>,
-    /// Largest server API request body in bytes, 413 past it [default: 1048576].
+    /// Largest server API request body in bytes, 413 past it [default: the message size
+    /// plus 65536, so any message a connection may receive can be pushed].
     #[arg(long, env = "PUSHGATE_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
     /// Pushes smaller than this go uncompressed to deflate clients [default: 256].
@@ -195,6 +217,10 @@ pub struct FileConfig {
     max_message_size: Option<usize>,
     max_outbound_bytes: Option<usize>,
     max_outbound_messages: Option<usize>,
+    inbox_depth: Option<usize>,
+    inbox_bytes: Option<usize>,
+    client_rate: Option<u32>,
+    max_recipients: Option<usize>,
     echo: Option<bool>,
     deflate: Option<bool>,
     jwt_secret: Option<String>,
@@ -346,6 +372,14 @@ impl Settings {
                 jitter: pick!(reconnect_jitter, 0.5).clamp(0.0, 1.0),
                 cap_ms: pick!(reconnect_cap_ms, 60_000),
             },
+            client_rate: pick!(client_rate, default::CLIENT_RATE),
+            max_recipients: match pick!(max_recipients, default::MAX_RECIPIENTS) {
+                n @ 1..=session::client_protocol::MAX_RECIPIENTS => n,
+                n => bail!(
+                    "max_recipients must be between 1 and {}, got {n}",
+                    session::client_protocol::MAX_RECIPIENTS
+                ),
+            },
         };
         let reactor = ReactorConfig {
             listen,
@@ -360,6 +394,8 @@ impl Settings {
                 max_bytes: pick!(max_outbound_bytes, default::MAX_OUTBOUND_BYTES),
                 max_messages: pick!(max_outbound_messages, default::MAX_OUTBOUND_MESSAGES),
             },
+            inbox_depth: pick!(inbox_depth, default::INBOX_DEPTH).max(1),
+            inbox_bytes: pick!(inbox_bytes, default::INBOX_BYTES).max(1),
             tick: Duration::from_millis(10),
             compress_min_bytes: pick!(compress_min_bytes, 256),
             session,
@@ -382,7 +418,11 @@ impl Settings {
                 .clone()
                 .or(file.api_key.clone())
                 .filter(|k| !k.is_empty()),
-            max_body_bytes: pick!(max_body_bytes, 1024 * 1024).max(64),
+            max_body_bytes: pick!(
+                max_body_bytes,
+                max_message_size.saturating_add(default::BODY_ENVELOPE)
+            )
+            .max(64),
             bus: match cli
                 .nats
                 .clone()

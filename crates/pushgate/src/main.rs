@@ -67,7 +67,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         None => Router::new(),
     });
     let hooks_router = Arc::clone(&router);
-    let server = Server::start(settings.reactor.clone(), move |_, stats| {
+    let mut server = Server::bind(settings.reactor.clone(), move |_, stats| {
         Box::new(RouterHooks::new(
             Arc::clone(&hooks_router),
             Arc::clone(stats),
@@ -79,7 +79,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             settings.reactor.listen
         )
     })?;
+    // The router knows the reactors before the first client is accepted: a push or an
+    // error reply to that client has somewhere to go.
     router.attach(server.reactors().to_vec());
+    server.run().context("starting the reactor threads")?;
     if let Some(bus) = &nats {
         bus.start(Arc::clone(&router))
             .context("starting the bus thread")?;

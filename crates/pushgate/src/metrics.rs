@@ -7,7 +7,7 @@ use std::fmt::Write;
 use reactor::stats::{
     Histogram, DROP_REASONS, LATENCY_BUCKETS_US, PROTOCOL_CLOSE_CODES, REJECT_STATUSES,
 };
-use reactor::{ReactorHandle, ReactorStats};
+use reactor::{ReactorHandle, ReactorStats, INBOX_DROP_REASONS};
 use router::bus::stats::REFUSE_REASONS;
 use router::bus::BusStats;
 
@@ -43,8 +43,14 @@ pub mod names {
     pub const SLOW_CONSUMER_CLOSES: &str = "pushgate_slow_consumer_closes_total";
     /// Counter: connections failed for protocol violations, by close code.
     pub const PROTOCOL_ERRORS: &str = "pushgate_protocol_errors_total";
-    /// Counter: accept pauses (pending-handshake high watermark reached).
-    pub const ACCEPT_PAUSES: &str = "pushgate_accept_pauses_total";
+    /// Counter: handshakes reset to make room at the pending-handshake bound.
+    pub const HANDSHAKES_EVICTED: &str = "pushgate_handshakes_evicted_total";
+    /// Counter: commands a reactor's inbox refused, by reason.
+    pub const INBOX_DROPPED: &str = "pushgate_inbox_dropped_total";
+    /// Gauge: commands waiting in a reactor's inbox, per reactor.
+    pub const INBOX_DEPTH: &str = "pushgate_inbox_depth";
+    /// Gauge: bytes held by commands waiting in a reactor's inbox, per reactor.
+    pub const INBOX_BYTES: &str = "pushgate_inbox_bytes";
     /// Counter: failed `accept` calls.
     pub const ACCEPT_ERRORS: &str = "pushgate_accept_errors_total";
     /// Gauge: 1, labelled with the node ID.
@@ -198,9 +204,9 @@ pub fn render(state: &ControlState) -> String {
             |s| s.slow_consumer_closes.get(),
         ),
         (
-            ACCEPT_PAUSES,
-            "Times accepting paused at the pending-handshake limit.",
-            |s| s.accept_pauses.get(),
+            HANDSHAKES_EVICTED,
+            "Handshakes in progress reset to make room for a new connection at the pending-handshake limit.",
+            |s| s.handshakes_evicted.get(),
         ),
         (ACCEPT_ERRORS, "Failed accept calls.", |s| {
             s.accept_errors.get()
@@ -299,17 +305,18 @@ pub fn render(state: &ControlState) -> String {
         "Push receipt to frame handed to the kernel, per reactor batch.",
         reactors.iter().map(|r| &r.stats().push_latency),
     );
-    let requests: [(&str, Read); 4] = [
+    let requests: [(&str, Read); 5] = [
         ("send", |s| s.client_sends.get()),
         ("room", |s| s.client_room_ops.get()),
         ("ping", |s| s.app_pings.get()),
         ("bad", |s| s.bad_requests.get()),
+        ("rate_limited", |s| s.rate_limited.get()),
     ];
     family(
         &mut out,
         CLIENT_REQUESTS,
         "counter",
-        "Client requests by type (malformed ones as \"bad\").",
+        "Client requests by type (malformed ones as \"bad\", refused by the rate limit as \"rate_limited\").",
         "type",
         requests.map(|(k, f)| (k, sum(reactors, f))),
     );
@@ -324,8 +331,42 @@ pub fn render(state: &ControlState) -> String {
             .enumerate()
             .map(|(i, code)| (code, sum(reactors, |s| s.protocol_errors[i].get()))),
     );
+    render_inbox(&mut out, reactors);
     render_bus(&mut out, state);
     out
+}
+
+/// The reactors' inboxes: what waits, and what was refused.
+fn render_inbox(out: &mut String, reactors: &[ReactorHandle]) {
+    use names::*;
+    family(
+        out,
+        INBOX_DROPPED,
+        "counter",
+        "Commands (pushes, broadcasts, closes) a reactor's inbox refused, by reason.",
+        "reason",
+        INBOX_DROP_REASONS
+            .iter()
+            .enumerate()
+            .map(|(i, reason)| (reason, reactors.iter().map(|r| r.dropped()[i]).sum())),
+    );
+    let backlog: Vec<(usize, usize)> = reactors.iter().map(ReactorHandle::backlog).collect();
+    family(
+        out,
+        INBOX_DEPTH,
+        "gauge",
+        "Commands waiting in the reactor's inbox.",
+        "reactor",
+        backlog.iter().enumerate().map(|(i, b)| (i, b.0 as u64)),
+    );
+    family(
+        out,
+        INBOX_BYTES,
+        "gauge",
+        "Bytes held by commands waiting in the reactor's inbox.",
+        "reactor",
+        backlog.iter().enumerate().map(|(i, b)| (i, b.1 as u64)),
+    );
 }
 
 /// The bus metrics; present on a single node too (zeros, connected), so dashboards and

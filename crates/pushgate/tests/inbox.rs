@@ -1,6 +1,6 @@
 //! The reactor's inbox driven in-process: deliveries by connection reference, broadcast,
-//! close, the hooks — and a reference to a closed connection whose slot was reused delivers
-//! nothing.
+//! close, the hooks — a reference to a closed connection whose slot was reused delivers
+//! nothing, and a stalled reactor's inbox refuses work instead of growing.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // In tests a failed unwrap is a failed test.
 
 mod common;
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::{Client, Read_};
 use protocol::frame::server_frame;
 use protocol::{CloseCode, Message, OpCode};
-use reactor::{Command, ConnRef, Hooks, ReactorConfig, Server};
+use reactor::{Command, ConnRef, Hooks, InboxError, ReactorConfig, Server};
 use session::ClientRequest;
 
 #[derive(Debug, PartialEq)]
@@ -36,13 +36,20 @@ impl Hooks for Report {
     }
 }
 
-fn start() -> (Server, mpsc::Receiver<Seen>) {
-    let (tx, rx) = mpsc::channel();
-    let config = ReactorConfig {
+fn config() -> ReactorConfig {
+    ReactorConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         reactors: 1,
         ..ReactorConfig::default()
-    };
+    }
+}
+
+fn start() -> (Server, mpsc::Receiver<Seen>) {
+    start_with(config())
+}
+
+fn start_with(config: ReactorConfig) -> (Server, mpsc::Receiver<Seen>) {
+    let (tx, rx) = mpsc::channel();
     let server = Server::start(config, move |_, _| Box::new(Report(tx.clone()))).unwrap();
     (server, rx)
 }
@@ -73,16 +80,16 @@ fn deliveries_follow_references_and_stale_references_match_nothing() {
         Seen::Request(ref_a, ClientRequest::Join { room: "r1".into() })
     );
 
-    assert!(reactor.send(Command::Deliver {
+    assert!(ok(reactor.send(Command::Deliver {
         frame: server_frame(OpCode::Text, b"to a"),
         targets: vec![ref_a],
         received: None,
-    }));
+    })));
     assert_eq!(a.recv(), text("to a"));
-    assert!(reactor.send(Command::Broadcast {
+    assert!(ok(reactor.send(Command::Broadcast {
         frame: server_frame(OpCode::Text, b"all"),
         received: None
-    }));
+    })));
     assert_eq!(a.recv(), text("all"));
 
     a.send_close(1000);
@@ -98,27 +105,27 @@ fn deliveries_follow_references_and_stale_references_match_nothing() {
     assert_eq!(ref_b.index, ref_a.index, "slot reused");
     assert_ne!(ref_b.generation, ref_a.generation);
 
-    reactor.send(Command::Deliver {
+    assert!(ok(reactor.send(Command::Deliver {
         frame: server_frame(OpCode::Text, b"stale"),
         targets: vec![ref_a],
         received: None,
-    });
-    reactor.send(Command::Deliver {
+    })));
+    assert!(ok(reactor.send(Command::Deliver {
         frame: server_frame(OpCode::Text, b"fresh"),
         targets: vec![ref_b],
         received: None,
-    });
+    })));
     assert_eq!(
         b.recv(),
         text("fresh"),
         "a message for the old connection reached the new one"
     );
 
-    reactor.send(Command::Close {
+    assert!(ok(reactor.send(Command::Close {
         target: ref_b,
         code: CloseCode::POLICY,
         reason: "policy",
-    });
+    })));
     assert_eq!(b.expect_close(Duration::from_secs(5)), CloseCode::POLICY);
     b.send_close(1008);
     b.expect_eof(Duration::from_secs(5));
@@ -145,11 +152,11 @@ fn shared_frame_reaches_every_target_once() {
         refs.push(r);
     }
     let frame = server_frame(OpCode::Text, b"shared");
-    server.reactors()[0].send(Command::Deliver {
+    assert!(ok(server.reactors()[0].send(Command::Deliver {
         frame,
         targets: refs[1..4].to_vec(),
         received: None,
-    });
+    })));
     for (i, c) in clients.iter_mut().enumerate() {
         let got = c.read(Duration::from_millis(if (1..4).contains(&i) {
             5000
@@ -172,7 +179,10 @@ fn shared_frame_reaches_every_target_once() {
 fn regression_a_burst_of_commands_is_drained_without_further_wakeups() {
     // Found by the fan-out benchmark: the reactor handled a bounded batch of commands per
     // wakeup and then slept with the rest queued until some unrelated event.
-    let (server, rx) = start();
+    let (server, rx) = start_with(ReactorConfig {
+        inbox_depth: 200_000,
+        ..config()
+    });
     let mut a = Client::connect(server.local_addr(), "/ws?uid=a");
     a.recv_json();
     let Seen::Open(ref_a, _) = next(&rx) else {
@@ -180,11 +190,11 @@ fn regression_a_burst_of_commands_is_drained_without_further_wakeups() {
     };
     let frame = server_frame(OpCode::Text, b"n");
     for _ in 0..100_000 {
-        server.reactors()[0].send(Command::Deliver {
+        assert!(ok(server.reactors()[0].send(Command::Deliver {
             frame: frame.clone(),
             targets: vec![ref_a],
             received: None,
-        });
+        })));
     }
     // Unfixed, the reactor crawls on (each unrelated wakeup drains one more batch); fixed,
     // this takes well under a second.
@@ -197,5 +207,156 @@ fn regression_a_burst_of_commands_is_drained_without_further_wakeups() {
         );
     }
     drop(a);
+    server.shutdown(Duration::from_millis(100)).unwrap();
+}
+
+/// Whether a command was taken.
+fn ok(sent: Result<(), InboxError>) -> bool {
+    sent.is_ok()
+}
+
+/// Hooks that stop the reactor thread on a client's first request until released: a
+/// stalled reactor, as a slow disk log or a bug would make it.
+struct Stall {
+    opened: mpsc::Sender<ConnRef>,
+    release: mpsc::Receiver<()>,
+}
+
+impl Hooks for Stall {
+    fn on_open(&mut self, conn: ConnRef, _uid: &str, _device: Option<&str>) {
+        let _ = self.opened.send(conn);
+    }
+    fn on_request(&mut self, _conn: ConnRef, _request: ClientRequest) {
+        let _ = self.release.recv_timeout(Duration::from_secs(30));
+    }
+    fn on_close(&mut self, _conn: ConnRef) {}
+}
+
+fn stalled(config: ReactorConfig) -> (Server, Client, ConnRef, mpsc::Sender<()>) {
+    let (opened_tx, opened) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    let mut hooks = Some(Stall {
+        opened: opened_tx,
+        release: release_rx,
+    });
+    let server = Server::start(config, move |_, _| {
+        Box::new(hooks.take().expect("one reactor")) as Box<dyn Hooks>
+    })
+    .unwrap();
+    let mut a = Client::connect(server.local_addr(), "/ws?uid=a");
+    a.recv_json();
+    let conn = opened.recv_timeout(Duration::from_secs(5)).unwrap();
+    a.send_text(r#"{"type":"join","room":"r"}"#);
+    // The reactor is now stuck in the hook; nothing it is sent is taken off the queue.
+    std::thread::sleep(Duration::from_millis(200));
+    (server, a, conn, release)
+}
+
+/// Regression: the inbox was an unbounded channel, so a stalled reactor (or a bus faster
+/// than a reactor) grew memory without limit. Now a full inbox refuses at once, counted
+/// by reason, and the work already queued is delivered once the reactor moves again.
+#[test]
+fn a_stalled_reactor_refuses_work_by_count_and_never_blocks_the_sender() {
+    let (server, mut a, conn, release) = stalled(ReactorConfig {
+        inbox_depth: 100,
+        ..config()
+    });
+    let reactor = &server.reactors()[0];
+    let deliver = |i: u32| Command::Deliver {
+        frame: server_frame(OpCode::Text, format!("m{i}").as_bytes()),
+        targets: vec![conn],
+        received: None,
+    };
+    let start = std::time::Instant::now();
+    for i in 0..100 {
+        reactor.send(deliver(i)).unwrap();
+    }
+    for i in 100..1_000 {
+        assert_eq!(reactor.send(deliver(i)), Err(InboxError::Depth));
+    }
+    assert!(start.elapsed() < Duration::from_secs(2), "sending waited");
+    assert_eq!(reactor.dropped(), [900, 0, 0]);
+    assert_eq!(reactor.backlog().0, 100);
+    release.send(()).unwrap();
+    for i in 0..100 {
+        let want = format!("m{i}");
+        assert_eq!(a.recv(), Message::Text(Bytes::from(want)));
+    }
+    assert_eq!(a.read(Duration::from_millis(200)), Read_::Timeout);
+    assert_eq!(
+        reactor.backlog(),
+        (0, 0),
+        "bytes are returned as commands are taken"
+    );
+    reactor.send(deliver(7)).unwrap();
+    assert_eq!(a.recv(), text("m7"));
+    drop(a);
+    server.shutdown(Duration::from_millis(100)).unwrap();
+}
+
+#[test]
+fn a_stalled_reactor_refuses_work_past_its_byte_bound() {
+    let (server, mut a, conn, release) = stalled(ReactorConfig {
+        inbox_bytes: 64 * 1024,
+        ..config()
+    });
+    let reactor = &server.reactors()[0];
+    let big = server_frame(OpCode::Binary, &[7u8; 10_000]);
+    let mut taken = 0;
+    while reactor
+        .send(Command::Deliver {
+            frame: big.clone(),
+            targets: vec![conn],
+            received: None,
+        })
+        .is_ok()
+    {
+        taken += 1;
+        assert!(taken <= 7, "the byte bound did not hold");
+    }
+    assert_eq!(taken, 6);
+    assert_eq!(reactor.dropped(), [0, 1, 0]);
+    assert!(reactor.backlog().1 <= 64 * 1024);
+    release.send(()).unwrap();
+    for _ in 0..taken {
+        assert!(matches!(a.recv(), Message::Binary(b) if b.len() == 10_000));
+    }
+    // An empty inbox takes one command of any size, so no single push is undeliverable.
+    let huge = server_frame(OpCode::Binary, &vec![1u8; 200_000]);
+    reactor
+        .send(Command::Deliver {
+            frame: huge,
+            targets: vec![conn],
+            received: None,
+        })
+        .unwrap();
+    assert!(matches!(a.recv(), Message::Binary(b) if b.len() == 200_000));
+    drop(a);
+    server.shutdown(Duration::from_millis(100)).unwrap();
+}
+
+/// Regression: the reactors accepted before the router was given their handles, so a
+/// push or error reply to a client that came in at start-up went nowhere. A bound server
+/// answers nobody until it runs.
+#[test]
+fn a_bound_server_accepts_nobody_until_it_runs() {
+    use std::io::{Read, Write};
+    let (tx, _rx) = mpsc::channel();
+    let mut server = Server::bind(config(), move |_, _| Box::new(Report(tx.clone()))).unwrap();
+    let mut raw = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    raw.write_all(
+        b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    raw.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 12];
+    assert!(raw.read(&mut buf).is_err(), "answered before run()");
+    server.run().unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 101");
+    drop(raw);
     server.shutdown(Duration::from_millis(100)).unwrap();
 }

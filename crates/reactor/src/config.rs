@@ -20,13 +20,18 @@ pub struct ReactorConfig {
     pub max_connections: usize,
     /// Connections per client address (429 past it); 0 for no limit.
     pub max_connections_per_ip: u32,
-    /// Per reactor: stop accepting while this many handshakes are in progress, and resume
-    /// once they fall to three quarters of it (reconnect-storm admission control).
+    /// Per reactor: handshakes in progress at once. A connection accepted past it evicts
+    /// the oldest one still handshaking, so clients that dribble their upgrade request
+    /// (slowloris) can never lock out clients that send theirs at once.
     pub max_pending_handshakes: usize,
     /// Per reactor: most sockets accepted per second; 0 for no limit.
     pub max_accept_rate: u32,
     /// Per-connection outbound queue limits (1013 past them).
     pub outbound: OutboundLimits,
+    /// Per reactor: commands waiting in its inbox before senders are refused.
+    pub inbox_depth: usize,
+    /// Per reactor: bytes the waiting commands may hold before senders are refused.
+    pub inbox_bytes: usize,
     /// Timer wheel resolution.
     pub tick: Duration,
     /// Pushes smaller than this are sent uncompressed even to connections that negotiated
@@ -50,6 +55,8 @@ impl Default for ReactorConfig {
                 max_bytes: 256 * 1024,
                 max_messages: 256,
             },
+            inbox_depth: 65_536,
+            inbox_bytes: 64 * 1024 * 1024,
             tick: Duration::from_millis(10),
             compress_min_bytes: 256,
             session: SessionConfig::default(),

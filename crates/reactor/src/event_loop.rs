@@ -6,6 +6,7 @@
 //! sockets (reading each until `WouldBlock`, within a per-turn budget, and remembering the
 //! ones cut short); drain the inbox; advance a drain in progress.
 
+use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Shutdown};
@@ -17,13 +18,14 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use protocol::CloseCode;
-use session::{CloseKind, Codecs, Ctx, Effects, Event, Session, TransmitKind};
+use session::conn::{MIN_WINDOW_BITS, WINDOW_SIZES};
+use session::{CloseKind, Codecs, ConnId, Ctx, Effects, Event, Session, TransmitKind};
 use slab::Slab;
 use socket2::SockRef;
 
 use crate::admission::{Admission, Verdict};
 use crate::config::ReactorConfig;
-use crate::inbox::{Command, ConnRef, Hooks};
+use crate::inbox::{Command, ConnRef, Hooks, InboxShared};
 use crate::outbound::Outbound;
 use crate::stats::ReactorStats;
 use crate::wheel::{TimerId, Wheel};
@@ -79,9 +81,17 @@ pub struct Reactor {
     id: u16,
     poll: Poll,
     listener: TcpListener,
-    accepting: bool,
     accept_resume_at: Option<Instant>,
     inbox: Receiver<Command>,
+    inbox_shared: Arc<InboxShared>,
+    /// Connections in the order they were accepted, while they may still be handshaking:
+    /// the front is the one to evict when a new connection finds the pending-handshake
+    /// bound reached. Entries that finished their handshake are skipped lazily and
+    /// compacted away, so the queue stays within a small multiple of the handshakes
+    /// actually pending.
+    handshake_order: VecDeque<(usize, u32)>,
+    /// Reused by broadcasts, so walking the connections allocates nothing per push.
+    scratch_keys: Vec<usize>,
     conns: Slab<Conn>,
     next_generation: u32,
     wheel: Wheel<usize>,
@@ -117,6 +127,7 @@ impl Reactor {
         poll: Poll,
         mut listener: TcpListener,
         inbox: Receiver<Command>,
+        inbox_shared: Arc<InboxShared>,
         config: Arc<ReactorConfig>,
         admission: Arc<Admission>,
         stats: Arc<ReactorStats>,
@@ -129,9 +140,11 @@ impl Reactor {
             id,
             poll,
             listener,
-            accepting: true,
             accept_resume_at: None,
             inbox,
+            inbox_shared,
+            handshake_order: VecDeque::new(),
+            scratch_keys: Vec::new(),
             conns: Slab::new(),
             next_generation: 0,
             wheel: Wheel::new(),
@@ -148,6 +161,11 @@ impl Reactor {
             accept_tokens: 0.0,
             accept_refill_at: now,
         })
+    }
+
+    /// The reactor's index.
+    pub(crate) fn id(&self) -> u16 {
+        self.id
     }
 
     /// Runs until a drain completes.
@@ -193,28 +211,34 @@ impl Reactor {
                 self.accept_resume_at = None;
                 self.accept_loop();
             }
-            // Paused at the pending-handshake mark: the listener's readiness edge was
-            // spent while paused, so resuming must try `accept` itself.
-            if !self.accepting && self.below_resume_mark() {
-                self.accept_loop();
-            }
             if self.drain.is_some() && self.advance_drain(now) {
                 return Ok(());
             }
         }
     }
 
+    fn tick_nanos(&self) -> u128 {
+        self.config.tick.as_nanos().max(1)
+    }
+
     fn tick_of(&self, t: Instant) -> u64 {
-        let tick = self.config.tick.as_nanos().max(1);
-        (t.saturating_duration_since(self.epoch).as_nanos() / tick) as u64
+        let ticks = t.saturating_duration_since(self.epoch).as_nanos() / self.tick_nanos();
+        u64::try_from(ticks).unwrap_or(u64::MAX)
     }
 
     /// The first tick at or after `t`.
     fn tick_after(&self, t: Instant) -> u64 {
-        let tick = self.config.tick.as_nanos().max(1);
-        t.saturating_duration_since(self.epoch)
+        let ticks = t
+            .saturating_duration_since(self.epoch)
             .as_nanos()
-            .div_ceil(tick) as u64
+            .div_ceil(self.tick_nanos());
+        u64::try_from(ticks).unwrap_or(u64::MAX)
+    }
+
+    /// When `tick` begins. Computed in u128 nanoseconds: a `u32` tick count would wrap
+    /// after 497 days at 10 ms ticks, and the reactor would then spin.
+    fn tick_instant(&self, tick: u64) -> Option<Instant> {
+        tick_instant(self.epoch, self.tick_nanos(), tick)
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
@@ -227,13 +251,13 @@ impl Reactor {
         let mut until: Option<Instant> = self
             .wheel
             .next_due()
-            .map(|tick| self.epoch + self.config.tick * tick as u32);
+            .and_then(|tick| self.tick_instant(tick));
         let mut consider = |t: Instant| until = Some(until.map_or(t, |u| u.min(t)));
         if let Some(t) = self.accept_resume_at {
             consider(t);
         }
         if let Some(plan) = &self.drain {
-            consider(plan.next_due());
+            consider(plan.next_due(self.config.session.close_timeout));
         }
         until.map(|t| t.saturating_duration_since(now))
     }
@@ -264,25 +288,9 @@ impl Reactor {
         }
     }
 
-    fn below_resume_mark(&self) -> bool {
-        let pending = self.stats.handshaking.get() as usize;
-        pending <= self.config.max_pending_handshakes.max(1) * 3 / 4
-    }
-
-    /// Admission control local to this reactor: pending handshakes with hysteresis, and
-    /// the accept rate.
+    /// Admission control local to this reactor: the accept rate. (Pending handshakes
+    /// never stop accepting; see [`Reactor::make_room_for_handshake`].)
     fn may_accept(&mut self) -> bool {
-        let pending = self.stats.handshaking.get() as usize;
-        let high = self.config.max_pending_handshakes.max(1);
-        if self.accepting && pending >= high {
-            self.accepting = false;
-            self.stats.accept_pauses.add(1);
-        } else if !self.accepting && self.below_resume_mark() {
-            self.accepting = true;
-        }
-        if !self.accepting {
-            return false;
-        }
         let rate = self.config.max_accept_rate;
         if rate > 0 {
             let now = Instant::now();
@@ -308,6 +316,7 @@ impl Reactor {
             self.stats.count_rejected(503);
             return;
         }
+        self.make_room_for_handshake();
         // Latency matters more than packet count for pushes.
         let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
@@ -343,7 +352,45 @@ impl Reactor {
         self.stats.accepted.add(1);
         self.stats.connections.add(1);
         self.stats.handshaking.add(1);
+        self.handshake_order.push_back((key, self.next_generation));
         self.rearm(key, now);
+    }
+
+    /// At the pending-handshake bound, resets the oldest connection still handshaking.
+    ///
+    /// Pausing `accept` instead (the first design) let 1 024 connections that dribble
+    /// their request a byte a second shut out every honest client until the handshake
+    /// timeout freed slots; evicting the oldest keeps the newest, which is what an honest
+    /// client is, since it sends its request in one go. This is nginx's and HAProxy's
+    /// answer to a full table too: the attacker's connections churn, honest ones get in.
+    fn make_room_for_handshake(&mut self) {
+        let bound = self.config.max_pending_handshakes.max(1);
+        while self.stats.handshaking.get() as usize >= bound {
+            let Some((key, generation)) = self.handshake_order.pop_front() else {
+                return;
+            };
+            if self.is_handshaking(key, generation) {
+                self.stats.handshakes_evicted.add(1);
+                self.remove(key, true);
+            }
+        }
+        // Entries of connections that finished their handshake pile up behind a slow one
+        // at the front; compact once they outnumber the live ones.
+        let live = self.stats.handshaking.get() as usize;
+        if self.handshake_order.len() > 2 * live + 64 {
+            let conns = &self.conns;
+            self.handshake_order.retain(|&(key, generation)| {
+                conns
+                    .get(key)
+                    .is_some_and(|c| c.generation == generation && c.gauge == Gauge::Handshaking)
+            });
+        }
+    }
+
+    fn is_handshaking(&self, key: usize, generation: u32) -> bool {
+        self.conns
+            .get(key)
+            .is_some_and(|c| c.generation == generation && c.gauge == Gauge::Handshaking)
     }
 
     // ---- socket events ---------------------------------------------------------------
@@ -415,7 +462,11 @@ impl Reactor {
             return;
         };
         let now = Instant::now();
-        let conn_id = format_conn_id(self.id, key, conn.generation);
+        let conn_id = ConnId {
+            reactor: self.id,
+            slot: key as u32,
+            generation: conn.generation,
+        };
         let mut fx = std::mem::take(&mut self.fx);
         fx.clear();
         {
@@ -423,7 +474,7 @@ impl Reactor {
                 config: &self.config.session,
                 codecs: &mut self.codecs,
                 now,
-                conn_id: &conn_id,
+                conn_id,
             };
             f(&mut conn.session, &mut cx, &mut fx);
         }
@@ -440,6 +491,7 @@ impl Reactor {
                     TransmitKind::Handshake | TransmitKind::Control => {
                         conn.out.push_control(t.bytes)
                     }
+                    TransmitKind::Pong => conn.out.push_pong(t.bytes),
                     TransmitKind::Close => conn.out.push_close(t.bytes),
                     TransmitKind::Data => {
                         if conn.out.push_data(t.bytes, &self.config.outbound).is_err() {
@@ -518,7 +570,13 @@ impl Reactor {
                 stats.messages_in.add(1);
                 stats.bad_requests.add(1);
             }
-            Event::TooManyBadRequests | Event::TokenExpired => stats.policy_closes.add(1),
+            Event::RateLimited => {
+                stats.messages_in.add(1);
+                stats.rate_limited.add(1);
+            }
+            Event::TooManyBadRequests | Event::TooManyRateLimited | Event::TokenExpired => {
+                stats.policy_closes.add(1)
+            }
             Event::Echoed => stats.messages_in.add(1),
             Event::ProtocolError(code) => stats.count_protocol_error(code.0),
             Event::HandshakeTimeout => stats.handshake_timeouts.add(1),
@@ -655,23 +713,33 @@ impl Reactor {
     // ---- inbox -----------------------------------------------------------------------
 
     fn drain_inbox(&mut self) {
+        // Cleared before draining: a sender that finds it clear wakes us again, and one
+        // that finds it set knows we have yet to look at the queue.
+        self.inbox_shared
+            .notified
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Some(window) = self.inbox_shared.take_drain() {
+            self.start_drain(window, Instant::now());
+        }
         for _ in 0..COMMANDS_PER_TURN {
             match self.inbox.try_recv() {
-                Ok(cmd) => self.on_command(cmd),
+                Ok(cmd) => {
+                    self.inbox_shared.taken(&cmd);
+                    self.on_command(cmd);
+                }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
             }
         }
     }
 
     fn on_command(&mut self, cmd: Command) {
-        let now = Instant::now();
         match cmd {
             Command::Deliver {
                 frame,
                 targets,
                 received,
             } => {
-                let mut compressed = None;
+                let mut compressed = Compressed::default();
                 for t in targets {
                     match self.resolve(t) {
                         Some(key) => self.deliver(key, &frame, &mut compressed),
@@ -685,16 +753,19 @@ impl Reactor {
                 }
             }
             Command::Broadcast { frame, received } => {
-                let keys: Vec<usize> = self
-                    .conns
-                    .iter()
-                    .filter(|(_, c)| c.push_endpoint && c.session.is_open())
-                    .map(|(k, _)| k)
-                    .collect();
-                let mut compressed = None;
-                for key in keys {
+                let mut keys = std::mem::take(&mut self.scratch_keys);
+                keys.clear();
+                keys.extend(
+                    self.conns
+                        .iter()
+                        .filter(|(_, c)| c.push_endpoint && c.session.is_open())
+                        .map(|(k, _)| k),
+                );
+                let mut compressed = Compressed::default();
+                for &key in &keys {
                     self.deliver(key, &frame, &mut compressed);
                 }
+                self.scratch_keys = keys;
                 if let Some(r) = received {
                     self.stats
                         .push_latency
@@ -710,7 +781,6 @@ impl Reactor {
                     self.with_session(key, |s, cx, fx| s.close(code, reason, cx, fx));
                 }
             }
-            Command::Drain { window } => self.start_drain(window, now),
         }
     }
 
@@ -724,8 +794,9 @@ impl Reactor {
 
     /// Queues a push frame on one connection: the compressed form when the connection
     /// negotiated permessage-deflate and the payload is worth compressing, compressed at
-    /// most once per command and shared by every such recipient on this reactor.
-    fn deliver(&mut self, key: usize, frame: &Bytes, compressed: &mut Option<Bytes>) {
+    /// most once per command and window size, and shared by every such recipient on this
+    /// reactor.
+    fn deliver(&mut self, key: usize, frame: &Bytes, compressed: &mut Compressed) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
@@ -733,12 +804,14 @@ impl Reactor {
             self.stats.count_dropped("gone", 1);
             return;
         }
-        let bytes = if conn.session.compresses() && frame.len() >= self.config.compress_min_bytes {
-            compressed
-                .get_or_insert_with(|| compress_frame(frame, &mut self.codecs.deflater))
-                .clone()
-        } else {
-            frame.clone()
+        let bytes = match conn.session.compress_window() {
+            Some(bits) if frame.len() >= self.config.compress_min_bytes => {
+                let slot = usize::from(bits.clamp(MIN_WINDOW_BITS, 15) - MIN_WINDOW_BITS);
+                compressed[slot]
+                    .get_or_insert_with(|| compress_frame(frame, self.codecs.deflater(bits)))
+                    .clone()
+            }
+            _ => frame.clone(),
         };
         let Some(conn) = self.conns.get_mut(key) else {
             return;
@@ -828,13 +901,26 @@ impl DrainPlan {
         self.start + self.window / n * i as u32
     }
 
-    fn next_due(&self) -> Instant {
+    /// The next moment the drain has work: a close to send, or, once all are sent, the
+    /// end of the close timeout (peers answering wake the loop themselves; polling with a
+    /// past deadline meanwhile would spin).
+    fn next_due(&self, close_timeout: Duration) -> Instant {
         if self.next < self.targets.len() {
             self.slot_time(self.next)
         } else {
-            self.start + self.window
+            self.start + self.window + close_timeout
         }
     }
+}
+
+/// A push compressed for each server window size in use, made on first need.
+type Compressed = [Option<Bytes>; WINDOW_SIZES];
+
+/// When `tick` (of `tick_nanos` each) begins after `epoch`; `None` past what `Instant`
+/// can hold.
+fn tick_instant(epoch: Instant, tick_nanos: u128, tick: u64) -> Option<Instant> {
+    let nanos = u64::try_from(u128::from(tick) * tick_nanos).ok()?;
+    epoch.checked_add(Duration::from_nanos(nanos))
 }
 
 /// The same message as `frame` (a final, unmasked server frame), compressed.
@@ -848,13 +934,28 @@ fn compress_frame(frame: &Bytes, deflater: &mut protocol::deflate::Deflater) -> 
     f.finish(header.opcode, true)
 }
 
-/// A connection ID unique on this node for the process lifetime (reactor, slot,
-/// generation), as sent in `welcome`.
-fn format_conn_id(reactor: u16, key: usize, generation: u32) -> String {
-    format!("{reactor:x}-{key:x}-{generation:x}")
-}
-
 /// `recv` into uninitialised memory, so the shared read buffer is never zeroed.
 fn recv(stream: &TcpStream, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
     SockRef::from(stream).recv(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: the poll timeout converted the tick count with `as u32`, which wraps
+    /// after about 497 days of uptime at 10 ms ticks; the deadline then lay in the past
+    /// and the reactor spun.
+    #[test]
+    fn tick_instants_do_not_wrap_after_497_days() {
+        let epoch = Instant::now();
+        let tick = Duration::from_millis(10).as_nanos();
+        let day = 24 * 3600 * 100u64;
+        for days in [1u64, 497, 498, 10_000] {
+            let at = tick_instant(epoch, tick, days * day).unwrap();
+            assert_eq!(at - epoch, Duration::from_secs(days * 24 * 3600));
+        }
+        // Far past what `Instant` holds: no deadline rather than a wrong one.
+        assert_eq!(tick_instant(epoch, tick, u64::MAX), None);
+    }
 }

@@ -1,11 +1,12 @@
 //! Work other threads hand a reactor, and the hooks through which a reactor tells the rest
 //! of the gateway about its connections.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Sender, TrySendError};
 use mio::Waker;
 use protocol::CloseCode;
 
@@ -52,11 +53,6 @@ pub enum Command {
         /// Close reason to send.
         reason: &'static str,
     },
-    /// Stop accepting and close every connection with 1001, spread over `window`.
-    Drain {
-        /// Time over which the closes are spread.
-        window: Duration,
-    },
 }
 
 /// What a reactor reports about its `/ws` connections. Called on the reactor's thread:
@@ -70,13 +66,99 @@ pub trait Hooks: Send {
     fn on_close(&mut self, conn: ConnRef);
 }
 
-/// The sending side of a reactor's inbox.
+impl Command {
+    /// What the command holds in memory while it waits, for the inbox's byte bound. A
+    /// frame shared by several reactors' commands is counted by each: the bound is on
+    /// what one reactor has yet to do.
+    pub(crate) fn cost(&self) -> usize {
+        const OVERHEAD: usize = std::mem::size_of::<Command>();
+        match self {
+            Command::Deliver { frame, targets, .. } => {
+                OVERHEAD + frame.len() + std::mem::size_of_val(targets.as_slice())
+            }
+            Command::Broadcast { frame, .. } => OVERHEAD + frame.len(),
+            Command::Close { .. } => OVERHEAD,
+        }
+    }
+}
+
+/// Why a command was not taken; each is counted in `pushgate_inbox_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InboxError {
+    /// The inbox holds `inbox_depth` commands already.
+    #[error("reactor inbox full")]
+    Depth,
+    /// The inbox holds `inbox_bytes` already.
+    #[error("reactor inbox over its byte limit")]
+    Bytes,
+    /// The reactor has exited.
+    #[error("reactor stopped")]
+    Gone,
+}
+
+/// Reasons in the order of [`InboxShared::dropped`], for `/metrics`.
+pub const INBOX_DROP_REASONS: [&str; 3] = ["depth", "bytes", "gone"];
+
+impl InboxError {
+    fn index(self) -> usize {
+        match self {
+            InboxError::Depth => 0,
+            InboxError::Bytes => 1,
+            InboxError::Gone => 2,
+        }
+    }
+}
+
+/// Shared between a reactor and everyone who sends it work.
+#[derive(Debug)]
+pub(crate) struct InboxShared {
+    /// Bytes held by queued commands.
+    pub(crate) bytes: AtomicUsize,
+    pub(crate) max_bytes: usize,
+    /// Set by a sender that woke the reactor, cleared by the reactor before it drains:
+    /// while set, further senders need not wake it again.
+    pub(crate) notified: AtomicBool,
+    /// Drain window in milliseconds, `u64::MAX` while not draining. Kept out of the
+    /// bounded channel so that a full inbox can never hold up a shutdown.
+    pub(crate) drain_ms: AtomicU64,
+    /// Commands refused, by [`INBOX_DROP_REASONS`]. Written by many threads, rarely.
+    pub(crate) dropped: [AtomicU64; 3],
+}
+
+impl InboxShared {
+    pub(crate) fn new(max_bytes: usize) -> Self {
+        InboxShared {
+            bytes: AtomicUsize::new(0),
+            max_bytes,
+            notified: AtomicBool::new(false),
+            drain_ms: AtomicU64::new(u64::MAX),
+            dropped: Default::default(),
+        }
+    }
+
+    /// The reactor took a command off the queue.
+    pub(crate) fn taken(&self, cmd: &Command) {
+        self.bytes.fetch_sub(cmd.cost(), Ordering::Relaxed);
+    }
+
+    /// A drain requested and not yet started.
+    pub(crate) fn take_drain(&self) -> Option<Duration> {
+        match self.drain_ms.swap(u64::MAX, Ordering::AcqRel) {
+            u64::MAX => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+}
+
+/// The sending side of a reactor's inbox: bounded by count and by bytes, and never
+/// blocking, so no thread (least of all another reactor) ever waits on a stalled reactor.
 #[derive(Debug, Clone)]
 pub struct ReactorHandle {
     pub(crate) id: u16,
     pub(crate) tx: Sender<Command>,
     pub(crate) waker: Arc<Waker>,
     pub(crate) stats: Arc<ReactorStats>,
+    pub(crate) inbox: Arc<InboxShared>,
 }
 
 impl ReactorHandle {
@@ -90,8 +172,57 @@ impl ReactorHandle {
         &self.stats
     }
 
-    /// Sends a command and wakes the reactor. Returns false if the reactor has exited.
-    pub fn send(&self, cmd: Command) -> bool {
-        self.tx.send(cmd).is_ok() && self.waker.wake().is_ok()
+    /// Queues a command and wakes the reactor unless a wake-up is already pending. Never
+    /// blocks: a full inbox refuses the command, and the refusal is counted.
+    pub fn send(&self, cmd: Command) -> Result<(), InboxError> {
+        let cost = cmd.cost();
+        let held = self.inbox.bytes.fetch_add(cost, Ordering::Relaxed);
+        // An empty inbox always takes one command, so no single push is undeliverable.
+        let result = if held > 0 && held + cost > self.inbox.max_bytes {
+            Err(InboxError::Bytes)
+        } else {
+            match self.tx.try_send(cmd) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(_)) => Err(InboxError::Depth),
+                Err(TrySendError::Disconnected(_)) => Err(InboxError::Gone),
+            }
+        };
+        if let Err(e) = result {
+            self.inbox.bytes.fetch_sub(cost, Ordering::Relaxed);
+            self.inbox.dropped[e.index()].fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        self.wake();
+        Ok(())
+    }
+
+    /// Asks the reactor to stop accepting and close every connection with 1001, spread
+    /// over `window`. Never refused.
+    pub fn drain(&self, window: Duration) {
+        let ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX - 1);
+        self.inbox
+            .drain_ms
+            .store(ms.min(u64::MAX - 1), Ordering::Release);
+        self.inbox.notified.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+
+    fn wake(&self) {
+        // SeqCst pairs with the reactor clearing the flag before it drains: either the
+        // reactor sees this command, or this sender sees the flag cleared and wakes it.
+        if !self.inbox.notified.swap(true, Ordering::SeqCst) {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Commands refused so far, by reason ([`INBOX_DROP_REASONS`]).
+    pub fn dropped(&self) -> [u64; 3] {
+        let d = &self.inbox.dropped;
+        [0, 1, 2].map(|i| d[i].load(Ordering::Relaxed))
+    }
+
+    /// Commands waiting, and the bytes they hold.
+    pub fn backlog(&self) -> (usize, usize) {
+        (self.tx.len(), self.inbox.bytes.load(Ordering::Relaxed))
     }
 }

@@ -22,7 +22,7 @@ pub mod stats;
 pub mod wheel;
 
 pub use config::ReactorConfig;
-pub use inbox::{Command, ConnRef, Hooks, ReactorHandle};
+pub use inbox::{Command, ConnRef, Hooks, InboxError, ReactorHandle, INBOX_DROP_REASONS};
 pub use outbound::OutboundLimits;
 pub use server::Server;
 pub use stats::ReactorStats;

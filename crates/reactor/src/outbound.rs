@@ -3,7 +3,12 @@
 //! Frames are shared `Bytes` (a push encoded once is queued by reference on every
 //! recipient). Control frames wait in their own queue and go out at the next frame
 //! boundary, ahead of queued data, and never count against the limit: a connection busy
-//! receiving must still answer pings and receive its close frame.
+//! receiving must still answer pings and receive its close frame. Only the latest pong is
+//! kept (RFC 6455 §5.5.3), so a peer that pings and never reads costs one frame.
+//!
+//! The limits bound the backlog, not the message: one message of any size the server
+//! permits is accepted onto an empty queue, as nginx and uWebSockets do, so a push up to
+//! the message limit is deliverable whatever the outbound limit.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -32,6 +37,8 @@ pub struct Outbound {
     /// The rest of the frame being written, wherever it came from.
     current: Option<Bytes>,
     control: VecDeque<Bytes>,
+    /// The latest unanswered ping's pong; a newer one replaces it.
+    pong: Option<Bytes>,
     data: VecDeque<Bytes>,
     data_bytes: usize,
 }
@@ -39,7 +46,10 @@ pub struct Outbound {
 impl Outbound {
     /// Nothing left to write.
     pub fn is_empty(&self) -> bool {
-        self.current.is_none() && self.control.is_empty() && self.data.is_empty()
+        self.current.is_none()
+            && self.control.is_empty()
+            && self.pong.is_none()
+            && self.data.is_empty()
     }
 
     /// Bytes waiting.
@@ -47,6 +57,7 @@ impl Outbound {
         self.data_bytes
             + self.current.as_ref().map_or(0, Bytes::len)
             + self.control.iter().map(Bytes::len).sum::<usize>()
+            + self.pong.as_ref().map_or(0, Bytes::len)
     }
 
     /// Queues a control frame (or handshake bytes): never refused.
@@ -54,10 +65,17 @@ impl Outbound {
         self.control.push_back(frame);
     }
 
-    /// Queues a data frame, unless that would pass the limits.
+    /// Queues a pong, replacing one still waiting (a pong not yet started).
+    pub fn push_pong(&mut self, frame: Bytes) {
+        self.pong = Some(frame);
+    }
+
+    /// Queues a data frame, unless that would pass the limits. A frame is always accepted
+    /// when no data is queued.
     pub fn push_data(&mut self, frame: Bytes, limits: &OutboundLimits) -> Result<(), Overflow> {
-        if self.data.len() >= limits.max_messages
-            || self.data_bytes + frame.len() > limits.max_bytes
+        if !self.data.is_empty()
+            && (self.data.len() >= limits.max_messages
+                || self.data_bytes + frame.len() > limits.max_bytes)
         {
             return Err(Overflow);
         }
@@ -91,6 +109,7 @@ impl Outbound {
                     .current
                     .iter()
                     .chain(self.control.iter())
+                    .chain(self.pong.iter())
                     .chain(self.data.iter());
                 for b in order.take(MAX_IOVECS) {
                     slices[count] = IoSlice::new(b);
@@ -115,7 +134,7 @@ impl Outbound {
         while n > 0 {
             let mut frame = match self.current.take() {
                 Some(f) => f,
-                None => match self.control.pop_front() {
+                None => match self.control.pop_front().or_else(|| self.pong.take()) {
                     Some(f) => f,
                     None => match self.data.pop_front() {
                         Some(f) => {
@@ -199,11 +218,51 @@ mod tests {
         );
         q.push_control(Bytes::from_static(b"close"));
         let mut q = Outbound::default();
+        q.push_data(Bytes::from(vec![0; 60]), &LIMITS).unwrap();
         assert_eq!(
-            q.push_data(Bytes::from(vec![0; 101]), &LIMITS),
+            q.push_data(Bytes::from(vec![0; 41]), &LIMITS),
             Err(Overflow)
         );
-        q.push_data(Bytes::from(vec![0; 100]), &LIMITS).unwrap();
+        q.push_data(Bytes::from(vec![0; 40]), &LIMITS).unwrap();
+    }
+
+    #[test]
+    fn one_message_over_the_byte_limit_fits_an_empty_queue() {
+        let mut q = Outbound::default();
+        q.push_data(Bytes::from(vec![0; 1000]), &LIMITS).unwrap();
+        assert_eq!(
+            q.push_data(Bytes::from_static(b"x"), &LIMITS),
+            Err(Overflow)
+        );
+        let mut w = Trickle {
+            out: Vec::new(),
+            per_call: 400,
+            budget: 400,
+        };
+        q.flush(&mut w).unwrap();
+        // Half written, no data queued behind it: the next message is taken.
+        q.push_data(Bytes::from(vec![1; 1000]), &LIMITS).unwrap();
+        w.budget = usize::MAX;
+        q.flush(&mut w).unwrap();
+        assert_eq!(w.out.len(), 2000);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_ping_flood_keeps_one_pong() {
+        let mut q = Outbound::default();
+        q.push_data(Bytes::from_static(b"DD"), &LIMITS).unwrap();
+        for i in 0..10_000u32 {
+            q.push_pong(Bytes::from(i.to_be_bytes().to_vec()));
+        }
+        assert_eq!(q.queued_bytes(), 2 + 4);
+        let mut w = Trickle {
+            out: Vec::new(),
+            per_call: 100,
+            budget: 100,
+        };
+        q.flush(&mut w).unwrap();
+        assert_eq!(w.out, [&9_999u32.to_be_bytes()[..], b"DD"].concat());
     }
 
     #[test]

@@ -11,23 +11,38 @@ use mio::{Poll, Waker};
 use crate::admission::Admission;
 use crate::config::ReactorConfig;
 use crate::event_loop::{Reactor, WAKER};
-use crate::inbox::{Command, Hooks, ReactorHandle};
+use crate::inbox::{Hooks, InboxShared, ReactorHandle};
 use crate::listener::bind_group;
 use crate::stats::ReactorStats;
 
-/// The running client listener.
+/// The client listener: bound by [`Server::bind`], serving once [`Server::run`] starts
+/// its reactor threads.
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
     handles: Vec<ReactorHandle>,
+    /// Reactors bound but not yet running.
+    ready: Vec<Reactor>,
     threads: Vec<JoinHandle<io::Result<()>>>,
     admission: Arc<Admission>,
 }
 
 impl Server {
-    /// Binds the listener and starts `config.reactors` threads. `hooks(i, stats)` makes
-    /// reactor `i`'s hooks, which may count into that reactor's `stats`.
+    /// Binds and starts serving at once: [`Server::bind`] then [`Server::run`].
     pub fn start(
+        config: ReactorConfig,
+        hooks: impl FnMut(u16, &Arc<ReactorStats>) -> Box<dyn Hooks>,
+    ) -> io::Result<Server> {
+        let mut server = Server::bind(config, hooks)?;
+        server.run()?;
+        Ok(server)
+    }
+
+    /// Binds the listener and prepares `config.reactors` reactors without running them,
+    /// so that whatever their hooks deliver to (the router) can be given their handles
+    /// before the first client is accepted. `hooks(i, stats)` makes reactor `i`'s hooks,
+    /// which may count into that reactor's `stats`.
+    pub fn bind(
         config: ReactorConfig,
         mut hooks: impl FnMut(u16, &Arc<ReactorStats>) -> Box<dyn Hooks>,
     ) -> io::Result<Server> {
@@ -39,40 +54,51 @@ impl Server {
         ));
         let config = Arc::new(config);
         let mut handles = Vec::with_capacity(n);
-        let mut threads = Vec::with_capacity(n);
+        let mut ready = Vec::with_capacity(n);
         for (i, listener) in listeners.into_iter().enumerate() {
             let id = i as u16;
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-            let (tx, rx) = crossbeam_channel::unbounded();
+            let (tx, rx) = crossbeam_channel::bounded(config.inbox_depth.max(1));
+            let inbox = Arc::new(InboxShared::new(config.inbox_bytes.max(1)));
             let stats = Arc::new(ReactorStats::default());
-            let reactor = Reactor::new(
+            ready.push(Reactor::new(
                 id,
                 poll,
                 listener,
                 rx,
+                Arc::clone(&inbox),
                 Arc::clone(&config),
                 Arc::clone(&admission),
                 Arc::clone(&stats),
                 hooks(id, &stats),
-            )?;
-            let thread = std::thread::Builder::new()
-                .name(format!("reactor-{i}"))
-                .spawn(move || reactor.run())?;
+            )?);
             handles.push(ReactorHandle {
                 id,
                 tx,
                 waker,
                 stats,
+                inbox,
             });
-            threads.push(thread);
         }
         Ok(Server {
             local_addr,
             handles,
-            threads,
+            ready,
+            threads: Vec::with_capacity(n),
             admission,
         })
+    }
+
+    /// Starts the reactor threads: from here on clients are accepted.
+    pub fn run(&mut self) -> io::Result<()> {
+        for reactor in self.ready.drain(..) {
+            let thread = std::thread::Builder::new()
+                .name(format!("reactor-{}", reactor.id()))
+                .spawn(move || reactor.run())?;
+            self.threads.push(thread);
+        }
+        Ok(())
     }
 
     /// The bound client address.
@@ -100,7 +126,7 @@ impl Server {
     pub fn shutdown(self, window: Duration) -> io::Result<()> {
         self.admission.start_draining();
         for h in &self.handles {
-            h.send(Command::Drain { window });
+            h.drain(window);
         }
         let mut result = Ok(());
         for t in self.threads {

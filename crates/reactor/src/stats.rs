@@ -108,8 +108,8 @@ pub struct ReactorStats {
     pub slow_consumer_closes: Cell,
     /// Connections failed for protocol violations, by close code.
     pub protocol_errors: [Cell; 3],
-    /// Times the reactor stopped accepting because too many handshakes were pending.
-    pub accept_pauses: Cell,
+    /// Handshakes reset to make room for a new connection at the pending-handshake bound.
+    pub handshakes_evicted: Cell,
     /// `accept` failures (e.g. out of file descriptors).
     pub accept_errors: Cell,
     /// Push frames queued to connections.
@@ -126,6 +126,8 @@ pub struct ReactorStats {
     pub app_pings: Cell,
     /// Malformed client requests.
     pub bad_requests: Cell,
+    /// Client requests refused by the per-connection rate limit.
+    pub rate_limited: Cell,
     /// Connections closed with 1008 (token expiry, repeated malformed requests).
     pub policy_closes: Cell,
 }

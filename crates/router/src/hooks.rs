@@ -84,7 +84,9 @@ impl Hooks for RouterHooks {
                 let outcome = self.router.push(&to, &[] as &[&str], body, Instant::now());
                 self.stats
                     .count_dropped("offline", outcome.offline_users as u64);
-                if let Err(e) = outcome.bus {
+                if outcome.refused > 0 {
+                    self.reply(conn, "unavailable", "node saturated; retry later");
+                } else if let Err(e) = outcome.bus {
                     // Delivered here only; the sender learns so rather than assuming.
                     self.stats.count_dropped("bus", to.len() as u64);
                     self.reply(conn, "unavailable", e.as_str());

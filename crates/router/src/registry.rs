@@ -20,8 +20,77 @@ use crate::bus::Kind;
 /// Shards per map: a power of two comfortably above the number of threads.
 const SHARDS: usize = 64;
 
-/// Most users have one device: their only connection is stored inline, with no allocation.
-type Members = SmallVec<[ConnRef; 1]>;
+/// Past this many members an ID gets a position index, so that join and leave stay O(1)
+/// for rooms of any size; below it a scan of a few cache lines is cheaper than hashing.
+const INDEX_FROM: usize = 32;
+
+/// The connections under one ID. Most users have one device: their only connection is
+/// stored inline, with no allocation. Rooms may have tens of thousands of members: a
+/// leave (or a mass disconnect) must not scan them all under the shard's write lock.
+#[derive(Debug)]
+struct Members {
+    list: SmallVec<[ConnRef; 1]>,
+    /// Position of each member in `list`, kept only past [`INDEX_FROM`] members.
+    index: Option<Box<HashMap<ConnRef, u32, RandomState>>>,
+}
+
+impl Members {
+    fn one(conn: ConnRef) -> Self {
+        Members {
+            list: smallvec![conn],
+            index: None,
+        }
+    }
+
+    fn position(&self, conn: ConnRef) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(&conn).map(|&i| i as usize),
+            None => self.list.iter().position(|c| *c == conn),
+        }
+    }
+
+    /// Adds `conn` unless it is already a member.
+    fn add(&mut self, conn: ConnRef) {
+        if self.position(conn).is_some() {
+            return;
+        }
+        let i = self.list.len();
+        self.list.push(conn);
+        match &mut self.index {
+            Some(index) => {
+                index.insert(conn, i as u32);
+            }
+            None if self.list.len() > INDEX_FROM => {
+                let mut index =
+                    HashMap::with_capacity_and_hasher(self.list.len() * 2, RandomState::default());
+                index.extend(self.list.iter().enumerate().map(|(i, c)| (*c, i as u32)));
+                self.index = Some(Box::new(index));
+            }
+            None => {}
+        }
+    }
+
+    /// Removes `conn` if it is a member: the last member takes its place.
+    fn remove(&mut self, conn: ConnRef) {
+        let Some(i) = self.position(conn) else {
+            return;
+        };
+        self.list.swap_remove(i);
+        if let Some(index) = &mut self.index {
+            index.remove(&conn);
+            if let Some(moved) = self.list.get(i) {
+                index.insert(*moved, i as u32);
+            }
+            if self.list.len() <= INDEX_FROM / 2 {
+                self.index = None;
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
 
 /// foldhash: several times cheaper than SipHash on short IDs, and seeded per process, so
 /// room names chosen by clients cannot be crafted to collide.
@@ -56,14 +125,12 @@ impl ShardedMap {
         let mut map = self.shard(id).map.write();
         if let Some(key) = map.get_key_value(id).map(|(k, _)| Arc::clone(k)) {
             if let Some(members) = map.get_mut(id) {
-                if !members.contains(&conn) {
-                    members.push(conn);
-                }
+                members.add(conn);
             }
             return (key, false);
         }
         let key: Arc<str> = Arc::from(id);
-        map.insert(Arc::clone(&key), smallvec![conn]);
+        map.insert(Arc::clone(&key), Members::one(conn));
         (key, true)
     }
 
@@ -72,7 +139,7 @@ impl ShardedMap {
         let mut map = self.shard(id).map.write();
         let now_empty = match map.get_mut(id) {
             Some(members) => {
-                members.retain(|c| *c != conn);
+                members.remove(conn);
                 members.is_empty()
             }
             None => false,
@@ -91,7 +158,7 @@ impl ShardedMap {
     fn collect(&self, id: &str, out: &mut Vec<ConnRef>) -> bool {
         match self.shard(id).map.read().get(id) {
             Some(m) => {
-                out.extend_from_slice(m);
+                out.extend_from_slice(&m.list);
                 true
             }
             None => false,
@@ -225,5 +292,53 @@ mod tests {
         assert!(r.leave("r1", c(2)));
         assert!(!r.leave("r1", c(2)));
         assert_eq!(r.rooms(), 0);
+    }
+
+    #[test]
+    fn large_rooms_keep_their_index_in_step() {
+        let r = Registry::new();
+        let n = 5 * INDEX_FROM as u32;
+        for i in 0..n {
+            r.join("big", c(i));
+            r.join("big", c(i));
+        }
+        let members = |r: &Registry| {
+            let mut out = Vec::new();
+            r.room_connections("big", &mut out);
+            out.sort_by_key(|c| c.index);
+            out
+        };
+        assert_eq!(members(&r), (0..n).map(c).collect::<Vec<_>>());
+        // Leave every third member, in an order that moves members around.
+        for i in (0..n).rev().step_by(3) {
+            assert!(!r.leave("big", c(i)));
+            assert!(!r.leave("big", c(i)), "leaving twice is harmless");
+        }
+        let expected: Vec<ConnRef> = (0..n).filter(|i| (n - 1 - i) % 3 != 0).map(c).collect();
+        assert_eq!(members(&r), expected);
+        // Down through the size where the index is dropped, and out.
+        for (k, conn) in expected.iter().enumerate() {
+            assert_eq!(r.leave("big", *conn), k + 1 == expected.len());
+        }
+        assert_eq!(r.rooms(), 0);
+    }
+
+    /// Regression: join and leave scanned the member list under the shard's write lock, so
+    /// a room of n members emptying at once (a mass disconnect) cost O(n²): about 5·10⁹
+    /// comparisons here, many seconds. With the index it is O(n).
+    #[test]
+    fn a_mass_disconnect_of_a_huge_room_is_linear() {
+        let r = Registry::new();
+        let n = 100_000u32;
+        let start = std::time::Instant::now();
+        for i in 0..n {
+            r.join("everyone", c(i));
+        }
+        for i in 0..n {
+            r.leave("everyone", c(i));
+        }
+        let took = start.elapsed();
+        assert_eq!(r.rooms(), 0);
+        assert!(took < std::time::Duration::from_secs(1), "{took:?}");
     }
 }

@@ -20,6 +20,9 @@ pub struct PushOutcome {
     /// Named users with no connection on this node, counted only on a single node (in a
     /// cluster they may well be on another).
     pub offline_users: usize,
+    /// Connections on this node the push did not reach because their reactor's inbox
+    /// was full (the node is saturated; the API answers 503).
+    pub refused: usize,
     /// Whether the other nodes were reached (always, on a single node).
     pub bus: Result<(), BusError>,
 }
@@ -141,15 +144,17 @@ impl Router {
         outcome
     }
 
-    /// Delivers `body` to every `/ws` connection of the cluster.
-    pub fn broadcast(&self, body: Bytes, received: Instant) -> Result<(), BusError> {
-        self.broadcast_local(Self::text_frame(&body), received);
+    /// Delivers `body` to every `/ws` connection of the cluster. `Ok(refused)` counts the
+    /// reactors here whose inbox was full.
+    pub fn broadcast(&self, body: Bytes, received: Instant) -> Result<usize, BusError> {
+        let refused = self.broadcast_local(Self::text_frame(&body), received);
         self.bus.publish(Outgoing {
             users: Vec::new(),
             rooms: Vec::new(),
             broadcast: true,
             body,
-        })
+        })?;
+        Ok(refused)
     }
 
     /// Delivers `frame` to every connection here of `users` and every member here of
@@ -187,55 +192,67 @@ impl Router {
                 targets.retain(|c| !skip.contains(c));
             }
         }
-        let connections = targets.len();
-        self.dispatch(targets, frame, received);
+        let refused = self.dispatch(targets.as_mut_slice(), frame, received);
         PushOutcome {
-            connections,
+            connections: targets.len() - refused,
             offline_users,
+            refused,
             bus: Ok(()),
         }
     }
 
-    /// Delivers `frame` to one connection of this node.
-    pub fn deliver_to(&self, conn: ConnRef, frame: Bytes) {
-        self.dispatch(vec![conn], frame, Instant::now());
+    /// Delivers `frame` to one connection of this node; false if its reactor refused it.
+    pub fn deliver_to(&self, conn: ConnRef, frame: Bytes) -> bool {
+        self.dispatch(&mut [conn], frame, Instant::now()) == 0
     }
 
-    /// Delivers `frame` to every `/ws` connection of this node.
-    pub fn broadcast_local(&self, frame: Bytes, received: Instant) {
-        for r in self.reactors.get().map(Vec::as_slice).unwrap_or_default() {
-            r.send(Command::Broadcast {
-                frame: frame.clone(),
-                received: Some(received),
-            });
-        }
+    /// Delivers `frame` to every `/ws` connection of this node; returns how many reactors
+    /// refused it (inbox full).
+    pub fn broadcast_local(&self, frame: Bytes, received: Instant) -> usize {
+        let reactors = self.reactors.get().map(Vec::as_slice).unwrap_or_default();
+        reactors
+            .iter()
+            .filter(|r| {
+                r.send(Command::Broadcast {
+                    frame: frame.clone(),
+                    received: Some(received),
+                })
+                .is_err()
+            })
+            .count()
     }
 
-    /// One `Deliver` per reactor that has recipients, sharing the frame.
-    fn dispatch(&self, mut targets: Vec<ConnRef>, frame: Bytes, received: Instant) {
+    /// One `Deliver` per reactor that has recipients, sharing the frame. Returns the
+    /// recipients whose reactor refused the command (its inbox is full): never waits.
+    fn dispatch(&self, targets: &mut [ConnRef], frame: Bytes, received: Instant) -> usize {
         let Some(reactors) = self.reactors.get() else {
-            return;
+            return targets.len();
         };
         if targets.is_empty() {
-            return;
+            return 0;
         }
         targets.sort_unstable_by_key(|c| c.reactor);
-        let mut rest = targets.as_slice();
+        let mut refused = 0;
+        let mut rest = &*targets;
         while let Some(first) = rest.first() {
             let n = rest
                 .iter()
                 .take_while(|c| c.reactor == first.reactor)
                 .count();
             let (mine, tail) = rest.split_at(n);
-            if let Some(handle) = reactors.get(usize::from(first.reactor)) {
+            let sent = reactors.get(usize::from(first.reactor)).map(|handle| {
                 handle.send(Command::Deliver {
                     frame: frame.clone(),
                     targets: mine.to_vec(),
                     received: Some(received),
-                });
+                })
+            });
+            if !matches!(sent, Some(Ok(()))) {
+                refused += n;
             }
             rest = tail;
         }
+        refused
     }
 }
 

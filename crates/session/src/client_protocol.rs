@@ -7,7 +7,8 @@ use simd_json::BorrowedValue;
 
 use crate::auth::MAX_ID_LEN;
 
-/// Most recipients one `send` may name.
+/// Most recipients one `send` may name, whatever the configuration says: past this a
+/// `send` is an amplification attack, not a chat message.
 pub const MAX_RECIPIENTS: usize = 1000;
 
 /// A well-formed client request.
@@ -47,8 +48,9 @@ const fn err(code: &'static str, message: &'static str) -> RequestError {
     RequestError { code, message }
 }
 
-/// Parses one text message.
-pub fn parse(text: &[u8]) -> Result<ClientRequest, RequestError> {
+/// Parses one text message; a `send` may name at most `max_recipients` users (capped at
+/// [`MAX_RECIPIENTS`]).
+pub fn parse(text: &[u8], max_recipients: usize) -> Result<ClientRequest, RequestError> {
     let mut buf = text.to_vec();
     let value =
         simd_json::to_borrowed_value(&mut buf).map_err(|_| err("bad_json", "not valid JSON"))?;
@@ -72,8 +74,14 @@ pub fn parse(text: &[u8]) -> Result<ClientRequest, RequestError> {
             let Some(list) = obj.get("to").and_then(|t| t.as_array()) else {
                 return Err(err("bad_request", "\"to\" must be an array of user IDs"));
             };
-            if list.is_empty() || list.len() > MAX_RECIPIENTS {
-                return Err(err("bad_request", "\"to\" must name 1 to 1000 users"));
+            if list.is_empty() {
+                return Err(err("bad_request", "\"to\" must name at least one user"));
+            }
+            if list.len() > max_recipients.min(MAX_RECIPIENTS) {
+                return Err(err(
+                    "too_many_recipients",
+                    "\"to\" names more users than this server allows",
+                ));
             }
             let to = list
                 .iter()
@@ -103,6 +111,9 @@ fn id(v: Option<&BorrowedValue<'_>>, field: &'static str) -> Result<String, Requ
         )),
     }
 }
+
+/// The reply to a request past the connection's rate limit.
+pub const RATE_LIMITED: RequestError = err("rate_limited", "too many requests; slow down");
 
 /// `{"type":"pong"}`.
 pub fn pong_json() -> &'static [u8] {
@@ -134,18 +145,19 @@ mod tests {
 
     #[test]
     fn every_request_type() {
-        assert_eq!(parse(br#"{"type":"ping"}"#), Ok(ClientRequest::Ping));
+        assert_eq!(parse(br#"{"type":"ping"}"#, 100), Ok(ClientRequest::Ping));
         assert_eq!(
-            parse(br#"{"type":"join","room":"r1"}"#),
+            parse(br#"{"type":"join","room":"r1"}"#, 100),
             Ok(ClientRequest::Join { room: "r1".into() })
         );
         assert_eq!(
-            parse(br#"{"type":"leave","room":"r1"}"#),
+            parse(br#"{"type":"leave","room":"r1"}"#, 100),
             Ok(ClientRequest::Leave { room: "r1".into() })
         );
-        let Ok(ClientRequest::Send { to, data }) =
-            parse(br#"{"type":"send","to":["u2","u3"],"data":{"t":"hi","n":[1,2]}}"#)
-        else {
+        let Ok(ClientRequest::Send { to, data }) = parse(
+            br#"{"type":"send","to":["u2","u3"],"data":{"t":"hi","n":[1,2]}}"#,
+            100,
+        ) else {
             panic!()
         };
         assert_eq!(to, ["u2", "u3"]);
@@ -169,7 +181,7 @@ mod tests {
         ];
         for (input, code) in cases {
             assert_eq!(
-                parse(input).map_err(|e| e.code),
+                parse(input, 100).map_err(|e| e.code),
                 Err(code),
                 "{}",
                 String::from_utf8_lossy(input)
@@ -179,7 +191,25 @@ mod tests {
             r#"{{"type":"join","room":"{}"}}"#,
             "r".repeat(MAX_ID_LEN + 1)
         );
-        assert!(parse(long.as_bytes()).is_err());
+        assert!(parse(long.as_bytes(), 100).is_err());
+    }
+
+    #[test]
+    fn recipients_are_capped_by_configuration_and_by_the_hard_limit() {
+        let send = |n: usize| {
+            let to: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
+            serde_json::to_vec(&serde_json::json!({"type": "send", "to": to, "data": 1})).unwrap()
+        };
+        assert!(parse(&send(3), 3).is_ok());
+        assert_eq!(
+            parse(&send(4), 3).map_err(|e| e.code),
+            Err("too_many_recipients")
+        );
+        assert!(parse(&send(MAX_RECIPIENTS), usize::MAX).is_ok());
+        assert_eq!(
+            parse(&send(MAX_RECIPIENTS + 1), usize::MAX).map_err(|e| e.code),
+            Err("too_many_recipients")
+        );
     }
 
     #[test]

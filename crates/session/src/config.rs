@@ -62,7 +62,15 @@ pub struct SessionConfig {
     pub max_bad_requests: u32,
     /// Backoff advertised in `welcome`.
     pub reconnect: ReconnectAdvice,
+    /// Client requests per second per connection (burst twice that); 0 for no limit.
+    pub client_rate: u32,
+    /// Most users one client `send` may name.
+    pub max_recipients: usize,
 }
+
+/// Rate-limited requests in a row after which the connection is closed with 1008
+/// (shared/CONTRACT.md, "Presence, kick, authorization").
+pub const MAX_RATE_LIMITED_IN_A_ROW: u32 = 10;
 
 impl Default for SessionConfig {
     fn default() -> Self {
@@ -80,6 +88,8 @@ impl Default for SessionConfig {
             close_on_token_expiry: true,
             max_bad_requests: 10,
             reconnect: ReconnectAdvice::default(),
+            client_rate: 50,
+            max_recipients: 100,
         }
     }
 }

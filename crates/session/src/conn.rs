@@ -22,31 +22,46 @@ use protocol::{CloseCode, Decoder, Message, OpCode};
 
 use crate::auth::{authenticate, AuthError};
 use crate::client_protocol::{self, ClientRequest};
-use crate::config::SessionConfig;
+use crate::config::{SessionConfig, MAX_RATE_LIMITED_IN_A_ROW};
 use crate::effects::{CloseKind, Effects, Event, TransmitKind};
 use crate::messages;
 
 /// Compression contexts shared by all connections of a reactor: with no context takeover
 /// (the default) they carry nothing from one message to the next.
+///
+/// A client may ask for a smaller server window (RFC 7692 §7.1.2.1) and then cannot inflate
+/// back-references further than it: so there is one compressor per window size in use,
+/// each made the first time a connection with that window needs it.
 #[derive(Debug)]
 pub struct Codecs {
-    /// Inflates client messages.
+    /// Inflates client messages (a 15-bit window inflates any smaller one).
     pub inflater: Inflater,
-    /// Compresses server messages.
-    pub deflater: Deflater,
+    level: u32,
+    /// Indexed by window bits − [`MIN_WINDOW_BITS`].
+    deflaters: [Option<Box<Deflater>>; WINDOW_SIZES],
 }
 
+/// Smallest server window zlib produces in raw mode (negotiation never agrees on less).
+pub const MIN_WINDOW_BITS: u8 = 9;
+/// Window sizes 9..=15.
+pub const WINDOW_SIZES: usize = 7;
+
 impl Codecs {
-    /// Stateless codecs for `config`.
+    /// Stateless codecs for `config`; no compressor is allocated until one is used.
     pub fn new(config: &SessionConfig) -> Self {
         Codecs {
             inflater: Inflater::new(15, true),
-            deflater: Deflater::new(
-                config.deflate.level,
-                config.deflate.server_max_window_bits,
-                true,
-            ),
+            level: config.deflate.level,
+            deflaters: Default::default(),
         }
+    }
+
+    /// The shared compressor for a window of `window_bits` (clamped to 9..=15).
+    pub fn deflater(&mut self, window_bits: u8) -> &mut Deflater {
+        let bits = window_bits.clamp(MIN_WINDOW_BITS, 15);
+        let level = self.level;
+        self.deflaters[usize::from(bits - MIN_WINDOW_BITS)]
+            .get_or_insert_with(|| Box::new(Deflater::new(level, bits, true)))
     }
 }
 
@@ -83,6 +98,48 @@ struct Open {
     bad_requests: u32,
     /// When the token stops being valid (JWT auth only).
     token_expires: Option<Instant>,
+    rate: RateLimit,
+}
+
+/// A token bucket over client requests: `client_rate` a second, bursts of twice that.
+#[derive(Debug)]
+struct RateLimit {
+    tokens: f32,
+    refilled: Instant,
+    /// Requests refused in a row; the contract closes with 1008 at ten.
+    refused_in_a_row: u32,
+}
+
+impl RateLimit {
+    fn new(now: Instant, rate: u32) -> Self {
+        RateLimit {
+            tokens: burst(rate),
+            refilled: now,
+            refused_in_a_row: 0,
+        }
+    }
+
+    /// Takes a token if one is there.
+    fn take(&mut self, now: Instant, rate: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f32();
+        self.refilled = now;
+        self.tokens = (self.tokens + elapsed * rate as f32).min(burst(rate));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.refused_in_a_row = 0;
+            true
+        } else {
+            self.refused_in_a_row += 1;
+            false
+        }
+    }
+}
+
+fn burst(rate: u32) -> f32 {
+    2.0 * rate as f32
 }
 
 #[derive(Debug)]
@@ -119,7 +176,29 @@ pub struct Ctx<'a> {
     /// The current time.
     pub now: Instant,
     /// Node-unique connection ID, sent in `welcome`.
-    pub conn_id: &'a str,
+    pub conn_id: ConnId,
+}
+
+/// A connection ID unique on this node for the process lifetime: its reactor, slab slot
+/// and the slot's generation. Formatted only when sent, never per event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnId {
+    /// The owning reactor.
+    pub reactor: u16,
+    /// Slot in the reactor's slab.
+    pub slot: u32,
+    /// Generation of the slot.
+    pub generation: u32,
+}
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:x}-{:x}-{:x}",
+            self.reactor, self.slot, self.generation
+        )
+    }
 }
 
 impl Session {
@@ -152,9 +231,15 @@ impl Session {
 
     /// Whether permessage-deflate was negotiated (and server frames may be compressed).
     pub fn compresses(&self) -> bool {
+        self.compress_window().is_some()
+    }
+
+    /// The window, in bits, that server frames to this connection must be compressed
+    /// within; `None` when permessage-deflate was not negotiated.
+    pub fn compress_window(&self) -> Option<u8> {
         match &self.phase {
-            Phase::Open(o) => o.deflate.is_some(),
-            _ => false,
+            Phase::Open(o) => o.deflate.map(|p| p.server_max_window_bits),
+            _ => None,
         }
     }
 
@@ -269,13 +354,13 @@ impl Session {
     pub fn data_frame(&mut self, opcode: OpCode, payload: &[u8], codecs: &mut Codecs) -> Bytes {
         match &mut self.phase {
             Phase::Open(Open {
-                deflate: Some(_),
+                deflate: Some(params),
                 own,
                 ..
             }) => {
                 let deflater = match own.as_mut().and_then(|o| o.deflater.as_mut()) {
                     Some(d) => d,
-                    None => &mut codecs.deflater,
+                    None => codecs.deflater(params.server_max_window_bits),
                 };
                 let mut f = FrameBuilder::with_capacity(payload.len() / 2 + 16);
                 f.extend_compressed(deflater, payload);
@@ -324,7 +409,9 @@ impl Session {
             Endpoint::Echo => Event::EchoOpened,
             Endpoint::Push => match authenticate(&cx.config.auth, &req, SystemTime::now()) {
                 Ok(id) => {
-                    token_expires = id.expires_in.map(|d| cx.now + d);
+                    // A token may claim an `exp` centuries away; past what `Instant` can
+                    // hold it simply never expires while connected.
+                    token_expires = id.expires_in.and_then(|d| cx.now.checked_add(d));
                     Event::Opened {
                         uid: id.uid,
                         device: id.device,
@@ -366,7 +453,7 @@ impl Session {
         let mut rest = BytesMut::from(&req.trailing()[..]);
         if let Event::Opened { uid, .. } = &opened {
             let welcome = messages::welcome(
-                cx.conn_id,
+                &cx.conn_id.to_string(),
                 uid,
                 cx.config.heartbeat.as_secs(),
                 &cx.config.reconnect,
@@ -382,6 +469,7 @@ impl Session {
             ping_outstanding: false,
             bad_requests: 0,
             token_expires,
+            rate: RateLimit::new(cx.now, cx.config.client_rate),
         });
         self.since = cx.now;
         if !rest.is_empty() {
@@ -407,7 +495,7 @@ impl Session {
             match open.decoder.decode(input, &cx.config.decoder, inflater) {
                 Ok(None) => return,
                 Ok(Some(Message::Ping(payload))) => {
-                    fx.send(TransmitKind::Control, server_frame(OpCode::Pong, &payload));
+                    fx.send(TransmitKind::Pong, server_frame(OpCode::Pong, &payload));
                 }
                 Ok(Some(Message::Pong(_))) => {}
                 Ok(Some(Message::Close(_))) => {
@@ -424,7 +512,10 @@ impl Session {
                         fx.send(TransmitKind::Data, f);
                         fx.events.push(Event::Echoed);
                     }
-                    Endpoint::Push => match client_protocol::parse(&t) {
+                    Endpoint::Push if !open.rate.take(cx.now, cx.config.client_rate) => {
+                        self.rate_limited(cx, fx);
+                    }
+                    Endpoint::Push => match client_protocol::parse(&t, cx.config.max_recipients) {
                         Ok(ClientRequest::Ping) => {
                             fx.events.push(Event::AppPing);
                             let f = self.data_frame(
@@ -488,6 +579,22 @@ impl Session {
         if too_many {
             fx.events.push(Event::TooManyBadRequests);
             self.close(CloseCode::POLICY, "too many malformed requests", cx, fx);
+        }
+    }
+
+    /// Answers a request past the rate limit; ten in a row close with 1008.
+    fn rate_limited(&mut self, cx: &mut Ctx<'_>, fx: &mut Effects) {
+        let Phase::Open(open) = &self.phase else {
+            return;
+        };
+        let too_many = open.rate.refused_in_a_row >= MAX_RATE_LIMITED_IN_A_ROW;
+        fx.events.push(Event::RateLimited);
+        let body = client_protocol::error_json(client_protocol::RATE_LIMITED);
+        let f = self.data_frame(OpCode::Text, &body, cx.codecs);
+        fx.send(TransmitKind::Data, f);
+        if too_many {
+            fx.events.push(Event::TooManyRateLimited);
+            self.close(CloseCode::POLICY, "request rate limit exceeded", cx, fx);
         }
     }
 

@@ -9,9 +9,13 @@ use protocol::CloseCode;
 pub enum TransmitKind {
     /// HTTP response bytes, before any frame.
     Handshake,
-    /// Pong or ping: goes ahead of queued data at the next frame boundary and never counts
+    /// Ping: goes ahead of queued data at the next frame boundary and never counts
     /// against the outbound limit.
     Control,
+    /// Pong: like a ping, but only the most recent one waiting is kept (RFC 6455 §5.5.3
+    /// allows answering only the latest ping), so a peer that pings without reading
+    /// cannot grow the queue.
+    Pong,
     /// A close frame: goes after everything queued before it (nothing may follow it on the
     /// wire, RFC 6455 §5.5.1) and is never refused.
     Close,
@@ -50,6 +54,10 @@ pub enum Event {
     BadRequest,
     /// Too many malformed requests: closed with 1008.
     TooManyBadRequests,
+    /// A request past the connection's rate limit was refused with `rate_limited`.
+    RateLimited,
+    /// Too many rate-limited requests in a row: closed with 1008.
+    TooManyRateLimited,
     /// The token expired while connected: closed with 1008.
     TokenExpired,
     /// A `/echo` message was received and sent back.

@@ -25,5 +25,5 @@ pub mod messages;
 pub use auth::{AuthMode, JwtAuth};
 pub use client_protocol::ClientRequest;
 pub use config::{ReconnectAdvice, SessionConfig};
-pub use conn::{Codecs, Ctx, Session};
+pub use conn::{Codecs, ConnId, Ctx, Session};
 pub use effects::{CloseKind, Effects, Event, Transmit, TransmitKind};

@@ -120,22 +120,34 @@ impl ControlState {
                 Ok(p) => {
                     let outcome = api::push(&self.router, &p, received);
                     self.api_stats.offline.add(outcome.offline_users as u64);
-                    bus_status(outcome.bus)
+                    saturation_status(outcome.refused).unwrap_or_else(|| bus_status(outcome.bus))
                 }
                 Err(e) => (400, Err(e)),
             }
         } else {
             match api::parse_broadcast(&req.body) {
                 Ok((from, data)) => {
-                    let sent = self
+                    match self
                         .router
-                        .broadcast(Router::msg_body(&from, &data), received);
-                    bus_status(sent)
+                        .broadcast(Router::msg_body(&from, &data), received)
+                    {
+                        Ok(refused) => saturation_status(refused).unwrap_or((200, Ok(()))),
+                        Err(e) => bus_status(Err(e)),
+                    }
                 }
                 Err(e) => (400, Err(e)),
             }
         }
     }
+}
+
+/// Recipients on a reactor whose inbox was full did not get the push: 503, so the caller
+/// backs off and retries instead of the node queueing without bound.
+fn saturation_status(refused: usize) -> Option<(u16, Result<(), &'static str>)> {
+    (refused > 0).then_some((
+        503,
+        Err("node saturated: some local recipients were not reached; retry later"),
+    ))
 }
 
 /// A push the bus could not take went to this node's recipients only: 503, so the
