@@ -360,3 +360,35 @@ fn a_bound_server_accepts_nobody_until_it_runs() {
     drop(raw);
     server.shutdown(Duration::from_millis(100)).unwrap();
 }
+
+/// A push whose recipients sit on a saturated reactor reports them as refused (the API
+/// answers 503 on it) instead of queueing without bound or waiting.
+#[test]
+fn the_router_reports_recipients_a_saturated_reactor_refused() {
+    let (server, a, conn, release) = stalled(ReactorConfig {
+        inbox_depth: 4,
+        ..config()
+    });
+    let router = router::Router::new();
+    router.attach(server.reactors().to_vec());
+    router.add_user("a", conn);
+    let mut refused = 0;
+    for i in 0..10 {
+        let outcome = router.push(
+            &["a"],
+            &[] as &[&str],
+            Bytes::from(format!("{{\"n\":{i}}}")),
+            std::time::Instant::now(),
+        );
+        assert_eq!(outcome.connections + outcome.refused, 1);
+        refused += outcome.refused;
+    }
+    assert_eq!(refused, 6);
+    assert_eq!(
+        router.broadcast(Bytes::from_static(b"{}"), std::time::Instant::now()),
+        Ok(1)
+    );
+    release.send(()).unwrap();
+    drop(a);
+    server.shutdown(Duration::from_millis(100)).unwrap();
+}
