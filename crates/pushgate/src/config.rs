@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use protocol::deflate::DeflateConfig;
 use protocol::{DecoderConfig, Role};
-use reactor::{OutboundLimits, ReactorConfig};
+use reactor::{OutboundLimits, ReactorConfig, ServiceConfig, ServiceLimits};
 use serde::Deserialize;
 use session::{AuthMode, JwtAuth, ReconnectAdvice, SessionConfig};
 
@@ -43,6 +43,8 @@ pub mod default {
     /// listener, logs and the bus.
     pub const RESERVED_FDS: u64 = 64;
     pub const BUS_PREFIX: &str = "pushgate";
+    /// Control connections held by the node; past it the idlest is evicted.
+    pub const CONTROL_MAX_CONNECTIONS: usize = 1024;
     pub const BUS_QUEUE_DEPTH: usize = 65536;
     pub const BUS_UNSUBSCRIBE_DELAY: f64 = 5.0;
 }
@@ -399,6 +401,14 @@ impl Settings {
             tick: Duration::from_millis(10),
             compress_min_bytes: pick!(compress_min_bytes, 256),
             session,
+            service: Some(ServiceConfig {
+                listen: control,
+                limits: ServiceLimits {
+                    // The bound is the node's; each reactor holds its share.
+                    max_connections: default::CONTROL_MAX_CONNECTIONS.div_ceil(reactors),
+                    ..ServiceLimits::default()
+                },
+            }),
         };
         Ok(Settings {
             reactor,

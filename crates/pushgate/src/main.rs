@@ -1,13 +1,13 @@
 //! The pushgate binary: configuration, listeners, startup and shutdown.
 
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use pushgate::config::{Cli, Settings};
-use pushgate::control::{self, ApiStats, ControlState};
+use pushgate::control::{ApiStats, ControlService, ControlState};
 use pushgate::limits;
 use reactor::Server;
 use router::{NatsBus, NatsConfig, Router, RouterHooks};
@@ -67,27 +67,30 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         None => Router::new(),
     });
     let hooks_router = Arc::clone(&router);
-    let mut server = Server::bind(settings.reactor.clone(), move |_, stats| {
-        Box::new(RouterHooks::new(
-            Arc::clone(&hooks_router),
-            Arc::clone(stats),
-        ))
-    })
+    // The reactors serve the control listener too; its routes need the reactors' handles,
+    // so they get the state once the reactors are bound.
+    let control_state = Arc::new(OnceLock::new());
+    let service = ControlService::new(Arc::clone(&control_state));
+    let mut server = Server::bind_with_service(
+        settings.reactor.clone(),
+        move |_, stats| {
+            Box::new(RouterHooks::new(
+                Arc::clone(&hooks_router),
+                Arc::clone(stats),
+            ))
+        },
+        |_| Some(Box::new(service.clone())),
+    )
     .with_context(|| {
         format!(
-            "starting the client listener on {}",
-            settings.reactor.listen
+            "starting the client listener on {} and the control listener on {}",
+            settings.reactor.listen, settings.control
         )
     })?;
     // The router knows the reactors before the first client is accepted: a push or an
     // error reply to that client has somewhere to go.
     router.attach(server.reactors().to_vec());
-    server.run().context("starting the reactor threads")?;
-    if let Some(bus) = &nats {
-        bus.start(Arc::clone(&router))
-            .context("starting the bus thread")?;
-    }
-    let state = Arc::new(ControlState {
+    let _ = control_state.set(Arc::new(ControlState {
         reactors: server.reactors().to_vec(),
         admission: Arc::clone(server.admission()),
         router: Arc::clone(&router),
@@ -95,9 +98,15 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         api_key: settings.api_key.clone(),
         max_body_bytes: settings.max_body_bytes,
         api_stats: ApiStats::default(),
-    });
-    let control = control::spawn(settings.control, state, || true)
-        .with_context(|| format!("starting the control listener on {}", settings.control))?;
+    }));
+    server.run().context("starting the reactor threads")?;
+    if let Some(bus) = &nats {
+        bus.start(Arc::clone(&router))
+            .context("starting the bus thread")?;
+    }
+    let control_addr = server
+        .service_addr()
+        .context("the control listener was not bound")?;
 
     let dev = matches!(settings.reactor.session.auth, AuthMode::Dev);
     if dev {
@@ -111,7 +120,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     tracing::info!(
         listen = %server.local_addr(),
-        control = %control.local_addr,
+        control = %control_addr,
         reactors = settings.reactor.reactors,
         max_connections = settings.reactor.max_connections,
         open_files_limit = fd_limit,
@@ -142,7 +151,6 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let result = server.shutdown(settings.shutdown_drain);
-    control.stop();
     if let Some(bus) = &nats {
         bus.stop();
     }

@@ -39,6 +39,8 @@ pub struct ReactorConfig {
     pub compress_min_bytes: usize,
     /// Per-connection protocol settings.
     pub session: SessionConfig,
+    /// A request/response listener (the server API) the reactors also serve, if any.
+    pub service: Option<crate::service::ServiceConfig>,
 }
 
 impl Default for ReactorConfig {
@@ -60,6 +62,7 @@ impl Default for ReactorConfig {
             tick: Duration::from_millis(10),
             compress_min_bytes: 256,
             session: SessionConfig::default(),
+            service: None,
         }
     }
 }

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Shutdown};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,14 +25,20 @@ use slab::Slab;
 use socket2::SockRef;
 
 use crate::admission::{Admission, Verdict};
+use crate::clock::Ticks;
 use crate::config::ReactorConfig;
 use crate::inbox::{Command, ConnRef, Hooks, InboxShared};
 use crate::outbound::Outbound;
+use crate::service::ServiceConns;
 use crate::stats::ReactorStats;
 use crate::wheel::{TimerId, Wheel};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 pub(crate) const WAKER: Token = Token(usize::MAX - 2);
+const SERVICE_LISTENER: Token = Token(usize::MAX - 3);
+/// Tokens and timer keys of service connections start here; WebSocket connections' slab
+/// keys never reach it.
+pub(crate) const SERVICE_BASE: usize = 1 << 40;
 
 /// Bytes read per `recv`; the buffer is the reactor's, shared by all its connections.
 const READ_CHUNK: usize = 64 * 1024;
@@ -66,6 +73,8 @@ struct Conn {
     gauge: Gauge,
     /// Upgraded on `/ws` (broadcasts go to these, not to `/echo`).
     push_endpoint: bool,
+    /// Given frames this turn and listed in `Reactor::dirty`, to be written at its end.
+    dirty: bool,
 }
 
 #[derive(Debug)]
@@ -92,10 +101,16 @@ pub struct Reactor {
     handshake_order: VecDeque<(usize, u32)>,
     /// Reused by broadcasts, so walking the connections allocates nothing per push.
     scratch_keys: Vec<usize>,
+    /// Connections given frames this turn, written once each at the turn's end.
+    dirty: Vec<usize>,
+    /// When this turn's pushes were received, observed once they are written.
+    received: Vec<Instant>,
     conns: Slab<Conn>,
     next_generation: u32,
     wheel: Wheel<usize>,
-    epoch: Instant,
+    ticks: Ticks,
+    /// The server API and health listener, when this reactor serves it.
+    services: Option<ServiceConns>,
     config: Arc<ReactorConfig>,
     admission: Arc<Admission>,
     stats: Arc<ReactorStats>,
@@ -132,9 +147,14 @@ impl Reactor {
         admission: Arc<Admission>,
         stats: Arc<ReactorStats>,
         hooks: Box<dyn Hooks>,
+        mut services: Option<ServiceConns>,
     ) -> io::Result<Reactor> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        if let Some(s) = services.as_mut() {
+            poll.registry()
+                .register(s.listener(), SERVICE_LISTENER, Interest::READABLE)?;
+        }
         let now = Instant::now();
         Ok(Reactor {
             id,
@@ -145,10 +165,13 @@ impl Reactor {
             inbox_shared,
             handshake_order: VecDeque::new(),
             scratch_keys: Vec::new(),
+            dirty: Vec::new(),
+            received: Vec::new(),
             conns: Slab::new(),
             next_generation: 0,
             wheel: Wheel::new(),
-            epoch: now,
+            ticks: Ticks::new(now, config.tick),
+            services,
             codecs: Codecs::new(&config.session),
             config,
             admission,
@@ -173,12 +196,19 @@ impl Reactor {
         let mut events = Events::with_capacity(1024);
         let mut expired = Vec::new();
         loop {
+            // Asleep from here: a sender that queues a command must wake us. The flag is
+            // cleared before the inbox is looked at (in `poll_timeout`), so a command
+            // queued in between is either seen there or wakes the poll.
+            self.inbox_shared.notified.store(false, Ordering::SeqCst);
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e);
                 }
             }
+            // Awake: the inbox is drained before we sleep again, so senders (this thread
+            // included, when a hook pushes) need not write to the waker meanwhile.
+            self.inbox_shared.notified.store(true, Ordering::SeqCst);
             let now = Instant::now();
             expired.clear();
             self.wheel.advance(self.tick_of(now), &mut expired);
@@ -193,6 +223,29 @@ impl Reactor {
                 match event.token() {
                     LISTENER => self.accept_loop(),
                     WAKER => self.drain_inbox(),
+                    SERVICE_LISTENER => {
+                        if let Some(s) = self.services.as_mut() {
+                            s.accept_loop(
+                                self.poll.registry(),
+                                &mut self.wheel,
+                                &self.ticks,
+                                &self.stats,
+                            );
+                        }
+                    }
+                    Token(key) if key >= SERVICE_BASE => {
+                        if let Some(s) = self.services.as_mut() {
+                            if let Some(k) = s.own(key) {
+                                s.on_ready(
+                                    k,
+                                    self.poll.registry(),
+                                    &mut self.wheel,
+                                    &self.ticks,
+                                    &self.stats,
+                                );
+                            }
+                        }
+                    }
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(key);
@@ -207,6 +260,7 @@ impl Reactor {
             if !self.inbox.is_empty() {
                 self.drain_inbox();
             }
+            self.flush_dirty();
             if self.accept_resume_at.is_some_and(|t| now >= t) {
                 self.accept_resume_at = None;
                 self.accept_loop();
@@ -217,28 +271,12 @@ impl Reactor {
         }
     }
 
-    fn tick_nanos(&self) -> u128 {
-        self.config.tick.as_nanos().max(1)
-    }
-
     fn tick_of(&self, t: Instant) -> u64 {
-        let ticks = t.saturating_duration_since(self.epoch).as_nanos() / self.tick_nanos();
-        u64::try_from(ticks).unwrap_or(u64::MAX)
+        self.ticks.tick_of(t)
     }
 
-    /// The first tick at or after `t`.
     fn tick_after(&self, t: Instant) -> u64 {
-        let ticks = t
-            .saturating_duration_since(self.epoch)
-            .as_nanos()
-            .div_ceil(self.tick_nanos());
-        u64::try_from(ticks).unwrap_or(u64::MAX)
-    }
-
-    /// When `tick` begins. Computed in u128 nanoseconds: a `u32` tick count would wrap
-    /// after 497 days at 10 ms ticks, and the reactor would then spin.
-    fn tick_instant(&self, tick: u64) -> Option<Instant> {
-        tick_instant(self.epoch, self.tick_nanos(), tick)
+        self.ticks.tick_after(t)
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
@@ -251,7 +289,7 @@ impl Reactor {
         let mut until: Option<Instant> = self
             .wheel
             .next_due()
-            .and_then(|tick| self.tick_instant(tick));
+            .and_then(|tick| self.ticks.instant_of(tick));
         let mut consider = |t: Instant| until = Some(until.map_or(t, |u| u.min(t)));
         if let Some(t) = self.accept_resume_at {
             consider(t);
@@ -348,6 +386,7 @@ impl Reactor {
             write_shut: false,
             gauge: Gauge::Handshaking,
             push_endpoint: false,
+            dirty: false,
         });
         self.stats.accepted.add(1);
         self.stats.connections.add(1);
@@ -440,6 +479,20 @@ impl Reactor {
     }
 
     fn on_timer(&mut self, key: usize) {
+        if key >= SERVICE_BASE {
+            if let Some(s) = self.services.as_mut() {
+                if let Some(k) = s.own(key) {
+                    s.on_timer(
+                        k,
+                        self.poll.registry(),
+                        &mut self.wheel,
+                        &self.ticks,
+                        &self.stats,
+                    );
+                }
+            }
+            return;
+        }
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -713,11 +766,6 @@ impl Reactor {
     // ---- inbox -----------------------------------------------------------------------
 
     fn drain_inbox(&mut self) {
-        // Cleared before draining: a sender that finds it clear wakes us again, and one
-        // that finds it set knows we have yet to look at the queue.
-        self.inbox_shared
-            .notified
-            .store(false, std::sync::atomic::Ordering::SeqCst);
         if let Some(window) = self.inbox_shared.take_drain() {
             self.start_drain(window, Instant::now());
         }
@@ -746,11 +794,7 @@ impl Reactor {
                         None => self.stats.count_dropped("gone", 1),
                     }
                 }
-                if let Some(r) = received {
-                    self.stats
-                        .push_latency
-                        .observe(Instant::now().saturating_duration_since(r));
-                }
+                self.received.extend(received);
             }
             Command::Broadcast { frame, received } => {
                 let mut keys = std::mem::take(&mut self.scratch_keys);
@@ -766,11 +810,7 @@ impl Reactor {
                     self.deliver(key, &frame, &mut compressed);
                 }
                 self.scratch_keys = keys;
-                if let Some(r) = received {
-                    self.stats
-                        .push_latency
-                        .observe(Instant::now().saturating_duration_since(r));
-                }
+                self.received.extend(received);
             }
             Command::Close {
                 target,
@@ -813,6 +853,15 @@ impl Reactor {
             }
             _ => frame.clone(),
         };
+        // Writes are batched to the end of the turn; a queue filled by this turn's pushes
+        // is written now rather than counted against the consumer.
+        if self
+            .conns
+            .get(key)
+            .is_some_and(|c| !c.out.has_room(bytes.len(), &self.config.outbound))
+        {
+            self.flush(key);
+        }
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -823,7 +872,32 @@ impl Reactor {
         }
         self.stats.frames_out.add(1);
         self.stats.delivered.add(1);
-        self.flush(key);
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Writes every connection that was given frames this turn: one vectored write per
+    /// connection however many pushes reached it, instead of one per push.
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.dirty = false;
+                self.flush(key);
+            }
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+        if !self.received.is_empty() {
+            let now = Instant::now();
+            for r in self.received.drain(..) {
+                self.stats
+                    .push_latency
+                    .observe(now.saturating_duration_since(r));
+            }
+        }
     }
 
     // ---- shutdown --------------------------------------------------------------------
@@ -833,6 +907,8 @@ impl Reactor {
             return;
         }
         let _ = self.poll.registry().deregister(&mut self.listener);
+        // The service listener stays up through the drain: health checks and scrapes
+        // see a draining node (503 on `/readyz`) rather than a refused connection.
         let mut targets = Vec::new();
         let mut handshaking = Vec::new();
         for (key, c) in self.conns.iter() {
@@ -916,13 +992,6 @@ impl DrainPlan {
 /// A push compressed for each server window size in use, made on first need.
 type Compressed = [Option<Bytes>; WINDOW_SIZES];
 
-/// When `tick` (of `tick_nanos` each) begins after `epoch`; `None` past what `Instant`
-/// can hold.
-fn tick_instant(epoch: Instant, tick_nanos: u128, tick: u64) -> Option<Instant> {
-    let nanos = u64::try_from(u128::from(tick) * tick_nanos).ok()?;
-    epoch.checked_add(Duration::from_nanos(nanos))
-}
-
 /// The same message as `frame` (a final, unmasked server frame), compressed.
 fn compress_frame(frame: &Bytes, deflater: &mut protocol::deflate::Deflater) -> Bytes {
     let Ok(Some((header, n))) = protocol::FrameHeader::parse(frame) else {
@@ -937,25 +1006,4 @@ fn compress_frame(frame: &Bytes, deflater: &mut protocol::deflate::Deflater) -> 
 /// `recv` into uninitialised memory, so the shared read buffer is never zeroed.
 fn recv(stream: &TcpStream, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
     SockRef::from(stream).recv(buf)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Regression: the poll timeout converted the tick count with `as u32`, which wraps
-    /// after about 497 days of uptime at 10 ms ticks; the deadline then lay in the past
-    /// and the reactor spun.
-    #[test]
-    fn tick_instants_do_not_wrap_after_497_days() {
-        let epoch = Instant::now();
-        let tick = Duration::from_millis(10).as_nanos();
-        let day = 24 * 3600 * 100u64;
-        for days in [1u64, 497, 498, 10_000] {
-            let at = tick_instant(epoch, tick, days * day).unwrap();
-            assert_eq!(at - epoch, Duration::from_secs(days * 24 * 3600));
-        }
-        // Far past what `Instant` holds: no deadline rather than a wrong one.
-        assert_eq!(tick_instant(epoch, tick, u64::MAX), None);
-    }
 }

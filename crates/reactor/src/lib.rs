@@ -12,12 +12,14 @@
 //! - [`config`]: every limit, with its default.
 
 pub mod admission;
+mod clock;
 pub mod config;
 pub mod event_loop;
 pub mod inbox;
 pub mod listener;
 pub mod outbound;
 pub mod server;
+pub mod service;
 pub mod stats;
 pub mod wheel;
 
@@ -25,4 +27,5 @@ pub use config::ReactorConfig;
 pub use inbox::{Command, ConnRef, Hooks, InboxError, ReactorHandle, INBOX_DROP_REASONS};
 pub use outbound::OutboundLimits;
 pub use server::Server;
+pub use service::{Flow, Service, ServiceConfig, ServiceLimits};
 pub use stats::ReactorStats;

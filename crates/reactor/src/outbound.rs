@@ -70,13 +70,16 @@ impl Outbound {
         self.pong = Some(frame);
     }
 
+    /// Whether a data frame of `len` bytes would be accepted now.
+    pub fn has_room(&self, len: usize, limits: &OutboundLimits) -> bool {
+        self.data.is_empty()
+            || (self.data.len() < limits.max_messages && self.data_bytes + len <= limits.max_bytes)
+    }
+
     /// Queues a data frame, unless that would pass the limits. A frame is always accepted
     /// when no data is queued.
     pub fn push_data(&mut self, frame: Bytes, limits: &OutboundLimits) -> Result<(), Overflow> {
-        if !self.data.is_empty()
-            && (self.data.len() >= limits.max_messages
-                || self.data_bytes + frame.len() > limits.max_bytes)
-        {
+        if !self.has_room(frame.len(), limits) {
             return Err(Overflow);
         }
         self.data_bytes += frame.len();

@@ -10,9 +10,10 @@ use mio::{Poll, Waker};
 
 use crate::admission::Admission;
 use crate::config::ReactorConfig;
-use crate::event_loop::{Reactor, WAKER};
+use crate::event_loop::{Reactor, SERVICE_BASE, WAKER};
 use crate::inbox::{Hooks, InboxShared, ReactorHandle};
 use crate::listener::bind_group;
+use crate::service::{Service, ServiceConns};
 use crate::stats::ReactorStats;
 
 /// The client listener: bound by [`Server::bind`], serving once [`Server::run`] starts
@@ -20,6 +21,7 @@ use crate::stats::ReactorStats;
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
+    service_addr: Option<SocketAddr>,
     handles: Vec<ReactorHandle>,
     /// Reactors bound but not yet running.
     ready: Vec<Reactor>,
@@ -44,10 +46,29 @@ impl Server {
     /// which may count into that reactor's `stats`.
     pub fn bind(
         config: ReactorConfig,
+        hooks: impl FnMut(u16, &Arc<ReactorStats>) -> Box<dyn Hooks>,
+    ) -> io::Result<Server> {
+        Self::bind_with_service(config, hooks, |_| None)
+    }
+
+    /// [`Server::bind`], and each reactor also serves `config.service` with the
+    /// [`Service`] that `services(i)` makes for reactor `i` (`None`: that reactor does
+    /// not serve it).
+    pub fn bind_with_service(
+        config: ReactorConfig,
         mut hooks: impl FnMut(u16, &Arc<ReactorStats>) -> Box<dyn Hooks>,
+        mut services: impl FnMut(u16) -> Option<Box<dyn Service>>,
     ) -> io::Result<Server> {
         let n = config.reactors.max(1);
         let (listeners, local_addr) = bind_group(config.listen, n, config.backlog)?;
+        let (mut service_listeners, service_addr) = match &config.service {
+            Some(s) => {
+                let (l, addr) = bind_group(s.listen, n, config.backlog)?;
+                (l.into_iter().map(Some).collect(), Some(addr))
+            }
+            None => (Vec::new(), None),
+        };
+        service_listeners.resize_with(n, || None);
         let admission = Arc::new(Admission::new(
             config.max_connections,
             config.max_connections_per_ip,
@@ -55,8 +76,16 @@ impl Server {
         let config = Arc::new(config);
         let mut handles = Vec::with_capacity(n);
         let mut ready = Vec::with_capacity(n);
-        for (i, listener) in listeners.into_iter().enumerate() {
+        for ((i, listener), service_listener) in
+            listeners.into_iter().enumerate().zip(service_listeners)
+        {
             let id = i as u16;
+            let service = match (service_listener, &config.service) {
+                (Some(l), Some(sc)) => {
+                    services(id).map(|s| ServiceConns::new(l, s, sc.limits, SERVICE_BASE))
+                }
+                _ => None,
+            };
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
             let (tx, rx) = crossbeam_channel::bounded(config.inbox_depth.max(1));
@@ -72,6 +101,7 @@ impl Server {
                 Arc::clone(&admission),
                 Arc::clone(&stats),
                 hooks(id, &stats),
+                service,
             )?);
             handles.push(ReactorHandle {
                 id,
@@ -83,6 +113,7 @@ impl Server {
         }
         Ok(Server {
             local_addr,
+            service_addr,
             handles,
             ready,
             threads: Vec::with_capacity(n),
@@ -104,6 +135,11 @@ impl Server {
     /// The bound client address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound service (server API) address, if the reactors serve one.
+    pub fn service_addr(&self) -> Option<SocketAddr> {
+        self.service_addr
     }
 
     /// One handle per reactor, by reactor index.

@@ -67,6 +67,9 @@ impl Histogram {
 /// Reasons a message is not delivered to a connection, in a fixed order for the counters.
 pub const DROP_REASONS: [&str; 5] = ["offline", "gone", "slow_consumer", "room_limit", "bus"];
 
+/// Why a service (server API) connection was closed by the server, for the counters.
+pub const SERVICE_EVICT_REASONS: [&str; 2] = ["idle", "no_request"];
+
 /// HTTP statuses an upgrade can be refused with, in a fixed order for the counters.
 pub const REJECT_STATUSES: [u16; 8] = [400, 401, 403, 404, 426, 429, 431, 503];
 
@@ -130,6 +133,13 @@ pub struct ReactorStats {
     pub rate_limited: Cell,
     /// Connections closed with 1008 (token expiry, repeated malformed requests).
     pub policy_closes: Cell,
+    /// Service (server API) connections accepted.
+    pub service_accepted: Cell,
+    /// Service reads that produced answers.
+    pub service_requests: Cell,
+    /// Service connections closed by the server, by reason ([`SERVICE_EVICT_REASONS`]):
+    /// timed out, or evicted to make room at the connection bound.
+    pub service_evicted: [Cell; 2],
 }
 
 impl ReactorStats {
@@ -144,6 +154,13 @@ impl ReactorStats {
     pub fn count_dropped(&self, reason: &str, n: u64) {
         if let Some(i) = DROP_REASONS.iter().position(|&r| r == reason) {
             self.dropped[i].add(n);
+        }
+    }
+
+    /// Counts a service connection the server closed.
+    pub fn count_service_evicted(&self, reason: &str) {
+        if let Some(i) = SERVICE_EVICT_REASONS.iter().position(|&r| r == reason) {
+            self.service_evicted[i].add(1);
         }
     }
 

@@ -1,11 +1,11 @@
-//! The control listener: health, readiness and metrics now; the server API joins it.
-//! It runs on its own thread with its own small mio loop, so a slow scrape or API client
-//! never touches a reactor.
+//! The control listener: the server API, health, readiness and metrics. The reactors
+//! serve it (see `reactor::service`), so a push is routed on the thread that read it and
+//! the API scales with the cores; this module holds what the requests mean.
 
 pub mod api;
 pub mod http;
 mod routes;
-mod server;
+mod service;
 
 pub use routes::{ApiStats, ControlState, API_ENDPOINTS, API_STATUSES};
-pub use server::{spawn, ControlServer};
+pub use service::ControlService;

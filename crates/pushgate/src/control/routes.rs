@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use reactor::admission::Admission;
-use reactor::stats::Cell;
 use reactor::ReactorHandle;
 use router::{BusError, Router};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::api;
 use super::http::{json_error, response, Request};
@@ -17,13 +17,29 @@ pub const API_ENDPOINTS: [&str; 2] = ["push", "broadcast"];
 /// Statuses the API answers with, for the request counters.
 pub const API_STATUSES: [u16; 7] = [200, 400, 401, 404, 405, 413, 503];
 
-/// Counters of the control thread (its only writer).
+/// A counter every reactor adds to (the API is served on all of them).
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters of the server API.
 #[derive(Debug, Default)]
 pub struct ApiStats {
     /// Requests by endpoint (index into [`API_ENDPOINTS`]) and status (into [`API_STATUSES`]).
-    pub requests: [[Cell; 7]; 2],
+    pub requests: [[Counter; 7]; 2],
     /// Users named in pushes with no connection on this node.
-    pub offline: Cell,
+    pub offline: Counter,
 }
 
 impl ApiStats {

@@ -1,0 +1,54 @@
+//! The control routes served on the reactors: HTTP/1.1 requests parsed out of a
+//! connection's input and answered in order (keep-alive and pipelining included).
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::BytesMut;
+use reactor::{Flow, Service};
+
+use super::http::{json_error, next_request};
+use super::routes::ControlState;
+
+/// One reactor's handle on the control routes. The state is set once the reactors are
+/// bound (it holds their handles for `/metrics`), before any of them runs.
+#[derive(Debug, Clone)]
+pub struct ControlService {
+    state: Arc<OnceLock<Arc<ControlState>>>,
+}
+
+impl ControlService {
+    /// A service answering from `state` once it is set.
+    pub fn new(state: Arc<OnceLock<Arc<ControlState>>>) -> Self {
+        ControlService { state }
+    }
+}
+
+impl Service for ControlService {
+    fn serve(&mut self, input: &mut BytesMut, out: &mut Vec<u8>, eof: bool) -> Flow {
+        let Some(state) = self.state.get() else {
+            out.extend_from_slice(&json_error(503, "starting", false));
+            return Flow::Close;
+        };
+        loop {
+            match next_request(input, state.max_body_bytes) {
+                Ok(Some(req)) => {
+                    out.extend_from_slice(&state.handle(&req, true));
+                    if !req.keep_alive {
+                        return Flow::Close;
+                    }
+                }
+                Ok(None) if eof && !input.is_empty() => {
+                    out.extend_from_slice(&json_error(400, "incomplete request", false));
+                    return Flow::Close;
+                }
+                Ok(None) => return Flow::KeepAlive,
+                Err(e) => {
+                    let (status, msg) = e.status();
+                    out.extend_from_slice(&json_error(status, msg, false));
+                    input.clear();
+                    return Flow::Close;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! A request/response listener served by the reactors beside the WebSocket listener: the
+//! server API, health and metrics.
+//!
+//! Serving it here rather than on a thread of its own means a push is read, routed and,
+//! for recipients on the same reactor, written to them in one loop turn with no thread hop;
+//! and with `SO_REUSEPORT` the API scales with the reactors. What a request means is the
+//! [`Service`]'s business (the binary's HTTP routes); this module owns the sockets: reading,
+//! bounded output, keep-alive and idle timeouts, a bound on connections that evicts the
+//! idlest when full, and a lingering close so an error response is read, not reset.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+
+use crate::clock::Ticks;
+use crate::stats::ReactorStats;
+use crate::wheel::{TimerId, Wheel};
+
+/// What the service wants done with the connection after a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep reading requests.
+    KeepAlive,
+    /// Write what was answered, then close (no keep-alive, or an error that ends it).
+    Close,
+}
+
+/// Answers requests. One per reactor; called on the reactor's thread, so it must not
+/// block.
+pub trait Service: Send {
+    /// Answers every complete request at the front of `input` into `out`, removing the
+    /// bytes it used; a partial request stays in `input` for the next call. `eof` says the
+    /// peer will send nothing more.
+    fn serve(&mut self, input: &mut BytesMut, out: &mut Vec<u8>, eof: bool) -> Flow;
+}
+
+/// Limits of the service listener, per reactor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceLimits {
+    /// Connections held; a new one past it evicts the idlest.
+    pub max_connections: usize,
+    /// A connection silent this long after a request is closed.
+    pub idle_timeout: Duration,
+    /// A connection that has not completed its first request within this is closed.
+    pub first_request_timeout: Duration,
+    /// Answers buffered for one connection before its requests stop being read: a client
+    /// that pipelines without reading is slowed down, not buffered without bound.
+    pub max_pending_output: usize,
+}
+
+impl Default for ServiceLimits {
+    fn default() -> Self {
+        ServiceLimits {
+            max_connections: 512,
+            idle_timeout: Duration::from_secs(60),
+            first_request_timeout: Duration::from_secs(5),
+            max_pending_output: 1024 * 1024,
+        }
+    }
+}
+
+/// Where and how the reactors serve a [`Service`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// The listener, shared by the reactors with `SO_REUSEPORT`.
+    pub listen: std::net::SocketAddr,
+    /// Per-reactor limits.
+    pub limits: ServiceLimits,
+}
+
+/// How long a connection closed after an error answer is still read (and discarded), so
+/// that the client reads the answer instead of a reset (nginx's lingering close).
+const LINGER: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading requests.
+    Open,
+    /// Writing the last answer; then shut down writing and linger.
+    Closing,
+    /// Writing is shut down; input is discarded until EOF or the linger deadline.
+    Lingering,
+}
+
+#[derive(Debug)]
+struct Conn {
+    stream: TcpStream,
+    input: BytesMut,
+    output: Vec<u8>,
+    /// Written so far of `output`.
+    written: usize,
+    phase: Phase,
+    /// Whether a complete request was ever answered (the idle timeout then applies,
+    /// rather than the shorter first-request timeout).
+    answered: bool,
+    last_active: Instant,
+    timer: Option<(TimerId, u64)>,
+}
+
+/// The service connections of one reactor.
+pub(crate) struct ServiceConns {
+    listener: TcpListener,
+    conns: Slab<Conn>,
+    service: Box<dyn Service>,
+    limits: ServiceLimits,
+    /// Added to slab keys for tokens and timer keys, to tell them from WebSocket ones.
+    base: usize,
+}
+
+impl std::fmt::Debug for ServiceConns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceConns")
+            .field("connections", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceConns {
+    pub(crate) fn new(
+        listener: TcpListener,
+        service: Box<dyn Service>,
+        limits: ServiceLimits,
+        base: usize,
+    ) -> Self {
+        ServiceConns {
+            listener,
+            conns: Slab::new(),
+            service,
+            limits,
+            base,
+        }
+    }
+
+    pub(crate) fn listener(&mut self) -> &mut TcpListener {
+        &mut self.listener
+    }
+
+    /// Whether a token or timer key is one of ours; the slab key if so.
+    pub(crate) fn own(&self, key: usize) -> Option<usize> {
+        key.checked_sub(self.base)
+    }
+
+    pub(crate) fn accept_loop(
+        &mut self,
+        registry: &Registry,
+        wheel: &mut Wheel<usize>,
+        ticks: &Ticks,
+        stats: &ReactorStats,
+    ) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.on_accept(stream, registry, wheel, ticks, stats),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    stats.accept_errors.add(1);
+                    tracing::warn!(error = %e, "service accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_accept(
+        &mut self,
+        mut stream: TcpStream,
+        registry: &Registry,
+        wheel: &mut Wheel<usize>,
+        ticks: &Ticks,
+        stats: &ReactorStats,
+    ) {
+        if self.conns.len() >= self.limits.max_connections.max(1) {
+            self.evict_idlest(registry, wheel, stats);
+        }
+        let _ = stream.set_nodelay(true);
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if registry
+            .register(
+                &mut stream,
+                Token(self.base + key),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            return;
+        }
+        entry.insert(Conn {
+            stream,
+            input: BytesMut::new(),
+            output: Vec::new(),
+            written: 0,
+            phase: Phase::Open,
+            answered: false,
+            last_active: ticks.now(),
+            timer: None,
+        });
+        stats.service_accepted.add(1);
+        self.rearm(key, wheel, ticks);
+    }
+
+    /// Makes room at the bound: the connection idle longest, preferring one that never
+    /// completed a request (a scan of at most `max_connections`, only when full).
+    fn evict_idlest(
+        &mut self,
+        registry: &Registry,
+        wheel: &mut Wheel<usize>,
+        stats: &ReactorStats,
+    ) {
+        let victim = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.phase == Phase::Open && c.output.len() == c.written)
+            .min_by_key(|(_, c)| (c.answered, c.last_active))
+            .or_else(|| self.conns.iter().min_by_key(|(_, c)| c.last_active))
+            .map(|(k, c)| (k, c.answered));
+        if let Some((key, answered)) = victim {
+            stats.count_service_evicted(if answered { "idle" } else { "no_request" });
+            self.remove(key, registry, wheel);
+        }
+    }
+
+    pub(crate) fn on_ready(
+        &mut self,
+        key: usize,
+        registry: &Registry,
+        wheel: &mut Wheel<usize>,
+        ticks: &Ticks,
+        stats: &ReactorStats,
+    ) {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let Some(c) = self.conns.get_mut(key) else {
+                return;
+            };
+            if !write_out(c) {
+                return self.remove(key, registry, wheel);
+            }
+            if c.phase == Phase::Closing && c.written == c.output.len() {
+                let _ = c.stream.shutdown(Shutdown::Write);
+                c.phase = Phase::Lingering;
+                c.last_active = ticks.now();
+                self.rearm(key, wheel, ticks);
+                continue;
+            }
+            let c = match self.conns.get_mut(key) {
+                Some(c) if c.phase == Phase::Closing => return,
+                Some(c) if c.output.len() - c.written > self.limits.max_pending_output => return,
+                Some(c) => c,
+                None => return,
+            };
+            match c.stream.read(&mut chunk) {
+                Ok(0) => {
+                    if c.phase == Phase::Lingering {
+                        return self.remove(key, registry, wheel);
+                    }
+                    // The client is done sending: answer what is complete, then close.
+                    self.serve(key, true, stats);
+                }
+                Ok(n) => {
+                    if c.phase == Phase::Lingering {
+                        continue;
+                    }
+                    c.last_active = ticks.now();
+                    c.input.extend_from_slice(&chunk[..n]);
+                    self.serve(key, false, stats);
+                    self.rearm(key, wheel, ticks);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Some(c) = self.conns.get_mut(key) {
+                        if !write_out(c) {
+                            self.remove(key, registry, wheel);
+                        }
+                    }
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.remove(key, registry, wheel),
+            }
+        }
+    }
+
+    fn serve(&mut self, key: usize, eof: bool, stats: &ReactorStats) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        if c.written == c.output.len() {
+            c.output.clear();
+            c.written = 0;
+        }
+        let before = c.output.len();
+        let flow = self.service.serve(&mut c.input, &mut c.output, eof);
+        if c.output.len() > before {
+            c.answered = true;
+            stats.service_requests.add(1);
+        }
+        if flow == Flow::Close || eof {
+            c.phase = Phase::Closing;
+            c.input = BytesMut::new();
+        }
+    }
+
+    pub(crate) fn on_timer(
+        &mut self,
+        key: usize,
+        registry: &Registry,
+        wheel: &mut Wheel<usize>,
+        ticks: &Ticks,
+        stats: &ReactorStats,
+    ) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        c.timer = None;
+        let (phase, answered) = (c.phase, c.answered);
+        if ticks.now() >= deadline(c, &self.limits) {
+            if phase == Phase::Open {
+                stats.count_service_evicted(if answered { "idle" } else { "no_request" });
+            }
+            return self.remove(key, registry, wheel);
+        }
+        self.rearm(key, wheel, ticks);
+    }
+
+    fn rearm(&mut self, key: usize, wheel: &mut Wheel<usize>, ticks: &Ticks) {
+        let Some(c) = self.conns.get(key) else {
+            return;
+        };
+        let due = ticks
+            .tick_after(deadline(c, &self.limits))
+            .max(wheel.now() + 1);
+        let timer = match c.timer {
+            Some((_, armed)) if armed <= due => return,
+            Some((id, _)) => wheel
+                .rearm(id, due)
+                .unwrap_or_else(|| wheel.arm(due, self.base + key)),
+            None => wheel.arm(due, self.base + key),
+        };
+        if let Some(c) = self.conns.get_mut(key) {
+            c.timer = Some((timer, due));
+        }
+    }
+
+    fn remove(&mut self, key: usize, registry: &Registry, wheel: &mut Wheel<usize>) {
+        if let Some(mut c) = self.conns.try_remove(key) {
+            if let Some((id, _)) = c.timer {
+                wheel.cancel(id);
+            }
+            let _ = registry.deregister(&mut c.stream);
+        }
+    }
+}
+
+/// When the connection is closed unless it does something.
+fn deadline(c: &Conn, limits: &ServiceLimits) -> Instant {
+    let wait = match c.phase {
+        Phase::Lingering => LINGER,
+        _ if c.answered => limits.idle_timeout,
+        _ => limits.first_request_timeout,
+    };
+    c.last_active + wait
+}
+
+/// Writes what is pending until done or `WouldBlock`; false on a broken connection.
+fn write_out(c: &mut Conn) -> bool {
+    while c.written < c.output.len() {
+        match c.stream.write(&c.output[c.written..]) {
+            Ok(0) => return false,
+            Ok(n) => c.written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    if c.written == c.output.len() && c.output.capacity() > 64 * 1024 {
+        // A large answer (metrics) is not kept for the connection's lifetime.
+        c.output = Vec::new();
+        c.written = 0;
+    }
+    true
+}
