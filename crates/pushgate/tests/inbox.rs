@@ -377,7 +377,7 @@ fn the_router_reports_recipients_a_saturated_reactor_refused() {
         let outcome = router.push(
             &["a"],
             &[] as &[&str],
-            Bytes::from(format!("{{\"n\":{i}}}")),
+            router::Router::text_frame(format!("{{\"n\":{i}}}").as_bytes()),
             std::time::Instant::now(),
         );
         assert_eq!(outcome.connections + outcome.refused, 1);
@@ -385,7 +385,7 @@ fn the_router_reports_recipients_a_saturated_reactor_refused() {
     }
     assert_eq!(refused, 6);
     assert_eq!(
-        router.broadcast(Bytes::from_static(b"{}"), std::time::Instant::now()),
+        router.broadcast(router::Router::text_frame(b"{}"), std::time::Instant::now()),
         Ok(1)
     );
     release.send(()).unwrap();

@@ -80,8 +80,8 @@ impl Hooks for RouterHooks {
         match request {
             ClientRequest::Send { to, data } => {
                 // `from` is the sender's authenticated ID, never anything the client said.
-                let body = Router::msg_body(&info.uid, &data);
-                let outcome = self.router.push(&to, &[] as &[&str], body, Instant::now());
+                let frame = Router::msg_frame(&info.uid, &data);
+                let outcome = self.router.push(&to, &[] as &[&str], frame, Instant::now());
                 self.stats
                     .count_dropped("offline", outcome.offline_users as u64);
                 if outcome.refused > 0 {

@@ -108,9 +108,9 @@ impl Router {
         }
     }
 
-    /// The body of a delivered message: `{"type":"msg","from":...,"data":...}`.
-    pub fn msg_body(from: &str, data: &[u8]) -> Bytes {
-        Bytes::from(session::client_protocol::msg_json(from, data))
+    /// A delivered message, `{"type":"msg","from":...,"data":...}`, as a text frame.
+    pub fn msg_frame(from: &str, data: &[u8]) -> Bytes {
+        session::client_protocol::msg_frame(from, data)
     }
 
     /// `body` as one unmasked text frame.
@@ -120,17 +120,17 @@ impl Router {
         f.finish(OpCode::Text, false)
     }
 
-    /// Delivers `body` (a message's JSON) to every connection of `users` and every member
-    /// of `rooms`, each connection once: the local ones directly, the rest through the
-    /// bus.
+    /// Delivers `frame` (a text frame holding a message's JSON) to every connection of
+    /// `users` and every member of `rooms`, each connection once: the local ones directly,
+    /// the rest through the bus, which carries the frame's payload.
     pub fn push(
         &self,
         users: &[impl AsRef<str>],
         rooms: &[impl AsRef<str>],
-        body: Bytes,
+        frame: Bytes,
         received: Instant,
     ) -> PushOutcome {
-        let frame = Self::text_frame(&body);
+        let body = payload_of(&frame);
         let mut outcome = self.deliver_local(users, rooms, &[] as &[&str], frame, received);
         if self.is_clustered() {
             outcome.offline_users = 0;
@@ -144,10 +144,11 @@ impl Router {
         outcome
     }
 
-    /// Delivers `body` to every `/ws` connection of the cluster. `Ok(refused)` counts the
-    /// reactors here whose inbox was full.
-    pub fn broadcast(&self, body: Bytes, received: Instant) -> Result<usize, BusError> {
-        let refused = self.broadcast_local(Self::text_frame(&body), received);
+    /// Delivers `frame` (a text frame) to every `/ws` connection of the cluster.
+    /// `Ok(refused)` counts the reactors here whose inbox was full.
+    pub fn broadcast(&self, frame: Bytes, received: Instant) -> Result<usize, BusError> {
+        let body = payload_of(&frame);
+        let refused = self.broadcast_local(frame, received);
         self.bus.publish(Outgoing {
             users: Vec::new(),
             rooms: Vec::new(),
@@ -253,6 +254,14 @@ impl Router {
             rest = tail;
         }
         refused
+    }
+}
+
+/// The payload of an unmasked server frame, sharing its memory (what the bus carries).
+fn payload_of(frame: &Bytes) -> Bytes {
+    match protocol::FrameHeader::parse(frame) {
+        Ok(Some((_, n))) => frame.slice(n..),
+        _ => frame.clone(),
     }
 }
 

@@ -126,6 +126,21 @@ pub fn error_json(e: RequestError) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// A delivered message as one unmasked text frame: `{"type":"msg","from":...,"data":...}`
+/// with `data` the caller's JSON bytes as they came, written straight into the frame
+/// buffer (one copy of the payload, no re-serialising).
+pub fn msg_frame(from: &str, data: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut f = protocol::frame::FrameBuilder::with_capacity(data.len() + from.len() + 40);
+    f.extend_from_slice(br#"{"type":"msg","from":"#);
+    // Writing JSON into memory cannot fail.
+    let _ = serde_json::to_writer(&mut f, from);
+    let _ = f.write_all(br#","data":"#);
+    f.extend_from_slice(data);
+    f.extend_from_slice(b"}");
+    f.finish(protocol::OpCode::Text, false)
+}
+
 /// The body of a delivered message, `{"type":"msg","from":...,"data":...}`, with `data`
 /// already serialized.
 pub fn msg_json(from: &str, data: &[u8]) -> Vec<u8> {
@@ -210,6 +225,14 @@ mod tests {
             parse(&send(MAX_RECIPIENTS + 1), usize::MAX).map_err(|e| e.code),
             Err("too_many_recipients")
         );
+    }
+
+    #[test]
+    fn msg_frame_holds_msg_json() {
+        let f = msg_frame("a\"b", br#"{"x":[1,2]}"#);
+        let (h, n) = protocol::FrameHeader::parse(&f).unwrap().unwrap();
+        assert_eq!(h.opcode, protocol::OpCode::Text);
+        assert_eq!(&f[n..], &msg_json("a\"b", br#"{"x":[1,2]}"#)[..]);
     }
 
     #[test]

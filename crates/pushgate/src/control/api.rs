@@ -2,25 +2,27 @@
 //! "Server API"). Bodies are parsed with simd-json; every refusal is a JSON error and the
 //! listener keeps serving.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
-use bytes::Bytes;
 use router::{PushOutcome, Router};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 use session::auth::MAX_ID_LEN;
-use simd_json::prelude::*;
-use simd_json::BorrowedValue;
 
-/// A validated push request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PushRequest {
+/// A validated push request, borrowing from the request body: `data` is the caller's
+/// JSON exactly as sent (validated, never re-serialised) and is copied once, into the
+/// frame the recipients get.
+#[derive(Debug)]
+pub struct PushRequest<'a> {
     /// Recipient users.
-    pub to: Vec<String>,
+    pub to: Vec<Cow<'a, str>>,
     /// Recipient rooms.
-    pub rooms: Vec<String>,
+    pub rooms: Vec<Cow<'a, str>>,
     /// Sender named in the delivered message.
-    pub from: String,
-    /// The `data` value, serialized.
-    pub data: Bytes,
+    pub from: Cow<'a, str>,
+    /// The `data` value, as sent.
+    pub data: &'a RawValue,
 }
 
 /// Sender named when a push does not say.
@@ -29,75 +31,99 @@ pub const DEFAULT_FROM: &str = "server";
 /// Why a body was refused (400).
 pub type BadRequest = &'static str;
 
-fn ids(v: Option<&BorrowedValue<'_>>, what: BadRequest) -> Result<Vec<String>, BadRequest> {
+/// The top level of a body; each field is checked on its own so that every refusal says
+/// which field is wrong.
+#[derive(Deserialize)]
+struct Body<'a> {
+    #[serde(borrow, default)]
+    to: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    rooms: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    from: Option<&'a RawValue>,
+    /// `Some` whenever present, `null` included.
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// A string that borrows from the body unless it had escapes.
+#[derive(Deserialize)]
+struct Id<'a>(#[serde(borrow)] Cow<'a, str>);
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_ID_LEN
+}
+
+fn ids<'a>(v: Option<&'a RawValue>, what: BadRequest) -> Result<Vec<Cow<'a, str>>, BadRequest> {
     let Some(v) = v else {
         return Ok(Vec::new());
     };
-    if v.is_null() {
-        return Ok(Vec::new());
-    }
-    let list = v.as_array().ok_or(what)?;
-    list.iter()
-        .map(|x| match x.as_str() {
-            Some(s) if !s.is_empty() && s.len() <= MAX_ID_LEN => Ok(s.to_owned()),
-            _ => Err(what),
-        })
+    let list: Vec<Id<'a>> = serde_json::from_str(v.get()).map_err(|_| what)?;
+    list.into_iter()
+        .map(|Id(s)| if valid_id(&s) { Ok(s) } else { Err(what) })
         .collect()
 }
 
+fn sender(v: Option<&RawValue>) -> Result<Cow<'_, str>, BadRequest> {
+    const BAD: BadRequest = "\"from\" must be a non-empty string";
+    match v {
+        None => Ok(Cow::Borrowed(DEFAULT_FROM)),
+        Some(v) => match serde_json::from_str::<Id<'_>>(v.get()) {
+            Ok(Id(s)) if valid_id(&s) => Ok(s),
+            _ => Err(BAD),
+        },
+    }
+}
+
+/// One pass over a good body; a second one only to say what is wrong with a bad one.
+fn body(bytes: &[u8]) -> Result<Body<'_>, BadRequest> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "body is not valid JSON")?;
+    // serde would also take the fields from an array, in order; the API takes objects.
+    if !text.trim_start().starts_with('{') {
+        return Err(match serde_json::from_str::<&RawValue>(text) {
+            Ok(_) => "body must be a JSON object",
+            Err(_) => "body is not valid JSON",
+        });
+    }
+    serde_json::from_str(text).map_err(|_| match serde_json::from_str::<&RawValue>(text) {
+        Ok(_) => "body must be a JSON object",
+        Err(_) => "body is not valid JSON",
+    })
+}
+
 /// Parses a `/v1/push` body.
-pub fn parse_push(body: &[u8]) -> Result<PushRequest, BadRequest> {
-    let mut buf = body.to_vec();
-    let value = simd_json::to_borrowed_value(&mut buf).map_err(|_| "body is not valid JSON")?;
-    let obj = value.as_object().ok_or("body must be a JSON object")?;
-    let to = ids(
-        obj.get("to"),
-        "\"to\" must be an array of non-empty user ID strings",
-    )?;
+pub fn parse_push(bytes: &[u8]) -> Result<PushRequest<'_>, BadRequest> {
+    let b = body(bytes)?;
+    let to = ids(b.to, "\"to\" must be an array of non-empty user ID strings")?;
     let rooms = ids(
-        obj.get("rooms"),
+        b.rooms,
         "\"rooms\" must be an array of non-empty room ID strings",
     )?;
     if to.is_empty() && rooms.is_empty() {
         return Err("name at least one recipient in \"to\" or \"rooms\"");
     }
-    let from = match obj.get("from") {
-        None => DEFAULT_FROM.to_owned(),
-        Some(f) => match f.as_str() {
-            Some(s) if !s.is_empty() && s.len() <= MAX_ID_LEN => s.to_owned(),
-            _ => return Err("\"from\" must be a non-empty string"),
-        },
-    };
-    let data = obj.get("data").ok_or("missing \"data\"")?;
     Ok(PushRequest {
         to,
         rooms,
-        from,
-        data: Bytes::from(data.encode()),
+        from: sender(b.from)?,
+        data: b.data.ok_or("missing \"data\"")?,
     })
 }
 
 /// Parses a `/v1/broadcast` body: `{"data": ..., "from": optional}`.
-pub fn parse_broadcast(body: &[u8]) -> Result<(String, Bytes), BadRequest> {
-    let mut buf = body.to_vec();
-    let value = simd_json::to_borrowed_value(&mut buf).map_err(|_| "body is not valid JSON")?;
-    let obj = value.as_object().ok_or("body must be a JSON object")?;
-    let from = match obj.get("from") {
-        None => DEFAULT_FROM.to_owned(),
-        Some(f) => f
-            .as_str()
-            .filter(|s| !s.is_empty() && s.len() <= MAX_ID_LEN)
-            .ok_or("\"from\" must be a non-empty string")?
-            .to_owned(),
-    };
-    let data = obj.get("data").ok_or("missing \"data\"")?;
-    Ok((from, Bytes::from(data.encode())))
+pub fn parse_broadcast(bytes: &[u8]) -> Result<(Cow<'_, str>, &RawValue), BadRequest> {
+    let b = body(bytes)?;
+    Ok((sender(b.from)?, b.data.ok_or("missing \"data\"")?))
 }
 
 /// Carries out a push.
-pub fn push(router: &Router, req: &PushRequest, received: Instant) -> PushOutcome {
-    let body = Router::msg_body(&req.from, &req.data);
-    router.push(&req.to, &req.rooms, body, received)
+pub fn push(router: &Router, req: &PushRequest<'_>, received: Instant) -> PushOutcome {
+    let frame = Router::msg_frame(&req.from, req.data.get().as_bytes());
+    router.push(&req.to, &req.rooms, frame, received)
 }
 
 #[cfg(test)]
@@ -109,13 +135,16 @@ mod tests {
         let p =
             parse_push(br#"{"to":["u1","u2"],"rooms":["r1"],"from":"svc","data":{"a":[1,"x"]}}"#)
                 .unwrap();
-        assert_eq!((p.to.len(), p.rooms.len(), p.from.as_str()), (2, 1, "svc"));
+        assert_eq!((p.to.len(), p.rooms.len(), &*p.from), (2, 1, "svc"));
         assert_eq!(
-            serde_json::from_slice::<serde_json::Value>(&p.data).unwrap(),
-            serde_json::json!({"a": [1, "x"]})
+            p.data.get(),
+            r#"{"a":[1,"x"]}"#,
+            "data is forwarded as sent"
         );
         let p = parse_push(br#"{"rooms":["r"],"data":null}"#).unwrap();
-        assert_eq!((p.from.as_str(), &p.data[..]), (DEFAULT_FROM, &b"null"[..]));
+        assert_eq!((&*p.from, p.data.get()), (DEFAULT_FROM, "null"));
+        let p = parse_push(br#"{"to":["a\"b"],"rooms":null,"data":1}"#).unwrap();
+        assert_eq!(p.to, ["a\"b"], "escapes are decoded");
         for bad in [
             &b"{"[..],
             b"[]",
@@ -126,6 +155,10 @@ mod tests {
             br#"{"to":[""],"data":1}"#,
             br#"{"to":["u"]}"#,
             br#"{"to":["u"],"from":5,"data":1}"#,
+            br#"{"to":["u"],"data":1"#,
+            br#"{"to":["u"],"data":1} x"#,
+            b"\xff",
+            br#"[["u"],null,null,1]"#,
         ] {
             assert!(parse_push(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
@@ -134,8 +167,8 @@ mod tests {
     #[test]
     fn broadcast_bodies() {
         assert_eq!(
-            parse_broadcast(br#"{"data":"hi"}"#).unwrap().1,
-            Bytes::from_static(b"\"hi\"")
+            parse_broadcast(br#"{"data":"hi"}"#).unwrap().1.get(),
+            "\"hi\""
         );
         assert!(parse_broadcast(br#"{"nodata":1}"#).is_err());
         assert!(parse_broadcast(b"nope").is_err());

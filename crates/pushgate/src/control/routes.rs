@@ -145,7 +145,7 @@ impl ControlState {
                 Ok((from, data)) => {
                     match self
                         .router
-                        .broadcast(Router::msg_body(&from, &data), received)
+                        .broadcast(Router::msg_frame(&from, data.get().as_bytes()), received)
                     {
                         Ok(refused) => saturation_status(refused).unwrap_or((200, Ok(()))),
                         Err(e) => bus_status(Err(e)),
