@@ -6,6 +6,7 @@ use std::fmt::Write;
 
 use reactor::stats::{
     Histogram, DROP_REASONS, LATENCY_BUCKETS_US, PROTOCOL_CLOSE_CODES, REJECT_STATUSES,
+    SERVICE_EVICT_REASONS,
 };
 use reactor::{ReactorHandle, ReactorStats, INBOX_DROP_REASONS};
 use router::bus::stats::REFUSE_REASONS;
@@ -47,6 +48,10 @@ pub mod names {
     pub const HANDSHAKES_EVICTED: &str = "pushgate_handshakes_evicted_total";
     /// Counter: commands a reactor's inbox refused, by reason.
     pub const INBOX_DROPPED: &str = "pushgate_inbox_dropped_total";
+    /// Counter: control (server API) connections accepted.
+    pub const CONTROL_ACCEPTED: &str = "pushgate_control_connections_accepted_total";
+    /// Counter: control connections the server closed, by reason.
+    pub const CONTROL_EVICTED: &str = "pushgate_control_evicted_total";
     /// Gauge: commands waiting in a reactor's inbox, per reactor.
     pub const INBOX_DEPTH: &str = "pushgate_inbox_depth";
     /// Gauge: bytes held by commands waiting in a reactor's inbox, per reactor.
@@ -332,6 +337,24 @@ pub fn render(state: &ControlState) -> String {
             .map(|(i, code)| (code, sum(reactors, |s| s.protocol_errors[i].get()))),
     );
     render_inbox(&mut out, reactors);
+    single(
+        &mut out,
+        CONTROL_ACCEPTED,
+        "counter",
+        "Control listener (server API, health, metrics) connections accepted.",
+        sum(reactors, |s| s.service_accepted.get()),
+    );
+    family(
+        &mut out,
+        CONTROL_EVICTED,
+        "counter",
+        "Control connections closed by the server: idle past the timeout, or never sent a request (closed by the first-request timeout, or evicted when the listener was full).",
+        "reason",
+        SERVICE_EVICT_REASONS
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r, sum(reactors, |s| s.service_evicted[i].get()))),
+    );
     render_bus(&mut out, state);
     out
 }
