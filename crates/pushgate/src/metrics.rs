@@ -48,6 +48,8 @@ pub mod names {
     pub const HANDSHAKES_EVICTED: &str = "pushgate_handshakes_evicted_total";
     /// Counter: commands a reactor's inbox refused, by reason.
     pub const INBOX_DROPPED: &str = "pushgate_inbox_dropped_total";
+    /// Gauge: open control connections.
+    pub const CONTROL_CONNECTIONS: &str = "pushgate_control_connections";
     /// Counter: control (server API) connections accepted.
     pub const CONTROL_ACCEPTED: &str = "pushgate_control_connections_accepted_total";
     /// Counter: control connections the server closed, by reason.
@@ -339,6 +341,13 @@ pub fn render(state: &ControlState) -> String {
     render_inbox(&mut out, reactors);
     single(
         &mut out,
+        CONTROL_CONNECTIONS,
+        "gauge",
+        "Open control listener connections.",
+        sum(reactors, |s| s.service_connections.get()),
+    );
+    single(
+        &mut out,
         CONTROL_ACCEPTED,
         "counter",
         "Control listener (server API, health, metrics) connections accepted.",
@@ -348,7 +357,7 @@ pub fn render(state: &ControlState) -> String {
         &mut out,
         CONTROL_EVICTED,
         "counter",
-        "Control connections closed by the server: idle past the timeout, or never sent a request (closed by the first-request timeout, or evicted when the listener was full).",
+        "Control connections closed by the server before the client was done: full (evicted for a new one), fd_limit (evicted to retry accept), first_request_timeout, idle_timeout.",
         "reason",
         SERVICE_EVICT_REASONS
             .iter()

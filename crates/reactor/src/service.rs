@@ -73,6 +73,10 @@ pub struct ServiceConfig {
     pub limits: ServiceLimits,
 }
 
+/// "Too many open files" for the process and for the system (Linux errno values).
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+
 /// How long a connection closed after an error answer is still read (and discarded), so
 /// that the client reads the answer instead of a reset (nginx's lingering close).
 const LINGER: Duration = Duration::from_secs(2);
@@ -159,7 +163,13 @@ impl ServiceConns {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     stats.accept_errors.add(1);
-                    tracing::warn!(error = %e, "service accept failed");
+                    // Out of descriptors: an idle API connection gives its own up, so the
+                    // operator's scrape or a backend's push still gets in.
+                    let out_of_fds = matches!(e.raw_os_error(), Some(EMFILE | ENFILE));
+                    if out_of_fds && self.evict_idlest(registry, wheel, stats, "fd_limit") {
+                        continue;
+                    }
+                    tracing::warn!(error = %e, "control accept failed");
                     return;
                 }
             }
@@ -175,7 +185,7 @@ impl ServiceConns {
         stats: &ReactorStats,
     ) {
         if self.conns.len() >= self.limits.max_connections.max(1) {
-            self.evict_idlest(registry, wheel, stats);
+            self.evict_idlest(registry, wheel, stats, "full");
         }
         let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
@@ -201,27 +211,34 @@ impl ServiceConns {
             timer: None,
         });
         stats.service_accepted.add(1);
+        stats.service_connections.add(1);
         self.rearm(key, wheel, ticks);
     }
 
-    /// Makes room at the bound: the connection idle longest, preferring one that never
-    /// completed a request (a scan of at most `max_connections`, only when full).
+    /// Makes room: closes the connection idle longest, preferring one that never
+    /// completed a request and one with no answer still being written. A scan of at most
+    /// `max_connections`, and only when full. False if there was none.
     fn evict_idlest(
         &mut self,
         registry: &Registry,
         wheel: &mut Wheel<usize>,
         stats: &ReactorStats,
-    ) {
+        reason: &str,
+    ) -> bool {
         let victim = self
             .conns
             .iter()
             .filter(|(_, c)| c.phase == Phase::Open && c.output.len() == c.written)
             .min_by_key(|(_, c)| (c.answered, c.last_active))
             .or_else(|| self.conns.iter().min_by_key(|(_, c)| c.last_active))
-            .map(|(k, c)| (k, c.answered));
-        if let Some((key, answered)) = victim {
-            stats.count_service_evicted(if answered { "idle" } else { "no_request" });
-            self.remove(key, registry, wheel);
+            .map(|(k, _)| k);
+        match victim {
+            Some(key) => {
+                stats.count_service_evicted(reason);
+                self.remove(key, registry, wheel, stats);
+                true
+            }
+            None => false,
         }
     }
 
@@ -239,7 +256,7 @@ impl ServiceConns {
                 return;
             };
             if !write_out(c) {
-                return self.remove(key, registry, wheel);
+                return self.remove(key, registry, wheel, stats);
             }
             if c.phase == Phase::Closing && c.written == c.output.len() {
                 let _ = c.stream.shutdown(Shutdown::Write);
@@ -257,7 +274,7 @@ impl ServiceConns {
             match c.stream.read(&mut chunk) {
                 Ok(0) => {
                     if c.phase == Phase::Lingering {
-                        return self.remove(key, registry, wheel);
+                        return self.remove(key, registry, wheel, stats);
                     }
                     // The client is done sending: answer what is complete, then close.
                     self.serve(key, true, stats);
@@ -274,13 +291,13 @@ impl ServiceConns {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if let Some(c) = self.conns.get_mut(key) {
                         if !write_out(c) {
-                            self.remove(key, registry, wheel);
+                            self.remove(key, registry, wheel, stats);
                         }
                     }
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return self.remove(key, registry, wheel),
+                Err(_) => return self.remove(key, registry, wheel, stats),
             }
         }
     }
@@ -320,9 +337,13 @@ impl ServiceConns {
         let (phase, answered) = (c.phase, c.answered);
         if ticks.now() >= deadline(c, &self.limits) {
             if phase == Phase::Open {
-                stats.count_service_evicted(if answered { "idle" } else { "no_request" });
+                stats.count_service_evicted(if answered {
+                    "idle_timeout"
+                } else {
+                    "first_request_timeout"
+                });
             }
-            return self.remove(key, registry, wheel);
+            return self.remove(key, registry, wheel, stats);
         }
         self.rearm(key, wheel, ticks);
     }
@@ -346,8 +367,15 @@ impl ServiceConns {
         }
     }
 
-    fn remove(&mut self, key: usize, registry: &Registry, wheel: &mut Wheel<usize>) {
+    fn remove(
+        &mut self,
+        key: usize,
+        registry: &Registry,
+        wheel: &mut Wheel<usize>,
+        stats: &ReactorStats,
+    ) {
         if let Some(mut c) = self.conns.try_remove(key) {
+            stats.service_connections.sub(1);
             if let Some((id, _)) = c.timer {
                 wheel.cancel(id);
             }

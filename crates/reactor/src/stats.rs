@@ -67,8 +67,12 @@ impl Histogram {
 /// Reasons a message is not delivered to a connection, in a fixed order for the counters.
 pub const DROP_REASONS: [&str; 5] = ["offline", "gone", "slow_consumer", "room_limit", "bus"];
 
-/// Why a service (server API) connection was closed by the server, for the counters.
-pub const SERVICE_EVICT_REASONS: [&str; 2] = ["idle", "no_request"];
+/// Why a service (server API) connection was closed by the server before the client was
+/// done with it, for the counters: the table was full and a new connection needed the
+/// slot; `accept` ran out of descriptors and a slot was freed to retry it; no complete
+/// first request in time; silent past the idle timeout between requests.
+pub const SERVICE_EVICT_REASONS: [&str; 4] =
+    ["full", "fd_limit", "first_request_timeout", "idle_timeout"];
 
 /// HTTP statuses an upgrade can be refused with, in a fixed order for the counters.
 pub const REJECT_STATUSES: [u16; 8] = [400, 401, 403, 404, 426, 429, 431, 503];
@@ -137,9 +141,10 @@ pub struct ReactorStats {
     pub service_accepted: Cell,
     /// Service reads that produced answers.
     pub service_requests: Cell,
-    /// Service connections closed by the server, by reason ([`SERVICE_EVICT_REASONS`]):
-    /// timed out, or evicted to make room at the connection bound.
-    pub service_evicted: [Cell; 2],
+    /// Gauge: open service connections.
+    pub service_connections: Cell,
+    /// Service connections closed by the server, by reason ([`SERVICE_EVICT_REASONS`]).
+    pub service_evicted: [Cell; 4],
 }
 
 impl ReactorStats {
