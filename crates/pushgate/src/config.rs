@@ -37,6 +37,9 @@ pub mod default {
     pub const BUS_PREFIX: &str = "pushgate";
     pub const BUS_QUEUE_DEPTH: usize = 65536;
     pub const BUS_UNSUBSCRIBE_DELAY: f64 = 5.0;
+    pub const CONTROL_MAX_CLIENTS: usize = 1024;
+    pub const CONTROL_IDLE_TIMEOUT: f64 = 60.0;
+    pub const CONTROL_FIRST_REQUEST_TIMEOUT: f64 = 5.0;
 }
 
 /// pushgate: a WebSocket push gateway for instant messaging.
@@ -137,6 +140,15 @@ pub struct Cli {
     /// Largest server API request body in bytes, 413 past it [default: 1048576].
     #[arg(long, env = "PUSHGATE_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Control connections held; one more evicts the idlest [default: 1024].
+    #[arg(long, env = "PUSHGATE_CONTROL_MAX_CLIENTS")]
+    pub control_max_clients: Option<usize>,
+    /// Seconds a control connection may sit silent between requests [default: 60].
+    #[arg(long, env = "PUSHGATE_CONTROL_IDLE_TIMEOUT")]
+    pub control_idle_timeout: Option<f64>,
+    /// Seconds a new control connection has to send its first request [default: 5].
+    #[arg(long, env = "PUSHGATE_CONTROL_FIRST_REQUEST_TIMEOUT")]
+    pub control_first_request_timeout: Option<f64>,
     /// Pushes smaller than this go uncompressed to deflate clients [default: 256].
     #[arg(long, env = "PUSHGATE_COMPRESS_MIN_BYTES")]
     pub compress_min_bytes: Option<usize>,
@@ -206,6 +218,9 @@ pub struct FileConfig {
     max_bad_requests: Option<u32>,
     api_key: Option<String>,
     max_body_bytes: Option<usize>,
+    control_max_clients: Option<usize>,
+    control_idle_timeout: Option<f64>,
+    control_first_request_timeout: Option<f64>,
     compress_min_bytes: Option<usize>,
     reconnect_base_ms: Option<u64>,
     reconnect_factor: Option<f64>,
@@ -249,6 +264,8 @@ pub struct Settings {
     pub api_key: Option<String>,
     /// Server API body limit.
     pub max_body_bytes: usize,
+    /// Control listener connections and timeouts.
+    pub control_limits: crate::control::Limits,
     /// The cluster bus, if any (`None`: a single node routing in-process).
     pub bus: Option<BusSettings>,
     /// JSON logs.
@@ -383,6 +400,23 @@ impl Settings {
                 .or(file.api_key.clone())
                 .filter(|k| !k.is_empty()),
             max_body_bytes: pick!(max_body_bytes, 1024 * 1024).max(64),
+            control_limits: crate::control::Limits {
+                max_clients: match pick!(control_max_clients, default::CONTROL_MAX_CLIENTS) {
+                    0 => bail!("control_max_clients must be at least 1"),
+                    n => n,
+                },
+                idle_timeout: secs(
+                    "control_idle_timeout",
+                    pick!(control_idle_timeout, default::CONTROL_IDLE_TIMEOUT),
+                )?,
+                first_request_timeout: secs(
+                    "control_first_request_timeout",
+                    pick!(
+                        control_first_request_timeout,
+                        default::CONTROL_FIRST_REQUEST_TIMEOUT
+                    ),
+                )?,
+            },
             bus: match cli
                 .nats
                 .clone()
@@ -497,6 +531,42 @@ mod tests {
         assert!(!s.capacity_from_fd_limit);
         assert!(!s.reactor.session.echo);
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn control_limits_from_defaults_file_and_flags() {
+        let d = Settings::resolve(&cli(&[]), 100).unwrap().control_limits;
+        assert_eq!(d, crate::control::Limits::default());
+        assert_eq!(
+            (d.max_clients, d.idle_timeout, d.first_request_timeout),
+            (1024, Duration::from_secs(60), Duration::from_secs(5))
+        );
+        let dir = std::env::temp_dir().join(format!("pushgate-control-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.toml");
+        std::fs::write(
+            &path,
+            "control_max_clients = 10\ncontrol_idle_timeout = 7\ncontrol_first_request_timeout = 0.5\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let f = Settings::resolve(&cli(&["--config", p]), 100).unwrap().control_limits;
+        assert_eq!(
+            (f.max_clients, f.idle_timeout, f.first_request_timeout),
+            (10, Duration::from_secs(7), Duration::from_millis(500))
+        );
+        let over = Settings::resolve(&cli(&["--config", p, "--control-max-clients", "3"]), 100)
+            .unwrap()
+            .control_limits;
+        assert_eq!(over.max_clients, 3);
+        std::fs::remove_dir_all(&dir).ok();
+        for bad in [
+            "--control-max-clients=0",
+            "--control-idle-timeout=0",
+            "--control-first-request-timeout=-1",
+        ] {
+            assert!(Settings::resolve(&cli(&[bad]), 100).is_err(), "{bad}");
+        }
     }
 
     #[test]

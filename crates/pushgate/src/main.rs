@@ -92,6 +92,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         api_key: settings.api_key.clone(),
         max_body_bytes: settings.max_body_bytes,
         api_stats: ApiStats::default(),
+        limits: settings.control_limits,
+        listener_stats: control::ListenerStats::default(),
     });
     let control = control::spawn(settings.control, state, || true)
         .with_context(|| format!("starting the control listener on {}", settings.control))?;

@@ -10,6 +10,7 @@ use router::{BusError, Router};
 
 use super::api;
 use super::http::{json_error, response, Request};
+use super::{Limits, ListenerStats};
 use crate::metrics;
 
 /// Server API endpoints, for the request counters.
@@ -51,6 +52,10 @@ pub struct ControlState {
     pub max_body_bytes: usize,
     /// API counters.
     pub api_stats: ApiStats,
+    /// How many connections the listener holds, and for how long.
+    pub limits: Limits,
+    /// The listener's own counters.
+    pub listener_stats: ListenerStats,
 }
 
 /// Compares without an early exit, so response time says nothing about the key.
@@ -87,7 +92,8 @@ impl ControlState {
                 }
             }
             ("GET", "/metrics") => {
-                let body = metrics::render(self);
+                let mut body = metrics::render(self);
+                self.listener_stats.render(&mut body);
                 response(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",

@@ -1,33 +1,36 @@
-//! The control listener's event loop.
+//! The control listener's event loop: accept (evicting when full), drive connections,
+//! close those whose time ran out.
+//!
+//! The listener must stay reachable whatever its clients do: a full table never refuses
+//! a new connection, it evicts the connection that matters least (see
+//! [`Class`](super::table::Class)), so no number of idle sockets can lock Prometheus, the
+//! orchestrator's probes or a backend's pushes out.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::http::{json_error, next_request};
+use super::conn::{Conn, Next};
 use super::routes::ControlState;
+use super::stats::Eviction;
+use super::table::Table;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
-/// Control clients are few (Prometheus, backends); more than this are refused.
-const MAX_CLIENTS: usize = 1024;
-/// A control connection silent this long is closed.
-const IDLE: Duration = Duration::from_secs(60);
 
-struct Client {
-    stream: TcpStream,
-    inbuf: BytesMut,
-    out: Vec<u8>,
-    close_after_write: bool,
-    last_active: Instant,
-}
+/// Longest poll when no deadline is nearer; the stop flag also wakes the loop.
+const MAX_POLL: Duration = Duration::from_secs(1);
+
+/// `accept` errors that mean the process is out of file descriptors (Linux and the BSDs
+/// agree on these numbers); std has no stable `ErrorKind` for them.
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
 
 /// A running control listener.
 #[derive(Debug)]
@@ -65,7 +68,15 @@ pub fn spawn(
     let stop2 = Arc::clone(&stop);
     let thread = std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || run(poll, listener, state, running, stop2))?;
+        .spawn(move || {
+            let mut server = Server {
+                poll,
+                listener,
+                clients: Table::new(),
+                state,
+            };
+            server.run(&running, &stop2);
+        })?;
     Ok(ControlServer {
         local_addr,
         stop,
@@ -74,142 +85,126 @@ pub fn spawn(
     })
 }
 
-fn run(
-    mut poll: Poll,
+struct Server {
+    poll: Poll,
     listener: TcpListener,
+    clients: Table<Conn>,
     state: Arc<ControlState>,
-    running: impl Fn() -> bool,
-    stop: Arc<AtomicBool>,
-) {
-    let mut events = Events::with_capacity(256);
-    let mut clients: slab::Slab<Client> = slab::Slab::new();
-    while !stop.load(Ordering::Relaxed) {
-        if let Err(e) = poll.poll(&mut events, Some(Duration::from_secs(1))) {
-            if e.kind() != io::ErrorKind::Interrupted {
-                tracing::error!(error = %e, "control poll failed");
-                return;
-            }
-        }
-        for event in events.iter() {
-            match event.token() {
-                WAKER => {}
-                LISTENER => loop {
-                    match listener.accept() {
-                        Ok((mut stream, _)) => {
-                            if clients.len() >= MAX_CLIENTS {
-                                continue;
-                            }
-                            let entry = clients.vacant_entry();
-                            let token = Token(entry.key());
-                            if poll
-                                .registry()
-                                .register(
-                                    &mut stream,
-                                    token,
-                                    Interest::READABLE | Interest::WRITABLE,
-                                )
-                                .is_ok()
-                            {
-                                entry.insert(Client {
-                                    stream,
-                                    inbuf: BytesMut::new(),
-                                    out: Vec::new(),
-                                    close_after_write: false,
-                                    last_active: Instant::now(),
-                                });
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => break,
-                    }
-                },
-                Token(key) => {
-                    let Some(client) = clients.get_mut(key) else {
-                        continue;
-                    };
-                    let keep = serve(client, &state, &running);
-                    if !keep {
-                        clients.remove(key);
-                    }
+}
+
+impl Server {
+    fn run(&mut self, running: &impl Fn() -> bool, stop: &AtomicBool) {
+        let mut events = Events::with_capacity(256);
+        while !stop.load(Ordering::Relaxed) {
+            let timeout = self.clients.next_deadline().map_or(MAX_POLL, |d| {
+                // Rounded up a millisecond so the loop never wakes just before a deadline.
+                (d.saturating_duration_since(Instant::now()) + Duration::from_millis(1))
+                    .min(MAX_POLL)
+            });
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "control poll failed");
+                    return;
                 }
             }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    LISTENER => self.accept_all(),
+                    // An event for a key evicted and reused earlier in this batch reaches
+                    // the new connection, which finds nothing to read: harmless.
+                    Token(key) => self.drive(key, running),
+                }
+            }
+            self.expire(Instant::now());
+        }
+    }
+
+    /// Accepts until the backlog is empty.
+    fn accept_all(&mut self) {
+        // One eviction per failed accept at most, and never more than there are clients.
+        let mut fd_retries = self.clients.len();
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.admit(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.raw_os_error(), Some(EMFILE | ENFILE)) && fd_retries > 0 => {
+                    fd_retries -= 1;
+                    if !self.evict_one(Eviction::FdLimit) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "control accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: TcpStream) {
+        if self.clients.len() >= self.state.limits.max_clients {
+            self.evict_one(Eviction::Full);
         }
         let now = Instant::now();
-        clients.retain(|_, c| now.duration_since(c.last_active) < IDLE);
+        let registry = self.poll.registry();
+        let limits = self.state.limits;
+        let added = self.clients.insert_with(|key| {
+            registry.register(
+                &mut stream,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            let conn = Conn::new(stream, now);
+            let schedule = conn.schedule(&limits);
+            Ok::<_, io::Error>((conn, schedule))
+        });
+        match added {
+            Ok(_) => self.state.listener_stats.connections.add(1),
+            Err(e) => tracing::warn!(error = %e, "control connection not registered"),
+        }
     }
-}
 
-/// Responses buffered for one client before its requests stop being read: a client that
-/// pipelines without reading its responses is slowed down, not buffered without bound.
-const MAX_PENDING_OUTPUT: usize = 1024 * 1024;
-
-/// Writes what it can, then reads and answers while the output backlog is small; called
-/// on every readiness event, so input left unread under backpressure is picked up when
-/// the client drains its responses. False when the connection is done.
-fn serve(c: &mut Client, state: &ControlState, running: &impl Fn() -> bool) -> bool {
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        if !flush(c) {
+    /// Closes the connection that matters least; false when there is none.
+    fn evict_one(&mut self, why: Eviction) -> bool {
+        let Some((key, _)) = self.clients.first_to_evict() else {
             return false;
-        }
-        if c.close_after_write {
-            return !c.out.is_empty();
-        }
-        if c.out.len() > MAX_PENDING_OUTPUT {
-            return true;
-        }
-        match c.stream.read(&mut chunk) {
-            Ok(0) => {
-                // The client is done sending; answer what is complete, then close.
-                answer(c, state, running);
-                c.close_after_write = true;
+        };
+        self.close(key);
+        self.state.listener_stats.evicted(why);
+        true
+    }
+
+    fn drive(&mut self, key: usize, running: &impl Fn() -> bool) {
+        let now = Instant::now();
+        let Some(conn) = self.clients.get_mut(key) else {
+            return;
+        };
+        match conn.on_ready(&self.state, running, now) {
+            Next::Keep => {
+                let schedule = conn.schedule(&self.state.limits);
+                self.clients.reschedule(key, schedule);
             }
-            Ok(n) => {
-                c.last_active = Instant::now();
-                c.inbuf.extend_from_slice(&chunk[..n]);
-                answer(c, state, running);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return flush(c),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return false,
+            Next::Close => self.close(key),
         }
     }
-}
 
-/// Writes buffered responses until done or `WouldBlock`; false on a broken connection.
-fn flush(c: &mut Client) -> bool {
-    while !c.out.is_empty() {
-        match c.stream.write(&c.out) {
-            Ok(0) => return false,
-            Ok(n) => {
-                c.out.drain(..n);
+    /// Closes every connection whose deadline has passed, earliest first.
+    fn expire(&mut self, now: Instant) {
+        while let Some(key) = self.clients.expired(now) {
+            let why = self.clients.get_mut(key).and_then(|c| c.timeout_reason());
+            self.close(key);
+            if let Some(why) = why {
+                self.state.listener_stats.evicted(why);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return false,
         }
     }
-    true
-}
 
-fn answer(c: &mut Client, state: &ControlState, running: &impl Fn() -> bool) {
-    while !c.close_after_write {
-        match next_request(&mut c.inbuf, state.max_body_bytes) {
-            Ok(Some(req)) => {
-                let resp = state.handle(&req, running());
-                c.out.extend_from_slice(&resp);
-                if !req.keep_alive {
-                    c.close_after_write = true;
-                }
-            }
-            Ok(None) => return,
-            Err(e) => {
-                let (status, msg) = e.status();
-                c.out.extend_from_slice(&json_error(status, msg, false));
-                c.close_after_write = true;
-                c.inbuf.clear();
-            }
+    fn close(&mut self, key: usize) {
+        if let Some(mut conn) = self.clients.remove(key) {
+            let _ = self.poll.registry().deregister(conn.stream_mut());
+            self.state.listener_stats.connections.sub(1);
         }
     }
 }
