@@ -110,7 +110,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
-                    LISTENER => self.accept_all(),
+                    LISTENER => self.accept_all(running),
                     // An event for a key evicted and reused earlier in this batch reaches
                     // the new connection, which finds nothing to read: harmless.
                     Token(key) => self.drive(key, running),
@@ -121,12 +121,12 @@ impl Server {
     }
 
     /// Accepts until the backlog is empty.
-    fn accept_all(&mut self) {
+    fn accept_all(&mut self, running: &impl Fn() -> bool) {
         // One eviction per failed accept at most, and never more than there are clients.
         let mut fd_retries = self.clients.len();
         loop {
             match self.listener.accept() {
-                Ok((stream, _)) => self.admit(stream),
+                Ok((stream, _)) => self.admit(stream, running),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.raw_os_error(), Some(EMFILE | ENFILE)) && fd_retries > 0 => {
@@ -143,7 +143,7 @@ impl Server {
         }
     }
 
-    fn admit(&mut self, mut stream: TcpStream) {
+    fn admit(&mut self, mut stream: TcpStream, running: &impl Fn() -> bool) {
         if self.clients.len() >= self.state.limits.max_clients {
             self.evict_one(Eviction::Full);
         }
@@ -161,7 +161,13 @@ impl Server {
             Ok::<_, io::Error>((conn, schedule))
         });
         match added {
-            Ok(_) => self.state.listener_stats.connections.add(1),
+            Ok(key) => {
+                self.state.listener_stats.connections.add(1);
+                // Read what the client already sent before accepting the next one: a
+                // request waiting in the socket makes it busy, not silent, and the next
+                // accept in this batch may have to choose whom to evict.
+                self.drive(key, running);
+            }
             Err(e) => tracing::warn!(error = %e, "control connection not registered"),
         }
     }
