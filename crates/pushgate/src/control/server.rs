@@ -58,7 +58,7 @@ pub fn spawn(
     state: Arc<ControlState>,
     running: impl Fn() -> bool + Send + 'static,
 ) -> io::Result<ControlServer> {
-    let mut listener = TcpListener::bind(addr)?;
+    let mut listener = bind(addr)?;
     let local_addr = listener.local_addr()?;
     let poll = Poll::new()?;
     poll.registry()
@@ -83,6 +83,23 @@ pub fn spawn(
         waker,
         thread,
     })
+}
+
+/// Connections the kernel completes before they are accepted. mio's and std's 128 overflow
+/// in a burst of connects while this thread is off the CPU, and every overflow costs the
+/// client a SYN retransmission: a second of latency for a health check.
+const BACKLOG: i32 = 1024;
+
+/// Binds with `SO_REUSEADDR` (a restart rebinds at once) but not `SO_REUSEPORT`: a second
+/// gateway started on the same control port must fail, not split its traffic.
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(TcpListener::from_std(socket.into()))
 }
 
 struct Server {
