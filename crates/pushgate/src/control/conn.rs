@@ -162,7 +162,8 @@ impl Conn {
                             // The peer is done sending; what it sent is answered.
                             Ok(false) => self.phase = Phase::Closing { peer_done: true },
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                return Next::Keep
+                                self.release_idle_buffers();
+                                return Next::Keep;
                             }
                             Err(_) => return Next::Close,
                         }
@@ -264,6 +265,17 @@ impl Conn {
                     return Answered::Closing;
                 }
             }
+        }
+    }
+
+    /// Between requests a connection holds no memory beyond its entry: a keep-alive pool
+    /// of a thousand sockets should not pin a thousand read and write buffers.
+    fn release_idle_buffers(&mut self) {
+        if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
+            self.inbuf = BytesMut::new();
+        }
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = Vec::new();
         }
     }
 
