@@ -550,7 +550,9 @@ mod tests {
         )
         .unwrap();
         let p = path.to_str().unwrap();
-        let f = Settings::resolve(&cli(&["--config", p]), 100).unwrap().control_limits;
+        let f = Settings::resolve(&cli(&["--config", p]), 100)
+            .unwrap()
+            .control_limits;
         assert_eq!(
             (f.max_clients, f.idle_timeout, f.first_request_timeout),
             (10, Duration::from_secs(7), Duration::from_millis(500))

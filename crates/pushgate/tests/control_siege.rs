@@ -73,7 +73,10 @@ fn two_thousand_idle_connections_do_not_lock_out_health_metrics_or_push() {
     let idle: Vec<TcpStream> = (0..2000u16)
         .map(|i| connect_from([127, 0, 0, 2 + (i / 500) as u8], addr))
         .collect();
-    eprintln!("opened 2000 idle control connections in {:?}", opened.elapsed());
+    eprintln!(
+        "opened 2000 idle control connections in {:?}",
+        opened.elapsed()
+    );
 
     let generous = Duration::from_secs(2);
     let (status, body, took) = timed(|| gw.control_get("/healthz"));
@@ -138,7 +141,10 @@ fn a_full_table_evicts_silent_then_idle_connections_never_a_request_in_progress(
     assert!(closed_within(&mut a, Duration::from_secs(5)), "A kept");
     b.write_all(&push.as_bytes()[10..]).unwrap();
     let resp = read_response(&mut b, Duration::from_secs(5));
-    assert!(resp.starts_with("HTTP/1.1 200"), "B lost its request: {resp:?}");
+    assert!(
+        resp.starts_with("HTTP/1.1 200"),
+        "B lost its request: {resp:?}"
+    );
     e.write_all(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
         .unwrap();
     assert!(read_response(&mut e, Duration::from_secs(5)).starts_with("HTTP/1.1 200"));

@@ -179,7 +179,9 @@ impl Conn {
                     if peer_done || self.stream.shutdown(Shutdown::Write).is_err() {
                         return Next::Close;
                     }
-                    self.phase = Phase::Lingering { until: now + LINGER };
+                    self.phase = Phase::Lingering {
+                        until: now + LINGER,
+                    };
                 }
                 Phase::Lingering { until } => return self.discard(now, until),
             }
@@ -194,7 +196,8 @@ impl Conn {
                 Ok(0) => return Ok(false),
                 Ok(n) => {
                     self.last_active = now;
-                    self.inbuf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                    self.inbuf
+                        .extend_from_slice(chunk.get(..n).unwrap_or_default());
                     return Ok(true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

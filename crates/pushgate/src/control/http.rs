@@ -49,9 +49,7 @@ impl ParseError {
             ParseError::BodyTooLarge => (413, "request body too large"),
             ParseError::LengthRequired => (411, "a Content-Length is required"),
             ParseError::BadContentLength => (400, "invalid or conflicting Content-Length"),
-            ParseError::AmbiguousFraming => {
-                (400, "Transfer-Encoding and Content-Length together")
-            }
+            ParseError::AmbiguousFraming => (400, "Transfer-Encoding and Content-Length together"),
         }
     }
 }

@@ -175,7 +175,14 @@ mod tests {
         }
         assert_eq!(
             order,
-            ["lingering", "silent-old", "silent-new", "idle-old", "idle-new", "busy"]
+            [
+                "lingering",
+                "silent-old",
+                "silent-new",
+                "idle-old",
+                "idle-new",
+                "busy"
+            ]
         );
         assert_eq!(t.len(), 0);
         assert_eq!(t.next_deadline(), None);
@@ -210,7 +217,10 @@ mod tests {
     #[test]
     fn a_failed_insert_leaves_nothing_behind() {
         let mut t: Table<&str> = Table::new();
-        assert_eq!(t.insert_with(|_| Err::<(&str, Schedule), _>("no")), Err("no"));
+        assert_eq!(
+            t.insert_with(|_| Err::<(&str, Schedule), _>("no")),
+            Err("no")
+        );
         assert_eq!(t.len(), 0);
         assert_eq!(t.first_to_evict(), None);
     }
