@@ -1,6 +1,6 @@
 //! HTTP/1.1 for the control listener, without I/O: bytes in, parsed requests out, with
-//! keep-alive and pipelining (requests are answered in order), a head limit (431) and a
-//! body limit (413).
+//! keep-alive and pipelining (requests are answered in order), a head limit (431), a
+//! body limit (413), and no guessing where a body ends (400, RFC 9112 §6).
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -125,9 +125,9 @@ pub fn next_request(buf: &mut BytesMut, max_body: usize) -> Result<Option<Reques
 /// Folds one `Content-Length` field value into what earlier fields said.
 ///
 /// RFC 9112 §6.3 rule 5: a value must be `1*DIGIT`; a list or repeated field whose values
-/// are all identical may be taken as that one value (we do, as curl and proxies that
-/// fold headers send it), and any disagreement makes the framing unknowable: 400 and
-/// close, never a guess, since a guess is what request smuggling exploits.
+/// are all identical may be taken as that one value (we do: a proxy that folds repeated
+/// fields into one line produces it), and any disagreement makes the framing unknowable:
+/// 400 and close, never a guess, since a guess is what request smuggling exploits.
 fn merge_content_length(seen: Option<usize>, value: &[u8]) -> Result<usize, ParseError> {
     let mut merged = seen;
     for item in value.split(|&b| b == b',') {

@@ -24,9 +24,10 @@ pub struct Limits {
     pub max_clients: usize,
     /// A connection silent this long between requests is closed.
     pub idle_timeout: Duration,
-    /// A connection that has not sent a complete request this long after its accept is
-    /// closed: real clients send at once, so this only shortens what an idle or
-    /// trickling socket costs.
+    /// A connection that has not sent a complete first request (head and body) this long
+    /// after its accept is closed: real clients send at once, so this only shortens what
+    /// an idle or trickling socket costs. A first body that needs longer than this to
+    /// upload needs a longer setting.
     pub first_request_timeout: Duration,
 }
 
