@@ -43,10 +43,11 @@ pub mod default {
     /// listener, logs and the bus.
     pub const RESERVED_FDS: u64 = 64;
     pub const BUS_PREFIX: &str = "pushgate";
-    /// Control connections held by the node; past it the idlest is evicted.
-    pub const CONTROL_MAX_CONNECTIONS: usize = 1024;
     pub const BUS_QUEUE_DEPTH: usize = 65536;
     pub const BUS_UNSUBSCRIBE_DELAY: f64 = 5.0;
+    pub const CONTROL_MAX_CLIENTS: usize = 1024;
+    pub const CONTROL_IDLE_TIMEOUT: f64 = 60.0;
+    pub const CONTROL_FIRST_REQUEST_TIMEOUT: f64 = 5.0;
 }
 
 /// pushgate: a WebSocket push gateway for instant messaging.
@@ -161,6 +162,15 @@ pub struct Cli {
     /// plus 65536, so any message a connection may receive can be pushed].
     #[arg(long, env = "PUSHGATE_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Control connections held; one more evicts the idlest [default: 1024].
+    #[arg(long, env = "PUSHGATE_CONTROL_MAX_CLIENTS")]
+    pub control_max_clients: Option<usize>,
+    /// Seconds a control connection may sit silent between requests [default: 60].
+    #[arg(long, env = "PUSHGATE_CONTROL_IDLE_TIMEOUT")]
+    pub control_idle_timeout: Option<f64>,
+    /// Seconds a new control connection has to send its first request [default: 5].
+    #[arg(long, env = "PUSHGATE_CONTROL_FIRST_REQUEST_TIMEOUT")]
+    pub control_first_request_timeout: Option<f64>,
     /// Pushes smaller than this go uncompressed to deflate clients [default: 256].
     #[arg(long, env = "PUSHGATE_COMPRESS_MIN_BYTES")]
     pub compress_min_bytes: Option<usize>,
@@ -234,6 +244,9 @@ pub struct FileConfig {
     max_bad_requests: Option<u32>,
     api_key: Option<String>,
     max_body_bytes: Option<usize>,
+    control_max_clients: Option<usize>,
+    control_idle_timeout: Option<f64>,
+    control_first_request_timeout: Option<f64>,
     compress_min_bytes: Option<usize>,
     reconnect_base_ms: Option<u64>,
     reconnect_factor: Option<f64>,
@@ -404,8 +417,22 @@ impl Settings {
             service: Some(ServiceConfig {
                 listen: control,
                 limits: ServiceLimits {
-                    // The bound is the node's; each reactor holds its share.
-                    max_connections: default::CONTROL_MAX_CONNECTIONS.div_ceil(reactors),
+                    max_connections: match pick!(control_max_clients, default::CONTROL_MAX_CLIENTS)
+                    {
+                        0 => bail!("control_max_clients must be at least 1"),
+                        n => n,
+                    },
+                    idle_timeout: secs(
+                        "control_idle_timeout",
+                        pick!(control_idle_timeout, default::CONTROL_IDLE_TIMEOUT),
+                    )?,
+                    first_request_timeout: secs(
+                        "control_first_request_timeout",
+                        pick!(
+                            control_first_request_timeout,
+                            default::CONTROL_FIRST_REQUEST_TIMEOUT
+                        ),
+                    )?,
                     ..ServiceLimits::default()
                 },
             }),
@@ -547,6 +574,42 @@ mod tests {
         assert!(!s.capacity_from_fd_limit);
         assert!(!s.reactor.session.echo);
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn control_limits_from_defaults_file_and_flags() {
+        let limits = |s: Settings| s.reactor.service.unwrap().limits;
+        let d = limits(Settings::resolve(&cli(&[]), 100).unwrap());
+        assert_eq!(
+            (d.max_connections, d.idle_timeout, d.first_request_timeout),
+            (1024, Duration::from_secs(60), Duration::from_secs(5))
+        );
+        let dir = std::env::temp_dir().join(format!("pushgate-control-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.toml");
+        std::fs::write(
+            &path,
+            "control_max_clients = 10\ncontrol_idle_timeout = 7\ncontrol_first_request_timeout = 0.5\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let f = limits(Settings::resolve(&cli(&["--config", p]), 100).unwrap());
+        assert_eq!(
+            (f.max_connections, f.idle_timeout, f.first_request_timeout),
+            (10, Duration::from_secs(7), Duration::from_millis(500))
+        );
+        let over = limits(
+            Settings::resolve(&cli(&["--config", p, "--control-max-clients", "3"]), 100).unwrap(),
+        );
+        assert_eq!(over.max_connections, 3);
+        std::fs::remove_dir_all(&dir).ok();
+        for bad in [
+            "--control-max-clients=0",
+            "--control-idle-timeout=0",
+            "--control-first-request-timeout=-1",
+        ] {
+            assert!(Settings::resolve(&cli(&[bad]), 100).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::config::ReactorConfig;
 use crate::event_loop::{Reactor, SERVICE_BASE, WAKER};
 use crate::inbox::{Hooks, InboxShared, ReactorHandle};
 use crate::listener::bind_group;
-use crate::service::{Service, ServiceConns};
+use crate::service::{Service, ServiceConns, ServiceLimits};
 use crate::stats::ReactorStats;
 
 /// The client listener: bound by [`Server::bind`], serving once [`Server::run`] starts
@@ -82,7 +82,12 @@ impl Server {
             let id = i as u16;
             let service = match (service_listener, &config.service) {
                 (Some(l), Some(sc)) => {
-                    services(id).map(|s| ServiceConns::new(l, s, sc.limits, SERVICE_BASE))
+                    // The node's bound, shared out: SO_REUSEPORT spreads connections evenly.
+                    let limits = ServiceLimits {
+                        max_connections: sc.limits.max_connections.div_ceil(n).max(1),
+                        ..sc.limits
+                    };
+                    services(id).map(|s| ServiceConns::new(l, s, limits, SERVICE_BASE))
                 }
                 _ => None,
             };

@@ -42,7 +42,8 @@ pub trait Service: Send {
 /// Limits of the service listener, per reactor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServiceLimits {
-    /// Connections held; a new one past it evicts the idlest.
+    /// Connections the node holds (each reactor its share); a new one past it evicts the
+    /// one that matters least.
     pub max_connections: usize,
     /// A connection silent this long after a request is closed.
     pub idle_timeout: Duration,
@@ -213,11 +214,14 @@ impl ServiceConns {
         stats.service_accepted.add(1);
         stats.service_connections.add(1);
         self.rearm(key, wheel, ticks);
+        // A client usually sends its request right behind the connect: read it now, so
+        // the next eviction choice sees a request in progress rather than a silent socket.
+        self.on_ready(key, registry, wheel, ticks, stats);
     }
 
-    /// Makes room: closes the connection idle longest, preferring one that never
-    /// completed a request and one with no answer still being written. A scan of at most
-    /// `max_connections`, and only when full. False if there was none.
+    /// Makes room: closes the connection that matters least (see [`eviction_rank`]), the
+    /// idlest of its rank. A scan of at most `max_connections`, and only when full. False
+    /// if there was none.
     fn evict_idlest(
         &mut self,
         registry: &Registry,
@@ -228,9 +232,7 @@ impl ServiceConns {
         let victim = self
             .conns
             .iter()
-            .filter(|(_, c)| c.phase == Phase::Open && c.output.len() == c.written)
-            .min_by_key(|(_, c)| (c.answered, c.last_active))
-            .or_else(|| self.conns.iter().min_by_key(|(_, c)| c.last_active))
+            .min_by_key(|(_, c)| (eviction_rank(c), c.last_active))
             .map(|(k, _)| k);
         match victim {
             Some(key) => {
@@ -283,9 +285,16 @@ impl ServiceConns {
                     if c.phase == Phase::Lingering {
                         continue;
                     }
-                    c.last_active = ticks.now();
+                    // Until its first answer a connection's clock runs from its accept, so
+                    // trickling a request buys no time.
+                    if c.answered {
+                        c.last_active = ticks.now();
+                    }
                     c.input.extend_from_slice(&chunk[..n]);
                     self.serve(key, false, stats);
+                    if let Some(c) = self.conns.get_mut(key).filter(|c| c.answered) {
+                        c.last_active = ticks.now();
+                    }
                     self.rearm(key, wheel, ticks);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -381,6 +390,18 @@ impl ServiceConns {
             }
             let _ = registry.deregister(&mut c.stream);
         }
+    }
+}
+
+/// Which connection goes first when room is needed: one already closing, then one that
+/// never sent a byte, then an idle keep-alive one; one with a request in progress (or an
+/// answer still being written) only when nothing else is left.
+fn eviction_rank(c: &Conn) -> u8 {
+    match c.phase {
+        Phase::Closing | Phase::Lingering => 0,
+        Phase::Open if !c.answered && c.input.is_empty() => 1,
+        Phase::Open if c.input.is_empty() && c.written == c.output.len() => 2,
+        Phase::Open => 3,
     }
 }
 

@@ -1,6 +1,6 @@
 //! HTTP/1.1 for the control listener, without I/O: bytes in, parsed requests out, with
-//! keep-alive and pipelining (requests are answered in order), a head limit (431) and a
-//! body limit (413).
+//! keep-alive and pipelining (requests are answered in order), a head limit (431), a
+//! body limit (413), and no guessing where a body ends (400, RFC 9112 §6).
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -34,6 +34,10 @@ pub enum ParseError {
     BodyTooLarge,
     /// Chunked or otherwise unsupported framing (411: send a Content-Length).
     LengthRequired,
+    /// A `Content-Length` that is not all digits, or several that disagree (400).
+    BadContentLength,
+    /// Both `Transfer-Encoding` and `Content-Length` (400).
+    AmbiguousFraming,
 }
 
 impl ParseError {
@@ -44,6 +48,8 @@ impl ParseError {
             ParseError::HeadTooLarge => (431, "request head too large"),
             ParseError::BodyTooLarge => (413, "request body too large"),
             ParseError::LengthRequired => (411, "a Content-Length is required"),
+            ParseError::BadContentLength => (400, "invalid or conflicting Content-Length"),
+            ParseError::AmbiguousFraming => (400, "Transfer-Encoding and Content-Length together"),
         }
     }
 }
@@ -66,17 +72,15 @@ pub fn next_request(buf: &mut BytesMut, max_body: usize) -> Result<Option<Reques
         return Err(ParseError::HeadTooLarge);
     }
     let version = req.version.unwrap_or(0);
-    let mut content_length = 0usize;
+    let mut content_length: Option<usize> = None;
+    let mut transfer_encoding = false;
     let mut keep_alive = version >= 1;
     let mut authorization = None;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok());
-            content_length = v.ok_or(ParseError::Malformed)?;
+            content_length = Some(merge_content_length(content_length, h.value)?);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(ParseError::LengthRequired);
+            transfer_encoding = true;
         } else if h.name.eq_ignore_ascii_case("connection") {
             let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
             if v.split(',').any(|t| t.trim() == "close") {
@@ -88,6 +92,16 @@ pub fn next_request(buf: &mut BytesMut, max_body: usize) -> Result<Option<Reques
             authorization = Some(String::from_utf8_lossy(h.value).into_owned());
         }
     }
+    // RFC 9112 §6.1: a request with both is a smuggling attempt or a broken proxy; either
+    // way the two framings may disagree about where the next request starts.
+    if transfer_encoding {
+        return Err(if content_length.is_some() {
+            ParseError::AmbiguousFraming
+        } else {
+            ParseError::LengthRequired
+        });
+    }
+    let content_length = content_length.unwrap_or(0);
     if content_length > max_body {
         return Err(ParseError::BodyTooLarge);
     }
@@ -106,6 +120,32 @@ pub fn next_request(buf: &mut BytesMut, max_body: usize) -> Result<Option<Reques
         body,
         keep_alive,
     }))
+}
+
+/// Folds one `Content-Length` field value into what earlier fields said.
+///
+/// RFC 9112 §6.3 rule 5: a value must be `1*DIGIT`; a list or repeated field whose values
+/// are all identical may be taken as that one value (we do: a proxy that folds repeated
+/// fields into one line produces it), and any disagreement makes the framing unknowable:
+/// 400 and close, never a guess, since a guess is what request smuggling exploits.
+fn merge_content_length(seen: Option<usize>, value: &[u8]) -> Result<usize, ParseError> {
+    let mut merged = seen;
+    for item in value.split(|&b| b == b',') {
+        let digits = item.trim_ascii();
+        // `usize::from_str` would also take a leading `+`, which the grammar does not.
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(ParseError::BadContentLength);
+        }
+        let n = digits.iter().try_fold(0usize, |acc, &d| {
+            acc.checked_mul(10)?.checked_add(usize::from(d - b'0'))
+        });
+        let n = n.ok_or(ParseError::BadContentLength)?;
+        if merged.is_some_and(|m| m != n) {
+            return Err(ParseError::BadContentLength);
+        }
+        merged = Some(n);
+    }
+    merged.ok_or(ParseError::BadContentLength)
 }
 
 /// A response with a body, `Content-Length` and keep-alive or close.
@@ -179,6 +219,48 @@ mod tests {
         assert!(!next_request(&mut old, 100).unwrap().unwrap().keep_alive);
         let mut junk = BytesMut::from(&b"\x00\x01\x02 junk\r\n\r\n"[..]);
         assert_eq!(next_request(&mut junk, 100), Err(ParseError::Malformed));
+    }
+
+    fn parse(raw: &str) -> Result<Option<Request>, ParseError> {
+        next_request(&mut BytesMut::from(raw.as_bytes()), 100)
+    }
+
+    #[test]
+    fn content_length_must_be_one_unambiguous_number() {
+        // Conflicting values: which one frames the body is unknowable.
+        for raw in [
+            "POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\n{}",
+            "POST / HTTP/1.1\r\nContent-Length: 2, 5\r\n\r\n{}",
+            "POST / HTTP/1.1\r\nContent-Length: +2\r\n\r\n{}",
+            "POST / HTTP/1.1\r\nContent-Length: -2\r\n\r\n{}",
+            "POST / HTTP/1.1\r\nContent-Length: 0x2\r\n\r\n{}",
+            "POST / HTTP/1.1\r\nContent-Length: \r\n\r\n{}",
+            "POST / HTTP/1.1\r\nContent-Length: 2,\r\n\r\n{}",
+            "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n{}",
+        ] {
+            assert_eq!(parse(raw), Err(ParseError::BadContentLength), "{raw:?}");
+        }
+        // Identical repeats fold into one value.
+        for raw in [
+            "POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+            "POST / HTTP/1.1\r\nContent-Length: 2 , 2\r\n\r\n{}",
+            "POST / HTTP/1.1\r\nContent-Length:  2 \r\n\r\n{}",
+        ] {
+            let req = parse(raw).unwrap().unwrap();
+            assert_eq!(&req.body[..], b"{}", "{raw:?}");
+        }
+        // Both framings, in either order.
+        for raw in [
+            "POST / HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n",
+        ] {
+            assert_eq!(parse(raw), Err(ParseError::AmbiguousFraming), "{raw:?}");
+        }
+        assert_eq!(
+            ParseError::BadContentLength.status().0,
+            ParseError::AmbiguousFraming.status().0
+        );
+        assert_eq!(ParseError::AmbiguousFraming.status().0, 400);
     }
 
     #[test]
