@@ -25,6 +25,7 @@ pub mod default {
     pub const SHUTDOWN_DRAIN: f64 = 10.0;
     pub const BACKLOG: i32 = 4096;
     pub const MAX_PENDING_HANDSHAKES: usize = 1024;
+    pub const HANDSHAKE_PRESSURE_TIMEOUT: f64 = 0.5;
     pub const MAX_HEADER_BYTES: usize = 8 * 1024;
     /// Browsers never fragment, so frames may be as large as messages.
     pub const MAX_FRAME_SIZE: usize = 1024 * 1024;
@@ -75,10 +76,14 @@ pub struct Cli {
     /// Connections per client address before 429; 0 = no limit [default: 0].
     #[arg(long, env = "PUSHGATE_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<u32>,
-    /// Per reactor: handshakes in progress at once; a new connection past it resets the
-    /// oldest [default: 1024].
+    /// Per reactor: handshakes in progress at once; past it the oldest is reset once it
+    /// is --handshake-pressure-timeout old [default: 1024].
     #[arg(long, env = "PUSHGATE_MAX_PENDING_HANDSHAKES")]
     pub max_pending_handshakes: Option<usize>,
+    /// Seconds a handshake may take while the pending-handshake bound is reached
+    /// [default: 0.5].
+    #[arg(long, env = "PUSHGATE_HANDSHAKE_PRESSURE_TIMEOUT")]
+    pub handshake_pressure_timeout: Option<f64>,
     /// Per reactor: most connections accepted per second; 0 = no limit [default: 0].
     #[arg(long, env = "PUSHGATE_MAX_ACCEPT_RATE")]
     pub max_accept_rate: Option<u32>,
@@ -217,6 +222,7 @@ pub struct FileConfig {
     max_connections: Option<usize>,
     max_connections_per_ip: Option<u32>,
     max_pending_handshakes: Option<usize>,
+    handshake_pressure_timeout: Option<f64>,
     max_accept_rate: Option<u32>,
     backlog: Option<i32>,
     handshake_timeout: Option<f64>,
@@ -404,6 +410,13 @@ impl Settings {
             max_connections_per_ip: pick!(max_connections_per_ip, 0),
             max_pending_handshakes: pick!(max_pending_handshakes, default::MAX_PENDING_HANDSHAKES)
                 .max(1),
+            pressure_handshake_timeout: secs(
+                "handshake_pressure_timeout",
+                pick!(
+                    handshake_pressure_timeout,
+                    default::HANDSHAKE_PRESSURE_TIMEOUT
+                ),
+            )?,
             max_accept_rate: pick!(max_accept_rate, 0),
             outbound: OutboundLimits {
                 max_bytes: pick!(max_outbound_bytes, default::MAX_OUTBOUND_BYTES),

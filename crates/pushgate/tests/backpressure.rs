@@ -96,6 +96,33 @@ fn at_the_pending_handshake_bound_the_oldest_handshake_is_evicted() {
     drop(idle);
 }
 
+/// Regression: evicting the oldest pending handshake on every accept at the bound reset
+/// honest clients in a reconnect storm, since a burst is accepted faster than its requests
+/// are read. Under the bound's pressure only handshakes older than
+/// `--handshake-pressure-timeout` are reset; a storm of clients that send their request at
+/// once all get in, none evicted.
+#[test]
+fn a_reconnect_storm_is_admitted_without_evicting_anyone() {
+    use std::io::{Read, Write};
+    let gw = Gateway::start(&["--reactors", "1", "--max-pending-handshakes", "16"]);
+    let request = common::upgrade_request("/ws?uid=storm", "");
+    let mut storm: Vec<TcpStream> = (0..600u32)
+        .map(|i| {
+            let mut s = common::connect_from([127, 0, 2, 2 + (i % 200) as u8], gw.client_addr);
+            s.write_all(request.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    for (i, s) in storm.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)
+            .unwrap_or_else(|e| panic!("client {i}: {e}"));
+        assert_eq!(&head, b"HTTP/1.1 101", "client {i}");
+    }
+    assert_eq!(gw.metric("pushgate_handshakes_evicted_total"), 0.0);
+}
+
 /// Regression (siege): 5 000 connections dribbling their upgrade request locked every new
 /// client out for about 20 s, because each reactor stopped accepting at 1 024 pending
 /// handshakes. With eviction an honest client's upgrade completes within a second, every

@@ -20,10 +20,13 @@ pub struct ReactorConfig {
     pub max_connections: usize,
     /// Connections per client address (429 past it); 0 for no limit.
     pub max_connections_per_ip: u32,
-    /// Per reactor: handshakes in progress at once. A connection accepted past it evicts
-    /// the oldest one still handshaking, so clients that dribble their upgrade request
-    /// (slowloris) can never lock out clients that send theirs at once.
+    /// Per reactor: handshakes in progress at once. Past it, the oldest pending
+    /// handshake is reset once it is `pressure_handshake_timeout` old, so clients that
+    /// dribble their upgrade request (slowloris) can never lock out clients that send
+    /// theirs at once; younger ones make new connections wait in the backlog.
     pub max_pending_handshakes: usize,
+    /// The handshake timeout at the pending-handshake bound.
+    pub pressure_handshake_timeout: Duration,
     /// Per reactor: most sockets accepted per second; 0 for no limit.
     pub max_accept_rate: u32,
     /// Per-connection outbound queue limits (1013 past them).
@@ -52,6 +55,7 @@ impl Default for ReactorConfig {
             max_connections: 10_000,
             max_connections_per_ip: 0,
             max_pending_handshakes: 1024,
+            pressure_handshake_timeout: Duration::from_millis(500),
             max_accept_rate: 0,
             outbound: OutboundLimits {
                 max_bytes: 256 * 1024,

@@ -46,8 +46,21 @@ const READ_CHUNK: usize = 64 * 1024;
 const READS_PER_TURN: usize = 8;
 /// Inbox commands handled per loop turn.
 const COMMANDS_PER_TURN: usize = 1024;
+/// At the pending-handshake bound, how long a connection that sent part of its request
+/// and stopped may keep its slot (at most the pressure timeout). A request split over
+/// several segments arrives within a round trip's few milliseconds.
+const PARTIAL_REQUEST_GRACE: Duration = Duration::from_millis(100);
 /// Back-off after `accept` fails for lack of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The two pending-handshake queues.
+#[derive(Debug, Clone, Copy)]
+enum Order {
+    /// Every pending handshake, by accept time.
+    Accepted,
+    /// Those that sent part of a request, by when that was seen.
+    Partial,
+}
 
 /// How a connection's gauges are currently counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +86,8 @@ struct Conn {
     gauge: Gauge,
     /// Upgraded on `/ws` (broadcasts go to these, not to `/echo`).
     push_endpoint: bool,
+    /// Listed in `Reactor::partial_order`.
+    partial_listed: bool,
     /// Given frames this turn and listed in `Reactor::dirty`, to be written at its end.
     dirty: bool,
 }
@@ -98,7 +113,13 @@ pub struct Reactor {
     /// bound reached. Entries that finished their handshake are skipped lazily and
     /// compacted away, so the queue stays within a small multiple of the handshakes
     /// actually pending.
-    handshake_order: VecDeque<(usize, u32)>,
+    handshake_order: VecDeque<(usize, u32, Instant)>,
+    /// The same for connections that sent part of a request and stopped (see
+    /// [`Reactor::make_room_for_handshake`]), in the order they were found so.
+    partial_order: VecDeque<(usize, u32, Instant)>,
+    /// Accepting stopped at the pending-handshake bound with connections possibly left
+    /// in the backlog.
+    accept_blocked: bool,
     /// Reused by broadcasts, so walking the connections allocates nothing per push.
     scratch_keys: Vec<usize>,
     /// Connections given frames this turn, written once each at the turn's end.
@@ -164,6 +185,8 @@ impl Reactor {
             inbox,
             inbox_shared,
             handshake_order: VecDeque::new(),
+            partial_order: VecDeque::new(),
+            accept_blocked: false,
             scratch_keys: Vec::new(),
             dirty: Vec::new(),
             received: Vec::new(),
@@ -265,6 +288,13 @@ impl Reactor {
                 self.accept_resume_at = None;
                 self.accept_loop();
             }
+            // Stopped at the bound earlier: this turn's reads may have made room, and the
+            // listener's readiness edge was spent, so try `accept` ourselves.
+            if self.accept_blocked
+                && (self.stats.handshaking.get() as usize) < self.config.max_pending_handshakes
+            {
+                self.accept_loop();
+            }
             if self.drain.is_some() && self.advance_drain(now) {
                 return Ok(());
             }
@@ -306,8 +336,15 @@ impl Reactor {
         if self.drain.is_some() {
             return;
         }
+        self.accept_blocked = false;
         loop {
             if !self.may_accept() {
+                return;
+            }
+            if !self.make_room_for_handshake(Instant::now()) {
+                // The rest wait in the kernel's backlog: this turn's reads complete the
+                // handshakes in hand, and the end of the turn tries again.
+                self.accept_blocked = true;
                 return;
             }
             match self.listener.accept() {
@@ -354,7 +391,6 @@ impl Reactor {
             self.stats.count_rejected(503);
             return;
         }
-        self.make_room_for_handshake();
         // Latency matters more than packet count for pushes.
         let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
@@ -386,44 +422,110 @@ impl Reactor {
             write_shut: false,
             gauge: Gauge::Handshaking,
             push_endpoint: false,
+            partial_listed: false,
             dirty: false,
         });
         self.stats.accepted.add(1);
         self.stats.connections.add(1);
         self.stats.handshaking.add(1);
-        self.handshake_order.push_back((key, self.next_generation));
+        self.handshake_order
+            .push_back((key, self.next_generation, now));
         self.rearm(key, now);
     }
 
-    /// At the pending-handshake bound, resets the oldest connection still handshaking.
+    /// Whether one more connection may start its handshake: below the pending-handshake
+    /// bound, or once the oldest pending handshake has been reset to make room.
     ///
-    /// Pausing `accept` instead (the first design) let 1 024 connections that dribble
-    /// their request a byte a second shut out every honest client until the handshake
-    /// timeout freed slots; evicting the oldest keeps the newest, which is what an honest
-    /// client is, since it sends its request in one go. This is nginx's and HAProxy's
-    /// answer to a full table too: the attacker's connections churn, honest ones get in.
-    fn make_room_for_handshake(&mut self) {
+    /// Pausing `accept` until handshakes finish (the first design) let 1 024 connections
+    /// that dribble their request a byte a second shut out every honest client until the
+    /// handshake timeout freed slots. Evicting the oldest at once (the second) reset
+    /// honest clients in a reconnect storm: a burst of 10 000 connects was accepted faster
+    /// than their requests were read, and each accept evicted one accepted a moment
+    /// before. So under pressure the handshake timeout shortens: a handshake pending for
+    /// `pressure_handshake_timeout` is reset to make room (an honest client sends its
+    /// request in one go, so it is never that old at the bound), and a younger one only
+    /// makes the rest wait in the kernel's backlog for this turn's reads.
+    fn make_room_for_handshake(&mut self, now: Instant) -> bool {
         let bound = self.config.max_pending_handshakes.max(1);
+        let silent_after = self.config.pressure_handshake_timeout;
+        let partial_after = silent_after.min(PARTIAL_REQUEST_GRACE);
         while self.stats.handshaking.get() as usize >= bound {
-            let Some((key, generation)) = self.handshake_order.pop_front() else {
-                return;
-            };
-            if self.is_handshaking(key, generation) {
-                self.stats.handshakes_evicted.add(1);
-                self.remove(key, true);
+            // Stalled midway through a request first: no honest client does that for long.
+            let partial = self.oldest_pending(Order::Partial);
+            if let Some((key, _, _)) = partial.filter(|p| now >= p.2 + partial_after) {
+                self.partial_order.pop_front();
+                self.evict_handshake(key);
+                continue;
             }
+            let any = self.oldest_pending(Order::Accepted);
+            if let Some((key, _, _)) = any.filter(|a| now >= a.2 + silent_after) {
+                self.handshake_order.pop_front();
+                self.evict_handshake(key);
+                continue;
+            }
+            let next = [
+                partial.map(|p| p.2 + partial_after),
+                any.map(|a| a.2 + silent_after),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            if let Some(t) = next {
+                self.accept_resume_at = Some(self.accept_resume_at.map_or(t, |r| r.min(t)));
+            }
+            return false;
         }
         // Entries of connections that finished their handshake pile up behind a slow one
         // at the front; compact once they outnumber the live ones.
         let live = self.stats.handshaking.get() as usize;
-        if self.handshake_order.len() > 2 * live + 64 {
-            let conns = &self.conns;
-            self.handshake_order.retain(|&(key, generation)| {
-                conns
-                    .get(key)
-                    .is_some_and(|c| c.generation == generation && c.gauge == Gauge::Handshaking)
-            });
+        for order in [&mut self.handshake_order, &mut self.partial_order] {
+            if order.len() > 2 * live + 64 {
+                let conns = &self.conns;
+                order.retain(|&(key, generation, _)| {
+                    conns.get(key).is_some_and(|c| {
+                        c.generation == generation && c.gauge == Gauge::Handshaking
+                    })
+                });
+            }
         }
+        true
+    }
+
+    /// The front of one of the pending-handshake queues, after dropping entries of
+    /// connections no longer handshaking.
+    fn oldest_pending(&mut self, which: Order) -> Option<(usize, u32, Instant)> {
+        loop {
+            let order = match which {
+                Order::Accepted => &self.handshake_order,
+                Order::Partial => &self.partial_order,
+            };
+            let &(key, generation, at) = order.front()?;
+            if self.is_handshaking(key, generation) {
+                return Some((key, generation, at));
+            }
+            match which {
+                Order::Accepted => self.handshake_order.pop_front(),
+                Order::Partial => self.partial_order.pop_front(),
+            };
+        }
+    }
+
+    fn evict_handshake(&mut self, key: usize) {
+        self.stats.handshakes_evicted.add(1);
+        self.remove(key, true);
+    }
+
+    /// Lists a connection that has sent part of its request, once.
+    fn note_partial_request(&mut self, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        if c.partial_listed || c.gauge != Gauge::Handshaking || !c.session.handshake_partial() {
+            return;
+        }
+        c.partial_listed = true;
+        self.partial_order
+            .push_back((key, c.generation, Instant::now()));
     }
 
     fn is_handshaking(&self, key: usize, generation: u32) -> bool {
@@ -460,6 +562,7 @@ impl Reactor {
                     let mut input = std::mem::take(&mut self.read_buf);
                     self.with_session(key, |s, cx, fx| s.handle_input(&mut input, cx, fx));
                     self.read_buf = input;
+                    self.note_partial_request(key);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -224,6 +224,12 @@ impl Session {
         matches!(self.phase, Phase::Handshake(_))
     }
 
+    /// Still handshaking with part of a request received: an honest client sends its
+    /// request in one go, so one that stops midway is dribbling (or very slow).
+    pub fn handshake_partial(&self) -> bool {
+        matches!(&self.phase, Phase::Handshake(hs) if hs.parser.buffered() > 0)
+    }
+
     /// Finished: the driver closes the socket once its queue is flushed.
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)
