@@ -20,6 +20,7 @@
 //!   [`HEADER_SENT`] (for the bus latency histogram).
 
 mod dedup;
+mod interest;
 mod nats;
 pub mod stats;
 pub mod subject;

@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use super::dedup::RecentIds;
+use super::interest::{Changed, Key};
 use super::stats::BusStats;
 use super::subject::{self, Kind, Subjects};
 use super::{BusError, ClusterBus, Outgoing, HEADER_ID, HEADER_SENT, HEADER_TARGETS};
@@ -61,7 +62,8 @@ const HEADER_ALLOWANCE: usize = 512;
 #[derive(Debug)]
 struct Shared {
     stats: BusStats,
-    dirty: Mutex<Vec<(Kind, Arc<str>)>>,
+    /// Users and rooms whose local presence changed, each once.
+    dirty: Mutex<Changed>,
     wake: Notify,
     max_payload: AtomicUsize,
     stop: std::sync::atomic::AtomicBool,
@@ -85,7 +87,7 @@ impl NatsBus {
             tx,
             shared: Arc::new(Shared {
                 stats: BusStats::default(),
-                dirty: Mutex::new(Vec::new()),
+                dirty: Mutex::new(Changed::default()),
                 wake: Notify::new(),
                 max_payload: AtomicUsize::new(1024 * 1024),
                 stop: Default::default(),
@@ -156,7 +158,7 @@ impl ClusterBus for NatsBus {
     }
 
     fn interest_changed(&self, kind: Kind, id: &Arc<str>) {
-        self.shared.dirty.lock().push((kind, Arc::clone(id)));
+        self.shared.dirty.lock().mark(kind, id);
         self.shared.wake.notify_one();
     }
 
@@ -168,8 +170,6 @@ impl ClusterBus for NatsBus {
         Some(&self.shared.stats)
     }
 }
-
-type Key = (Kind, Arc<str>);
 
 /// What handles messages arriving from the bus (shared by the subscription tasks, all on
 /// the bus thread).
@@ -262,6 +262,8 @@ struct Worker {
     router: Arc<Router>,
     inbound: Arc<Inbound>,
     subscribed: HashMap<Key, AbortHandle>,
+    /// Changed IDs taken from [`Shared::dirty`] and not reconciled yet (distinct).
+    backlog: Vec<Key>,
     /// Subscriptions with no local member left, and when they may go.
     leaving: HashMap<Key, Instant>,
     last_expiry: Instant,
@@ -291,6 +293,7 @@ impl Worker {
             router,
             inbound,
             subscribed: HashMap::new(),
+            backlog: Vec::new(),
             leaving: HashMap::new(),
             last_expiry: Instant::now(),
             broadcast: None,
@@ -445,11 +448,15 @@ impl Worker {
     /// Brings subscriptions in line with the registry for a batch of changed IDs; true if
     /// more are waiting.
     async fn reconcile_batch(&mut self, client: &Client) -> bool {
-        let batch: Vec<Key> = {
-            let mut dirty = self.shared.dirty.lock();
-            let n = dirty.len().min(RECONCILE_BATCH);
-            dirty.drain(..n).collect()
-        };
+        if self.backlog.is_empty() {
+            self.backlog = self.shared.dirty.lock().take();
+        }
+        let n = self.backlog.len().min(RECONCILE_BATCH);
+        let batch = self.backlog.split_off(self.backlog.len() - n);
+        if self.backlog.is_empty() {
+            // Give back what a burst of changes made it grow to.
+            self.backlog = Vec::new();
+        }
         let now = Instant::now();
         for key in batch {
             let wanted = self.router.registry().contains(key.0, &key.1);
@@ -474,7 +481,7 @@ impl Worker {
             .stats
             .subscriptions
             .set(self.subscribed.len() as u64 + u64::from(self.broadcast.is_some()));
-        !self.shared.dirty.lock().is_empty()
+        !self.backlog.is_empty() || !self.shared.dirty.lock().is_empty()
     }
 
     /// Drops subscriptions whose delay ran out and whose user or room is still gone.
@@ -619,6 +626,19 @@ mod tests {
         assert_eq!(b.publish(push(1 << 20)), Err(BusError::TooLarge));
         let refused: Vec<u64> = b.shared.stats.refused.iter().map(|c| c.get()).collect();
         assert_eq!(refused, [1, 1, 1]);
+    }
+
+    /// Issue 11: while NATS is unreachable nothing drains the changed interests; churn
+    /// of the same few users must not grow them (it did, one entry per event).
+    #[test]
+    fn interest_churn_during_an_outage_costs_distinct_ids() {
+        let b = bus(1);
+        let ids: Vec<Arc<str>> = (0..5).map(|i| Arc::from(format!("u{i}"))).collect();
+        for i in 0..50_000 {
+            b.interest_changed(Kind::User, &ids[i % ids.len()]);
+        }
+        b.interest_changed(Kind::Room, &ids[0]);
+        assert_eq!(b.shared.dirty.lock().len(), 6);
     }
 
     #[test]
