@@ -37,6 +37,7 @@ pub mod default {
     pub const BUS_PREFIX: &str = "pushgate";
     pub const BUS_QUEUE_DEPTH: usize = 65536;
     pub const BUS_UNSUBSCRIBE_DELAY: f64 = 5.0;
+    pub const BUS_PING_TIMEOUT: f64 = 3.0;
 }
 
 /// pushgate: a WebSocket push gateway for instant messaging.
@@ -168,6 +169,10 @@ pub struct Cli {
     /// so reconnect storms cost no bus traffic [default: 5].
     #[arg(long, env = "PUSHGATE_BUS_UNSUBSCRIBE_DELAY")]
     pub bus_unsubscribe_delay: Option<f64>,
+    /// Seconds a round trip to NATS may go unanswered before the node turns unready
+    /// (503 on /readyz and pushes); one is made every third of it [default: 3].
+    #[arg(long, env = "PUSHGATE_BUS_PING_TIMEOUT")]
+    pub bus_ping_timeout: Option<f64>,
     /// Log as JSON lines instead of text [default: false].
     #[arg(long, env = "PUSHGATE_LOG_JSON")]
     pub log_json: Option<bool>,
@@ -216,6 +221,7 @@ pub struct FileConfig {
     bus_prefix: Option<String>,
     bus_queue_depth: Option<usize>,
     bus_unsubscribe_delay: Option<f64>,
+    bus_ping_timeout: Option<f64>,
     log_json: Option<bool>,
 }
 
@@ -230,6 +236,8 @@ pub struct BusSettings {
     pub queue_depth: usize,
     /// Subscription linger after the last local connection.
     pub unsubscribe_delay: Duration,
+    /// Unanswered round trip before the node is unready.
+    pub ping_timeout: Duration,
 }
 
 /// Resolved settings.
@@ -258,6 +266,15 @@ pub struct Settings {
 fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
     if !v.is_finite() || v <= 0.0 || v > 86_400.0 {
         bail!("{name} must be between 0 and 86400 seconds, got {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// How long NATS may leave a round trip unanswered: shorter than a few PING intervals of
+/// a busy server is noise, longer than a minute is not noticing at all.
+fn bus_ping_timeout(v: f64) -> anyhow::Result<Duration> {
+    if !v.is_finite() || !(0.3..=60.0).contains(&v) {
+        bail!("bus_ping_timeout must be between 0.3 and 60 seconds, got {v}");
     }
     Ok(Duration::from_secs_f64(v))
 }
@@ -406,6 +423,10 @@ impl Settings {
                             }
                             Duration::from_secs_f64(v)
                         },
+                        ping_timeout: bus_ping_timeout(pick!(
+                            bus_ping_timeout,
+                            default::BUS_PING_TIMEOUT
+                        ))?,
                     })
                 }
             },

@@ -41,8 +41,9 @@ fn url_escape(s: &str) -> String {
         .collect()
 }
 
-/// Waits until `gw` holds `n` bus subscriptions (users + rooms + broadcast), then a
-/// moment for NATS to have them.
+/// Waits until `gw` holds `n` bus subscriptions (users + rooms + broadcast). The gauge
+/// counts only subscriptions NATS has confirmed (by a round trip after them), so a
+/// publish from anywhere reaches them from then on.
 fn subscribed(gw: &Gateway, n: usize) {
     assert!(
         gw.eventually(Duration::from_secs(10), |g| {
@@ -51,7 +52,6 @@ fn subscribed(gw: &Gateway, n: usize) {
         "expected {n} subscriptions, have {}",
         gw.metric("pushgate_bus_subscriptions")
     );
-    std::thread::sleep(Duration::from_millis(100));
 }
 
 fn api(gw: &Gateway, path: &str, body: Value) -> (u16, String) {
@@ -213,8 +213,10 @@ fn bus_lost_and_restored_mid_run() {
             "readyz never recovered"
         );
     }
+    // The gauge went to 0 with the connection and counts again once NATS confirmed the
+    // restored subscriptions.
+    subscribed(&a, 2);
     subscribed(&b, 3);
-    std::thread::sleep(Duration::from_millis(300));
     push_ok(&a, json!({"to": ["bob", "erin"], "data": 4}));
     push_ok(&b, json!({"to": ["alice"], "data": 5}));
     assert_eq!(received(&mut bob, 400), [json!(4)]);
@@ -336,8 +338,12 @@ fn subscriptions_follow_presence_with_a_grace_period() {
     let changes = gw.metric("pushgate_bus_interest_changes_total");
     // Gone and back within the grace period: no bus traffic at all.
     drop(c);
-    std::thread::sleep(Duration::from_millis(100));
+    assert!(gw.eventually(Duration::from_secs(5), |g| {
+        g.metric_sum("pushgate_connections") == 0.0
+    }));
     let mut c = ws(&gw, "flaky");
+    // Not synchronisation: nothing may happen during and past the grace period, and only
+    // waiting past it shows that.
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(gw.metric("pushgate_bus_subscriptions"), 2.0);
     assert_eq!(gw.metric("pushgate_bus_interest_changes_total"), changes);
@@ -353,6 +359,45 @@ fn subscriptions_follow_presence_with_a_grace_period() {
     );
 }
 
+/// Issue 19: with nats-server frozen by SIGSTOP the TCP connection stays up, and the node
+/// used to stay ready and take pushes it could not forward.
+#[test]
+fn frozen_bus_makes_the_node_unready_until_it_answers() {
+    let nats = NatsServer::start();
+    let a = node(&nats.url(), "a", &["--bus-ping-timeout", "1.5"]);
+    let mut alice = ws(&a, "alice");
+    subscribed(&a, 2);
+    push_ok(&a, json!({"to": ["alice"], "data": 1}));
+    assert_eq!(received(&mut alice, 200), [json!(1)]);
+
+    nats.pause();
+    assert!(
+        a.eventually(Duration::from_secs(6), |g| g.control_get("/readyz").0
+            == 503),
+        "readyz stayed ready with the bus frozen"
+    );
+    let (_, body) = a.control_get("/readyz");
+    assert!(body.contains("cluster bus"), "{body}");
+    assert_eq!(a.metric("pushgate_bus_ping_timeouts_total"), 1.0);
+    // Handled as a bus that is down: 503 to the API, local delivery still happens.
+    let (status, body) = api(&a, "/v1/push", json!({"to": ["alice"], "data": 2}));
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(received(&mut alice, 300), [json!(2)]);
+
+    nats.resume();
+    assert!(
+        a.eventually(Duration::from_secs(10), |g| g.control_get("/readyz").0
+            == 200),
+        "readyz never recovered after SIGCONT"
+    );
+    subscribed(&a, 2);
+    let mut backend = nats.client();
+    backend.publish("pushgate.user.alice", br#"{"type":"msg","data":3}"#);
+    assert_eq!(received(&mut alice, 400), [json!(3)]);
+    push_ok(&a, json!({"to": ["alice"], "data": 4}));
+    assert_eq!(received(&mut alice, 300), [json!(4)]);
+}
+
 #[test]
 fn bad_bus_settings_are_refused_at_start() {
     for (args, expect) in [
@@ -362,6 +407,8 @@ fn bad_bus_settings_are_refused_at_start() {
             &["--bus-unsubscribe-delay", "99999"][..],
             "bus_unsubscribe_delay",
         ),
+        (&["--bus-ping-timeout", "0.1"][..], "bus_ping_timeout"),
+        (&["--bus-ping-timeout", "inf"][..], "bus_ping_timeout"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
             .args(["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"])

@@ -27,6 +27,7 @@ impl Changed {
     }
 
     /// How many distinct IDs are waiting.
+    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.ids.len()
     }

@@ -21,6 +21,7 @@
 
 mod dedup;
 mod interest;
+mod liveness;
 mod nats;
 pub mod stats;
 pub mod subject;

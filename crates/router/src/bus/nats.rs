@@ -26,6 +26,7 @@ use tokio::task::AbortHandle;
 
 use super::dedup::RecentIds;
 use super::interest::{Changed, Key};
+use super::liveness::{self, Liveness, PROBE_SUBJECT};
 use super::stats::BusStats;
 use super::subject::{self, Kind, Subjects};
 use super::{BusError, ClusterBus, Outgoing, HEADER_ID, HEADER_SENT, HEADER_TARGETS};
@@ -44,6 +45,9 @@ pub struct NatsConfig {
     pub queue_depth: usize,
     /// How long a subscription outlives the last local connection of its user or room.
     pub unsubscribe_delay: Duration,
+    /// A round trip to NATS unanswered this long makes the node unready (one is made
+    /// every third of it).
+    pub ping_timeout: Duration,
 }
 
 /// Interest changes reconciled per pass before the bus thread looks at publishes again.
@@ -67,6 +71,14 @@ struct Shared {
     wake: Notify,
     max_payload: AtomicUsize,
     stop: std::sync::atomic::AtomicBool,
+    liveness: Liveness,
+}
+
+impl Shared {
+    /// Connected, and NATS answered lately.
+    fn is_ready(&self) -> bool {
+        self.stats.is_connected() && self.liveness.answering(Instant::now())
+    }
 }
 
 /// The NATS implementation of [`ClusterBus`].
@@ -91,6 +103,7 @@ impl NatsBus {
                 wake: Notify::new(),
                 max_payload: AtomicUsize::new(1024 * 1024),
                 stop: Default::default(),
+                liveness: Liveness::new(config.ping_timeout),
             }),
             thread: Mutex::new(None),
             pending: Mutex::new(Some((config, subjects, rx))),
@@ -141,7 +154,7 @@ impl ClusterBus for NatsBus {
             stats.refused[e as usize].add(1);
             Err(e)
         };
-        if !stats.is_connected() {
+        if !self.shared.is_ready() {
             return refuse(BusError::Disconnected);
         }
         if push.body.len() + HEADER_ALLOWANCE > self.shared.max_payload.load(Ordering::Relaxed) {
@@ -163,7 +176,7 @@ impl ClusterBus for NatsBus {
     }
 
     fn is_ready(&self) -> bool {
-        self.shared.stats.is_connected()
+        self.shared.is_ready()
     }
 
     fn stats(&self) -> Option<&BusStats> {
@@ -268,6 +281,17 @@ struct Worker {
     leaving: HashMap<Key, Instant>,
     last_expiry: Instant,
     broadcast: Option<AbortHandle>,
+    /// The inbox answers to liveness probes arrive in (`<inbox>.<seq>`), once subscribed.
+    probe_inbox: Option<(String, AbortHandle)>,
+    probe_seq: u64,
+    next_probe: Instant,
+    /// Subscriptions changed since the last probe.
+    subs_changed: bool,
+    /// The connection (by `connects`) whose subscriptions the last probe confirmed.
+    probed_connection: u64,
+    /// The subscription count to publish once probe `.0` is answered.
+    gauge_pending: Option<(u64, u64)>,
+    was_answering: bool,
     boot: u64,
     seq: AtomicU64,
 }
@@ -297,6 +321,13 @@ impl Worker {
             leaving: HashMap::new(),
             last_expiry: Instant::now(),
             broadcast: None,
+            probe_inbox: None,
+            probe_seq: 0,
+            next_probe: Instant::now(),
+            subs_changed: false,
+            probed_connection: 0,
+            gauge_pending: None,
+            was_answering: true,
             boot: RandomState::new().hash_one(unix_micros() ^ u64::from(std::process::id())),
             seq: AtomicU64::new(0),
         }
@@ -342,10 +373,13 @@ impl Worker {
             if connected {
                 if self.broadcast.is_none() {
                     self.broadcast = self.subscribe(&client, None).await;
+                    self.subs_changed = true;
                 }
                 more |= self.reconcile_batch(&client).await;
                 self.expire_leaving();
+                self.probe(&client).await;
             }
+            self.watch_liveness();
             if more {
                 tokio::task::yield_now().await;
             } else {
@@ -360,6 +394,79 @@ impl Worker {
         let _ = tokio::time::timeout(Duration::from_millis(500), client.flush()).await;
         for (_, h) in self.subscribed.drain() {
             h.abort();
+        }
+        if let Some((_, h)) = self.probe_inbox.take() {
+            h.abort();
+        }
+    }
+
+    /// Sends a liveness probe when one is due, or when the subscriptions changed (its
+    /// answer confirms them); publishes the subscription gauge once a probe sent after the
+    /// last change is answered.
+    async fn probe(&mut self, client: &Client) {
+        let now = Instant::now();
+        if self.probe_inbox.is_none() {
+            let inbox = client.new_inbox();
+            match client.subscribe(format!("{inbox}.*")).await {
+                Ok(mut sub) => {
+                    let shared = Arc::clone(&self.shared);
+                    let task = tokio::spawn(async move {
+                        while let Some(msg) = sub.next().await {
+                            if let Some(seq) = liveness::reply_seq(&msg.subject) {
+                                shared.liveness.answered(seq);
+                            }
+                        }
+                    });
+                    self.probe_inbox = Some((inbox, task.abort_handle()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "subscribing to the probe inbox failed");
+                    return;
+                }
+            }
+        }
+        let connection = self.shared.stats.connects.get();
+        if now >= self.next_probe || self.subs_changed || connection != self.probed_connection {
+            let Some((inbox, _)) = &self.probe_inbox else {
+                return;
+            };
+            self.probe_seq += 1;
+            let reply = format!("{inbox}.{}", self.probe_seq);
+            match client
+                .publish_with_reply(PROBE_SUBJECT, reply, Bytes::new())
+                .await
+            {
+                Ok(()) => self.shared.liveness.sent(now),
+                Err(e) => tracing::debug!(error = %e, "probe not sent"),
+            }
+            self.next_probe = now + self.shared.liveness.interval();
+            self.subs_changed = false;
+            self.probed_connection = connection;
+            let count = self.subscribed.len() as u64 + u64::from(self.broadcast.is_some());
+            self.gauge_pending = Some((self.probe_seq, count));
+        }
+        if let Some((seq, count)) = self.gauge_pending {
+            if self.shared.liveness.answered_seq() >= seq {
+                self.shared.stats.subscriptions.set(count);
+                self.gauge_pending = None;
+            }
+        }
+    }
+
+    /// Counts and logs the moments NATS stops answering and starts again.
+    fn watch_liveness(&mut self) {
+        let answering = self.shared.liveness.answering(Instant::now());
+        if answering != self.was_answering {
+            self.was_answering = answering;
+            if answering {
+                tracing::info!("cluster bus: NATS answers again");
+            } else {
+                self.shared.stats.ping_timeouts.add(1);
+                tracing::warn!(
+                    timeout = ?self.config.ping_timeout,
+                    "cluster bus: NATS does not answer; not ready"
+                );
+            }
         }
     }
 
@@ -468,6 +575,7 @@ impl Worker {
                 (true, false) => {
                     if let Some(h) = self.subscribe(client, Some(key.clone())).await {
                         self.subscribed.insert(key, h);
+                        self.subs_changed = true;
                     }
                 }
                 (false, true) => {
@@ -477,10 +585,6 @@ impl Worker {
                 (false, false) => {}
             }
         }
-        self.shared
-            .stats
-            .subscriptions
-            .set(self.subscribed.len() as u64 + u64::from(self.broadcast.is_some()));
         !self.backlog.is_empty() || !self.shared.dirty.lock().is_empty()
     }
 
@@ -512,12 +616,9 @@ impl Worker {
                 // Dropping the subscriber (with its task) unsubscribes.
                 h.abort();
                 self.shared.stats.interest_changes.add(1);
+                self.subs_changed = true;
             }
         }
-        self.shared
-            .stats
-            .subscriptions
-            .set(self.subscribed.len() as u64 + u64::from(self.broadcast.is_some()));
     }
 
     /// Subscribes to a user or room subject (or broadcast, for `None`) and starts the task
@@ -573,6 +674,8 @@ fn on_event(shared: &Shared, event: Event) {
     let stats = &shared.stats;
     match event {
         Event::Connected => {
+            // Probes sent on the old connection will not be answered.
+            shared.liveness.reset();
             stats.connects.add(1);
             stats.connected.store(true, Ordering::Relaxed);
             tracing::info!("cluster bus: connected to NATS");
@@ -581,6 +684,8 @@ fn on_event(shared: &Shared, event: Event) {
         Event::Disconnected => {
             stats.disconnects.add(1);
             stats.connected.store(false, Ordering::Relaxed);
+            // NATS has none of ours until the next connection restores them.
+            stats.subscriptions.set(0);
             tracing::warn!("cluster bus: lost NATS; reconnecting");
         }
         Event::SlowConsumer(_) => stats.slow_consumer_drops.add(1),
@@ -600,6 +705,7 @@ mod tests {
             node_id: "n".into(),
             queue_depth,
             unsubscribe_delay: Duration::ZERO,
+            ping_timeout: Duration::from_secs(3),
         })
         .unwrap()
     }
