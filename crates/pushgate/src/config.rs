@@ -38,6 +38,7 @@ pub mod default {
     pub const BUS_QUEUE_DEPTH: usize = 65536;
     pub const BUS_UNSUBSCRIBE_DELAY: f64 = 5.0;
     pub const BUS_PING_TIMEOUT: f64 = 3.0;
+    pub const BUS_MAX_LINGERING: usize = 1024;
 }
 
 /// pushgate: a WebSocket push gateway for instant messaging.
@@ -173,6 +174,11 @@ pub struct Cli {
     /// (503 on /readyz and pushes); one is made every third of it [default: 3].
     #[arg(long, env = "PUSHGATE_BUS_PING_TIMEOUT")]
     pub bus_ping_timeout: Option<f64>,
+    /// Bus subscriptions kept through the unsubscribe delay beyond those of the users and
+    /// rooms that left since their recent peak on this node; past it the oldest go at
+    /// once, so churn through new IDs cannot pile them up [default: 1024].
+    #[arg(long, env = "PUSHGATE_BUS_MAX_LINGERING")]
+    pub bus_max_lingering: Option<usize>,
     /// Log as JSON lines instead of text [default: false].
     #[arg(long, env = "PUSHGATE_LOG_JSON")]
     pub log_json: Option<bool>,
@@ -222,6 +228,7 @@ pub struct FileConfig {
     bus_queue_depth: Option<usize>,
     bus_unsubscribe_delay: Option<f64>,
     bus_ping_timeout: Option<f64>,
+    bus_max_lingering: Option<usize>,
     log_json: Option<bool>,
 }
 
@@ -238,6 +245,8 @@ pub struct BusSettings {
     pub unsubscribe_delay: Duration,
     /// Unanswered round trip before the node is unready.
     pub ping_timeout: Duration,
+    /// Lingering subscriptions beyond the recent drop in local users and rooms.
+    pub max_lingering: usize,
 }
 
 /// Resolved settings.
@@ -427,6 +436,7 @@ impl Settings {
                             bus_ping_timeout,
                             default::BUS_PING_TIMEOUT
                         ))?,
+                        max_lingering: pick!(bus_max_lingering, default::BUS_MAX_LINGERING),
                     })
                 }
             },

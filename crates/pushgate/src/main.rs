@@ -58,6 +58,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 queue_depth: bus.queue_depth,
                 unsubscribe_delay: bus.unsubscribe_delay,
                 ping_timeout: bus.ping_timeout,
+                max_lingering: bus.max_lingering,
             })
             .map_err(anyhow::Error::msg)?,
         )),

@@ -21,10 +21,12 @@
 
 mod dedup;
 mod interest;
+mod lingering;
 mod liveness;
 mod nats;
 pub mod stats;
 pub mod subject;
+mod trim;
 
 use std::fmt::Debug;
 use std::sync::Arc;

@@ -26,9 +26,11 @@ use tokio::task::AbortHandle;
 
 use super::dedup::RecentIds;
 use super::interest::{Changed, Key};
+use super::lingering::{Lingering, RecentPeak};
 use super::liveness::{self, Liveness, PROBE_SUBJECT};
 use super::stats::BusStats;
 use super::subject::{self, Kind, Subjects};
+use super::trim::Trimmer;
 use super::{BusError, ClusterBus, Outgoing, HEADER_ID, HEADER_SENT, HEADER_TARGETS};
 use crate::router::Router;
 
@@ -45,6 +47,10 @@ pub struct NatsConfig {
     pub queue_depth: usize,
     /// How long a subscription outlives the last local connection of its user or room.
     pub unsubscribe_delay: Duration,
+    /// Subscriptions kept lingering beyond those of the users and rooms that left since
+    /// the recent peak of local ones (which a reconnect storm brings back); past it the
+    /// oldest go at once, so churn through new IDs cannot pile them up.
+    pub max_lingering: usize,
     /// A round trip to NATS unanswered this long makes the node unready (one is made
     /// every third of it).
     pub ping_timeout: Duration,
@@ -54,9 +60,11 @@ pub struct NatsConfig {
 const RECONCILE_BATCH: usize = 1024;
 /// Publishes taken per pass before interest changes get a turn.
 const PUBLISH_BATCH: usize = 4096;
-/// Unsubscribes sent at most every `EXPIRY_EVERY` (2 500 a second).
-const EXPIRY_BATCH: usize = 125;
-const EXPIRY_EVERY: Duration = Duration::from_millis(50);
+/// Unsubscribes per pass before publishes get a turn again. Not a rate: lingering is
+/// bounded by [`NatsConfig::max_lingering`], and unsubscribes must keep up with any churn.
+const EXPIRE_BATCH: usize = 1024;
+/// How often the bus thread looks at lingering subscriptions and probes when idle.
+const TICK: Duration = Duration::from_millis(50);
 /// How long the copies of one push are remembered.
 const DEDUP_WINDOW: Duration = Duration::from_secs(30);
 const DEDUP_MAX: usize = 1 << 16;
@@ -278,8 +286,10 @@ struct Worker {
     /// Changed IDs taken from [`Shared::dirty`] and not reconciled yet (distinct).
     backlog: Vec<Key>,
     /// Subscriptions with no local member left, and when they may go.
-    leaving: HashMap<Key, Instant>,
-    last_expiry: Instant,
+    leaving: Lingering,
+    /// The most local users and rooms lately.
+    peak: RecentPeak,
+    trimmer: Trimmer,
     broadcast: Option<AbortHandle>,
     /// The inbox answers to liveness probes arrive in (`<inbox>.<seq>`), once subscribed.
     probe_inbox: Option<(String, AbortHandle)>,
@@ -309,6 +319,7 @@ impl Worker {
             shared: Arc::clone(&shared),
             recent: Mutex::new(RecentIds::new(DEDUP_WINDOW, DEDUP_MAX)),
         });
+        let delay = config.unsubscribe_delay;
         Worker {
             config,
             subjects,
@@ -318,8 +329,9 @@ impl Worker {
             inbound,
             subscribed: HashMap::new(),
             backlog: Vec::new(),
-            leaving: HashMap::new(),
-            last_expiry: Instant::now(),
+            leaving: Lingering::default(),
+            peak: RecentPeak::new(delay),
+            trimmer: Trimmer::new(),
             broadcast: None,
             probe_inbox: None,
             probe_seq: 0,
@@ -353,7 +365,7 @@ impl Worker {
             }
         };
         tracing::info!(url = %self.config.url, prefix = %self.config.prefix, "cluster bus: connecting to NATS");
-        let mut tick = tokio::time::interval(EXPIRY_EVERY);
+        let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.shared.stop.load(Ordering::Relaxed) {
@@ -376,7 +388,7 @@ impl Worker {
                     self.subs_changed = true;
                 }
                 more |= self.reconcile_batch(&client).await;
-                self.expire_leaving();
+                more |= self.expire_leaving();
                 self.probe(&client).await;
             }
             self.watch_liveness();
@@ -570,7 +582,7 @@ impl Worker {
             let have = self.subscribed.contains_key(&key);
             match (wanted, have) {
                 (true, true) => {
-                    self.leaving.remove(&key);
+                    self.leaving.cancel(&key);
                 }
                 (true, false) => {
                     if let Some(h) = self.subscribe(client, Some(key.clone())).await {
@@ -580,7 +592,7 @@ impl Worker {
                 }
                 (false, true) => {
                     let when = now + self.config.unsubscribe_delay;
-                    self.leaving.entry(key).or_insert(when);
+                    self.leaving.start(key, when);
                 }
                 (false, false) => {}
             }
@@ -588,37 +600,39 @@ impl Worker {
         !self.backlog.is_empty() || !self.shared.dirty.lock().is_empty()
     }
 
-    /// Drops subscriptions whose delay ran out and whose user or room is still gone.
-    fn expire_leaving(&mut self) {
-        if self.leaving.is_empty() {
-            return;
-        }
+    /// Drops subscriptions whose delay ran out, and the oldest beyond the lingering
+    /// bound, whose user or room is still gone; true if more are waiting.
+    fn expire_leaving(&mut self) -> bool {
         let now = Instant::now();
-        if now.duration_since(self.last_expiry) < EXPIRY_EVERY {
-            return;
-        }
-        self.last_expiry = now;
-        // Unsubscribing is never urgent (a stale subscription only costs traffic that is
-        // dropped here), so a mass departure is spread out rather than sent at once.
-        let due: Vec<Key> = self
-            .leaving
-            .iter()
-            .filter(|(_, when)| **when <= now)
-            .take(EXPIRY_BATCH)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let online = self.subscribed.len().saturating_sub(self.leaving.len());
+        let keep = self
+            .peak
+            .lingering_bound(online, self.config.max_lingering, now);
+        let due = self.leaving.take_due(now, EXPIRE_BATCH, keep);
+        let more = due.len() == EXPIRE_BATCH;
+        let mut released = 0;
         for key in due {
-            self.leaving.remove(&key);
             if self.router.registry().contains(key.0, &key.1) {
                 continue;
             }
             if let Some(h) = self.subscribed.remove(&key) {
                 // Dropping the subscriber (with its task) unsubscribes.
                 h.abort();
-                self.shared.stats.interest_changes.add(1);
-                self.subs_changed = true;
+                released += 1;
             }
         }
+        if released > 0 {
+            self.shared.stats.interest_changes.add(released as u64);
+            self.subs_changed = true;
+            self.trimmer.released(released);
+        }
+        if !more && self.trimmer.maybe_trim(now) {
+            // The table itself is the one thing malloc_trim cannot shrink.
+            if self.subscribed.capacity() > 4 * self.subscribed.len() + 1024 {
+                self.subscribed.shrink_to_fit();
+            }
+        }
+        more
     }
 
     /// Subscribes to a user or room subject (or broadcast, for `None`) and starts the task
@@ -705,6 +719,7 @@ mod tests {
             node_id: "n".into(),
             queue_depth,
             unsubscribe_delay: Duration::ZERO,
+            max_lingering: 1024,
             ping_timeout: Duration::from_secs(3),
         })
         .unwrap()
