@@ -2,11 +2,13 @@
 //!
 //! Reactors and the API thread never wait on it. Publishes go through a bounded
 //! crossbeam queue (`try_send`; full means refused, counted, and a 503 or error reply);
-//! interest changes go into a small set that the bus thread reconciles against the
-//! registry, so a user who leaves and comes back before the bus thread looks costs no
-//! bus traffic at all, and an unsubscribe waits `unsubscribe_delay` in case the user comes
-//! straight back (reconnect storms after a deploy or a network blip). Messages from the
-//! bus reach the reactors through their inboxes, like any local push.
+//! interest changes go into a set keyed by subject ([`super::interest`]) that the bus
+//! thread reconciles against the registry, so a user who leaves and comes back before the
+//! bus thread looks costs no bus traffic at all, and an unsubscribe waits
+//! `unsubscribe_delay` in case the user comes straight back (reconnect storms after a
+//! deploy or a network blip), within the bound of [`super::lingering`]. Probes
+//! ([`super::liveness`]) tell a frozen NATS from a quiet one. Messages from the bus reach
+//! the reactors through their inboxes, like any local push.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
