@@ -446,12 +446,14 @@ impl Worker {
             };
             self.probe_seq += 1;
             let reply = format!("{inbox}.{}", self.probe_seq);
-            match client
+            // Before sending: the answer may arrive while the send is still awaited. A
+            // probe that cannot even be sent is unanswered too.
+            self.shared.liveness.sent(now);
+            if let Err(e) = client
                 .publish_with_reply(PROBE_SUBJECT, reply, Bytes::new())
                 .await
             {
-                Ok(()) => self.shared.liveness.sent(now),
-                Err(e) => tracing::debug!(error = %e, "probe not sent"),
+                tracing::debug!(error = %e, "probe not sent");
             }
             self.next_probe = now + self.shared.liveness.interval();
             self.subs_changed = false;
@@ -702,6 +704,8 @@ fn on_event(shared: &Shared, event: Event) {
             stats.connected.store(false, Ordering::Relaxed);
             // NATS has none of ours until the next connection restores them.
             stats.subscriptions.set(0);
+            // Unready already; probes lost with the connection are not a frozen server.
+            shared.liveness.reset();
             tracing::warn!("cluster bus: lost NATS; reconnecting");
         }
         Event::SlowConsumer(_) => stats.slow_consumer_drops.add(1),
