@@ -11,6 +11,8 @@
 # release build of this tree). Extra gateway flags: GATEWAY_ARGS="--bus-unsubscribe-delay 2".
 # FRESH_IDS=1: every run of the storm uses new user IDs (c<run>-s0 ...), so the distinct
 # users grow by USERS per run and every subject is subscribed once and unsubscribed once.
+# NO_BUS=1: the same churn on a node routing in-process (the reference without a bus).
+# KEEP_LOGS=DIR: keep the gateway, nats-server and load tool logs and the RSS samples.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 users=${1:-5000}
@@ -41,7 +43,6 @@ for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null &&
 
 port=$(free_port)
 cport=$(free_port)
-# NO_BUS=1: the same churn on a node routing in-process, for reference.
 bus=(--nats "nats://127.0.0.1:$nats_port")
 if [ "${NO_BUS:-0}" = 1 ]; then bus=(); fi
 "$gw_bin" --listen "127.0.0.1:$port" --control "127.0.0.1:$cport" --reactors 2 \
