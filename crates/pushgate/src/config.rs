@@ -49,6 +49,8 @@ pub mod default {
     pub const CONTROL_MAX_CLIENTS: usize = 1024;
     pub const CONTROL_IDLE_TIMEOUT: f64 = 60.0;
     pub const CONTROL_FIRST_REQUEST_TIMEOUT: f64 = 5.0;
+    pub const BUS_PING_TIMEOUT: f64 = 3.0;
+    pub const BUS_MAX_LINGERING: usize = 1024;
 }
 
 /// pushgate: a WebSocket push gateway for instant messaging.
@@ -207,6 +209,15 @@ pub struct Cli {
     /// so reconnect storms cost no bus traffic [default: 5].
     #[arg(long, env = "PUSHGATE_BUS_UNSUBSCRIBE_DELAY")]
     pub bus_unsubscribe_delay: Option<f64>,
+    /// Seconds a round trip to NATS may go unanswered before the node turns unready
+    /// (503 on /readyz and pushes); one is made every third of it [default: 3].
+    #[arg(long, env = "PUSHGATE_BUS_PING_TIMEOUT")]
+    pub bus_ping_timeout: Option<f64>,
+    /// Bus subscriptions kept through the unsubscribe delay beyond those of the users and
+    /// rooms that left since their recent peak on this node; past it the oldest go at
+    /// once, so churn through new IDs cannot pile them up [default: 1024].
+    #[arg(long, env = "PUSHGATE_BUS_MAX_LINGERING")]
+    pub bus_max_lingering: Option<usize>,
     /// Log as JSON lines instead of text [default: false].
     #[arg(long, env = "PUSHGATE_LOG_JSON")]
     pub log_json: Option<bool>,
@@ -263,6 +274,8 @@ pub struct FileConfig {
     bus_prefix: Option<String>,
     bus_queue_depth: Option<usize>,
     bus_unsubscribe_delay: Option<f64>,
+    bus_ping_timeout: Option<f64>,
+    bus_max_lingering: Option<usize>,
     log_json: Option<bool>,
 }
 
@@ -277,6 +290,10 @@ pub struct BusSettings {
     pub queue_depth: usize,
     /// Subscription linger after the last local connection.
     pub unsubscribe_delay: Duration,
+    /// Unanswered round trip before the node is unready.
+    pub ping_timeout: Duration,
+    /// Lingering subscriptions beyond the recent drop in local users and rooms.
+    pub max_lingering: usize,
 }
 
 /// Resolved settings.
@@ -305,6 +322,15 @@ pub struct Settings {
 fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
     if !v.is_finite() || v <= 0.0 || v > 86_400.0 {
         bail!("{name} must be between 0 and 86400 seconds, got {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// How long NATS may leave a round trip unanswered: shorter than a few PING intervals of
+/// a busy server is noise, longer than a minute is not noticing at all.
+fn bus_ping_timeout(v: f64) -> anyhow::Result<Duration> {
+    if !v.is_finite() || !(0.3..=60.0).contains(&v) {
+        bail!("bus_ping_timeout must be between 0.3 and 60 seconds, got {v}");
     }
     Ok(Duration::from_secs_f64(v))
 }
@@ -496,6 +522,11 @@ impl Settings {
                             }
                             Duration::from_secs_f64(v)
                         },
+                        ping_timeout: bus_ping_timeout(pick!(
+                            bus_ping_timeout,
+                            default::BUS_PING_TIMEOUT
+                        ))?,
+                        max_lingering: pick!(bus_max_lingering, default::BUS_MAX_LINGERING),
                     })
                 }
             },

@@ -57,6 +57,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 node_id: node_id.clone(),
                 queue_depth: bus.queue_depth,
                 unsubscribe_delay: bus.unsubscribe_delay,
+                ping_timeout: bus.ping_timeout,
+                max_lingering: bus.max_lingering,
             })
             .map_err(anyhow::Error::msg)?,
         )),

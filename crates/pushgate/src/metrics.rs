@@ -104,6 +104,8 @@ pub mod names {
     pub const BUS_INTEREST_CHANGES: &str = "pushgate_bus_interest_changes_total";
     /// Counter: messages dropped by NATS for a slow subscription.
     pub const BUS_SLOW_CONSUMER: &str = "pushgate_bus_slow_consumer_total";
+    /// Counter: NATS left a round trip unanswered past `--bus-ping-timeout`.
+    pub const BUS_PING_TIMEOUTS: &str = "pushgate_bus_ping_timeouts_total";
     /// Histogram: publish on any node to delivery handed to the reactors here.
     pub const BUS_LATENCY: &str = "pushgate_bus_latency_seconds";
 }
@@ -474,6 +476,11 @@ fn render_bus(out: &mut String, state: &ControlState) {
             BUS_SLOW_CONSUMER,
             "Slow-consumer events on bus subscriptions (messages dropped by the client).",
             &stats.slow_consumer_drops,
+        ),
+        (
+            BUS_PING_TIMEOUTS,
+            "Round trips to NATS unanswered past the ping timeout (node unready meanwhile).",
+            &stats.ping_timeouts,
         ),
     ];
     for (name, help, c) in counters {

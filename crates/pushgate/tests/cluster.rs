@@ -41,8 +41,9 @@ fn url_escape(s: &str) -> String {
         .collect()
 }
 
-/// Waits until `gw` holds `n` bus subscriptions (users + rooms + broadcast), then a
-/// moment for NATS to have them.
+/// Waits until `gw` holds `n` bus subscriptions (users + rooms + broadcast). The gauge
+/// counts only subscriptions NATS has confirmed (by a round trip after them), so a
+/// publish from anywhere reaches them from then on.
 fn subscribed(gw: &Gateway, n: usize) {
     assert!(
         gw.eventually(Duration::from_secs(10), |g| {
@@ -51,7 +52,16 @@ fn subscribed(gw: &Gateway, n: usize) {
         "expected {n} subscriptions, have {}",
         gw.metric("pushgate_bus_subscriptions")
     );
-    std::thread::sleep(Duration::from_millis(100));
+}
+
+/// Waits until `gw` has noticed that every connection closed.
+fn no_connections(gw: &Gateway) {
+    assert!(
+        gw.eventually(Duration::from_secs(5), |g| {
+            g.metric_sum("pushgate_connections") == 0.0
+        }),
+        "connections never closed"
+    );
 }
 
 fn api(gw: &Gateway, path: &str, body: Value) -> (u16, String) {
@@ -213,8 +223,10 @@ fn bus_lost_and_restored_mid_run() {
             "readyz never recovered"
         );
     }
+    // The gauge went to 0 with the connection and counts again once NATS confirmed the
+    // restored subscriptions.
+    subscribed(&a, 2);
     subscribed(&b, 3);
-    std::thread::sleep(Duration::from_millis(300));
     push_ok(&a, json!({"to": ["bob", "erin"], "data": 4}));
     push_ok(&b, json!({"to": ["alice"], "data": 5}));
     assert_eq!(received(&mut bob, 400), [json!(4)]);
@@ -336,8 +348,10 @@ fn subscriptions_follow_presence_with_a_grace_period() {
     let changes = gw.metric("pushgate_bus_interest_changes_total");
     // Gone and back within the grace period: no bus traffic at all.
     drop(c);
-    std::thread::sleep(Duration::from_millis(100));
+    no_connections(&gw);
     let mut c = ws(&gw, "flaky");
+    // Not synchronisation: nothing may happen during and past the grace period, and only
+    // waiting past it shows that.
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(gw.metric("pushgate_bus_subscriptions"), 2.0);
     assert_eq!(gw.metric("pushgate_bus_interest_changes_total"), changes);
@@ -353,6 +367,81 @@ fn subscriptions_follow_presence_with_a_grace_period() {
     );
 }
 
+/// Issue 19: users who leave for good while new ones arrive (churn through new IDs) used
+/// to stay subscribed for the whole delay, so subscriptions grew with the churn rate.
+/// Beyond the drop from the recent peak of local users, at most `--bus-max-lingering`
+/// linger.
+#[test]
+fn departed_users_linger_within_the_bound() {
+    let nats = NatsServer::start();
+    let gw = node(
+        &nats.url(),
+        "n",
+        &["--bus-unsubscribe-delay", "60", "--bus-max-lingering", "1"],
+    );
+    let mut online = vec![ws(&gw, "u0")];
+    subscribed(&gw, 2);
+    // Each round one user leaves for good and a new one arrives: one user online, so
+    // one lingering subscription (the bound) besides it, whatever the delay.
+    for i in 1..6 {
+        online.clear();
+        // One at a time: two users online at once would raise the peak, and the bound.
+        no_connections(&gw);
+        online.push(ws(&gw, &format!("u{i}")));
+        subscribed(&gw, 3);
+    }
+    // The latest departure still lingers: gone and back within the delay costs nothing.
+    let changes = gw.metric("pushgate_bus_interest_changes_total");
+    online.clear();
+    no_connections(&gw);
+    online.push(ws(&gw, "u5"));
+    online.push(ws(&gw, "u4"));
+    subscribed(&gw, 3);
+    assert_eq!(gw.metric("pushgate_bus_interest_changes_total"), changes);
+}
+
+/// Issue 19: with nats-server frozen by SIGSTOP the TCP connection stays up, and the node
+/// used to stay ready and take pushes it could not forward.
+#[test]
+fn frozen_bus_makes_the_node_unready_until_it_answers() {
+    let nats = NatsServer::start();
+    let a = node(&nats.url(), "a", &["--bus-ping-timeout", "1.5"]);
+    let mut alice = ws(&a, "alice");
+    subscribed(&a, 2);
+    push_ok(&a, json!({"to": ["alice"], "data": 1}));
+    assert_eq!(received(&mut alice, 200), [json!(1)]);
+
+    nats.pause();
+    assert!(
+        a.eventually(Duration::from_secs(6), |g| g.control_get("/readyz").0
+            == 503),
+        "readyz stayed ready with the bus frozen"
+    );
+    let (_, body) = a.control_get("/readyz");
+    assert!(body.contains("cluster bus"), "{body}");
+    // Counted by the bus thread on its next pass, which may come just after /readyz saw it.
+    assert!(a.eventually(Duration::from_secs(2), |g| {
+        g.metric("pushgate_bus_ping_timeouts_total") == 1.0
+    }));
+    // Handled as a bus that is down: 503 to the API, local delivery still happens.
+    let (status, body) = api(&a, "/v1/push", json!({"to": ["alice"], "data": 2}));
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(received(&mut alice, 300), [json!(2)]);
+
+    nats.resume();
+    assert!(
+        a.eventually(Duration::from_secs(10), |g| g.control_get("/readyz").0
+            == 200),
+        "readyz never recovered after SIGCONT"
+    );
+    subscribed(&a, 2);
+    let mut backend = nats.client();
+    backend.publish("pushgate.user.alice", br#"{"type":"msg","data":3}"#);
+    assert_eq!(received(&mut alice, 400), [json!(3)]);
+    push_ok(&a, json!({"to": ["alice"], "data": 4}));
+    assert_eq!(received(&mut alice, 300), [json!(4)]);
+}
+
 #[test]
 fn bad_bus_settings_are_refused_at_start() {
     for (args, expect) in [
@@ -362,6 +451,8 @@ fn bad_bus_settings_are_refused_at_start() {
             &["--bus-unsubscribe-delay", "99999"][..],
             "bus_unsubscribe_delay",
         ),
+        (&["--bus-ping-timeout", "0.1"][..], "bus_ping_timeout"),
+        (&["--bus-ping-timeout", "inf"][..], "bus_ping_timeout"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
             .args(["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"])

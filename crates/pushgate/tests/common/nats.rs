@@ -40,9 +40,38 @@ impl NatsServer {
     /// Kills the server (as a crash would).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // SIGKILL ends a stopped process too; SIGCONT only keeps a paused server from
+            // lingering if the kill fails.
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Freezes the server with SIGSTOP: its sockets stay open and nothing answers, as with
+    /// a wedged server or a black-holed route.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("nats-server is not running")
+            .id();
+        let status = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill {sig} {pid} failed");
     }
 
     /// Starts the server again on the same port, waiting until it accepts.

@@ -20,9 +20,13 @@
 //!   [`HEADER_SENT`] (for the bus latency histogram).
 
 mod dedup;
+mod interest;
+mod lingering;
+mod liveness;
 mod nats;
 pub mod stats;
 pub mod subject;
+mod trim;
 
 use std::fmt::Debug;
 use std::sync::Arc;

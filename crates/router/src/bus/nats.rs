@@ -2,11 +2,13 @@
 //!
 //! Reactors and the API thread never wait on it. Publishes go through a bounded
 //! crossbeam queue (`try_send`; full means refused, counted, and a 503 or error reply);
-//! interest changes go into a small set that the bus thread reconciles against the
-//! registry, so a user who leaves and comes back before the bus thread looks costs no
-//! bus traffic at all, and an unsubscribe waits `unsubscribe_delay` in case the user comes
-//! straight back (reconnect storms after a deploy or a network blip). Messages from the
-//! bus reach the reactors through their inboxes, like any local push.
+//! interest changes go into a set keyed by subject ([`super::interest`]) that the bus
+//! thread reconciles against the registry, so a user who leaves and comes back before the
+//! bus thread looks costs no bus traffic at all, and an unsubscribe waits
+//! `unsubscribe_delay` in case the user comes straight back (reconnect storms after a
+//! deploy or a network blip), within the bound of [`super::lingering`]. Probes
+//! ([`super::liveness`]) tell a frozen NATS from a quiet one. Messages from the bus reach
+//! the reactors through their inboxes, like any local push.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -25,8 +27,12 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use super::dedup::RecentIds;
+use super::interest::{Changed, Key};
+use super::lingering::{Lingering, RecentPeak};
+use super::liveness::{self, Liveness, PROBE_SUBJECT};
 use super::stats::BusStats;
 use super::subject::{self, Kind, Subjects};
+use super::trim::Trimmer;
 use super::{BusError, ClusterBus, Outgoing, HEADER_ID, HEADER_SENT, HEADER_TARGETS};
 use crate::router::Router;
 
@@ -43,15 +49,24 @@ pub struct NatsConfig {
     pub queue_depth: usize,
     /// How long a subscription outlives the last local connection of its user or room.
     pub unsubscribe_delay: Duration,
+    /// Subscriptions kept lingering beyond those of the users and rooms that left since
+    /// the recent peak of local ones (which a reconnect storm brings back); past it the
+    /// oldest go at once, so churn through new IDs cannot pile them up.
+    pub max_lingering: usize,
+    /// A round trip to NATS unanswered this long makes the node unready (one is made
+    /// every third of it).
+    pub ping_timeout: Duration,
 }
 
 /// Interest changes reconciled per pass before the bus thread looks at publishes again.
 const RECONCILE_BATCH: usize = 1024;
 /// Publishes taken per pass before interest changes get a turn.
 const PUBLISH_BATCH: usize = 4096;
-/// Unsubscribes sent at most every `EXPIRY_EVERY` (2 500 a second).
-const EXPIRY_BATCH: usize = 125;
-const EXPIRY_EVERY: Duration = Duration::from_millis(50);
+/// Unsubscribes per pass before publishes get a turn again. Not a rate: lingering is
+/// bounded by [`NatsConfig::max_lingering`], and unsubscribes must keep up with any churn.
+const EXPIRE_BATCH: usize = 1024;
+/// How often the bus thread looks at lingering subscriptions and probes when idle.
+const TICK: Duration = Duration::from_millis(50);
 /// How long the copies of one push are remembered.
 const DEDUP_WINDOW: Duration = Duration::from_secs(30);
 const DEDUP_MAX: usize = 1 << 16;
@@ -61,10 +76,19 @@ const HEADER_ALLOWANCE: usize = 512;
 #[derive(Debug)]
 struct Shared {
     stats: BusStats,
-    dirty: Mutex<Vec<(Kind, Arc<str>)>>,
+    /// Users and rooms whose local presence changed, each once.
+    dirty: Mutex<Changed>,
     wake: Notify,
     max_payload: AtomicUsize,
     stop: std::sync::atomic::AtomicBool,
+    liveness: Liveness,
+}
+
+impl Shared {
+    /// Connected, and NATS answered lately.
+    fn is_ready(&self) -> bool {
+        self.stats.is_connected() && self.liveness.answering(Instant::now())
+    }
 }
 
 /// The NATS implementation of [`ClusterBus`].
@@ -85,10 +109,11 @@ impl NatsBus {
             tx,
             shared: Arc::new(Shared {
                 stats: BusStats::default(),
-                dirty: Mutex::new(Vec::new()),
+                dirty: Mutex::new(Changed::default()),
                 wake: Notify::new(),
                 max_payload: AtomicUsize::new(1024 * 1024),
                 stop: Default::default(),
+                liveness: Liveness::new(config.ping_timeout),
             }),
             thread: Mutex::new(None),
             pending: Mutex::new(Some((config, subjects, rx))),
@@ -139,7 +164,7 @@ impl ClusterBus for NatsBus {
             stats.refused[e as usize].add(1);
             Err(e)
         };
-        if !stats.is_connected() {
+        if !self.shared.is_ready() {
             return refuse(BusError::Disconnected);
         }
         if push.body.len() + HEADER_ALLOWANCE > self.shared.max_payload.load(Ordering::Relaxed) {
@@ -156,20 +181,18 @@ impl ClusterBus for NatsBus {
     }
 
     fn interest_changed(&self, kind: Kind, id: &Arc<str>) {
-        self.shared.dirty.lock().push((kind, Arc::clone(id)));
+        self.shared.dirty.lock().mark(kind, id);
         self.shared.wake.notify_one();
     }
 
     fn is_ready(&self) -> bool {
-        self.shared.stats.is_connected()
+        self.shared.is_ready()
     }
 
     fn stats(&self) -> Option<&BusStats> {
         Some(&self.shared.stats)
     }
 }
-
-type Key = (Kind, Arc<str>);
 
 /// What handles messages arriving from the bus (shared by the subscription tasks, all on
 /// the bus thread).
@@ -262,10 +285,25 @@ struct Worker {
     router: Arc<Router>,
     inbound: Arc<Inbound>,
     subscribed: HashMap<Key, AbortHandle>,
+    /// Changed IDs taken from [`Shared::dirty`] and not reconciled yet (distinct).
+    backlog: Vec<Key>,
     /// Subscriptions with no local member left, and when they may go.
-    leaving: HashMap<Key, Instant>,
-    last_expiry: Instant,
+    leaving: Lingering,
+    /// The most local users and rooms lately.
+    peak: RecentPeak,
+    trimmer: Trimmer,
     broadcast: Option<AbortHandle>,
+    /// The inbox answers to liveness probes arrive in (`<inbox>.<seq>`), once subscribed.
+    probe_inbox: Option<(String, AbortHandle)>,
+    probe_seq: u64,
+    next_probe: Instant,
+    /// Subscriptions changed since the last probe.
+    subs_changed: bool,
+    /// The connection (by `connects`) whose subscriptions the last probe confirmed.
+    probed_connection: u64,
+    /// The subscription count to publish once probe `.0` is answered.
+    gauge_pending: Option<(u64, u64)>,
+    was_answering: bool,
     boot: u64,
     seq: AtomicU64,
 }
@@ -283,6 +321,7 @@ impl Worker {
             shared: Arc::clone(&shared),
             recent: Mutex::new(RecentIds::new(DEDUP_WINDOW, DEDUP_MAX)),
         });
+        let delay = config.unsubscribe_delay;
         Worker {
             config,
             subjects,
@@ -291,9 +330,18 @@ impl Worker {
             router,
             inbound,
             subscribed: HashMap::new(),
-            leaving: HashMap::new(),
-            last_expiry: Instant::now(),
+            backlog: Vec::new(),
+            leaving: Lingering::default(),
+            peak: RecentPeak::new(delay),
+            trimmer: Trimmer::new(),
             broadcast: None,
+            probe_inbox: None,
+            probe_seq: 0,
+            next_probe: Instant::now(),
+            subs_changed: false,
+            probed_connection: 0,
+            gauge_pending: None,
+            was_answering: true,
             boot: RandomState::new().hash_one(unix_micros() ^ u64::from(std::process::id())),
             seq: AtomicU64::new(0),
         }
@@ -319,7 +367,7 @@ impl Worker {
             }
         };
         tracing::info!(url = %self.config.url, prefix = %self.config.prefix, "cluster bus: connecting to NATS");
-        let mut tick = tokio::time::interval(EXPIRY_EVERY);
+        let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.shared.stop.load(Ordering::Relaxed) {
@@ -339,10 +387,13 @@ impl Worker {
             if connected {
                 if self.broadcast.is_none() {
                     self.broadcast = self.subscribe(&client, None).await;
+                    self.subs_changed = true;
                 }
                 more |= self.reconcile_batch(&client).await;
-                self.expire_leaving();
+                more |= self.expire_leaving();
+                self.probe(&client).await;
             }
+            self.watch_liveness();
             if more {
                 tokio::task::yield_now().await;
             } else {
@@ -357,6 +408,81 @@ impl Worker {
         let _ = tokio::time::timeout(Duration::from_millis(500), client.flush()).await;
         for (_, h) in self.subscribed.drain() {
             h.abort();
+        }
+        if let Some((_, h)) = self.probe_inbox.take() {
+            h.abort();
+        }
+    }
+
+    /// Sends a liveness probe when one is due, or when the subscriptions changed (its
+    /// answer confirms them); publishes the subscription gauge once a probe sent after the
+    /// last change is answered.
+    async fn probe(&mut self, client: &Client) {
+        let now = Instant::now();
+        if self.probe_inbox.is_none() {
+            let inbox = client.new_inbox();
+            match client.subscribe(format!("{inbox}.*")).await {
+                Ok(mut sub) => {
+                    let shared = Arc::clone(&self.shared);
+                    let task = tokio::spawn(async move {
+                        while let Some(msg) = sub.next().await {
+                            if let Some(seq) = liveness::reply_seq(&msg.subject) {
+                                shared.liveness.answered(seq);
+                            }
+                        }
+                    });
+                    self.probe_inbox = Some((inbox, task.abort_handle()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "subscribing to the probe inbox failed");
+                    return;
+                }
+            }
+        }
+        let connection = self.shared.stats.connects.get();
+        if now >= self.next_probe || self.subs_changed || connection != self.probed_connection {
+            let Some((inbox, _)) = &self.probe_inbox else {
+                return;
+            };
+            self.probe_seq += 1;
+            let reply = format!("{inbox}.{}", self.probe_seq);
+            // Before sending: the answer may arrive while the send is still awaited. A
+            // probe that cannot even be sent is unanswered too.
+            self.shared.liveness.sent(now);
+            if let Err(e) = client
+                .publish_with_reply(PROBE_SUBJECT, reply, Bytes::new())
+                .await
+            {
+                tracing::debug!(error = %e, "probe not sent");
+            }
+            self.next_probe = now + self.shared.liveness.interval();
+            self.subs_changed = false;
+            self.probed_connection = connection;
+            let count = self.subscribed.len() as u64 + u64::from(self.broadcast.is_some());
+            self.gauge_pending = Some((self.probe_seq, count));
+        }
+        if let Some((seq, count)) = self.gauge_pending {
+            if self.shared.liveness.answered_seq() >= seq {
+                self.shared.stats.subscriptions.set(count);
+                self.gauge_pending = None;
+            }
+        }
+    }
+
+    /// Counts and logs the moments NATS stops answering and starts again.
+    fn watch_liveness(&mut self) {
+        let answering = self.shared.liveness.answering(Instant::now());
+        if answering != self.was_answering {
+            self.was_answering = answering;
+            if answering {
+                tracing::info!("cluster bus: NATS answers again");
+            } else {
+                self.shared.stats.ping_timeouts.add(1);
+                tracing::warn!(
+                    timeout = ?self.config.ping_timeout,
+                    "cluster bus: NATS does not answer; not ready"
+                );
+            }
         }
     }
 
@@ -445,72 +571,72 @@ impl Worker {
     /// Brings subscriptions in line with the registry for a batch of changed IDs; true if
     /// more are waiting.
     async fn reconcile_batch(&mut self, client: &Client) -> bool {
-        let batch: Vec<Key> = {
-            let mut dirty = self.shared.dirty.lock();
-            let n = dirty.len().min(RECONCILE_BATCH);
-            dirty.drain(..n).collect()
-        };
+        if self.backlog.is_empty() {
+            self.backlog = self.shared.dirty.lock().take();
+        }
+        let n = self.backlog.len().min(RECONCILE_BATCH);
+        let batch = self.backlog.split_off(self.backlog.len() - n);
+        if self.backlog.is_empty() {
+            // Give back what a burst of changes made it grow to.
+            self.backlog = Vec::new();
+        }
         let now = Instant::now();
         for key in batch {
             let wanted = self.router.registry().contains(key.0, &key.1);
             let have = self.subscribed.contains_key(&key);
             match (wanted, have) {
                 (true, true) => {
-                    self.leaving.remove(&key);
+                    self.leaving.cancel(&key);
                 }
                 (true, false) => {
                     if let Some(h) = self.subscribe(client, Some(key.clone())).await {
                         self.subscribed.insert(key, h);
+                        self.subs_changed = true;
                     }
                 }
                 (false, true) => {
                     let when = now + self.config.unsubscribe_delay;
-                    self.leaving.entry(key).or_insert(when);
+                    self.leaving.start(key, when);
                 }
                 (false, false) => {}
             }
         }
-        self.shared
-            .stats
-            .subscriptions
-            .set(self.subscribed.len() as u64 + u64::from(self.broadcast.is_some()));
-        !self.shared.dirty.lock().is_empty()
+        !self.backlog.is_empty() || !self.shared.dirty.lock().is_empty()
     }
 
-    /// Drops subscriptions whose delay ran out and whose user or room is still gone.
-    fn expire_leaving(&mut self) {
-        if self.leaving.is_empty() {
-            return;
-        }
+    /// Drops subscriptions whose delay ran out, and the oldest beyond the lingering
+    /// bound, whose user or room is still gone; true if more are waiting.
+    fn expire_leaving(&mut self) -> bool {
         let now = Instant::now();
-        if now.duration_since(self.last_expiry) < EXPIRY_EVERY {
-            return;
-        }
-        self.last_expiry = now;
-        // Unsubscribing is never urgent (a stale subscription only costs traffic that is
-        // dropped here), so a mass departure is spread out rather than sent at once.
-        let due: Vec<Key> = self
-            .leaving
-            .iter()
-            .filter(|(_, when)| **when <= now)
-            .take(EXPIRY_BATCH)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let online = self.subscribed.len().saturating_sub(self.leaving.len());
+        let keep = self
+            .peak
+            .lingering_bound(online, self.config.max_lingering, now);
+        let due = self.leaving.take_due(now, EXPIRE_BATCH, keep);
+        let more = due.len() == EXPIRE_BATCH;
+        let mut released = 0;
         for key in due {
-            self.leaving.remove(&key);
             if self.router.registry().contains(key.0, &key.1) {
                 continue;
             }
             if let Some(h) = self.subscribed.remove(&key) {
                 // Dropping the subscriber (with its task) unsubscribes.
                 h.abort();
-                self.shared.stats.interest_changes.add(1);
+                released += 1;
             }
         }
-        self.shared
-            .stats
-            .subscriptions
-            .set(self.subscribed.len() as u64 + u64::from(self.broadcast.is_some()));
+        if released > 0 {
+            self.shared.stats.interest_changes.add(released as u64);
+            self.subs_changed = true;
+            self.trimmer.released(released);
+        }
+        if !more && self.trimmer.maybe_trim(now) {
+            // The table itself is the one thing malloc_trim cannot shrink.
+            if self.subscribed.capacity() > 4 * self.subscribed.len() + 1024 {
+                self.subscribed.shrink_to_fit();
+            }
+        }
+        more
     }
 
     /// Subscribes to a user or room subject (or broadcast, for `None`) and starts the task
@@ -566,6 +692,8 @@ fn on_event(shared: &Shared, event: Event) {
     let stats = &shared.stats;
     match event {
         Event::Connected => {
+            // Probes sent on the old connection will not be answered.
+            shared.liveness.reset();
             stats.connects.add(1);
             stats.connected.store(true, Ordering::Relaxed);
             tracing::info!("cluster bus: connected to NATS");
@@ -574,6 +702,10 @@ fn on_event(shared: &Shared, event: Event) {
         Event::Disconnected => {
             stats.disconnects.add(1);
             stats.connected.store(false, Ordering::Relaxed);
+            // NATS has none of ours until the next connection restores them.
+            stats.subscriptions.set(0);
+            // Unready already; probes lost with the connection are not a frozen server.
+            shared.liveness.reset();
             tracing::warn!("cluster bus: lost NATS; reconnecting");
         }
         Event::SlowConsumer(_) => stats.slow_consumer_drops.add(1),
@@ -593,6 +725,8 @@ mod tests {
             node_id: "n".into(),
             queue_depth,
             unsubscribe_delay: Duration::ZERO,
+            max_lingering: 1024,
+            ping_timeout: Duration::from_secs(3),
         })
         .unwrap()
     }
@@ -619,6 +753,19 @@ mod tests {
         assert_eq!(b.publish(push(1 << 20)), Err(BusError::TooLarge));
         let refused: Vec<u64> = b.shared.stats.refused.iter().map(|c| c.get()).collect();
         assert_eq!(refused, [1, 1, 1]);
+    }
+
+    /// Issue 11: while NATS is unreachable nothing drains the changed interests; churn
+    /// of the same few users must not grow them (it did, one entry per event).
+    #[test]
+    fn interest_churn_during_an_outage_costs_distinct_ids() {
+        let b = bus(1);
+        let ids: Vec<Arc<str>> = (0..5).map(|i| Arc::from(format!("u{i}"))).collect();
+        for i in 0..50_000 {
+            b.interest_changed(Kind::User, &ids[i % ids.len()]);
+        }
+        b.interest_changed(Kind::Room, &ids[0]);
+        assert_eq!(b.shared.dirty.lock().len(), 6);
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct BusStats {
     pub interest_changes: Counter,
     /// Messages NATS dropped because a subscription fell behind.
     pub slow_consumer_drops: Counter,
+    /// Times NATS left a round trip unanswered past the ping timeout (the node turned
+    /// unready).
+    pub ping_timeouts: Counter,
     /// Publish (by the header timestamp) to delivery handed to the reactors; written by
     /// the bus thread only.
     pub latency: Histogram,
