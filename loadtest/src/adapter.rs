@@ -58,6 +58,10 @@ pub(crate) struct Subscribers {
     /// Bearer key for the server API.
     #[arg(long)]
     pub(crate) api_key: Option<String>,
+    /// Server process(es) whose CPU time is measured over the publishing (repeat for a
+    /// server with several processes).
+    #[arg(long)]
+    pub(crate) server_pid: Vec<u32>,
     /// Server-specific paths and bodies.
     #[command(flatten)]
     pub(crate) templates: Templates,
