@@ -68,6 +68,11 @@ pub(crate) fn cpu_micros(pids: &[u32]) -> Option<u64> {
 
 /// `utime + stime` of one `stat` file (a process's or a thread's), in microseconds.
 pub(crate) fn stat_cpu_micros(path: &str) -> Option<u64> {
+    stat_user_sys_micros(path).map(|(user, sys)| user + sys)
+}
+
+/// `utime` and `stime` of one `stat` file, in microseconds.
+pub(crate) fn stat_user_sys_micros(path: &str) -> Option<(u64, u64)> {
     // The kernel reports these in USER_HZ ticks, an ABI constant (100 on every Linux
     // architecture this tool builds for), not the configured scheduler HZ.
     const MICROS_PER_TICK: u64 = 10_000;
@@ -78,7 +83,7 @@ pub(crate) fn stat_cpu_micros(path: &str) -> Option<u64> {
     let mut fields = rest.split_whitespace().skip(11); // fields 3..=13
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) * MICROS_PER_TICK)
+    Some((utime * MICROS_PER_TICK, stime * MICROS_PER_TICK))
 }
 
 /// The server's CPU time over an interval of a scenario.
