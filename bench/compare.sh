@@ -28,46 +28,54 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 load=./target/release/pushgate-load
 run_dir=$(mktemp -d)
 pids=()
-trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$run_dir"' EXIT
+stop_servers() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+trap 'stop_servers; rm -rf "$run_dir"' EXIT
 declare -A port api srv_pids extra
+extra[pushgate]=""
+extra[tokio]=""
+extra[nchan]="--subscribe /sub/{user} --publish /pub/{user} --publish-body {data} --broadcast /pub/all --broadcast-body {data} --echo /pubsub/{user}"
 
-# pushgate: 2 reactors (one per core), timers out of the way of a short benchmark.
-if [[ $servers == *" pushgate "* ]]; then
-  port[pushgate]=$(free_port); api[pushgate]=$(free_port)
-  ./target/release/pushgate --listen "127.0.0.1:${port[pushgate]}" --control "127.0.0.1:${api[pushgate]}" \
-    --reactors 2 --heartbeat 300 --idle-timeout 600 --max-pending-handshakes 4096 --shutdown-drain 1 \
-    >"$run_dir/pushgate.log" 2>&1 &
-  pids+=($!); srv_pids[pushgate]=$!
-  extra[pushgate]=""
-fi
-
-# The tokio peer: a worker thread per core, every route on both ports.
-if [[ $servers == *" tokio "* ]]; then
-  port[tokio]=$(free_port); api[tokio]=$(free_port)
-  bench/peers/tokio/target/release/tokio-peer --listen "127.0.0.1:${port[tokio]}" \
-    --control "127.0.0.1:${api[tokio]}" --threads 2 >"$run_dir/tokio.log" 2>&1 &
-  pids+=($!); srv_pids[tokio]=$!
-  extra[tokio]=""
-fi
-
-# nginx + nchan: 2 workers.
-if [[ $servers == *" nchan "* ]]; then
-  port[nchan]=$(free_port); api[nchan]=$(free_port)
-  mkdir -p "$run_dir/nginx"
-  sed -e "s#@PORT@#${port[nchan]}#; s#@APIPORT@#${api[nchan]}#; s#@PREFIX@#$run_dir/nginx#g" bench/peers/nchan.conf \
-    >"$run_dir/nginx/nginx.conf"
-  nginx -p "$run_dir/nginx" -c "$run_dir/nginx/nginx.conf" -e "$run_dir/nginx/error.log" &
-  pids+=($!); srv_pids[nchan]=$!
-  extra[nchan]="--subscribe /sub/{user} --publish /pub/{user} --publish-body {data} --broadcast /pub/all --broadcast-body {data} --echo /pubsub/{user}"
-fi
-
-for s in $servers; do
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/${port[$s]}") 2>/dev/null && break; sleep 0.1; done
-done
-sleep 0.5
-# nginx's workers are the master's children; their CPU and memory count too.
-[[ $servers == *" nchan "* ]] && srv_pids[nchan]="${srv_pids[nchan]} $(pgrep -P "${srv_pids[nchan]}" | tr '\n' ' ')"
-for s in $servers; do echo "$s: pids ${srv_pids[$s]} on ${port[$s]}/${api[$s]}"; done
+# Fresh servers for every run: memory a previous run's connections left in a free list
+# would otherwise be counted as free in the next run's idle figure.
+start_servers() {
+  # pushgate: 2 reactors (one per core), timers out of the way of a short benchmark.
+  if [[ $servers == *" pushgate "* ]]; then
+    port[pushgate]=$(free_port); api[pushgate]=$(free_port)
+    ./target/release/pushgate --listen "127.0.0.1:${port[pushgate]}" --control "127.0.0.1:${api[pushgate]}" \
+      --reactors 2 --heartbeat 300 --idle-timeout 600 --max-pending-handshakes 4096 --shutdown-drain 1 \
+      >"$run_dir/pushgate.log" 2>&1 &
+    pids+=($!); srv_pids[pushgate]=$!
+  fi
+  # The tokio peer: a worker thread per core, every route on both ports.
+  if [[ $servers == *" tokio "* ]]; then
+    port[tokio]=$(free_port); api[tokio]=$(free_port)
+    bench/peers/tokio/target/release/tokio-peer --listen "127.0.0.1:${port[tokio]}" \
+      --control "127.0.0.1:${api[tokio]}" --threads 2 >"$run_dir/tokio.log" 2>&1 &
+    pids+=($!); srv_pids[tokio]=$!
+  fi
+  # nginx + nchan: 2 workers.
+  if [[ $servers == *" nchan "* ]]; then
+    port[nchan]=$(free_port); api[nchan]=$(free_port)
+    rm -rf "$run_dir/nginx"; mkdir -p "$run_dir/nginx"
+    sed -e "s#@PORT@#${port[nchan]}#; s#@APIPORT@#${api[nchan]}#; s#@PREFIX@#$run_dir/nginx#g" bench/peers/nchan.conf \
+      >"$run_dir/nginx/nginx.conf"
+    nginx -p "$run_dir/nginx" -c "$run_dir/nginx/nginx.conf" -e "$run_dir/nginx/error.log" &
+    pids+=($!); srv_pids[nchan]=$!
+  fi
+  for s in $servers; do
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/${port[$s]}") 2>/dev/null && break; sleep 0.1; done
+  done
+  sleep 0.5
+  # nginx's workers are the master's children; their CPU and memory count too.
+  if [[ $servers == *" nchan "* ]]; then
+    srv_pids[nchan]="${srv_pids[nchan]} $(pgrep -P "${srv_pids[nchan]}" | tr '\n' ' ')"
+  fi
+  for s in $servers; do echo "$s: pids ${srv_pids[$s]} on ${port[$s]}/${api[$s]}"; done
+}
 echo "results in $out; $runs runs of each scenario"
 
 # scenario NAME ARGS...: runs against each server, keeping each one's JSON line. A run that
@@ -90,11 +98,14 @@ scenario() {
 }
 
 for run in $(seq "$runs"); do
+  echo "== run $run: starting servers"
+  start_servers
   scenario idle conns --count 15000 --hold 3 --sources 32
   scenario fanout_flat fanout --subscribers 10000 --pushes 200000 --rate 0 --sources 32
   scenario fanout_rate fanout --subscribers 10000 --pushes 50000 --rate 5000 --sources 32
   scenario broadcast broadcast --subscribers 10000 --broadcasts 20 --rate 2 --sources 32
   scenario echo echo --clients 100 --size 64 --duration 5
+  stop_servers
 done
 
 # The physical floor: one small send() on loopback, to one hot socket and spread over
