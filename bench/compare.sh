@@ -9,13 +9,13 @@
 #   bench/compare.sh [OUT_DIR]     (JSON lines and the table land in OUT_DIR, default a temp dir)
 #   SCENARIOS="fanout_rate echo" bench/compare.sh   only those (default: all five, and floor)
 #   SERVERS="pushgate tokio" bench/compare.sh       only those servers (default: all three)
-#   RUNS=3 bench/compare.sh                         runs per scenario and server (default 2)
-# With 10 000 subscribers and RUNS=2 the whole script takes about 10 minutes on 2 cores.
+#   RUNS=2 bench/compare.sh                         runs per scenario and server (default 3)
+# With 10 000 subscribers and 3 runs the whole script takes about 8 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-$(mktemp -d)}
 mkdir -p "$out"
-runs=${RUNS:-2}
+runs=${RUNS:-3}
 servers=" ${SERVERS:-pushgate tokio nchan} "
 only=" ${SCENARIOS:-idle fanout_flat fanout_rate broadcast echo floor} "
 if [[ $servers == *" nchan "* ]] && ! { command -v nginx >/dev/null && [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ]; }; then
@@ -144,7 +144,9 @@ rows = [
     ("upgrades per second", "idle", lambda j: j["upgrades_per_sec"]),
     ("fan-out flat out, 16 publishers: delivered/s", "fanout_flat", lambda j: j["delivered_per_sec"]),
     ("fan-out flat out: server CPU per push (µs)", "fanout_flat", lambda j: j["server_cpu_us_per_push"]),
+    ("fan-out flat out: p99 latency (ms)", "fanout_flat", lambda j: j["latency_ms"]["p99"]),
     ("fan-out flat out: lost", "fanout_flat", lambda j: j["lost"]),
+    ("fan-out flat out: load tool CPU (% of one core)", "fanout_flat", lambda j: 100 * j["load_tool_cpu_secs"] / j["elapsed_secs"]),
     ("fan-out at 5 000/s: p50 latency (ms)", "fanout_rate", lambda j: j["latency_ms"]["p50"]),
     ("fan-out at 5 000/s: p99 latency (ms)", "fanout_rate", lambda j: j["latency_ms"]["p99"]),
     ("fan-out at 5 000/s: server CPU per push (µs)", "fanout_rate", lambda j: j["server_cpu_us_per_push"]),
