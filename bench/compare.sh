@@ -7,7 +7,8 @@
 # each server (interleaved, so drift on a shared machine hits all of them alike), stops
 # the servers (by PID) and prints a table of medians and ratios.
 #   bench/compare.sh [OUT_DIR]     (JSON lines and the table land in OUT_DIR, default a temp dir)
-#   SCENARIOS="fanout_rate echo" bench/compare.sh   only those (default: all five, and floor)
+#   SCENARIOS="fanout_rate echo" bench/compare.sh   only those (default: all five, and floor;
+#     fanout_pipelined, one pipelined API connection as before wave 2, runs only when named)
 #   SERVERS="pushgate tokio" bench/compare.sh       only those servers (default: all three)
 #   RUNS=2 bench/compare.sh                         runs per scenario and server (default 3)
 # With 10 000 subscribers and 3 runs the whole script takes about 8 minutes on 2 cores.
@@ -102,6 +103,7 @@ for run in $(seq "$runs"); do
   start_servers
   scenario idle conns --count 15000 --hold 3 --sources 32
   scenario fanout_flat fanout --subscribers 10000 --pushes 200000 --rate 0 --sources 32
+  scenario fanout_pipelined fanout --subscribers 10000 --pushes 200000 --rate 0 --sources 32 --pipelined
   scenario fanout_rate fanout --subscribers 10000 --pushes 50000 --rate 5000 --sources 32
   scenario broadcast broadcast --subscribers 10000 --broadcasts 20 --rate 2 --sources 32
   scenario echo echo --clients 100 --size 64 --duration 5
@@ -147,6 +149,8 @@ rows = [
     ("fan-out flat out: p99 latency (ms)", "fanout_flat", lambda j: j["latency_ms"]["p99"]),
     ("fan-out flat out: lost", "fanout_flat", lambda j: j["lost"]),
     ("fan-out flat out: load tool CPU (% of one core)", "fanout_flat", lambda j: 100 * j["load_tool_cpu_secs"] / j["elapsed_secs"]),
+    ("fan-out flat out, 1 pipelined connection: delivered/s", "fanout_pipelined", lambda j: j["delivered_per_sec"]),
+    ("fan-out pipelined: server CPU per push (µs)", "fanout_pipelined", lambda j: j["server_cpu_us_per_push"]),
     ("fan-out at 5 000/s: p50 latency (ms)", "fanout_rate", lambda j: j["latency_ms"]["p50"]),
     ("fan-out at 5 000/s: p99 latency (ms)", "fanout_rate", lambda j: j["latency_ms"]["p99"]),
     ("fan-out at 5 000/s: server CPU per push (µs)", "fanout_rate", lambda j: j["server_cpu_us_per_push"]),
