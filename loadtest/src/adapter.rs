@@ -58,6 +58,10 @@ pub(crate) struct Subscribers {
     /// Bearer key for the server API.
     #[arg(long)]
     pub(crate) api_key: Option<String>,
+    /// Server process(es) whose CPU time is measured over the publishing (repeat for a
+    /// server with several processes).
+    #[arg(long)]
+    pub(crate) server_pid: Vec<u32>,
     /// Server-specific paths and bodies.
     #[command(flatten)]
     pub(crate) templates: Templates,
@@ -122,9 +126,15 @@ pub(crate) fn check_fds(connections: usize, fd_limit: u64) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Opens `n` connections to `server` at `path_template` (users `{prefix}0`…), registered
-/// with a new poll, and drives them until all are upgraded; fails if any is refused or
-/// `deadline` passes.
+/// Upgrades in flight at once while subscribers connect. All 10 000 at once overflow the
+/// listen backlog (SYN retries stall connects for seconds) and a server's bound on pending
+/// handshakes (pushgate evicts the oldest past `--max-pending-handshakes`): that measures
+/// a reconnect storm, which is `--storm-users`' job, not the steady state.
+const CONNECTING_AT_ONCE: usize = 1024;
+
+/// Opens `n` connections to `server` at `path_template` (users `{prefix}0`…), at most
+/// [`CONNECTING_AT_ONCE`] upgrading at a time, registered with a new poll, and drives them
+/// until all are upgraded; fails if any is refused or `deadline` passes.
 pub(crate) fn connect_all(
     server: SocketAddr,
     path_template: &str,
@@ -136,21 +146,22 @@ pub(crate) fn connect_all(
     let mut poll = Poll::new()?;
     let host = server.to_string();
     let mut conns = Vec::with_capacity(n);
-    for i in 0..n {
-        let path = fill(path_template, &format!("{prefix}{i}"), "");
-        let mut c = WsConn::connect(source(0, i, sources), server, &host, &path)?;
-        poll.registry().register(
-            &mut c.stream,
-            Token(i),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
-        conns.push(c);
-    }
     let mut events = Events::with_capacity(4096);
     let mut open = 0;
     let mut scratch = Vec::new();
     let mut last_progress = Instant::now();
     while open < n {
+        while conns.len() < n && conns.len() - open < CONNECTING_AT_ONCE {
+            let i = conns.len();
+            let path = fill(path_template, &format!("{prefix}{i}"), "");
+            let mut c = WsConn::connect(source(0, i, sources), server, &host, &path)?;
+            poll.registry().register(
+                &mut c.stream,
+                Token(i),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            conns.push(c);
+        }
         if Instant::now() > deadline {
             bail!("only {open} of {n} connections upgraded");
         }

@@ -11,7 +11,7 @@ use mio::Events;
 use protocol::Message;
 
 use crate::adapter::{self, fill, now_micros, Subscribers};
-use crate::publisher;
+use crate::{procfs, publisher};
 
 /// Arguments of the `broadcast` scenario.
 #[derive(Debug, clap::Args)]
@@ -25,6 +25,10 @@ pub(crate) struct Args {
     /// Broadcasts per second (spaced so that each normally completes before the next).
     #[arg(long, default_value_t = 4.0)]
     rate: f64,
+    /// How broadcasts reach the API (at a few per second, each publisher sends one now
+    /// and then, as several backend instances would).
+    #[command(flatten)]
+    publishers: publisher::Publishers,
 }
 
 pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
@@ -48,23 +52,25 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     );
 
     let sent = Arc::new(AtomicU64::new(0));
+    let cpu = procfs::CpuMeter::start(&args.common.server_pid);
     let publisher = {
         let sent = Arc::clone(&sent);
-        let (api, n, rate, key, t) = (
+        let (api, n, rate, key, t, how) = (
             args.common.api,
             args.broadcasts,
             args.rate,
             args.common.api_key.clone(),
             args.common.templates.clone(),
+            args.publishers.clone(),
         );
-        let make: publisher::MakeRequest = Box::new(move |i| {
+        let make: publisher::MakeRequest = Arc::new(move |i| {
             let data = format!(r#"{{"ts":{},"seq":{i}}}"#, now_micros());
             (
                 fill(&t.broadcast, "", ""),
                 fill(&t.broadcast_body, "", &data),
             )
         });
-        std::thread::spawn(move || publisher::run(api, n, rate, 1, key.as_deref(), make, &sent))
+        std::thread::spawn(move || publisher::run(api, &how, n, rate, key.as_deref(), &make, &sent))
     };
 
     let k = args.broadcasts as usize;
@@ -110,7 +116,11 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let (publish_secs, errors) = publisher
+    let cpu_secs = cpu.seconds();
+    let publisher::Outcome {
+        secs: publish_secs,
+        failed: errors,
+    } = publisher
         .join()
         .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
     let mut to_all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -136,6 +146,14 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         ms(&deliveries, 0.5),
         ms(&deliveries, 0.99),
     );
+    let cpu_per_delivered = procfs::micros_per(cpu_secs, total as u64);
+    let cpu_per_broadcast = procfs::micros_per(cpu_secs, k as u64);
+    if let (Some(c), Some(d)) = (cpu_secs, cpu_per_delivered) {
+        println!(
+            "server CPU: {c:.2}s, {:.0} µs per broadcast, {d:.3} µs per delivered message",
+            cpu_per_broadcast.unwrap_or(0.0)
+        );
+    }
     let json = serde_json::json!({
         "scenario": "broadcast",
         "client_fd_limit": fd_limit,
@@ -147,6 +165,9 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         "api_errors": errors,
         "deliveries_per_sec": total as f64 / elapsed.max(1e-9),
         "to_all_ms": {"p50": ms(&to_all, 0.5), "p99": ms(&to_all, 0.99), "max": to_all.max() as f64 / 1000.0},
+        "server_cpu_secs": cpu_secs,
+        "server_cpu_us_per_broadcast": cpu_per_broadcast,
+        "server_cpu_us_per_delivered": cpu_per_delivered,
         "delivery_ms": {"p50": ms(&deliveries, 0.5), "p99": ms(&deliveries, 0.99), "max": deliveries.max() as f64 / 1000.0},
     });
     println!("{json}");

@@ -10,6 +10,7 @@ use mio::Events;
 use protocol::Message;
 
 use crate::adapter::{self, now_micros, Templates};
+use crate::procfs;
 
 /// Arguments of the `echo` scenario.
 #[derive(Debug, clap::Args)]
@@ -35,6 +36,9 @@ pub(crate) struct Args {
     /// Server-specific paths.
     #[command(flatten)]
     templates: Templates,
+    /// Server process(es) whose CPU time is measured over the round trips.
+    #[arg(long)]
+    server_pid: Vec<u32>,
 }
 
 /// `{"ts":...,"seq":...,"pad":"xxx"}` padded to `size` bytes.
@@ -73,6 +77,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut round_trips = 0u64;
+    let cpu = procfs::CpuMeter::start(&args.server_pid);
     let start = Instant::now();
     let mut progress = adapter::Progress::new("round trips");
     let run_for = Duration::from_secs_f64(args.duration);
@@ -98,6 +103,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu_per_round_trip = procfs::micros_per(cpu.seconds(), round_trips);
     let rate = round_trips as f64 / secs.max(1e-9);
     println!(
         "echo: {} clients, {} B messages: {round_trips} round trips in {secs:.2}s ({rate:.0}/s)",
@@ -105,6 +111,9 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         args.size
     );
     adapter::print_latency(&hist);
+    if let Some(c) = cpu_per_round_trip {
+        println!("server CPU: {c:.2} µs per round trip");
+    }
     let json = serde_json::json!({
         "scenario": "echo",
         "client_fd_limit": fd_limit,
@@ -113,6 +122,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         "round_trips": round_trips,
         "secs": secs,
         "round_trips_per_sec": rate,
+        "server_cpu_us_per_round_trip": cpu_per_round_trip,
         "latency_ms": adapter::latency_json(&hist),
     });
     println!("{json}");

@@ -13,7 +13,7 @@ use mio::Events;
 use protocol::Message;
 
 use crate::adapter::{self, fill, now_micros, Subscribers};
-use crate::{publisher, storm};
+use crate::{procfs, publisher, storm};
 
 /// Arguments of the `fanout` scenario.
 #[derive(Debug, clap::Args)]
@@ -24,12 +24,12 @@ pub(crate) struct Args {
     /// Pushes to send.
     #[arg(long, default_value_t = 100_000)]
     pushes: u64,
-    /// Pushes per second (0: flat out, pipelined).
+    /// Pushes per second in all (0: flat out).
     #[arg(long, default_value_t = 0)]
     rate: u64,
-    /// Requests in flight per API connection when flat out.
-    #[arg(long, default_value_t = 256)]
-    window: usize,
+    /// How pushes reach the API.
+    #[command(flatten)]
+    publishers: publisher::Publishers,
     /// Storm: this many extra users (s0, s1, ...) connect within a second, drop and
     /// reconnect within a second, then leave, while the pushes go on (0: no storm).
     #[arg(long, default_value_t = 0)]
@@ -63,18 +63,22 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     );
 
     let sent = Arc::new(AtomicU64::new(0));
+    let cpu = procfs::CpuMeter::start(&args.common.server_pid);
+    // On a small machine the tool competes with the server for cores; its own CPU says how
+    // much of the machine the server could have had.
+    let own_cpu = procfs::CpuMeter::start(&[std::process::id()]);
     let publisher = {
         let sent = Arc::clone(&sent);
-        let api = args.common.api;
-        let (pushes, rate, window, subs) = (
+        let (api, pushes, rate, subs, how) = (
+            args.common.api,
             args.pushes,
             args.rate,
-            args.window.max(1),
             args.common.subscribers,
+            args.publishers.clone(),
         );
         let key = args.common.api_key.clone();
         let t = args.common.templates.clone();
-        let make: publisher::MakeRequest = Box::new(move |i| {
+        let make: publisher::MakeRequest = Arc::new(move |i| {
             let user = format!("u{}", fastrand::usize(..subs));
             let data = format!(r#"{{"ts":{},"seq":{i}}}"#, now_micros());
             (
@@ -83,15 +87,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
             )
         });
         std::thread::spawn(move || {
-            publisher::run(
-                api,
-                pushes,
-                rate as f64,
-                window,
-                key.as_deref(),
-                make,
-                &sent,
-            )
+            publisher::run(api, &how, pushes, rate as f64, key.as_deref(), &make, &sent)
         })
     };
 
@@ -157,6 +153,8 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu_secs = cpu.seconds();
+    let own_cpu_secs = own_cpu.seconds();
     let storm_report = match storm {
         Some(t) => Some(
             t.join()
@@ -167,7 +165,10 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     let pub_result = publisher
         .join()
         .map_err(|_| anyhow::anyhow!("publisher panicked"))?;
-    let (publish_secs, errors) = pub_result?;
+    let publisher::Outcome {
+        secs: publish_secs,
+        failed: errors,
+    } = pub_result?;
     let sent = sent.load(Ordering::Relaxed);
     let lost = sent.saturating_sub(received);
     let rate = received as f64 / elapsed.max(1e-9);
@@ -176,6 +177,16 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         sent as f64 / publish_secs.max(1e-9)
     );
     adapter::print_latency(&hist);
+    let cpu_per_push = procfs::micros_per(cpu_secs, sent);
+    let cpu_per_delivered = procfs::micros_per(cpu_secs, received);
+    if let (Some(c), Some(p)) = (cpu_secs, cpu_per_push) {
+        println!(
+            "server CPU: {c:.2}s ({:.0}% of one core), {p:.2} µs per push, {:.2} µs per delivered message; load tool {:.2}s",
+            100.0 * c / elapsed.max(1e-9),
+            cpu_per_delivered.unwrap_or(0.0),
+            own_cpu_secs.unwrap_or(0.0)
+        );
+    }
     let phase_json = |h: &Histogram<u64>| {
         let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
         serde_json::json!({"count": h.len(), "p50": q(0.5), "p99": q(0.99), "max": h.max() as f64 / 1000.0})
@@ -216,6 +227,12 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         "elapsed_secs": elapsed,
         "delivered_per_sec": rate,
         "rate_target": args.rate,
+        "publishers": if args.publishers.pipelined { 1 } else { args.publishers.publishers.max(1) },
+        "pipelined": args.publishers.pipelined,
+        "server_cpu_secs": cpu_secs,
+        "load_tool_cpu_secs": own_cpu_secs,
+        "server_cpu_us_per_push": cpu_per_push,
+        "server_cpu_us_per_delivered": cpu_per_delivered,
         "latency_ms": adapter::latency_json(&hist),
         "storm": storm_json,
     });

@@ -5,7 +5,8 @@
 //! Scenarios: `conns` (open and hold N idle connections; connect rate; the server's memory
 //! per connection), `fanout` (pushes to random users through the API; throughput and
 //! latency; optionally a reconnect storm beside it), `broadcast` (time for each broadcast to
-//! reach every connection), `echo` (closed-loop round trips). Server differences are
+//! reach every connection), `echo` (closed-loop round trips), `floor` (the CPU cost of one
+//! loopback `send()`, the floor under any server's cost per delivered message). Server differences are
 //! templates ([`adapter`]), so the same scenarios run against other servers.
 
 mod adapter;
@@ -13,6 +14,7 @@ mod broadcast;
 mod conns;
 mod echo;
 mod fanout;
+mod floor;
 mod procfs;
 mod publisher;
 mod storm;
@@ -40,6 +42,9 @@ enum Scenario {
     /// C clients sending S-byte messages to an echo endpoint; round trips per second and
     /// latency.
     Echo(echo::Args),
+    /// The CPU cost of one `send()` of a small frame on loopback TCP (sender and reader):
+    /// the floor under any server's CPU per delivered message.
+    Floor(floor::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Fanout(args) => fanout::run(&args, fd_limit),
         Scenario::Broadcast(args) => broadcast::run(&args, fd_limit),
         Scenario::Echo(args) => echo::run(&args, fd_limit),
+        Scenario::Floor(args) => floor::run(&args, fd_limit),
     }
 }
 

@@ -53,3 +53,75 @@ pub(crate) fn slab_bytes() -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+/// CPU time (user + system) of the processes `pids` so far, in microseconds: fields
+/// `utime` and `stime` of `/proc/<pid>/stat`, which include threads that have exited.
+/// `None` for no pids or a process that is gone.
+pub(crate) fn cpu_micros(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter()
+        .map(|&pid| stat_cpu_micros(&format!("/proc/{pid}/stat")))
+        .sum()
+}
+
+/// `utime + stime` of one `stat` file (a process's or a thread's), in microseconds.
+pub(crate) fn stat_cpu_micros(path: &str) -> Option<u64> {
+    stat_user_sys_micros(path).map(|(user, sys)| user + sys)
+}
+
+/// `utime` and `stime` of one `stat` file, in microseconds.
+pub(crate) fn stat_user_sys_micros(path: &str) -> Option<(u64, u64)> {
+    // The kernel reports these in USER_HZ ticks, an ABI constant (100 on every Linux
+    // architecture this tool builds for), not the configured scheduler HZ.
+    const MICROS_PER_TICK: u64 = 10_000;
+    let text = std::fs::read_to_string(path).ok()?;
+    // The command name (field 2) may hold spaces and parentheses; fields after the last
+    // ')' are plain numbers, starting with field 3 (state).
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11); // fields 3..=13
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime * MICROS_PER_TICK, stime * MICROS_PER_TICK))
+}
+
+/// The server's CPU time over an interval of a scenario.
+#[derive(Debug)]
+pub(crate) struct CpuMeter {
+    pids: Vec<u32>,
+    start: Option<u64>,
+}
+
+impl CpuMeter {
+    pub(crate) fn start(pids: &[u32]) -> CpuMeter {
+        CpuMeter {
+            pids: pids.to_vec(),
+            start: cpu_micros(pids),
+        }
+    }
+
+    /// Seconds of CPU the server used since `start`; `None` without pids.
+    pub(crate) fn seconds(&self) -> Option<f64> {
+        let end = cpu_micros(&self.pids)?;
+        Some(end.saturating_sub(self.start?) as f64 / 1e6)
+    }
+}
+
+/// `cpu_secs` in microseconds per `n` things (`None` when either is missing or zero).
+pub(crate) fn micros_per(cpu_secs: Option<f64>, n: u64) -> Option<f64> {
+    cpu_secs.filter(|_| n > 0).map(|s| s * 1e6 / n as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_of_this_process() {
+        assert!(stat_cpu_micros("/proc/self/stat").is_some());
+        assert_eq!(cpu_micros(&[]), None);
+        assert_eq!(micros_per(Some(1.5), 3), Some(500_000.0));
+        assert_eq!(micros_per(Some(1.5), 0), None);
+    }
+}
