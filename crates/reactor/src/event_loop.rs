@@ -240,7 +240,7 @@ impl Reactor {
             }
             let again = std::mem::take(&mut self.again);
             for key in again {
-                self.on_readable(key);
+                self.on_readable(key, true);
             }
             for event in events.iter() {
                 match event.token() {
@@ -261,6 +261,7 @@ impl Reactor {
                             if let Some(k) = s.own(key) {
                                 s.on_ready(
                                     k,
+                                    event.is_read_closed() || event.is_error(),
                                     self.poll.registry(),
                                     &mut self.wheel,
                                     &self.ticks,
@@ -271,7 +272,10 @@ impl Reactor {
                     }
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(key);
+                            // Without a hang-up or error in the event, a short read drained
+                            // the socket, and one more `recv` would only say so.
+                            let closing = event.is_read_closed() || event.is_error();
+                            self.on_readable(key, closing);
                         }
                         if event.is_writable() || event.is_write_closed() {
                             self.on_writable(key);
@@ -536,7 +540,12 @@ impl Reactor {
 
     // ---- socket events ---------------------------------------------------------------
 
-    fn on_readable(&mut self, key: usize) {
+    /// Reads a ready connection until it is drained or its budget is spent. A read shorter
+    /// than the buffer means the socket was drained: data arriving later raises a new
+    /// edge-triggered event (as it does for nginx's `ready = 0` after a short read), so no
+    /// `recv` is spent to hear `WouldBlock`, unless `until_would_block` (the peer hung up:
+    /// its EOF must be read now, no further event will announce it).
+    fn on_readable(&mut self, key: usize, until_would_block: bool) {
         for _ in 0..READS_PER_TURN {
             let Some(conn) = self.conns.get(key) else {
                 return;
@@ -563,6 +572,9 @@ impl Reactor {
                     self.with_session(key, |s, cx, fx| s.handle_input(&mut input, cx, fx));
                     self.read_buf = input;
                     self.note_partial_request(key);
+                    if n < len && !until_would_block {
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -216,7 +216,7 @@ impl ServiceConns {
         self.rearm(key, wheel, ticks);
         // A client usually sends its request right behind the connect: read it now, so
         // the next eviction choice sees a request in progress rather than a silent socket.
-        self.on_ready(key, registry, wheel, ticks, stats);
+        self.on_ready(key, false, registry, wheel, ticks, stats);
     }
 
     /// Makes room: closes the connection that matters least (see [`eviction_rank`]), the
@@ -247,6 +247,7 @@ impl ServiceConns {
     pub(crate) fn on_ready(
         &mut self,
         key: usize,
+        until_would_block: bool,
         registry: &Registry,
         wheel: &mut Wheel<usize>,
         ticks: &Ticks,
@@ -296,6 +297,16 @@ impl ServiceConns {
                         c.last_active = ticks.now();
                     }
                     self.rearm(key, wheel, ticks);
+                    let open = self.conns.get(key).is_some_and(|c| c.phase == Phase::Open);
+                    if open && n < chunk.len() && !until_would_block {
+                        // Drained (see the reactor's `on_readable`): write, don't read again.
+                        if let Some(c) = self.conns.get_mut(key) {
+                            if !write_out(c) {
+                                self.remove(key, registry, wheel, stats);
+                            }
+                        }
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if let Some(c) = self.conns.get_mut(key) {
