@@ -118,7 +118,14 @@ impl Outbound {
                     slices[count] = IoSlice::new(b);
                     count += 1;
                 }
-                match w.write_vectored(&slices[..count]) {
+                // One frame (the common case for a push or an echo) goes out with a plain
+                // `send`, which the kernel handles with less work than a one-slice `writev`.
+                let written = if count == 1 {
+                    w.write(&slices[0])
+                } else {
+                    w.write_vectored(&slices[..count])
+                };
+                match written {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
