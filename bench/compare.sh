@@ -8,7 +8,8 @@
 # the servers (by PID) and prints a table of medians and ratios.
 #   bench/compare.sh [OUT_DIR]     (JSON lines and the table land in OUT_DIR, default a temp dir)
 #   SCENARIOS="fanout_rate echo" bench/compare.sh   only those (default: all five, and floor;
-#     fanout_pipelined, one pipelined API connection as before wave 2, runs only when named)
+#     fanout_pipelined, one pipelined API connection as before wave 2, and fanout_20k, a
+#     rate every server sustains so latencies compare at equal load, run only when named)
 #   SERVERS="pushgate tokio" bench/compare.sh       only those servers (default: all three)
 #   RUNS=2 bench/compare.sh                         runs per scenario and server (default 3)
 # With 10 000 subscribers and 3 runs the whole script takes about 8 minutes on 2 cores.
@@ -105,6 +106,7 @@ for run in $(seq "$runs"); do
   scenario fanout_flat fanout --subscribers 10000 --pushes 200000 --rate 0 --sources 32
   scenario fanout_pipelined fanout --subscribers 10000 --pushes 200000 --rate 0 --sources 32 --pipelined
   scenario fanout_rate fanout --subscribers 10000 --pushes 50000 --rate 5000 --sources 32
+  scenario fanout_20k fanout --subscribers 10000 --pushes 200000 --rate 20000 --sources 32
   scenario broadcast broadcast --subscribers 10000 --broadcasts 20 --rate 2 --sources 32
   scenario echo echo --clients 100 --size 64 --duration 5
   stop_servers
@@ -154,6 +156,9 @@ rows = [
     ("fan-out at 5 000/s: p50 latency (ms)", "fanout_rate", lambda j: j["latency_ms"]["p50"]),
     ("fan-out at 5 000/s: p99 latency (ms)", "fanout_rate", lambda j: j["latency_ms"]["p99"]),
     ("fan-out at 5 000/s: server CPU per push (µs)", "fanout_rate", lambda j: j["server_cpu_us_per_push"]),
+    ("fan-out at 20 000/s: p50 latency (ms)", "fanout_20k", lambda j: j["latency_ms"]["p50"]),
+    ("fan-out at 20 000/s: p99 latency (ms)", "fanout_20k", lambda j: j["latency_ms"]["p99"]),
+    ("fan-out at 20 000/s: server CPU per push (µs)", "fanout_20k", lambda j: j["server_cpu_us_per_push"]),
     ("broadcast to 10k: time to reach all, p50 (ms)", "broadcast", lambda j: j["to_all_ms"]["p50"]),
     ("broadcast to 10k: time to reach all, p99 (ms)", "broadcast", lambda j: j["to_all_ms"]["p99"]),
     ("broadcast: server CPU per delivered message (µs)", "broadcast", lambda j: j["server_cpu_us_per_delivered"]),

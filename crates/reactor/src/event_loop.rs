@@ -46,6 +46,8 @@ const READ_CHUNK: usize = 64 * 1024;
 const READS_PER_TURN: usize = 8;
 /// Inbox commands handled per loop turn.
 const COMMANDS_PER_TURN: usize = 1024;
+/// Ready sockets handled between deliveries and writes within one turn.
+const EVENTS_PER_FLUSH: usize = 32;
 /// At the pending-handshake bound, how long a connection that sent part of its request
 /// and stopped may keep its slot (at most the pressure timeout). A request split over
 /// several segments arrives within a round trip's few milliseconds.
@@ -242,7 +244,15 @@ impl Reactor {
             for key in again {
                 self.on_readable(key, true);
             }
-            for event in events.iter() {
+            for (i, event) in events.iter().enumerate() {
+                // A long turn (hundreds of ready sockets under load) must not hold back
+                // what earlier events routed: deliver and write every few events.
+                if i > 0 && i % EVENTS_PER_FLUSH == 0 {
+                    if !self.inbox.is_empty() {
+                        self.drain_inbox();
+                    }
+                    self.flush_dirty();
+                }
                 match event.token() {
                     LISTENER => self.accept_loop(),
                     WAKER => self.drain_inbox(),
