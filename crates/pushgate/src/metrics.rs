@@ -314,18 +314,19 @@ pub fn render(state: &ControlState) -> String {
         "Push receipt to frame handed to the kernel, per reactor batch.",
         reactors.iter().map(|r| &r.stats().push_latency),
     );
-    let requests: [(&str, Read); 5] = [
+    let requests: [(&str, Read); 6] = [
         ("send", |s| s.client_sends.get()),
         ("room", |s| s.client_room_ops.get()),
         ("ping", |s| s.app_pings.get()),
         ("bad", |s| s.bad_requests.get()),
         ("rate_limited", |s| s.rate_limited.get()),
+        ("forbidden", |s| s.forbidden.get()),
     ];
     family(
         &mut out,
         CLIENT_REQUESTS,
         "counter",
-        "Client requests by type (malformed ones as \"bad\", refused by the rate limit as \"rate_limited\").",
+        "Client requests by type (malformed ones as \"bad\", refused by the rate limit as \"rate_limited\", joins the token does not grant as \"forbidden\").",
         "type",
         requests.map(|(k, f)| (k, sum(reactors, f))),
     );

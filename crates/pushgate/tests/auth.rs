@@ -122,7 +122,8 @@ fn rs256_and_es256_public_keys() {
         &p("ec.pem"),
     ]);
     openssl(&["pkey", "-in", &p("ec.pem"), "-pubout", "-out", &p("ec.pub")]);
-    let claims = serde_json::json!({"sub": "carol", "exp": now() + 600});
+    let claims =
+        serde_json::json!({"sub": "carol", "exp": now() + 600, "rooms": ["team-*", "lobby"]});
     for (alg, private, public) in [
         (Algorithm::RS256, "rsa.pem", "rsa.pub"),
         (Algorithm::ES256, "ec.pem", "ec.pub"),
@@ -137,6 +138,7 @@ fn rs256_and_es256_public_keys() {
         let gw = Gateway::start(&["--jwt-public-key", &p(public), "--jwt-algorithm", &name]);
         let mut c = Client::connect(gw.client_addr, &format!("/ws?token={token}"));
         assert_eq!(c.recv_json()["uid"], "carol", "{name}");
+        assert_rooms_granted(&gw, &mut c, &["team-7", "lobby"], &["lobby2", "team"]);
         // An HS256 token signed with the public key text is refused (algorithm confusion).
         let confused = hs256(
             &String::from_utf8_lossy(&std::fs::read(p(public)).unwrap()),
@@ -176,4 +178,76 @@ fn origin_allowlist() {
         "non-browser clients send no Origin"
     );
     assert_eq!(gw.metric("pushgate_handshakes_total{result=\"403\"}"), 2.0);
+}
+
+/// Joins each room: the granted ones are joined (a push to the room arrives), the others
+/// are refused with `forbidden` and the push to them does not arrive.
+fn assert_rooms_granted(gw: &Gateway, c: &mut Client, granted: &[&str], refused: &[&str]) {
+    for room in refused {
+        c.send_text(&format!(r#"{{"type":"join","room":"{room}"}}"#));
+        let reply = c.recv_json();
+        assert_eq!(reply["code"], "forbidden", "{room}: {reply}");
+    }
+    for room in granted {
+        c.send_text(&format!(r#"{{"type":"join","room":"{room}"}}"#));
+    }
+    // Requests are handled in order: once the pong is back, the joins are in place.
+    c.send_text(r#"{"type":"ping"}"#);
+    assert_eq!(c.recv_json()["type"], "pong");
+    for room in granted.iter().chain(refused) {
+        let body = format!(r#"{{"rooms":["{room}"],"data":"{room}"}}"#);
+        assert_eq!(
+            common::post(gw.control_addr, "/v1/push", &body, None).0,
+            200
+        );
+    }
+    for room in granted {
+        assert_eq!(c.recv_json()["data"], *room);
+    }
+    assert!(matches!(
+        c.read(Duration::from_millis(300)),
+        common::Read_::Timeout
+    ));
+}
+
+#[test]
+fn the_rooms_claim_limits_joins() {
+    let gw = Gateway::start(&["--jwt-secret", "topsecret"]);
+    let claims = |rooms: serde_json::Value| {
+        let mut c = serde_json::json!({"sub": "dave", "exp": now() + 600});
+        if !rooms.is_null() {
+            c["rooms"] = rooms;
+        }
+        encode(
+            &Header::new(Algorithm::HS256),
+            &c,
+            &EncodingKey::from_secret(b"topsecret"),
+        )
+        .unwrap()
+    };
+    let t = claims(serde_json::json!(["news.*", "general"]));
+    let mut c = Client::connect(gw.client_addr, &format!("/ws?token={t}"));
+    c.recv_json();
+    assert_rooms_granted(&gw, &mut c, &["news.eu", "general"], &["generals", "news"]);
+    assert_eq!(
+        gw.metric("pushgate_client_requests_total{type=\"forbidden\"}"),
+        2.0
+    );
+    // No claim: any room. An empty claim: none.
+    let t = claims(serde_json::Value::Null);
+    let mut c = Client::connect(gw.client_addr, &format!("/ws?token={t}"));
+    c.recv_json();
+    assert_rooms_granted(&gw, &mut c, &["anything"], &[]);
+    let t = claims(serde_json::json!([]));
+    let mut c = Client::connect(gw.client_addr, &format!("/ws?token={t}"));
+    c.recv_json();
+    assert_rooms_granted(&gw, &mut c, &[], &["anything"]);
+    // A claim that is not a list of room names makes the token invalid.
+    let t = claims(serde_json::json!("general"));
+    assert_eq!(status(&gw, &format!("/ws?token={t}"), ""), 401);
+    // Dev mode allows any room.
+    let dev = Gateway::start(&[]);
+    let mut c = Client::connect(dev.client_addr, "/ws?uid=erin");
+    c.recv_json();
+    assert_rooms_granted(&dev, &mut c, &["x", "y*"], &[]);
 }

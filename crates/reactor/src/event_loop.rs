@@ -752,6 +752,10 @@ impl Reactor {
                 stats.messages_in.add(1);
                 stats.rate_limited.add(1);
             }
+            Event::Forbidden => {
+                stats.messages_in.add(1);
+                stats.forbidden.add(1);
+            }
             Event::TooManyBadRequests | Event::TooManyRateLimited | Event::TokenExpired => {
                 stats.policy_closes.add(1)
             }

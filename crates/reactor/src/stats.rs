@@ -135,6 +135,8 @@ pub struct ReactorStats {
     pub bad_requests: Cell,
     /// Client requests refused by the per-connection rate limit.
     pub rate_limited: Cell,
+    /// Room joins the connection's token does not grant.
+    pub forbidden: Cell,
     /// Connections closed with 1008 (token expiry, repeated malformed requests).
     pub policy_closes: Cell,
     /// Service (server API) connections accepted.

@@ -95,6 +95,33 @@ pub struct Identity {
     pub device: Option<String>,
     /// How long the token stays valid, from now; `None` in dev mode.
     pub expires_in: Option<Duration>,
+    /// The rooms the token lets the connection join; `None` for any (dev mode, or a
+    /// token without a `rooms` claim).
+    pub rooms: Option<RoomGrant>,
+}
+
+/// The JWT `rooms` claim: room names, where a trailing `*` grants every room starting
+/// with what precedes it (shared/CONTRACT.md, "Presence, kick, authorization").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomGrant {
+    patterns: Box<[Box<str>]>,
+}
+
+impl RoomGrant {
+    /// A grant of these patterns.
+    pub fn new<S: AsRef<str>>(patterns: &[S]) -> Self {
+        RoomGrant {
+            patterns: patterns.iter().map(|p| Box::from(p.as_ref())).collect(),
+        }
+    }
+
+    /// Whether `room` may be joined.
+    pub fn allows(&self, room: &str) -> bool {
+        self.patterns.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => room.starts_with(prefix),
+            None => **p == *room,
+        })
+    }
 }
 
 /// Why a request was not authenticated (all answered 401).
@@ -118,6 +145,9 @@ pub enum AuthError {
 struct Claims {
     sub: String,
     exp: u64,
+    /// Absent: any room. A claim that is not a list of strings makes the token invalid.
+    #[serde(default)]
+    rooms: Option<Vec<String>>,
 }
 
 /// Authenticates an upgrade request.
@@ -143,6 +173,7 @@ pub fn authenticate(
                 uid: uid.into_owned(),
                 device,
                 expires_in: None,
+                rooms: None,
             }
         }
         AuthMode::Jwt(jwt) => {
@@ -164,6 +195,7 @@ pub fn authenticate(
                 uid: data.claims.sub,
                 device,
                 expires_in: Some(Duration::from_secs(valid_until.saturating_sub(now_secs))),
+                rooms: data.claims.rooms.map(|r| RoomGrant::new(&r)),
             }
         }
     };
@@ -185,4 +217,20 @@ fn bearer(req: &Request) -> Option<String> {
     req.query_param("token")
         .filter(|t| !t.is_empty())
         .map(|t| t.into_owned())
+}
+
+#[cfg(test)]
+mod room_grant_tests {
+    use super::RoomGrant;
+
+    #[test]
+    fn names_and_prefixes() {
+        let g = RoomGrant::new(&["lobby", "team-*", "*ops"]);
+        assert!(g.allows("lobby") && !g.allows("lobby2") && !g.allows("lobb"));
+        assert!(g.allows("team-") && g.allows("team-42") && !g.allows("team"));
+        assert!(!g.allows("devops"), "only a trailing * is a wildcard");
+        assert!(g.allows("*ops"), "elsewhere it is a plain character");
+        assert!(!RoomGrant::new::<&str>(&[]).allows("lobby"));
+        assert!(RoomGrant::new(&["*"]).allows("anything"));
+    }
 }

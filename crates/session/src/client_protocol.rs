@@ -115,6 +115,9 @@ fn id(v: Option<&BorrowedValue<'_>>, field: &'static str) -> Result<String, Requ
 /// The reply to a request past the connection's rate limit.
 pub const RATE_LIMITED: RequestError = err("rate_limited", "too many requests; slow down");
 
+/// The reply to a `join` of a room the token does not grant.
+pub const FORBIDDEN: RequestError = err("forbidden", "this token does not grant that room");
+
 /// `{"type":"pong"}`.
 pub fn pong_json() -> &'static [u8] {
     br#"{"type":"pong"}"#

@@ -20,7 +20,7 @@ use protocol::handshake::{
 };
 use protocol::{CloseCode, Decoder, Message, OpCode};
 
-use crate::auth::{authenticate, AuthError};
+use crate::auth::{authenticate, AuthError, RoomGrant};
 use crate::client_protocol::{self, ClientRequest};
 use crate::config::{SessionConfig, MAX_RATE_LIMITED_IN_A_ROW};
 use crate::effects::{CloseKind, Effects, Event, TransmitKind};
@@ -99,6 +99,8 @@ struct Open {
     /// When the token stops being valid (JWT auth only).
     token_expires: Option<Instant>,
     rate: RateLimit,
+    /// Rooms the token allows joining; `None` for any. Boxed: most connections have none.
+    rooms: Option<Box<RoomGrant>>,
 }
 
 /// A token bucket over client requests: `client_rate` a second, bursts of twice that.
@@ -411,6 +413,7 @@ impl Session {
             }
         }
         let mut token_expires = None;
+        let mut rooms = None;
         let opened = match endpoint {
             Endpoint::Echo => Event::EchoOpened,
             Endpoint::Push => match authenticate(&cx.config.auth, &req, SystemTime::now()) {
@@ -418,6 +421,7 @@ impl Session {
                     // A token may claim an `exp` centuries away; past what `Instant` can
                     // hold it simply never expires while connected.
                     token_expires = id.expires_in.and_then(|d| cx.now.checked_add(d));
+                    rooms = id.rooms.map(Box::new);
                     Event::Opened {
                         uid: id.uid,
                         device: id.device,
@@ -476,6 +480,7 @@ impl Session {
             bad_requests: 0,
             token_expires,
             rate: RateLimit::new(cx.now, cx.config.client_rate),
+            rooms,
         });
         self.since = cx.now;
         if !rest.is_empty() {
@@ -529,6 +534,14 @@ impl Session {
                                 client_protocol::pong_json(),
                                 cx.codecs,
                             );
+                            fx.send(TransmitKind::Data, f);
+                        }
+                        Ok(ClientRequest::Join { room })
+                            if open.rooms.as_ref().is_some_and(|g| !g.allows(&room)) =>
+                        {
+                            fx.events.push(Event::Forbidden);
+                            let body = client_protocol::error_json(client_protocol::FORBIDDEN);
+                            let f = self.data_frame(OpCode::Text, &body, cx.codecs);
                             fx.send(TransmitKind::Data, f);
                         }
                         Ok(req) => fx.events.push(Event::Request(req)),

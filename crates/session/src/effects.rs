@@ -54,6 +54,8 @@ pub enum Event {
     BadRequest,
     /// Too many malformed requests: closed with 1008.
     TooManyBadRequests,
+    /// A `join` of a room the token does not grant was refused with `forbidden`.
+    Forbidden,
     /// A request past the connection's rate limit was refused with `rate_limited`.
     RateLimited,
     /// Too many rate-limited requests in a row: closed with 1008.
