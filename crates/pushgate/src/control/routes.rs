@@ -69,9 +69,12 @@ pub struct ControlState {
     pub api_stats: ApiStats,
 }
 
-/// Compares without an early exit, so response time says nothing about the key.
+/// Compares in constant time (the `subtle` crate, which also keeps the optimiser from
+/// turning the comparison back into an early exit), so response time says nothing about
+/// the key. Only the key's length can be learnt, as from any comparison.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    bool::from(a.ct_eq(b))
 }
 
 impl ControlState {
