@@ -48,6 +48,11 @@ pub mod default {
     pub const CONTROL_MAX_CLIENTS: usize = 1024;
     pub const CONTROL_IDLE_TIMEOUT: f64 = 60.0;
     pub const CONTROL_FIRST_REQUEST_TIMEOUT: f64 = 5.0;
+    pub const HISTORY_SIZE: usize = 100;
+    pub const HISTORY_TTL: f64 = 300.0;
+    /// About 2 KiB per message at the full 100 for 1 300 users; far below the memory of
+    /// the connections a node holds.
+    pub const HISTORY_MAX_BYTES: usize = 256 * 1024 * 1024;
 }
 
 /// pushgate: a WebSocket push gateway for instant messaging.
@@ -205,6 +210,18 @@ pub struct Cli {
     /// Log as JSON lines instead of text [default: false].
     #[arg(long, env = "PUSHGATE_LOG_JSON")]
     pub log_json: Option<bool>,
+    /// Messages retained per user and per room for resume and offline delivery; 0 turns
+    /// history (seqs, resume, acks, idempotent pushes) off. Single node only [default: 100].
+    #[arg(long, env = "PUSHGATE_HISTORY_SIZE")]
+    pub history_size: Option<usize>,
+    /// Seconds a retained message is kept (also how long a push ID is remembered)
+    /// [default: 300].
+    #[arg(long, env = "PUSHGATE_HISTORY_TTL")]
+    pub history_ttl: Option<f64>,
+    /// Bytes all retained messages may hold; past it the oldest go first
+    /// [default: 268435456].
+    #[arg(long, env = "PUSHGATE_HISTORY_MAX_BYTES")]
+    pub history_max_bytes: Option<usize>,
 }
 
 /// The same keys in a TOML file.
@@ -258,6 +275,9 @@ pub struct FileConfig {
     bus_queue_depth: Option<usize>,
     bus_unsubscribe_delay: Option<f64>,
     log_json: Option<bool>,
+    history_size: Option<usize>,
+    history_ttl: Option<f64>,
+    history_max_bytes: Option<usize>,
 }
 
 /// The cluster bus settings.
@@ -294,6 +314,8 @@ pub struct Settings {
     pub bus: Option<BusSettings>,
     /// JSON logs.
     pub log_json: bool,
+    /// Retained messages (single node; a size of 0 is off).
+    pub history: router::HistoryConfig,
 }
 
 fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -487,6 +509,11 @@ impl Settings {
                 }
             },
             log_json: pick!(log_json, false),
+            history: router::HistoryConfig {
+                size: pick!(history_size, default::HISTORY_SIZE),
+                ttl: secs("history_ttl", pick!(history_ttl, default::HISTORY_TTL))?,
+                max_bytes: pick!(history_max_bytes, default::HISTORY_MAX_BYTES),
+            },
         })
     }
 }

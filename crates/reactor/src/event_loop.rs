@@ -591,14 +591,15 @@ impl Reactor {
                 stats.count_rejected(status.code());
                 self.set_gauge(key, Gauge::Neither);
             }
-            Event::Opened { uid, device } => {
+            Event::Opened { uid, device, since } => {
                 stats.handshakes_ok.add(1);
                 self.set_gauge(key, Gauge::Upgraded);
                 if let Some(c) = self.conns.get_mut(key) {
                     c.push_endpoint = true;
                 }
                 if let Some(c) = cref {
-                    self.hooks.on_open(c, &uid, device.as_deref());
+                    let welcome = self.hooks.open(c, &uid, device.as_deref(), since);
+                    self.with_session(key, |s, cx, fx| s.welcome(&uid, welcome, cx, fx));
                 }
             }
             Event::EchoOpened => {

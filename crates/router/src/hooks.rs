@@ -17,6 +17,11 @@ pub const MAX_ROOMS_PER_CONNECTION: usize = 256;
 struct ConnInfo {
     uid: Arc<str>,
     rooms: Vec<Arc<str>>,
+    /// `?device=` (`None`: the default device).
+    device: Option<Arc<str>>,
+    /// Where the replay behind `welcome` started; `None` once the first request came
+    /// (a `resume` is only taken as the first).
+    opened: Option<crate::router::Opened>,
 }
 
 /// The reactor's hooks.
@@ -58,8 +63,18 @@ impl RouterHooks {
 }
 
 impl Hooks for RouterHooks {
-    fn on_open(&mut self, conn: ConnRef, uid: &str, _device: Option<&str>) {
-        let uid = self.router.add_user(uid, conn);
+    fn on_open(&mut self, conn: ConnRef, uid: &str, device: Option<&str>) {
+        let _ = self.open(conn, uid, device, None);
+    }
+
+    fn open(
+        &mut self,
+        conn: ConnRef,
+        uid: &str,
+        device: Option<&str>,
+        since: Option<u64>,
+    ) -> session::Welcome {
+        let (uid, welcome, opened) = self.router.open_user(uid, conn, device, since);
         let i = conn.index as usize;
         if self.conns.len() <= i {
             self.conns.resize_with(i + 1, || None);
@@ -69,19 +84,39 @@ impl Hooks for RouterHooks {
             ConnInfo {
                 uid,
                 rooms: Vec::new(),
+                device: device.map(Arc::from),
+                opened: Some(opened),
             },
         ));
+        welcome
     }
 
     fn on_request(&mut self, conn: ConnRef, request: ClientRequest) {
         let Some(info) = info_mut(&mut self.conns, conn) else {
             return;
         };
+        let opened = info.opened.take();
         match request {
+            ClientRequest::Resume { since } => {
+                let result = match opened {
+                    Some(opened) => self.router.resume(&info.uid, conn, since, opened),
+                    None => Err(session::client_protocol::RESUME_NOT_FIRST),
+                };
+                if let Err(e) = result {
+                    self.reply(conn, e.code, e.message);
+                }
+            }
+            ClientRequest::Ack { seq } => {
+                if let Err(e) = self.router.ack(&info.uid, info.device.as_deref(), seq) {
+                    self.reply(conn, e.code, e.message);
+                }
+            }
             ClientRequest::Send { to, data } => {
                 // `from` is the sender's authenticated ID, never anything the client said.
-                let frame = Router::msg_frame(&info.uid, &data);
-                let outcome = self.router.push(&to, &[] as &[&str], frame, Instant::now());
+                let outcome = self
+                    .router
+                    .send(&to, &[] as &[&str], &info.uid, &data, None, Instant::now())
+                    .outcome;
                 self.stats
                     .count_dropped("offline", outcome.offline_users as u64);
                 if outcome.refused > 0 {
@@ -122,7 +157,7 @@ impl Hooks for RouterHooks {
             for room in &info.rooms {
                 self.router.leave(room, conn);
             }
-            self.router.remove_user(&info.uid, conn);
+            self.router.close_user(&info.uid, conn);
         }
     }
 }

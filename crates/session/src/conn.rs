@@ -350,6 +350,31 @@ impl Session {
         }
     }
 
+    /// Sends `welcome` to a `/ws` connection the router has registered (the driver calls
+    /// this when it hands [`Event::Opened`] to the router), then the router's replay of
+    /// retained messages and, if the resume point was refused, an `error`.
+    pub fn welcome(&mut self, uid: &str, w: messages::Welcome, cx: &mut Ctx<'_>, fx: &mut Effects) {
+        if !self.is_open() {
+            return;
+        }
+        let welcome = messages::welcome(
+            &cx.conn_id.to_string(),
+            uid,
+            cx.config.heartbeat.as_secs(),
+            &cx.config.reconnect,
+            w.seq,
+            w.recovered,
+        );
+        fx.send(TransmitKind::Data, welcome);
+        for frame in w.replay {
+            fx.send(TransmitKind::Data, frame);
+        }
+        if let Some(e) = w.error {
+            let f = self.data_frame(OpCode::Text, &client_protocol::error_json(e), cx.codecs);
+            fx.send(TransmitKind::Data, f);
+        }
+    }
+
     /// Encodes a data frame for this connection, compressed when deflate was negotiated.
     pub fn data_frame(&mut self, opcode: OpCode, payload: &[u8], codecs: &mut Codecs) -> Bytes {
         match &mut self.phase {
@@ -409,12 +434,26 @@ impl Session {
             Endpoint::Echo => Event::EchoOpened,
             Endpoint::Push => match authenticate(&cx.config.auth, &req, SystemTime::now()) {
                 Ok(id) => {
+                    let since = match req.query_param("since") {
+                        None => None,
+                        Some(s) => match s.parse::<u64>() {
+                            Ok(n) => Some(n),
+                            Err(_) => {
+                                return self.refuse(
+                                    Status::BadRequest,
+                                    "since must be a non-negative integer",
+                                    fx,
+                                )
+                            }
+                        },
+                    };
                     // A token may claim an `exp` centuries away; past what `Instant` can
                     // hold it simply never expires while connected.
                     token_expires = id.expires_in.and_then(|d| cx.now.checked_add(d));
                     Event::Opened {
                         uid: id.uid,
                         device: id.device,
+                        since,
                     }
                 }
                 Err(
@@ -450,16 +489,9 @@ impl Session {
                 .then(|| Box::new(OwnCodecs { inflater, deflater }))
         });
         // A client may have sent frames right behind its request.
+        // The `welcome` of a `/ws` connection waits for the router ([`Session::welcome`]):
+        // it carries the user's seq, and the replay goes right behind it.
         let mut rest = BytesMut::from(&req.trailing()[..]);
-        if let Event::Opened { uid, .. } = &opened {
-            let welcome = messages::welcome(
-                &cx.conn_id.to_string(),
-                uid,
-                cx.config.heartbeat.as_secs(),
-                &cx.config.reconnect,
-            );
-            fx.send(TransmitKind::Data, welcome);
-        }
         fx.events.push(opened);
         self.phase = Phase::Open(Open {
             decoder: Decoder::new(),

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::time::Instant;
 
-use router::{PushOutcome, Router};
+use router::{Delivered, Router};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use session::auth::MAX_ID_LEN;
@@ -23,6 +23,8 @@ pub struct PushRequest<'a> {
     pub from: Cow<'a, str>,
     /// The `data` value, as sent.
     pub data: &'a RawValue,
+    /// The caller's message ID: a retry with the same one is delivered once.
+    pub id: Option<Cow<'a, str>>,
 }
 
 /// Sender named when a push does not say.
@@ -44,6 +46,8 @@ struct Body<'a> {
     /// `Some` whenever present, `null` included.
     #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
 }
 
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -106,11 +110,19 @@ pub fn parse_push(bytes: &[u8]) -> Result<PushRequest<'_>, BadRequest> {
     if to.is_empty() && rooms.is_empty() {
         return Err("name at least one recipient in \"to\" or \"rooms\"");
     }
+    let id = match b.id {
+        None => None,
+        Some(v) => match serde_json::from_str::<Id<'_>>(v.get()) {
+            Ok(Id(s)) if valid_id(&s) => Some(s),
+            _ => return Err("\"id\" must be a non-empty string of at most 256 bytes"),
+        },
+    };
     Ok(PushRequest {
         to,
         rooms,
         from: sender(b.from)?,
         data: b.data.ok_or("missing \"data\"")?,
+        id,
     })
 }
 
@@ -120,10 +132,36 @@ pub fn parse_broadcast(bytes: &[u8]) -> Result<(Cow<'_, str>, &RawValue), BadReq
     Ok((sender(b.from)?, b.data.ok_or("missing \"data\"")?))
 }
 
-/// Carries out a push.
-pub fn push(router: &Router, req: &PushRequest<'_>, received: Instant) -> PushOutcome {
-    let frame = Router::msg_frame(&req.from, req.data.get().as_bytes());
-    router.push(&req.to, &req.rooms, frame, received)
+/// Carries out a push: with history, each named user's copy has its seq.
+pub fn push(router: &Router, req: &PushRequest<'_>, received: Instant) -> Delivered {
+    router.send(
+        &req.to,
+        &req.rooms,
+        &req.from,
+        req.data.get().as_bytes(),
+        req.id.as_deref(),
+        received,
+    )
+}
+
+/// The answer to a successful push: `{"ok":true}`, and with history
+/// `"id"`, `"seq":{"u1":N,...}` and `"offline":[...]`.
+pub fn push_answer(d: &Delivered) -> Vec<u8> {
+    let Some(id) = &d.id else {
+        return b"{\"ok\":true}".to_vec();
+    };
+    let seq: serde_json::Map<String, serde_json::Value> = d
+        .seqs
+        .iter()
+        .map(|(u, n)| (u.clone(), (*n).into()))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "ok": true,
+        "id": id,
+        "seq": seq,
+        "offline": d.offline,
+    }))
+    .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -159,6 +197,8 @@ mod tests {
             br#"{"to":["u"],"data":1} x"#,
             b"\xff",
             br#"[["u"],null,null,1]"#,
+            br#"{"to":["u"],"data":1,"id":""}"#,
+            br#"{"to":["u"],"data":1,"id":7}"#,
         ] {
             assert!(parse_push(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
