@@ -178,6 +178,30 @@ pub struct ReactorHandle {
 }
 
 impl ReactorHandle {
+    /// A handle whose commands land in the returned receiver rather than in a running
+    /// reactor, in the order they were sent: for tests of what is sent to reactors. Keep
+    /// the returned `Poll` alive as long as the handle (its waker is registered there).
+    pub fn detached(
+        id: u16,
+        depth: usize,
+    ) -> std::io::Result<(
+        ReactorHandle,
+        crossbeam_channel::Receiver<Command>,
+        mio::Poll,
+    )> {
+        let poll = mio::Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(usize::MAX - 1))?);
+        let (tx, rx) = crossbeam_channel::bounded(depth);
+        let handle = ReactorHandle {
+            id,
+            tx,
+            waker,
+            stats: Arc::default(),
+            inbox: Arc::new(InboxShared::new(usize::MAX)),
+        };
+        Ok((handle, rx, poll))
+    }
+
     /// The reactor's index.
     pub fn id(&self) -> u16 {
         self.id

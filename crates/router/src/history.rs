@@ -214,14 +214,20 @@ impl Locked<'_> {
         while log.entries.len() > config.size {
             log.entries.pop_front();
         }
-        shard.order.push_back((key, seq, self.now + config.ttl, cost));
+        shard
+            .order
+            .push_back((key, seq, self.now + config.ttl, cost));
         shard.bytes += cost;
         shard.evict(self.now, config.max_bytes / SHARDS);
         let after = shard.bytes;
         if after >= before {
-            self.history.bytes.fetch_add(after - before, Ordering::Relaxed);
+            self.history
+                .bytes
+                .fetch_add(after - before, Ordering::Relaxed);
         } else {
-            self.history.bytes.fetch_sub(before - after, Ordering::Relaxed);
+            self.history
+                .bytes
+                .fetch_sub(before - after, Ordering::Relaxed);
         }
         (seq, f)
     }
@@ -229,7 +235,10 @@ impl Locked<'_> {
     /// The latest seq of `id` (0 if it never had a message; a stream that was dropped
     /// answers the shard's floor, at least what it had).
     pub fn latest(&self, id: &str) -> u64 {
-        self.shard.logs.get(id).map_or(self.shard.floor, |l| l.latest)
+        self.shard
+            .logs
+            .get(id)
+            .map_or(self.shard.floor, |l| l.latest)
     }
 
     /// The last ack of `device` on `id`.
@@ -387,7 +396,11 @@ mod tests {
         l.ack("a", "phone", 2).unwrap();
         drop(l);
         let mut l = h.lock("a", t0 + Duration::from_secs(16));
-        assert_eq!(l.last_ack("a", "phone"), None, "the stream and its acks are dropped");
+        assert_eq!(
+            l.last_ack("a", "phone"),
+            None,
+            "the stream and its acks are dropped"
+        );
         assert_eq!(l.streams(), 0);
         assert_eq!(l.latest("a"), 2, "the seq does not go back");
         assert!(l.replay("a", 2, u64::MAX).recovered);
@@ -442,7 +455,11 @@ mod tests {
         assert_eq!(l.ack("a", "d", 3), Err(AckError::Unknown));
         l.ack("a", "d", 2).unwrap();
         l.ack("a", "d", 1).unwrap();
-        assert_eq!(l.last_ack("a", "d"), Some(2), "an older ack does not go back");
+        assert_eq!(
+            l.last_ack("a", "d"),
+            Some(2),
+            "an older ack does not go back"
+        );
         for i in 0..MAX_DEVICES + 5 {
             l.ack("a", &format!("dev{i}"), 1).unwrap();
         }

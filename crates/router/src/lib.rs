@@ -19,7 +19,7 @@ pub mod registry;
 pub mod router;
 
 pub use bus::{BusError, ClusterBus, InProcess, NatsBus, NatsConfig};
+pub use history::HistoryConfig;
 pub use hooks::RouterHooks;
 pub use registry::Registry;
-pub use history::HistoryConfig;
 pub use router::{Delivered, Opened, PushOutcome, Router};

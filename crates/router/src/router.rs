@@ -208,7 +208,13 @@ impl Router {
                 error: Some(cp::SINCE_IN_FUTURE),
                 ..Welcome::default()
             };
-            return (id, w, Opened { replayed_from: latest });
+            return (
+                id,
+                w,
+                Opened {
+                    replayed_from: latest,
+                },
+            );
         }
         let from = since
             .or_else(|| l.last_ack(uid, device.unwrap_or(DEFAULT_DEVICE)))
@@ -220,7 +226,13 @@ impl Router {
             replay: r.frames,
             error: None,
         };
-        (id, w, Opened { replayed_from: from })
+        (
+            id,
+            w,
+            Opened {
+                replayed_from: from,
+            },
+        )
     }
 
     /// A connection of `uid` went away (with history: under the user's lock, so that a
@@ -327,8 +339,7 @@ impl Router {
             // live, and the user's messages enter each inbox in seq order.
             let mut l = h.users.lock(uid, now);
             let online = self.registry.user_connections(uid, &mut targets);
-            let (seq, frame) =
-                l.append(uid, |seq| cp::msg_frame_seq(from, &id, None, seq, data));
+            let (seq, frame) = l.append(uid, |seq| cp::msg_frame_seq(from, &id, None, seq, data));
             if !rooms.is_empty() {
                 reached.extend(targets.iter().copied());
             }

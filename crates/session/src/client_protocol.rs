@@ -81,16 +81,16 @@ pub fn parse(text: &[u8], max_recipients: usize) -> Result<ClientRequest, Reques
             })
         }
         "resume" => Ok(ClientRequest::Resume {
-            since: obj.get("since").and_then(|v| v.as_u64()).ok_or(err(
-                "bad_since",
-                "\"since\" must be a non-negative integer",
-            ))?,
+            since: obj
+                .get("since")
+                .and_then(|v| v.as_u64())
+                .ok_or(err("bad_since", "\"since\" must be a non-negative integer"))?,
         }),
         "ack" => Ok(ClientRequest::Ack {
-            seq: obj.get("seq").and_then(|v| v.as_u64()).ok_or(err(
-                "bad_ack",
-                "\"seq\" must be a non-negative integer",
-            ))?,
+            seq: obj
+                .get("seq")
+                .and_then(|v| v.as_u64())
+                .ok_or(err("bad_ack", "\"seq\" must be a non-negative integer"))?,
         }),
         "send" => {
             let Some(list) = obj.get("to").and_then(|t| t.as_array()) else {
@@ -186,10 +186,8 @@ pub fn msg_frame_seq(from: &str, id: &str, room: Option<&str>, seq: u64, data: &
 }
 
 /// The reply to a `since` or `resume` past the user's latest seq.
-pub const SINCE_IN_FUTURE: RequestError = err(
-    "bad_since",
-    "\"since\" is past the latest seq of this user",
-);
+pub const SINCE_IN_FUTURE: RequestError =
+    err("bad_since", "\"since\" is past the latest seq of this user");
 /// The reply to `since`, `resume` or `ack` on a node that keeps no history.
 pub const HISTORY_DISABLED: RequestError = err(
     "history_disabled",

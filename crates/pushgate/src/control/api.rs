@@ -150,18 +150,23 @@ pub fn push_answer(d: &Delivered) -> Vec<u8> {
     let Some(id) = &d.id else {
         return b"{\"ok\":true}".to_vec();
     };
-    let seq: serde_json::Map<String, serde_json::Value> = d
-        .seqs
-        .iter()
-        .map(|(u, n)| (u.clone(), (*n).into()))
-        .collect();
-    serde_json::to_vec(&serde_json::json!({
-        "ok": true,
-        "id": id,
-        "seq": seq,
-        "offline": d.offline,
-    }))
-    .unwrap_or_default()
+    // Written in the contract's order: `ok` first.
+    let mut out = Vec::with_capacity(64 + 24 * d.seqs.len());
+    out.extend_from_slice(b"{\"ok\":true,\"id\":");
+    // Writing JSON into memory cannot fail.
+    let _ = serde_json::to_writer(&mut out, id);
+    out.extend_from_slice(b",\"seq\":{");
+    for (i, (uid, n)) in d.seqs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut out, uid);
+        out.extend_from_slice(format!(":{n}").as_bytes());
+    }
+    out.extend_from_slice(b"},\"offline\":");
+    let _ = serde_json::to_writer(&mut out, &d.offline);
+    out.push(b'}');
+    out
 }
 
 #[cfg(test)]
@@ -202,6 +207,27 @@ mod tests {
         ] {
             assert!(parse_push(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn push_answers_in_contract_order() {
+        let d = Delivered {
+            outcome: router::PushOutcome {
+                connections: 1,
+                offline_users: 1,
+                refused: 0,
+                bus: Ok(()),
+            },
+            id: Some("m\"1".into()),
+            seqs: vec![("u2".into(), 7), ("u1".into(), 1)],
+            offline: vec!["u1".into()],
+        };
+        let a = String::from_utf8(push_answer(&d)).unwrap();
+        assert_eq!(
+            a,
+            r#"{"ok":true,"id":"m\"1","seq":{"u2":7,"u1":1},"offline":["u1"]}"#
+        );
+        assert!(serde_json::from_str::<serde_json::Value>(&a).is_ok());
     }
 
     #[test]
