@@ -303,11 +303,15 @@ impl Locked<'_> {
         }
     }
 
-    /// Keeps `id`'s stream (and so its seq) while a connection holds it; unpinned, a
-    /// stream with no frames left is dropped.
+    /// Keeps `id`'s stream, if it has one, while a connection holds it, so that its
+    /// frames expiring do not drop it (its next seq would then start from the shard's
+    /// floor, a jump for a client that saw every message); unpinned, a stream with no
+    /// frames left is dropped. A user with no stream costs nothing here.
     pub fn pin(&mut self, id: &str, pinned: bool) {
         if pinned {
-            self.shard.logs.entry(Arc::from(id)).or_default().pinned = true;
+            if let Some(log) = self.shard.logs.get_mut(id) {
+                log.pinned = true;
+            }
         } else if let Some(log) = self.shard.logs.get_mut(id) {
             log.pinned = false;
             if log.entries.is_empty() {
@@ -415,7 +419,9 @@ mod tests {
         let h = History::new(cfg(100, 10, usize::MAX));
         let t0 = Instant::now();
         h.lock("a", t0).pin("a", true);
+        assert_eq!(h.lock("a", t0).streams(), 0, "pinning makes no stream");
         h.lock("a", t0).append("a", f);
+        h.lock("a", t0).pin("a", true);
         let t1 = t0 + Duration::from_secs(20);
         assert_eq!(h.lock("a", t1).latest("a"), 1);
         assert_eq!(h.lock("a", t1).append("a", f).0, 2);

@@ -10,6 +10,9 @@ use session::ClientRequest;
 
 use crate::router::Router;
 
+/// `ConnInfo::replayed_from` after the first request.
+const FIRST_REQUEST_SEEN: u64 = u64::MAX;
+
 /// Most rooms one connection may be in; joins past it are ignored and counted as drops.
 pub const MAX_ROOMS_PER_CONNECTION: usize = 256;
 
@@ -19,9 +22,9 @@ struct ConnInfo {
     rooms: Vec<Arc<str>>,
     /// `?device=` (`None`: the default device).
     device: Option<Arc<str>>,
-    /// Where the replay behind `welcome` started; `None` once the first request came
-    /// (a `resume` is only taken as the first).
-    opened: Option<crate::router::Opened>,
+    /// Where the replay behind `welcome` started; [`FIRST_REQUEST_SEEN`] once the first
+    /// request came (a `resume` is only taken as the first).
+    replayed_from: u64,
 }
 
 /// The reactor's hooks.
@@ -85,7 +88,7 @@ impl Hooks for RouterHooks {
                 uid,
                 rooms: Vec::new(),
                 device: device.map(Arc::from),
-                opened: Some(opened),
+                replayed_from: opened.replayed_from,
             },
         ));
         welcome
@@ -95,12 +98,19 @@ impl Hooks for RouterHooks {
         let Some(info) = info_mut(&mut self.conns, conn) else {
             return;
         };
-        let opened = info.opened.take();
+        let replayed_from = std::mem::replace(&mut info.replayed_from, FIRST_REQUEST_SEEN);
         match request {
             ClientRequest::Resume { since } => {
-                let result = match opened {
-                    Some(opened) => self.router.resume(&info.uid, conn, since, opened),
-                    None => Err(session::client_protocol::RESUME_NOT_FIRST),
+                let result = match replayed_from {
+                    FIRST_REQUEST_SEEN => Err(session::client_protocol::RESUME_NOT_FIRST),
+                    from => self.router.resume(
+                        &info.uid,
+                        conn,
+                        since,
+                        crate::router::Opened {
+                            replayed_from: from,
+                        },
+                    ),
                 };
                 if let Err(e) = result {
                     self.reply(conn, e.code, e.message);

@@ -340,6 +340,9 @@ impl Router {
             let mut l = h.users.lock(uid, now);
             let online = self.registry.user_connections(uid, &mut targets);
             let (seq, frame) = l.append(uid, |seq| cp::msg_frame_seq(from, &id, None, seq, data));
+            if online {
+                l.pin(uid, true);
+            }
             if !rooms.is_empty() {
                 reached.extend(targets.iter().copied());
             }
