@@ -640,6 +640,45 @@ mod tests {
     }
 
     #[test]
+    fn history_keys_from_defaults_file_flags_and_environment() {
+        let d = Settings::resolve(&cli(&[]), 100).unwrap().history;
+        assert_eq!(
+            (d.size, d.ttl, d.max_bytes),
+            (100, Duration::from_secs(300), default::HISTORY_MAX_BYTES)
+        );
+        let dir = std::env::temp_dir().join(format!("pushgate-history-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.toml");
+        std::fs::write(
+            &path,
+            "history_size = 7\nhistory_ttl = 2.5\nhistory_max_bytes = 4096\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let f = Settings::resolve(&cli(&["--config", p]), 100).unwrap().history;
+        assert_eq!(
+            (f.size, f.ttl, f.max_bytes),
+            (7, Duration::from_millis(2500), 4096)
+        );
+        let o = Settings::resolve(&cli(&["--config", p, "--history-size", "0"]), 100)
+            .unwrap()
+            .history;
+        assert_eq!((o.size, o.max_bytes), (0, 4096));
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(Settings::resolve(&cli(&["--history-ttl", "0"]), 100).is_err());
+        // Each key is also an environment variable (clap reads it; no process-wide
+        // variable is set here, other tests run in parallel).
+        let help = <Cli as clap::CommandFactory>::command().render_long_help().to_string();
+        for env in [
+            "PUSHGATE_HISTORY_SIZE",
+            "PUSHGATE_HISTORY_TTL",
+            "PUSHGATE_HISTORY_MAX_BYTES",
+        ] {
+            assert!(help.contains(env), "{env}");
+        }
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         assert!(Settings::resolve(&cli(&["--heartbeat=-1"]), 100).is_err());
         assert!(Settings::resolve(&cli(&["--heartbeat", "0"]), 100).is_err());
