@@ -655,7 +655,9 @@ mod tests {
         )
         .unwrap();
         let p = path.to_str().unwrap();
-        let f = Settings::resolve(&cli(&["--config", p]), 100).unwrap().history;
+        let f = Settings::resolve(&cli(&["--config", p]), 100)
+            .unwrap()
+            .history;
         assert_eq!(
             (f.size, f.ttl, f.max_bytes),
             (7, Duration::from_millis(2500), 4096)
@@ -668,7 +670,9 @@ mod tests {
         assert!(Settings::resolve(&cli(&["--history-ttl", "0"]), 100).is_err());
         // Each key is also an environment variable (clap reads it; no process-wide
         // variable is set here, other tests run in parallel).
-        let help = <Cli as clap::CommandFactory>::command().render_long_help().to_string();
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
         for env in [
             "PUSHGATE_HISTORY_SIZE",
             "PUSHGATE_HISTORY_TTL",

@@ -381,3 +381,26 @@ fn with_history_off_resume_and_ack_say_so() {
     assert!(m.get("seq").is_none(), "live only: {m}");
     assert_eq!(bob.recv_json()["data"], 1);
 }
+
+/// Regression guard: a replay larger than the outbound queue closed the connection as a
+/// slow consumer (1013) before it read anything, and again on every reconnect. It is cut
+/// to the newest messages that fit, and the welcome says the rest was not recovered.
+#[test]
+fn a_replay_larger_than_the_outbound_queue_keeps_the_newest_and_says_so() {
+    let gw = Gateway::start(&["--max-outbound-messages", "10"]);
+    for i in 0..50 {
+        push(&gw, json!({"to": ["alice"], "data": i}));
+    }
+    let (mut c, w) = ws(&gw, "uid=alice&since=0");
+    assert_eq!((&w["seq"], &w["recovered"]), (&json!(50), &json!(false)));
+    let seqs: Vec<u64> = (0..8).map(|_| seq(&c.recv_json())).collect();
+    assert_eq!(seqs, (43..=50).collect::<Vec<_>>());
+    nothing_for(&mut c, 200);
+    users_online(&gw, 1.0);
+    push(&gw, json!({"to": ["alice"], "data": "live"}));
+    assert_eq!(
+        seq(&c.recv_json()),
+        51,
+        "the connection is still there, in step"
+    );
+}
