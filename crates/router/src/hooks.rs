@@ -20,6 +20,13 @@ pub const MAX_ROOMS_PER_CONNECTION: usize = 256;
 struct ConnInfo {
     uid: Arc<str>,
     rooms: Vec<Arc<str>>,
+    /// The device and resume point, when either differs from the defaults (the default
+    /// device, a replay from 0, no request yet): one pointer for an idle connection.
+    extra: Option<Box<ConnExtra>>,
+}
+
+#[derive(Debug)]
+struct ConnExtra {
     /// `?device=` (`None`: the default device).
     device: Option<Arc<str>>,
     /// Where the replay behind `welcome` started; [`FIRST_REQUEST_SEEN`] once the first
@@ -87,8 +94,12 @@ impl Hooks for RouterHooks {
             ConnInfo {
                 uid,
                 rooms: Vec::new(),
-                device: device.map(Arc::from),
-                replayed_from: opened.replayed_from,
+                extra: (device.is_some() || opened.replayed_from != 0).then(|| {
+                    Box::new(ConnExtra {
+                        device: device.map(Arc::from),
+                        replayed_from: opened.replayed_from,
+                    })
+                }),
             },
         ));
         welcome
@@ -98,7 +109,13 @@ impl Hooks for RouterHooks {
         let Some(info) = info_mut(&mut self.conns, conn) else {
             return;
         };
-        let replayed_from = std::mem::replace(&mut info.replayed_from, FIRST_REQUEST_SEEN);
+        let extra = info.extra.get_or_insert_with(|| {
+            Box::new(ConnExtra {
+                device: None,
+                replayed_from: 0,
+            })
+        });
+        let replayed_from = std::mem::replace(&mut extra.replayed_from, FIRST_REQUEST_SEEN);
         match request {
             ClientRequest::Resume { since } => {
                 let result = match replayed_from {
@@ -117,7 +134,8 @@ impl Hooks for RouterHooks {
                 }
             }
             ClientRequest::Ack { seq } => {
-                if let Err(e) = self.router.ack(&info.uid, info.device.as_deref(), seq) {
+                let device = info.extra.as_ref().and_then(|x| x.device.as_deref());
+                if let Err(e) = self.router.ack(&info.uid, device, seq) {
                     self.reply(conn, e.code, e.message);
                 }
             }
