@@ -404,3 +404,39 @@ fn a_replay_larger_than_the_outbound_queue_keeps_the_newest_and_says_so() {
         "the connection is still there, in step"
     );
 }
+
+#[test]
+fn joining_a_room_with_since_replays_what_the_room_retained() {
+    let gw = Gateway::start(&[]);
+    let (mut a, _) = ws(&gw, "uid=alice");
+    a.send_text(r#"{"type":"join","room":"r"}"#);
+    assert!(
+        gw.eventually(Duration::from_secs(3), |g| g.metric("pushgate_rooms")
+            == 1.0)
+    );
+    for i in 0..4 {
+        push(&gw, json!({"rooms": ["r"], "data": i}));
+    }
+    let seen: Vec<u64> = (0..4).map(|_| seq(&a.recv_json())).collect();
+    assert_eq!(seen, [1, 2, 3, 4]);
+    // bob comes late and asks for what he missed after room seq 1.
+    let (mut b, _) = ws(&gw, "uid=bob");
+    b.send_text(r#"{"type":"join","room":"r","since":1}"#);
+    for n in 2..=4 {
+        let m = b.recv_json();
+        assert_eq!((&m["room"], seq(&m)), (&json!("r"), n), "{m}");
+    }
+    let j = b.recv_json();
+    assert_eq!(
+        j,
+        json!({"type": "joined", "room": "r", "seq": 4, "recovered": true})
+    );
+    push(&gw, json!({"rooms": ["r"], "data": "live"}));
+    assert_eq!(seq(&b.recv_json()), 5);
+    // Past the room's latest seq: an error, and still a member.
+    let (mut c, _) = ws(&gw, "uid=carol");
+    c.send_text(r#"{"type":"join","room":"r","since":9}"#);
+    assert_eq!(c.recv_json()["code"], "bad_since");
+    push(&gw, json!({"rooms": ["r"], "data": "again"}));
+    assert_eq!(seq(&c.recv_json()), 6);
+}

@@ -155,7 +155,7 @@ impl Hooks for RouterHooks {
                     self.reply(conn, "unavailable", e.as_str());
                 }
             }
-            ClientRequest::Join { room } => {
+            ClientRequest::Join { room, since } => {
                 if info.rooms.iter().any(|r| **r == *room) {
                     return;
                 }
@@ -163,8 +163,11 @@ impl Hooks for RouterHooks {
                     self.stats.count_dropped("room_limit", 1);
                     return;
                 }
-                let room = self.router.join(&room, conn);
+                let (room, result) = self.router.join_since(&room, conn, since);
                 info.rooms.push(room);
+                if let Err(e) = result {
+                    self.reply(conn, e.code, e.message);
+                }
             }
             ClientRequest::Leave { room } => {
                 if let Some(i) = info.rooms.iter().position(|r| **r == *room) {
@@ -208,7 +211,13 @@ mod tests {
         let router = Arc::new(Router::new());
         let mut h = RouterHooks::new(Arc::clone(&router), Arc::default());
         h.on_open(c(5, 1), "alice", None);
-        h.on_request(c(5, 1), ClientRequest::Join { room: "r".into() });
+        h.on_request(
+            c(5, 1),
+            ClientRequest::Join {
+                room: "r".into(),
+                since: None,
+            },
+        );
         // A request or close for an older occupant of slot 5 does nothing.
         h.on_request(c(5, 0), ClientRequest::Leave { room: "r".into() });
         h.on_close(c(5, 0));

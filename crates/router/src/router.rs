@@ -274,6 +274,49 @@ impl Router {
         Ok(())
     }
 
+    /// `conn` joined `room`; with `since`, under the room's history lock, the room's
+    /// retained messages after it and then `joined` go to the connection through its
+    /// inbox before the lock is released, so every later room message lands behind
+    /// them. Joined in any case; the error says why nothing was replayed.
+    pub fn join_since(
+        &self,
+        room: &str,
+        conn: ConnRef,
+        since: Option<u64>,
+    ) -> (Arc<str>, Result<(), RequestError>) {
+        let (Some(h), Some(since)) = (&self.history, since) else {
+            let id = self.join(room, conn);
+            let result = match since {
+                Some(_) => Err(cp::HISTORY_DISABLED),
+                None => Ok(()),
+            };
+            return (id, result);
+        };
+        let l = h.rooms.lock(room, Instant::now());
+        let id = self.join(room, conn);
+        let latest = l.latest(room);
+        if since > latest {
+            return (id, Err(cp::SINCE_IN_FUTURE));
+        }
+        let r = l.replay(room, since, latest);
+        let mut ok = true;
+        for frame in r.frames {
+            ok &= self.deliver_to(conn, frame);
+        }
+        ok &= self.deliver_to(conn, session::messages::joined(room, latest, r.recovered));
+        drop(l);
+        if !ok {
+            return (
+                id,
+                Err(RequestError {
+                    code: "unavailable",
+                    message: "node saturated; the replay was cut short",
+                }),
+            );
+        }
+        (id, Ok(()))
+    }
+
     /// An `ack`: `device` of `uid` processed everything up to `seq`.
     pub fn ack(&self, uid: &str, device: Option<&str>, seq: u64) -> Result<(), RequestError> {
         let h = self.history.as_ref().ok_or(cp::HISTORY_DISABLED)?;

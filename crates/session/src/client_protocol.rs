@@ -21,10 +21,12 @@ pub enum ClientRequest {
         /// The `data` value, serialized JSON.
         data: Bytes,
     },
-    /// Join a room.
+    /// Join a room; with `since`, first replay the room's retained messages after it.
     Join {
         /// Room ID.
         room: String,
+        /// The last room seq the client holds.
+        since: Option<u64>,
     },
     /// Leave a room.
     Leave {
@@ -75,7 +77,14 @@ pub fn parse(text: &[u8], max_recipients: usize) -> Result<ClientRequest, Reques
         "join" | "leave" => {
             let room = id(obj.get("room"), "room")?;
             Ok(if kind == "join" {
-                ClientRequest::Join { room }
+                let since = match obj.get("since") {
+                    None => None,
+                    Some(v) => Some(
+                        v.as_u64()
+                            .ok_or(err("bad_since", "\"since\" must be a non-negative integer"))?,
+                    ),
+                };
+                ClientRequest::Join { room, since }
             } else {
                 ClientRequest::Leave { room }
             })
@@ -223,7 +232,21 @@ mod tests {
         assert_eq!(parse(br#"{"type":"ping"}"#, 100), Ok(ClientRequest::Ping));
         assert_eq!(
             parse(br#"{"type":"join","room":"r1"}"#, 100),
-            Ok(ClientRequest::Join { room: "r1".into() })
+            Ok(ClientRequest::Join {
+                room: "r1".into(),
+                since: None
+            })
+        );
+        assert_eq!(
+            parse(br#"{"type":"join","room":"r1","since":4}"#, 100),
+            Ok(ClientRequest::Join {
+                room: "r1".into(),
+                since: Some(4)
+            })
+        );
+        assert_eq!(
+            parse(br#"{"type":"join","room":"r1","since":"4"}"#, 100).map_err(|e| e.code),
+            Err("bad_since")
         );
         assert_eq!(
             parse(br#"{"type":"leave","room":"r1"}"#, 100),

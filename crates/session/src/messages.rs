@@ -52,6 +52,14 @@ pub fn welcome(
     text_frame(&body)
 }
 
+/// `{"type":"joined","room":...,"seq":N,"recovered":bool}`, the answer to a `join` with
+/// `since`, sent right behind the room's replayed messages.
+pub fn joined(room: &str, seq: u64, recovered: bool) -> Bytes {
+    text_frame(
+        &serde_json::json!({"type": "joined", "room": room, "seq": seq, "recovered": recovered}),
+    )
+}
+
 /// `{"type":"resumed","seq":N,"recovered":bool}`, the answer to a `resume` request, sent
 /// right behind the replayed messages.
 pub fn resumed(seq: u64, recovered: bool) -> Bytes {
