@@ -3,7 +3,9 @@
 //!
 //! Sharded by a hash of the ID; a push with an ID holds its shard's lock while it is
 //! carried out, so two concurrent pushes with the same ID deliver once. Bounded: per
-//! shard at most [`PER_SHARD`] IDs (the oldest go first) and each for the TTL.
+//! shard at most [`PER_SHARD`] IDs and [`MAX_BYTES`]` / 32` bytes of IDs and answers (the
+//! oldest go first; an answer names every recipient, so a push to many users is large),
+//! and each for the TTL.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
@@ -17,11 +19,19 @@ use parking_lot::Mutex;
 const SHARDS: usize = 32;
 /// IDs remembered per shard: 131 072 in all.
 pub const PER_SHARD: usize = 4096;
+/// Bytes of IDs and answers remembered in all.
+pub const MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// What one remembered answer costs.
+fn cost(id: &str, answer: &Bytes) -> usize {
+    id.len() + answer.len() + 96
+}
 
 #[derive(Debug, Default)]
 struct Shard {
     answers: HashMap<Arc<str>, Bytes, RandomState>,
     order: VecDeque<(Instant, Arc<str>)>,
+    bytes: usize,
 }
 
 /// Answers of pushes by the caller's ID.
@@ -52,18 +62,24 @@ impl Idempotency {
     ) -> Result<(Bytes, bool), E> {
         let mut shard = self.shards[self.pick.hash_one(id) as usize & (SHARDS - 1)].lock();
         while let Some((at, key)) = shard.order.front() {
-            if *at + self.ttl > now && shard.order.len() <= PER_SHARD {
+            if *at + self.ttl > now
+                && shard.order.len() <= PER_SHARD
+                && shard.bytes <= MAX_BYTES / SHARDS
+            {
                 break;
             }
             let key = Arc::clone(key);
             shard.order.pop_front();
-            shard.answers.remove(&key);
+            if let Some(answer) = shard.answers.remove(&key) {
+                shard.bytes -= cost(&key, &answer);
+            }
         }
         if let Some(answer) = shard.answers.get(id) {
             return Ok((answer.clone(), true));
         }
         let answer = push()?;
         let key: Arc<str> = Arc::from(id);
+        shard.bytes += cost(id, &answer);
         shard.answers.insert(Arc::clone(&key), answer.clone());
         shard.order.push_back((now, key));
         Ok((answer, false))
@@ -98,5 +114,26 @@ mod tests {
         }
         let held: usize = d.shards.iter().map(|s| s.lock().answers.len()).sum();
         assert!(held <= SHARDS * (PER_SHARD + 1), "{held}");
+    }
+
+    #[test]
+    fn answer_bytes_are_bounded() {
+        let d = Idempotency::new(Duration::from_secs(1000));
+        let t = Instant::now();
+        let big = Bytes::from(vec![b'x'; 64 * 1024]);
+        for i in 0..4 * MAX_BYTES / big.len() {
+            let _ = d.once(&i.to_string(), t, || Ok::<_, ()>(big.clone()));
+        }
+        let bytes: usize = d.shards.iter().map(|s| s.lock().bytes).sum();
+        let held: usize = d
+            .shards
+            .iter()
+            .map(|s| s.lock().answers.values().map(Bytes::len).sum::<usize>())
+            .sum();
+        assert!(
+            held <= bytes && bytes <= MAX_BYTES + SHARDS * (big.len() + 200),
+            "{bytes}"
+        );
+        assert!(bytes > MAX_BYTES / 2, "{bytes}");
     }
 }
