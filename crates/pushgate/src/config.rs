@@ -51,6 +51,11 @@ pub mod default {
     pub const CONTROL_FIRST_REQUEST_TIMEOUT: f64 = 5.0;
     pub const BUS_PING_TIMEOUT: f64 = 3.0;
     pub const BUS_MAX_LINGERING: usize = 1024;
+    pub const HISTORY_SIZE: usize = 100;
+    pub const HISTORY_TTL: f64 = 300.0;
+    /// About 2 KiB per message at the full 100 for 1 300 users; far below the memory of
+    /// the connections a node holds.
+    pub const HISTORY_MAX_BYTES: usize = 256 * 1024 * 1024;
 }
 
 /// pushgate: a WebSocket push gateway for instant messaging.
@@ -221,6 +226,18 @@ pub struct Cli {
     /// Log as JSON lines instead of text [default: false].
     #[arg(long, env = "PUSHGATE_LOG_JSON")]
     pub log_json: Option<bool>,
+    /// Messages retained per user and per room for resume and offline delivery; 0 turns
+    /// history (seqs, resume, acks, idempotent pushes) off. Single node only [default: 100].
+    #[arg(long, env = "PUSHGATE_HISTORY_SIZE")]
+    pub history_size: Option<usize>,
+    /// Seconds a retained message is kept (also how long a push ID is remembered)
+    /// [default: 300].
+    #[arg(long, env = "PUSHGATE_HISTORY_TTL")]
+    pub history_ttl: Option<f64>,
+    /// Bytes all retained messages may hold; past it the oldest go first
+    /// [default: 268435456].
+    #[arg(long, env = "PUSHGATE_HISTORY_MAX_BYTES")]
+    pub history_max_bytes: Option<usize>,
 }
 
 /// The same keys in a TOML file.
@@ -277,6 +294,9 @@ pub struct FileConfig {
     bus_ping_timeout: Option<f64>,
     bus_max_lingering: Option<usize>,
     log_json: Option<bool>,
+    history_size: Option<usize>,
+    history_ttl: Option<f64>,
+    history_max_bytes: Option<usize>,
 }
 
 /// The cluster bus settings.
@@ -317,6 +337,8 @@ pub struct Settings {
     pub bus: Option<BusSettings>,
     /// JSON logs.
     pub log_json: bool,
+    /// Retained messages (single node; a size of 0 is off).
+    pub history: router::HistoryConfig,
 }
 
 fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -531,6 +553,11 @@ impl Settings {
                 }
             },
             log_json: pick!(log_json, false),
+            history: router::HistoryConfig {
+                size: pick!(history_size, default::HISTORY_SIZE),
+                ttl: secs("history_ttl", pick!(history_ttl, default::HISTORY_TTL))?,
+                max_bytes: pick!(history_max_bytes, default::HISTORY_MAX_BYTES),
+            },
         })
     }
 }
@@ -653,6 +680,49 @@ mod tests {
             "--control-first-request-timeout=-1",
         ] {
             assert!(Settings::resolve(&cli(&[bad]), 100).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn history_keys_from_defaults_file_flags_and_environment() {
+        let d = Settings::resolve(&cli(&[]), 100).unwrap().history;
+        assert_eq!(
+            (d.size, d.ttl, d.max_bytes),
+            (100, Duration::from_secs(300), default::HISTORY_MAX_BYTES)
+        );
+        let dir = std::env::temp_dir().join(format!("pushgate-history-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.toml");
+        std::fs::write(
+            &path,
+            "history_size = 7\nhistory_ttl = 2.5\nhistory_max_bytes = 4096\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let f = Settings::resolve(&cli(&["--config", p]), 100)
+            .unwrap()
+            .history;
+        assert_eq!(
+            (f.size, f.ttl, f.max_bytes),
+            (7, Duration::from_millis(2500), 4096)
+        );
+        let o = Settings::resolve(&cli(&["--config", p, "--history-size", "0"]), 100)
+            .unwrap()
+            .history;
+        assert_eq!((o.size, o.max_bytes), (0, 4096));
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(Settings::resolve(&cli(&["--history-ttl", "0"]), 100).is_err());
+        // Each key is also an environment variable (clap reads it; no process-wide
+        // variable is set here, other tests run in parallel).
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        for env in [
+            "PUSHGATE_HISTORY_SIZE",
+            "PUSHGATE_HISTORY_TTL",
+            "PUSHGATE_HISTORY_MAX_BYTES",
+        ] {
+            assert!(help.contains(env), "{env}");
         }
     }
 

@@ -66,7 +66,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     };
     let router = Arc::new(match &nats {
         Some(bus) => Router::with_bus(Box::new(Arc::clone(bus))),
-        None => Router::new(),
+        None => Router::new().with_history(settings.history),
     });
     let hooks_router = Arc::clone(&router);
     // The reactors serve the control listener too; its routes need the reactors' handles,
@@ -131,6 +131,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         echo = settings.reactor.session.echo,
         node = %node_id,
         bus = settings.bus.as_ref().map_or("in-process", |b| b.url.as_str()),
+        history_size = if router.keeps_history() { settings.history.size } else { 0 },
         "pushgate started"
     );
 

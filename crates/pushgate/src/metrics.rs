@@ -66,6 +66,8 @@ pub mod names {
     pub const USERS_ONLINE: &str = "pushgate_users_online";
     /// Gauge: rooms with a member on this node.
     pub const ROOMS: &str = "pushgate_rooms";
+    /// Gauge: bytes held by retained messages (history), bounded by `history_max_bytes`.
+    pub const HISTORY_BYTES: &str = "pushgate_history_bytes";
     /// Counter: push frames queued to connections.
     pub const MESSAGES_DELIVERED: &str = "pushgate_messages_delivered_total";
     /// Counter: messages not delivered, by reason.
@@ -277,6 +279,13 @@ pub fn render(state: &ControlState) -> String {
         "gauge",
         "Rooms with at least one member on this node.",
         state.router.registry().rooms(),
+    );
+    single(
+        &mut out,
+        HISTORY_BYTES,
+        "gauge",
+        "Bytes held by retained messages (users' and rooms' history).",
+        state.router.history_bytes(),
     );
     family(
         &mut out,

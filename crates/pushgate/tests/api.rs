@@ -19,7 +19,8 @@ fn api_key_is_required_when_configured() {
         401
     );
     let (status, resp) = post(gw.control_addr, "/v1/push", body, Some("s3cret"));
-    assert_eq!((status, resp.as_str()), (200, "{\"ok\":true}"));
+    assert_eq!(status, 200, "{resp}");
+    assert!(resp.starts_with("{\"ok\":true"), "{resp}");
     assert_eq!(
         post(
             gw.control_addr,
@@ -77,7 +78,7 @@ fn bad_input_gets_a_json_error_and_the_listener_keeps_serving() {
         200
     );
     assert_eq!(
-        c.recv_json(),
+        common::without_seq(c.recv_json()),
         json!({"type": "msg", "from": "server", "data": "ok"})
     );
     assert_eq!(

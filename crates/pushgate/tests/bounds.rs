@@ -151,9 +151,13 @@ fn client_requests_are_rate_limited_and_recipients_capped() {
     let reply = c.recv_json();
     assert_eq!(reply["code"], "too_many_recipients", "{reply}");
 
-    // Burst of 40 (twice the rate), minus the send above; then refusals; the tenth closes.
-    for _ in 0..60 {
+    // Pings are not limited; joins are: a burst of 40 (twice the rate) passes, then
+    // refusals, and the tenth in a row closes.
+    for _ in 0..50 {
         c.send_text(r#"{"type":"ping"}"#);
+    }
+    for _ in 0..60 {
+        c.send_text(r#"{"type":"join","room":"r"}"#);
     }
     let (mut pongs, mut limited) = (0, 0);
     let code = loop {
@@ -172,7 +176,7 @@ fn client_requests_are_rate_limited_and_recipients_capped() {
     };
     assert_eq!(code, CloseCode::POLICY);
     assert_eq!(limited, 10);
-    assert!((38..=41).contains(&pongs), "{pongs} pongs");
+    assert_eq!(pongs, 50);
     assert!(gw.eventually(Duration::from_secs(2), |g| g
         .metric("pushgate_client_requests_total{type=\"rate_limited\"}")
         == 10.0));

@@ -87,7 +87,8 @@ fn two_thousand_idle_connections_do_not_lock_out_health_metrics_or_push() {
     assert!(body.contains("pushgate_control_evicted_total"), "{body}");
     assert!(took < generous, "/metrics took {took:?}");
     let (status, body, took) = timed(|| post(addr, "/v1/push", r#"{"to":["u"],"data":1}"#, None));
-    assert_eq!((status, body.as_str()), (200, "{\"ok\":true}"), "/v1/push");
+    assert_eq!(status, 200, "/v1/push: {body}");
+    assert!(body.starts_with("{\"ok\":true"), "/v1/push: {body}");
     assert!(took < generous, "/v1/push took {took:?}");
     eprintln!("healthz, metrics, push answered; last took {took:?}");
 

@@ -77,7 +77,13 @@ fn deliveries_follow_references_and_stale_references_match_nothing() {
     a.send_text(r#"{"type":"join","room":"r1"}"#);
     assert_eq!(
         next(&rx),
-        Seen::Request(ref_a, ClientRequest::Join { room: "r1".into() })
+        Seen::Request(
+            ref_a,
+            ClientRequest::Join {
+                room: "r1".into(),
+                since: None
+            }
+        )
     );
 
     assert!(ok(reactor.send(Command::Deliver {

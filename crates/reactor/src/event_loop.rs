@@ -716,14 +716,16 @@ impl Reactor {
                 stats.count_rejected(status.code());
                 self.set_gauge(key, Gauge::Neither);
             }
-            Event::Opened { uid, device } => {
+            Event::Opened { uid, device, since } => {
                 stats.handshakes_ok.add(1);
                 self.set_gauge(key, Gauge::Upgraded);
                 if let Some(c) = self.conns.get_mut(key) {
                     c.push_endpoint = true;
                 }
                 if let Some(c) = cref {
-                    self.hooks.on_open(c, &uid, device.as_deref());
+                    let mut welcome = self.hooks.open(c, &uid, device.as_deref(), since);
+                    trim_replay(&mut welcome, &self.config.outbound);
+                    self.with_session(key, |s, cx, fx| s.welcome(&uid, welcome, cx, fx));
                 }
             }
             Event::EchoOpened => {
@@ -1135,4 +1137,29 @@ fn compress_frame(frame: &Bytes, deflater: &mut protocol::deflate::Deflater) -> 
 /// `recv` into uninitialised memory, so the shared read buffer is never zeroed.
 fn recv(stream: &TcpStream, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
     SockRef::from(stream).recv(buf)
+}
+
+/// Keeps the replay behind a `welcome` within the connection's outbound queue, with room
+/// for the `welcome` and an `error`: past that the connection would be closed as a slow
+/// consumer before it read anything, and again on every reconnect. The newest messages
+/// are kept, so the client's view runs without a gap into the live ones, and the welcome
+/// says `recovered: false` (the client resyncs the older part from its backend).
+fn trim_replay(welcome: &mut session::Welcome, limits: &crate::OutboundLimits) {
+    /// Room kept for the `welcome` and an `error` frame.
+    const RESERVED_BYTES: usize = 2048;
+    let max_messages = limits.max_messages.saturating_sub(2);
+    let max_bytes = limits.max_bytes.saturating_sub(RESERVED_BYTES);
+    let (mut n, mut bytes) = (0, 0);
+    for frame in welcome.replay.iter().rev() {
+        if n + 1 > max_messages || bytes + frame.len() > max_bytes {
+            break;
+        }
+        n += 1;
+        bytes += frame.len();
+    }
+    let drop = welcome.replay.len() - n;
+    if drop > 0 {
+        welcome.replay.drain(..drop);
+        welcome.recovered = Some(false);
+    }
 }

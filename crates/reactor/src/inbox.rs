@@ -60,6 +60,22 @@ pub enum Command {
 pub trait Hooks: Send {
     /// A `/ws` connection was upgraded for `uid`.
     fn on_open(&mut self, conn: ConnRef, uid: &str, device: Option<&str>);
+    /// A `/ws` connection was upgraded for `uid`, resuming after `since` (`?since=`):
+    /// registers it and says what its `welcome` carries and which retained messages go
+    /// right behind it. The driver queues those on the connection before it takes
+    /// anything more from its inbox, so a push that found the connection registered
+    /// arrives after them. By default: [`Hooks::on_open`] and a plain `welcome`.
+    fn open(
+        &mut self,
+        conn: ConnRef,
+        uid: &str,
+        device: Option<&str>,
+        since: Option<u64>,
+    ) -> session::Welcome {
+        let _ = since;
+        self.on_open(conn, uid, device);
+        session::Welcome::default()
+    }
     /// A `/ws` client sent a well-formed request (`send`, `join`, `leave`).
     fn on_request(&mut self, conn: ConnRef, request: session::ClientRequest);
     /// A `/ws` connection that was open has gone.
@@ -162,6 +178,30 @@ pub struct ReactorHandle {
 }
 
 impl ReactorHandle {
+    /// A handle whose commands land in the returned receiver rather than in a running
+    /// reactor, in the order they were sent: for tests of what is sent to reactors. Keep
+    /// the returned `Poll` alive as long as the handle (its waker is registered there).
+    pub fn detached(
+        id: u16,
+        depth: usize,
+    ) -> std::io::Result<(
+        ReactorHandle,
+        crossbeam_channel::Receiver<Command>,
+        mio::Poll,
+    )> {
+        let poll = mio::Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(usize::MAX - 1))?);
+        let (tx, rx) = crossbeam_channel::bounded(depth);
+        let handle = ReactorHandle {
+            id,
+            tx,
+            waker,
+            stats: Arc::default(),
+            inbox: Arc::new(InboxShared::new(usize::MAX)),
+        };
+        Ok((handle, rx, poll))
+    }
+
     /// The reactor's index.
     pub fn id(&self) -> u16 {
         self.id

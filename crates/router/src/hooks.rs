@@ -10,6 +10,9 @@ use session::ClientRequest;
 
 use crate::router::Router;
 
+/// `ConnInfo::replayed_from` after the first request.
+const FIRST_REQUEST_SEEN: u64 = u64::MAX;
+
 /// Most rooms one connection may be in; joins past it are ignored and counted as drops.
 pub const MAX_ROOMS_PER_CONNECTION: usize = 256;
 
@@ -17,6 +20,18 @@ pub const MAX_ROOMS_PER_CONNECTION: usize = 256;
 struct ConnInfo {
     uid: Arc<str>,
     rooms: Vec<Arc<str>>,
+    /// The device and resume point, when either differs from the defaults (the default
+    /// device, a replay from 0, no request yet): one pointer for an idle connection.
+    extra: Option<Box<ConnExtra>>,
+}
+
+#[derive(Debug)]
+struct ConnExtra {
+    /// `?device=` (`None`: the default device).
+    device: Option<Arc<str>>,
+    /// Where the replay behind `welcome` started; [`FIRST_REQUEST_SEEN`] once the first
+    /// request came (a `resume` is only taken as the first).
+    replayed_from: u64,
 }
 
 /// The reactor's hooks.
@@ -58,8 +73,18 @@ impl RouterHooks {
 }
 
 impl Hooks for RouterHooks {
-    fn on_open(&mut self, conn: ConnRef, uid: &str, _device: Option<&str>) {
-        let uid = self.router.add_user(uid, conn);
+    fn on_open(&mut self, conn: ConnRef, uid: &str, device: Option<&str>) {
+        let _ = self.open(conn, uid, device, None);
+    }
+
+    fn open(
+        &mut self,
+        conn: ConnRef,
+        uid: &str,
+        device: Option<&str>,
+        since: Option<u64>,
+    ) -> session::Welcome {
+        let (uid, welcome, opened) = self.router.open_user(uid, conn, device, since);
         let i = conn.index as usize;
         if self.conns.len() <= i {
             self.conns.resize_with(i + 1, || None);
@@ -69,19 +94,57 @@ impl Hooks for RouterHooks {
             ConnInfo {
                 uid,
                 rooms: Vec::new(),
+                extra: (device.is_some() || opened.replayed_from != 0).then(|| {
+                    Box::new(ConnExtra {
+                        device: device.map(Arc::from),
+                        replayed_from: opened.replayed_from,
+                    })
+                }),
             },
         ));
+        welcome
     }
 
     fn on_request(&mut self, conn: ConnRef, request: ClientRequest) {
         let Some(info) = info_mut(&mut self.conns, conn) else {
             return;
         };
+        let extra = info.extra.get_or_insert_with(|| {
+            Box::new(ConnExtra {
+                device: None,
+                replayed_from: 0,
+            })
+        });
+        let replayed_from = std::mem::replace(&mut extra.replayed_from, FIRST_REQUEST_SEEN);
         match request {
+            ClientRequest::Resume { since } => {
+                let result = match replayed_from {
+                    FIRST_REQUEST_SEEN => Err(session::client_protocol::RESUME_NOT_FIRST),
+                    from => self.router.resume(
+                        &info.uid,
+                        conn,
+                        since,
+                        crate::router::Opened {
+                            replayed_from: from,
+                        },
+                    ),
+                };
+                if let Err(e) = result {
+                    self.reply(conn, e.code, e.message);
+                }
+            }
+            ClientRequest::Ack { seq } => {
+                let device = info.extra.as_ref().and_then(|x| x.device.as_deref());
+                if let Err(e) = self.router.ack(&info.uid, device, seq) {
+                    self.reply(conn, e.code, e.message);
+                }
+            }
             ClientRequest::Send { to, data } => {
                 // `from` is the sender's authenticated ID, never anything the client said.
-                let frame = Router::msg_frame(&info.uid, &data);
-                let outcome = self.router.push(&to, &[] as &[&str], frame, Instant::now());
+                let outcome = self
+                    .router
+                    .send(&to, &[] as &[&str], &info.uid, &data, None, Instant::now())
+                    .outcome;
                 self.stats
                     .count_dropped("offline", outcome.offline_users as u64);
                 if outcome.refused > 0 {
@@ -92,7 +155,7 @@ impl Hooks for RouterHooks {
                     self.reply(conn, "unavailable", e.as_str());
                 }
             }
-            ClientRequest::Join { room } => {
+            ClientRequest::Join { room, since } => {
                 if info.rooms.iter().any(|r| **r == *room) {
                     return;
                 }
@@ -100,8 +163,11 @@ impl Hooks for RouterHooks {
                     self.stats.count_dropped("room_limit", 1);
                     return;
                 }
-                let room = self.router.join(&room, conn);
+                let (room, result) = self.router.join_since(&room, conn, since);
                 info.rooms.push(room);
+                if let Err(e) = result {
+                    self.reply(conn, e.code, e.message);
+                }
             }
             ClientRequest::Leave { room } => {
                 if let Some(i) = info.rooms.iter().position(|r| **r == *room) {
@@ -122,7 +188,7 @@ impl Hooks for RouterHooks {
             for room in &info.rooms {
                 self.router.leave(room, conn);
             }
-            self.router.remove_user(&info.uid, conn);
+            self.router.close_user(&info.uid, conn);
         }
     }
 }
@@ -145,7 +211,13 @@ mod tests {
         let router = Arc::new(Router::new());
         let mut h = RouterHooks::new(Arc::clone(&router), Arc::default());
         h.on_open(c(5, 1), "alice", None);
-        h.on_request(c(5, 1), ClientRequest::Join { room: "r".into() });
+        h.on_request(
+            c(5, 1),
+            ClientRequest::Join {
+                room: "r".into(),
+                since: None,
+            },
+        );
         // A request or close for an older occupant of slot 5 does nothing.
         h.on_request(c(5, 0), ClientRequest::Leave { room: "r".into() });
         h.on_close(c(5, 0));

@@ -6,15 +6,20 @@
 //!   reactor one command with all of its recipients; hands the push to the bus once.
 //! - [`bus`]: the cluster bus that carries pushes to the other nodes (in-process for a
 //!   single node, NATS for a cluster).
+//! - [`history`]: retained messages per user and per room, their seqs and device acks
+//!   (single node); [`idempotency`]: answers of pushes by the caller's ID.
 //! - [`hooks`]: the per-reactor bookkeeping of which user and rooms each connection has,
 //!   fed by the reactor and feeding the registry.
 
 pub mod bus;
+pub mod history;
 pub mod hooks;
+pub mod idempotency;
 pub mod registry;
 pub mod router;
 
 pub use bus::{BusError, ClusterBus, InProcess, NatsBus, NatsConfig};
+pub use history::HistoryConfig;
 pub use hooks::RouterHooks;
 pub use registry::Registry;
-pub use router::{PushOutcome, Router};
+pub use router::{Delivered, Opened, PushOutcome, Router};

@@ -2,6 +2,8 @@
 //! each reactor one command listing all of its recipients.
 
 use std::collections::HashSet;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -10,7 +12,11 @@ use protocol::frame::{FrameBuilder, OpCode};
 use reactor::{Command, ConnRef, ReactorHandle};
 
 use crate::bus::{BusError, ClusterBus, InProcess, Kind, Outgoing};
+use crate::history::{History, HistoryConfig};
+use crate::idempotency::Idempotency;
 use crate::registry::Registry;
+use session::client_protocol::{self as cp, RequestError};
+use session::Welcome;
 
 /// What a push reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,12 +33,45 @@ pub struct PushOutcome {
     pub bus: Result<(), BusError>,
 }
 
+/// What a message with seqs reached: the delivery, the message ID and each named user's
+/// seq for it.
+#[derive(Debug)]
+pub struct Delivered {
+    /// Connections reached, refused, and the bus.
+    pub outcome: PushOutcome,
+    /// The message ID (`None` when the node keeps no history: no seqs either).
+    pub id: Option<String>,
+    /// Each named user (once) and the seq the message has in that user's stream.
+    pub seqs: Vec<(String, u64)>,
+    /// Named users with no connection: the message waits in their history.
+    pub offline: Vec<String>,
+}
+
+/// Retained messages of the node (single node only).
+#[derive(Debug)]
+struct Histories {
+    users: History,
+    rooms: History,
+    pushes: Idempotency,
+    /// Message IDs: a per-process random prefix and a counter.
+    id_prefix: u32,
+    next_id: AtomicU64,
+}
+
+/// Where a connection's replay started, for a later `resume` request.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    /// The replay sent behind `welcome` covered the seqs after this one.
+    pub replayed_from: u64,
+}
+
 /// The node's router.
 #[derive(Debug)]
 pub struct Router {
     registry: Registry,
     reactors: OnceLock<Vec<ReactorHandle>>,
     bus: Box<dyn ClusterBus>,
+    history: Option<Histories>,
 }
 
 impl Default for Router {
@@ -53,7 +92,39 @@ impl Router {
             registry: Registry::new(),
             reactors: OnceLock::new(),
             bus,
+            history: None,
         }
+    }
+
+    /// Keeps history (seqs, resume, acks, offline delivery, idempotent pushes) within
+    /// `config`; a size of 0 keeps none. For a single node: a clustered router stays
+    /// live-only.
+    pub fn with_history(mut self, config: HistoryConfig) -> Self {
+        // Users and rooms share the byte budget evenly.
+        let half = HistoryConfig {
+            max_bytes: config.max_bytes / 2,
+            ..config
+        };
+        self.history = (config.size > 0 && !self.is_clustered()).then(|| Histories {
+            users: History::new(half),
+            rooms: History::new(half),
+            pushes: Idempotency::new(config.ttl),
+            id_prefix: foldhash::fast::RandomState::default().hash_one(0u8) as u32,
+            next_id: AtomicU64::new(1),
+        });
+        self
+    }
+
+    /// Whether this node keeps history.
+    pub fn keeps_history(&self) -> bool {
+        self.history.is_some()
+    }
+
+    /// Bytes retained by the users' and rooms' histories.
+    pub fn history_bytes(&self) -> usize {
+        self.history
+            .as_ref()
+            .map_or(0, |h| h.users.bytes() + h.rooms.bytes())
     }
 
     /// Connects the router to the reactors (once, right after they start).
@@ -105,6 +176,254 @@ impl Router {
     pub fn leave(&self, room: &Arc<str>, conn: ConnRef) {
         if self.registry.leave(room, conn) {
             self.bus.interest_changed(Kind::Room, room);
+        }
+    }
+
+    /// A `/ws` connection of `uid` opened, resuming after `since` (else after the
+    /// device's last ack, else from the start): registers it and, under the user's
+    /// history lock, snapshots the replay, so that every later push lands behind it.
+    /// The caller queues the replay before anything from the connection's inbox.
+    pub fn open_user(
+        &self,
+        uid: &str,
+        conn: ConnRef,
+        device: Option<&str>,
+        since: Option<u64>,
+    ) -> (Arc<str>, Welcome, Opened) {
+        let Some(h) = &self.history else {
+            let id = self.add_user(uid, conn);
+            let w = Welcome {
+                error: since.map(|_| cp::HISTORY_DISABLED),
+                ..Welcome::default()
+            };
+            return (id, w, Opened { replayed_from: 0 });
+        };
+        let mut l = h.users.lock(uid, Instant::now());
+        let id = self.add_user(uid, conn);
+        let latest = l.latest(uid);
+        l.pin(uid, true);
+        if since.is_some_and(|s| s > latest) {
+            let w = Welcome {
+                seq: Some(latest),
+                error: Some(cp::SINCE_IN_FUTURE),
+                ..Welcome::default()
+            };
+            return (
+                id,
+                w,
+                Opened {
+                    replayed_from: latest,
+                },
+            );
+        }
+        let from = since
+            .or_else(|| l.last_ack(uid, device.unwrap_or(DEFAULT_DEVICE)))
+            .unwrap_or(0);
+        let r = l.replay(uid, from, latest);
+        let w = Welcome {
+            seq: Some(latest),
+            recovered: Some(r.recovered),
+            replay: r.frames,
+            error: None,
+        };
+        (
+            id,
+            w,
+            Opened {
+                replayed_from: from,
+            },
+        )
+    }
+
+    /// A connection of `uid` went away (with history: under the user's lock, so that a
+    /// connection opening meanwhile keeps the stream).
+    pub fn close_user(&self, uid: &Arc<str>, conn: ConnRef) {
+        match &self.history {
+            Some(h) => {
+                let mut l = h.users.lock(uid, Instant::now());
+                if self.registry.remove_user(uid, conn) {
+                    l.pin(uid, false);
+                    self.bus.interest_changed(Kind::User, uid);
+                }
+            }
+            None => self.remove_user(uid, conn),
+        }
+    }
+
+    /// A `resume` request, the connection's first: replays, through its inbox, the
+    /// retained messages after `since` up to where its opening replay started (later
+    /// ones it has had), then `resumed`.
+    pub fn resume(
+        &self,
+        uid: &str,
+        conn: ConnRef,
+        since: u64,
+        opened: Opened,
+    ) -> Result<(), RequestError> {
+        let h = self.history.as_ref().ok_or(cp::HISTORY_DISABLED)?;
+        let l = h.users.lock(uid, Instant::now());
+        let latest = l.latest(uid);
+        if since > latest {
+            return Err(cp::SINCE_IN_FUTURE);
+        }
+        let r = l.replay(uid, since, opened.replayed_from);
+        for frame in r.frames {
+            self.deliver_to(conn, frame);
+        }
+        self.deliver_to(conn, session::messages::resumed(latest, r.recovered));
+        Ok(())
+    }
+
+    /// `conn` joined `room`; with `since`, under the room's history lock, the room's
+    /// retained messages after it and then `joined` go to the connection through its
+    /// inbox before the lock is released, so every later room message lands behind
+    /// them. Joined in any case; the error says why nothing was replayed.
+    pub fn join_since(
+        &self,
+        room: &str,
+        conn: ConnRef,
+        since: Option<u64>,
+    ) -> (Arc<str>, Result<(), RequestError>) {
+        let (Some(h), Some(since)) = (&self.history, since) else {
+            let id = self.join(room, conn);
+            let result = match since {
+                Some(_) => Err(cp::HISTORY_DISABLED),
+                None => Ok(()),
+            };
+            return (id, result);
+        };
+        let l = h.rooms.lock(room, Instant::now());
+        let id = self.join(room, conn);
+        let latest = l.latest(room);
+        if since > latest {
+            return (id, Err(cp::SINCE_IN_FUTURE));
+        }
+        let r = l.replay(room, since, latest);
+        let mut ok = true;
+        for frame in r.frames {
+            ok &= self.deliver_to(conn, frame);
+        }
+        ok &= self.deliver_to(conn, session::messages::joined(room, latest, r.recovered));
+        drop(l);
+        if !ok {
+            return (
+                id,
+                Err(RequestError {
+                    code: "unavailable",
+                    message: "node saturated; the replay was cut short",
+                }),
+            );
+        }
+        (id, Ok(()))
+    }
+
+    /// An `ack`: `device` of `uid` processed everything up to `seq`.
+    pub fn ack(&self, uid: &str, device: Option<&str>, seq: u64) -> Result<(), RequestError> {
+        let h = self.history.as_ref().ok_or(cp::HISTORY_DISABLED)?;
+        let mut l = h.users.lock(uid, Instant::now());
+        l.ack(uid, device.unwrap_or(DEFAULT_DEVICE), seq)
+            .map_err(|_| cp::UNKNOWN_ACK)
+    }
+
+    /// Carries out a push with the caller's `key` once: a retry within the history TTL
+    /// gets the first answer (`true`: it was a retry) and delivers nothing. `push`'s
+    /// error is not remembered. Without history, `push` is simply called.
+    pub fn once<E>(
+        &self,
+        key: Option<&str>,
+        push: impl FnOnce() -> Result<Bytes, E>,
+    ) -> Result<(Bytes, bool), E> {
+        match (&self.history, key) {
+            (Some(h), Some(key)) => h.pushes.once(key, Instant::now(), push),
+            _ => push().map(|b| (b, false)),
+        }
+    }
+
+    /// Delivers a message from `from` to `users` and `rooms`, each connection once. With
+    /// history, each named user's copy carries that user's next seq and the message `id`
+    /// (the caller's, else a new one), each room's copy the room's next seq, and every
+    /// copy is retained; without, it is [`Router::push`] of one frame.
+    pub fn send(
+        &self,
+        users: &[impl AsRef<str>],
+        rooms: &[impl AsRef<str>],
+        from: &str,
+        data: &[u8],
+        id: Option<&str>,
+        received: Instant,
+    ) -> Delivered {
+        let Some(h) = &self.history else {
+            let frame = Self::msg_frame(from, data);
+            return Delivered {
+                outcome: self.push(users, rooms, frame, received),
+                id: None,
+                seqs: Vec::new(),
+                offline: Vec::new(),
+            };
+        };
+        let id = match id {
+            Some(id) => id.to_owned(),
+            None => format!(
+                "{:08x}{:x}",
+                h.id_prefix,
+                h.next_id.fetch_add(1, Ordering::Relaxed)
+            ),
+        };
+        let now = Instant::now();
+        let mut seqs = Vec::with_capacity(users.len());
+        let mut offline = Vec::new();
+        let mut reached = HashSet::new();
+        let mut targets = Vec::new();
+        let (mut connections, mut refused) = (0, 0);
+        for uid in dedup_strs(users) {
+            targets.clear();
+            // Under the user's lock: seq, retain, collect and hand to the reactors, so a
+            // connection opening meanwhile finds the message in its replay or gets it
+            // live, and the user's messages enter each inbox in seq order.
+            let mut l = h.users.lock(uid, now);
+            let online = self.registry.user_connections(uid, &mut targets);
+            let (seq, frame) = l.append(uid, |seq| cp::msg_frame_seq(from, &id, None, seq, data));
+            if online {
+                l.pin(uid, true);
+            }
+            if !rooms.is_empty() {
+                reached.extend(targets.iter().copied());
+            }
+            let r = self.dispatch(&mut targets, frame, received);
+            drop(l);
+            refused += r;
+            connections += targets.len() - r;
+            seqs.push((uid.to_owned(), seq));
+            if !online {
+                offline.push(uid.to_owned());
+            }
+        }
+        for room in dedup_strs(rooms) {
+            targets.clear();
+            let mut l = h.rooms.lock(room, now);
+            self.registry.room_connections(room, &mut targets);
+            // A connection gets the message once: as its user's, or the first named room's.
+            if users.len() + rooms.len() > 1 {
+                targets.retain(|c| reached.insert(*c));
+            }
+            let (_, frame) = l.append(room, |seq| {
+                cp::msg_frame_seq(from, &id, Some(room), seq, data)
+            });
+            let r = self.dispatch(&mut targets, frame, received);
+            drop(l);
+            refused += r;
+            connections += targets.len() - r;
+        }
+        Delivered {
+            outcome: PushOutcome {
+                connections,
+                offline_users: offline.len(),
+                refused,
+                bus: Ok(()),
+            },
+            id: Some(id),
+            seqs,
+            offline,
         }
     }
 
@@ -263,6 +582,18 @@ fn payload_of(frame: &Bytes) -> Bytes {
         Ok(Some((_, n))) => frame.slice(n..),
         _ => frame.clone(),
     }
+}
+
+/// The device of a connection that named none.
+pub const DEFAULT_DEVICE: &str = "default";
+
+/// The IDs once each, in order.
+fn dedup_strs(ids: &[impl AsRef<str>]) -> Vec<&str> {
+    let mut seen = HashSet::with_capacity(ids.len());
+    ids.iter()
+        .map(AsRef::as_ref)
+        .filter(|id| seen.insert(*id))
+        .collect()
 }
 
 /// The IDs once each, in order, for the trip to the bus thread.

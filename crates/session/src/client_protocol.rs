@@ -21,10 +21,12 @@ pub enum ClientRequest {
         /// The `data` value, serialized JSON.
         data: Bytes,
     },
-    /// Join a room.
+    /// Join a room; with `since`, first replay the room's retained messages after it.
     Join {
         /// Room ID.
         room: String,
+        /// The last room seq the client holds.
+        since: Option<u64>,
     },
     /// Leave a room.
     Leave {
@@ -33,6 +35,16 @@ pub enum ClientRequest {
     },
     /// Application-level ping (browsers cannot send ping frames).
     Ping,
+    /// Replay the retained messages after `since` (the first request only).
+    Resume {
+        /// The last seq the client holds.
+        since: u64,
+    },
+    /// This device has processed every message up to `seq`.
+    Ack {
+        /// The acknowledged seq.
+        seq: u64,
+    },
 }
 
 /// A rejected request: the `code` and `message` of the `error` reply.
@@ -65,11 +77,30 @@ pub fn parse(text: &[u8], max_recipients: usize) -> Result<ClientRequest, Reques
         "join" | "leave" => {
             let room = id(obj.get("room"), "room")?;
             Ok(if kind == "join" {
-                ClientRequest::Join { room }
+                let since = match obj.get("since") {
+                    None => None,
+                    Some(v) => Some(
+                        v.as_u64()
+                            .ok_or(err("bad_since", "\"since\" must be a non-negative integer"))?,
+                    ),
+                };
+                ClientRequest::Join { room, since }
             } else {
                 ClientRequest::Leave { room }
             })
         }
+        "resume" => Ok(ClientRequest::Resume {
+            since: obj
+                .get("since")
+                .and_then(|v| v.as_u64())
+                .ok_or(err("bad_since", "\"since\" must be a non-negative integer"))?,
+        }),
+        "ack" => Ok(ClientRequest::Ack {
+            seq: obj
+                .get("seq")
+                .and_then(|v| v.as_u64())
+                .ok_or(err("bad_ack", "\"seq\" must be a non-negative integer"))?,
+        }),
         "send" => {
             let Some(list) = obj.get("to").and_then(|t| t.as_array()) else {
                 return Err(err("bad_request", "\"to\" must be an array of user IDs"));
@@ -144,6 +175,44 @@ pub fn msg_frame(from: &str, data: &[u8]) -> Bytes {
     f.finish(protocol::OpCode::Text, false)
 }
 
+/// A delivered message with its place in a stream, as one unmasked text frame:
+/// `{"type":"msg","from":...,"id":...,"seq":N,"data":...}`, with `"room":...` before
+/// `seq` for a room message (whose seq is the room's).
+pub fn msg_frame_seq(from: &str, id: &str, room: Option<&str>, seq: u64, data: &[u8]) -> Bytes {
+    use std::io::Write;
+    let extra = from.len() + id.len() + room.map_or(0, str::len);
+    let mut f = protocol::frame::FrameBuilder::with_capacity(data.len() + extra + 80);
+    f.extend_from_slice(br#"{"type":"msg","from":"#);
+    // Writing JSON into memory cannot fail.
+    let _ = serde_json::to_writer(&mut f, from);
+    let _ = f.write_all(br#","id":"#);
+    let _ = serde_json::to_writer(&mut f, id);
+    if let Some(room) = room {
+        let _ = f.write_all(br#","room":"#);
+        let _ = serde_json::to_writer(&mut f, room);
+    }
+    let _ = write!(f, r#","seq":{seq},"data":"#);
+    f.extend_from_slice(data);
+    f.extend_from_slice(b"}");
+    f.finish(protocol::OpCode::Text, false)
+}
+
+/// The reply to a `since` or `resume` past the user's latest seq.
+pub const SINCE_IN_FUTURE: RequestError =
+    err("bad_since", "\"since\" is past the latest seq of this user");
+/// The reply to `since`, `resume` or `ack` on a node that keeps no history.
+pub const HISTORY_DISABLED: RequestError = err(
+    "history_disabled",
+    "this node keeps no history (history_size is 0 or clustered)",
+);
+/// The reply to a `resume` that is not the connection's first request.
+pub const RESUME_NOT_FIRST: RequestError = err(
+    "bad_request",
+    "\"resume\" is only accepted as the first request",
+);
+/// The reply to an `ack` of a seq this user never had.
+pub const UNKNOWN_ACK: RequestError = err("bad_ack", "no message with this seq was delivered");
+
 /// The body of a delivered message, `{"type":"msg","from":...,"data":...}`, with `data`
 /// already serialized.
 pub fn msg_json(from: &str, data: &[u8]) -> Vec<u8> {
@@ -166,7 +235,21 @@ mod tests {
         assert_eq!(parse(br#"{"type":"ping"}"#, 100), Ok(ClientRequest::Ping));
         assert_eq!(
             parse(br#"{"type":"join","room":"r1"}"#, 100),
-            Ok(ClientRequest::Join { room: "r1".into() })
+            Ok(ClientRequest::Join {
+                room: "r1".into(),
+                since: None
+            })
+        );
+        assert_eq!(
+            parse(br#"{"type":"join","room":"r1","since":4}"#, 100),
+            Ok(ClientRequest::Join {
+                room: "r1".into(),
+                since: Some(4)
+            })
+        );
+        assert_eq!(
+            parse(br#"{"type":"join","room":"r1","since":"4"}"#, 100).map_err(|e| e.code),
+            Err("bad_since")
         );
         assert_eq!(
             parse(br#"{"type":"leave","room":"r1"}"#, 100),
@@ -236,6 +319,46 @@ mod tests {
         let (h, n) = protocol::FrameHeader::parse(&f).unwrap().unwrap();
         assert_eq!(h.opcode, protocol::OpCode::Text);
         assert_eq!(&f[n..], &msg_json("a\"b", br#"{"x":[1,2]}"#)[..]);
+    }
+
+    #[test]
+    fn msg_frame_seq_carries_id_room_and_seq() {
+        let parse_frame = |f: Bytes| -> serde_json::Value {
+            let (_, n) = protocol::FrameHeader::parse(&f).unwrap().unwrap();
+            serde_json::from_slice(&f[n..]).unwrap()
+        };
+        assert_eq!(
+            parse_frame(msg_frame_seq("s\"", "i\\d", None, 7, b"[1]")),
+            serde_json::json!({"type": "msg", "from": "s\"", "id": "i\\d", "seq": 7, "data": [1]})
+        );
+        assert_eq!(
+            parse_frame(msg_frame_seq("s", "i", Some("r\n"), 1, b"null")),
+            serde_json::json!({"type": "msg", "from": "s", "id": "i", "room": "r\n", "seq": 1, "data": null})
+        );
+    }
+
+    #[test]
+    fn resume_and_ack() {
+        assert_eq!(
+            parse(br#"{"type":"resume","since":5}"#, 1),
+            Ok(ClientRequest::Resume { since: 5 })
+        );
+        assert_eq!(
+            parse(br#"{"type":"ack","seq":0}"#, 1),
+            Ok(ClientRequest::Ack { seq: 0 })
+        );
+        for bad in [
+            &br#"{"type":"resume"}"#[..],
+            br#"{"type":"resume","since":-1}"#,
+            br#"{"type":"resume","since":"5"}"#,
+            br#"{"type":"resume","since":1.5}"#,
+        ] {
+            assert_eq!(parse(bad, 1).map_err(|e| e.code), Err("bad_since"));
+        }
+        assert_eq!(
+            parse(br#"{"type":"ack","seq":"x"}"#, 1).map_err(|e| e.code),
+            Err("bad_ack")
+        );
     }
 
     #[test]

@@ -103,6 +103,11 @@ struct Open {
     rooms: Option<Box<RoomGrant>>,
 }
 
+/// Whether a request is subject to the per-connection rate limit.
+fn costs_others(req: &ClientRequest) -> bool {
+    !matches!(req, ClientRequest::Ping | ClientRequest::Ack { .. })
+}
+
 /// A token bucket over client requests: `client_rate` a second, bursts of twice that.
 #[derive(Debug)]
 struct RateLimit {
@@ -358,6 +363,31 @@ impl Session {
         }
     }
 
+    /// Sends `welcome` to a `/ws` connection the router has registered (the driver calls
+    /// this when it hands [`Event::Opened`] to the router), then the router's replay of
+    /// retained messages and, if the resume point was refused, an `error`.
+    pub fn welcome(&mut self, uid: &str, w: messages::Welcome, cx: &mut Ctx<'_>, fx: &mut Effects) {
+        if !self.is_open() {
+            return;
+        }
+        let welcome = messages::welcome(
+            &cx.conn_id.to_string(),
+            uid,
+            cx.config.heartbeat.as_secs(),
+            &cx.config.reconnect,
+            w.seq,
+            w.recovered,
+        );
+        fx.send(TransmitKind::Data, welcome);
+        for frame in w.replay {
+            fx.send(TransmitKind::Data, frame);
+        }
+        if let Some(e) = w.error {
+            let f = self.data_frame(OpCode::Text, &client_protocol::error_json(e), cx.codecs);
+            fx.send(TransmitKind::Data, f);
+        }
+    }
+
     /// Encodes a data frame for this connection, compressed when deflate was negotiated.
     pub fn data_frame(&mut self, opcode: OpCode, payload: &[u8], codecs: &mut Codecs) -> Bytes {
         match &mut self.phase {
@@ -418,6 +448,19 @@ impl Session {
             Endpoint::Echo => Event::EchoOpened,
             Endpoint::Push => match authenticate(&cx.config.auth, &req, SystemTime::now()) {
                 Ok(id) => {
+                    let since = match req.query_param("since") {
+                        None => None,
+                        Some(s) => match s.parse::<u64>() {
+                            Ok(n) => Some(n),
+                            Err(_) => {
+                                return self.refuse(
+                                    Status::BadRequest,
+                                    "since must be a non-negative integer",
+                                    fx,
+                                )
+                            }
+                        },
+                    };
                     // A token may claim an `exp` centuries away; past what `Instant` can
                     // hold it simply never expires while connected.
                     token_expires = id.expires_in.and_then(|d| cx.now.checked_add(d));
@@ -425,6 +468,7 @@ impl Session {
                     Event::Opened {
                         uid: id.uid,
                         device: id.device,
+                        since,
                     }
                 }
                 Err(
@@ -460,16 +504,9 @@ impl Session {
                 .then(|| Box::new(OwnCodecs { inflater, deflater }))
         });
         // A client may have sent frames right behind its request.
+        // The `welcome` of a `/ws` connection waits for the router ([`Session::welcome`]):
+        // it carries the user's seq, and the replay goes right behind it.
         let mut rest = BytesMut::from(&req.trailing()[..]);
-        if let Event::Opened { uid, .. } = &opened {
-            let welcome = messages::welcome(
-                &cx.conn_id.to_string(),
-                uid,
-                cx.config.heartbeat.as_secs(),
-                &cx.config.reconnect,
-            );
-            fx.send(TransmitKind::Data, welcome);
-        }
         fx.events.push(opened);
         self.phase = Phase::Open(Open {
             decoder: Decoder::new(),
@@ -523,10 +560,16 @@ impl Session {
                         fx.send(TransmitKind::Data, f);
                         fx.events.push(Event::Echoed);
                     }
-                    Endpoint::Push if !open.rate.take(cx.now, cx.config.client_rate) => {
-                        self.rate_limited(cx, fx);
-                    }
                     Endpoint::Push => match client_protocol::parse(&t, cx.config.max_recipients) {
+                        // What costs the server work for others (deliveries, registry
+                        // changes, replays) is rate-limited; pings and acks are not, so a
+                        // client acking every message of a busy stream is never refused.
+                        Ok(req)
+                            if costs_others(&req)
+                                && !open.rate.take(cx.now, cx.config.client_rate) =>
+                        {
+                            self.rate_limited(cx, fx);
+                        }
                         Ok(ClientRequest::Ping) => {
                             fx.events.push(Event::AppPing);
                             let f = self.data_frame(
@@ -536,7 +579,7 @@ impl Session {
                             );
                             fx.send(TransmitKind::Data, f);
                         }
-                        Ok(ClientRequest::Join { room })
+                        Ok(ClientRequest::Join { room, .. })
                             if open.rooms.as_ref().is_some_and(|g| !g.allows(&room)) =>
                         {
                             fx.events.push(Event::Forbidden);
@@ -601,7 +644,7 @@ impl Session {
         }
     }
 
-    /// Answers a request past the rate limit; ten in a row close with 1008.
+    /// Answers a request past the rate limit; ten refused in a row close with 1008.
     fn rate_limited(&mut self, cx: &mut Ctx<'_>, fx: &mut Effects) {
         let Phase::Open(open) = &self.phase else {
             return;

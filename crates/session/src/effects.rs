@@ -43,6 +43,8 @@ pub enum Event {
         uid: String,
         /// Optional device ID.
         device: Option<String>,
+        /// `?since=`: the last seq the client holds, to resume after.
+        since: Option<u64>,
     },
     /// A `/echo` connection was upgraded.
     EchoOpened,

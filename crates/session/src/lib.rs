@@ -27,3 +27,4 @@ pub use client_protocol::ClientRequest;
 pub use config::{ReconnectAdvice, SessionConfig};
 pub use conn::{Codecs, ConnId, Ctx, Session};
 pub use effects::{CloseKind, Effects, Event, Transmit, TransmitKind};
+pub use messages::Welcome;

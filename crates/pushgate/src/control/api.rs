@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::time::Instant;
 
-use router::{PushOutcome, Router};
+use router::{Delivered, Router};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use session::auth::MAX_ID_LEN;
@@ -23,6 +23,8 @@ pub struct PushRequest<'a> {
     pub from: Cow<'a, str>,
     /// The `data` value, as sent.
     pub data: &'a RawValue,
+    /// The caller's message ID: a retry with the same one is delivered once.
+    pub id: Option<Cow<'a, str>>,
 }
 
 /// Sender named when a push does not say.
@@ -44,6 +46,8 @@ struct Body<'a> {
     /// `Some` whenever present, `null` included.
     #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
 }
 
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -106,11 +110,19 @@ pub fn parse_push(bytes: &[u8]) -> Result<PushRequest<'_>, BadRequest> {
     if to.is_empty() && rooms.is_empty() {
         return Err("name at least one recipient in \"to\" or \"rooms\"");
     }
+    let id = match b.id {
+        None => None,
+        Some(v) => match serde_json::from_str::<Id<'_>>(v.get()) {
+            Ok(Id(s)) if valid_id(&s) => Some(s),
+            _ => return Err("\"id\" must be a non-empty string of at most 256 bytes"),
+        },
+    };
     Ok(PushRequest {
         to,
         rooms,
         from: sender(b.from)?,
         data: b.data.ok_or("missing \"data\"")?,
+        id,
     })
 }
 
@@ -120,10 +132,41 @@ pub fn parse_broadcast(bytes: &[u8]) -> Result<(Cow<'_, str>, &RawValue), BadReq
     Ok((sender(b.from)?, b.data.ok_or("missing \"data\"")?))
 }
 
-/// Carries out a push.
-pub fn push(router: &Router, req: &PushRequest<'_>, received: Instant) -> PushOutcome {
-    let frame = Router::msg_frame(&req.from, req.data.get().as_bytes());
-    router.push(&req.to, &req.rooms, frame, received)
+/// Carries out a push: with history, each named user's copy has its seq.
+pub fn push(router: &Router, req: &PushRequest<'_>, received: Instant) -> Delivered {
+    router.send(
+        &req.to,
+        &req.rooms,
+        &req.from,
+        req.data.get().as_bytes(),
+        req.id.as_deref(),
+        received,
+    )
+}
+
+/// The answer to a successful push: `{"ok":true}`, and with history
+/// `"id"`, `"seq":{"u1":N,...}` and `"offline":[...]`.
+pub fn push_answer(d: &Delivered) -> Vec<u8> {
+    let Some(id) = &d.id else {
+        return b"{\"ok\":true}".to_vec();
+    };
+    // Written in the contract's order: `ok` first.
+    let mut out = Vec::with_capacity(64 + 24 * d.seqs.len());
+    out.extend_from_slice(b"{\"ok\":true,\"id\":");
+    // Writing JSON into memory cannot fail.
+    let _ = serde_json::to_writer(&mut out, id);
+    out.extend_from_slice(b",\"seq\":{");
+    for (i, (uid, n)) in d.seqs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut out, uid);
+        out.extend_from_slice(format!(":{n}").as_bytes());
+    }
+    out.extend_from_slice(b"},\"offline\":");
+    let _ = serde_json::to_writer(&mut out, &d.offline);
+    out.push(b'}');
+    out
 }
 
 #[cfg(test)]
@@ -159,9 +202,32 @@ mod tests {
             br#"{"to":["u"],"data":1} x"#,
             b"\xff",
             br#"[["u"],null,null,1]"#,
+            br#"{"to":["u"],"data":1,"id":""}"#,
+            br#"{"to":["u"],"data":1,"id":7}"#,
         ] {
             assert!(parse_push(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn push_answers_in_contract_order() {
+        let d = Delivered {
+            outcome: router::PushOutcome {
+                connections: 1,
+                offline_users: 1,
+                refused: 0,
+                bus: Ok(()),
+            },
+            id: Some("m\"1".into()),
+            seqs: vec![("u2".into(), 7), ("u1".into(), 1)],
+            offline: vec!["u1".into()],
+        };
+        let a = String::from_utf8(push_answer(&d)).unwrap();
+        assert_eq!(
+            a,
+            r#"{"ok":true,"id":"m\"1","seq":{"u2":7,"u1":1},"offline":["u1"]}"#
+        );
+        assert!(serde_json::from_str::<serde_json::Value>(&a).is_ok());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use reactor::admission::Admission;
 use reactor::ReactorHandle;
 use router::{BusError, Router};
@@ -90,7 +92,7 @@ impl ControlState {
             let (status, body) = self.api(e, req);
             self.api_stats.count(e, status);
             return match body {
-                Ok(()) => response(200, "application/json", b"{\"ok\":true}", keep),
+                Ok(body) => response(200, "application/json", &body, keep),
                 Err(msg) => json_error(status, msg, keep),
             };
         }
@@ -120,7 +122,7 @@ impl ControlState {
     }
 
     /// Serves an API endpoint: (status, Ok or the error message).
-    fn api(&self, endpoint: usize, req: &Request) -> (u16, Result<(), &'static str>) {
+    fn api(&self, endpoint: usize, req: &Request) -> (u16, Result<Bytes, &'static str>) {
         if req.method != "POST" {
             return (405, Err("method not allowed"));
         }
@@ -137,9 +139,23 @@ impl ControlState {
         if endpoint == 0 {
             match api::parse_push(&req.body) {
                 Ok(p) => {
-                    let outcome = api::push(&self.router, &p, received);
-                    self.api_stats.offline.add(outcome.offline_users as u64);
-                    saturation_status(outcome.refused).unwrap_or_else(|| bus_status(outcome.bus))
+                    // A retry with the caller's ID gets the first answer; a refused push
+                    // is not remembered, so its retry is carried out.
+                    let answer = self.router.once(p.id.as_deref(), || {
+                        let d = api::push(&self.router, &p, received);
+                        self.api_stats.offline.add(d.outcome.offline_users as u64);
+                        match saturation_status(d.outcome.refused)
+                            .unwrap_or_else(|| bus_status(d.outcome.bus))
+                        {
+                            (200, _) => Ok(Bytes::from(api::push_answer(&d))),
+                            (status, Err(e)) => Err((status, e)),
+                            (status, Ok(())) => Err((status, "refused")),
+                        }
+                    });
+                    match answer {
+                        Ok((body, _)) => (200, Ok(body)),
+                        Err((status, e)) => (status, Err(e)),
+                    }
                 }
                 Err(e) => (400, Err(e)),
             }
@@ -150,8 +166,14 @@ impl ControlState {
                         .router
                         .broadcast(Router::msg_frame(&from, data.get().as_bytes()), received)
                     {
-                        Ok(refused) => saturation_status(refused).unwrap_or((200, Ok(()))),
-                        Err(e) => bus_status(Err(e)),
+                        Ok(refused) => match saturation_status(refused) {
+                            Some((status, Err(e))) => (status, Err(e)),
+                            _ => (200, Ok(Bytes::from_static(b"{\"ok\":true}"))),
+                        },
+                        Err(e) => match bus_status(Err(e)) {
+                            (status, Err(e)) => (status, Err(e)),
+                            (status, Ok(())) => (status, Ok(Bytes::from_static(b"{\"ok\":true}"))),
+                        },
                     }
                 }
                 Err(e) => (400, Err(e)),

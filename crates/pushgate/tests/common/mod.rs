@@ -151,6 +151,16 @@ impl Drop for Gateway {
     }
 }
 
+/// A delivered message without its place in the user's stream (`id`, `seq`), for
+/// suites that check routing; delivery.rs checks those fields.
+pub fn without_seq(mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("id");
+        o.remove("seq");
+    }
+    v
+}
+
 /// POSTs a JSON body to the control listener; (status, body).
 pub fn post(addr: SocketAddr, path: &str, body: &str, auth: Option<&str>) -> (u16, String) {
     let auth = auth
