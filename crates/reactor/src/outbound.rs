@@ -36,9 +36,8 @@ pub struct OutboundLimits {
 pub struct Outbound {
     /// The rest of the frame being written, wherever it came from.
     current: Option<Bytes>,
+    /// Pings, handshake bytes and at most one pong (a newer pong replaces a waiting one).
     control: VecDeque<Bytes>,
-    /// The latest unanswered ping's pong; a newer one replaces it.
-    pong: Option<Bytes>,
     data: VecDeque<Bytes>,
     data_bytes: usize,
 }
@@ -46,10 +45,7 @@ pub struct Outbound {
 impl Outbound {
     /// Nothing left to write.
     pub fn is_empty(&self) -> bool {
-        self.current.is_none()
-            && self.control.is_empty()
-            && self.pong.is_none()
-            && self.data.is_empty()
+        self.current.is_none() && self.control.is_empty() && self.data.is_empty()
     }
 
     /// Bytes waiting.
@@ -57,7 +53,6 @@ impl Outbound {
         self.data_bytes
             + self.current.as_ref().map_or(0, Bytes::len)
             + self.control.iter().map(Bytes::len).sum::<usize>()
-            + self.pong.as_ref().map_or(0, Bytes::len)
     }
 
     /// Queues a control frame (or handshake bytes): never refused.
@@ -65,9 +60,13 @@ impl Outbound {
         self.control.push_back(frame);
     }
 
-    /// Queues a pong, replacing one still waiting (a pong not yet started).
+    /// Queues a pong, replacing one still waiting (a pong not yet started). Kept in the
+    /// control queue, told apart by its opcode, so an idle connection pays for no slot.
     pub fn push_pong(&mut self, frame: Bytes) {
-        self.pong = Some(frame);
+        match self.control.iter_mut().find(|f| is_pong(f)) {
+            Some(waiting) => *waiting = frame,
+            None => self.control.push_back(frame),
+        }
     }
 
     /// Whether a data frame of `len` bytes would be accepted now.
@@ -112,7 +111,6 @@ impl Outbound {
                     .current
                     .iter()
                     .chain(self.control.iter())
-                    .chain(self.pong.iter())
                     .chain(self.data.iter());
                 for b in order.take(MAX_IOVECS) {
                     slices[count] = IoSlice::new(b);
@@ -144,7 +142,7 @@ impl Outbound {
         while n > 0 {
             let mut frame = match self.current.take() {
                 Some(f) => f,
-                None => match self.control.pop_front().or_else(|| self.pong.take()) {
+                None => match self.control.pop_front() {
                     Some(f) => f,
                     None => match self.data.pop_front() {
                         Some(f) => {
@@ -163,6 +161,12 @@ impl Outbound {
             n -= frame.len();
         }
     }
+}
+
+/// Whether a queued server frame is a pong (FIN set, opcode 0xA; server frames are never
+/// masked or fragmented control frames).
+fn is_pong(frame: &Bytes) -> bool {
+    frame.first() == Some(&0x8A)
 }
 
 #[cfg(test)]
@@ -260,19 +264,28 @@ mod tests {
 
     #[test]
     fn a_ping_flood_keeps_one_pong() {
+        use protocol::frame::server_frame;
+        use protocol::OpCode;
         let mut q = Outbound::default();
         q.push_data(Bytes::from_static(b"DD"), &LIMITS).unwrap();
+        let ping = server_frame(OpCode::Ping, b"hb");
+        q.push_control(ping.clone());
         for i in 0..10_000u32 {
-            q.push_pong(Bytes::from(i.to_be_bytes().to_vec()));
+            q.push_pong(server_frame(OpCode::Pong, &i.to_be_bytes()));
         }
-        assert_eq!(q.queued_bytes(), 2 + 4);
+        let last = server_frame(OpCode::Pong, &9_999u32.to_be_bytes());
+        assert_eq!(q.queued_bytes(), 2 + ping.len() + last.len());
         let mut w = Trickle {
             out: Vec::new(),
             per_call: 100,
             budget: 100,
         };
         q.flush(&mut w).unwrap();
-        assert_eq!(w.out, [&9_999u32.to_be_bytes()[..], b"DD"].concat());
+        assert_eq!(
+            w.out,
+            [&ping[..], &last[..], b"DD"].concat(),
+            "the ping stays"
+        );
     }
 
     #[test]
