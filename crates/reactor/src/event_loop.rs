@@ -3,8 +3,14 @@
 //! the counters they read.
 //!
 //! Each loop turn: wait for readiness or the next timer; fire due timers; serve ready
-//! sockets (reading each until `WouldBlock`, within a per-turn budget, and remembering the
-//! ones cut short); drain the inbox; advance a drain in progress.
+//! sockets (reading each until drained, within a per-turn budget, and remembering the ones
+//! cut short); drain the inbox and write what it queued; advance a drain in progress.
+//!
+//! This file holds the loop, the connection record and what a connection does with bytes
+//! (its session, outbound queue and timer); by concern beside it: [`accept`] (the accept
+//! rate and the pending-handshake bound), [`deliver`] (inbox commands and the turn's
+//! writes), [`drain`] (shutdown), and the control listener's connections in
+//! `crate::service`.
 
 use std::collections::VecDeque;
 use std::io;
@@ -14,12 +20,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use crossbeam_channel::{Receiver, TryRecvError};
+use bytes::BytesMut;
+use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use protocol::CloseCode;
-use session::conn::{MIN_WINDOW_BITS, WINDOW_SIZES};
 use session::{CloseKind, Codecs, ConnId, Ctx, Effects, Event, Session, TransmitKind};
 use slab::Slab;
 use socket2::SockRef;
@@ -33,6 +38,12 @@ use crate::service::ServiceConns;
 use crate::stats::ReactorStats;
 use crate::wheel::{TimerId, Wheel};
 
+mod accept;
+mod deliver;
+mod drain;
+
+use drain::DrainPlan;
+
 const LISTENER: Token = Token(usize::MAX - 1);
 pub(crate) const WAKER: Token = Token(usize::MAX - 2);
 const SERVICE_LISTENER: Token = Token(usize::MAX - 3);
@@ -44,25 +55,8 @@ pub(crate) const SERVICE_BASE: usize = 1 << 40;
 const READ_CHUNK: usize = 64 * 1024;
 /// Reads per connection per loop turn before others get their turn.
 const READS_PER_TURN: usize = 8;
-/// Inbox commands handled per loop turn.
-const COMMANDS_PER_TURN: usize = 1024;
 /// Ready sockets handled between deliveries and writes within one turn.
 const EVENTS_PER_FLUSH: usize = 32;
-/// At the pending-handshake bound, how long a connection that sent part of its request
-/// and stopped may keep its slot (at most the pressure timeout). A request split over
-/// several segments arrives within a round trip's few milliseconds.
-const PARTIAL_REQUEST_GRACE: Duration = Duration::from_millis(100);
-/// Back-off after `accept` fails for lack of descriptors.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// The two pending-handshake queues.
-#[derive(Debug, Clone, Copy)]
-enum Order {
-    /// Every pending handshake, by accept time.
-    Accepted,
-    /// Those that sent part of a request, by when that was seen.
-    Partial,
-}
 
 /// How a connection's gauges are currently counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,14 +86,6 @@ struct Conn {
     partial_listed: bool,
     /// Given frames this turn and listed in `Reactor::dirty`, to be written at its end.
     dirty: bool,
-}
-
-#[derive(Debug)]
-struct DrainPlan {
-    targets: Vec<(usize, u32)>,
-    next: usize,
-    start: Instant,
-    window: Duration,
 }
 
 /// A reactor thread's state.
@@ -342,210 +328,6 @@ impl Reactor {
             consider(plan.next_due(self.config.session.close_timeout));
         }
         until.map(|t| t.saturating_duration_since(now))
-    }
-
-    // ---- accepting -------------------------------------------------------------------
-
-    fn accept_loop(&mut self) {
-        if self.drain.is_some() {
-            return;
-        }
-        self.accept_blocked = false;
-        loop {
-            if !self.may_accept() {
-                return;
-            }
-            if !self.make_room_for_handshake(Instant::now()) {
-                // The rest wait in the kernel's backlog: this turn's reads complete the
-                // handshakes in hand, and the end of the turn tries again.
-                self.accept_blocked = true;
-                return;
-            }
-            match self.listener.accept() {
-                Ok((stream, peer)) => self.on_accept(stream, peer.ip()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Out of descriptors, most likely: pending connections stay in the
-                    // backlog; try again shortly.
-                    self.stats.accept_errors.add(1);
-                    tracing::warn!(reactor = self.id, error = %e, "accept failed; backing off");
-                    self.accept_resume_at = Some(Instant::now() + ACCEPT_BACKOFF);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Admission control local to this reactor: the accept rate. (Pending handshakes
-    /// never stop accepting; see [`Reactor::make_room_for_handshake`].)
-    fn may_accept(&mut self) -> bool {
-        let rate = self.config.max_accept_rate;
-        if rate > 0 {
-            let now = Instant::now();
-            let elapsed = now
-                .saturating_duration_since(self.accept_refill_at)
-                .as_secs_f64();
-            self.accept_refill_at = now;
-            let burst = f64::from(rate.max(1)) / 10.0 + 1.0;
-            self.accept_tokens = (self.accept_tokens + elapsed * f64::from(rate)).min(burst);
-            if self.accept_tokens < 1.0 {
-                let wait = (1.0 - self.accept_tokens) / f64::from(rate);
-                self.accept_resume_at = Some(now + Duration::from_secs_f64(wait));
-                return false;
-            }
-            self.accept_tokens -= 1.0;
-        }
-        true
-    }
-
-    fn on_accept(&mut self, mut stream: TcpStream, ip: IpAddr) {
-        let verdict = self.admission.admit(ip);
-        if verdict == Verdict::Drop {
-            self.stats.count_rejected(503);
-            return;
-        }
-        // Latency matters more than packet count for pushes.
-        let _ = stream.set_nodelay(true);
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            Token(key),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            tracing::warn!(error = %e, "register failed");
-            self.admission.release(ip, verdict);
-            return;
-        }
-        let reject = match verdict {
-            Verdict::Refuse(status) => Some(status),
-            _ => None,
-        };
-        let now = Instant::now();
-        self.next_generation = self.next_generation.wrapping_add(1);
-        entry.insert(Conn {
-            stream,
-            ip,
-            verdict,
-            generation: self.next_generation,
-            session: Session::new(now, reject, &self.config.session),
-            out: Outbound::default(),
-            timer: None,
-            close_after_flush: false,
-            write_shut: false,
-            gauge: Gauge::Handshaking,
-            push_endpoint: false,
-            partial_listed: false,
-            dirty: false,
-        });
-        self.stats.accepted.add(1);
-        self.stats.connections.add(1);
-        self.stats.handshaking.add(1);
-        self.handshake_order
-            .push_back((key, self.next_generation, now));
-        self.rearm(key, now);
-    }
-
-    /// Whether one more connection may start its handshake: below the pending-handshake
-    /// bound, or once the oldest pending handshake has been reset to make room.
-    ///
-    /// Pausing `accept` until handshakes finish (the first design) let 1 024 connections
-    /// that dribble their request a byte a second shut out every honest client until the
-    /// handshake timeout freed slots. Evicting the oldest at once (the second) reset
-    /// honest clients in a reconnect storm: a burst of 10 000 connects was accepted faster
-    /// than their requests were read, and each accept evicted one accepted a moment
-    /// before. So under pressure the handshake timeout shortens: a handshake pending for
-    /// `pressure_handshake_timeout` is reset to make room (an honest client sends its
-    /// request in one go, so it is never that old at the bound), and a younger one only
-    /// makes the rest wait in the kernel's backlog for this turn's reads.
-    fn make_room_for_handshake(&mut self, now: Instant) -> bool {
-        let bound = self.config.max_pending_handshakes.max(1);
-        let silent_after = self.config.pressure_handshake_timeout;
-        let partial_after = silent_after.min(PARTIAL_REQUEST_GRACE);
-        while self.stats.handshaking.get() as usize >= bound {
-            // Stalled midway through a request first: no honest client does that for long.
-            let partial = self.oldest_pending(Order::Partial);
-            if let Some((key, _, _)) = partial.filter(|p| now >= p.2 + partial_after) {
-                self.partial_order.pop_front();
-                self.evict_handshake(key);
-                continue;
-            }
-            let any = self.oldest_pending(Order::Accepted);
-            if let Some((key, _, _)) = any.filter(|a| now >= a.2 + silent_after) {
-                self.handshake_order.pop_front();
-                self.evict_handshake(key);
-                continue;
-            }
-            let next = [
-                partial.map(|p| p.2 + partial_after),
-                any.map(|a| a.2 + silent_after),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            if let Some(t) = next {
-                self.accept_resume_at = Some(self.accept_resume_at.map_or(t, |r| r.min(t)));
-            }
-            return false;
-        }
-        // Entries of connections that finished their handshake pile up behind a slow one
-        // at the front; compact once they outnumber the live ones.
-        let live = self.stats.handshaking.get() as usize;
-        for order in [&mut self.handshake_order, &mut self.partial_order] {
-            if order.len() > 2 * live + 64 {
-                let conns = &self.conns;
-                order.retain(|&(key, generation, _)| {
-                    conns.get(key).is_some_and(|c| {
-                        c.generation == generation && c.gauge == Gauge::Handshaking
-                    })
-                });
-            }
-        }
-        true
-    }
-
-    /// The front of one of the pending-handshake queues, after dropping entries of
-    /// connections no longer handshaking.
-    fn oldest_pending(&mut self, which: Order) -> Option<(usize, u32, Instant)> {
-        loop {
-            let order = match which {
-                Order::Accepted => &self.handshake_order,
-                Order::Partial => &self.partial_order,
-            };
-            let &(key, generation, at) = order.front()?;
-            if self.is_handshaking(key, generation) {
-                return Some((key, generation, at));
-            }
-            match which {
-                Order::Accepted => self.handshake_order.pop_front(),
-                Order::Partial => self.partial_order.pop_front(),
-            };
-        }
-    }
-
-    fn evict_handshake(&mut self, key: usize) {
-        self.stats.handshakes_evicted.add(1);
-        self.remove(key, true);
-    }
-
-    /// Lists a connection that has sent part of its request, once.
-    fn note_partial_request(&mut self, key: usize) {
-        let Some(c) = self.conns.get_mut(key) else {
-            return;
-        };
-        if c.partial_listed || c.gauge != Gauge::Handshaking || !c.session.handshake_partial() {
-            return;
-        }
-        c.partial_listed = true;
-        self.partial_order
-            .push_back((key, c.generation, Instant::now()));
-    }
-
-    fn is_handshaking(&self, key: usize, generation: u32) -> bool {
-        self.conns
-            .get(key)
-            .is_some_and(|c| c.generation == generation && c.gauge == Gauge::Handshaking)
     }
 
     // ---- socket events ---------------------------------------------------------------
@@ -893,245 +675,6 @@ impl Reactor {
             generation: c.generation,
         })
     }
-
-    // ---- inbox -----------------------------------------------------------------------
-
-    fn drain_inbox(&mut self) {
-        if let Some(window) = self.inbox_shared.take_drain() {
-            self.start_drain(window, Instant::now());
-        }
-        for _ in 0..COMMANDS_PER_TURN {
-            match self.inbox.try_recv() {
-                Ok(cmd) => {
-                    self.inbox_shared.taken(&cmd);
-                    self.on_command(cmd);
-                }
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
-            }
-        }
-    }
-
-    fn on_command(&mut self, cmd: Command) {
-        match cmd {
-            Command::Deliver {
-                frame,
-                targets,
-                received,
-            } => {
-                let mut compressed = Compressed::default();
-                for t in targets {
-                    match self.resolve(t) {
-                        Some(key) => self.deliver(key, &frame, &mut compressed),
-                        None => self.stats.count_dropped("gone", 1),
-                    }
-                }
-                self.received.extend(received);
-            }
-            Command::Broadcast { frame, received } => {
-                let mut keys = std::mem::take(&mut self.scratch_keys);
-                keys.clear();
-                keys.extend(
-                    self.conns
-                        .iter()
-                        .filter(|(_, c)| c.push_endpoint && c.session.is_open())
-                        .map(|(k, _)| k),
-                );
-                let mut compressed = Compressed::default();
-                for &key in &keys {
-                    self.deliver(key, &frame, &mut compressed);
-                }
-                self.scratch_keys = keys;
-                self.received.extend(received);
-            }
-            Command::Close {
-                target,
-                code,
-                reason,
-            } => {
-                if let Some(key) = self.resolve(target) {
-                    self.with_session(key, |s, cx, fx| s.close(code, reason, cx, fx));
-                }
-            }
-        }
-    }
-
-    fn resolve(&self, r: ConnRef) -> Option<usize> {
-        let key = r.index as usize;
-        match self.conns.get(key) {
-            Some(c) if r.reactor == self.id && c.generation == r.generation => Some(key),
-            _ => None,
-        }
-    }
-
-    /// Queues a push frame on one connection: the compressed form when the connection
-    /// negotiated permessage-deflate and the payload is worth compressing, compressed at
-    /// most once per command and window size, and shared by every such recipient on this
-    /// reactor.
-    fn deliver(&mut self, key: usize, frame: &Bytes, compressed: &mut Compressed) {
-        let Some(conn) = self.conns.get(key) else {
-            return;
-        };
-        if !conn.session.is_open() {
-            self.stats.count_dropped("gone", 1);
-            return;
-        }
-        let bytes = match conn.session.compress_window() {
-            Some(bits) if frame.len() >= self.config.compress_min_bytes => {
-                let slot = usize::from(bits.clamp(MIN_WINDOW_BITS, 15) - MIN_WINDOW_BITS);
-                compressed[slot]
-                    .get_or_insert_with(|| compress_frame(frame, self.codecs.deflater(bits)))
-                    .clone()
-            }
-            _ => frame.clone(),
-        };
-        // Writes are batched to the end of the turn; a queue filled by this turn's pushes
-        // is written now rather than counted against the consumer.
-        if self
-            .conns
-            .get(key)
-            .is_some_and(|c| !c.out.has_room(bytes.len(), &self.config.outbound))
-        {
-            self.flush(key);
-        }
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        if conn.out.push_data(bytes, &self.config.outbound).is_err() {
-            self.stats.count_dropped("slow_consumer", 1);
-            self.slow_consumer(key);
-            return;
-        }
-        self.stats.frames_out.add(1);
-        self.stats.delivered.add(1);
-        if !conn.dirty {
-            conn.dirty = true;
-            self.dirty.push(key);
-        }
-    }
-
-    /// Writes every connection that was given frames this turn: one vectored write per
-    /// connection however many pushes reached it, instead of one per push.
-    fn flush_dirty(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for &key in &dirty {
-            if let Some(c) = self.conns.get_mut(key) {
-                c.dirty = false;
-                self.flush(key);
-            }
-        }
-        self.dirty = dirty;
-        self.dirty.clear();
-        if !self.received.is_empty() {
-            let now = Instant::now();
-            for r in self.received.drain(..) {
-                self.stats
-                    .push_latency
-                    .observe(now.saturating_duration_since(r));
-            }
-        }
-    }
-
-    // ---- shutdown --------------------------------------------------------------------
-
-    fn start_drain(&mut self, window: Duration, now: Instant) {
-        if self.drain.is_some() {
-            return;
-        }
-        let _ = self.poll.registry().deregister(&mut self.listener);
-        // The service listener stays up through the drain: health checks and scrapes
-        // see a draining node (503 on `/readyz`) rather than a refused connection.
-        let mut targets = Vec::new();
-        let mut handshaking = Vec::new();
-        for (key, c) in self.conns.iter() {
-            if c.session.is_open() {
-                targets.push((key, c.generation));
-            } else if c.session.is_handshaking() {
-                handshaking.push(key);
-            }
-        }
-        for key in handshaking {
-            self.remove(key, false);
-        }
-        self.drain = Some(DrainPlan {
-            targets,
-            next: 0,
-            start: now,
-            window,
-        });
-    }
-
-    /// Closes the connections whose turn has come; true when the reactor may exit.
-    fn advance_drain(&mut self, now: Instant) -> bool {
-        let Some(plan) = self.drain.as_mut() else {
-            return false;
-        };
-        let mut due = Vec::new();
-        while plan.next < plan.targets.len() && plan.slot_time(plan.next) <= now {
-            due.push(plan.targets[plan.next]);
-            plan.next += 1;
-        }
-        let finished_at = plan.start + plan.window + self.config.session.close_timeout;
-        for (key, generation) in due {
-            if self
-                .conns
-                .get(key)
-                .is_some_and(|c| c.generation == generation)
-            {
-                self.with_session(key, |s, cx, fx| {
-                    s.close(CloseCode::GOING_AWAY, "server shutting down", cx, fx)
-                });
-            }
-        }
-        let all_sent = self
-            .drain
-            .as_ref()
-            .is_some_and(|p| p.next >= p.targets.len());
-        if all_sent && self.conns.is_empty() {
-            return true;
-        }
-        if now >= finished_at {
-            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-            for key in keys {
-                self.remove(key, false);
-            }
-            return true;
-        }
-        false
-    }
-}
-
-impl DrainPlan {
-    /// When the `i`-th connection is closed: evenly over the window, so clients do not
-    /// all reconnect at the same moment.
-    fn slot_time(&self, i: usize) -> Instant {
-        let n = self.targets.len().max(1) as u32;
-        self.start + self.window / n * i as u32
-    }
-
-    /// The next moment the drain has work: a close to send, or, once all are sent, the
-    /// end of the close timeout (peers answering wake the loop themselves; polling with a
-    /// past deadline meanwhile would spin).
-    fn next_due(&self, close_timeout: Duration) -> Instant {
-        if self.next < self.targets.len() {
-            self.slot_time(self.next)
-        } else {
-            self.start + self.window + close_timeout
-        }
-    }
-}
-
-/// A push compressed for each server window size in use, made on first need.
-type Compressed = [Option<Bytes>; WINDOW_SIZES];
-
-/// The same message as `frame` (a final, unmasked server frame), compressed.
-fn compress_frame(frame: &Bytes, deflater: &mut protocol::deflate::Deflater) -> Bytes {
-    let Ok(Some((header, n))) = protocol::FrameHeader::parse(frame) else {
-        return frame.clone();
-    };
-    let payload = &frame[n..];
-    let mut f = protocol::FrameBuilder::with_capacity(payload.len() / 2 + 16);
-    f.extend_compressed(deflater, payload);
-    f.finish(header.opcode, true)
 }
 
 /// `recv` into uninitialised memory, so the shared read buffer is never zeroed.

@@ -1,0 +1,164 @@
+//! Work from the inbox: pushes and broadcasts queued on connections (compressed once per
+//! window size), closes; and the turn's writes, one per connection.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_channel::TryRecvError;
+use session::conn::{MIN_WINDOW_BITS, WINDOW_SIZES};
+
+use super::Reactor;
+use crate::inbox::{Command, ConnRef};
+
+/// Inbox commands handled per loop turn.
+const COMMANDS_PER_TURN: usize = 1024;
+impl Reactor {
+    pub(super) fn drain_inbox(&mut self) {
+        if let Some(window) = self.inbox_shared.take_drain() {
+            self.start_drain(window, Instant::now());
+        }
+        for _ in 0..COMMANDS_PER_TURN {
+            match self.inbox.try_recv() {
+                Ok(cmd) => {
+                    self.inbox_shared.taken(&cmd);
+                    self.on_command(cmd);
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+
+    pub(super) fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Deliver {
+                frame,
+                targets,
+                received,
+            } => {
+                let mut compressed = Compressed::default();
+                for t in targets {
+                    match self.resolve(t) {
+                        Some(key) => self.deliver(key, &frame, &mut compressed),
+                        None => self.stats.count_dropped("gone", 1),
+                    }
+                }
+                self.received.extend(received);
+            }
+            Command::Broadcast { frame, received } => {
+                let mut keys = std::mem::take(&mut self.scratch_keys);
+                keys.clear();
+                keys.extend(
+                    self.conns
+                        .iter()
+                        .filter(|(_, c)| c.push_endpoint && c.session.is_open())
+                        .map(|(k, _)| k),
+                );
+                let mut compressed = Compressed::default();
+                for &key in &keys {
+                    self.deliver(key, &frame, &mut compressed);
+                }
+                self.scratch_keys = keys;
+                self.received.extend(received);
+            }
+            Command::Close {
+                target,
+                code,
+                reason,
+            } => {
+                if let Some(key) = self.resolve(target) {
+                    self.with_session(key, |s, cx, fx| s.close(code, reason, cx, fx));
+                }
+            }
+        }
+    }
+
+    pub(super) fn resolve(&self, r: ConnRef) -> Option<usize> {
+        let key = r.index as usize;
+        match self.conns.get(key) {
+            Some(c) if r.reactor == self.id && c.generation == r.generation => Some(key),
+            _ => None,
+        }
+    }
+
+    /// Queues a push frame on one connection: the compressed form when the connection
+    /// negotiated permessage-deflate and the payload is worth compressing, compressed at
+    /// most once per command and window size, and shared by every such recipient on this
+    /// reactor.
+    pub(super) fn deliver(&mut self, key: usize, frame: &Bytes, compressed: &mut Compressed) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        if !conn.session.is_open() {
+            self.stats.count_dropped("gone", 1);
+            return;
+        }
+        let bytes = match conn.session.compress_window() {
+            Some(bits) if frame.len() >= self.config.compress_min_bytes => {
+                let slot = usize::from(bits.clamp(MIN_WINDOW_BITS, 15) - MIN_WINDOW_BITS);
+                compressed[slot]
+                    .get_or_insert_with(|| compress_frame(frame, self.codecs.deflater(bits)))
+                    .clone()
+            }
+            _ => frame.clone(),
+        };
+        // Writes are batched to the end of the turn; a queue filled by this turn's pushes
+        // is written now rather than counted against the consumer.
+        if self
+            .conns
+            .get(key)
+            .is_some_and(|c| !c.out.has_room(bytes.len(), &self.config.outbound))
+        {
+            self.flush(key);
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.out.push_data(bytes, &self.config.outbound).is_err() {
+            self.stats.count_dropped("slow_consumer", 1);
+            self.slow_consumer(key);
+            return;
+        }
+        self.stats.frames_out.add(1);
+        self.stats.delivered.add(1);
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Writes every connection that was given frames this turn: one vectored write per
+    /// connection however many pushes reached it, instead of one per push.
+    pub(super) fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.dirty = false;
+                self.flush(key);
+            }
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+        if !self.received.is_empty() {
+            let now = Instant::now();
+            for r in self.received.drain(..) {
+                self.stats
+                    .push_latency
+                    .observe(now.saturating_duration_since(r));
+            }
+        }
+    }
+}
+
+/// A push compressed for each server window size in use, made on first need.
+type Compressed = [Option<Bytes>; WINDOW_SIZES];
+
+/// The same message as `frame` (a final, unmasked server frame), compressed.
+fn compress_frame(frame: &Bytes, deflater: &mut protocol::deflate::Deflater) -> Bytes {
+    let Ok(Some((header, n))) = protocol::FrameHeader::parse(frame) else {
+        return frame.clone();
+    };
+    let payload = &frame[n..];
+    let mut f = protocol::FrameBuilder::with_capacity(payload.len() / 2 + 16);
+    f.extend_compressed(deflater, payload);
+    f.finish(header.opcode, true)
+}
