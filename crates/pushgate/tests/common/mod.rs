@@ -339,6 +339,8 @@ impl Client {
                 {
                     return Read_::Timeout
                 }
+                // A signal is not the server closing the connection.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => return Read_::Eof,
             }
         }
