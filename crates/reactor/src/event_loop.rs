@@ -230,6 +230,18 @@ impl Reactor {
             for key in again {
                 self.on_readable(key, true);
             }
+            if let Some(s) = self.services.as_mut() {
+                for key in s.take_again() {
+                    s.on_ready(
+                        key,
+                        true,
+                        self.poll.registry(),
+                        &mut self.wheel,
+                        &self.ticks,
+                        &self.stats,
+                    );
+                }
+            }
             for (i, event) in events.iter().enumerate() {
                 // A long turn (hundreds of ready sockets under load) must not hold back
                 // what earlier events routed: deliver and write every few events.
@@ -312,7 +324,8 @@ impl Reactor {
     fn poll_timeout(&self) -> Option<Duration> {
         // Work already waiting must not sleep until the next unrelated wakeup: the
         // inbox's waker fired once for all of it.
-        if !self.again.is_empty() || !self.inbox.is_empty() {
+        let services_again = self.services.as_ref().is_some_and(ServiceConns::has_again);
+        if !self.again.is_empty() || !self.inbox.is_empty() || services_again {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();

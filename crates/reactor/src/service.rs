@@ -74,6 +74,9 @@ pub struct ServiceConfig {
     pub limits: ServiceLimits,
 }
 
+/// Reads of one connection per readiness event before others get their turn.
+const READS_PER_EVENT: usize = 8;
+
 /// "Too many open files" for the process and for the system (Linux errno values).
 const EMFILE: i32 = 24;
 const ENFILE: i32 = 23;
@@ -115,6 +118,8 @@ pub(crate) struct ServiceConns {
     limits: ServiceLimits,
     /// Added to slab keys for tokens and timer keys, to tell them from WebSocket ones.
     base: usize,
+    /// Connections whose read budget ran out with input possibly left.
+    again: Vec<usize>,
 }
 
 impl std::fmt::Debug for ServiceConns {
@@ -138,7 +143,18 @@ impl ServiceConns {
             service,
             limits,
             base,
+            again: Vec::new(),
         }
+    }
+
+    /// Connections to read again this turn (their budget ran out last time).
+    pub(crate) fn take_again(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.again)
+    }
+
+    /// Whether some connection waits to be read again.
+    pub(crate) fn has_again(&self) -> bool {
+        !self.again.is_empty()
     }
 
     pub(crate) fn listener(&mut self) -> &mut TcpListener {
@@ -254,10 +270,18 @@ impl ServiceConns {
         stats: &ReactorStats,
     ) {
         let mut chunk = [0u8; 16 * 1024];
+        let mut reads = 0;
         loop {
             let Some(c) = self.conns.get_mut(key) else {
                 return;
             };
+            if reads == READS_PER_EVENT {
+                // One client pipelining without pause must not hold the reactor: the rest
+                // of its input waits for the next turn (edge-triggered readiness will not
+                // repeat, so it is remembered).
+                self.again.push(key);
+                return;
+            }
             if !write_out(c) {
                 return self.remove(key, registry, wheel, stats);
             }
@@ -274,6 +298,7 @@ impl ServiceConns {
                 Some(c) => c,
                 None => return,
             };
+            reads += 1;
             match c.stream.read(&mut chunk) {
                 Ok(0) => {
                     if c.phase == Phase::Lingering {
