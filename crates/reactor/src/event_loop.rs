@@ -231,6 +231,14 @@ impl Reactor {
                 self.on_readable(key, true);
             }
             if let Some(s) = self.services.as_mut() {
+                if s.accept_retry_at().is_some_and(|t| now >= t) {
+                    s.accept_loop(
+                        self.poll.registry(),
+                        &mut self.wheel,
+                        &self.ticks,
+                        &self.stats,
+                    );
+                }
                 for key in s.take_again() {
                     s.on_ready(
                         key,
@@ -335,6 +343,13 @@ impl Reactor {
             .and_then(|tick| self.ticks.instant_of(tick));
         let mut consider = |t: Instant| until = Some(until.map_or(t, |u| u.min(t)));
         if let Some(t) = self.accept_resume_at {
+            consider(t);
+        }
+        if let Some(t) = self
+            .services
+            .as_ref()
+            .and_then(ServiceConns::accept_retry_at)
+        {
             consider(t);
         }
         if let Some(plan) = &self.drain {

@@ -26,6 +26,9 @@ use crate::wheel::{TimerId, Wheel};
 pub enum Flow {
     /// Keep reading requests.
     KeepAlive,
+    /// The answers reached the room given; complete requests may be left in the input, to
+    /// be answered once the client has read some.
+    Paused,
     /// Write what was answered, then close (no keep-alive, or an error that ends it).
     Close,
 }
@@ -33,10 +36,11 @@ pub enum Flow {
 /// Answers requests. One per reactor; called on the reactor's thread, so it must not
 /// block.
 pub trait Service: Send {
-    /// Answers every complete request at the front of `input` into `out`, removing the
-    /// bytes it used; a partial request stays in `input` for the next call. `eof` says the
-    /// peer will send nothing more.
-    fn serve(&mut self, input: &mut BytesMut, out: &mut Vec<u8>, eof: bool) -> Flow;
+    /// Answers the complete requests at the front of `input` into `out`, removing the
+    /// bytes it used, until it has added `room` bytes of answers (then [`Flow::Paused`]); a
+    /// partial request stays in `input` for the next call. `eof` says the peer will send
+    /// nothing more. The room bounds what a client that pipelines without reading costs.
+    fn serve(&mut self, input: &mut BytesMut, out: &mut Vec<u8>, room: usize, eof: bool) -> Flow;
 }
 
 /// Limits of the service listener, per reactor.
@@ -74,6 +78,10 @@ pub struct ServiceConfig {
     pub limits: ServiceLimits,
 }
 
+/// Connections accepted per turn before the reactor's other work gets its turn.
+const ACCEPTS_PER_TURN: usize = 128;
+/// Back-off after `accept` fails for lack of descriptors and none could be freed.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Reads of one connection per readiness event before others get their turn.
 const READS_PER_EVENT: usize = 8;
 
@@ -106,6 +114,8 @@ struct Conn {
     /// Whether a complete request was ever answered (the idle timeout then applies,
     /// rather than the shorter first-request timeout).
     answered: bool,
+    /// The service paused at its output room with requests possibly left in `input`.
+    paused: bool,
     last_active: Instant,
     timer: Option<(TimerId, u64)>,
 }
@@ -120,6 +130,8 @@ pub(crate) struct ServiceConns {
     base: usize,
     /// Connections whose read budget ran out with input possibly left.
     again: Vec<usize>,
+    /// When to try `accept` again: the accept budget ran out, or descriptors did.
+    accept_retry_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for ServiceConns {
@@ -144,6 +156,7 @@ impl ServiceConns {
             limits,
             base,
             again: Vec::new(),
+            accept_retry_at: None,
         }
     }
 
@@ -155,6 +168,11 @@ impl ServiceConns {
     /// Whether some connection waits to be read again.
     pub(crate) fn has_again(&self) -> bool {
         !self.again.is_empty()
+    }
+
+    /// When `accept` is to be tried again, if it stopped short of the backlog's end.
+    pub(crate) fn accept_retry_at(&self) -> Option<Instant> {
+        self.accept_retry_at
     }
 
     pub(crate) fn listener(&mut self) -> &mut TcpListener {
@@ -173,24 +191,36 @@ impl ServiceConns {
         ticks: &Ticks,
         stats: &ReactorStats,
     ) {
-        loop {
+        self.accept_retry_at = None;
+        let mut evicted_for_fd = false;
+        for _ in 0..ACCEPTS_PER_TURN {
             match self.listener.accept() {
                 Ok((stream, _)) => self.on_accept(stream, registry, wheel, ticks, stats),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     stats.accept_errors.add(1);
-                    // Out of descriptors: an idle API connection gives its own up, so the
-                    // operator's scrape or a backend's push still gets in.
+                    // Out of descriptors: one idle API connection gives its own up, so the
+                    // operator's scrape or a backend's push still gets in — once per turn,
+                    // and never one with a request or answer in flight (another reactor
+                    // may take the descriptor first; then the next turn tries again).
                     let out_of_fds = matches!(e.raw_os_error(), Some(EMFILE | ENFILE));
-                    if out_of_fds && self.evict_idlest(registry, wheel, stats, "fd_limit") {
+                    if out_of_fds
+                        && !evicted_for_fd
+                        && self.evict_idlest_up_to(registry, wheel, stats, "fd_limit", 2)
+                    {
+                        evicted_for_fd = true;
                         continue;
                     }
-                    tracing::warn!(error = %e, "control accept failed");
+                    tracing::warn!(error = %e, "control accept failed; retrying shortly");
+                    self.accept_retry_at = Some(ticks.now() + ACCEPT_RETRY);
                     return;
                 }
             }
         }
+        // Budget spent with connections possibly left in the backlog: the listener's edge
+        // will not repeat, so come back next turn.
+        self.accept_retry_at = Some(ticks.now());
     }
 
     fn on_accept(
@@ -224,6 +254,7 @@ impl ServiceConns {
             written: 0,
             phase: Phase::Open,
             answered: false,
+            paused: false,
             last_active: ticks.now(),
             timer: None,
         });
@@ -245,9 +276,22 @@ impl ServiceConns {
         stats: &ReactorStats,
         reason: &str,
     ) -> bool {
+        self.evict_idlest_up_to(registry, wheel, stats, reason, u8::MAX)
+    }
+
+    /// [`Self::evict_idlest`] among connections of [`eviction_rank`] at most `max_rank`.
+    fn evict_idlest_up_to(
+        &mut self,
+        registry: &Registry,
+        wheel: &mut Wheel<usize>,
+        stats: &ReactorStats,
+        reason: &str,
+        max_rank: u8,
+    ) -> bool {
         let victim = self
             .conns
             .iter()
+            .filter(|(_, c)| eviction_rank(c) <= max_rank)
             .min_by_key(|(_, c)| (eviction_rank(c), c.last_active))
             .map(|(k, _)| k);
         match victim {
@@ -298,6 +342,12 @@ impl ServiceConns {
                 Some(c) => c,
                 None => return,
             };
+            if c.paused && c.phase == Phase::Open {
+                // The client has read enough of its answers: answer what it already sent
+                // before reading more (there may be nothing more to read).
+                self.serve(key, false, stats);
+                continue;
+            }
             reads += 1;
             match c.stream.read(&mut chunk) {
                 Ok(0) => {
@@ -322,7 +372,12 @@ impl ServiceConns {
                         c.last_active = ticks.now();
                     }
                     self.rearm(key, wheel, ticks);
-                    let open = self.conns.get(key).is_some_and(|c| c.phase == Phase::Open);
+                    // Paused with requests left: go round, they are answered as the
+                    // output drains, not only when the client sends more.
+                    let open = self
+                        .conns
+                        .get(key)
+                        .is_some_and(|c| c.phase == Phase::Open && !c.paused);
                     if open && n < chunk.len() && !until_would_block {
                         // Drained (see the reactor's `on_readable`): write, don't read again.
                         if let Some(c) = self.conns.get_mut(key) {
@@ -356,7 +411,14 @@ impl ServiceConns {
             c.written = 0;
         }
         let before = c.output.len();
-        let flow = self.service.serve(&mut c.input, &mut c.output, eof);
+        let pending = c.output.len() - c.written;
+        let room = self
+            .limits
+            .max_pending_output
+            .saturating_sub(pending)
+            .max(1);
+        let flow = self.service.serve(&mut c.input, &mut c.output, room, eof);
+        c.paused = flow == Flow::Paused;
         if c.output.len() > before {
             c.answered = true;
             stats.service_requests.add(1);
@@ -429,11 +491,13 @@ impl ServiceConns {
     }
 }
 
-/// Which connection goes first when room is needed: one already closing, then one that
-/// never sent a byte, then an idle keep-alive one; one with a request in progress (or an
-/// answer still being written) only when nothing else is left.
+/// Which connection goes first when room is needed: one done but for its lingering close,
+/// then one that never sent a byte, then an idle keep-alive one; one with a request in
+/// progress or an answer still being written only when nothing else is left.
 fn eviction_rank(c: &Conn) -> u8 {
+    let writing = c.written < c.output.len();
     match c.phase {
+        Phase::Closing if writing => 3,
         Phase::Closing | Phase::Lingering => 0,
         Phase::Open if !c.answered && c.input.is_empty() => 1,
         Phase::Open if c.input.is_empty() && c.written == c.output.len() => 2,

@@ -24,12 +24,16 @@ impl ControlService {
 }
 
 impl Service for ControlService {
-    fn serve(&mut self, input: &mut BytesMut, out: &mut Vec<u8>, eof: bool) -> Flow {
+    fn serve(&mut self, input: &mut BytesMut, out: &mut Vec<u8>, room: usize, eof: bool) -> Flow {
         let Some(state) = self.state.get() else {
             out.extend_from_slice(&json_error(503, "starting", false));
             return Flow::Close;
         };
+        let start = out.len();
         loop {
+            if out.len() - start >= room {
+                return Flow::Paused;
+            }
             match next_request(input, state.max_body_bytes) {
                 Ok(Some(req)) => {
                     out.extend_from_slice(&state.handle(&req, true));
