@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{post, Client, Gateway, Read_};
+use common::{nothing_for, post, users_online, Client, Gateway, Read_};
 use serde_json::{json, Value};
 
 /// Connects and returns the client and its `welcome`.
@@ -26,19 +26,6 @@ fn push(gw: &Gateway, body: Value) -> Value {
     let v: Value = serde_json::from_str(&resp).unwrap();
     assert_eq!(v["ok"], true);
     v
-}
-
-fn nothing_for(c: &mut Client, ms: u64) {
-    match c.read(Duration::from_millis(ms)) {
-        Read_::Timeout => {}
-        other => panic!("expected nothing, got {other:?}"),
-    }
-}
-
-fn users_online(gw: &Gateway, n: f64) {
-    assert!(gw.eventually(Duration::from_secs(3), |g| g
-        .metric("pushgate_users_online")
-        == n));
 }
 
 fn seq(m: &Value) -> u64 {

@@ -25,8 +25,15 @@ enum Seen {
 struct Report(mpsc::Sender<Seen>);
 
 impl Hooks for Report {
-    fn on_open(&mut self, conn: ConnRef, uid: &str, _device: Option<&str>) {
+    fn open(
+        &mut self,
+        conn: ConnRef,
+        uid: &str,
+        _device: Option<&str>,
+        _since: Option<u64>,
+    ) -> session::Welcome {
         let _ = self.0.send(Seen::Open(conn, uid.to_owned()));
+        session::Welcome::default()
     }
     fn on_request(&mut self, conn: ConnRef, request: ClientRequest) {
         let _ = self.0.send(Seen::Request(conn, request));
@@ -229,8 +236,15 @@ struct Stall {
 }
 
 impl Hooks for Stall {
-    fn on_open(&mut self, conn: ConnRef, _uid: &str, _device: Option<&str>) {
+    fn open(
+        &mut self,
+        conn: ConnRef,
+        _uid: &str,
+        _device: Option<&str>,
+        _since: Option<u64>,
+    ) -> session::Welcome {
         let _ = self.opened.send(conn);
+        session::Welcome::default()
     }
     fn on_request(&mut self, _conn: ConnRef, _request: ClientRequest) {
         let _ = self.release.recv_timeout(Duration::from_secs(30));

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{post, Client, Gateway, Read_};
+use common::{nothing_for, post, users_online, Client, Gateway, Read_};
 use protocol::{CloseCode, Message};
 use serde_json::{json, Value};
 
@@ -20,21 +20,6 @@ fn push(gw: &Gateway, body: Value) {
     let (status, resp) = post(gw.control_addr, "/v1/push", &body.to_string(), None);
     assert_eq!(status, 200, "{resp}");
     assert!(resp.starts_with("{\"ok\":true"), "{resp}");
-}
-
-fn nothing_for(c: &mut Client, ms: u64) {
-    match c.read(Duration::from_millis(ms)) {
-        Read_::Timeout => {}
-        other => panic!("expected nothing, got {other:?}"),
-    }
-}
-
-/// Waits until the registry shows `n` users online (registration happens on the reactor
-/// right after the upgrade).
-fn users_online(gw: &Gateway, n: f64) {
-    assert!(gw.eventually(Duration::from_secs(3), |g| g
-        .metric("pushgate_users_online")
-        == n));
 }
 
 #[test]

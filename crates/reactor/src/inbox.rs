@@ -58,24 +58,18 @@ pub enum Command {
 /// What a reactor reports about its `/ws` connections. Called on the reactor's thread:
 /// implementations must not block.
 pub trait Hooks: Send {
-    /// A `/ws` connection was upgraded for `uid`.
-    fn on_open(&mut self, conn: ConnRef, uid: &str, device: Option<&str>);
-    /// A `/ws` connection was upgraded for `uid`, resuming after `since` (`?since=`):
-    /// registers it and says what its `welcome` carries and which retained messages go
-    /// right behind it. The driver queues those on the connection before it takes
+    /// A `/ws` connection was upgraded for `uid`, resuming after `since` (`?since=`), if
+    /// given: registers it and says what its `welcome` carries and which retained messages
+    /// go right behind it. The driver queues those on the connection before it takes
     /// anything more from its inbox, so a push that found the connection registered
-    /// arrives after them. By default: [`Hooks::on_open`] and a plain `welcome`.
+    /// arrives after them.
     fn open(
         &mut self,
         conn: ConnRef,
         uid: &str,
         device: Option<&str>,
         since: Option<u64>,
-    ) -> session::Welcome {
-        let _ = since;
-        self.on_open(conn, uid, device);
-        session::Welcome::default()
-    }
+    ) -> session::Welcome;
     /// A `/ws` client sent a well-formed request (`send`, `join`, `leave`).
     fn on_request(&mut self, conn: ConnRef, request: session::ClientRequest);
     /// A `/ws` connection that was open has gone.

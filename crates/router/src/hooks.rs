@@ -73,10 +73,6 @@ impl RouterHooks {
 }
 
 impl Hooks for RouterHooks {
-    fn on_open(&mut self, conn: ConnRef, uid: &str, device: Option<&str>) {
-        let _ = self.open(conn, uid, device, None);
-    }
-
     fn open(
         &mut self,
         conn: ConnRef,
@@ -210,7 +206,7 @@ mod tests {
     fn stale_references_leave_the_slot_alone() {
         let router = Arc::new(Router::new());
         let mut h = RouterHooks::new(Arc::clone(&router), Arc::default());
-        h.on_open(c(5, 1), "alice", None);
+        let _ = h.open(c(5, 1), "alice", None, None);
         h.on_request(
             c(5, 1),
             ClientRequest::Join {
@@ -228,7 +224,7 @@ mod tests {
         assert!(!router.registry().contains(Kind::User, "alice"));
         assert!(!router.registry().contains(Kind::Room, "r"));
         // The slot is reused by the next connection.
-        h.on_open(c(5, 2), "bob", None);
+        let _ = h.open(c(5, 2), "bob", None, None);
         assert_eq!(router.registry().users_online(), 1);
     }
 }

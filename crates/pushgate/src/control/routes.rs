@@ -7,8 +7,8 @@ use bytes::Bytes;
 
 use reactor::admission::Admission;
 use reactor::ReactorHandle;
+use router::bus::stats::Counter;
 use router::{BusError, Router};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::api;
 use super::http::{json_error, response, Request};
@@ -18,22 +18,6 @@ use crate::metrics;
 pub const API_ENDPOINTS: [&str; 2] = ["push", "broadcast"];
 /// Statuses the API answers with, for the request counters.
 pub const API_STATUSES: [u16; 7] = [200, 400, 401, 404, 405, 413, 503];
-
-/// A counter every reactor adds to (the API is served on all of them).
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    /// Adds `n`.
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Current value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
 
 /// Counters of the server API.
 #[derive(Debug, Default)]

@@ -407,3 +407,19 @@ impl Client {
         }
     }
 }
+
+/// Asserts that `c` receives nothing for `ms` milliseconds.
+pub fn nothing_for(c: &mut Client, ms: u64) {
+    match c.read(Duration::from_millis(ms)) {
+        Read_::Timeout => {}
+        other => panic!("expected nothing, got {other:?}"),
+    }
+}
+
+/// Waits until the registry shows `n` users online (registration happens on the reactor
+/// right after the upgrade).
+pub fn users_online(gw: &Gateway, n: f64) {
+    assert!(gw.eventually(Duration::from_secs(3), |g| g
+        .metric("pushgate_users_online")
+        == n));
+}

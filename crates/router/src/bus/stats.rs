@@ -4,7 +4,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use reactor::stats::Histogram;
 
-/// A counter any thread may add to.
+/// A counter any thread may add to (the bus's, and the server API's, which every reactor
+/// serves).
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
 
