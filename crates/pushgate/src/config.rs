@@ -201,9 +201,16 @@ pub struct Cli {
     /// This node's name in logs, metrics and on the bus [default: host name + pid].
     #[arg(long, env = "PUSHGATE_NODE_ID")]
     pub node_id: Option<String>,
-    /// Cluster bus: NATS server URL(s), comma-separated [default: none, in-process].
+    /// Cluster bus: NATS server URL(s), comma-separated: nats://host:port, tls://host:port,
+    /// with optional credentials (nats://token@host, nats://user:pass@host); the other
+    /// servers of the NATS cluster are learned from the servers [default: none, in-process].
     #[arg(long, env = "PUSHGATE_NATS")]
     pub nats: Option<String>,
+    /// PEM file of the certificate authorities trusted for TLS to NATS; given, every bus
+    /// connection uses TLS [default: the system's roots, TLS for tls:// URLs and servers
+    /// that require it].
+    #[arg(long, env = "PUSHGATE_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<String>,
     /// Subject prefix on the bus, shared by the nodes of one cluster [default: pushgate].
     #[arg(long, env = "PUSHGATE_BUS_PREFIX")]
     pub bus_prefix: Option<String>,
@@ -288,6 +295,7 @@ pub struct FileConfig {
     reconnect_cap_ms: Option<u64>,
     node_id: Option<String>,
     nats: Option<String>,
+    nats_tls_ca: Option<String>,
     bus_prefix: Option<String>,
     bus_queue_depth: Option<usize>,
     bus_unsubscribe_delay: Option<f64>,
@@ -304,6 +312,8 @@ pub struct FileConfig {
 pub struct BusSettings {
     /// NATS server URL(s).
     pub url: String,
+    /// CA file for TLS to NATS.
+    pub tls_ca: Option<String>,
     /// Subject prefix.
     pub prefix: String,
     /// Queue to the bus thread.
@@ -531,6 +541,11 @@ impl Settings {
                 Some(url) => {
                     Some(BusSettings {
                         url,
+                        tls_ca: cli
+                            .nats_tls_ca
+                            .clone()
+                            .or(file.nats_tls_ca.clone())
+                            .filter(|p| !p.is_empty()),
                         prefix: cli
                             .bus_prefix
                             .clone()

@@ -53,6 +53,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Some(bus) => Some(Arc::new(
             NatsBus::new(NatsConfig {
                 url: bus.url.clone(),
+                tls_ca: bus.tls_ca.clone(),
                 prefix: bus.prefix.clone(),
                 node_id: node_id.clone(),
                 queue_depth: bus.queue_depth,
@@ -103,8 +104,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }));
     server.run().context("starting the reactor threads")?;
     if let Some(bus) = &nats {
-        bus.start(Arc::clone(&router))
-            .context("starting the bus thread")?;
+        NatsBus::start(bus, Arc::clone(&router)).context("starting the bus thread")?;
     }
     let control_addr = server
         .service_addr()

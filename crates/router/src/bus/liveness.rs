@@ -1,29 +1,21 @@
-//! Whether NATS answers: round trips the bus thread makes on a timer and after changing
-//! its subscriptions.
+//! Whether NATS answers: round trips (`PING`, `PONG`) the bus thread makes on a timer and
+//! after changing its subscriptions.
 //!
 //! A TCP connection to a frozen server (stopped by `SIGSTOP`, wedged, behind a black-holed
-//! route) stays "connected": writes land in the kernel's buffer and async-nats sends its
-//! own PINGs only when it has had nothing else to do for a whole ping interval, so a node
-//! that keeps publishing never notices. So the bus thread asks itself: every
-//! `timeout / 3` it publishes an empty message to [`PROBE_SUBJECT`] with a reply subject in
-//! its own inbox. The server answers at once, with a real reply if anyone listens there or
-//! with a "no responders" status otherwise (NATS 2.2+, which the bus needs for headers
-//! anyway). A probe unanswered for `timeout` makes the node unready, and any answer makes
-//! it ready again.
+//! route) stays "connected": writes land in the kernel's buffer and nothing says the
+//! server is gone. So every `timeout / 3` the bus thread sends a `PING`; one unanswered
+//! for `timeout` makes the node unready, and any `PONG` makes it ready again. A `PING`
+//! needs no permission and reaches no subscriber, unlike a request to some subject.
 //!
-//! The server handles one connection's operations in order, so the answer to a probe sent
-//! after some SUBs also says the server has those subscriptions: that is when the
+//! The server handles one connection's operations in order, so the `PONG` to a `PING`
+//! sent after some `SUB`s also says the server has those subscriptions: that is when the
 //! subscription gauge is updated.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Where probes go. Any answer will do, so it is outside every deployment's prefix: a
-/// backend subscribed to `<prefix>.>` never sees them.
-pub(super) const PROBE_SUBJECT: &str = "_PUSHGATE.PING";
-
-/// Probe state shared by the bus thread (which sends), the answer task (which receives)
-/// and readers of readiness (any thread).
+/// Probe state shared by the bus thread (which sends and receives) and readers of
+/// readiness (any thread).
 #[derive(Debug)]
 pub(super) struct Liveness {
     epoch: Instant,
@@ -88,11 +80,6 @@ impl Liveness {
     }
 }
 
-/// The sequence number in a probe's reply subject, `<inbox>.<seq>`.
-pub(super) fn reply_seq(subject: &str) -> Option<u64> {
-    subject.rsplit_once('.')?.1.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,12 +102,5 @@ mod tests {
         l.sent(t0 + Duration::from_secs(10));
         l.reset();
         assert!(l.answering(t0 + Duration::from_secs(60)));
-    }
-
-    #[test]
-    fn reply_subjects_carry_their_sequence() {
-        assert_eq!(reply_seq("_INBOX.abc.42"), Some(42));
-        assert_eq!(reply_seq("_INBOX.abc.x"), None);
-        assert_eq!(reply_seq("nodot"), None);
     }
 }

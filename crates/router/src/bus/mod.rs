@@ -5,9 +5,12 @@
 //! arrives. Two implementations:
 //!
 //! - [`InProcess`]: one node, no other nodes to reach (the embedded default).
-//! - [`NatsBus`]: NATS. A node subscribes to the subject of every user and room it holds
-//!   and to the broadcast subject; its connection to NATS is opened with `no_echo`, so a
-//!   push it published never comes back to it and local recipients get it exactly once.
+//! - [`NatsBus`]: NATS, through a client of its own on the core NATS protocol. A node
+//!   subscribes to the subject of every user and room it holds and to the broadcast
+//!   subject; its connection to NATS is opened with `no_echo`, so a push it published
+//!   never comes back to it and local recipients get it exactly once. Besides pushes it
+//!   carries control traffic between nodes: publishes to any subject, requests with
+//!   replies to the node's inbox, and handlers on fixed subjects.
 //!
 //! The message format on NATS, so that a backend can publish without the HTTP API, is in
 //! `docs/BUS.md`:
@@ -19,21 +22,26 @@
 //!   to all of its local recipients of the listed targets and ignores the rest), and
 //!   [`HEADER_SENT`] (for the bus latency histogram).
 
+mod conn;
 mod dedup;
 mod interest;
 mod lingering;
 mod liveness;
 mod nats;
+mod servers;
 pub mod stats;
 pub mod subject;
+mod subs;
 mod trim;
+mod wire;
+mod worker;
 
 use std::fmt::Debug;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use nats::{NatsBus, NatsConfig};
+pub use nats::{BusMessage, Handler, NatsBus, NatsConfig, ReplyHandler, MAX_PENDING_REQUESTS};
 pub use stats::BusStats;
 pub use subject::{Kind, Subjects};
 

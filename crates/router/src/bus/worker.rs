@@ -1,0 +1,847 @@
+//! The bus thread: one connection to NATS at a time, opened by [`super::conn`], spoken to
+//! with [`super::wire`], and one table ([`super::subs`]) from subscription ID to the user,
+//! room or handler a message is for. No task or channel per subscription: a message is
+//! parsed in the read buffer and handed to the reactors' inboxes from there.
+//!
+//! On a lost connection it reconnects (0 ms, then 50 ms doubling to 2 s, with jitter),
+//! trying each known server in turn (those configured and those the servers announced),
+//! and subscribes again to everything in the table. Interest changes wait in the set the
+//! handle fills, and an unsubscribe waits `unsubscribe_delay` in case the user comes
+//! straight back, within the bound of [`super::lingering`]. `PING`s on a timer and after
+//! subscription changes ([`super::liveness`]) tell a frozen NATS from a quiet one; one left
+//! unanswered for [`DEAD_AFTER_TIMEOUTS`] ping timeouts drops the connection.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::Receiver;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+
+use super::conn::{self, Info, Stream};
+use super::dedup::RecentIds;
+use super::interest::Key;
+use super::lingering::{Lingering, RecentPeak};
+use super::nats::{BusMessage, Command, Handler, NatsBus, NatsConfig, ReplyHandler, Shared};
+use super::servers::Pool;
+use super::subject::{self, Kind, Subjects};
+use super::subs::{Subs, Target};
+use super::trim::Trimmer;
+use super::wire::{self, Msg, Op};
+use super::{Outgoing, HEADER_ID, HEADER_SENT, HEADER_TARGETS};
+use crate::router::Router;
+
+/// Interest changes reconciled per pass before the bus thread looks at publishes again.
+const RECONCILE_BATCH: usize = 1024;
+/// Publishes taken per pass before interest changes get a turn.
+const PUBLISH_BATCH: usize = 4096;
+/// Unsubscribes per pass before publishes get a turn again. Not a rate: lingering is
+/// bounded by [`NatsConfig::max_lingering`], and unsubscribes must keep up with any churn.
+const EXPIRE_BATCH: usize = 1024;
+/// How often the bus thread looks at lingering subscriptions and probes when idle.
+const TICK: Duration = Duration::from_millis(50);
+/// How long the copies of one push are remembered.
+const DEDUP_WINDOW: Duration = Duration::from_secs(30);
+const DEDUP_MAX: usize = 1 << 16;
+/// Bytes waiting to be written past which no more publishes or subscription changes are
+/// taken (they wait in the bounded queue and the interest set): a stalled server cannot
+/// grow the bus thread's memory.
+const WRITE_HIGH: usize = 4 << 20;
+/// Unanswered `PING`s kept track of at most (a frozen server gets no more).
+const MAX_PINGS: usize = 64;
+/// A `PING` unanswered for this many ping timeouts drops the connection (the node has
+/// been unready since the first timeout).
+pub(super) const DEAD_AFTER_TIMEOUTS: u32 = 4;
+/// Read buffer reserve per read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Messages may be this much larger than `max_payload` (the server counts headers in it;
+/// this is slack, not trust).
+const BODY_SLACK: usize = 64 * 1024;
+
+/// One open connection's buffers.
+struct Conn {
+    reader: ReadHalf<Stream>,
+    writer: WriteHalf<Stream>,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    /// Bytes of `wbuf` already written.
+    written: usize,
+    /// Written bytes the transport may still hold (TLS records) until flushed.
+    unflushed: bool,
+    /// Our `PING`s not answered yet, oldest first: sequence number and when sent.
+    pings: VecDeque<(u64, Instant)>,
+}
+
+impl Conn {
+    fn pending(&self) -> usize {
+        self.wbuf.len() - self.written
+    }
+}
+
+enum Event {
+    Read(std::io::Result<usize>),
+    /// Bytes written, or `None` for a flush.
+    Wrote(std::io::Result<Option<usize>>),
+    Wake,
+}
+
+/// Why a connection ended.
+enum End {
+    Stop,
+    Lost(String),
+}
+
+/// A request waiting for replies.
+struct Pending {
+    deadline: Instant,
+    on_reply: ReplyHandler,
+}
+
+pub(super) struct Worker {
+    config: NatsConfig,
+    subjects: Subjects,
+    rx: Receiver<Command>,
+    bus: Arc<NatsBus>,
+    shared: Arc<Shared>,
+    router: Arc<Router>,
+    pool: Pool,
+    options: conn::Options,
+    subs: Subs,
+    handlers: Vec<(String, Handler)>,
+    /// `_INBOX.<random>`: replies to our requests arrive on `<inbox>.<n>`.
+    inbox: String,
+    requests: HashMap<u64, Pending>,
+    next_request: u64,
+    recent: RecentIds,
+    /// Changed IDs taken from [`Shared::dirty`] and not reconciled yet (distinct).
+    backlog: Vec<Key>,
+    /// Subscriptions with no local member left, and when they may go.
+    leaving: Lingering,
+    /// The most local users and rooms lately.
+    peak: RecentPeak,
+    trimmer: Trimmer,
+    probe_seq: u64,
+    next_probe: Instant,
+    /// Subscriptions changed since the last probe.
+    subs_changed: bool,
+    /// The subscription count to publish once probe `.0` is answered.
+    gauge_pending: Option<(u64, u64)>,
+    was_answering: bool,
+    boot: u64,
+    seq: AtomicU64,
+}
+
+impl Worker {
+    pub(super) fn new(
+        config: NatsConfig,
+        subjects: Subjects,
+        rx: Receiver<Command>,
+        bus: Arc<NatsBus>,
+        router: Arc<Router>,
+    ) -> Result<Self, String> {
+        let pool = Pool::parse(&config.url)?;
+        let options = conn::Options::new(
+            format!("pushgate {}", config.node_id),
+            config.tls_ca.as_deref(),
+        )?;
+        let boot = RandomState::new().hash_one(unix_micros() ^ u64::from(std::process::id()));
+        let delay = config.unsubscribe_delay;
+        let mut subs = Subs::default();
+        subs.add(Target::Broadcast);
+        subs.add(Target::Inbox);
+        Ok(Worker {
+            shared: Arc::clone(bus.shared()),
+            config,
+            subjects,
+            rx,
+            bus,
+            router,
+            pool,
+            options,
+            subs,
+            handlers: Vec::new(),
+            inbox: format!(
+                "_INBOX.{boot:016x}{:08x}",
+                RandomState::new().hash_one(boot) as u32
+            ),
+            requests: HashMap::new(),
+            next_request: 0,
+            recent: RecentIds::new(DEDUP_WINDOW, DEDUP_MAX),
+            backlog: Vec::new(),
+            leaving: Lingering::default(),
+            peak: RecentPeak::new(delay),
+            trimmer: Trimmer::new(),
+            probe_seq: 0,
+            next_probe: Instant::now(),
+            subs_changed: false,
+            gauge_pending: None,
+            was_answering: true,
+            boot,
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    fn stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::Relaxed)
+    }
+
+    pub(super) async fn run(mut self) {
+        tracing::info!(url = %self.config.url, prefix = %self.config.prefix, "cluster bus: connecting to NATS");
+        let mut failures = 0usize;
+        while !self.stopping() {
+            let delay = reconnect_delay(failures + 1);
+            if !delay.is_zero() && !self.idle(delay).await {
+                break;
+            }
+            let server = self.pool.next();
+            let options = self.options.clone();
+            let opened = {
+                let open = conn::open(&server, &options);
+                tokio::pin!(open);
+                loop {
+                    tokio::select! {
+                        r = &mut open => break Some(r),
+                        () = self.shared.wake.notified() => {
+                            if self.stopping() {
+                                break None;
+                            }
+                        }
+                    }
+                }
+            };
+            match opened {
+                None => break,
+                Some(Err(e)) => {
+                    failures += 1;
+                    // Every failure while few, then one in 20: an outage of hours must not
+                    // flood the log.
+                    if failures <= 3 || failures % 20 == 0 {
+                        tracing::warn!(server = %server, error = %e, failures, "cluster bus: cannot connect to NATS");
+                    }
+                    self.expire_requests(Instant::now(), true);
+                }
+                Some(Ok((stream, info, rest))) => {
+                    failures = 0;
+                    let end = self.serve(stream, info, rest, &server.to_string()).await;
+                    self.on_lost();
+                    match end {
+                        End::Stop => break,
+                        End::Lost(why) => {
+                            tracing::warn!(server = %server, reason = %why, "cluster bus: lost NATS; reconnecting");
+                        }
+                    }
+                }
+            }
+        }
+        self.expire_requests(Instant::now(), true);
+    }
+
+    /// Waits `d` (a reconnect backoff) unless told to stop; false if stopping.
+    async fn idle(&mut self, d: Duration) -> bool {
+        let until = tokio::time::Instant::now() + d;
+        loop {
+            if self.stopping() {
+                return false;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => return true,
+                () = self.shared.wake.notified() => {}
+            }
+        }
+    }
+
+    fn on_lost(&mut self) {
+        let stats = &self.shared.stats;
+        stats.disconnects.add(1);
+        stats.connected.store(false, Ordering::Relaxed);
+        // NATS has none of ours until the next connection restores them.
+        stats.subscriptions.set(0);
+        // Unready already; probes lost with the connection are not a frozen server.
+        self.shared.liveness.reset();
+        self.gauge_pending = None;
+        // Replies to requests sent on the lost connection will not come.
+        self.expire_requests(Instant::now(), true);
+    }
+
+    fn subject_of(&self, target: &Target) -> String {
+        match target {
+            Target::Broadcast => self.subjects.broadcast(),
+            Target::Interest((kind, id)) => self.subjects.subject(*kind, id),
+            Target::Handler(i) => self.handlers[*i as usize].0.clone(),
+            Target::Inbox => format!("{}.*", self.inbox),
+        }
+    }
+
+    async fn serve(&mut self, stream: Stream, info: Info, rest: Vec<u8>, server: &str) -> End {
+        let (reader, writer) = tokio::io::split(stream);
+        let mut c = Conn {
+            reader,
+            writer,
+            rbuf: rest,
+            wbuf: Vec::new(),
+            written: 0,
+            unflushed: false,
+            pings: VecDeque::new(),
+        };
+        self.on_info(&info);
+        // Everything held, in one burst: the server handles it in order, so the probe
+        // sent after it confirms all of it.
+        for (sid, target) in self.subs.iter() {
+            wire::write_sub(&mut c.wbuf, &self.subject_of(target), sid);
+        }
+        self.subs_changed = true;
+        let stats = &self.shared.stats;
+        self.shared.liveness.reset();
+        stats.connects.add(1);
+        stats.connected.store(true, Ordering::Relaxed);
+        tracing::info!(server, server_id = %info.server_id, known_servers = self.pool.len(), "cluster bus: connected to NATS");
+        if let Err(e) = self.process(&mut c) {
+            return End::Lost(e);
+        }
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.stopping() {
+                // Best effort: with NATS gone a flush would wait for ever, and shutdown
+                // must not.
+                let pending = &c.wbuf[c.written..];
+                let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                    c.writer.write_all(pending).await?;
+                    c.writer.flush().await
+                })
+                .await;
+                return End::Stop;
+            }
+            let now = Instant::now();
+            self.take_handlers(&mut c);
+            let mut more = false;
+            if c.pending() < WRITE_HIGH {
+                more |= self.publish_batch(&mut c, now);
+                more |= self.reconcile_batch(&mut c);
+                more |= self.expire_leaving(&mut c);
+            }
+            self.expire_requests(now, false);
+            self.probe(&mut c, now);
+            self.watch_liveness(now);
+            if let Some((_, sent)) = c.pings.front() {
+                if now.saturating_duration_since(*sent)
+                    > self.config.ping_timeout * DEAD_AFTER_TIMEOUTS
+                {
+                    return End::Lost("NATS stopped answering".into());
+                }
+            }
+            let more = more && c.pending() < WRITE_HIGH;
+            let to_write = c.pending() > 0;
+            let flush = !to_write && c.unflushed;
+            if c.rbuf.capacity() - c.rbuf.len() < READ_CHUNK / 4 {
+                c.rbuf.reserve(READ_CHUNK);
+            }
+            let event = tokio::select! {
+                r = c.reader.read_buf(&mut c.rbuf) => Event::Read(r),
+                w = async {
+                    if to_write {
+                        c.writer.write(&c.wbuf[c.written..]).await.map(Some)
+                    } else {
+                        c.writer.flush().await.map(|()| None)
+                    }
+                }, if to_write || flush => Event::Wrote(w),
+                () = self.shared.wake.notified() => Event::Wake,
+                _ = tick.tick() => Event::Wake,
+                () = tokio::task::yield_now(), if more => Event::Wake,
+            };
+            match event {
+                Event::Read(Ok(0)) => return End::Lost("NATS closed the connection".into()),
+                Event::Read(Err(e)) | Event::Wrote(Err(e)) => return End::Lost(e.to_string()),
+                Event::Read(Ok(_)) => {
+                    if let Err(e) = self.process(&mut c) {
+                        return End::Lost(e);
+                    }
+                }
+                Event::Wrote(Ok(None)) => c.unflushed = false,
+                Event::Wrote(Ok(Some(0))) => return End::Lost("NATS closed the connection".into()),
+                Event::Wrote(Ok(Some(n))) => {
+                    c.written += n;
+                    c.unflushed = true;
+                    if c.written == c.wbuf.len() {
+                        c.wbuf.clear();
+                        c.written = 0;
+                        if c.wbuf.capacity() > WRITE_HIGH {
+                            c.wbuf = Vec::new();
+                        }
+                    }
+                }
+                Event::Wake => {}
+            }
+        }
+    }
+
+    /// Handles every complete operation in the read buffer.
+    fn process(&mut self, c: &mut Conn) -> Result<(), String> {
+        let max_body = self.shared.max_payload.load(Ordering::Relaxed) + BODY_SLACK;
+        let mut at = 0;
+        let rbuf = std::mem::take(&mut c.rbuf);
+        let result = loop {
+            match wire::parse(&rbuf[at..], max_body) {
+                Err(e) => break Err(format!("protocol error from NATS: {}", e.0)),
+                Ok(None) => break Ok(()),
+                Ok(Some((op, n))) => {
+                    at += n;
+                    match op {
+                        Op::Msg(m) => self.on_msg(&m),
+                        Op::Ping => c.wbuf.extend_from_slice(b"PONG\r\n"),
+                        Op::Pong => {
+                            if let Some((seq, _)) = c.pings.pop_front() {
+                                self.shared.liveness.answered(seq);
+                            }
+                        }
+                        Op::Info(json) => match Info::parse(json) {
+                            Ok(info) => self.on_info(&info),
+                            Err(e) => tracing::warn!(error = %e, "cluster bus"),
+                        },
+                        Op::Ok => {}
+                        Op::Err(text) => self.on_err(text),
+                    }
+                }
+            }
+        };
+        let mut rbuf = rbuf;
+        rbuf.drain(..at);
+        if rbuf.is_empty() && rbuf.capacity() > 4 * READ_CHUNK {
+            rbuf = Vec::new();
+        }
+        c.rbuf = rbuf;
+        result
+    }
+
+    fn on_info(&mut self, info: &Info) {
+        if info.max_payload > 0 {
+            self.shared
+                .max_payload
+                .store(info.max_payload, Ordering::Relaxed);
+        }
+        let added = self.pool.discovered(&info.connect_urls);
+        if added > 0 {
+            tracing::info!(
+                added,
+                known_servers = self.pool.len(),
+                "cluster bus: NATS servers discovered"
+            );
+        }
+    }
+
+    fn on_err(&self, text: &str) {
+        // The server closes the connection after most errors (we then reconnect); it
+        // keeps it after a permissions violation, which affects one subject.
+        if text.to_ascii_lowercase().contains("slow consumer") {
+            self.shared.stats.slow_consumer_drops.add(1);
+        }
+        tracing::warn!(error = text, "cluster bus: NATS reported an error");
+    }
+
+    fn on_msg(&mut self, m: &Msg<'_>) {
+        let Some(target) = self.subs.get(m.sid).cloned() else {
+            // For a subscription dropped a moment ago.
+            return;
+        };
+        match target {
+            Target::Broadcast => self.deliver(None, m),
+            Target::Interest(key) => self.deliver(Some(&key), m),
+            Target::Handler(i) => {
+                let msg = BusMessage {
+                    subject: m.subject,
+                    reply: m.reply,
+                    payload: m.payload,
+                    headers: m.headers,
+                };
+                (self.handlers[i as usize].1)(&self.bus, &msg);
+            }
+            Target::Inbox => self.on_reply(m),
+        }
+    }
+
+    fn on_reply(&mut self, m: &Msg<'_>) {
+        let Some(n) = m
+            .subject
+            .rsplit_once('.')
+            .and_then(|(_, n)| n.parse::<u64>().ok())
+        else {
+            return;
+        };
+        // "No responders": nobody listens on the subject; the request is over.
+        if m.headers.and_then(wire::status) == Some(503) {
+            if let Some(mut p) = self.requests.remove(&n) {
+                self.shared.pending_requests.fetch_sub(1, Ordering::Relaxed);
+                (p.on_reply)(None);
+            }
+            return;
+        }
+        if let Some(p) = self.requests.get_mut(&n) {
+            let msg = BusMessage {
+                subject: m.subject,
+                reply: m.reply,
+                payload: m.payload,
+                headers: m.headers,
+            };
+            (p.on_reply)(Some(&msg));
+        }
+    }
+
+    /// Ends requests whose window has passed (all of them with `all`).
+    fn expire_requests(&mut self, now: Instant, all: bool) {
+        if self.requests.is_empty() {
+            return;
+        }
+        let done: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, p)| all || p.deadline <= now)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in done {
+            if let Some(mut p) = self.requests.remove(&n) {
+                self.shared.pending_requests.fetch_sub(1, Ordering::Relaxed);
+                (p.on_reply)(None);
+            }
+        }
+        if self.requests.is_empty() {
+            self.requests = HashMap::new();
+        }
+    }
+
+    /// A push from NATS, for this node's connections of `on` (a user or a room), or of
+    /// everyone (`None`).
+    fn deliver(&mut self, on: Option<&Key>, msg: &Msg<'_>) {
+        let stats = &self.shared.stats;
+        stats.received.add(1);
+        let now = Instant::now();
+        let header = |name| msg.headers.and_then(|h| wire::header(h, name));
+        if let Some(sent) = header(HEADER_SENT).and_then(|v| v.parse::<u64>().ok()) {
+            stats
+                .latency
+                .observe(Duration::from_micros(unix_micros().saturating_sub(sent)));
+        }
+        if protocol::utf8::validate(msg.payload).is_err() {
+            stats.invalid.add(1);
+            return;
+        }
+        let frame = Router::text_frame(msg.payload);
+        let Some((kind, id)) = on else {
+            self.router.broadcast_local(frame, now);
+            return;
+        };
+        match (kind, header(HEADER_TARGETS)) {
+            (Kind::User, _) => {
+                self.router
+                    .deliver_local(&[&**id], &[] as &[&str], &[] as &[&str], frame, now);
+            }
+            (Kind::Room, None) => {
+                self.router
+                    .deliver_local(&[] as &[&str], &[&**id], &[] as &[&str], frame, now);
+            }
+            (Kind::Room, Some(targets)) => {
+                // One copy per room of the push arrives; the first delivers to every
+                // listed room's members here, except connections of listed users (their
+                // user copy reaches them).
+                if let Some(push_id) = header(HEADER_ID) {
+                    if !self.recent.first_sight(push_id, now) {
+                        stats.duplicates.add(1);
+                        return;
+                    }
+                }
+                let mut users = Vec::new();
+                let mut rooms = vec![id.to_string()];
+                for t in targets.split(' ').filter(|t| !t.is_empty()) {
+                    match subject::parse_target(t) {
+                        Some((Kind::User, u)) => users.push(u),
+                        Some((Kind::Room, r)) => {
+                            if *r != **id {
+                                rooms.push(r);
+                            }
+                        }
+                        None => {
+                            stats.invalid.add(1);
+                            return;
+                        }
+                    }
+                }
+                self.router
+                    .deliver_local(&[] as &[&str], &rooms, &users, frame, now);
+            }
+        }
+    }
+
+    /// Subscribes the handlers registered since the last look.
+    fn take_handlers(&mut self, c: &mut Conn) {
+        let new = std::mem::take(&mut *self.shared.new_handlers.lock());
+        for (subject, handler) in new {
+            self.handlers.push((subject, handler));
+            let i = (self.handlers.len() - 1) as u32;
+            let sid = self.subs.add(Target::Handler(i));
+            wire::write_sub(&mut c.wbuf, &self.handlers[i as usize].0, sid);
+        }
+    }
+
+    /// Sends a `PING` when one is due, or when the subscriptions changed (its `PONG`
+    /// confirms them); publishes the subscription gauge once a probe sent after the last
+    /// change is answered.
+    fn probe(&mut self, c: &mut Conn, now: Instant) {
+        if now >= self.next_probe || self.subs_changed {
+            // Before queuing: the clock of the oldest unanswered one runs from here.
+            self.shared.liveness.sent(now);
+            if c.pings.len() < MAX_PINGS {
+                self.probe_seq += 1;
+                c.wbuf.extend_from_slice(b"PING\r\n");
+                c.pings.push_back((self.probe_seq, now));
+                let count = self.subs.interests() as u64 + 1;
+                self.gauge_pending = Some((self.probe_seq, count));
+            }
+            self.next_probe = now + self.shared.liveness.interval();
+            self.subs_changed = false;
+        }
+        if let Some((seq, count)) = self.gauge_pending {
+            if self.shared.liveness.answered_seq() >= seq {
+                self.shared.stats.subscriptions.set(count);
+                self.gauge_pending = None;
+            }
+        }
+    }
+
+    /// Counts and logs the moments NATS stops answering and starts again.
+    fn watch_liveness(&mut self, now: Instant) {
+        let answering = self.shared.liveness.answering(now);
+        if answering != self.was_answering {
+            self.was_answering = answering;
+            if answering {
+                tracing::info!("cluster bus: NATS answers again");
+            } else {
+                self.shared.stats.ping_timeouts.add(1);
+                tracing::warn!(
+                    timeout = ?self.config.ping_timeout,
+                    "cluster bus: NATS does not answer; not ready"
+                );
+            }
+        }
+    }
+
+    /// Writes queued publishes; true if more are waiting.
+    fn publish_batch(&mut self, c: &mut Conn, now: Instant) -> bool {
+        for _ in 0..PUBLISH_BATCH {
+            if c.pending() >= WRITE_HIGH {
+                return true;
+            }
+            let Ok(cmd) = self.rx.try_recv() else {
+                return false;
+            };
+            match cmd {
+                Command::Push(push) => self.publish(c, push),
+                Command::Publish {
+                    subject,
+                    reply,
+                    payload,
+                } => {
+                    wire::write_pub(&mut c.wbuf, &subject, reply.as_deref(), &[], &payload);
+                    self.shared.stats.published.add(1);
+                }
+                Command::Request {
+                    subject,
+                    payload,
+                    window,
+                    on_reply,
+                } => {
+                    self.next_request += 1;
+                    let reply = format!("{}.{}", self.inbox, self.next_request);
+                    wire::write_pub(&mut c.wbuf, &subject, Some(&reply), &[], &payload);
+                    self.shared.stats.published.add(1);
+                    self.shared.pending_requests.fetch_add(1, Ordering::Relaxed);
+                    self.requests.insert(
+                        self.next_request,
+                        Pending {
+                            deadline: now + window,
+                            on_reply,
+                        },
+                    );
+                }
+            }
+        }
+        true
+    }
+
+    fn publish(&mut self, c: &mut Conn, push: Outgoing) {
+        let stats = &self.shared.stats;
+        let sent = unix_micros().to_string();
+        if push.broadcast {
+            let subject = self.subjects.broadcast();
+            wire::write_pub(
+                &mut c.wbuf,
+                &subject,
+                None,
+                &[(HEADER_SENT, &sent)],
+                &push.body,
+            );
+            stats.published.add(1);
+            return;
+        }
+        // Users' copies need nothing more: a connection belongs to one user. Rooms'
+        // copies list every target, so that a connection reached twice gets it once.
+        for id in &push.users {
+            let subject = self.subjects.subject(Kind::User, id);
+            wire::write_pub(
+                &mut c.wbuf,
+                &subject,
+                None,
+                &[(HEADER_SENT, &sent)],
+                &push.body,
+            );
+            stats.published.add(1);
+        }
+        if push.rooms.is_empty() {
+            return;
+        }
+        let mut targets = String::new();
+        let mut push_id = String::new();
+        if push.rooms.len() + push.users.len() > 1 {
+            for (kind, ids) in [(Kind::User, &push.users), (Kind::Room, &push.rooms)] {
+                for id in ids {
+                    if !targets.is_empty() {
+                        targets.push(' ');
+                    }
+                    subject::write_target(kind, id, &mut targets);
+                }
+            }
+            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+            push_id = format!("{:016x}-{seq:x}", self.boot);
+        }
+        let mut headers = vec![(HEADER_SENT, sent.as_str())];
+        if !push_id.is_empty() {
+            headers.push((HEADER_ID, push_id.as_str()));
+            headers.push((HEADER_TARGETS, targets.as_str()));
+        }
+        if push.body.len() + wire::headers_len(&headers)
+            > self.shared.max_payload.load(Ordering::Relaxed)
+        {
+            stats.publish_errors.add(1);
+            tracing::warn!(
+                rooms = push.rooms.len(),
+                users = push.users.len(),
+                "push too large for the bus with its target list; other nodes' room members miss it"
+            );
+            return;
+        }
+        for id in &push.rooms {
+            let subject = self.subjects.subject(Kind::Room, id);
+            wire::write_pub(&mut c.wbuf, &subject, None, &headers, &push.body);
+            stats.published.add(1);
+        }
+    }
+
+    /// Brings subscriptions in line with the registry for a batch of changed IDs; true if
+    /// more are waiting.
+    fn reconcile_batch(&mut self, c: &mut Conn) -> bool {
+        if self.backlog.is_empty() {
+            self.backlog = self.shared.dirty.lock().take();
+        }
+        let n = self.backlog.len().min(RECONCILE_BATCH);
+        let batch = self.backlog.split_off(self.backlog.len() - n);
+        if self.backlog.is_empty() {
+            // Give back what a burst of changes made it grow to.
+            self.backlog = Vec::new();
+        }
+        let now = Instant::now();
+        for key in batch {
+            let wanted = self.router.registry().contains(key.0, &key.1);
+            let have = self.subs.sid_of(&key).is_some();
+            match (wanted, have) {
+                (true, true) => {
+                    self.leaving.cancel(&key);
+                }
+                (true, false) => {
+                    let subject = self.subjects.subject(key.0, &key.1);
+                    let sid = self.subs.add(Target::Interest(key));
+                    wire::write_sub(&mut c.wbuf, &subject, sid);
+                    self.shared.stats.interest_changes.add(1);
+                    self.subs_changed = true;
+                }
+                (false, true) => {
+                    let when = now + self.config.unsubscribe_delay;
+                    self.leaving.start(key, when);
+                }
+                (false, false) => {}
+            }
+        }
+        !self.backlog.is_empty() || !self.shared.dirty.lock().is_empty()
+    }
+
+    /// Drops subscriptions whose delay ran out, and the oldest beyond the lingering
+    /// bound, whose user or room is still gone; true if more are waiting.
+    fn expire_leaving(&mut self, c: &mut Conn) -> bool {
+        let now = Instant::now();
+        let online = self.subs.interests().saturating_sub(self.leaving.len());
+        let keep = self
+            .peak
+            .lingering_bound(online, self.config.max_lingering, now);
+        let due = self.leaving.take_due(now, EXPIRE_BATCH, keep);
+        let more = due.len() == EXPIRE_BATCH;
+        let mut released = 0;
+        for key in due {
+            if self.router.registry().contains(key.0, &key.1) {
+                continue;
+            }
+            if let Some(sid) = self.subs.remove_key(&key) {
+                wire::write_unsub(&mut c.wbuf, sid);
+                released += 1;
+            }
+        }
+        if released > 0 {
+            self.shared.stats.interest_changes.add(released as u64);
+            self.subs_changed = true;
+            self.trimmer.released(released);
+        }
+        if !more && self.trimmer.maybe_trim(now) {
+            // The table itself is the one thing malloc_trim cannot shrink.
+            self.subs.shrink();
+        }
+        more
+    }
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// 0 ms, then doubling from 50 ms to 2 s, with jitter so that nodes do not come back in
+/// step after a NATS restart.
+fn reconnect_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let exp = (attempts - 2).min(6) as u32;
+    let base = Duration::from_millis(50 * 2u64.pow(exp)).min(Duration::from_secs(2));
+    let jitter = RandomState::new().hash_one(attempts) % (base.as_millis() as u64 / 4 + 1);
+    base + Duration::from_millis(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_backoff_grows_to_a_cap() {
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        let d2 = reconnect_delay(2);
+        assert!(d2 >= Duration::from_millis(50) && d2 <= Duration::from_millis(63));
+        for n in 10..40 {
+            let d = reconnect_delay(n);
+            assert!(
+                d >= Duration::from_secs(2) && d <= Duration::from_millis(2501),
+                "{d:?}"
+            );
+        }
+    }
+}
