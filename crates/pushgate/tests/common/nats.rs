@@ -1,13 +1,17 @@
 //! A real `nats-server` (Debian's package) on a free port, stopped by PID.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
+    /// Arguments besides the address and port (TLS, auth, cluster, a config file).
+    extra: Vec<String>,
 }
 
 /// A port nothing listens on right now.
@@ -28,7 +32,16 @@ impl NatsServer {
 
     /// Starts a server on `port`.
     pub fn start_on(port: u16) -> NatsServer {
-        let mut s = NatsServer { child: None, port };
+        NatsServer::start_with(port, &[])
+    }
+
+    /// Starts a server on `port` with more arguments (`--auth`, `--tls`, `-c file`...).
+    pub fn start_with(port: u16, extra: &[&str]) -> NatsServer {
+        let mut s = NatsServer {
+            child: None,
+            port,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+        };
         s.restart();
         s
     }
@@ -79,6 +92,7 @@ impl NatsServer {
         self.kill();
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -156,6 +170,21 @@ impl RawNats {
         self.sync();
     }
 
+    /// `count` times `PUB subject` with `payload`, in one write, then one round trip.
+    pub fn publish_burst(&mut self, subject: &str, payload: &[u8], count: usize) {
+        let mut one = format!("PUB {subject} {}\r\n", payload.len()).into_bytes();
+        one.extend_from_slice(payload);
+        one.extend_from_slice(b"\r\n");
+        let all: Vec<u8> = one
+            .iter()
+            .copied()
+            .cycle()
+            .take(one.len() * count)
+            .collect();
+        self.stream.write_all(&all).unwrap();
+        self.sync();
+    }
+
     /// PING, then wait for PONG: the server has processed everything sent before.
     fn sync(&mut self) {
         self.stream.write_all(b"PING\r\n").unwrap();
@@ -170,5 +199,92 @@ impl RawNats {
                 self.stream.write_all(b"PONG\r\n").unwrap();
             }
         }
+    }
+}
+
+/// A TCP proxy between a node and NATS that can cut the connection in the middle of a
+/// frame the server is sending, as a dying load balancer or network path would.
+pub struct CuttingProxy {
+    pub port: u16,
+    cut: Arc<AtomicBool>,
+    cuts: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl CuttingProxy {
+    /// Forwards every connection to `127.0.0.1:upstream`.
+    pub fn start(upstream: u16) -> CuttingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, n, s) = (Arc::clone(&cut), Arc::clone(&cuts), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let Ok((down, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                down.set_nonblocking(false).unwrap();
+                let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (up2, down2) = (up.try_clone().unwrap(), down.try_clone().unwrap());
+                // Node to server: plain forwarding.
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut &down2, &mut &up2);
+                    let _ = up2.shutdown(std::net::Shutdown::Both);
+                });
+                let (c, n) = (Arc::clone(&c), Arc::clone(&n));
+                // Server to node: half of the first chunk after a cut is asked for, then
+                // both sides closed.
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(k) = (&up).read(&mut buf) {
+                        if k == 0 {
+                            break;
+                        }
+                        if k > 1 && c.swap(false, Ordering::Relaxed) {
+                            let _ = (&down).write_all(&buf[..k / 2]);
+                            n.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        if (&down).write_all(&buf[..k]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = down.shutdown(std::net::Shutdown::Both);
+                    let _ = up.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        CuttingProxy {
+            port,
+            cut,
+            cuts,
+            stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts the next frame the server sends through the proxy in half.
+    pub fn cut_next_frame(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+    }
+
+    /// Frames cut so far.
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }

@@ -19,8 +19,10 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use super::conn;
 use super::interest::Changed;
 use super::liveness::Liveness;
+use super::servers::Pool;
 use super::stats::BusStats;
 use super::subject::{Kind, Subjects};
 use super::wire;
@@ -154,14 +156,28 @@ pub struct NatsBus {
     tx: Sender<Command>,
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    pending: Mutex<Option<(NatsConfig, Subjects, Receiver<Command>)>>,
+    pending: Mutex<Option<Start>>,
+}
+
+/// What the bus thread is started with.
+#[derive(Debug)]
+pub(super) struct Start {
+    pub(super) config: NatsConfig,
+    pub(super) subjects: Subjects,
+    pub(super) pool: Pool,
+    pub(super) options: conn::Options,
+    pub(super) rx: Receiver<Command>,
 }
 
 impl NatsBus {
     /// A bus that starts working once [`NatsBus::start`] gives it the router.
     pub fn new(config: NatsConfig) -> Result<Self, String> {
         let subjects = Subjects::new(&config.prefix)?;
-        super::servers::Pool::parse(&config.url)?;
+        let pool = Pool::parse(&config.url)?;
+        let options = conn::Options::new(
+            format!("pushgate {}", config.node_id),
+            config.tls_ca.as_deref(),
+        )?;
         let (tx, rx) = crossbeam_channel::bounded(config.queue_depth.max(1));
         Ok(NatsBus {
             tx,
@@ -176,7 +192,13 @@ impl NatsBus {
                 liveness: Liveness::new(config.ping_timeout),
             }),
             thread: Mutex::new(None),
-            pending: Mutex::new(Some((config, subjects, rx))),
+            pending: Mutex::new(Some(Start {
+                config,
+                subjects,
+                pool,
+                options,
+                rx,
+            })),
         })
     }
 
@@ -184,7 +206,7 @@ impl NatsBus {
     /// takes) and delivers what arrives to `router`'s reactors. `this` is the bus itself,
     /// handed to fixed-subject handlers so that they can answer.
     pub fn start(this: &Arc<NatsBus>, router: Arc<Router>) -> std::io::Result<()> {
-        let Some((config, subjects, rx)) = this.pending.lock().take() else {
+        let Some(start) = this.pending.lock().take() else {
             return Ok(());
         };
         let bus = Arc::clone(this);
@@ -201,10 +223,7 @@ impl NatsBus {
                         return;
                     }
                 };
-                match Worker::new(config, subjects, rx, bus, router) {
-                    Ok(w) => rt.block_on(w.run()),
-                    Err(e) => tracing::error!(error = %e, "the bus stays down"),
-                }
+                rt.block_on(Worker::new(start, bus, router).run());
             })?;
         *this.thread.lock() = Some(handle);
         Ok(())
@@ -408,11 +427,14 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused() {
-        let mut c = bus(1).pending.lock().take().unwrap().0;
+        let mut c = bus(1).pending.lock().take().unwrap().config;
         c.prefix = "a.*".into();
         assert!(NatsBus::new(c.clone()).is_err());
         c.prefix = "a".into();
         c.url = "http://x".into();
+        assert!(NatsBus::new(c.clone()).is_err());
+        c.url = "nats://x".into();
+        c.tls_ca = Some("/nonexistent/ca.pem".into());
         assert!(NatsBus::new(c).is_err());
     }
 }

@@ -25,7 +25,7 @@ use super::conn::{self, Info, Stream};
 use super::dedup::RecentIds;
 use super::interest::Key;
 use super::lingering::{Lingering, RecentPeak};
-use super::nats::{BusMessage, Command, Handler, NatsBus, NatsConfig, ReplyHandler, Shared};
+use super::nats::{BusMessage, Command, Handler, NatsBus, NatsConfig, ReplyHandler, Shared, Start};
 use super::servers::Pool;
 use super::subject::{self, Kind, Subjects};
 use super::subs::{Subs, Target};
@@ -136,24 +136,20 @@ pub(super) struct Worker {
 }
 
 impl Worker {
-    pub(super) fn new(
-        config: NatsConfig,
-        subjects: Subjects,
-        rx: Receiver<Command>,
-        bus: Arc<NatsBus>,
-        router: Arc<Router>,
-    ) -> Result<Self, String> {
-        let pool = Pool::parse(&config.url)?;
-        let options = conn::Options::new(
-            format!("pushgate {}", config.node_id),
-            config.tls_ca.as_deref(),
-        )?;
+    pub(super) fn new(start: Start, bus: Arc<NatsBus>, router: Arc<Router>) -> Self {
+        let Start {
+            config,
+            subjects,
+            pool,
+            options,
+            rx,
+        } = start;
         let boot = RandomState::new().hash_one(unix_micros() ^ u64::from(std::process::id()));
         let delay = config.unsubscribe_delay;
         let mut subs = Subs::default();
         subs.add(Target::Broadcast);
         subs.add(Target::Inbox);
-        Ok(Worker {
+        Worker {
             shared: Arc::clone(bus.shared()),
             config,
             subjects,
@@ -182,7 +178,7 @@ impl Worker {
             was_answering: true,
             boot,
             seq: AtomicU64::new(0),
-        })
+        }
     }
 
     fn stopping(&self) -> bool {
