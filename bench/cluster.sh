@@ -9,6 +9,8 @@
 #       1000 users online on B get 2000 pushes/s through A for 12 s; 2 s in, STORM_USERS
 #       more connect to B within a second, all drop and reconnect within a second, leave.
 #       Deliveries before/during/after the storm are reported apart.
+# PUSHGATE_BIN=path runs the nodes from another pushgate binary (an older build, as the
+# baseline of a change to the bus); the load tool is always this tree's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-fanout}
@@ -30,7 +32,7 @@ start_node() {
   local p c bus=(--nats "nats://127.0.0.1:$nats_port")
   if [ "${1:-}" = --alone ]; then bus=(); shift; fi
   p=$(free_port); c=$(free_port)
-  ./target/release/pushgate --listen "127.0.0.1:$p" --control "127.0.0.1:$c" \
+  "${PUSHGATE_BIN:-./target/release/pushgate}" --listen "127.0.0.1:$p" --control "127.0.0.1:$c" \
     --heartbeat 300 --idle-timeout 600 --max-pending-handshakes 4096 --shutdown-drain 1 \
     --node-id "$name" "${bus[@]}" "$@" >"$logs/$name.log" 2>&1 &
   pids+=($!)

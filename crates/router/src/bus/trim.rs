@@ -3,8 +3,10 @@
 //! Measured (bench/bus_churn.sh, bench/RESULTS.md): after user churn, a node whose bus had
 //! dropped every subscription still held ~75 MB more than before it. All of it was free
 //! memory glibc's malloc kept in its arenas (the per-subscription channel blocks of
-//! async-nats are ~6 KB each, freed in no particular order, so the arenas' tops are
-//! rarely free and nothing is returned by itself); one `malloc_trim(0)` gave it back. So
+//! async-nats, the client then, were ~6 KB each, freed in no particular order, so the
+//! arenas' tops are rarely free and nothing is returned by itself); one `malloc_trim(0)`
+//! gave it back. The bus's own table is far smaller now, but the ID strings and registry
+//! entries of departed users are still freed in no particular order. So
 //! the bus thread trims after it has dropped many subscriptions, at most every
 //! [`MIN_INTERVAL`].
 
