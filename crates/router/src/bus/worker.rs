@@ -50,6 +50,8 @@ const DEDUP_MAX: usize = 1 << 16;
 /// taken (they wait in the bounded queue and the interest set): a stalled server cannot
 /// grow the bus thread's memory.
 const WRITE_HIGH: usize = 4 << 20;
+/// Write buffer capacity kept once it has been written out.
+const WRITE_KEEP: usize = 256 * 1024;
 /// Unanswered `PING`s kept track of at most (a frozen server gets no more).
 const MAX_PINGS: usize = 64;
 /// A `PING` unanswered for this many ping timeouts drops the connection (the node has
@@ -131,6 +133,8 @@ pub(super) struct Worker {
     /// The subscription count to publish once probe `.0` is answered.
     gauge_pending: Option<(u64, u64)>,
     was_answering: bool,
+    /// `-ERR`s received (for the log's rate limit).
+    errors: u64,
     boot: u64,
     seq: AtomicU64,
 }
@@ -176,6 +180,7 @@ impl Worker {
             subs_changed: false,
             gauge_pending: None,
             was_answering: true,
+            errors: 0,
             boot,
             seq: AtomicU64::new(0),
         }
@@ -365,7 +370,8 @@ impl Worker {
                     if c.written == c.wbuf.len() {
                         c.wbuf.clear();
                         c.written = 0;
-                        if c.wbuf.capacity() > WRITE_HIGH {
+                        // Give back what a burst made it grow to.
+                        if c.wbuf.capacity() > WRITE_KEEP {
                             c.wbuf = Vec::new();
                         }
                     }
@@ -429,13 +435,22 @@ impl Worker {
         }
     }
 
-    fn on_err(&self, text: &str) {
+    fn on_err(&mut self, text: &str) {
         // The server closes the connection after most errors (we then reconnect); it
         // keeps it after a permissions violation, which affects one subject.
         if text.to_ascii_lowercase().contains("slow consumer") {
             self.shared.stats.slow_consumer_drops.add(1);
         }
-        tracing::warn!(error = text, "cluster bus: NATS reported an error");
+        // A permission missing for user subjects would say so once per user: the first
+        // few, then one in a thousand.
+        self.errors += 1;
+        if self.errors <= 10 || self.errors % 1000 == 0 {
+            tracing::warn!(
+                error = text,
+                count = self.errors,
+                "cluster bus: NATS reported an error"
+            );
+        }
     }
 
     fn on_msg(&mut self, m: &Msg<'_>) {
