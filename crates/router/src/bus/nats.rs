@@ -99,11 +99,12 @@ pub(super) enum Command {
         reply: Option<String>,
         payload: Bytes,
     },
-    /// A message whose replies go to `on_reply` until `window` has passed.
+    /// A message whose replies go to `on_reply` until `deadline` (the asker's window
+    /// runs from when it asked, not from when the bus thread got to it).
     Request {
         subject: String,
         payload: Bytes,
-        window: Duration,
+        deadline: Instant,
         on_reply: ReplyHandler,
     },
 }
@@ -296,7 +297,7 @@ impl NatsBus {
         self.enqueue(Command::Request {
             subject: subject.to_string(),
             payload,
-            window,
+            deadline: Instant::now() + window,
             on_reply,
         })
     }

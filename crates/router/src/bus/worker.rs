@@ -660,21 +660,21 @@ impl Worker {
                 Command::Request {
                     subject,
                     payload,
-                    window,
-                    on_reply,
+                    deadline,
+                    mut on_reply,
                 } => {
+                    if deadline <= now {
+                        // Waited out in the queue (a reconnect): over before it began.
+                        on_reply(None);
+                        continue;
+                    }
                     self.next_request += 1;
                     let reply = format!("{}.{}", self.inbox, self.next_request);
                     wire::write_pub(&mut c.wbuf, &subject, Some(&reply), &[], &payload);
                     self.shared.stats.published.add(1);
                     self.shared.pending_requests.fetch_add(1, Ordering::Relaxed);
-                    self.requests.insert(
-                        self.next_request,
-                        Pending {
-                            deadline: now + window,
-                            on_reply,
-                        },
-                    );
+                    self.requests
+                        .insert(self.next_request, Pending { deadline, on_reply });
                 }
             }
         }
