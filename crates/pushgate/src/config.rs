@@ -37,6 +37,10 @@ pub mod default {
     pub const INBOX_BYTES: usize = 64 * 1024 * 1024;
     pub const CLIENT_RATE: u32 = 50;
     pub const MAX_RECIPIENTS: usize = 100;
+    pub const MAX_CONNS_PER_USER: usize = 16;
+    /// Below the contract's 100 ms for a whole presence answer, with room for the rest.
+    pub const PRESENCE_TIMEOUT: f64 = 0.08;
+    pub const PRESENCE_MAX_UIDS: usize = 100;
     /// Room for the JSON around a push's `data` on top of the message limit, so that the
     /// API body limit admits any message the connections may receive.
     pub const BODY_ENVELOPE: usize = 64 * 1024;
@@ -140,6 +144,16 @@ pub struct Cli {
     /// Most users one client `send` may name, at most 1000 [default: 100].
     #[arg(long, env = "PUSHGATE_MAX_RECIPIENTS")]
     pub max_recipients: Option<usize>,
+    /// Connections one user may hold on this node; past it the oldest is closed with
+    /// 4008, and a new one on the same ?device= replaces the old one [default: 16].
+    #[arg(long, env = "PUSHGATE_MAX_CONNS_PER_USER")]
+    pub max_conns_per_user: Option<usize>,
+    /// Seconds a /v1/presence query waits for the other nodes, at most 5 [default: 0.08].
+    #[arg(long, env = "PUSHGATE_PRESENCE_TIMEOUT")]
+    pub presence_timeout: Option<f64>,
+    /// Most users one /v1/presence query may name, at most 1000 [default: 100].
+    #[arg(long, env = "PUSHGATE_PRESENCE_MAX_UIDS")]
+    pub presence_max_uids: Option<usize>,
     /// Serve the /echo endpoint [default: true].
     #[arg(long, env = "PUSHGATE_ECHO")]
     pub echo: Option<bool>,
@@ -267,6 +281,9 @@ pub struct FileConfig {
     inbox_bytes: Option<usize>,
     client_rate: Option<u32>,
     max_recipients: Option<usize>,
+    max_conns_per_user: Option<usize>,
+    presence_timeout: Option<f64>,
+    presence_max_uids: Option<usize>,
     echo: Option<bool>,
     deflate: Option<bool>,
     jwt_secret: Option<String>,
@@ -339,6 +356,10 @@ pub struct Settings {
     pub log_json: bool,
     /// Retained messages (single node; a size of 0 is off).
     pub history: router::HistoryConfig,
+    /// Connections one user may hold on this node.
+    pub max_conns_per_user: usize,
+    /// Bounds of `/v1/presence`.
+    pub operator: crate::control::OperatorLimits,
 }
 
 fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -553,6 +574,23 @@ impl Settings {
                 }
             },
             log_json: pick!(log_json, false),
+            max_conns_per_user: match pick!(max_conns_per_user, default::MAX_CONNS_PER_USER) {
+                0 => bail!("max_conns_per_user must be at least 1"),
+                n => n,
+            },
+            operator: crate::control::OperatorLimits {
+                presence_timeout: {
+                    let v = pick!(presence_timeout, default::PRESENCE_TIMEOUT);
+                    if !v.is_finite() || !(0.001..=5.0).contains(&v) {
+                        bail!("presence_timeout must be between 0.001 and 5 seconds, got {v}");
+                    }
+                    Duration::from_secs_f64(v)
+                },
+                presence_max_uids: match pick!(presence_max_uids, default::PRESENCE_MAX_UIDS) {
+                    n @ 1..=1000 => n,
+                    n => bail!("presence_max_uids must be between 1 and 1000, got {n}"),
+                },
+            },
             history: router::HistoryConfig {
                 size: pick!(history_size, default::HISTORY_SIZE),
                 ttl: secs("history_ttl", pick!(history_ttl, default::HISTORY_TTL))?,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use pushgate::config::{Cli, Settings};
-use pushgate::control::{ApiStats, ControlService, ControlState};
+use pushgate::control::{ApiStats, ControlService, ControlState, OperatorStats};
 use pushgate::limits;
 use reactor::Server;
 use router::{NatsBus, NatsConfig, Router, RouterHooks};
@@ -64,10 +64,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let router = Arc::new(match &nats {
-        Some(bus) => Router::with_bus(Box::new(Arc::clone(bus))),
-        None => Router::new().with_history(settings.history),
-    });
+    let router = Arc::new(
+        match &nats {
+            Some(bus) => Router::with_bus(Box::new(Arc::clone(bus))),
+            None => Router::new().with_history(settings.history),
+        }
+        .with_max_conns_per_user(settings.max_conns_per_user),
+    );
     let hooks_router = Arc::clone(&router);
     // The reactors serve the control listener too; its routes need the reactors' handles,
     // so they get the state once the reactors are bound.
@@ -100,6 +103,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         api_key: settings.api_key.clone(),
         max_body_bytes: settings.max_body_bytes,
         api_stats: ApiStats::default(),
+        operator_limits: settings.operator,
+        operator_stats: OperatorStats::default(),
     }));
     server.run().context("starting the reactor threads")?;
     if let Some(bus) = &nats {

@@ -110,6 +110,16 @@ pub mod names {
     pub const BUS_PING_TIMEOUTS: &str = "pushgate_bus_ping_timeouts_total";
     /// Histogram: publish on any node to delivery handed to the reactors here.
     pub const BUS_LATENCY: &str = "pushgate_bus_latency_seconds";
+    /// Counter: `/v1/presence` queries by result.
+    pub const PRESENCE_QUERIES: &str = "pushgate_presence_queries_total";
+    /// Counter: `/v1/disconnect` requests by result.
+    pub const DISCONNECT_REQUESTS: &str = "pushgate_disconnect_requests_total";
+    /// Counter: connections the router closed, by reason.
+    pub const ROUTER_CLOSES: &str = "pushgate_router_closes_total";
+    /// Gauge: other nodes heard from lately on the bus.
+    pub const CLUSTER_PEERS: &str = "pushgate_cluster_peers";
+    /// Counter: control messages from other nodes by kind.
+    pub const BUS_CONTROL_RECEIVED: &str = "pushgate_bus_control_received_total";
 }
 
 /// Reads one value from a reactor's counters.
@@ -377,7 +387,73 @@ pub fn render(state: &ControlState) -> String {
             .map(|(i, r)| (r, sum(reactors, |s| s.service_evicted[i].get()))),
     );
     render_bus(&mut out, state);
+    render_operator(&mut out, state);
     out
+}
+
+/// Presence, disconnects and the per-user cap.
+fn render_operator(out: &mut String, state: &ControlState) {
+    use crate::control::operator::{DISCONNECT_RESULTS, PRESENCE_RESULTS};
+    use names::*;
+    let ops = &state.operator_stats;
+    family(
+        out,
+        PRESENCE_QUERIES,
+        "counter",
+        "/v1/presence queries: complete, partial (a live node did not answer in time), bad_request, unavailable (bus down).",
+        "result",
+        PRESENCE_RESULTS
+            .iter()
+            .zip(&ops.presence)
+            .map(|(r, c)| (r, c.get())),
+    );
+    family(
+        out,
+        DISCONNECT_REQUESTS,
+        "counter",
+        "/v1/disconnect requests: ok, bad_request, unavailable (closed on this node only).",
+        "result",
+        DISCONNECT_RESULTS
+            .iter()
+            .zip(&ops.disconnects)
+            .map(|(r, c)| (r, c.get())),
+    );
+    let closes = state.router.close_stats();
+    family(
+        out,
+        ROUTER_CLOSES,
+        "counter",
+        "Connections closed by the router: replaced (a new one on the same device, 4008), over_cap (the oldest past --max-conns-per-user, 4008), disconnect (a disconnect request), refused (the reactor's inbox was full).",
+        "reason",
+        [
+            ("replaced", closes.replaced.get()),
+            ("over_cap", closes.over_cap.get()),
+            ("disconnect", closes.disconnected.get()),
+            ("refused", closes.refused.get()),
+        ],
+    );
+    let bus = state.router.bus();
+    single(
+        out,
+        CLUSTER_PEERS,
+        "gauge",
+        "Other nodes heard from on the bus within the last 3.5 s.",
+        bus.live_nodes().len(),
+    );
+    let none = router::bus::ControlStats::default();
+    let ctl = bus.control_stats().unwrap_or(&none);
+    family(
+        out,
+        BUS_CONTROL_RECEIVED,
+        "counter",
+        "Control messages from other nodes: presence (queries answered), disconnect (requests carried out), invalid (dropped).",
+        "kind",
+        [
+            ("presence", ctl.queries_answered.get()),
+            ("disconnect", ctl.disconnects_received.get()),
+            ("invalid", ctl.invalid.get()),
+        ],
+    );
 }
 
 /// The reactors' inboxes: what waits, and what was refused.

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use foldhash::fast::RandomState;
@@ -16,6 +17,7 @@ use reactor::ConnRef;
 use smallvec::{smallvec, SmallVec};
 
 use crate::bus::Kind;
+use crate::router::DEFAULT_DEVICE;
 
 /// Shards per map: a power of two comfortably above the number of threads.
 const SHARDS: usize = 64;
@@ -24,22 +26,52 @@ const SHARDS: usize = 64;
 /// for rooms of any size; below it a scan of a few cache lines is cheaper than hashing.
 const INDEX_FROM: usize = 32;
 
+/// What the registry keeps per member connection: a room's members are bare
+/// connections, a user's carry their device and when they opened (for presence and the
+/// per-user cap).
+trait Member: Clone {
+    fn conn(&self) -> ConnRef;
+}
+
+impl Member for ConnRef {
+    fn conn(&self) -> ConnRef {
+        *self
+    }
+}
+
+/// One connection of a user on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserConn {
+    /// The connection.
+    pub conn: ConnRef,
+    /// `?device=` (`None`: the default device).
+    pub device: Option<Arc<str>>,
+    /// Order of opening on this node: the smallest is the oldest.
+    pub opened: u64,
+}
+
+impl Member for UserConn {
+    fn conn(&self) -> ConnRef {
+        self.conn
+    }
+}
+
 /// The connections under one ID. Most users have one device: their only connection is
 /// stored inline, with no allocation. Rooms may have tens of thousands of members: a
 /// leave (or a mass disconnect) must not scan them all under the shard's write lock.
 #[derive(Debug)]
-struct Members {
-    list: SmallVec<[ConnRef; 1]>,
+struct Members<M> {
+    list: SmallVec<[M; 1]>,
     /// Position of each member in `list`, kept only past [`INDEX_FROM`] members. Boxed so
     /// that the common case, a user with one device, pays one pointer for it, not a map.
     #[allow(clippy::box_collection)]
     index: Option<Box<HashMap<ConnRef, u32, RandomState>>>,
 }
 
-impl Members {
-    fn one(conn: ConnRef) -> Self {
+impl<M: Member> Members<M> {
+    fn one(member: M) -> Self {
         Members {
-            list: smallvec![conn],
+            list: smallvec![member],
             index: None,
         }
     }
@@ -47,17 +79,18 @@ impl Members {
     fn position(&self, conn: ConnRef) -> Option<usize> {
         match &self.index {
             Some(index) => index.get(&conn).map(|&i| i as usize),
-            None => self.list.iter().position(|c| *c == conn),
+            None => self.list.iter().position(|c| c.conn() == conn),
         }
     }
 
-    /// Adds `conn` unless it is already a member.
-    fn add(&mut self, conn: ConnRef) {
+    /// Adds `member` unless its connection is already a member.
+    fn add(&mut self, member: M) {
+        let conn = member.conn();
         if self.position(conn).is_some() {
             return;
         }
         let i = self.list.len();
-        self.list.push(conn);
+        self.list.push(member);
         match &mut self.index {
             Some(index) => {
                 index.insert(conn, i as u32);
@@ -65,7 +98,12 @@ impl Members {
             None if self.list.len() > INDEX_FROM => {
                 let mut index =
                     HashMap::with_capacity_and_hasher(self.list.len() * 2, RandomState::default());
-                index.extend(self.list.iter().enumerate().map(|(i, c)| (*c, i as u32)));
+                index.extend(
+                    self.list
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| (c.conn(), i as u32)),
+                );
                 self.index = Some(Box::new(index));
             }
             None => {}
@@ -81,7 +119,7 @@ impl Members {
         if let Some(index) = &mut self.index {
             index.remove(&conn);
             if let Some(moved) = self.list.get(i) {
-                index.insert(*moved, i as u32);
+                index.insert(moved.conn(), i as u32);
             }
             if self.list.len() <= INDEX_FROM / 2 {
                 self.index = None;
@@ -96,21 +134,29 @@ impl Members {
 
 /// foldhash: several times cheaper than SipHash on short IDs, and seeded per process, so
 /// room names chosen by clients cannot be crafted to collide.
-#[derive(Debug, Default)]
-struct Shard {
-    map: RwLock<HashMap<Arc<str>, Members, RandomState>>,
+#[derive(Debug)]
+struct Shard<M> {
+    map: RwLock<HashMap<Arc<str>, Members<M>, RandomState>>,
+}
+
+impl<M> Default for Shard<M> {
+    fn default() -> Self {
+        Shard {
+            map: RwLock::default(),
+        }
+    }
 }
 
 /// One sharded ID → connections map.
 #[derive(Debug)]
-struct ShardedMap {
-    shards: Box<[Shard]>,
+struct ShardedMap<M> {
+    shards: Box<[Shard<M>]>,
     /// Picks the shard; seeded apart from the maps' own hashers so that the keys of one
     /// shard still spread over its map.
     pick: RandomState,
 }
 
-impl ShardedMap {
+impl<M: Member> ShardedMap<M> {
     fn new() -> Self {
         ShardedMap {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
@@ -118,21 +164,35 @@ impl ShardedMap {
         }
     }
 
-    fn shard(&self, id: &str) -> &Shard {
+    fn shard(&self, id: &str) -> &Shard<M> {
         &self.shards[self.pick.hash_one(id) as usize & (SHARDS - 1)]
     }
 
-    /// Adds `conn` under `id`; returns the interned ID and whether `conn` is the first.
-    fn insert(&self, id: &str, conn: ConnRef) -> (Arc<str>, bool) {
+    /// Adds `member` under `id`; returns the interned ID and whether it is the first.
+    /// `evict` runs first, under the same lock, on the members already there, and returns
+    /// the ones to remove (the per-user cap); they are appended to `evicted`.
+    fn insert(
+        &self,
+        id: &str,
+        member: M,
+        evict: impl FnOnce(&[M]) -> SmallVec<[ConnRef; 2]>,
+        evicted: &mut Vec<M>,
+    ) -> (Arc<str>, bool) {
         let mut map = self.shard(id).map.write();
         if let Some(key) = map.get_key_value(id).map(|(k, _)| Arc::clone(k)) {
             if let Some(members) = map.get_mut(id) {
-                members.add(conn);
+                for conn in evict(&members.list) {
+                    if let Some(i) = members.position(conn) {
+                        evicted.push(members.list[i].clone());
+                        members.remove(conn);
+                    }
+                }
+                members.add(member);
             }
             return (key, false);
         }
         let key: Arc<str> = Arc::from(id);
-        map.insert(Arc::clone(&key), Members::one(conn));
+        map.insert(Arc::clone(&key), Members::one(member));
         (key, true)
     }
 
@@ -160,10 +220,17 @@ impl ShardedMap {
     fn collect(&self, id: &str, out: &mut Vec<ConnRef>) -> bool {
         match self.shard(id).map.read().get(id) {
             Some(m) => {
-                out.extend_from_slice(&m.list);
+                out.extend(m.list.iter().map(Member::conn));
                 true
             }
             None => false,
+        }
+    }
+
+    /// Appends the members under `id` that `keep` selects.
+    fn members(&self, id: &str, mut keep: impl FnMut(&M) -> bool, out: &mut Vec<M>) {
+        if let Some(m) = self.shard(id).map.read().get(id) {
+            out.extend(m.list.iter().filter(|m| keep(m)).cloned());
         }
     }
 
@@ -175,8 +242,10 @@ impl ShardedMap {
 /// Users and rooms of this node.
 #[derive(Debug)]
 pub struct Registry {
-    users: ShardedMap,
-    rooms: ShardedMap,
+    users: ShardedMap<UserConn>,
+    rooms: ShardedMap<ConnRef>,
+    /// Source of [`UserConn::opened`].
+    opened: AtomicU64,
 }
 
 impl Default for Registry {
@@ -191,13 +260,36 @@ impl Registry {
         Registry {
             users: ShardedMap::new(),
             rooms: ShardedMap::new(),
+            opened: AtomicU64::new(0),
         }
     }
 
     /// A connection of `uid` opened; returns the interned ID and whether it is the
     /// user's first connection here.
     pub fn add_user(&self, uid: &str, conn: ConnRef) -> (Arc<str>, bool) {
-        self.users.insert(uid, conn)
+        self.add_user_capped(uid, conn, None, usize::MAX, &mut Vec::new())
+    }
+
+    /// A connection of `uid` on `device` opened, and the user may hold at most `cap`
+    /// connections here (at least one): atomically with the insert, the user's
+    /// connection on the same named device and then the oldest ones beyond the cap are
+    /// taken out of the registry and appended to `evicted`, for the caller to close.
+    /// Returns the interned ID and whether it is the user's first connection here.
+    pub fn add_user_capped(
+        &self,
+        uid: &str,
+        conn: ConnRef,
+        device: Option<&str>,
+        cap: usize,
+        evicted: &mut Vec<UserConn>,
+    ) -> (Arc<str>, bool) {
+        let member = UserConn {
+            conn,
+            device: device.map(Arc::from),
+            opened: self.opened.fetch_add(1, Ordering::Relaxed),
+        };
+        self.users
+            .insert(uid, member, |have| cap_victims(have, device, cap), evicted)
     }
 
     /// A connection of `uid` went away; true if it was the user's last here.
@@ -208,7 +300,8 @@ impl Registry {
     /// `conn` joined `room`; returns the interned ID and whether it is the room's first
     /// member here.
     pub fn join(&self, room: &str, conn: ConnRef) -> (Arc<str>, bool) {
-        self.rooms.insert(room, conn)
+        self.rooms
+            .insert(room, conn, |_| SmallVec::new(), &mut Vec::new())
     }
 
     /// `conn` left `room`; true if it was the room's last member here.
@@ -229,6 +322,15 @@ impl Registry {
         self.users.collect(uid, out)
     }
 
+    /// Appends the connections of `uid` here, of `device` only if given.
+    pub fn user_conns(&self, uid: &str, device: Option<&str>, out: &mut Vec<UserConn>) {
+        self.users.members(
+            uid,
+            |m| device.is_none_or(|d| m.device.as_deref().unwrap_or(DEFAULT_DEVICE) == d),
+            out,
+        );
+    }
+
     /// Appends every member connection of `room`; false if the room is empty here.
     pub fn room_connections(&self, room: &str, out: &mut Vec<ConnRef>) -> bool {
         self.rooms.collect(room, out)
@@ -243,6 +345,29 @@ impl Registry {
     pub fn rooms(&self) -> usize {
         self.rooms.len()
     }
+}
+
+/// The members a new connection on `device` displaces under a cap of `cap`: the one on
+/// the same named device (a reconnect replaces it), then the oldest while more than
+/// `cap - 1` would remain.
+fn cap_victims(have: &[UserConn], device: Option<&str>, cap: usize) -> SmallVec<[ConnRef; 2]> {
+    let mut out = SmallVec::new();
+    if let Some(d) = device {
+        out.extend(
+            have.iter()
+                .filter(|m| m.device.as_deref() == Some(d))
+                .map(|m| m.conn),
+        );
+    }
+    let keep = cap.max(1) - 1;
+    if have.len() - out.len() > keep {
+        let mut rest: SmallVec<[&UserConn; 16]> =
+            have.iter().filter(|m| !out.contains(&m.conn)).collect();
+        rest.sort_unstable_by_key(|m| m.opened);
+        let n = rest.len() - keep;
+        out.extend(rest.iter().take(n).map(|m| m.conn));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -279,6 +404,47 @@ mod tests {
         assert!(!r.user_connections("alice", &mut Vec::new()));
         assert_eq!(r.users_online(), 1);
         r.remove_user("nobody", c(9));
+    }
+
+    #[test]
+    fn the_per_user_cap_closes_the_oldest_and_replaces_a_device() {
+        let r = Registry::new();
+        let mut evicted = Vec::new();
+        let (_, first) = r.add_user_capped("u", c(1), Some("phone"), 3, &mut evicted);
+        assert!(first);
+        r.add_user_capped("u", c(2), None, 3, &mut evicted);
+        r.add_user_capped("u", c(3), None, 3, &mut evicted);
+        assert!(evicted.is_empty());
+        // A fourth: the oldest goes.
+        r.add_user_capped("u", c(4), Some("tablet"), 3, &mut evicted);
+        assert_eq!(evicted.iter().map(|e| e.conn).collect::<Vec<_>>(), [c(1)]);
+        assert_eq!(evicted[0].device.as_deref(), Some("phone"));
+        evicted.clear();
+        // The tablet reconnects: it replaces its old connection, nobody else goes.
+        r.add_user_capped("u", c(5), Some("tablet"), 3, &mut evicted);
+        assert_eq!(evicted.iter().map(|e| e.conn).collect::<Vec<_>>(), [c(4)]);
+        evicted.clear();
+        // Connections without a device never replace each other.
+        let mut all = Vec::new();
+        r.user_conns("u", None, &mut all);
+        all.sort_by_key(|m| m.opened);
+        assert_eq!(
+            all.iter().map(|m| m.conn).collect::<Vec<_>>(),
+            [c(2), c(3), c(5)]
+        );
+        let mut tablets = Vec::new();
+        r.user_conns("u", Some("tablet"), &mut tablets);
+        assert_eq!(tablets.len(), 1);
+        let mut defaults = Vec::new();
+        r.user_conns("u", Some(DEFAULT_DEVICE), &mut defaults);
+        assert_eq!(defaults.len(), 2, "no ?device= is the default device");
+        // A cap of 1: each new connection displaces the last.
+        r.add_user_capped("v", c(10), None, 1, &mut evicted);
+        r.add_user_capped("v", c(11), None, 1, &mut evicted);
+        assert_eq!(evicted.iter().map(|e| e.conn).collect::<Vec<_>>(), [c(10)]);
+        // Closing an evicted connection later leaves the user's entry alone.
+        assert!(!r.remove_user("v", c(10)));
+        assert!(r.contains(Kind::User, "v"));
     }
 
     #[test]

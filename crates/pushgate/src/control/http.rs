@@ -15,6 +15,8 @@ pub struct Request {
     pub method: String,
     /// Path without the query.
     pub path: String,
+    /// The query, after `?` (empty without one).
+    pub query: String,
     /// `Authorization` header value, if any.
     pub authorization: Option<String>,
     /// The body.
@@ -109,13 +111,15 @@ pub fn next_request(buf: &mut BytesMut, max_body: usize) -> Result<Option<Reques
         return Ok(None);
     }
     let target = req.path.unwrap_or("/");
-    let path = target.split_once('?').map_or(target, |(p, _)| p).to_owned();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (path, query) = (path.to_owned(), query.to_owned());
     let method = req.method.unwrap_or("").to_owned();
     buf.advance(head_len);
     let body = buf.split_to(content_length).freeze();
     Ok(Some(Request {
         method,
         path,
+        query,
         authorization,
         body,
         keep_alive,
