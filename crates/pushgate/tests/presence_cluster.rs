@@ -152,9 +152,14 @@ fn presence_spans_the_cluster_and_names_a_frozen_node() {
     assert_eq!(where_is(&v, "bob"), []);
     // Bounded by --presence-timeout (80 ms), with slack for a loaded machine.
     assert!(took < Duration::from_secs(2), "{took:?}");
+    // A node that missed a deadline is not waited for again until it is heard from.
+    let start = Instant::now();
+    let v = presence(&n1, "uid=alice");
+    println!("presence, n3 frozen, second query: {:?}", start.elapsed());
+    assert_eq!(v["partial"], serde_json::json!(["n3"]), "{v}");
     assert_eq!(
         n1.metric("pushgate_presence_queries_total{result=\"partial\"}"),
-        1.0
+        2.0
     );
     drop(resume);
 

@@ -20,7 +20,7 @@
 //! and publishes what [`Control::take_outgoing`] returns. Other threads only queue (never
 //! block on the bus), except [`Control::ask_presence`], which waits at most its deadline.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -159,6 +159,11 @@ pub struct Control {
     reply_prefix: String,
     /// Other nodes by name, and when each was last heard from.
     peers: Mutex<HashMap<String, Instant>>,
+    /// Live nodes that missed a query's deadline and have not been heard from since:
+    /// later queries name them at once instead of waiting for them again. The wait
+    /// holds the thread that serves the query (a reactor), so a frozen node costs one
+    /// wait, not one per query, until it announces itself again.
+    suspect: Mutex<HashSet<String>>,
     next_announce: Mutex<Instant>,
     /// Queries waiting for answers, by token.
     waiting: Mutex<HashMap<u64, Sender<Answer>>>,
@@ -180,6 +185,7 @@ impl Control {
             disconnect_subject: format!("{prefix}.ctl.disconnect"),
             reply_prefix: format!("{prefix}.ctl.reply.{boot:016x}."),
             peers: Mutex::new(HashMap::new()),
+            suspect: Mutex::new(HashSet::new()),
             next_announce: Mutex::new(Instant::now()),
             waiting: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
@@ -255,6 +261,7 @@ impl Control {
         if node == self.node {
             return false;
         }
+        self.suspect.lock().remove(node);
         self.peers.lock().insert(node.to_owned(), now).is_none()
     }
 
@@ -281,6 +288,16 @@ impl Control {
             users: vec![Vec::new(); uids.len()],
             ..ClusterPresence::default()
         };
+        {
+            let suspect = self.suspect.lock();
+            expected.retain(|n| {
+                let wait = !suspect.contains(n);
+                if !wait {
+                    result.partial.push(n.clone());
+                }
+                wait
+            });
+        }
         if expected.is_empty() {
             return Ok(result);
         }
@@ -314,7 +331,9 @@ impl Control {
             }
         }
         self.waiting.lock().remove(&token);
-        result.partial = expected;
+        self.suspect.lock().extend(expected.iter().cloned());
+        result.partial.extend(expected);
+        result.partial.sort_unstable();
         Ok(result)
     }
 
@@ -479,8 +498,26 @@ mod tests {
         assert_eq!(got.users.len(), 1);
         assert_eq!(got.users[0].len(), 2);
         assert_eq!(c.stats().invalid.get(), 1);
-        // A late answer finds nobody waiting.
+        // n3 missed the deadline: the next query names it without waiting for it (and,
+        // n2 being unanswered this time, waits only for n2).
+        let start = Instant::now();
+        let got = c
+            .ask_presence(&["u1".to_owned()], start + Duration::from_millis(50), || {})
+            .unwrap();
+        assert_eq!(got.partial, ["n2", "n3"]);
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        let got = c
+            .ask_presence(
+                &["u1".to_owned()],
+                Instant::now() + Duration::from_secs(60),
+                || {},
+            )
+            .unwrap();
+        assert_eq!(got.partial, ["n2", "n3"], "neither is waited for again");
+        // A late answer finds nobody waiting, and n3 is waited for again.
         c.on_message(&router, &reply, None, &answer("n3", 1));
+        assert!(!c.suspect.lock().contains("n3"));
+        assert!(c.suspect.lock().contains("n2"));
     }
 
     #[test]
