@@ -765,6 +765,50 @@ mod tests {
     }
 
     #[test]
+    fn operator_keys_from_defaults_file_flags_and_environment() {
+        let d = Settings::resolve(&cli(&[]), 100).unwrap();
+        assert_eq!(d.max_conns_per_user, 16);
+        assert_eq!(d.operator.presence_timeout, Duration::from_millis(80));
+        assert_eq!(d.operator.presence_max_uids, 100);
+        let dir = std::env::temp_dir().join(format!("pushgate-operator-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.toml");
+        std::fs::write(
+            &path,
+            "max_conns_per_user = 4\npresence_timeout = 0.25\npresence_max_uids = 9\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let f = Settings::resolve(&cli(&["--config", p]), 100).unwrap();
+        assert_eq!(f.max_conns_per_user, 4);
+        assert_eq!(f.operator.presence_timeout, Duration::from_millis(250));
+        assert_eq!(f.operator.presence_max_uids, 9);
+        let o =
+            Settings::resolve(&cli(&["--config", p, "--max-conns-per-user", "1"]), 100).unwrap();
+        assert_eq!(o.max_conns_per_user, 1);
+        std::fs::remove_dir_all(&dir).ok();
+        for bad in [
+            "--max-conns-per-user=0",
+            "--presence-timeout=0",
+            "--presence-timeout=6",
+            "--presence-max-uids=0",
+            "--presence-max-uids=1001",
+        ] {
+            assert!(Settings::resolve(&cli(&[bad]), 100).is_err(), "{bad}");
+        }
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        for env in [
+            "PUSHGATE_MAX_CONNS_PER_USER",
+            "PUSHGATE_PRESENCE_TIMEOUT",
+            "PUSHGATE_PRESENCE_MAX_UIDS",
+        ] {
+            assert!(help.contains(env), "{env}");
+        }
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         assert!(Settings::resolve(&cli(&["--heartbeat=-1"]), 100).is_err());
         assert!(Settings::resolve(&cli(&["--heartbeat", "0"]), 100).is_err());
