@@ -190,13 +190,15 @@ fn close_of(c: &mut Client) -> (u16, String) {
 fn disconnect_closes_a_user_on_every_node() {
     let nats = NatsServer::start();
     let [n1, n2, n3] = cluster(&nats);
-    let mut a1 = ws(&n1, "uid=alice&device=phone");
+    // Connections without ?device= are all on the default device (a named device lives
+    // on one node at most: see the next test).
+    let mut a1 = ws(&n1, "uid=alice");
     let mut a2 = ws(&n2, "uid=alice&device=web");
-    let mut a3 = ws(&n3, "uid=alice&device=phone");
+    let mut a3 = ws(&n3, "uid=alice");
     let mut bob = ws(&n2, "uid=bob");
 
-    // The phones only, asked on n2 (which holds none of them).
-    let body = r#"{"uid":"alice","device":"phone","code":4403,"reason":"banned"}"#;
+    // The default device only, asked on n2 (which holds none of its connections).
+    let body = r#"{"uid":"alice","device":"default","code":4403,"reason":"banned"}"#;
     let (status, answer) = post(n2.control_addr, "/v1/disconnect", body, None);
     assert_eq!(status, 200, "{answer}");
     let v: Value = serde_json::from_str(&answer).unwrap();
@@ -220,12 +222,45 @@ fn disconnect_closes_a_user_on_every_node() {
         bob.read(Duration::from_millis(200)),
         Read_::Timeout
     ));
+    // Two requests, and n2's replacement of alice's "web" device when it connected.
     assert_eq!(
         n3.metric("pushgate_bus_control_received_total{kind=\"disconnect\"}"),
-        2.0
+        3.0
     );
     assert_eq!(
         n3.metric("pushgate_router_closes_total{reason=\"disconnect\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn a_device_reconnecting_to_another_node_replaces_its_old_connection() {
+    let nats = NatsServer::start();
+    let [n1, n2, n3] = cluster(&nats);
+    let mut phone = ws(&n1, "uid=alice&device=phone");
+    let mut web = ws(&n3, "uid=alice&device=web");
+    let mut plain = ws(&n3, "uid=alice");
+    // The phone comes back through n2: its connection on n1 goes with 4008.
+    let mut phone2 = ws(&n2, "uid=alice&device=phone");
+    let (code, reason) = close_of(&mut phone);
+    assert_eq!(code, 4008);
+    assert!(reason.contains("same device"), "{reason}");
+    phone.send_close(4008);
+    phone.expect_eof(WAIT);
+    for c in [&mut web, &mut plain, &mut phone2] {
+        assert!(matches!(c.read(Duration::from_millis(200)), Read_::Timeout));
+    }
+    let v = presence(&n1, "uid=alice");
+    assert_eq!(
+        where_is(&v, "alice"),
+        [
+            pair("n2", "phone"),
+            pair("n3", "default"),
+            pair("n3", "web")
+        ]
+    );
+    assert_eq!(
+        n1.metric("pushgate_router_closes_total{reason=\"replaced\"}"),
         1.0
     );
 }

@@ -46,7 +46,9 @@ pub struct UserConn {
     pub conn: ConnRef,
     /// `?device=` (`None`: the default device).
     pub device: Option<Arc<str>>,
-    /// Order of opening on this node: the smallest is the oldest.
+    /// When it opened, in microseconds since the Unix epoch, made unique and increasing
+    /// on this node (the smallest is the oldest); comparable across nodes within their
+    /// clocks' skew.
     pub opened: u64,
 }
 
@@ -244,7 +246,7 @@ impl<M: Member> ShardedMap<M> {
 pub struct Registry {
     users: ShardedMap<UserConn>,
     rooms: ShardedMap<ConnRef>,
-    /// Source of [`UserConn::opened`].
+    /// The last [`UserConn::opened`] handed out.
     opened: AtomicU64,
 }
 
@@ -267,14 +269,36 @@ impl Registry {
     /// A connection of `uid` opened; returns the interned ID and whether it is the
     /// user's first connection here.
     pub fn add_user(&self, uid: &str, conn: ConnRef) -> (Arc<str>, bool) {
-        self.add_user_capped(uid, conn, None, usize::MAX, &mut Vec::new())
+        let (id, first, _) = self.add_user_capped(uid, conn, None, usize::MAX, &mut Vec::new());
+        (id, first)
+    }
+
+    /// Now in microseconds since the Unix epoch, above every stamp handed out before.
+    fn stamp(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let mut prev = self.opened.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(prev + 1);
+            match self.opened.compare_exchange_weak(
+                prev,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return next,
+                Err(p) => prev = p,
+            }
+        }
     }
 
     /// A connection of `uid` on `device` opened, and the user may hold at most `cap`
     /// connections here (at least one): atomically with the insert, the user's
     /// connection on the same named device and then the oldest ones beyond the cap are
     /// taken out of the registry and appended to `evicted`, for the caller to close.
-    /// Returns the interned ID and whether it is the user's first connection here.
+    /// Returns the interned ID, whether it is the user's first connection here, and
+    /// its [`UserConn::opened`].
     pub fn add_user_capped(
         &self,
         uid: &str,
@@ -282,14 +306,17 @@ impl Registry {
         device: Option<&str>,
         cap: usize,
         evicted: &mut Vec<UserConn>,
-    ) -> (Arc<str>, bool) {
+    ) -> (Arc<str>, bool, u64) {
+        let opened = self.stamp();
         let member = UserConn {
             conn,
             device: device.map(Arc::from),
-            opened: self.opened.fetch_add(1, Ordering::Relaxed),
+            opened,
         };
-        self.users
-            .insert(uid, member, |have| cap_victims(have, device, cap), evicted)
+        let (id, first) =
+            self.users
+                .insert(uid, member, |have| cap_victims(have, device, cap), evicted);
+        (id, first, opened)
     }
 
     /// A connection of `uid` went away; true if it was the user's last here.
@@ -322,11 +349,21 @@ impl Registry {
         self.users.collect(uid, out)
     }
 
-    /// Appends the connections of `uid` here, of `device` only if given.
-    pub fn user_conns(&self, uid: &str, device: Option<&str>, out: &mut Vec<UserConn>) {
+    /// Appends the connections of `uid` here, of `device` only if given, opened before
+    /// `before` (microseconds since the Unix epoch) only if given.
+    pub fn user_conns(
+        &self,
+        uid: &str,
+        device: Option<&str>,
+        before: Option<u64>,
+        out: &mut Vec<UserConn>,
+    ) {
         self.users.members(
             uid,
-            |m| device.is_none_or(|d| m.device.as_deref().unwrap_or(DEFAULT_DEVICE) == d),
+            |m| {
+                device.is_none_or(|d| m.device.as_deref().unwrap_or(DEFAULT_DEVICE) == d)
+                    && before.is_none_or(|b| m.opened < b)
+            },
             out,
         );
     }
@@ -410,7 +447,7 @@ mod tests {
     fn the_per_user_cap_closes_the_oldest_and_replaces_a_device() {
         let r = Registry::new();
         let mut evicted = Vec::new();
-        let (_, first) = r.add_user_capped("u", c(1), Some("phone"), 3, &mut evicted);
+        let (_, first, _) = r.add_user_capped("u", c(1), Some("phone"), 3, &mut evicted);
         assert!(first);
         r.add_user_capped("u", c(2), None, 3, &mut evicted);
         r.add_user_capped("u", c(3), None, 3, &mut evicted);
@@ -426,18 +463,21 @@ mod tests {
         evicted.clear();
         // Connections without a device never replace each other.
         let mut all = Vec::new();
-        r.user_conns("u", None, &mut all);
+        r.user_conns("u", None, None, &mut all);
         all.sort_by_key(|m| m.opened);
         assert_eq!(
             all.iter().map(|m| m.conn).collect::<Vec<_>>(),
             [c(2), c(3), c(5)]
         );
         let mut tablets = Vec::new();
-        r.user_conns("u", Some("tablet"), &mut tablets);
+        r.user_conns("u", Some("tablet"), None, &mut tablets);
         assert_eq!(tablets.len(), 1);
         let mut defaults = Vec::new();
-        r.user_conns("u", Some(DEFAULT_DEVICE), &mut defaults);
+        r.user_conns("u", Some(DEFAULT_DEVICE), None, &mut defaults);
         assert_eq!(defaults.len(), 2, "no ?device= is the default device");
+        let mut older = Vec::new();
+        r.user_conns("u", None, Some(all[1].opened), &mut older);
+        assert_eq!(older.iter().map(|m| m.conn).collect::<Vec<_>>(), [c(2)]);
         // A cap of 1: each new connection displaces the last.
         r.add_user_capped("v", c(10), None, 1, &mut evicted);
         r.add_user_capped("v", c(11), None, 1, &mut evicted);

@@ -13,7 +13,7 @@ use protocol::frame::{FrameBuilder, OpCode};
 use protocol::CloseCode;
 use reactor::{Command, ConnRef, ReactorHandle};
 
-use crate::bus::control::{Disconnect, PresenceEntry};
+use crate::bus::control::{Disconnect, PresenceEntry, REPLACED_REASON};
 use crate::bus::stats::Counter;
 use crate::bus::{BusError, ClusterBus, InProcess, Kind, Outgoing};
 use crate::history::{History, HistoryConfig};
@@ -151,7 +151,7 @@ impl Router {
     /// The connections of `uid` on this node (`node`), for a presence answer.
     pub fn presence_local(&self, uid: &str, node: &str) -> Vec<PresenceEntry> {
         let mut conns = Vec::new();
-        self.registry.user_conns(uid, None, &mut conns);
+        self.registry.user_conns(uid, None, None, &mut conns);
         conns.sort_unstable_by_key(|c| c.opened);
         conns
             .into_iter()
@@ -164,11 +164,12 @@ impl Router {
     }
 
     /// Closes the connections of a disconnect request on this node (the request is
-    /// checked); returns how many closes were queued.
+    /// checked); returns how many closes were queued. A request with `before` replaces a
+    /// device's connections (another node has a newer one): counted as replaced.
     pub fn disconnect_local(&self, req: &Disconnect) -> usize {
         let mut conns = Vec::new();
         self.registry
-            .user_conns(&req.uid, req.device.as_deref(), &mut conns);
+            .user_conns(&req.uid, req.device.as_deref(), req.before, &mut conns);
         let mut closed = 0;
         for c in conns {
             let reason = Cow::Owned(req.reason.clone());
@@ -178,7 +179,11 @@ impl Router {
                 self.close_stats.refused.add(1);
             }
         }
-        self.close_stats.disconnected.add(closed as u64);
+        let counter = match req.before {
+            Some(_) => &self.close_stats.replaced,
+            None => &self.close_stats.disconnected,
+        };
+        counter.add(closed as u64);
         closed
     }
 
@@ -186,19 +191,27 @@ impl Router {
     /// it displaces.
     fn add_user_on(&self, uid: &str, conn: ConnRef, device: Option<&str>) -> Arc<str> {
         let mut evicted = Vec::new();
-        let (id, first) =
+        let (id, first, opened) =
             self.registry
                 .add_user_capped(uid, conn, device, self.max_conns_per_user, &mut evicted);
         if first {
             self.bus.interest_changed(Kind::User, &id);
         }
+        if let (Some(device), true) = (device, self.is_clustered()) {
+            // The device's older connections on the other nodes go too. Best effort:
+            // with the bus down they stay, as they would without this.
+            let _ = self.bus.disconnect(&Disconnect {
+                uid: uid.to_owned(),
+                device: Some(device.to_owned()),
+                code: CLOSE_USER_CAP.0,
+                reason: REPLACED_REASON.to_owned(),
+                before: Some(opened),
+            });
+        }
         for old in evicted {
             let replaced = device.is_some() && old.device.as_deref() == device;
             let (counter, reason) = if replaced {
-                (
-                    &self.close_stats.replaced,
-                    "replaced by a new connection of the same device",
-                )
+                (&self.close_stats.replaced, REPLACED_REASON)
             } else {
                 (
                     &self.close_stats.over_cap,

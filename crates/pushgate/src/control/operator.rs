@@ -147,7 +147,8 @@ pub fn disconnect(router: &Router, stats: &OperatorStats, body: &[u8]) -> Answer
     };
     let closed = router.disconnect_local(&req);
     match router.bus().disconnect(&req) {
-        Ok(nodes) => {
+        Ok(()) => {
+            let nodes = router.bus().live_nodes();
             stats.disconnects[0].add(1);
             let mut out = format!("{{\"ok\":true,\"closed\":{closed},\"nodes\":").into_bytes();
             let _ = serde_json::to_writer(&mut out, &nodes);
@@ -170,10 +171,12 @@ fn parse_disconnect(body: &[u8]) -> Result<Disconnect, &'static str> {
     if !v.is_object() {
         return Err("body must be a JSON object");
     }
-    let req: Disconnect = serde_json::from_value(v).map_err(|_| {
+    let mut req: Disconnect = serde_json::from_value(v).map_err(|_| {
         "expected {\"uid\":string,\"code\":number,\"device\":string?,\"reason\":string?}"
     })?;
     req.check()?;
+    // Nodes set `before` among themselves; the API closes every matching connection.
+    req.before = None;
     Ok(req)
 }
 

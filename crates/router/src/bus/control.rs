@@ -81,7 +81,15 @@ pub struct Disconnect {
     /// The close reason, at most [`MAX_REASON_BYTES`].
     #[serde(default)]
     pub reason: String,
+    /// Only connections opened before this, in microseconds since the Unix epoch: set
+    /// when a new connection on a named device replaces that device's connections on the
+    /// other nodes, so that it never closes one newer than itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
 }
+
+/// The reason sent with 4008 to a connection replaced by a newer one of its device.
+pub const REPLACED_REASON: &str = "replaced by a new connection of the same device";
 
 impl Disconnect {
     /// Why the request cannot be carried out, if it cannot.
@@ -265,14 +273,13 @@ impl Control {
         self.peers.lock().insert(node.to_owned(), now).is_none()
     }
 
-    /// Queues a disconnect for every other node; returns the live nodes it goes to.
-    pub fn send_disconnect(&self, req: &Disconnect) -> Result<Vec<String>, BusError> {
+    /// Queues a disconnect for every other node.
+    pub fn send_disconnect(&self, req: &Disconnect) -> Result<(), BusError> {
         self.queue(ControlOut {
             subject: self.disconnect_subject.clone(),
             reply: None,
             payload: json(req),
-        })?;
-        Ok(self.live_peers(Instant::now()))
+        })
     }
 
     /// Asks every other live node for the connections of `uids` and waits for their
@@ -527,6 +534,7 @@ mod tests {
             device: None,
             code: 4001,
             reason: "bye".into(),
+            before: None,
         };
         assert!(ok.check().is_ok());
         assert!(Disconnect {

@@ -103,10 +103,9 @@ pub trait ClusterBus: Send + Sync + Debug {
             ..ClusterPresence::default()
         })
     }
-    /// Asks the other nodes to close connections, without waiting; returns the nodes
-    /// that were alive to be asked.
-    fn disconnect(&self, _req: &Disconnect) -> Result<Vec<String>, BusError> {
-        Ok(Vec::new())
+    /// Asks the other nodes to close connections, without waiting.
+    fn disconnect(&self, _req: &Disconnect) -> Result<(), BusError> {
+        Ok(())
     }
     /// The other nodes alive now.
     fn live_nodes(&self) -> Vec<String> {
@@ -160,7 +159,7 @@ impl<T: ClusterBus + ?Sized> ClusterBus for Arc<T> {
         (**self).presence(uids, deadline)
     }
 
-    fn disconnect(&self, req: &Disconnect) -> Result<Vec<String>, BusError> {
+    fn disconnect(&self, req: &Disconnect) -> Result<(), BusError> {
         (**self).disconnect(req)
     }
 

@@ -210,13 +210,13 @@ impl ClusterBus for NatsBus {
             .ask_presence(uids, deadline, || self.shared.wake.notify_one())
     }
 
-    fn disconnect(&self, req: &Disconnect) -> Result<Vec<String>, BusError> {
+    fn disconnect(&self, req: &Disconnect) -> Result<(), BusError> {
         if !self.shared.is_ready() {
             return Err(BusError::Disconnected);
         }
-        let asked = self.shared.control.send_disconnect(req)?;
+        self.shared.control.send_disconnect(req)?;
         self.shared.wake.notify_one();
-        Ok(asked)
+        Ok(())
     }
 
     fn live_nodes(&self) -> Vec<String> {
