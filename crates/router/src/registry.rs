@@ -26,20 +26,7 @@ const SHARDS: usize = 64;
 /// for rooms of any size; below it a scan of a few cache lines is cheaper than hashing.
 const INDEX_FROM: usize = 32;
 
-/// What the registry keeps per member connection: a room's members are bare
-/// connections, a user's carry their device and when they opened (for presence and the
-/// per-user cap).
-trait Member: Clone {
-    fn conn(&self) -> ConnRef;
-}
-
-impl Member for ConnRef {
-    fn conn(&self) -> ConnRef {
-        *self
-    }
-}
-
-/// One connection of a user on this node.
+/// One connection of a user on this node, as the registry reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserConn {
     /// The connection.
@@ -47,66 +34,110 @@ pub struct UserConn {
     /// `?device=` (`None`: the default device).
     pub device: Option<Arc<str>>,
     /// When it opened, in microseconds since the Unix epoch, made unique and increasing
-    /// on this node (the smallest is the oldest); comparable across nodes within their
-    /// clocks' skew.
+    /// on this node (the smallest is the oldest; 0 for a user's only connection without
+    /// a device, whose age nothing needed); comparable across nodes within their clocks'
+    /// skew.
     pub opened: u64,
 }
 
-impl Member for UserConn {
-    fn conn(&self) -> ConnRef {
-        self.conn
+impl UserConn {
+    /// `?device=`, if the connection named one.
+    pub fn device(&self) -> Option<&str> {
+        self.device.as_deref()
     }
 }
 
-/// The connections under one ID. Most users have one device: their only connection is
-/// stored inline, with no allocation. Rooms may have tens of thousands of members: a
-/// leave (or a mass disconnect) must not scan them all under the shard's write lock.
-#[derive(Debug)]
-struct Members<M> {
-    list: SmallVec<[M; 1]>,
-    /// Position of each member in `list`, kept only past [`INDEX_FROM`] members. Boxed so
-    /// that the common case, a user with one device, pays one pointer for it, not a map.
-    #[allow(clippy::box_collection)]
-    index: Option<Box<HashMap<ConnRef, u32, RandomState>>>,
+/// What the registry keeps beside a user's connection, when it keeps anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ConnMeta {
+    device: Option<Arc<str>>,
+    opened: u64,
 }
 
-impl<M: Member> Members<M> {
-    fn one(member: M) -> Self {
-        Members {
-            list: smallvec![member],
-            index: None,
+/// What only some IDs need, boxed so that the others pay one pointer for it.
+#[derive(Debug, Default)]
+struct Extra {
+    /// Position of each member in `list`, kept only past [`INDEX_FROM`] members.
+    index: Option<HashMap<ConnRef, u32, RandomState>>,
+    /// Device and opening time of each member, parallel to `list`; kept only for a user
+    /// with a named device or more than one connection (never for a room).
+    meta: Vec<ConnMeta>,
+}
+
+/// The connections under one ID. Most users have one connection with no device: it is
+/// stored inline, with no allocation, exactly as a room member is. Rooms may have tens
+/// of thousands of members: a leave (or a mass disconnect) must not scan them all under
+/// the shard's write lock.
+#[derive(Debug)]
+struct Members {
+    list: SmallVec<[ConnRef; 1]>,
+    extra: Option<Box<Extra>>,
+}
+
+impl Members {
+    fn one(conn: ConnRef, meta: Option<ConnMeta>) -> Self {
+        let mut m = Members {
+            list: smallvec![conn],
+            extra: None,
+        };
+        m.set_meta(0, meta);
+        m
+    }
+
+    /// Records `meta` for the member at `i` (the last added) if anything needs it: a
+    /// named device, or more than one connection (then the age orders them).
+    fn set_meta(&mut self, i: usize, meta: Option<ConnMeta>) {
+        let Some(meta) = meta else {
+            return;
+        };
+        let kept = self.extra.as_ref().is_some_and(|e| !e.meta.is_empty());
+        if meta.device.is_none() && self.list.len() == 1 && !kept {
+            return;
         }
+        let e = self.extra.get_or_insert_with(Box::default);
+        // Members from before (a lone connection without a device) are older than any.
+        e.meta.resize(i, ConnMeta::default());
+        e.meta.push(meta);
+    }
+
+    fn metas(&self) -> &[ConnMeta] {
+        self.extra.as_ref().map_or(&[], |e| e.meta.as_slice())
+    }
+
+    fn user_conn(&self, i: usize) -> Option<UserConn> {
+        let conn = *self.list.get(i)?;
+        let meta = self.metas().get(i).cloned().unwrap_or_default();
+        Some(UserConn {
+            conn,
+            device: meta.device,
+            opened: meta.opened,
+        })
     }
 
     fn position(&self, conn: ConnRef) -> Option<usize> {
-        match &self.index {
+        match self.extra.as_ref().and_then(|e| e.index.as_ref()) {
             Some(index) => index.get(&conn).map(|&i| i as usize),
-            None => self.list.iter().position(|c| c.conn() == conn),
+            None => self.list.iter().position(|c| *c == conn),
         }
     }
 
-    /// Adds `member` unless its connection is already a member.
-    fn add(&mut self, member: M) {
-        let conn = member.conn();
+    /// Adds `conn` unless it is already a member.
+    fn add(&mut self, conn: ConnRef, meta: Option<ConnMeta>) {
         if self.position(conn).is_some() {
             return;
         }
         let i = self.list.len();
-        self.list.push(member);
-        match &mut self.index {
+        self.list.push(conn);
+        self.set_meta(i, meta);
+        match self.extra.as_mut().and_then(|e| e.index.as_mut()) {
             Some(index) => {
                 index.insert(conn, i as u32);
             }
             None if self.list.len() > INDEX_FROM => {
                 let mut index =
                     HashMap::with_capacity_and_hasher(self.list.len() * 2, RandomState::default());
-                index.extend(
-                    self.list
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| (c.conn(), i as u32)),
-                );
-                self.index = Some(Box::new(index));
+                index.extend(self.list.iter().enumerate().map(|(i, c)| (*c, i as u32)));
+                self.extra.get_or_insert_with(Box::default).index = Some(index);
             }
             None => {}
         }
@@ -118,14 +149,27 @@ impl<M: Member> Members<M> {
             return;
         };
         self.list.swap_remove(i);
-        if let Some(index) = &mut self.index {
+        let Some(e) = &mut self.extra else {
+            return;
+        };
+        if i < e.meta.len() {
+            e.meta.swap_remove(i);
+        }
+        if let Some(index) = &mut e.index {
             index.remove(&conn);
             if let Some(moved) = self.list.get(i) {
-                index.insert(moved.conn(), i as u32);
+                index.insert(*moved, i as u32);
             }
             if self.list.len() <= INDEX_FROM / 2 {
-                self.index = None;
+                e.index = None;
             }
+        }
+        // A lone connection without a device needs no record again.
+        if self.list.len() <= 1 && e.meta.first().is_none_or(|m| m.device.is_none()) {
+            e.meta = Vec::new();
+        }
+        if e.index.is_none() && e.meta.is_empty() {
+            self.extra = None;
         }
     }
 
@@ -136,29 +180,21 @@ impl<M: Member> Members<M> {
 
 /// foldhash: several times cheaper than SipHash on short IDs, and seeded per process, so
 /// room names chosen by clients cannot be crafted to collide.
-#[derive(Debug)]
-struct Shard<M> {
-    map: RwLock<HashMap<Arc<str>, Members<M>, RandomState>>,
-}
-
-impl<M> Default for Shard<M> {
-    fn default() -> Self {
-        Shard {
-            map: RwLock::default(),
-        }
-    }
+#[derive(Debug, Default)]
+struct Shard {
+    map: RwLock<HashMap<Arc<str>, Members, RandomState>>,
 }
 
 /// One sharded ID → connections map.
 #[derive(Debug)]
-struct ShardedMap<M> {
-    shards: Box<[Shard<M>]>,
+struct ShardedMap {
+    shards: Box<[Shard]>,
     /// Picks the shard; seeded apart from the maps' own hashers so that the keys of one
     /// shard still spread over its map.
     pick: RandomState,
 }
 
-impl<M: Member> ShardedMap<M> {
+impl ShardedMap {
     fn new() -> Self {
         ShardedMap {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
@@ -166,35 +202,37 @@ impl<M: Member> ShardedMap<M> {
         }
     }
 
-    fn shard(&self, id: &str) -> &Shard<M> {
+    fn shard(&self, id: &str) -> &Shard {
         &self.shards[self.pick.hash_one(id) as usize & (SHARDS - 1)]
     }
 
-    /// Adds `member` under `id`; returns the interned ID and whether it is the first.
-    /// `evict` runs first, under the same lock, on the members already there, and returns
-    /// the ones to remove (the per-user cap); they are appended to `evicted`.
+    /// Adds `conn` (with `meta`, for a user) under `id`; returns the interned ID and
+    /// whether it is the first. `evict` runs first, under the same lock, on the members
+    /// already there, and names the ones to remove (the per-user cap); they are appended
+    /// to `evicted`.
     fn insert(
         &self,
         id: &str,
-        member: M,
-        evict: impl FnOnce(&[M]) -> SmallVec<[ConnRef; 2]>,
-        evicted: &mut Vec<M>,
+        conn: ConnRef,
+        meta: Option<ConnMeta>,
+        evict: impl FnOnce(&Members) -> SmallVec<[ConnRef; 2]>,
+        evicted: &mut Vec<UserConn>,
     ) -> (Arc<str>, bool) {
         let mut map = self.shard(id).map.write();
         if let Some(key) = map.get_key_value(id).map(|(k, _)| Arc::clone(k)) {
             if let Some(members) = map.get_mut(id) {
-                for conn in evict(&members.list) {
-                    if let Some(i) = members.position(conn) {
-                        evicted.push(members.list[i].clone());
-                        members.remove(conn);
+                for victim in evict(members) {
+                    if let Some(i) = members.position(victim) {
+                        evicted.extend(members.user_conn(i));
+                        members.remove(victim);
                     }
                 }
-                members.add(member);
+                members.add(conn, meta);
             }
             return (key, false);
         }
         let key: Arc<str> = Arc::from(id);
-        map.insert(Arc::clone(&key), Members::one(member));
+        map.insert(Arc::clone(&key), Members::one(conn, meta));
         (key, true)
     }
 
@@ -222,7 +260,7 @@ impl<M: Member> ShardedMap<M> {
     fn collect(&self, id: &str, out: &mut Vec<ConnRef>) -> bool {
         match self.shard(id).map.read().get(id) {
             Some(m) => {
-                out.extend(m.list.iter().map(Member::conn));
+                out.extend_from_slice(&m.list);
                 true
             }
             None => false,
@@ -230,9 +268,13 @@ impl<M: Member> ShardedMap<M> {
     }
 
     /// Appends the members under `id` that `keep` selects.
-    fn members(&self, id: &str, mut keep: impl FnMut(&M) -> bool, out: &mut Vec<M>) {
+    fn members(&self, id: &str, mut keep: impl FnMut(&UserConn) -> bool, out: &mut Vec<UserConn>) {
         if let Some(m) = self.shard(id).map.read().get(id) {
-            out.extend(m.list.iter().filter(|m| keep(m)).cloned());
+            out.extend(
+                (0..m.list.len())
+                    .filter_map(|i| m.user_conn(i))
+                    .filter(|u| keep(u)),
+            );
         }
     }
 
@@ -244,8 +286,8 @@ impl<M: Member> ShardedMap<M> {
 /// Users and rooms of this node.
 #[derive(Debug)]
 pub struct Registry {
-    users: ShardedMap<UserConn>,
-    rooms: ShardedMap<ConnRef>,
+    users: ShardedMap,
+    rooms: ShardedMap,
     /// The last [`UserConn::opened`] handed out.
     opened: AtomicU64,
 }
@@ -308,14 +350,17 @@ impl Registry {
         evicted: &mut Vec<UserConn>,
     ) -> (Arc<str>, bool, u64) {
         let opened = self.stamp();
-        let member = UserConn {
-            conn,
+        let meta = ConnMeta {
             device: device.map(Arc::from),
             opened,
         };
-        let (id, first) =
-            self.users
-                .insert(uid, member, |have| cap_victims(have, device, cap), evicted);
+        let (id, first) = self.users.insert(
+            uid,
+            conn,
+            Some(meta),
+            |have| cap_victims(have, device, cap),
+            evicted,
+        );
         (id, first, opened)
     }
 
@@ -328,7 +373,7 @@ impl Registry {
     /// member here.
     pub fn join(&self, room: &str, conn: ConnRef) -> (Arc<str>, bool) {
         self.rooms
-            .insert(room, conn, |_| SmallVec::new(), &mut Vec::new())
+            .insert(room, conn, None, |_| SmallVec::new(), &mut Vec::new())
     }
 
     /// `conn` left `room`; true if it was the room's last member here.
@@ -361,7 +406,7 @@ impl Registry {
         self.users.members(
             uid,
             |m| {
-                device.is_none_or(|d| m.device.as_deref().unwrap_or(DEFAULT_DEVICE) == d)
+                device.is_none_or(|d| m.device().unwrap_or(DEFAULT_DEVICE) == d)
                     && before.is_none_or(|b| m.opened < b)
             },
             out,
@@ -387,22 +432,31 @@ impl Registry {
 /// The members a new connection on `device` displaces under a cap of `cap`: the one on
 /// the same named device (a reconnect replaces it), then the oldest while more than
 /// `cap - 1` would remain.
-fn cap_victims(have: &[UserConn], device: Option<&str>, cap: usize) -> SmallVec<[ConnRef; 2]> {
+fn cap_victims(have: &Members, device: Option<&str>, cap: usize) -> SmallVec<[ConnRef; 2]> {
     let mut out = SmallVec::new();
+    let metas = have.metas();
     if let Some(d) = device {
+        // A member with a device always has its record.
         out.extend(
-            have.iter()
-                .filter(|m| m.device.as_deref() == Some(d))
-                .map(|m| m.conn),
+            have.list
+                .iter()
+                .zip(metas)
+                .filter(|(_, m)| m.device.as_deref() == Some(d))
+                .map(|(c, _)| *c),
         );
     }
     let keep = cap.max(1) - 1;
-    if have.len() - out.len() > keep {
-        let mut rest: SmallVec<[&UserConn; 16]> =
-            have.iter().filter(|m| !out.contains(&m.conn)).collect();
-        rest.sort_unstable_by_key(|m| m.opened);
+    if have.list.len() - out.len() > keep {
+        let mut rest: SmallVec<[(u64, ConnRef); 16]> = have
+            .list
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !out.contains(*c))
+            .map(|(i, c)| (metas.get(i).map_or(0, |m| m.opened), *c))
+            .collect();
+        rest.sort_unstable_by_key(|(opened, _)| *opened);
         let n = rest.len() - keep;
-        out.extend(rest.iter().take(n).map(|m| m.conn));
+        out.extend(rest.iter().take(n).map(|(_, c)| *c));
     }
     out
 }
@@ -455,7 +509,7 @@ mod tests {
         // A fourth: the oldest goes.
         r.add_user_capped("u", c(4), Some("tablet"), 3, &mut evicted);
         assert_eq!(evicted.iter().map(|e| e.conn).collect::<Vec<_>>(), [c(1)]);
-        assert_eq!(evicted[0].device.as_deref(), Some("phone"));
+        assert_eq!(evicted[0].device(), Some("phone"));
         evicted.clear();
         // The tablet reconnects: it replaces its old connection, nobody else goes.
         r.add_user_capped("u", c(5), Some("tablet"), 3, &mut evicted);
@@ -485,6 +539,72 @@ mod tests {
         // Closing an evicted connection later leaves the user's entry alone.
         assert!(!r.remove_user("v", c(10)));
         assert!(r.contains(Kind::User, "v"));
+    }
+
+    /// A user with one connection and no device (most of them) costs what a room member
+    /// does: its entry holds the connection inline and one pointer for the rest.
+    #[test]
+    fn a_lone_connection_costs_no_record() {
+        assert_eq!(
+            std::mem::size_of::<Members>(),
+            std::mem::size_of::<SmallVec<[ConnRef; 1]>>() + std::mem::size_of::<usize>()
+        );
+        let r = Registry::new();
+        r.add_user("u", c(1));
+        let extra = |r: &Registry, id: &str| {
+            r.users
+                .shard(id)
+                .map
+                .read()
+                .get(id)
+                .map(|m| m.extra.is_some())
+        };
+        assert_eq!(extra(&r, "u"), Some(false));
+        r.add_user("u", c(2));
+        assert_eq!(
+            extra(&r, "u"),
+            Some(true),
+            "two connections are ordered by age"
+        );
+        r.remove_user("u", c(1));
+        assert_eq!(extra(&r, "u"), Some(false), "alone again");
+        let mut ev = Vec::new();
+        r.add_user_capped("w", c(3), Some("phone"), 16, &mut ev);
+        assert_eq!(extra(&r, "w"), Some(true), "a device is kept");
+    }
+
+    /// Devices and ages stay with their connections through any order of opens and
+    /// closes, across the size where the position index comes and goes.
+    #[test]
+    fn user_records_follow_their_connections() {
+        let r = Registry::new();
+        let mut model: Vec<(ConnRef, Option<String>)> = Vec::new();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for step in 0..4000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let add = model.is_empty() || (x % 100) < if step < 2000 { 60 } else { 40 };
+            if add && model.len() < 80 {
+                let conn = c(step);
+                let device = (x % 3 == 0).then(|| format!("d{step}"));
+                r.add_user_capped("u", conn, device.as_deref(), usize::MAX, &mut Vec::new());
+                model.push((conn, device));
+            } else if !model.is_empty() {
+                let (conn, _) = model.remove((x as usize / 7) % model.len());
+                r.remove_user("u", conn);
+            }
+            let mut got = Vec::new();
+            r.user_conns("u", None, None, &mut got);
+            got.sort_by_key(|m| m.opened);
+            // Opening order is model order; a lone device-less survivor may read 0.
+            let want: Vec<(ConnRef, Option<String>)> = model.clone();
+            let have: Vec<(ConnRef, Option<String>)> = got
+                .iter()
+                .map(|m| (m.conn, m.device().map(str::to_owned)))
+                .collect();
+            assert_eq!(have, want, "step {step}");
+        }
     }
 
     #[test]

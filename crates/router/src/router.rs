@@ -158,7 +158,7 @@ impl Router {
             .map(|c| PresenceEntry {
                 node: node.to_owned(),
                 conn: format!("{}.{}.{}", c.conn.reactor, c.conn.index, c.conn.generation),
-                device: c.device.as_deref().unwrap_or(DEFAULT_DEVICE).to_owned(),
+                device: c.device().unwrap_or(DEFAULT_DEVICE).to_owned(),
             })
             .collect()
     }
@@ -209,7 +209,7 @@ impl Router {
             });
         }
         for old in evicted {
-            let replaced = device.is_some() && old.device.as_deref() == device;
+            let replaced = device.is_some() && old.device() == device;
             let (counter, reason) = if replaced {
                 (&self.close_stats.replaced, REPLACED_REASON)
             } else {
