@@ -9,6 +9,7 @@ use clap::Parser;
 use pushgate::config::{Cli, Settings};
 use pushgate::control::{ApiStats, ControlService, ControlState, OperatorStats};
 use pushgate::limits;
+use pushgate::metrics::{Metrics, Sources};
 use reactor::Server;
 use router::{NatsBus, NatsConfig, Router, RouterHooks};
 use session::AuthMode;
@@ -95,6 +96,17 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     // The router knows the reactors before the first client is accepted: a push or an
     // error reply to that client has somewhere to go.
     router.attach(server.reactors().to_vec());
+    let api_stats = Arc::new(ApiStats::default());
+    let operator_stats = Arc::new(OperatorStats::default());
+    let metrics = Metrics::new(Sources {
+        reactors: server.reactors().to_vec(),
+        admission: Arc::clone(server.admission()),
+        router: Arc::clone(&router),
+        api: Arc::clone(&api_stats),
+        operator: Arc::clone(&operator_stats),
+        node_id: node_id.clone(),
+    })
+    .context("registering the metrics")?;
     let _ = control_state.set(Arc::new(ControlState {
         reactors: server.reactors().to_vec(),
         admission: Arc::clone(server.admission()),
@@ -102,9 +114,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         node_id: node_id.clone(),
         api_key: settings.api_key.clone(),
         max_body_bytes: settings.max_body_bytes,
-        api_stats: ApiStats::default(),
+        api_stats,
+        metrics,
         operator_limits: settings.operator,
-        operator_stats: OperatorStats::default(),
+        operator_stats,
     }));
     server.run().context("starting the reactor threads")?;
     if let Some(bus) = &nats {

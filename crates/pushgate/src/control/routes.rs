@@ -13,7 +13,7 @@ use router::{BusError, Router};
 use super::api;
 use super::http::{json_error, response, Request};
 use super::operator::{self, OperatorLimits, OperatorStats};
-use crate::metrics;
+use crate::metrics::Metrics;
 
 /// Server API endpoints, for the request counters.
 pub const API_ENDPOINTS: [&str; 2] = ["push", "broadcast"];
@@ -53,11 +53,13 @@ pub struct ControlState {
     /// API body limit.
     pub max_body_bytes: usize,
     /// API counters.
-    pub api_stats: ApiStats,
+    pub api_stats: Arc<ApiStats>,
+    /// `/metrics`.
+    pub metrics: Metrics,
     /// Bounds of `/v1/presence` and `/v1/disconnect`.
     pub operator_limits: OperatorLimits,
     /// Counters of `/v1/presence` and `/v1/disconnect`.
-    pub operator_stats: OperatorStats,
+    pub operator_stats: Arc<OperatorStats>,
 }
 
 /// Compares in constant time (the `subtle` crate, which also keeps the optimiser from
@@ -104,7 +106,7 @@ impl ControlState {
                 }
             }
             ("GET", "/metrics") => {
-                let body = metrics::render(self);
+                let body = self.metrics.render();
                 response(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -149,7 +151,7 @@ impl ControlState {
                 &self.node_id,
                 &self.operator_limits,
                 &self.operator_stats,
-                &req.query,
+                req.head.query().unwrap_or(""),
             )
         } else {
             operator::disconnect(&self.router, &self.operator_stats, &req.body)
