@@ -528,6 +528,90 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_is_cut_at_its_byte_bound() {
+        let c = Control::new("p", "me", 7);
+        let router = Router::new();
+        let device = "d".repeat(1000);
+        for i in 0..400 {
+            let conn = reactor::ConnRef {
+                reactor: 0,
+                index: i,
+                generation: 1,
+            };
+            let d = format!("{i}{device}");
+            router
+                .registry()
+                .add_user_capped("big", conn, Some(&d), usize::MAX, &mut Vec::new());
+        }
+        router.registry().add_user(
+            "small",
+            reactor::ConnRef {
+                reactor: 1,
+                index: 0,
+                generation: 1,
+            },
+        );
+        let a = c.local_answer(&router, &["small".to_owned(), "big".to_owned()]);
+        assert!(a.truncated);
+        assert_eq!(a.users[0].len(), 1);
+        let kept = a.users[1].len();
+        assert!(kept > 200 && kept < 400, "{kept}");
+        let bytes = serde_json::to_vec(&a).unwrap().len();
+        assert!(bytes <= ANSWER_MAX_BYTES, "{bytes}");
+        let a = c.local_answer(&router, &["small".to_owned()]);
+        assert!(!a.truncated);
+    }
+
+    #[test]
+    fn bad_control_messages_are_dropped_and_counted() {
+        let c = Control::new("p", "me", 7);
+        let router = Router::new();
+        for (subject, payload) in [
+            ("p.ctl.disconnect", &br#"{"uid":"u","code":1000}"#[..]),
+            ("p.ctl.disconnect", br#"{"uid":"","code":4000}"#),
+            ("p.ctl.disconnect", b"[]"),
+            ("p.ctl.presence", br#"{"node":"n2","uids":["u"]}"#), // no reply subject
+            (
+                "p.ctl.reply.0000000000000007.x",
+                br#"{"node":"n2","users":[]}"#,
+            ),
+        ] {
+            c.on_message(&router, subject, None, payload);
+        }
+        assert_eq!(c.stats().invalid.get(), 5);
+        assert_eq!(c.stats().disconnects_received.get(), 0);
+        c.on_message(
+            &router,
+            "p.ctl.disconnect",
+            None,
+            br#"{"uid":"u","code":4000}"#,
+        );
+        assert_eq!(c.stats().disconnects_received.get(), 1);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_rather_than_waits() {
+        let c = Control::new("p", "me", 7);
+        let d = Disconnect {
+            uid: "u".into(),
+            device: None,
+            code: 4000,
+            reason: String::new(),
+            before: None,
+        };
+        for _ in 0..QUEUE_DEPTH {
+            assert_eq!(c.send_disconnect(&d), Ok(()));
+        }
+        assert_eq!(c.send_disconnect(&d), Err(BusError::QueueFull));
+        assert_eq!(
+            c.take_outgoing(Instant::now(), 10).len(),
+            11,
+            "10 and the announcement"
+        );
+        assert_eq!(c.send_disconnect(&d), Ok(()));
+    }
+
+    #[test]
     fn disconnect_requests_are_checked() {
         let ok = Disconnect {
             uid: "u".into(),
