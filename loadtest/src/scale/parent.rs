@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::report::{self, PushTotals, Report};
+use super::report::{PushTotals, Report};
 use super::{hist, Args};
 use crate::adapter::now_micros;
 use crate::procfs;
@@ -92,6 +92,61 @@ impl Children {
     }
 }
 
+/// CPU seconds used so far by the nodes, the bus server and the load processes.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    at: Instant,
+    nodes: Option<u64>,
+    bus: Option<u64>,
+    load: Option<u64>,
+    machine: Option<(u64, u64)>,
+}
+
+impl Cpu {
+    fn read(args: &Args, kids: &Children) -> Cpu {
+        let nodes: Vec<u32> = args.targets.iter().filter_map(|t| t.pid).collect();
+        let load: Vec<u32> = kids.procs.iter().map(Child::id).collect();
+        Cpu {
+            at: Instant::now(),
+            nodes: procfs::cpu_micros(&nodes),
+            bus: args.bus_pid.and_then(|p| procfs::cpu_micros(&[p])),
+            load: procfs::cpu_micros(&load),
+            machine: procfs::machine_cpu_micros(),
+        }
+    }
+
+    /// Prints and returns where the CPU went since `self`: on two shared cores the load
+    /// processes compete with the nodes, which this shows.
+    fn since(&self, args: &Args, kids: &Children) -> serde_json::Value {
+        let now = Cpu::read(args, kids);
+        let d = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e6),
+            _ => None,
+        };
+        let wall = now.at.duration_since(self.at).as_secs_f64();
+        let (n, b, l) = (
+            d(self.nodes, now.nodes),
+            d(self.bus, now.bus),
+            d(self.load, now.load),
+        );
+        let (busy, softirq) = match (self.machine, now.machine) {
+            (Some(a), Some(b)) => (d(Some(a.0), Some(b.0)), d(Some(a.1), Some(b.1))),
+            _ => (None, None),
+        };
+        let s = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.1}"));
+        println!(
+            "  CPU over {wall:.1}s: nodes {} s, nats-server {} s, load processes {} s; machine busy {} of {:.1} core-seconds ({} in softirq)",
+            s(n),
+            s(b),
+            s(l),
+            s(busy),
+            wall * std::thread::available_parallelism().map_or(1.0, |p| p.get() as f64),
+            s(softirq),
+        );
+        serde_json::json!({"wall_secs": wall, "nodes_secs": n, "bus_secs": b, "load_secs": l, "machine_busy_secs": busy, "machine_softirq_secs": softirq})
+    }
+}
+
 impl Drop for Children {
     fn drop(&mut self) {
         for c in &mut self.procs {
@@ -163,6 +218,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     let before = Memory::read(args);
     let start = Instant::now();
     let mut kids = Children::spawn(args)?;
+    let cpu = Cpu::read(args, &kids);
 
     // Connect.
     let mut open = 0;
@@ -186,9 +242,18 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         args.connections,
         open as f64 / connect_secs.max(1e-9)
     );
+    let connect_cpu = cpu.since(args, &kids);
     std::thread::sleep(Duration::from_secs_f64(args.hold.max(0.0)));
     let after = Memory::read(args);
-    let memory = memory_report(args, &before, &after, &per_node, open);
+    let mut memory = memory_report(args, &before, &after, &per_node, open);
+    let load_pids: Vec<u32> = kids.procs.iter().map(Child::id).collect();
+    let load_memory = procfs::memory_bytes(&load_pids);
+    println!(
+        "  load processes: {} MiB in all, {} B per connection",
+        mib(load_memory),
+        delta_per(Some(0), load_memory, open).map_or("?".to_owned(), |p| format!("{p:.0}"))
+    );
+    memory["load_processes"] = load_memory.into();
 
     let mut out = serde_json::json!({
         "scenario": "scale",
@@ -203,6 +268,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         "upgrades_per_sec": open as f64 / connect_secs.max(1e-9),
         "per_node": per_node,
         "memory": memory,
+        "connect_cpu": connect_cpu,
     });
     let mut problems = Vec::new();
     if failed > 0 {
@@ -214,6 +280,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
             "pushes: {}/s for {}s to random users, half through another node",
             args.rate, args.push_secs
         );
+        let cpu = Cpu::read(args, &kids);
         kids.command("pushes")?;
         let mut t = PushTotals::default();
         for r in kids.reports()? {
@@ -225,6 +292,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         t.print("pushes");
         check_pushes(&t, "pushes", &mut problems);
         out["pushes"] = t.json();
+        out["pushes"]["cpu"] = cpu.since(args, &kids);
         out["pushes"]["rate_target"] = args.rate.into();
     }
 
@@ -233,10 +301,12 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
             "broadcast: {} broadcasts, one every {}s, through the nodes in turn",
             args.broadcasts, args.broadcast_interval
         );
+        let cpu = Cpu::read(args, &kids);
         kids.command("broadcast")?;
         let api_failed = publish_broadcasts(args)?;
         let reports = kids.reports()?;
-        let b = broadcast_report(args, &reports, api_failed)?;
+        let mut b = broadcast_report(args, &reports, api_failed)?;
+        b["cpu"] = cpu.since(args, &kids);
         if b["lost"].as_u64().unwrap_or(1) > 0 || api_failed > 0 {
             problems.push(format!(
                 "broadcast: {} deliveries lost, {api_failed} API failures",
@@ -251,6 +321,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
             "storm: {} users drop together and reconnect to another node within a second, pushes to the others going on",
             args.storm_users
         );
+        let cpu = Cpu::read(args, &kids);
         kids.command("storm")?;
         let (mut users, mut reopened, mut sfailed, mut secs) = (0, 0, 0, 0.0f64);
         let (mut pushes, mut verify) = (PushTotals::default(), PushTotals::default());
@@ -270,6 +341,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         verify.print("storm, one push to each returning user");
         check_pushes(&pushes, "storm pushes", &mut problems);
         check_pushes(&verify, "pushes after the storm", &mut problems);
+        let storm_cpu = cpu.since(args, &kids);
         if sfailed > 0 {
             problems.push(format!("storm: {sfailed} reconnects failed"));
         }
@@ -280,6 +352,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
             "reconnect_secs": secs,
             "pushes": pushes.json(),
             "verify": verify.json(),
+            "cpu": storm_cpu,
         });
     }
     kids.finish()?;
@@ -444,7 +517,6 @@ fn broadcast_report(
     );
     println!("  time to reach all: {}", hist::line(&to_all));
     println!("  each delivery:     {}", hist::line(&deliveries));
-    let _ = report::Broadcast::default;
     Ok(serde_json::json!({
         "broadcasts": k,
         "connections": open,
