@@ -234,8 +234,8 @@ impl<'a> Conns<'a> {
             failed += t.refused;
             if last_note.elapsed() > Duration::from_secs(10) {
                 eprintln!(
-                    "  child {:?}: {open}/{n} open, {failed} failed",
-                    self.args.child
+                    "  load process {}: {open}/{n} open, {failed} failed",
+                    self.args.child.unwrap_or(0)
                 );
                 last_note = Instant::now();
             }
