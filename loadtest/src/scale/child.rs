@@ -474,11 +474,20 @@ impl<'a> Conns<'a> {
         let mut last = vec![0u64; k];
         let mut h = hist::new();
         let mut total = 0usize;
-        let end = Instant::now()
-            + Duration::from_secs_f64(
-                self.args.broadcast_interval * k as f64 + self.args.drain + 2.0,
-            );
-        while total < open * k && Instant::now() < end {
+        // Broadcasts still arriving are waited for, however late: a run on a busy
+        // machine may back them up behind each other. The phase ends once all arrived,
+        // or `--drain` seconds pass without any after the last one was due, or at
+        // `--timeout`.
+        let start = Instant::now();
+        let last_due = Duration::from_secs_f64(self.args.broadcast_interval * k as f64 + 1.0);
+        let deadline = self.deadline();
+        let quiet = Duration::from_secs_f64(self.args.drain);
+        let mut last_arrival = Instant::now();
+        while total < open * k && Instant::now() < deadline {
+            if start.elapsed() > last_due && last_arrival.elapsed() > quiet {
+                break;
+            }
+            let before = total;
             self.turn(Duration::from_millis(10), |_, text| {
                 let (Some(ts), Some(b)) = (field_u64(text, "ts"), field_u64(text, "bc")) else {
                     return;
@@ -492,6 +501,9 @@ impl<'a> Conns<'a> {
                 last[b] = last[b].max(latency);
                 total += 1;
             })?;
+            if total > before {
+                last_arrival = Instant::now();
+            }
         }
         Ok(report::Broadcast {
             open,
