@@ -144,7 +144,7 @@ timeout --signal=TERM "$time_limit" "${load[@]}" --target "$(IFS=,; echo "${targ
   --broadcasts "$broadcasts" --broadcast-interval "$interval" --storm-users "$storm" \
   --bus-pid "$nats_pid" --bus-monitor "127.0.0.1:$nats_monitor" || status=$?
 
-echo "== after the run"
+echo "== after the run (the load processes have left; bus subscriptions linger for the unsubscribe delay)"
 curl -s "127.0.0.1:$nats_monitor/varz" | python3 -c 'import json,sys; v=json.load(sys.stdin); print("nats-server: mem %.1f MiB, connections %d, subscriptions %d, slow consumers %d, in_msgs %d, out_msgs %d" % (v["mem"]/1048576, v["connections"], v["subscriptions"], v["slow_consumers"], v["in_msgs"], v["out_msgs"]))' || true
 for c in "${cports[@]}"; do curl -s "127.0.0.1:$c/metrics"; done |
   awk '/^pushgate_bus_(subscriptions|slow_consumer_total|publish_errors_total|refused_total|duplicates_total|invalid_total)[ {]/ {k=$1; sub(/\{.*\}/, "", k); s[k]+=$NF} END {for (k in s) printf "sum over nodes: %s %d\n", k, s[k]}' | sort
