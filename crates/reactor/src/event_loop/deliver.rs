@@ -66,7 +66,7 @@ impl Reactor {
                 reason,
             } => {
                 if let Some(key) = self.resolve(target) {
-                    self.with_session(key, |s, cx, fx| s.close(code, reason, cx, fx));
+                    self.with_session(key, |s, cx, fx| s.close(code, &reason, cx, fx));
                 }
             }
         }

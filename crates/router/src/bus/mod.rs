@@ -23,6 +23,7 @@
 //!   [`HEADER_SENT`] (for the bus latency histogram).
 
 mod conn;
+pub mod control;
 mod dedup;
 mod interest;
 mod lingering;
@@ -38,9 +39,11 @@ mod worker;
 
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
+pub use control::{ClusterPresence, ControlStats, Disconnect, PresenceEntry};
 pub use nats::{BusMessage, Handler, NatsBus, NatsConfig, ReplyHandler, MAX_PENDING_REQUESTS};
 pub use stats::BusStats;
 pub use subject::{Kind, Subjects};
@@ -99,6 +102,27 @@ pub trait ClusterBus: Send + Sync + Debug {
     fn is_ready(&self) -> bool;
     /// The bus counters, when there is a bus.
     fn stats(&self) -> Option<&BusStats>;
+    /// Asks the other nodes for the connections of `uids` (one list per uid, in order),
+    /// waiting for their answers until `deadline` at most; nodes that did not answer are
+    /// named. A node alone has nobody to ask.
+    fn presence(&self, uids: &[String], _deadline: Instant) -> Result<ClusterPresence, BusError> {
+        Ok(ClusterPresence {
+            users: vec![Vec::new(); uids.len()],
+            ..ClusterPresence::default()
+        })
+    }
+    /// Asks the other nodes to close connections, without waiting.
+    fn disconnect(&self, _req: &Disconnect) -> Result<(), BusError> {
+        Ok(())
+    }
+    /// The other nodes alive now.
+    fn live_nodes(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// The control counters, when there is a bus.
+    fn control_stats(&self) -> Option<&ControlStats> {
+        None
+    }
 }
 
 /// A node alone: nothing to reach beyond it.
@@ -137,5 +161,21 @@ impl<T: ClusterBus + ?Sized> ClusterBus for Arc<T> {
 
     fn stats(&self) -> Option<&BusStats> {
         (**self).stats()
+    }
+
+    fn presence(&self, uids: &[String], deadline: Instant) -> Result<ClusterPresence, BusError> {
+        (**self).presence(uids, deadline)
+    }
+
+    fn disconnect(&self, req: &Disconnect) -> Result<(), BusError> {
+        (**self).disconnect(req)
+    }
+
+    fn live_nodes(&self) -> Vec<String> {
+        (**self).live_nodes()
+    }
+
+    fn control_stats(&self) -> Option<&ControlStats> {
+        (**self).control_stats()
     }
 }

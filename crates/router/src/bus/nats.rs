@@ -9,6 +9,8 @@
 //! thread reconciles against the registry, so a user who leaves and comes back before the
 //! bus thread looks costs no bus traffic at all.
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -20,6 +22,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::conn;
+use super::control::{ClusterPresence, Control, ControlStats, Disconnect};
 use super::interest::Changed;
 use super::liveness::Liveness;
 use super::servers::Pool;
@@ -131,6 +134,8 @@ pub(super) struct Shared {
     pub(super) pending_requests: AtomicUsize,
     pub(super) stop: AtomicBool,
     pub(super) liveness: Liveness,
+    /// Node announcements, presence and disconnects ([`super::control`]).
+    pub(super) control: Control,
 }
 
 impl std::fmt::Debug for Shared {
@@ -191,6 +196,12 @@ impl NatsBus {
                 pending_requests: AtomicUsize::new(0),
                 stop: AtomicBool::new(false),
                 liveness: Liveness::new(config.ping_timeout),
+                control: Control::new(
+                    &config.prefix,
+                    &config.node_id,
+                    RandomState::new()
+                        .hash_one(super::worker::unix_micros() ^ u64::from(std::process::id())),
+                ),
             }),
             thread: Mutex::new(None),
             pending: Mutex::new(Some(Start {
@@ -346,6 +357,32 @@ impl ClusterBus for NatsBus {
 
     fn stats(&self) -> Option<&BusStats> {
         Some(&self.shared.stats)
+    }
+
+    fn presence(&self, uids: &[String], deadline: Instant) -> Result<ClusterPresence, BusError> {
+        if !self.shared.is_ready() {
+            return Err(BusError::Disconnected);
+        }
+        self.shared
+            .control
+            .ask_presence(uids, deadline, || self.shared.wake.notify_one())
+    }
+
+    fn disconnect(&self, req: &Disconnect) -> Result<(), BusError> {
+        if !self.shared.is_ready() {
+            return Err(BusError::Disconnected);
+        }
+        self.shared.control.send_disconnect(req)?;
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    fn live_nodes(&self) -> Vec<String> {
+        self.shared.control.live_peers(Instant::now())
+    }
+
+    fn control_stats(&self) -> Option<&ControlStats> {
+        Some(self.shared.control.stats())
     }
 }
 

@@ -21,6 +21,8 @@ pub(super) enum Target {
     Interest(Key),
     /// The `n`th fixed-subject handler.
     Handler(u32),
+    /// The `n`th subject of node-to-node control ([`super::control`]).
+    Control(u32),
     /// Replies to our requests (`<inbox>.*`).
     Inbox,
 }

@@ -114,6 +114,8 @@ pub(super) struct Worker {
     options: conn::Options,
     subs: Subs,
     handlers: Vec<(String, Handler)>,
+    /// The subjects of [`super::control`] (announcements, presence, disconnects, replies).
+    control_subjects: Vec<String>,
     /// `_INBOX.<random>`: replies to our requests arrive on `<inbox>.<n>`.
     inbox: String,
     requests: HashMap<u64, Pending>,
@@ -153,6 +155,10 @@ impl Worker {
         let mut subs = Subs::default();
         subs.add(Target::Broadcast);
         subs.add(Target::Inbox);
+        let control_subjects = bus.shared().control.subscriptions().to_vec();
+        for i in 0..control_subjects.len() {
+            subs.add(Target::Control(i as u32));
+        }
         Worker {
             shared: Arc::clone(bus.shared()),
             config,
@@ -164,6 +170,7 @@ impl Worker {
             options,
             subs,
             handlers: Vec::new(),
+            control_subjects,
             inbox: format!(
                 "_INBOX.{boot:016x}{:08x}",
                 RandomState::new().hash_one(boot) as u32
@@ -273,6 +280,7 @@ impl Worker {
             Target::Broadcast => self.subjects.broadcast(),
             Target::Interest((kind, id)) => self.subjects.subject(*kind, id),
             Target::Handler(i) => self.handlers[*i as usize].0.clone(),
+            Target::Control(i) => self.control_subjects[*i as usize].clone(),
             Target::Inbox => format!("{}.*", self.inbox),
         }
     }
@@ -297,6 +305,8 @@ impl Worker {
         self.subs_changed = true;
         let stats = &self.shared.stats;
         self.shared.liveness.reset();
+        // The other nodes learn of this one (again) at once.
+        self.shared.control.announce_soon();
         stats.connects.add(1);
         stats.connected.store(true, Ordering::Relaxed);
         tracing::info!(server, server_id = %info.server_id, known_servers = self.pool.len(), "cluster bus: connected to NATS");
@@ -322,6 +332,7 @@ impl Worker {
             let mut more = false;
             if c.pending() < WRITE_HIGH {
                 more |= self.publish_batch(&mut c, now);
+                more |= self.publish_control(&mut c, now);
                 more |= self.reconcile_batch(&mut c);
                 more |= self.expire_leaving(&mut c);
             }
@@ -471,6 +482,11 @@ impl Worker {
                 (self.handlers[i as usize].1)(&self.bus, &msg);
             }
             Target::Inbox => self.on_reply(m),
+            Target::Control(_) => {
+                self.shared
+                    .control
+                    .on_message(&self.router, m.subject, m.reply, m.payload);
+            }
         }
     }
 
@@ -636,6 +652,14 @@ impl Worker {
                 );
             }
         }
+    }
+
+    /// Writes queued control messages and a due announcement; true if more are waiting.
+    fn publish_control(&mut self, c: &mut Conn, now: Instant) -> bool {
+        for m in self.shared.control.take_outgoing(now, PUBLISH_BATCH) {
+            wire::write_pub(&mut c.wbuf, &m.subject, m.reply.as_deref(), &[], &m.payload);
+        }
+        self.shared.control.has_outgoing()
     }
 
     /// Writes queued publishes; true if more are waiting.
@@ -819,7 +843,7 @@ impl Worker {
     }
 }
 
-fn unix_micros() -> u64 {
+pub(super) fn unix_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
