@@ -62,6 +62,11 @@ pub mod names {
     pub const ACCEPT_ERRORS: &str = "pushgate_accept_errors_total";
     /// Gauge: 1, labelled with the node ID.
     pub const NODE_INFO: &str = "pushgate_node_info";
+    /// Gauge: 1, labelled with the I/O backend in use (`epoll` or `io_uring`).
+    pub const IO_BACKEND: &str = "pushgate_io_backend";
+    /// Counter: io_uring receives that found every receive buffer taken (`ENOBUFS`).
+    pub const IO_URING_RECV_BUFFERS_EXHAUSTED: &str =
+        "pushgate_io_uring_recv_buffers_exhausted_total";
     /// Gauge: users with a connection on this node.
     pub const USERS_ONLINE: &str = "pushgate_users_online";
     /// Gauge: rooms with a member on this node.
@@ -158,6 +163,16 @@ pub fn render(state: &ControlState) -> String {
         "node",
         [(node, 1)],
     );
+    if let Some(r) = reactors.first() {
+        family(
+            &mut out,
+            IO_BACKEND,
+            "gauge",
+            "The I/O backend the reactors use.",
+            "backend",
+            [(r.io_backend(), 1)],
+        );
+    }
 
     let gauges: [(&str, &str, Read); 3] = [
         (CONNECTIONS, "Open client sockets.", |s| s.connections.get()),
@@ -190,7 +205,7 @@ pub fn render(state: &ControlState) -> String {
         state.admission.max_connections(),
     );
 
-    let counters: [(&str, &str, Read); 10] = [
+    let counters: [(&str, &str, Read); 11] = [
         (ACCEPTED, "Client sockets accepted.", |s| s.accepted.get()),
         (BYTES_RECEIVED, "Bytes read from clients.", |s| {
             s.bytes_in.get()
@@ -222,6 +237,11 @@ pub fn render(state: &ControlState) -> String {
         (ACCEPT_ERRORS, "Failed accept calls.", |s| {
             s.accept_errors.get()
         }),
+        (
+            IO_URING_RECV_BUFFERS_EXHAUSTED,
+            "io_uring receives that found every receive buffer taken and were re-armed.",
+            |s| s.recv_buffers_exhausted.get(),
+        ),
         (
             MESSAGES_DELIVERED,
             "Push frames queued to connections.",
