@@ -86,13 +86,22 @@ fn rss_bytes(pid: u32) -> u64 {
 /// Resident memory per idle upgraded connection on one backend.
 fn idle_rss_per_connection(backend: &str, n: usize) -> f64 {
     let gw = Gateway::start(&["--io", backend, "--reactors", "2"]);
-    // Warm up: the first connections touch the reactors' shared memory (buffers, slabs).
-    let warm: Vec<Client> = (0..200)
+    // Warm up: touch the reactors' shared memory first (slabs; on io_uring every buffer of
+    // the receive ring, which the kernel takes in turn), so what follows is per connection.
+    let mut warm: Vec<Client> = (0..64)
         .map(|i| {
             let s = connect_from([127, 0, 1, 2 + (i % 50) as u8], gw.client_addr);
-            Client::connect_with(s, &format!("/ws?uid=w{i}"), "")
+            Client::connect_with(s, "/echo", "")
         })
         .collect();
+    for _ in 0..40 {
+        for c in warm.iter_mut() {
+            c.send(OpCode::Binary, &[7; 100]);
+        }
+        for c in warm.iter_mut() {
+            let _ = c.recv();
+        }
+    }
     std::thread::sleep(Duration::from_millis(200));
     let before = rss_bytes(gw.pid());
     let start = Instant::now();
