@@ -103,7 +103,7 @@ impl Server {
             let stats = Arc::new(ReactorStats::default());
             let hooks = hooks(id, &stats);
             ready.push(match backend {
-                IoBackend::IoUring => Ready::Uring(Reactor::new(
+                IoBackend::IoUring => Ready::Uring(Box::new(Reactor::new(
                     id,
                     Uring::new(
                         poll,
@@ -118,8 +118,8 @@ impl Server {
                     Arc::clone(&stats),
                     hooks,
                     service,
-                )?),
-                IoBackend::Epoll | IoBackend::Auto => Ready::Epoll(Reactor::new(
+                )?)),
+                IoBackend::Epoll | IoBackend::Auto => Ready::Epoll(Box::new(Reactor::new(
                     id,
                     Epoll::new(poll, listener)?,
                     rx,
@@ -129,7 +129,7 @@ impl Server {
                     Arc::clone(&stats),
                     hooks,
                     service,
-                )?),
+                )?)),
             });
             handles.push(ReactorHandle {
                 id,
@@ -221,6 +221,6 @@ impl Server {
 /// A reactor bound and not yet running, over its backend.
 #[derive(Debug)]
 enum Ready {
-    Epoll(Reactor<Epoll>),
-    Uring(Reactor<Uring>),
+    Epoll(Box<Reactor<Epoll>>),
+    Uring(Box<Reactor<Uring>>),
 }
