@@ -356,6 +356,12 @@ impl<D: Driver> Reactor<D> {
         self.with_session(key, |s, _, fx| s.handle_eof(fx));
     }
 
+    /// Whether accepting is held back (the accept rate, the pending-handshake bound, a
+    /// back-off, a drain): a driver that accepts ahead must not start again on its own.
+    pub(crate) fn accept_paused(&self) -> bool {
+        self.accept_blocked || self.accept_resume_at.is_some() || self.drain.is_some()
+    }
+
     /// Whether the connection still wants what it receives (not once its session ended).
     pub(crate) fn wants_input(&self, key: usize) -> bool {
         self.conns.get(key).is_some_and(|c| !c.close_after_flush)

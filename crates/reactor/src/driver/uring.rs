@@ -128,6 +128,8 @@ pub(crate) struct Uring {
     listener: TcpListener,
     accepting: bool,
     accept_armed: bool,
+    /// A cancellation of the multishot accept is on its way.
+    accept_cancelling: bool,
     accepted: VecDeque<io::Result<TcpStream>>,
     /// Connections to send for at the end of the turn.
     to_send: Vec<(usize, u32)>,
@@ -214,6 +216,7 @@ impl Uring {
             listener,
             accepting: true,
             accept_armed: false,
+            accept_cancelling: false,
             accepted: VecDeque::new(),
             to_send: Vec::new(),
             to_recv: Vec::new(),
@@ -252,7 +255,8 @@ impl Uring {
     }
 
     fn cancel_accept(&mut self) {
-        if self.accept_armed {
+        if self.accept_armed && !self.accept_cancelling {
+            self.accept_cancelling = true;
             let sqe =
                 opcode::AsyncCancel2::new(CancelBuilder::user_data(user_data(OP_ACCEPT, 0, 0)))
                     .build()
@@ -482,6 +486,14 @@ impl Reactor<Uring> {
         if self.io.accepted.len() >= ACCEPT_QUEUE {
             // Admission stopped accepting: the rest wait in the kernel's backlog.
             self.io.cancel_accept();
+        } else if self.io.accepting
+            && !self.io.accept_armed
+            && self.io.accepted.is_empty()
+            && !self.accept_paused()
+        {
+            // The multishot accept ended (cancelled while the queue was full, or by the
+            // kernel) and nothing holds accepting back: start it again.
+            self.io.arm_accept();
         }
     }
 
@@ -491,6 +503,7 @@ impl Reactor<Uring> {
             OP_ACCEPT => {
                 if !cqueue::more(flags) {
                     self.io.accept_armed = false;
+                    self.io.accept_cancelling = false;
                 }
                 if res >= 0 {
                     // SAFETY: a successful accept completion carries a new descriptor
