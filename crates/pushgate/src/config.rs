@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::{Args, Parser};
 use protocol::deflate::DeflateConfig;
 use protocol::{DecoderConfig, Role};
 use reactor::{OutboundLimits, ReactorConfig, ServiceConfig, ServiceLimits};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use session::{AuthMode, JwtAuth, ReconnectAdvice, SessionConfig};
 
 /// Defaults, in one place.
@@ -68,6 +68,16 @@ pub struct Cli {
     /// TOML file with any of the keys below (snake_case); flags and environment override it.
     #[arg(long, env = "PUSHGATE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Every other key.
+    #[command(flatten)]
+    pub keys: Keys,
+}
+
+/// Every configuration key, declared once: clap reads it as a flag or `PUSHGATE_<NAME>`,
+/// serde as a TOML key of the same name; [`Keys::layered`] puts the flags over the file.
+#[derive(Debug, Default, Clone, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Keys {
     /// Client listener [default: 0.0.0.0:8080].
     #[arg(long, env = "PUSHGATE_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -251,66 +261,27 @@ pub struct Cli {
     pub history_max_bytes: Option<usize>,
 }
 
-/// The same keys in a TOML file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    listen: Option<SocketAddr>,
-    control: Option<SocketAddr>,
-    reactors: Option<usize>,
-    max_connections: Option<usize>,
-    max_connections_per_ip: Option<u32>,
-    max_pending_handshakes: Option<usize>,
-    handshake_pressure_timeout: Option<f64>,
-    max_accept_rate: Option<u32>,
-    backlog: Option<i32>,
-    handshake_timeout: Option<f64>,
-    heartbeat: Option<f64>,
-    idle_timeout: Option<f64>,
-    close_timeout: Option<f64>,
-    shutdown_drain: Option<f64>,
-    max_header_bytes: Option<usize>,
-    max_frame_size: Option<usize>,
-    max_message_size: Option<usize>,
-    max_outbound_bytes: Option<usize>,
-    max_outbound_messages: Option<usize>,
-    inbox_depth: Option<usize>,
-    inbox_bytes: Option<usize>,
-    client_rate: Option<u32>,
-    max_recipients: Option<usize>,
-    echo: Option<bool>,
-    deflate: Option<bool>,
-    jwt_secret: Option<String>,
-    jwt_public_key: Option<PathBuf>,
-    jwt_algorithm: Option<String>,
-    jwt_leeway: Option<u64>,
-    close_on_token_expiry: Option<bool>,
-    allowed_origins: Option<String>,
-    max_bad_requests: Option<u32>,
-    api_key: Option<String>,
-    max_body_bytes: Option<usize>,
-    control_max_clients: Option<usize>,
-    control_idle_timeout: Option<f64>,
-    control_first_request_timeout: Option<f64>,
-    compress_min_bytes: Option<usize>,
-    io: Option<String>,
-    io_uring_buffers: Option<u16>,
-    io_uring_buffer_size: Option<usize>,
-    reconnect_base_ms: Option<u64>,
-    reconnect_factor: Option<f64>,
-    reconnect_jitter: Option<f64>,
-    reconnect_cap_ms: Option<u64>,
-    node_id: Option<String>,
-    nats: Option<String>,
-    bus_prefix: Option<String>,
-    bus_queue_depth: Option<usize>,
-    bus_unsubscribe_delay: Option<f64>,
-    bus_ping_timeout: Option<f64>,
-    bus_max_lingering: Option<usize>,
-    log_json: Option<bool>,
-    history_size: Option<usize>,
-    history_ttl: Option<f64>,
-    history_max_bytes: Option<usize>,
+impl Keys {
+    /// The flags (and their environment variables) over the `--config` file: both are
+    /// turned into TOML tables (a flag not given is absent, not null), the flags' table is
+    /// laid over the file's, and the result is read back, so a key unknown to the file or a
+    /// value of the wrong type is refused with the file's name.
+    pub fn layered(cli: &Cli) -> anyhow::Result<Keys> {
+        let Some(path) = &cli.config else {
+            return Ok(cli.keys.clone());
+        };
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        match toml::Value::try_from(&cli.keys).context("flags as TOML")? {
+            toml::Value::Table(flags) => table.extend(flags),
+            other => bail!("flags as TOML: expected a table, got {}", other.type_str()),
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .with_context(|| format!("parsing {}", path.display()))
+    }
 }
 
 /// The cluster bus settings.
@@ -375,25 +346,17 @@ impl Settings {
     /// Resolves flags over the file over the defaults. `fd_limit` is the open-files limit
     /// after raising it, from which the default capacity is derived.
     pub fn resolve(cli: &Cli, fd_limit: u64) -> anyhow::Result<Settings> {
-        let file = match &cli.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str::<FileConfig>(&text)
-                    .with_context(|| format!("parsing {}", path.display()))?
-            }
-            None => FileConfig::default(),
-        };
+        let k = Keys::layered(cli)?;
         macro_rules! pick {
             ($key:ident, $default:expr) => {
-                cli.$key.or(file.$key).unwrap_or($default)
+                k.$key.clone().unwrap_or($default)
             };
         }
-        let listen = match cli.listen.or(file.listen) {
+        let listen = match k.listen {
             Some(a) => a,
             None => default::LISTEN.parse()?,
         };
-        let control = match cli.control.or(file.control) {
+        let control = match k.control {
             Some(a) => a,
             None => default::CONTROL.parse()?,
         };
@@ -403,7 +366,7 @@ impl Settings {
             bail!("reactors must be between 1 and 1024, got {reactors}");
         }
         let fd_capacity = fd_limit.saturating_sub(default::RESERVED_FDS).max(1) as usize;
-        let configured = cli.max_connections.or(file.max_connections);
+        let configured = k.max_connections;
         let max_connections = configured.unwrap_or(fd_capacity);
         if max_connections == 0 {
             bail!("max_connections must be at least 1");
@@ -436,17 +399,13 @@ impl Settings {
                 ..DeflateConfig::default()
             },
             echo: pick!(echo, true),
-            auth: auth_mode(cli, &file)?,
-            allowed_origins: cli
-                .allowed_origins
-                .clone()
-                .or(file.allowed_origins.clone())
-                .map(|list| {
-                    list.split(',')
-                        .map(|o| o.trim().to_owned())
-                        .filter(|o| !o.is_empty())
-                        .collect()
-                }),
+            auth: auth_mode(&k)?,
+            allowed_origins: k.allowed_origins.as_ref().map(|list| {
+                list.split(',')
+                    .map(|o| o.trim().to_owned())
+                    .filter(|o| !o.is_empty())
+                    .collect()
+            }),
             close_on_token_expiry: pick!(close_on_token_expiry, true),
             max_bad_requests: pick!(max_bad_requests, 10),
             reconnect: ReconnectAdvice {
@@ -489,9 +448,8 @@ impl Settings {
             tick: Duration::from_millis(10),
             compress_min_bytes: pick!(compress_min_bytes, 256),
             io: {
-                let name = cli.io.clone().or(file.io.clone());
-                let name = name.as_deref().unwrap_or("auto");
-                match reactor::IoBackend::parse(name) {
+                let name = pick!(io, "auto".to_owned());
+                match reactor::IoBackend::parse(&name) {
                     Some(b) => b,
                     None => bail!("io must be auto, epoll or io-uring, got {name}"),
                 }
@@ -536,35 +494,25 @@ impl Settings {
                 pick!(shutdown_drain, default::SHUTDOWN_DRAIN),
             )?,
             capacity_from_fd_limit: configured.is_none(),
-            node_id: match cli.node_id.clone().or(file.node_id) {
+            node_id: match k.node_id.clone() {
                 Some(id) if id.trim().is_empty() => bail!("node_id must not be empty"),
                 Some(id) => id,
                 None => default_node_id(),
             },
-            api_key: cli
-                .api_key
-                .clone()
-                .or(file.api_key.clone())
-                .filter(|k| !k.is_empty()),
+            api_key: k.api_key.clone().filter(|k| !k.is_empty()),
             max_body_bytes: pick!(
                 max_body_bytes,
                 max_message_size.saturating_add(default::BODY_ENVELOPE)
             )
             .max(64),
-            bus: match cli
-                .nats
-                .clone()
-                .or(file.nats.clone())
-                .filter(|u| !u.trim().is_empty())
-            {
+            bus: match k.nats.clone().filter(|u| !u.trim().is_empty()) {
                 None => None,
                 Some(url) => {
                     Some(BusSettings {
                         url,
-                        prefix: cli
+                        prefix: k
                             .bus_prefix
                             .clone()
-                            .or(file.bus_prefix.clone())
                             .unwrap_or_else(|| default::BUS_PREFIX.to_owned()),
                         queue_depth: pick!(bus_queue_depth, default::BUS_QUEUE_DEPTH).max(1),
                         unsubscribe_delay: {
@@ -593,14 +541,10 @@ impl Settings {
 }
 
 /// JWT verification from a secret or a public key; dev mode when neither is set.
-fn auth_mode(cli: &Cli, file: &FileConfig) -> anyhow::Result<AuthMode> {
-    let leeway = Duration::from_secs(cli.jwt_leeway.or(file.jwt_leeway).unwrap_or(30));
-    let secret = cli
-        .jwt_secret
-        .clone()
-        .or(file.jwt_secret.clone())
-        .filter(|s| !s.is_empty());
-    let key_file = cli.jwt_public_key.clone().or(file.jwt_public_key.clone());
+fn auth_mode(k: &Keys) -> anyhow::Result<AuthMode> {
+    let leeway = Duration::from_secs(k.jwt_leeway.unwrap_or(30));
+    let secret = k.jwt_secret.clone().filter(|s| !s.is_empty());
+    let key_file = k.jwt_public_key.clone();
     match (secret, key_file) {
         (Some(_), Some(_)) => bail!("set either jwt_secret or jwt_public_key, not both"),
         (Some(secret), None) => Ok(AuthMode::Jwt(
@@ -609,11 +553,7 @@ fn auth_mode(cli: &Cli, file: &FileConfig) -> anyhow::Result<AuthMode> {
         (None, Some(path)) => {
             let pem =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let algorithm = cli
-                .jwt_algorithm
-                .clone()
-                .or(file.jwt_algorithm.clone())
-                .unwrap_or_else(|| "RS256".into());
+            let algorithm = k.jwt_algorithm.clone().unwrap_or_else(|| "RS256".into());
             let auth = match algorithm.to_ascii_uppercase().as_str() {
                 "RS256" => JwtAuth::rs256_pem(&pem)?,
                 "ES256" => JwtAuth::es256_pem(&pem)?,
@@ -754,6 +694,45 @@ mod tests {
         ] {
             assert!(help.contains(env), "{env}");
         }
+    }
+
+    #[test]
+    fn every_flag_is_a_file_key_and_an_environment_variable() {
+        let command = <Cli as clap::CommandFactory>::command();
+        let mut keys = 0;
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "config" | "help" | "version") {
+                continue;
+            }
+            keys += 1;
+            let key = long.replace('-', "_");
+            // A value of the wrong type: the key must be known and the value refused.
+            let err = toml::from_str::<Keys>(&format!("{key} = [[]]"))
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains("unknown field"), "{key}: {err}");
+            let env = format!("PUSHGATE_{}", key.to_ascii_uppercase());
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(env.as_str()));
+        }
+        assert!(keys >= 50, "only {keys} keys");
+        let err = toml::from_str::<Keys>("no_such_key = 1").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn a_file_value_of_the_wrong_type_names_the_file() {
+        let dir = std::env::temp_dir().join(format!("pushgate-config-type-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.toml");
+        std::fs::write(&path, "heartbeat = \"soon\"\n").unwrap();
+        let p = path.to_str().unwrap();
+        let err = Settings::resolve(&cli(&["--config", p]), 100).unwrap_err();
+        assert!(format!("{err:#}").contains("p.toml"), "{err:#}");
+        // A flag replaces the file's value before it is read, as it would a good one.
+        let s = Settings::resolve(&cli(&["--config", p, "--heartbeat", "3"]), 100).unwrap();
+        assert_eq!(s.reactor.session.heartbeat, Duration::from_secs(3));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

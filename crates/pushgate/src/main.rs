@@ -9,6 +9,7 @@ use clap::Parser;
 use pushgate::config::{Cli, Settings};
 use pushgate::control::{ApiStats, ControlService, ControlState};
 use pushgate::limits;
+use pushgate::metrics::{Metrics, Sources};
 use reactor::Server;
 use router::{NatsBus, NatsConfig, Router, RouterHooks};
 use session::AuthMode;
@@ -92,6 +93,15 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     // The router knows the reactors before the first client is accepted: a push or an
     // error reply to that client has somewhere to go.
     router.attach(server.reactors().to_vec());
+    let api_stats = Arc::new(ApiStats::default());
+    let metrics = Metrics::new(Sources {
+        reactors: server.reactors().to_vec(),
+        admission: Arc::clone(server.admission()),
+        router: Arc::clone(&router),
+        api: Arc::clone(&api_stats),
+        node_id: node_id.clone(),
+    })
+    .context("registering the metrics")?;
     let _ = control_state.set(Arc::new(ControlState {
         reactors: server.reactors().to_vec(),
         admission: Arc::clone(server.admission()),
@@ -99,7 +109,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         node_id: node_id.clone(),
         api_key: settings.api_key.clone(),
         max_body_bytes: settings.max_body_bytes,
-        api_stats: ApiStats::default(),
+        api_stats,
+        metrics,
     }));
     server.run().context("starting the reactor threads")?;
     if let Some(bus) = &nats {

@@ -1,9 +1,18 @@
-//! `/metrics` in the Prometheus text format. Counters live per reactor (each written by one
-//! thread only) and are summed here, at scrape time; connection gauges keep a bounded
-//! `reactor` label so imbalance between reactors is visible.
+//! `/metrics` through the `prometheus` crate. Counters live per reactor (each written by
+//! one thread only) and are summed by custom collectors at scrape time, so the hot path
+//! never touches a shared cell; connection gauges keep a bounded `reactor` label so
+//! imbalance between reactors is visible. One collector per part of the node: the
+//! reactors, their inboxes, the control listener and API, the router, the bus.
 
-use std::fmt::Write;
+use std::sync::Arc;
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram as HistogramProto, LabelPair, Metric, MetricFamily,
+    MetricType,
+};
+use prometheus::{Encoder, Registry, TextEncoder};
+use reactor::admission::Admission;
 use reactor::stats::{
     Histogram, DROP_REASONS, LATENCY_BUCKETS_US, PROTOCOL_CLOSE_CODES, REJECT_STATUSES,
     SERVICE_EVICT_REASONS,
@@ -11,8 +20,9 @@ use reactor::stats::{
 use reactor::{ReactorHandle, ReactorStats, INBOX_DROP_REASONS};
 use router::bus::stats::REFUSE_REASONS;
 use router::bus::BusStats;
+use router::Router;
 
-use crate::control::{ControlState, API_ENDPOINTS, API_STATUSES};
+use crate::control::{ApiStats, API_ENDPOINTS, API_STATUSES};
 
 /// Metric names, one place to grep.
 pub mod names {
@@ -124,56 +134,226 @@ fn sum(reactors: &[ReactorHandle], f: impl Fn(&ReactorStats) -> u64) -> u64 {
     reactors.iter().map(|r| f(r.stats())).sum()
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// What the collectors read, each part shared with the node that writes it.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// The reactors, for their counters.
+    pub reactors: Vec<ReactorHandle>,
+    /// Connection caps.
+    pub admission: Arc<Admission>,
+    /// Registry gauges, history, the bus.
+    pub router: Arc<Router>,
+    /// Server API counters.
+    pub api: Arc<ApiStats>,
+    /// This node's name.
+    pub node_id: String,
 }
 
-/// One metric with no labels.
-fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-    header(out, name, kind, help);
-    let _ = writeln!(out, "{name} {value}");
+/// The node's metrics registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
 }
 
-/// One metric family: a sample per value of a single bounded label.
-fn family<L: std::fmt::Display>(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    label: &str,
-    samples: impl IntoIterator<Item = (L, u64)>,
-) {
-    header(out, name, kind, help);
-    for (value, n) in samples {
-        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+impl Metrics {
+    /// A registry holding one collector per part of the node.
+    pub fn new(sources: Sources) -> anyhow::Result<Metrics> {
+        let registry = Registry::new();
+        let parts: [(&'static str, Build); 5] = [
+            ("reactors", reactors),
+            ("inboxes", inboxes),
+            ("control", control),
+            ("router", router_part),
+            ("bus", bus),
+        ];
+        for (name, build) in parts {
+            let collector = SumAtScrape::new(name, sources.clone(), build)?;
+            registry.register(Box::new(collector))?;
+        }
+        Ok(Metrics { registry })
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding to a Vec fails only for families the collectors cannot produce (no
+        // type, no samples' values): nothing is lost by answering what was encoded.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 
-/// Renders every metric.
-pub fn render(state: &ControlState) -> String {
+/// Fills in one part's families from the current counters.
+type Build = fn(&Sources, &mut Families);
+
+/// A collector that reads the sources at scrape time. Its descriptors are taken from one
+/// collection at start, so each family's name, help and labels are written once.
+struct SumAtScrape {
+    part: &'static str,
+    sources: Sources,
+    build: Build,
+    descs: Vec<Desc>,
+}
+
+impl std::fmt::Debug for SumAtScrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SumAtScrape")
+            .field("part", &self.part)
+            .finish()
+    }
+}
+
+impl SumAtScrape {
+    fn new(part: &'static str, sources: Sources, build: Build) -> anyhow::Result<SumAtScrape> {
+        let mut families = Families::default();
+        build(&sources, &mut families);
+        let descs = families
+            .0
+            .iter()
+            .map(|f| {
+                let labels = f
+                    .get_metric()
+                    .first()
+                    .map(|m| m.get_label().iter().map(|l| l.name().to_owned()).collect())
+                    .unwrap_or_default();
+                Desc::new(
+                    f.name().to_owned(),
+                    f.help().to_owned(),
+                    labels,
+                    Default::default(),
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(SumAtScrape {
+            part,
+            sources,
+            build,
+            descs,
+        })
+    }
+}
+
+impl Collector for SumAtScrape {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut families = Families::default();
+        (self.build)(&self.sources, &mut families);
+        families.0
+    }
+}
+
+/// Metric families under construction.
+#[derive(Default)]
+struct Families(Vec<MetricFamily>);
+
+fn label(name: &str, value: String) -> LabelPair {
+    let mut l = LabelPair::default();
+    l.set_name(name.to_owned());
+    l.set_value(value);
+    l
+}
+
+fn sample(kind: MetricType, labels: Vec<LabelPair>, value: f64) -> Metric {
+    let mut m = Metric::default();
+    m.set_label(labels);
+    match kind {
+        MetricType::COUNTER => {
+            let mut c = Counter::default();
+            c.set_value(value);
+            m.set_counter(c);
+        }
+        _ => {
+            let mut g = Gauge::default();
+            g.set_value(value);
+            m.set_gauge(g);
+        }
+    }
+    m
+}
+
+impl Families {
+    fn start(&mut self, name: &str, kind: MetricType, help: &str) -> &mut MetricFamily {
+        let mut f = MetricFamily::default();
+        f.set_name(name.to_owned());
+        f.set_help(help.to_owned());
+        f.set_field_type(kind);
+        self.0.push(f);
+        let last = self.0.len() - 1;
+        &mut self.0[last]
+    }
+
+    /// One metric with no labels.
+    fn single(&mut self, name: &str, kind: MetricType, help: &str, value: u64) {
+        self.start(name, kind, help)
+            .mut_metric()
+            .push(sample(kind, Vec::new(), value as f64));
+    }
+
+    /// A sample per value of a single bounded label.
+    fn family<L: ToString>(
+        &mut self,
+        name: &str,
+        kind: MetricType,
+        help: &str,
+        key: &str,
+        samples: impl IntoIterator<Item = (L, u64)>,
+    ) {
+        let f = self.start(name, kind, help);
+        for (value, n) in samples {
+            f.mut_metric()
+                .push(sample(kind, vec![label(key, value.to_string())], n as f64));
+        }
+    }
+
+    /// A latency histogram, buckets summed over its parts and made cumulative.
+    fn histogram<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        parts: impl Iterator<Item = &'a Histogram> + Clone,
+    ) {
+        let total = |f: &dyn Fn(&Histogram) -> u64| parts.clone().map(f).sum::<u64>();
+        let mut h = HistogramProto::default();
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(LATENCY_BUCKETS_US.len());
+        for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
+            cumulative += total(&|h| h.buckets[i].get());
+            let mut b = Bucket::default();
+            b.set_upper_bound(*bound as f64 / 1e6);
+            b.set_cumulative_count(cumulative);
+            buckets.push(b);
+        }
+        h.set_bucket(buckets);
+        // The +Inf bucket is the count, which the encoder writes from it.
+        h.set_sample_count(cumulative + total(&|h| h.buckets[LATENCY_BUCKETS_US.len()].get()));
+        h.set_sample_sum(total(&|h| h.sum_us.get()) as f64 / 1e6);
+        let mut m = Metric::default();
+        m.set_histogram(h);
+        self.start(name, MetricType::HISTOGRAM, help)
+            .mut_metric()
+            .push(m);
+    }
+}
+
+use MetricType::{COUNTER, GAUGE};
+
+/// Connections, upgrades, traffic and client requests, summed over the reactors.
+fn reactors(src: &Sources, out: &mut Families) {
     use names::*;
-    let reactors = state.reactors.as_slice();
-    let mut out = String::with_capacity(8192);
-    let node = state.node_id.replace(['"', '\\', '\n'], "_");
-    family(
-        &mut out,
-        NODE_INFO,
-        "gauge",
-        "This node.",
-        "node",
-        [(node, 1)],
-    );
+    let reactors = src.reactors.as_slice();
+    out.family(NODE_INFO, GAUGE, "This node.", "node", [(&src.node_id, 1)]);
     if let Some(r) = reactors.first() {
-        family(
-            &mut out,
+        out.family(
             IO_BACKEND,
-            "gauge",
+            GAUGE,
             "The I/O backend the reactors use.",
             "backend",
             [(r.io_backend(), 1)],
         );
     }
-
     let gauges: [(&str, &str, Read); 3] = [
         (CONNECTIONS, "Open client sockets.", |s| s.connections.get()),
         (
@@ -188,24 +368,21 @@ pub fn render(state: &ControlState) -> String {
         ),
     ];
     for (name, help, f) in gauges {
-        family(
-            &mut out,
+        out.family(
             name,
-            "gauge",
+            GAUGE,
             help,
             "reactor",
             reactors.iter().map(|r| (r.id(), f(r.stats()))),
         );
     }
-    single(
-        &mut out,
+    out.single(
         CONNECTION_CAPACITY,
-        "gauge",
+        GAUGE,
         "Connections held before upgrades get 503.",
-        state.admission.max_connections(),
+        src.admission.max_connections() as u64,
     );
-
-    let counters: [(&str, &str, Read); 11] = [
+    let counters: [(&str, &str, Read); 12] = [
         (ACCEPTED, "Client sockets accepted.", |s| s.accepted.get()),
         (BYTES_RECEIVED, "Bytes read from clients.", |s| {
             s.bytes_in.get()
@@ -247,26 +424,22 @@ pub fn render(state: &ControlState) -> String {
             "Push frames queued to connections.",
             |s| s.delivered.get(),
         ),
+        (
+            POLICY_CLOSES,
+            "Connections closed with 1008 (token expiry, repeated bad requests).",
+            |s| s.policy_closes.get(),
+        ),
     ];
     for (name, help, f) in counters {
-        single(&mut out, name, "counter", help, sum(reactors, f));
+        out.single(name, COUNTER, help, sum(reactors, f));
     }
-    single(
-        &mut out,
-        POLICY_CLOSES,
-        "counter",
-        "Connections closed with 1008 (token expiry, repeated bad requests).",
-        sum(reactors, |s| s.policy_closes.get()),
-    );
-
     let rejected = REJECT_STATUSES
         .iter()
         .enumerate()
         .map(|(i, status)| (status.to_string(), sum(reactors, |s| s.rejected[i].get())));
-    family(
-        &mut out,
+    out.family(
         HANDSHAKES,
-        "counter",
+        COUNTER,
         "WebSocket upgrades by result (ok, or the HTTP status refused with).",
         "result",
         std::iter::once(("ok".to_owned(), sum(reactors, |s| s.handshakes_ok.get())))
@@ -277,69 +450,15 @@ pub fn render(state: &ControlState) -> String {
         ("idle", |s| s.idle_timeouts.get()),
         ("close", |s| s.close_timeouts.get()),
     ];
-    family(
-        &mut out,
+    out.family(
         TIMEOUTS,
-        "counter",
+        COUNTER,
         "Timeouts by kind.",
         "kind",
         timeouts.map(|(k, f)| (k, sum(reactors, f))),
     );
-
-    single(
-        &mut out,
-        USERS_ONLINE,
-        "gauge",
-        "Users with at least one connection on this node.",
-        state.router.registry().users_online(),
-    );
-    single(
-        &mut out,
-        ROOMS,
-        "gauge",
-        "Rooms with at least one member on this node.",
-        state.router.registry().rooms(),
-    );
-    single(
-        &mut out,
-        HISTORY_BYTES,
-        "gauge",
-        "Bytes held by retained messages (users' and rooms' history).",
-        state.router.history_bytes(),
-    );
-    family(
-        &mut out,
-        MESSAGES_DROPPED,
-        "counter",
-        "Messages not delivered, by reason.",
-        "reason",
-        DROP_REASONS.iter().enumerate().map(|(i, reason)| {
-            let api_offline = if *reason == "offline" {
-                state.api_stats.offline.get()
-            } else {
-                0
-            };
-            (reason, sum(reactors, |s| s.dropped[i].get()) + api_offline)
-        }),
-    );
-    header(
-        &mut out,
-        PUSH_REQUESTS,
-        "counter",
-        "Server API requests by endpoint and status.",
-    );
-    for (e, endpoint) in API_ENDPOINTS.iter().enumerate() {
-        for (i, status) in API_STATUSES.iter().enumerate() {
-            let n = state.api_stats.requests[e][i].get();
-            let _ = writeln!(
-                out,
-                "{PUSH_REQUESTS}{{endpoint=\"{endpoint}\",status=\"{status}\"}} {n}"
-            );
-        }
-    }
-    render_histogram(
-        &mut out,
-        names::PUSH_LATENCY,
+    out.histogram(
+        PUSH_LATENCY,
         "Push receipt to frame handed to the kernel, per reactor batch.",
         reactors.iter().map(|r| &r.stats().push_latency),
     );
@@ -351,18 +470,16 @@ pub fn render(state: &ControlState) -> String {
         ("rate_limited", |s| s.rate_limited.get()),
         ("forbidden", |s| s.forbidden.get()),
     ];
-    family(
-        &mut out,
+    out.family(
         CLIENT_REQUESTS,
-        "counter",
+        COUNTER,
         "Client requests by type (malformed ones as \"bad\", refused by the rate limit as \"rate_limited\", joins the token does not grant as \"forbidden\").",
         "type",
         requests.map(|(k, f)| (k, sum(reactors, f))),
     );
-    family(
-        &mut out,
+    out.family(
         PROTOCOL_ERRORS,
-        "counter",
+        COUNTER,
         "Connections failed for protocol violations, by close code.",
         "code",
         PROTOCOL_CLOSE_CODES
@@ -370,43 +487,15 @@ pub fn render(state: &ControlState) -> String {
             .enumerate()
             .map(|(i, code)| (code, sum(reactors, |s| s.protocol_errors[i].get()))),
     );
-    render_inbox(&mut out, reactors);
-    single(
-        &mut out,
-        CONTROL_CONNECTIONS,
-        "gauge",
-        "Open control listener connections.",
-        sum(reactors, |s| s.service_connections.get()),
-    );
-    single(
-        &mut out,
-        CONTROL_ACCEPTED,
-        "counter",
-        "Control listener (server API, health, metrics) connections accepted.",
-        sum(reactors, |s| s.service_accepted.get()),
-    );
-    family(
-        &mut out,
-        CONTROL_EVICTED,
-        "counter",
-        "Control connections closed by the server before the client was done: full (evicted for a new one), fd_limit (evicted to retry accept), first_request_timeout, idle_timeout.",
-        "reason",
-        SERVICE_EVICT_REASONS
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r, sum(reactors, |s| s.service_evicted[i].get()))),
-    );
-    render_bus(&mut out, state);
-    out
 }
 
 /// The reactors' inboxes: what waits, and what was refused.
-fn render_inbox(out: &mut String, reactors: &[ReactorHandle]) {
+fn inboxes(src: &Sources, out: &mut Families) {
     use names::*;
-    family(
-        out,
+    let reactors = src.reactors.as_slice();
+    out.family(
         INBOX_DROPPED,
-        "counter",
+        COUNTER,
         "Commands (pushes, broadcasts, closes) a reactor's inbox refused, by reason.",
         "reason",
         INBOX_DROP_REASONS
@@ -415,53 +504,123 @@ fn render_inbox(out: &mut String, reactors: &[ReactorHandle]) {
             .map(|(i, reason)| (reason, reactors.iter().map(|r| r.dropped()[i]).sum())),
     );
     let backlog: Vec<(usize, usize)> = reactors.iter().map(ReactorHandle::backlog).collect();
-    family(
-        out,
+    out.family(
         INBOX_DEPTH,
-        "gauge",
+        GAUGE,
         "Commands waiting in the reactor's inbox.",
         "reactor",
         backlog.iter().enumerate().map(|(i, b)| (i, b.0 as u64)),
     );
-    family(
-        out,
+    out.family(
         INBOX_BYTES,
-        "gauge",
+        GAUGE,
         "Bytes held by commands waiting in the reactor's inbox.",
         "reactor",
         backlog.iter().enumerate().map(|(i, b)| (i, b.1 as u64)),
     );
 }
 
+/// The control listener and the server API.
+fn control(src: &Sources, out: &mut Families) {
+    use names::*;
+    let reactors = src.reactors.as_slice();
+    out.single(
+        CONTROL_CONNECTIONS,
+        GAUGE,
+        "Open control listener connections.",
+        sum(reactors, |s| s.service_connections.get()),
+    );
+    out.single(
+        CONTROL_ACCEPTED,
+        COUNTER,
+        "Control listener (server API, health, metrics) connections accepted.",
+        sum(reactors, |s| s.service_accepted.get()),
+    );
+    out.family(
+        CONTROL_EVICTED,
+        COUNTER,
+        "Control connections closed by the server before the client was done: full (evicted for a new one), fd_limit (evicted to retry accept), first_request_timeout, idle_timeout.",
+        "reason",
+        SERVICE_EVICT_REASONS
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r, sum(reactors, |s| s.service_evicted[i].get()))),
+    );
+    let f = out.start(
+        PUSH_REQUESTS,
+        COUNTER,
+        "Server API requests by endpoint and status.",
+    );
+    for (e, endpoint) in API_ENDPOINTS.iter().enumerate() {
+        for (i, status) in API_STATUSES.iter().enumerate() {
+            let labels = vec![
+                label("endpoint", (*endpoint).to_owned()),
+                label("status", status.to_string()),
+            ];
+            let n = src.api.requests[e][i].get();
+            f.mut_metric().push(sample(COUNTER, labels, n as f64));
+        }
+    }
+}
+
+/// Who is online, the history, and what was not delivered.
+fn router_part(src: &Sources, out: &mut Families) {
+    use names::*;
+    let reactors = src.reactors.as_slice();
+    out.single(
+        USERS_ONLINE,
+        GAUGE,
+        "Users with at least one connection on this node.",
+        src.router.registry().users_online() as u64,
+    );
+    out.single(
+        ROOMS,
+        GAUGE,
+        "Rooms with at least one member on this node.",
+        src.router.registry().rooms() as u64,
+    );
+    out.single(
+        HISTORY_BYTES,
+        GAUGE,
+        "Bytes held by retained messages (users' and rooms' history).",
+        src.router.history_bytes() as u64,
+    );
+    out.family(
+        MESSAGES_DROPPED,
+        COUNTER,
+        "Messages not delivered, by reason.",
+        "reason",
+        DROP_REASONS.iter().enumerate().map(|(i, reason)| {
+            let api_offline = if *reason == "offline" {
+                src.api.offline.get()
+            } else {
+                0
+            };
+            (reason, sum(reactors, |s| s.dropped[i].get()) + api_offline)
+        }),
+    );
+}
+
 /// The bus metrics; present on a single node too (zeros, connected), so dashboards and
 /// alerts work unchanged when a node joins a cluster.
-fn render_bus(out: &mut String, state: &ControlState) {
+fn bus(src: &Sources, out: &mut Families) {
     use names::*;
-    let bus = state.router.bus();
+    let bus = src.router.bus();
     let none = BusStats::default();
     let (kind, stats) = match bus.stats() {
         Some(s) => ("nats", s),
         None => ("in-process", &none),
     };
-    family(
-        out,
-        BUS_INFO,
-        "gauge",
-        "The cluster bus.",
-        "kind",
-        [(kind, 1)],
-    );
-    single(
-        out,
+    out.family(BUS_INFO, GAUGE, "The cluster bus.", "kind", [(kind, 1)]);
+    out.single(
         BUS_CONNECTED,
-        "gauge",
+        GAUGE,
         "1 while pushes reach the other nodes.",
-        u8::from(bus.is_ready()),
+        u64::from(bus.is_ready()),
     );
-    single(
-        out,
+    out.single(
         BUS_SUBSCRIPTIONS,
-        "gauge",
+        GAUGE,
         "Bus subjects subscribed to (users, rooms, broadcast).",
         stats.subscriptions.get(),
     );
@@ -514,12 +673,11 @@ fn render_bus(out: &mut String, state: &ControlState) {
         ),
     ];
     for (name, help, c) in counters {
-        single(out, name, "counter", help, c.get());
+        out.single(name, COUNTER, help, c.get());
     }
-    family(
-        out,
+    out.family(
         BUS_REFUSED,
-        "counter",
+        COUNTER,
         "Pushes the bus could not take (delivered on this node only), by reason.",
         "reason",
         REFUSE_REASONS
@@ -527,38 +685,9 @@ fn render_bus(out: &mut String, state: &ControlState) {
             .zip(&stats.refused)
             .map(|(r, c)| (r, c.get())),
     );
-    render_histogram(
-        out,
+    out.histogram(
         BUS_LATENCY,
         "Publish on any node (by its clock) to delivery handed to the reactors here.",
         std::iter::once(&stats.latency),
     );
-}
-
-/// A latency histogram, buckets summed over its parts and made cumulative.
-fn render_histogram<'a>(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    parts: impl Iterator<Item = &'a Histogram> + Clone,
-) {
-    header(out, name, "histogram", help);
-    let total = |f: &dyn Fn(&Histogram) -> u64| parts.clone().map(f).sum::<u64>();
-    let mut cumulative = 0;
-    for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
-        cumulative += total(&|h| h.buckets[i].get());
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{le=\"{}\"}} {cumulative}",
-            *bound as f64 / 1e6
-        );
-    }
-    cumulative += total(&|h| h.buckets[LATENCY_BUCKETS_US.len()].get());
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-    let _ = writeln!(
-        out,
-        "{name}_sum {}",
-        total(&|h| h.sum_us.get()) as f64 / 1e6
-    );
-    let _ = writeln!(out, "{name}_count {}", total(&|h| h.count.get()));
 }

@@ -190,3 +190,65 @@ fn a_long_pipeline_is_answered_in_full() {
     let text = String::from_utf8_lossy(&out);
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), n + 1);
 }
+
+/// A backend's HTTP client may stream a push with chunked transfer coding, and ask with
+/// `Expect: 100-continue` before sending a body: both reach the recipient, on one
+/// keep-alive connection.
+#[test]
+fn chunked_pushes_and_expect_continue_are_served() {
+    let gw = Gateway::start(&[]);
+    let mut alice = Client::connect(gw.client_addr, "/ws?uid=alice");
+    assert_eq!(alice.recv_json()["type"], "welcome");
+    let mut s = std::net::TcpStream::connect(gw.control_addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let body = r#"{"to":["alice"],"data":"chunked"}"#;
+    let (a, b) = body.split_at(10);
+    write!(
+        s,
+        "POST /v1/push HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+        a.len(),
+        b.len()
+    )
+    .unwrap();
+    let first = read_response(&mut s);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert_eq!(alice.recv_json()["data"], "chunked");
+    let body = r#"{"to":["alice"],"data":"expected"}"#;
+    write!(
+        s,
+        "POST /v1/push HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let interim = read_response(&mut s);
+    assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(body.as_bytes()).unwrap();
+    let second = read_response(&mut s);
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert_eq!(alice.recv_json()["data"], "expected");
+    // A transfer coding the server does not implement: 501, and the connection closes.
+    let (status, _) = http(
+        gw.control_addr,
+        "POST /v1/push HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+    );
+    assert_eq!(status, 501);
+}
+
+/// Reads one response (head, and a body by its Content-Length) from a keep-alive stream.
+fn read_response(s: &mut std::net::TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed after {got:?}");
+        got.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&got).into_owned();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+    let mut body = vec![0; length];
+    s.read_exact(&mut body).unwrap();
+    head + &String::from_utf8_lossy(&body)
+}

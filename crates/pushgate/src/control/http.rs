@@ -1,12 +1,20 @@
 //! HTTP/1.1 for the control listener, without I/O: bytes in, parsed requests out, with
 //! keep-alive and pipelining (requests are answered in order), a head limit (431), a
-//! body limit (413), and no guessing where a body ends (400, RFC 9112 §6).
+//! body limit (413), chunked bodies, `Expect: 100-continue`, and no guessing where a body
+//! ends (400, RFC 9112 §6). The request head is parsed by the same code as the client
+//! listener's upgrades ([`protocol::handshake::Request`], on httparse); this module adds
+//! only what a request with a body needs.
 
 use bytes::{Buf, Bytes, BytesMut};
+use protocol::handshake::Request as Head;
 
 /// Largest request head.
 pub const MAX_HEAD: usize = 8 * 1024;
-const MAX_HEADERS: usize = 32;
+/// Chunks in one chunked body: real clients send a few large ones; the bound keeps the
+/// re-scan of a body still arriving (the parser keeps no state between reads) cheap.
+pub const MAX_CHUNKS: usize = 4096;
+/// The interim response to `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// A complete request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,10 +25,12 @@ pub struct Request {
     pub path: String,
     /// `Authorization` header value, if any.
     pub authorization: Option<String>,
-    /// The body.
+    /// The body (decoded, if it was chunked).
     pub body: Bytes,
     /// The client wants the connection kept open after the response.
     pub keep_alive: bool,
+    /// The head as parsed: the query, every header.
+    pub head: Head,
 }
 
 /// Why the input cannot be served; the connection is answered and closed.
@@ -30,14 +40,16 @@ pub enum ParseError {
     Malformed,
     /// Head over [`MAX_HEAD`] (431).
     HeadTooLarge,
-    /// Body over the limit (413).
+    /// Body over the limit, or chunked in more than [`MAX_CHUNKS`] chunks (413).
     BodyTooLarge,
-    /// Chunked or otherwise unsupported framing (411: send a Content-Length).
-    LengthRequired,
+    /// A transfer coding other than `chunked` (501, RFC 9112 §6.1).
+    UnsupportedEncoding,
     /// A `Content-Length` that is not all digits, or several that disagree (400).
     BadContentLength,
     /// Both `Transfer-Encoding` and `Content-Length` (400).
     AmbiguousFraming,
+    /// A chunk size line or chunk end that is not what RFC 9112 §7.1 allows (400).
+    BadChunk,
 }
 
 impl ParseError {
@@ -47,79 +59,171 @@ impl ParseError {
             ParseError::Malformed => (400, "malformed request"),
             ParseError::HeadTooLarge => (431, "request head too large"),
             ParseError::BodyTooLarge => (413, "request body too large"),
-            ParseError::LengthRequired => (411, "a Content-Length is required"),
+            ParseError::UnsupportedEncoding => {
+                (501, "only the chunked transfer coding is supported")
+            }
             ParseError::BadContentLength => (400, "invalid or conflicting Content-Length"),
             ParseError::AmbiguousFraming => (400, "Transfer-Encoding and Content-Length together"),
+            ParseError::BadChunk => (400, "malformed chunked body"),
         }
     }
 }
 
-/// Takes the next complete request from the front of `buf`; `Ok(None)` when more bytes
-/// are needed.
-pub fn next_request(buf: &mut BytesMut, max_body: usize) -> Result<Option<Request>, ParseError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-            return Err(ParseError::HeadTooLarge)
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(ParseError::HeadTooLarge),
-        Err(_) => return Err(ParseError::Malformed),
-    };
-    if head_len > MAX_HEAD {
-        return Err(ParseError::HeadTooLarge);
-    }
-    let version = req.version.unwrap_or(0);
-    let mut content_length: Option<usize> = None;
-    let mut transfer_encoding = false;
-    let mut keep_alive = version >= 1;
-    let mut authorization = None;
-    for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(merge_content_length(content_length, h.value)?);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            transfer_encoding = true;
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-            if v.split(',').any(|t| t.trim() == "close") {
-                keep_alive = false;
-            } else if v.split(',').any(|t| t.trim() == "keep-alive") {
-                keep_alive = true;
-            }
-        } else if h.name.eq_ignore_ascii_case("authorization") {
-            authorization = Some(String::from_utf8_lossy(h.value).into_owned());
-        }
-    }
-    // RFC 9112 §6.1: a request with both is a smuggling attempt or a broken proxy; either
-    // way the two framings may disagree about where the next request starts.
-    if transfer_encoding {
-        return Err(if content_length.is_some() {
-            ParseError::AmbiguousFraming
+/// What the front of the input holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// A complete request, taken from the input.
+    Request(Box<Request>),
+    /// More bytes are needed.
+    Incomplete,
+    /// The head is complete and asks `Expect: 100-continue` before sending its body: send
+    /// [`CONTINUE`], then wait for the body. (Said again if asked again before any body
+    /// byte arrives; a client takes any number of 1xx responses, RFC 9110 §15.2.)
+    Continue,
+}
+
+/// How the body of a request is framed.
+enum Framing {
+    Length(usize),
+    Chunked,
+}
+
+/// Takes the next complete request from the front of `buf`.
+pub fn next_request(buf: &mut BytesMut, max_body: usize) -> Result<Next, ParseError> {
+    let Some(head_len) = find_head_end(&buf[..buf.len().min(MAX_HEAD)]) else {
+        return if buf.len() >= MAX_HEAD {
+            Err(ParseError::HeadTooLarge)
         } else {
-            ParseError::LengthRequired
-        });
+            Ok(Next::Incomplete)
+        };
+    };
+    let head = Head::parse(Bytes::copy_from_slice(&buf[..head_len]), Bytes::new()).map_err(
+        |e| match e {
+            protocol::HandshakeError::TooManyHeaders => ParseError::HeadTooLarge,
+            _ => ParseError::Malformed,
+        },
+    )?;
+    let framing = framing(&head)?;
+    let body_bytes = &buf[head_len..];
+    let (body, consumed) = match framing {
+        Framing::Length(n) if n > max_body => return Err(ParseError::BodyTooLarge),
+        Framing::Length(n) if body_bytes.len() < n => return Ok(waiting(&head, body_bytes)),
+        Framing::Length(n) => (None, n),
+        Framing::Chunked => match dechunk(body_bytes, max_body)? {
+            Some((body, consumed)) => (Some(body), consumed),
+            None => return Ok(waiting(&head, body_bytes)),
+        },
+    };
+    let mut keep_alive = head.minor_version() >= 1;
+    for value in head.header_values("connection") {
+        let v = String::from_utf8_lossy(value).to_ascii_lowercase();
+        if v.split(',').any(|t| t.trim() == "close") {
+            keep_alive = false;
+        } else if v.split(',').any(|t| t.trim() == "keep-alive") {
+            keep_alive = true;
+        }
     }
-    let content_length = content_length.unwrap_or(0);
-    if content_length > max_body {
-        return Err(ParseError::BodyTooLarge);
-    }
-    if buf.len() < head_len + content_length {
-        return Ok(None);
-    }
-    let target = req.path.unwrap_or("/");
-    let path = target.split_once('?').map_or(target, |(p, _)| p).to_owned();
-    let method = req.method.unwrap_or("").to_owned();
     buf.advance(head_len);
-    let body = buf.split_to(content_length).freeze();
-    Ok(Some(Request {
-        method,
-        path,
-        authorization,
-        body,
+    let raw = buf.split_to(consumed).freeze();
+    Ok(Next::Request(Box::new(Request {
+        method: head.method().to_owned(),
+        path: head.path().to_owned(),
+        authorization: head
+            .header("authorization")
+            .map(|v| String::from_utf8_lossy(v).into_owned()),
+        body: body.unwrap_or(raw),
         keep_alive,
-    }))
+        head,
+    })))
+}
+
+/// Offset just past the first blank line.
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// The body is not all there: a client that asked to be told to go on is told, once no
+/// byte of the body has arrived yet.
+fn waiting(head: &Head, body_so_far: &[u8]) -> Next {
+    let expects = head
+        .header("expect")
+        .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
+    if expects && body_so_far.is_empty() && head.minor_version() >= 1 {
+        Next::Continue
+    } else {
+        Next::Incomplete
+    }
+}
+
+/// RFC 9112 §6.1–6.3: `chunked` (last) or a `Content-Length`, never both.
+fn framing(head: &Head) -> Result<Framing, ParseError> {
+    let mut content_length: Option<usize> = None;
+    for value in head.header_values("content-length") {
+        content_length = Some(merge_content_length(content_length, value)?);
+    }
+    let codings: Vec<String> = head
+        .header_values("transfer-encoding")
+        .flat_map(|v| {
+            String::from_utf8_lossy(v)
+                .split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .filter(|c| !c.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if codings.is_empty() {
+        return Ok(Framing::Length(content_length.unwrap_or(0)));
+    }
+    // A request with both is a smuggling attempt or a broken proxy; either way the two
+    // framings may disagree about where the next request starts.
+    if content_length.is_some() {
+        return Err(ParseError::AmbiguousFraming);
+    }
+    match codings.as_slice() {
+        [only] if only == "chunked" => Ok(Framing::Chunked),
+        _ => Err(ParseError::UnsupportedEncoding),
+    }
+}
+
+/// Decodes a complete chunked body at the front of `bytes`: the body and the bytes it
+/// took (trailer fields included, and ignored); `None` while incomplete.
+fn dechunk(bytes: &[u8], max_body: usize) -> Result<Option<(Bytes, usize)>, ParseError> {
+    let mut body = BytesMut::new();
+    let mut at = 0;
+    for _ in 0..=MAX_CHUNKS {
+        let (size_len, size) = match httparse::parse_chunk_size(&bytes[at..]) {
+            Ok(httparse::Status::Complete(c)) => c,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(ParseError::BadChunk),
+        };
+        at += size_len;
+        if size == 0 {
+            // Trailer fields, then the blank line; a trailer section is bounded like a head.
+            let rest = &bytes[at..];
+            if rest.starts_with(b"\r\n") {
+                return Ok(Some((body.freeze(), at + 2)));
+            }
+            return match find_head_end(&rest[..rest.len().min(MAX_HEAD)]) {
+                Some(end) => Ok(Some((body.freeze(), at + end))),
+                None if rest.len() >= MAX_HEAD => Err(ParseError::HeadTooLarge),
+                None => Ok(None),
+            };
+        }
+        let size = usize::try_from(size).map_err(|_| ParseError::BodyTooLarge)?;
+        if size > max_body - body.len().min(max_body) {
+            return Err(ParseError::BodyTooLarge);
+        }
+        if bytes.len() < at + size + 2 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&bytes[at..at + size]);
+        at += size;
+        if &bytes[at..at + 2] != b"\r\n" {
+            return Err(ParseError::BadChunk);
+        }
+        at += 2;
+    }
+    Err(ParseError::BodyTooLarge)
 }
 
 /// Folds one `Content-Length` field value into what earlier fields said.
@@ -159,6 +263,7 @@ pub fn response(status: u16, content_type: &str, body: &[u8], keep_alive: bool) 
         411 => "Length Required",
         413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
         _ => "Error",
     };
@@ -189,14 +294,14 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nPOST /v1/push HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}GET /m"[..],
         );
-        let a = next_request(&mut buf, 100).unwrap().unwrap();
+        let a = take(&mut buf);
         assert_eq!(
             (a.method.as_str(), a.path.as_str(), a.keep_alive),
             ("GET", "/healthz", true)
         );
-        let b = next_request(&mut buf, 100).unwrap().unwrap();
+        let b = take(&mut buf);
         assert_eq!((b.path.as_str(), &b.body[..]), ("/v1/push", &b"{}"[..]));
-        assert_eq!(next_request(&mut buf, 100), Ok(None));
+        assert_eq!(next_request(&mut buf, 100), Ok(Next::Incomplete));
         assert_eq!(&buf[..], b"GET /m");
     }
 
@@ -204,24 +309,30 @@ mod tests {
     fn limits_and_framing() {
         let mut big = BytesMut::from(&b"POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n"[..]);
         assert_eq!(next_request(&mut big, 100), Err(ParseError::BodyTooLarge));
-        let mut chunked =
-            BytesMut::from(&b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..]);
+        let mut gzip = BytesMut::from(&b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"[..]);
         assert_eq!(
-            next_request(&mut chunked, 100),
-            Err(ParseError::LengthRequired)
+            next_request(&mut gzip, 100),
+            Err(ParseError::UnsupportedEncoding)
         );
         let mut long = BytesMut::from(&b"GET / HTTP/1.1\r\nX: "[..]);
         long.extend_from_slice(&vec![b'a'; MAX_HEAD]);
         assert_eq!(next_request(&mut long, 100), Err(ParseError::HeadTooLarge));
         let mut close = BytesMut::from(&b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"[..]);
-        assert!(!next_request(&mut close, 100).unwrap().unwrap().keep_alive);
+        assert!(!take(&mut close).keep_alive);
         let mut old = BytesMut::from(&b"GET / HTTP/1.0\r\n\r\n"[..]);
-        assert!(!next_request(&mut old, 100).unwrap().unwrap().keep_alive);
+        assert!(!take(&mut old).keep_alive);
         let mut junk = BytesMut::from(&b"\x00\x01\x02 junk\r\n\r\n"[..]);
         assert_eq!(next_request(&mut junk, 100), Err(ParseError::Malformed));
     }
 
-    fn parse(raw: &str) -> Result<Option<Request>, ParseError> {
+    fn take(buf: &mut BytesMut) -> Request {
+        match next_request(buf, 100) {
+            Ok(Next::Request(r)) => *r,
+            other => panic!("expected a request, got {other:?}"),
+        }
+    }
+
+    fn parse(raw: &str) -> Result<Next, ParseError> {
         next_request(&mut BytesMut::from(raw.as_bytes()), 100)
     }
 
@@ -246,7 +357,7 @@ mod tests {
             "POST / HTTP/1.1\r\nContent-Length: 2 , 2\r\n\r\n{}",
             "POST / HTTP/1.1\r\nContent-Length:  2 \r\n\r\n{}",
         ] {
-            let req = parse(raw).unwrap().unwrap();
+            let req = take(&mut BytesMut::from(raw.as_bytes()));
             assert_eq!(&req.body[..], b"{}", "{raw:?}");
         }
         // Both framings, in either order.
@@ -261,6 +372,83 @@ mod tests {
             ParseError::AmbiguousFraming.status().0
         );
         assert_eq!(ParseError::AmbiguousFraming.status().0, 400);
+    }
+
+    #[test]
+    fn chunked_bodies_are_decoded_at_any_split() {
+        let raw = b"POST /v1/push HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+            4;ext=1\r\n{\"to\r\n3\r\n\":1\r\n1\r\n}\r\n0\r\nX-Trailer: t\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n";
+        let first_end = raw.windows(4).position(|w| w == b"GET ").unwrap();
+        for cut in 0..raw.len() {
+            let mut buf = BytesMut::from(&raw[..cut]);
+            let early = next_request(&mut buf, 100);
+            if cut < first_end {
+                assert_eq!(early, Ok(Next::Incomplete), "cut {cut}");
+                buf.extend_from_slice(&raw[cut..]);
+                let req = take(&mut buf);
+                assert_eq!(&req.body[..], b"{\"to\":1}", "cut {cut}");
+            } else {
+                let Ok(Next::Request(req)) = early else {
+                    panic!("cut {cut}: {early:?}")
+                };
+                assert_eq!(&req.body[..], b"{\"to\":1}", "cut {cut}");
+                buf.extend_from_slice(&raw[cut..]);
+            }
+            assert_eq!(take(&mut buf).path, "/healthz");
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn chunked_limits_and_malformed_chunks() {
+        let head = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        // One chunk, or the sum of several, past the body limit: 413 before it arrives.
+        assert_eq!(
+            parse(&format!("{head}65\r\n")),
+            Err(ParseError::BodyTooLarge)
+        );
+        let sixty = format!("3c\r\n{}\r\n", "a".repeat(60));
+        assert_eq!(
+            parse(&format!("{head}{sixty}{sixty}")),
+            Err(ParseError::BodyTooLarge)
+        );
+        let many = "1\r\na\r\n".repeat(MAX_CHUNKS + 1);
+        assert_eq!(
+            next_request(
+                &mut BytesMut::from(format!("{head}{many}").as_bytes()),
+                1 << 20
+            ),
+            Err(ParseError::BodyTooLarge)
+        );
+        for bad in ["zz\r\n", "2\r\nabc\r\n", "-1\r\n"] {
+            assert_eq!(
+                parse(&format!("{head}{bad}")),
+                Err(ParseError::BadChunk),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Err(ParseError::UnsupportedEncoding)
+        );
+    }
+
+    #[test]
+    fn expect_continue_is_answered_before_the_body() {
+        let head = "POST / HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n";
+        assert_eq!(parse(head), Ok(Next::Continue));
+        // Once body bytes arrive, only the request itself remains to be said.
+        assert_eq!(parse(&format!("{head}{{")), Ok(Next::Incomplete));
+        assert!(matches!(
+            parse(&format!("{head}{{}}")),
+            Ok(Next::Request(_))
+        ));
+        // Too large: refused without asking for the body.
+        let big = "POST / HTTP/1.1\r\nContent-Length: 101\r\nExpect: 100-continue\r\n\r\n";
+        assert_eq!(parse(big), Err(ParseError::BodyTooLarge));
+        // HTTP/1.0 clients never wait for a 100.
+        let old = "POST / HTTP/1.0\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n";
+        assert_eq!(parse(old), Ok(Next::Incomplete));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use router::{BusError, Router};
 
 use super::api;
 use super::http::{json_error, response, Request};
-use crate::metrics;
+use crate::metrics::Metrics;
 
 /// Server API endpoints, for the request counters.
 pub const API_ENDPOINTS: [&str; 2] = ["push", "broadcast"];
@@ -52,7 +52,9 @@ pub struct ControlState {
     /// API body limit.
     pub max_body_bytes: usize,
     /// API counters.
-    pub api_stats: ApiStats,
+    pub api_stats: Arc<ApiStats>,
+    /// `/metrics`.
+    pub metrics: Metrics,
 }
 
 /// Compares in constant time (the `subtle` crate, which also keeps the optimiser from
@@ -92,7 +94,7 @@ impl ControlState {
                 }
             }
             ("GET", "/metrics") => {
-                let body = metrics::render(self);
+                let body = self.metrics.render();
                 response(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::BytesMut;
 use reactor::{Flow, Service};
 
-use super::http::{json_error, next_request};
+use super::http::{json_error, next_request, Next, CONTINUE};
 use super::routes::ControlState;
 
 /// One reactor's handle on the control routes. The state is set once the reactors are
@@ -35,17 +35,21 @@ impl Service for ControlService {
                 return Flow::Paused;
             }
             match next_request(input, state.max_body_bytes) {
-                Ok(Some(req)) => {
+                Ok(Next::Request(req)) => {
                     out.extend_from_slice(&state.handle(&req, true));
                     if !req.keep_alive {
                         return Flow::Close;
                     }
                 }
-                Ok(None) if eof && !input.is_empty() => {
+                Ok(Next::Incomplete | Next::Continue) if eof && !input.is_empty() => {
                     out.extend_from_slice(&json_error(400, "incomplete request", false));
                     return Flow::Close;
                 }
-                Ok(None) => return Flow::KeepAlive,
+                Ok(Next::Continue) => {
+                    out.extend_from_slice(CONTINUE);
+                    return Flow::KeepAlive;
+                }
+                Ok(Next::Incomplete) => return Flow::KeepAlive,
                 Err(e) => {
                     let (status, msg) = e.status();
                     out.extend_from_slice(&json_error(status, msg, false));
