@@ -201,7 +201,7 @@ pub struct Keys {
     #[arg(long, env = "PUSHGATE_IO")]
     pub io: Option<String>,
     /// io_uring, per reactor: receive buffers shared by its connections, a power of two
-    /// up to 32768 [default: 256].
+    /// up to 32768 [default: 64].
     #[arg(long, env = "PUSHGATE_IO_URING_BUFFERS")]
     pub io_uring_buffers: Option<u16>,
     /// io_uring: bytes per receive buffer [default: 4096].
@@ -454,7 +454,7 @@ impl Settings {
                     None => bail!("io must be auto, epoll or io-uring, got {name}"),
                 }
             },
-            io_uring_buffers: match pick!(io_uring_buffers, 256) {
+            io_uring_buffers: match pick!(io_uring_buffers, 64) {
                 n if n.is_power_of_two() && n <= 32_768 => n,
                 n => bail!("io_uring_buffers must be a power of two up to 32768, got {n}"),
             },

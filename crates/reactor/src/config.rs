@@ -76,7 +76,7 @@ impl Default for ReactorConfig {
             session: SessionConfig::default(),
             service: None,
             io: crate::IoBackend::Auto,
-            io_uring_buffers: 256,
+            io_uring_buffers: 64,
             io_uring_buffer_size: 4096,
         }
     }
