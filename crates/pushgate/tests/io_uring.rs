@@ -134,3 +134,111 @@ fn an_idle_io_uring_connection_costs_no_more_than_on_epoll() {
         "io_uring {uring:.0} B per idle connection vs epoll {epoll:.0} B"
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn metric_sum(control: std::net::SocketAddr, name: &str) -> Option<f64> {
+    let raw = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let mut s = std::net::TcpStream::connect(control).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    use std::io::{Read, Write};
+    s.write_all(raw.as_bytes()).ok()?;
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    let lines: Vec<&str> = body.lines().filter(|l| l.starts_with(name)).collect();
+    if lines.is_empty() {
+        return None;
+    }
+    Some(
+        lines
+            .iter()
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+/// Out of descriptors, `accept` fails (`EMFILE`): counted, retried after a back-off, and
+/// once clients leave, new ones are served again — on both backends (on io_uring the
+/// multishot accept ends with the error and is re-armed after the back-off).
+#[test]
+fn out_of_descriptors_accepting_backs_off_and_recovers() {
+    for backend in ["epoll", "io-uring"] {
+        let (port, control_port) = (free_port(), free_port());
+        let client: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let control: std::net::SocketAddr = ([127, 0, 0, 1], control_port).into();
+        let mut child = std::process::Command::new("prlimit")
+            .arg("--nofile=96:96")
+            .arg(env!("CARGO_BIN_EXE_pushgate"))
+            .args([
+                "--listen",
+                &client.to_string(),
+                "--control",
+                &control.to_string(),
+            ])
+            .args([
+                "--io",
+                backend,
+                "--reactors",
+                "2",
+                "--max-connections",
+                "1000",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prlimit (util-linux) runs the gateway");
+        let start = Instant::now();
+        while metric_sum(control, "pushgate_accept_errors_total").is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{backend}: no start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // More sockets than the gateway has descriptors left: the rest wait in the backlog.
+        let mut held: Vec<std::net::TcpStream> = (0..100)
+            .map(|i| connect_from([127, 0, 3, 2 + (i % 50) as u8], client))
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        // Leaving frees descriptors (the gateway closes handshakes whose client hung up).
+        held.truncate(10);
+        let start = Instant::now();
+        let errors = loop {
+            if let Some(n) = metric_sum(control, "pushgate_accept_errors_total") {
+                break n;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{backend}: no scrape"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(errors >= 1.0, "{backend}: the descriptors never ran out");
+        // Accepting resumed: a new client is served.
+        let start = Instant::now();
+        loop {
+            let s = connect_from([127, 0, 4, 2], client);
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let (mut c, status) = Client::try_connect(s, "/echo", "");
+            if status == 101 {
+                c.send_text("back");
+                assert_eq!(c.recv(), Message::Text(bytes::Bytes::from_static(b"back")));
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{backend}: never served again"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drop(held);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
