@@ -37,6 +37,10 @@ pub mod default {
     pub const INBOX_BYTES: usize = 64 * 1024 * 1024;
     pub const CLIENT_RATE: u32 = 50;
     pub const MAX_RECIPIENTS: usize = 100;
+    pub const MAX_CONNS_PER_USER: usize = 16;
+    /// Below the contract's 100 ms for a whole presence answer, with room for the rest.
+    pub const PRESENCE_TIMEOUT: f64 = 0.08;
+    pub const PRESENCE_MAX_UIDS: usize = 100;
     /// Room for the JSON around a push's `data` on top of the message limit, so that the
     /// API body limit admits any message the connections may receive.
     pub const BODY_ENVELOPE: usize = 64 * 1024;
@@ -150,6 +154,16 @@ pub struct Keys {
     /// Most users one client `send` may name, at most 1000 [default: 100].
     #[arg(long, env = "PUSHGATE_MAX_RECIPIENTS")]
     pub max_recipients: Option<usize>,
+    /// Connections one user may hold on this node; past it the oldest is closed with
+    /// 4008, and a new one on the same ?device= replaces the old one [default: 16].
+    #[arg(long, env = "PUSHGATE_MAX_CONNS_PER_USER")]
+    pub max_conns_per_user: Option<usize>,
+    /// Seconds a /v1/presence query waits for the other nodes, at most 5 [default: 0.08].
+    #[arg(long, env = "PUSHGATE_PRESENCE_TIMEOUT")]
+    pub presence_timeout: Option<f64>,
+    /// Most users one /v1/presence query may name, at most 1000 [default: 100].
+    #[arg(long, env = "PUSHGATE_PRESENCE_MAX_UIDS")]
+    pub presence_max_uids: Option<usize>,
     /// Serve the /echo endpoint [default: true].
     #[arg(long, env = "PUSHGATE_ECHO")]
     pub echo: Option<bool>,
@@ -324,6 +338,10 @@ pub struct Settings {
     pub log_json: bool,
     /// Retained messages (single node; a size of 0 is off).
     pub history: router::HistoryConfig,
+    /// Connections one user may hold on this node.
+    pub max_conns_per_user: usize,
+    /// Bounds of `/v1/presence`.
+    pub operator: crate::control::OperatorLimits,
 }
 
 fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -531,6 +549,23 @@ impl Settings {
                 }
             },
             log_json: pick!(log_json, false),
+            max_conns_per_user: match pick!(max_conns_per_user, default::MAX_CONNS_PER_USER) {
+                0 => bail!("max_conns_per_user must be at least 1"),
+                n => n,
+            },
+            operator: crate::control::OperatorLimits {
+                presence_timeout: {
+                    let v = pick!(presence_timeout, default::PRESENCE_TIMEOUT);
+                    if !v.is_finite() || !(0.001..=5.0).contains(&v) {
+                        bail!("presence_timeout must be between 0.001 and 5 seconds, got {v}");
+                    }
+                    Duration::from_secs_f64(v)
+                },
+                presence_max_uids: match pick!(presence_max_uids, default::PRESENCE_MAX_UIDS) {
+                    n @ 1..=1000 => n,
+                    n => bail!("presence_max_uids must be between 1 and 1000, got {n}"),
+                },
+            },
             history: router::HistoryConfig {
                 size: pick!(history_size, default::HISTORY_SIZE),
                 ttl: secs("history_ttl", pick!(history_ttl, default::HISTORY_TTL))?,
@@ -733,6 +768,50 @@ mod tests {
         let s = Settings::resolve(&cli(&["--config", p, "--heartbeat", "3"]), 100).unwrap();
         assert_eq!(s.reactor.session.heartbeat, Duration::from_secs(3));
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn operator_keys_from_defaults_file_flags_and_environment() {
+        let d = Settings::resolve(&cli(&[]), 100).unwrap();
+        assert_eq!(d.max_conns_per_user, 16);
+        assert_eq!(d.operator.presence_timeout, Duration::from_millis(80));
+        assert_eq!(d.operator.presence_max_uids, 100);
+        let dir = std::env::temp_dir().join(format!("pushgate-operator-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.toml");
+        std::fs::write(
+            &path,
+            "max_conns_per_user = 4\npresence_timeout = 0.25\npresence_max_uids = 9\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let f = Settings::resolve(&cli(&["--config", p]), 100).unwrap();
+        assert_eq!(f.max_conns_per_user, 4);
+        assert_eq!(f.operator.presence_timeout, Duration::from_millis(250));
+        assert_eq!(f.operator.presence_max_uids, 9);
+        let o =
+            Settings::resolve(&cli(&["--config", p, "--max-conns-per-user", "1"]), 100).unwrap();
+        assert_eq!(o.max_conns_per_user, 1);
+        std::fs::remove_dir_all(&dir).ok();
+        for bad in [
+            "--max-conns-per-user=0",
+            "--presence-timeout=0",
+            "--presence-timeout=6",
+            "--presence-max-uids=0",
+            "--presence-max-uids=1001",
+        ] {
+            assert!(Settings::resolve(&cli(&[bad]), 100).is_err(), "{bad}");
+        }
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        for env in [
+            "PUSHGATE_MAX_CONNS_PER_USER",
+            "PUSHGATE_PRESENCE_TIMEOUT",
+            "PUSHGATE_PRESENCE_MAX_UIDS",
+        ] {
+            assert!(help.contains(env), "{env}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use pushgate::config::{Cli, Settings};
-use pushgate::control::{ApiStats, ControlService, ControlState};
+use pushgate::control::{ApiStats, ControlService, ControlState, OperatorStats};
 use pushgate::limits;
 use pushgate::metrics::{Metrics, Sources};
 use reactor::Server;
@@ -65,10 +65,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let router = Arc::new(match &nats {
-        Some(bus) => Router::with_bus(Box::new(Arc::clone(bus))),
-        None => Router::new().with_history(settings.history),
-    });
+    let router = Arc::new(
+        match &nats {
+            Some(bus) => Router::with_bus(Box::new(Arc::clone(bus))),
+            None => Router::new().with_history(settings.history),
+        }
+        .with_max_conns_per_user(settings.max_conns_per_user),
+    );
     let hooks_router = Arc::clone(&router);
     // The reactors serve the control listener too; its routes need the reactors' handles,
     // so they get the state once the reactors are bound.
@@ -94,11 +97,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     // error reply to that client has somewhere to go.
     router.attach(server.reactors().to_vec());
     let api_stats = Arc::new(ApiStats::default());
+    let operator_stats = Arc::new(OperatorStats::default());
     let metrics = Metrics::new(Sources {
         reactors: server.reactors().to_vec(),
         admission: Arc::clone(server.admission()),
         router: Arc::clone(&router),
         api: Arc::clone(&api_stats),
+        operator: Arc::clone(&operator_stats),
         node_id: node_id.clone(),
     })
     .context("registering the metrics")?;
@@ -111,6 +116,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         max_body_bytes: settings.max_body_bytes,
         api_stats,
         metrics,
+        operator_limits: settings.operator,
+        operator_stats,
     }));
     server.run().context("starting the reactor threads")?;
     if let Some(bus) = &nats {

@@ -22,7 +22,7 @@ use router::bus::stats::REFUSE_REASONS;
 use router::bus::BusStats;
 use router::Router;
 
-use crate::control::{ApiStats, API_ENDPOINTS, API_STATUSES};
+use crate::control::{ApiStats, OperatorStats, API_ENDPOINTS, API_STATUSES};
 
 /// Metric names, one place to grep.
 pub mod names {
@@ -125,6 +125,16 @@ pub mod names {
     pub const BUS_PING_TIMEOUTS: &str = "pushgate_bus_ping_timeouts_total";
     /// Histogram: publish on any node to delivery handed to the reactors here.
     pub const BUS_LATENCY: &str = "pushgate_bus_latency_seconds";
+    /// Counter: `/v1/presence` queries by result.
+    pub const PRESENCE_QUERIES: &str = "pushgate_presence_queries_total";
+    /// Counter: `/v1/disconnect` requests by result.
+    pub const DISCONNECT_REQUESTS: &str = "pushgate_disconnect_requests_total";
+    /// Counter: connections the router closed, by reason.
+    pub const ROUTER_CLOSES: &str = "pushgate_router_closes_total";
+    /// Gauge: other nodes heard from lately on the bus.
+    pub const CLUSTER_PEERS: &str = "pushgate_cluster_peers";
+    /// Counter: control messages from other nodes by kind.
+    pub const BUS_CONTROL_RECEIVED: &str = "pushgate_bus_control_received_total";
 }
 
 /// Reads one value from a reactor's counters.
@@ -145,6 +155,8 @@ pub struct Sources {
     pub router: Arc<Router>,
     /// Server API counters.
     pub api: Arc<ApiStats>,
+    /// Presence and disconnect counters.
+    pub operator: Arc<OperatorStats>,
     /// This node's name.
     pub node_id: String,
 }
@@ -159,12 +171,13 @@ impl Metrics {
     /// A registry holding one collector per part of the node.
     pub fn new(sources: Sources) -> anyhow::Result<Metrics> {
         let registry = Registry::new();
-        let parts: [(&'static str, Build); 5] = [
+        let parts: [(&'static str, Build); 6] = [
             ("reactors", reactors),
             ("inboxes", inboxes),
             ("control", control),
             ("router", router_part),
             ("bus", bus),
+            ("operator", operator_part),
         ];
         for (name, build) in parts {
             let collector = SumAtScrape::new(name, sources.clone(), build)?;
@@ -689,5 +702,65 @@ fn bus(src: &Sources, out: &mut Families) {
         BUS_LATENCY,
         "Publish on any node (by its clock) to delivery handed to the reactors here.",
         std::iter::once(&stats.latency),
+    );
+}
+
+/// Presence, disconnects, the per-user cap and the other nodes.
+fn operator_part(src: &Sources, out: &mut Families) {
+    use crate::control::operator::{DISCONNECT_RESULTS, PRESENCE_RESULTS};
+    use names::*;
+    let ops = &src.operator;
+    out.family(
+        PRESENCE_QUERIES,
+        COUNTER,
+        "/v1/presence queries: complete, partial (a live node did not answer in time), bad_request, unavailable (bus down).",
+        "result",
+        PRESENCE_RESULTS
+            .iter()
+            .zip(&ops.presence)
+            .map(|(r, c)| (r, c.get())),
+    );
+    out.family(
+        DISCONNECT_REQUESTS,
+        COUNTER,
+        "/v1/disconnect requests: ok, bad_request, unavailable (closed on this node only).",
+        "result",
+        DISCONNECT_RESULTS
+            .iter()
+            .zip(&ops.disconnects)
+            .map(|(r, c)| (r, c.get())),
+    );
+    let closes = src.router.close_stats();
+    out.family(
+        ROUTER_CLOSES,
+        COUNTER,
+        "Connections closed by the router: replaced (a new one on the same device, 4008), over_cap (the oldest past --max-conns-per-user, 4008), disconnect (a disconnect request), refused (the reactor's inbox was full).",
+        "reason",
+        [
+            ("replaced", closes.replaced.get()),
+            ("over_cap", closes.over_cap.get()),
+            ("disconnect", closes.disconnected.get()),
+            ("refused", closes.refused.get()),
+        ],
+    );
+    let bus = src.router.bus();
+    out.single(
+        CLUSTER_PEERS,
+        GAUGE,
+        "Other nodes heard from on the bus within the last 3.5 s.",
+        bus.live_nodes().len() as u64,
+    );
+    let none = router::bus::ControlStats::default();
+    let ctl = bus.control_stats().unwrap_or(&none);
+    out.family(
+        BUS_CONTROL_RECEIVED,
+        COUNTER,
+        "Control messages from other nodes: presence (queries answered), disconnect (requests carried out), invalid (dropped).",
+        "kind",
+        [
+            ("presence", ctl.queries_answered.get()),
+            ("disconnect", ctl.disconnects_received.get()),
+            ("invalid", ctl.invalid.get()),
+        ],
     );
 }

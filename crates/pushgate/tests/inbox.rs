@@ -144,7 +144,7 @@ fn deliveries_follow_references_and_stale_references_match_nothing() {
     assert!(ok(reactor.send(Command::Close {
         target: ref_b,
         code: CloseCode::POLICY,
-        reason: "policy",
+        reason: "policy".into(),
     })));
     assert_eq!(b.expect_close(Duration::from_secs(5)), CloseCode::POLICY);
     b.send_close(1008);

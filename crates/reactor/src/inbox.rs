@@ -1,6 +1,7 @@
 //! Work other threads hand a reactor, and the hooks through which a reactor tells the rest
 //! of the gateway about its connections.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,8 +51,9 @@ pub enum Command {
         target: ConnRef,
         /// Close code to send.
         code: CloseCode,
-        /// Close reason to send.
-        reason: &'static str,
+        /// Close reason to send (at most 123 bytes of UTF-8 go on the wire; a longer one
+        /// is cut at a character boundary).
+        reason: Cow<'static, str>,
     },
 }
 
@@ -89,7 +91,10 @@ impl Command {
                 OVERHEAD + frame.len() + std::mem::size_of_val(targets.as_slice())
             }
             Command::Broadcast { frame, .. } => OVERHEAD + frame.len(),
-            Command::Close { .. } => OVERHEAD,
+            Command::Close { reason, .. } => match reason {
+                Cow::Borrowed(_) => OVERHEAD,
+                Cow::Owned(r) => OVERHEAD + r.len(),
+            },
         }
     }
 }

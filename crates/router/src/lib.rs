@@ -22,4 +22,5 @@ pub use bus::{BusError, ClusterBus, InProcess, NatsBus, NatsConfig};
 pub use history::HistoryConfig;
 pub use hooks::RouterHooks;
 pub use registry::Registry;
-pub use router::{Delivered, Opened, PushOutcome, Router};
+pub use registry::UserConn;
+pub use router::{CloseStats, Delivered, Opened, PushOutcome, Router, CLOSE_USER_CAP};

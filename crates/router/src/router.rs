@@ -1,6 +1,7 @@
 //! Delivering a push: resolve recipients to connections, encode the frame once, and give
 //! each reactor one command listing all of its recipients.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,8 +10,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use protocol::frame::{FrameBuilder, OpCode};
+use protocol::CloseCode;
 use reactor::{Command, ConnRef, ReactorHandle};
 
+use crate::bus::control::{Disconnect, PresenceEntry, REPLACED_REASON};
+use crate::bus::stats::Counter;
 use crate::bus::{BusError, ClusterBus, InProcess, Kind, Outgoing};
 use crate::history::{History, HistoryConfig};
 use crate::idempotency::Idempotency;
@@ -65,6 +69,23 @@ pub struct Opened {
     pub replayed_from: u64,
 }
 
+/// Close code for a connection displaced by the per-user cap (shared/CONTRACT.md).
+pub const CLOSE_USER_CAP: CloseCode = CloseCode(4008);
+
+/// Connections the router closed: by the per-user cap and by disconnect requests.
+#[derive(Debug, Default)]
+pub struct CloseStats {
+    /// Replaced by a new connection on the same device.
+    pub replaced: Counter,
+    /// The oldest, closed because a new one would exceed the per-user cap.
+    pub over_cap: Counter,
+    /// Closed by a disconnect request (from the API here or from another node).
+    pub disconnected: Counter,
+    /// Closes refused by a full reactor inbox. One displaced by the cap was already taken
+    /// out of the registry: it gets no more pushes and ends with its client.
+    pub refused: Counter,
+}
+
 /// The node's router.
 #[derive(Debug)]
 pub struct Router {
@@ -72,6 +93,8 @@ pub struct Router {
     reactors: OnceLock<Vec<ReactorHandle>>,
     bus: Box<dyn ClusterBus>,
     history: Option<Histories>,
+    max_conns_per_user: usize,
+    close_stats: CloseStats,
 }
 
 impl Default for Router {
@@ -93,7 +116,114 @@ impl Router {
             reactors: OnceLock::new(),
             bus,
             history: None,
+            max_conns_per_user: usize::MAX,
+            close_stats: CloseStats::default(),
         }
+    }
+
+    /// Caps the connections one user holds on this node (at least 1): past it the
+    /// oldest is closed with [`CLOSE_USER_CAP`], and a new connection on a named device
+    /// replaces the user's connection on that device.
+    pub fn with_max_conns_per_user(mut self, cap: usize) -> Self {
+        self.max_conns_per_user = cap.max(1);
+        self
+    }
+
+    /// What the router closed.
+    pub fn close_stats(&self) -> &CloseStats {
+        &self.close_stats
+    }
+
+    /// Starts the close handshake of `conn` with `code`; false if its reactor refused
+    /// the command (inbox full) or is unknown.
+    pub fn close_conn(&self, conn: ConnRef, code: CloseCode, reason: Cow<'static, str>) -> bool {
+        let reactors = self.reactors.get().map(Vec::as_slice).unwrap_or_default();
+        reactors.get(usize::from(conn.reactor)).is_some_and(|r| {
+            r.send(Command::Close {
+                target: conn,
+                code,
+                reason,
+            })
+            .is_ok()
+        })
+    }
+
+    /// The connections of `uid` on this node (`node`), for a presence answer.
+    pub fn presence_local(&self, uid: &str, node: &str) -> Vec<PresenceEntry> {
+        let mut conns = Vec::new();
+        self.registry.user_conns(uid, None, None, &mut conns);
+        conns.sort_unstable_by_key(|c| c.opened);
+        conns
+            .into_iter()
+            .map(|c| PresenceEntry {
+                node: node.to_owned(),
+                conn: format!("{}.{}.{}", c.conn.reactor, c.conn.index, c.conn.generation),
+                device: c.device().unwrap_or(DEFAULT_DEVICE).to_owned(),
+            })
+            .collect()
+    }
+
+    /// Closes the connections of a disconnect request on this node (the request is
+    /// checked); returns how many closes were queued. A request with `before` replaces a
+    /// device's connections (another node has a newer one): counted as replaced.
+    pub fn disconnect_local(&self, req: &Disconnect) -> usize {
+        let mut conns = Vec::new();
+        self.registry
+            .user_conns(&req.uid, req.device.as_deref(), req.before, &mut conns);
+        let mut closed = 0;
+        for c in conns {
+            let reason = Cow::Owned(req.reason.clone());
+            if self.close_conn(c.conn, CloseCode(req.code), reason) {
+                closed += 1;
+            } else {
+                self.close_stats.refused.add(1);
+            }
+        }
+        let counter = match req.before {
+            Some(_) => &self.close_stats.replaced,
+            None => &self.close_stats.disconnected,
+        };
+        counter.add(closed as u64);
+        closed
+    }
+
+    /// Registers a connection of `uid` on `device` under the per-user cap, closing what
+    /// it displaces.
+    fn add_user_on(&self, uid: &str, conn: ConnRef, device: Option<&str>) -> Arc<str> {
+        let mut evicted = Vec::new();
+        let (id, first, opened) =
+            self.registry
+                .add_user_capped(uid, conn, device, self.max_conns_per_user, &mut evicted);
+        if first {
+            self.bus.interest_changed(Kind::User, &id);
+        }
+        if let (Some(device), true) = (device, self.is_clustered()) {
+            // The device's older connections on the other nodes go too. Best effort:
+            // with the bus down they stay, as they would without this.
+            let _ = self.bus.disconnect(&Disconnect {
+                uid: uid.to_owned(),
+                device: Some(device.to_owned()),
+                code: CLOSE_USER_CAP.0,
+                reason: REPLACED_REASON.to_owned(),
+                before: Some(opened),
+            });
+        }
+        for old in evicted {
+            let replaced = device.is_some() && old.device() == device;
+            let (counter, reason) = if replaced {
+                (&self.close_stats.replaced, REPLACED_REASON)
+            } else {
+                (
+                    &self.close_stats.over_cap,
+                    "too many connections for this user",
+                )
+            };
+            counter.add(1);
+            if !self.close_conn(old.conn, CLOSE_USER_CAP, Cow::Borrowed(reason)) {
+                self.close_stats.refused.add(1);
+            }
+        }
+        id
     }
 
     /// Keeps history (seqs, resume, acks, offline delivery, idempotent pushes) within
@@ -191,7 +321,7 @@ impl Router {
         since: Option<u64>,
     ) -> (Arc<str>, Welcome, Opened) {
         let Some(h) = &self.history else {
-            let id = self.add_user(uid, conn);
+            let id = self.add_user_on(uid, conn, device);
             let w = Welcome {
                 error: since.map(|_| cp::HISTORY_DISABLED),
                 ..Welcome::default()
@@ -199,7 +329,7 @@ impl Router {
             return (id, w, Opened { replayed_from: 0 });
         };
         let mut l = h.users.lock(uid, Instant::now());
-        let id = self.add_user(uid, conn);
+        let id = self.add_user_on(uid, conn, device);
         let latest = l.latest(uid);
         l.pin(uid, true);
         if since.is_some_and(|s| s > latest) {

@@ -4,8 +4,10 @@
 
 pub mod api;
 pub mod http;
+pub mod operator;
 mod routes;
 mod service;
 
+pub use operator::{OperatorLimits, OperatorStats};
 pub use routes::{ApiStats, ControlState, API_ENDPOINTS, API_STATUSES};
 pub use service::ControlService;

@@ -12,6 +12,7 @@ use router::{BusError, Router};
 
 use super::api;
 use super::http::{json_error, response, Request};
+use super::operator::{self, OperatorLimits, OperatorStats};
 use crate::metrics::Metrics;
 
 /// Server API endpoints, for the request counters.
@@ -55,6 +56,10 @@ pub struct ControlState {
     pub api_stats: Arc<ApiStats>,
     /// `/metrics`.
     pub metrics: Metrics,
+    /// Bounds of `/v1/presence` and `/v1/disconnect`.
+    pub operator_limits: OperatorLimits,
+    /// Counters of `/v1/presence` and `/v1/disconnect`.
+    pub operator_stats: Arc<OperatorStats>,
 }
 
 /// Compares in constant time (the `subtle` crate, which also keeps the optimiser from
@@ -79,6 +84,13 @@ impl ControlState {
             self.api_stats.count(e, status);
             return match body {
                 Ok(body) => response(200, "application/json", &body, keep),
+                Err(msg) => json_error(status, msg, keep),
+            };
+        }
+        if matches!(req.path.as_str(), "/v1/presence" | "/v1/disconnect") {
+            let (status, body) = self.operator(req);
+            return match body {
+                Ok(body) => response(status, "application/json", &body, keep),
                 Err(msg) => json_error(status, msg, keep),
             };
         }
@@ -107,19 +119,52 @@ impl ControlState {
         }
     }
 
+    /// Whether the request carries the API key, when one is required.
+    fn authorized(&self, req: &Request) -> bool {
+        let Some(key) = &self.api_key else {
+            return true;
+        };
+        let given = req.authorization.as_deref().and_then(|h| {
+            let (scheme, token) = h.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+        given.is_some_and(|g| same_secret(g.as_bytes(), key.as_bytes()))
+    }
+
+    /// Serves `/v1/presence` and `/v1/disconnect`, behind the API key like the API.
+    fn operator(&self, req: &Request) -> operator::Answer {
+        let presence = req.path == "/v1/presence";
+        let method_ok = if presence {
+            req.method == "GET"
+        } else {
+            req.method == "POST"
+        };
+        if !method_ok {
+            return (405, Err("method not allowed"));
+        }
+        if !self.authorized(req) {
+            return (401, Err("missing or wrong API key"));
+        }
+        if presence {
+            operator::presence(
+                &self.router,
+                &self.node_id,
+                &self.operator_limits,
+                &self.operator_stats,
+                req.head.query().unwrap_or(""),
+            )
+        } else {
+            operator::disconnect(&self.router, &self.operator_stats, &req.body)
+        }
+    }
+
     /// Serves an API endpoint: (status, Ok or the error message).
     fn api(&self, endpoint: usize, req: &Request) -> (u16, Result<Bytes, &'static str>) {
         if req.method != "POST" {
             return (405, Err("method not allowed"));
         }
-        if let Some(key) = &self.api_key {
-            let given = req.authorization.as_deref().and_then(|h| {
-                let (scheme, token) = h.trim().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            });
-            if !given.is_some_and(|g| same_secret(g.as_bytes(), key.as_bytes())) {
-                return (401, Err("missing or wrong API key"));
-            }
+        if !self.authorized(req) {
+            return (401, Err("missing or wrong API key"));
         }
         let received = Instant::now();
         if endpoint == 0 {

@@ -67,7 +67,7 @@ impl<D: Driver> Reactor<D> {
                 reason,
             } => {
                 if let Some(key) = self.resolve(target) {
-                    self.with_session(key, |s, cx, fx| s.close(code, reason, cx, fx));
+                    self.with_session(key, |s, cx, fx| s.close(code, &reason, cx, fx));
                 }
             }
         }

@@ -19,6 +19,7 @@
 //!   to all of its local recipients of the listed targets and ignores the rest), and
 //!   [`HEADER_SENT`] (for the bus latency histogram).
 
+pub mod control;
 mod dedup;
 mod interest;
 mod lingering;
@@ -30,9 +31,11 @@ mod trim;
 
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
+pub use control::{ClusterPresence, ControlStats, Disconnect, PresenceEntry};
 pub use nats::{NatsBus, NatsConfig};
 pub use stats::BusStats;
 pub use subject::{Kind, Subjects};
@@ -91,6 +94,27 @@ pub trait ClusterBus: Send + Sync + Debug {
     fn is_ready(&self) -> bool;
     /// The bus counters, when there is a bus.
     fn stats(&self) -> Option<&BusStats>;
+    /// Asks the other nodes for the connections of `uids` (one list per uid, in order),
+    /// waiting for their answers until `deadline` at most; nodes that did not answer are
+    /// named. A node alone has nobody to ask.
+    fn presence(&self, uids: &[String], _deadline: Instant) -> Result<ClusterPresence, BusError> {
+        Ok(ClusterPresence {
+            users: vec![Vec::new(); uids.len()],
+            ..ClusterPresence::default()
+        })
+    }
+    /// Asks the other nodes to close connections, without waiting.
+    fn disconnect(&self, _req: &Disconnect) -> Result<(), BusError> {
+        Ok(())
+    }
+    /// The other nodes alive now.
+    fn live_nodes(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// The control counters, when there is a bus.
+    fn control_stats(&self) -> Option<&ControlStats> {
+        None
+    }
 }
 
 /// A node alone: nothing to reach beyond it.
@@ -129,5 +153,21 @@ impl<T: ClusterBus + ?Sized> ClusterBus for Arc<T> {
 
     fn stats(&self) -> Option<&BusStats> {
         (**self).stats()
+    }
+
+    fn presence(&self, uids: &[String], deadline: Instant) -> Result<ClusterPresence, BusError> {
+        (**self).presence(uids, deadline)
+    }
+
+    fn disconnect(&self, req: &Disconnect) -> Result<(), BusError> {
+        (**self).disconnect(req)
+    }
+
+    fn live_nodes(&self) -> Vec<String> {
+        (**self).live_nodes()
+    }
+
+    fn control_stats(&self) -> Option<&ControlStats> {
+        (**self).control_stats()
     }
 }

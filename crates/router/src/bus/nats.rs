@@ -26,6 +26,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
+use super::control::{ClusterPresence, Control, ControlStats, Disconnect};
 use super::dedup::RecentIds;
 use super::interest::{Changed, Key};
 use super::lingering::{Lingering, RecentPeak};
@@ -82,6 +83,8 @@ struct Shared {
     max_payload: AtomicUsize,
     stop: std::sync::atomic::AtomicBool,
     liveness: Liveness,
+    /// Node announcements, presence and disconnects ([`super::control`]).
+    control: Control,
 }
 
 impl Shared {
@@ -114,6 +117,11 @@ impl NatsBus {
                 max_payload: AtomicUsize::new(1024 * 1024),
                 stop: Default::default(),
                 liveness: Liveness::new(config.ping_timeout),
+                control: Control::new(
+                    &config.prefix,
+                    &config.node_id,
+                    RandomState::new().hash_one(unix_micros() ^ u64::from(std::process::id())),
+                ),
             }),
             thread: Mutex::new(None),
             pending: Mutex::new(Some((config, subjects, rx))),
@@ -191,6 +199,32 @@ impl ClusterBus for NatsBus {
 
     fn stats(&self) -> Option<&BusStats> {
         Some(&self.shared.stats)
+    }
+
+    fn presence(&self, uids: &[String], deadline: Instant) -> Result<ClusterPresence, BusError> {
+        if !self.shared.is_ready() {
+            return Err(BusError::Disconnected);
+        }
+        self.shared
+            .control
+            .ask_presence(uids, deadline, || self.shared.wake.notify_one())
+    }
+
+    fn disconnect(&self, req: &Disconnect) -> Result<(), BusError> {
+        if !self.shared.is_ready() {
+            return Err(BusError::Disconnected);
+        }
+        self.shared.control.send_disconnect(req)?;
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    fn live_nodes(&self) -> Vec<String> {
+        self.shared.control.live_peers(Instant::now())
+    }
+
+    fn control_stats(&self) -> Option<&ControlStats> {
+        Some(self.shared.control.stats())
     }
 }
 
@@ -293,6 +327,8 @@ struct Worker {
     peak: RecentPeak,
     trimmer: Trimmer,
     broadcast: Option<AbortHandle>,
+    /// The control subscriptions' tasks, once subscribed.
+    control_subs: Vec<AbortHandle>,
     /// The inbox answers to liveness probes arrive in (`<inbox>.<seq>`), once subscribed.
     probe_inbox: Option<(String, AbortHandle)>,
     probe_seq: u64,
@@ -335,6 +371,7 @@ impl Worker {
             peak: RecentPeak::new(delay),
             trimmer: Trimmer::new(),
             broadcast: None,
+            control_subs: Vec::new(),
             probe_inbox: None,
             probe_seq: 0,
             next_probe: Instant::now(),
@@ -389,6 +426,11 @@ impl Worker {
                     self.broadcast = self.subscribe(&client, None).await;
                     self.subs_changed = true;
                 }
+                if self.control_subs.is_empty() {
+                    self.subscribe_control(&client).await;
+                    self.subs_changed = true;
+                }
+                more |= self.publish_control(&client).await;
                 more |= self.reconcile_batch(&client).await;
                 more |= self.expire_leaving();
                 self.probe(&client).await;
@@ -412,6 +454,57 @@ impl Worker {
         if let Some((_, h)) = self.probe_inbox.take() {
             h.abort();
         }
+        for h in self.control_subs.drain(..) {
+            h.abort();
+        }
+    }
+
+    /// Subscribes to the control subjects; their messages are handled on this thread.
+    async fn subscribe_control(&mut self, client: &Client) {
+        for subject in self.shared.control.subscriptions() {
+            let mut sub = match client.subscribe(subject).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "subscribing to a control subject failed");
+                    for h in self.control_subs.drain(..) {
+                        h.abort();
+                    }
+                    return;
+                }
+            };
+            let (shared, router) = (Arc::clone(&self.shared), Arc::clone(&self.router));
+            let task = tokio::spawn(async move {
+                while let Some(msg) = sub.next().await {
+                    let reply = msg.reply.as_ref().map(|r| r.as_str());
+                    shared
+                        .control
+                        .on_message(&router, &msg.subject, reply, &msg.payload);
+                    if shared.control.has_outgoing() {
+                        shared.wake.notify_one();
+                    }
+                }
+            });
+            self.control_subs.push(task.abort_handle());
+        }
+    }
+
+    /// Publishes queued control messages and a due announcement; true if more wait.
+    async fn publish_control(&mut self, client: &Client) -> bool {
+        for m in self
+            .shared
+            .control
+            .take_outgoing(Instant::now(), PUBLISH_BATCH)
+        {
+            let sent = match m.reply {
+                Some(reply) => client.publish_with_reply(m.subject, reply, m.payload).await,
+                None => client.publish(m.subject, m.payload).await,
+            };
+            if let Err(e) = sent {
+                self.shared.stats.publish_errors.add(1);
+                tracing::debug!(error = %e, "control message not sent");
+            }
+        }
+        self.shared.control.has_outgoing()
     }
 
     /// Sends a liveness probe when one is due, or when the subscriptions changed (its
@@ -694,6 +787,7 @@ fn on_event(shared: &Shared, event: Event) {
         Event::Connected => {
             // Probes sent on the old connection will not be answered.
             shared.liveness.reset();
+            shared.control.announce_soon();
             stats.connects.add(1);
             stats.connected.store(true, Ordering::Relaxed);
             tracing::info!("cluster bus: connected to NATS");

@@ -1,0 +1,658 @@
+//! Control messages between the nodes of a cluster: which nodes are alive, presence
+//! queries and disconnects (`docs/BUS.md`, "Control subjects").
+//!
+//! Everything lives under `<prefix>.ctl.`, so a backend's NATS permissions can exclude
+//! it: a backend publishing pushes never needs it.
+//!
+//! - `<prefix>.ctl.node`: every node announces itself every [`ANNOUNCE_EVERY`]; a node
+//!   not heard from for [`FORGET_AFTER`] (three announcements missed) is no longer
+//!   expected to answer. A node that hears a node it did not know announces itself at
+//!   once, so a new node knows the others within a round trip.
+//! - `<prefix>.ctl.presence`: a query, with the reply subject
+//!   `<prefix>.ctl.reply.<boot>.<token>` of the asking process; each node answers once.
+//!   The asker waits until every live node answered or its deadline passed, and names
+//!   the missing ones.
+//! - `<prefix>.ctl.disconnect`: close a user's connections (of one device) everywhere;
+//!   no answer.
+//!
+//! This module knows no NATS client: the bus thread subscribes to
+//! [`Control::subscriptions`], hands every message on them to [`Control::on_message`],
+//! and publishes what [`Control::take_outgoing`] returns. Other threads only queue (never
+//! block on the bus), except [`Control::ask_presence`], which waits at most its deadline.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use parking_lot::Mutex;
+use protocol::CloseCode;
+use serde::{Deserialize, Serialize};
+
+use super::BusError;
+use crate::router::Router;
+
+/// How often a node announces itself.
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+/// A node silent this long is forgotten (three announcements missed, and some slack).
+pub const FORGET_AFTER: Duration = Duration::from_millis(3500);
+/// Most bytes of connection entries one node puts in a presence answer; past it the
+/// answer says `"truncated":true` (well below NATS's default 1 MiB payload limit).
+pub const ANSWER_MAX_BYTES: usize = 256 * 1024;
+/// Control messages waiting for the bus thread before more are refused.
+const QUEUE_DEPTH: usize = 4096;
+/// Longest close reason, in bytes: a close frame's payload is at most 125 bytes, two of
+/// which are the code (RFC 6455 §5.5).
+pub const MAX_REASON_BYTES: usize = 123;
+
+/// One connection in a presence answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceEntry {
+    /// The node holding it.
+    pub node: String,
+    /// The connection, unique on its node while it lives.
+    pub conn: String,
+    /// Its `?device=`, `"default"` when it named none.
+    pub device: String,
+}
+
+/// A presence query's answer from the rest of the cluster.
+#[derive(Debug, Default)]
+pub struct ClusterPresence {
+    /// Entries by the queried user's position in the query.
+    pub users: Vec<Vec<PresenceEntry>>,
+    /// Live nodes that did not answer in time.
+    pub partial: Vec<String>,
+    /// Some node cut its answer at [`ANSWER_MAX_BYTES`].
+    pub truncated: bool,
+}
+
+/// A request to close a user's connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disconnect {
+    /// The user.
+    pub uid: String,
+    /// Only the connections of this device, if given.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// The close code: 4000–4999 or 1008.
+    pub code: u16,
+    /// The close reason, at most [`MAX_REASON_BYTES`].
+    #[serde(default)]
+    pub reason: String,
+    /// Only connections opened before this, in microseconds since the Unix epoch: set
+    /// when a new connection on a named device replaces that device's connections on the
+    /// other nodes, so that it never closes one newer than itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
+}
+
+/// The reason sent with 4008 to a connection replaced by a newer one of its device.
+pub const REPLACED_REASON: &str = "replaced by a new connection of the same device";
+
+impl Disconnect {
+    /// Why the request cannot be carried out, if it cannot.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.uid.is_empty() || self.uid.len() > session::auth::MAX_ID_LEN {
+            return Err("\"uid\" must be a non-empty string of at most 256 bytes");
+        }
+        if self.device.as_ref().is_some_and(|d| d.is_empty()) {
+            return Err("\"device\" must be a non-empty string when given");
+        }
+        if !valid_kick_code(self.code) {
+            return Err("\"code\" must be 1008 or between 4000 and 4999");
+        }
+        if self.reason.len() > MAX_REASON_BYTES {
+            return Err("\"reason\" must be at most 123 bytes of UTF-8");
+        }
+        Ok(())
+    }
+}
+
+/// Close codes an operator may close a connection with.
+pub fn valid_kick_code(code: u16) -> bool {
+    code == CloseCode::POLICY.0 || (4000..=4999).contains(&code)
+}
+
+#[derive(Serialize, Deserialize)]
+struct Announce<'a> {
+    node: &'a str,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Query {
+    node: String,
+    uids: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Answer {
+    node: String,
+    users: Vec<Vec<PresenceEntry>>,
+    #[serde(default)]
+    truncated: bool,
+}
+
+/// A message for the bus thread to publish.
+#[derive(Debug)]
+pub struct ControlOut {
+    /// Where to.
+    pub subject: String,
+    /// Where answers go, for a query.
+    pub reply: Option<String>,
+    /// The JSON.
+    pub payload: Bytes,
+}
+
+/// What control counts.
+#[derive(Debug, Default)]
+pub struct ControlStats {
+    /// Control messages that were not what they should be (dropped).
+    pub invalid: super::stats::Counter,
+    /// Disconnect requests received from other nodes.
+    pub disconnects_received: super::stats::Counter,
+    /// Presence queries answered for other nodes.
+    pub queries_answered: super::stats::Counter,
+}
+
+/// The control state of one node.
+#[derive(Debug)]
+pub struct Control {
+    node: String,
+    node_subject: String,
+    presence_subject: String,
+    disconnect_subject: String,
+    /// `<prefix>.ctl.reply.<boot>.`: this process's answers arrive under it.
+    reply_prefix: String,
+    /// Other nodes by name, and when each was last heard from.
+    peers: Mutex<HashMap<String, Instant>>,
+    /// Live nodes that missed a query's deadline and have not been heard from since:
+    /// later queries name them at once instead of waiting for them again. The wait
+    /// holds the thread that serves the query (a reactor), so a frozen node costs one
+    /// wait, not one per query, until it announces itself again.
+    suspect: Mutex<HashSet<String>>,
+    next_announce: Mutex<Instant>,
+    /// Queries waiting for answers, by token.
+    waiting: Mutex<HashMap<u64, Sender<Answer>>>,
+    next_token: AtomicU64,
+    tx: Sender<ControlOut>,
+    rx: Receiver<ControlOut>,
+    stats: ControlStats,
+}
+
+impl Control {
+    /// Control for node `node` under `prefix` (already checked); `boot` tells this
+    /// process apart from an earlier one of the same node.
+    pub fn new(prefix: &str, node: &str, boot: u64) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE_DEPTH);
+        Control {
+            node: node.to_owned(),
+            node_subject: format!("{prefix}.ctl.node"),
+            presence_subject: format!("{prefix}.ctl.presence"),
+            disconnect_subject: format!("{prefix}.ctl.disconnect"),
+            reply_prefix: format!("{prefix}.ctl.reply.{boot:016x}."),
+            peers: Mutex::new(HashMap::new()),
+            suspect: Mutex::new(HashSet::new()),
+            next_announce: Mutex::new(Instant::now()),
+            waiting: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(1),
+            tx,
+            rx,
+            stats: ControlStats::default(),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &ControlStats {
+        &self.stats
+    }
+
+    /// The subjects the bus thread subscribes to for this module.
+    pub fn subscriptions(&self) -> [String; 4] {
+        [
+            self.node_subject.clone(),
+            self.presence_subject.clone(),
+            self.disconnect_subject.clone(),
+            format!("{}*", self.reply_prefix),
+        ]
+    }
+
+    /// What to publish now: queued messages, and an announcement when one is due.
+    pub fn take_outgoing(&self, now: Instant, max: usize) -> Vec<ControlOut> {
+        let mut out: Vec<ControlOut> = self.rx.try_iter().take(max).collect();
+        let mut next = self.next_announce.lock();
+        if now >= *next {
+            *next = now + ANNOUNCE_EVERY;
+            out.push(self.announcement());
+        }
+        out
+    }
+
+    /// Whether messages wait in the queue.
+    pub fn has_outgoing(&self) -> bool {
+        !self.rx.is_empty()
+    }
+
+    /// Announce at the next pass (a new connection to NATS, or a node we did not know).
+    pub fn announce_soon(&self) {
+        *self.next_announce.lock() = Instant::now();
+    }
+
+    fn announcement(&self) -> ControlOut {
+        ControlOut {
+            subject: self.node_subject.clone(),
+            reply: None,
+            payload: json(&Announce { node: &self.node }),
+        }
+    }
+
+    fn queue(&self, msg: ControlOut) -> Result<(), BusError> {
+        match self.tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(BusError::QueueFull),
+            Err(TrySendError::Disconnected(_)) => Err(BusError::Disconnected),
+        }
+    }
+
+    /// The other nodes heard from within [`FORGET_AFTER`], sorted; forgets the rest.
+    pub fn live_peers(&self, now: Instant) -> Vec<String> {
+        let mut peers = self.peers.lock();
+        peers.retain(|_, seen| now.saturating_duration_since(*seen) <= FORGET_AFTER);
+        let mut names: Vec<String> = peers.keys().cloned().collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Records that `node` is alive; true if it was not known.
+    fn seen(&self, node: &str, now: Instant) -> bool {
+        if node == self.node {
+            return false;
+        }
+        self.suspect.lock().remove(node);
+        self.peers.lock().insert(node.to_owned(), now).is_none()
+    }
+
+    /// Queues a disconnect for every other node.
+    pub fn send_disconnect(&self, req: &Disconnect) -> Result<(), BusError> {
+        self.queue(ControlOut {
+            subject: self.disconnect_subject.clone(),
+            reply: None,
+            payload: json(req),
+        })
+    }
+
+    /// Asks every other live node for the connections of `uids` and waits for their
+    /// answers until `deadline`; `wake` tells the bus thread a message is queued.
+    pub fn ask_presence(
+        &self,
+        uids: &[String],
+        deadline: Instant,
+        wake: impl FnOnce(),
+    ) -> Result<ClusterPresence, BusError> {
+        let mut expected = self.live_peers(Instant::now());
+        let mut result = ClusterPresence {
+            users: vec![Vec::new(); uids.len()],
+            ..ClusterPresence::default()
+        };
+        {
+            let suspect = self.suspect.lock();
+            expected.retain(|n| {
+                let wait = !suspect.contains(n);
+                if !wait {
+                    result.partial.push(n.clone());
+                }
+                wait
+            });
+        }
+        if expected.is_empty() {
+            return Ok(result);
+        }
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        // Room for every expected answer and a few from nodes not known yet; more are
+        // dropped by the bus thread rather than queued without bound.
+        let (tx, rx) = crossbeam_channel::bounded(expected.len() + 4);
+        self.waiting.lock().insert(token, tx);
+        let query = Query {
+            node: self.node.clone(),
+            uids: uids.to_vec(),
+        };
+        let sent = self.queue(ControlOut {
+            subject: self.presence_subject.clone(),
+            reply: Some(format!("{}{token}", self.reply_prefix)),
+            payload: json(&query),
+        });
+        if let Err(e) = sent {
+            self.waiting.lock().remove(&token);
+            return Err(e);
+        }
+        wake();
+        while !expected.is_empty() {
+            let Ok(answer) = rx.recv_deadline(deadline) else {
+                break;
+            };
+            expected.retain(|n| *n != answer.node);
+            result.truncated |= answer.truncated;
+            for (mine, theirs) in result.users.iter_mut().zip(answer.users) {
+                mine.extend(theirs);
+            }
+        }
+        self.waiting.lock().remove(&token);
+        self.suspect.lock().extend(expected.iter().cloned());
+        result.partial.extend(expected);
+        result.partial.sort_unstable();
+        Ok(result)
+    }
+
+    /// Handles one message on a control subject (called on the bus thread); `reply` is
+    /// the message's reply subject.
+    pub fn on_message(&self, router: &Router, subject: &str, reply: Option<&str>, payload: &[u8]) {
+        let now = Instant::now();
+        if subject == self.node_subject {
+            match serde_json::from_slice::<Announce<'_>>(payload) {
+                Ok(a) => {
+                    if self.seen(a.node, now) {
+                        self.announce_soon();
+                    }
+                }
+                Err(_) => self.stats.invalid.add(1),
+            }
+        } else if subject == self.presence_subject {
+            match (serde_json::from_slice::<Query>(payload), reply) {
+                (Ok(q), Some(reply)) => {
+                    if self.seen(&q.node, now) {
+                        self.announce_soon();
+                    }
+                    let answer = self.local_answer(router, &q.uids);
+                    self.stats.queries_answered.add(1);
+                    let _ = self.queue(ControlOut {
+                        subject: reply.to_owned(),
+                        reply: None,
+                        payload: json(&answer),
+                    });
+                }
+                _ => self.stats.invalid.add(1),
+            }
+        } else if subject == self.disconnect_subject {
+            match serde_json::from_slice::<Disconnect>(payload) {
+                Ok(d) if d.check().is_ok() => {
+                    self.stats.disconnects_received.add(1);
+                    router.disconnect_local(&d);
+                }
+                _ => self.stats.invalid.add(1),
+            }
+        } else if let Some(token) = subject.strip_prefix(&self.reply_prefix) {
+            let (Ok(token), Ok(answer)) = (
+                token.parse::<u64>(),
+                serde_json::from_slice::<Answer>(payload),
+            ) else {
+                self.stats.invalid.add(1);
+                return;
+            };
+            self.seen(&answer.node, now);
+            // A late answer finds nobody waiting: dropped.
+            if let Some(tx) = self.waiting.lock().get(&token) {
+                let _ = tx.try_send(answer);
+            }
+        }
+    }
+
+    /// This node's answer to a query for `uids`, cut at [`ANSWER_MAX_BYTES`].
+    fn local_answer(&self, router: &Router, uids: &[String]) -> Answer {
+        let mut bytes = 0;
+        let mut truncated = false;
+        let users = uids
+            .iter()
+            .map(|uid| {
+                let mut entries = router.presence_local(uid, &self.node);
+                let mut keep = 0;
+                for e in &entries {
+                    // The JSON of one entry is its strings plus some 40 bytes of syntax.
+                    let len = e.node.len() + e.conn.len() + e.device.len() + 40;
+                    if bytes + len > ANSWER_MAX_BYTES {
+                        truncated = true;
+                        break;
+                    }
+                    bytes += len;
+                    keep += 1;
+                }
+                entries.truncate(keep);
+                entries
+            })
+            .collect();
+        Answer {
+            node: self.node.clone(),
+            users,
+            truncated,
+        }
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> Bytes {
+    // Serialising plain structs into memory cannot fail.
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(node: &str, uid_entries: usize) -> Vec<u8> {
+        serde_json::to_vec(&Answer {
+            node: node.into(),
+            users: vec![vec![
+                PresenceEntry {
+                    node: node.into(),
+                    conn: "0.1.1".into(),
+                    device: "default".into(),
+                };
+                uid_entries
+            ]],
+            truncated: false,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn peers_are_forgotten_after_missed_announcements() {
+        let c = Control::new("p", "me", 7);
+        let router = Router::new();
+        let t0 = Instant::now();
+        c.on_message(&router, "p.ctl.node", None, br#"{"node":"n2"}"#);
+        c.on_message(&router, "p.ctl.node", None, br#"{"node":"me"}"#);
+        c.on_message(&router, "p.ctl.node", None, b"nope");
+        assert_eq!(c.live_peers(t0), ["n2"]);
+        assert_eq!(c.stats().invalid.get(), 1);
+        assert!(c
+            .live_peers(t0 + FORGET_AFTER + Duration::from_millis(10))
+            .is_empty());
+    }
+
+    #[test]
+    fn a_query_collects_answers_and_names_the_silent() {
+        let c = std::sync::Arc::new(Control::new("p", "me", 7));
+        let router = Router::new();
+        for n in ["n2", "n3"] {
+            c.on_message(
+                &router,
+                "p.ctl.node",
+                None,
+                format!(r#"{{"node":"{n}"}}"#).as_bytes(),
+            );
+        }
+        let c2 = std::sync::Arc::clone(&c);
+        let asker = std::thread::spawn(move || {
+            c2.ask_presence(
+                &["u1".to_owned()],
+                Instant::now() + Duration::from_millis(300),
+                || {},
+            )
+        });
+        // The query goes out through the queue; answer it as n2 only.
+        let q = loop {
+            let out = c.take_outgoing(Instant::now(), 16);
+            if let Some(q) = out.into_iter().find(|m| m.subject == "p.ctl.presence") {
+                break q;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let reply = q.reply.unwrap();
+        assert!(reply.starts_with("p.ctl.reply.0000000000000007."));
+        c.on_message(&router, &reply, None, &answer("n2", 2));
+        c.on_message(&router, &reply, None, b"{}");
+        let got = asker.join().unwrap().unwrap();
+        assert_eq!(got.partial, ["n3"]);
+        assert_eq!(got.users.len(), 1);
+        assert_eq!(got.users[0].len(), 2);
+        assert_eq!(c.stats().invalid.get(), 1);
+        // n3 missed the deadline: the next query names it without waiting for it (and,
+        // n2 being unanswered this time, waits only for n2).
+        let start = Instant::now();
+        let got = c
+            .ask_presence(&["u1".to_owned()], start + Duration::from_millis(50), || {})
+            .unwrap();
+        assert_eq!(got.partial, ["n2", "n3"]);
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        let got = c
+            .ask_presence(
+                &["u1".to_owned()],
+                Instant::now() + Duration::from_secs(60),
+                || {},
+            )
+            .unwrap();
+        assert_eq!(got.partial, ["n2", "n3"], "neither is waited for again");
+        // A late answer finds nobody waiting, and n3 is waited for again.
+        c.on_message(&router, &reply, None, &answer("n3", 1));
+        assert!(!c.suspect.lock().contains("n3"));
+        assert!(c.suspect.lock().contains("n2"));
+    }
+
+    #[test]
+    fn an_answer_is_cut_at_its_byte_bound() {
+        let c = Control::new("p", "me", 7);
+        let router = Router::new();
+        let device = "d".repeat(1000);
+        for i in 0..400 {
+            let conn = reactor::ConnRef {
+                reactor: 0,
+                index: i,
+                generation: 1,
+            };
+            let d = format!("{i}{device}");
+            router
+                .registry()
+                .add_user_capped("big", conn, Some(&d), usize::MAX, &mut Vec::new());
+        }
+        router.registry().add_user(
+            "small",
+            reactor::ConnRef {
+                reactor: 1,
+                index: 0,
+                generation: 1,
+            },
+        );
+        let a = c.local_answer(&router, &["small".to_owned(), "big".to_owned()]);
+        assert!(a.truncated);
+        assert_eq!(a.users[0].len(), 1);
+        let kept = a.users[1].len();
+        assert!(kept > 200 && kept < 400, "{kept}");
+        let bytes = serde_json::to_vec(&a).unwrap().len();
+        assert!(bytes <= ANSWER_MAX_BYTES, "{bytes}");
+        let a = c.local_answer(&router, &["small".to_owned()]);
+        assert!(!a.truncated);
+    }
+
+    #[test]
+    fn bad_control_messages_are_dropped_and_counted() {
+        let c = Control::new("p", "me", 7);
+        let router = Router::new();
+        for (subject, payload) in [
+            ("p.ctl.disconnect", &br#"{"uid":"u","code":1000}"#[..]),
+            ("p.ctl.disconnect", br#"{"uid":"","code":4000}"#),
+            ("p.ctl.disconnect", b"[]"),
+            ("p.ctl.presence", br#"{"node":"n2","uids":["u"]}"#), // no reply subject
+            (
+                "p.ctl.reply.0000000000000007.x",
+                br#"{"node":"n2","users":[]}"#,
+            ),
+        ] {
+            c.on_message(&router, subject, None, payload);
+        }
+        assert_eq!(c.stats().invalid.get(), 5);
+        assert_eq!(c.stats().disconnects_received.get(), 0);
+        c.on_message(
+            &router,
+            "p.ctl.disconnect",
+            None,
+            br#"{"uid":"u","code":4000}"#,
+        );
+        assert_eq!(c.stats().disconnects_received.get(), 1);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_rather_than_waits() {
+        let c = Control::new("p", "me", 7);
+        let d = Disconnect {
+            uid: "u".into(),
+            device: None,
+            code: 4000,
+            reason: String::new(),
+            before: None,
+        };
+        for _ in 0..QUEUE_DEPTH {
+            assert_eq!(c.send_disconnect(&d), Ok(()));
+        }
+        assert_eq!(c.send_disconnect(&d), Err(BusError::QueueFull));
+        assert_eq!(
+            c.take_outgoing(Instant::now(), 10).len(),
+            11,
+            "10 and the announcement"
+        );
+        assert_eq!(c.send_disconnect(&d), Ok(()));
+    }
+
+    #[test]
+    fn disconnect_requests_are_checked() {
+        let ok = Disconnect {
+            uid: "u".into(),
+            device: None,
+            code: 4001,
+            reason: "bye".into(),
+            before: None,
+        };
+        assert!(ok.check().is_ok());
+        assert!(Disconnect {
+            code: 1008,
+            ..ok.clone()
+        }
+        .check()
+        .is_ok());
+        for code in [0, 1000, 1001, 3999, 5000, 65535] {
+            assert!(Disconnect { code, ..ok.clone() }.check().is_err(), "{code}");
+        }
+        assert!(Disconnect {
+            reason: "é".repeat(62),
+            ..ok.clone()
+        }
+        .check()
+        .is_err());
+        assert!(Disconnect {
+            reason: "x".repeat(123),
+            ..ok.clone()
+        }
+        .check()
+        .is_ok());
+        assert!(Disconnect {
+            uid: String::new(),
+            ..ok.clone()
+        }
+        .check()
+        .is_err());
+        assert!(Disconnect {
+            device: Some(String::new()),
+            ..ok
+        }
+        .check()
+        .is_err());
+    }
+}
