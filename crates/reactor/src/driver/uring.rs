@@ -174,7 +174,10 @@ pub(crate) fn probe() -> io::Result<()> {
     }
     // Provided buffer rings (5.19) and multishot receive (6.0): a buffer ring that
     // registers says the former; the kernel release the latter.
-    let _ = BufRing::new(&ring.submitter(), 8, 64, 0)?;
+    let bufs = BufRing::new(&ring.submitter(), 8, 64, 0)?;
+    // The ring goes first: the kernel holds the buffer ring until then.
+    drop(ring);
+    drop(bufs);
     if kernel_release() < (6, 0) {
         return Err(io::Error::other(
             "io_uring multishot receive needs Linux 6.0",
