@@ -72,7 +72,7 @@ fn server_config(
     Arc::new(c)
 }
 
-fn client_config(pki: &Pki, provider: &Arc<CryptoProvider>) -> Arc<ClientConfig> {
+fn client_config(pki: &Pki, provider: &Arc<CryptoProvider>, resume: bool) -> Arc<ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.cert.clone()).expect("root");
     let mut c = ClientConfig::builder_with_provider(Arc::clone(provider))
@@ -81,6 +81,9 @@ fn client_config(pki: &Pki, provider: &Arc<CryptoProvider>) -> Arc<ClientConfig>
         .with_root_certificates(roots)
         .with_no_client_auth();
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if !resume {
+        c.resumption = rustls::client::Resumption::disabled();
+    }
     Arc::new(c)
 }
 
@@ -126,7 +129,7 @@ fn row(
     budget: Duration,
 ) {
     let server = server_config(pki, provider, ticketer, version);
-    let client = client_config(pki, provider);
+    let client = client_config(pki, provider, resumed);
     let name_ = ServerName::try_from("localhost").expect("name");
     if resumed {
         // A first, full handshake stores the ticket in the client's cache.
@@ -156,7 +159,12 @@ fn row(
 
 /// Bytes held by `count` idle server connections after the handshake, a request in and a
 /// response out, each through pushgate's `TlsStream`.
-fn idle_bytes(pki: &Pki, count: usize) -> f64 {
+fn idle_bytes(
+    pki: &Pki,
+    provider: Arc<CryptoProvider>,
+    ticketer: Arc<dyn ProducesTickets>,
+    count: usize,
+) -> f64 {
     let dir = std::env::temp_dir().join(format!("tls-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let files = reactor::tls::TlsFiles {
@@ -165,9 +173,9 @@ fn idle_bytes(pki: &Pki, count: usize) -> f64 {
     };
     std::fs::write(&files.cert, &pki.cert_pem).expect("cert");
     std::fs::write(&files.key, &pki.key_pem).expect("key");
-    let acceptor = reactor::tls::TlsAcceptor::new(files).expect("acceptor");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client = client_config(pki, &provider);
+    let client = client_config(pki, &provider, false);
+    let acceptor =
+        reactor::tls::TlsAcceptor::with_provider(files, provider, ticketer).expect("acceptor");
     let name = ServerName::try_from("localhost").expect("name");
     let mut servers = Vec::with_capacity(count);
     let mut held = 0isize;
@@ -184,9 +192,8 @@ fn idle_bytes(pki: &Pki, count: usize) -> f64 {
             while c.wants_write() {
                 c.write_tls(&mut up).expect("client write");
             }
-            s.read_tls(&up, &mut plain).expect("server read");
             let mut down = Vec::new();
-            s.take_tls(&mut down).expect("server take");
+            s.read_tls(&up, &mut plain, &mut down).expect("server read");
             if up.is_empty() && down.is_empty() {
                 break;
             }
@@ -260,7 +267,21 @@ fn main() {
     }
     let count = 2000;
     println!(
-        "\nidle server TlsStream after handshake + request + response (ring): {:.0} bytes each over {count}",
-        idle_bytes(&pki, count)
+        "\nidle server TlsStream after handshake + request + response, bytes each over {count}:"
+    );
+    println!(
+        "ring {:.0}, aws-lc-rs {:.0}",
+        idle_bytes(
+            &pki,
+            Arc::new(rustls::crypto::ring::default_provider()),
+            rustls::crypto::ring::Ticketer::new().expect("ticketer"),
+            count
+        ),
+        idle_bytes(
+            &pki,
+            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            rustls::crypto::aws_lc_rs::Ticketer::new().expect("ticketer"),
+            count
+        ),
     );
 }
