@@ -6,7 +6,8 @@
 //! per connection), `fanout` (pushes to random users through the API; throughput and
 //! latency; optionally a reconnect storm beside it), `broadcast` (time for each broadcast to
 //! reach every connection), `echo` (closed-loop round trips), `floor` (the CPU cost of one
-//! loopback `send()`, the floor under any server's cost per delivered message). Server differences are
+//! loopback `send()`, the floor under any server's cost per delivered message), `scale` (a
+//! cluster-sized run over several load processes and nodes, see [`scale`]). Server differences are
 //! templates ([`adapter`]), so the same scenarios run against other servers.
 
 mod adapter;
@@ -17,6 +18,7 @@ mod fanout;
 mod floor;
 mod procfs;
 mod publisher;
+mod scale;
 mod storm;
 mod wsclient;
 
@@ -45,6 +47,10 @@ enum Scenario {
     /// The CPU cost of one `send()` of a small frame on loopback TCP (sender and reader):
     /// the floor under any server's CPU per delivered message.
     Floor(floor::Args),
+    /// A cluster-sized run spread over several load processes and gateway nodes:
+    /// connect (and each node's and the bus's memory), pushes at a fixed rate half
+    /// crossing nodes, broadcasts to all, a reconnect storm; merged reports.
+    Scale(scale::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Broadcast(args) => broadcast::run(&args, fd_limit),
         Scenario::Echo(args) => echo::run(&args, fd_limit),
         Scenario::Floor(args) => floor::run(&args, fd_limit),
+        Scenario::Scale(args) => scale::run(&args, fd_limit),
     }
 }
 

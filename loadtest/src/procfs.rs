@@ -86,6 +86,23 @@ pub(crate) fn stat_user_sys_micros(path: &str) -> Option<(u64, u64)> {
     Some((utime * MICROS_PER_TICK, stime * MICROS_PER_TICK))
 }
 
+/// CPU time of the whole machine so far, all cores, in microseconds: (busy, softirq) from
+/// the `cpu` line of `/proc/stat`, busy being everything but idle and iowait. Softirq time
+/// (loopback TCP delivery among it) is busy but charged to no process.
+pub(crate) fn machine_cpu_micros() -> Option<(u64, u64)> {
+    const MICROS_PER_TICK: u64 = 10_000;
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let busy = v.get(..8)?.iter().sum::<u64>() - v[3] - v[4];
+    Some((busy * MICROS_PER_TICK, v[6] * MICROS_PER_TICK))
+}
+
 /// The server's CPU time over an interval of a scenario.
 #[derive(Debug)]
 pub(crate) struct CpuMeter {
@@ -123,5 +140,7 @@ mod tests {
         assert_eq!(cpu_micros(&[]), None);
         assert_eq!(micros_per(Some(1.5), 3), Some(500_000.0));
         assert_eq!(micros_per(Some(1.5), 0), None);
+        let (busy, softirq) = machine_cpu_micros().unwrap_or_else(|| panic!("/proc/stat"));
+        assert!(busy >= softirq);
     }
 }

@@ -120,7 +120,15 @@ impl WsConn {
                     self.phase = Phase::Failed;
                     return;
                 }
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    // A short read emptied the socket; data arriving later raises a new
+                    // edge, so the read that would only say WouldBlock is skipped: with
+                    // 200 000 connections on two cores, that syscall per message shows.
+                    if n < chunk.len() {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
