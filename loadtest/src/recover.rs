@@ -137,11 +137,17 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         let (got, took) = session(args.server, &path, 1 + args.missed, deadline)?;
         let welcome = &got[0];
         if !welcome.windows(16).any(|w| w == b"\"recovered\":true") {
-            bail!("{user}: welcome without recovered:true: {}", String::from_utf8_lossy(welcome));
+            bail!(
+                "{user}: welcome without recovered:true: {}",
+                String::from_utf8_lossy(welcome)
+            );
         }
         for (k, m) in got[1..].iter().enumerate() {
             if adapter::field_u64(m, "seq") != Some(since + 1 + k as u64) {
-                bail!("{user}: message {k} out of order: {}", String::from_utf8_lossy(m));
+                bail!(
+                    "{user}: message {k} out of order: {}",
+                    String::from_utf8_lossy(m)
+                );
             }
         }
         let _ = recovery.record(took.as_micros().max(1) as u64);
@@ -152,7 +158,10 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     );
     println!("connect with nothing to recover (to welcome):");
     adapter::print_latency(&baseline);
-    println!("connect and recover {} messages (to the last one):", args.missed);
+    println!(
+        "connect and recover {} messages (to the last one):",
+        args.missed
+    );
     adapter::print_latency(&recovery);
     let json = serde_json::json!({
         "scenario": "recover",

@@ -9,9 +9,8 @@
 //!
 //! `cargo run --release --manifest-path bench/tls/Cargo.toml [SECONDS_PER_ROW]`
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::System;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,30 +20,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::ProducesTickets;
 use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
 
-struct Counting;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged and only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same layout, as the caller promised.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: allocated by System.alloc with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new as isize - layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new) }
-    }
-}
-
 #[global_allocator]
-static A: Counting = Counting;
+static ALLOC: cap::Cap<System> = cap::Cap::new(System, usize::MAX);
 
 struct Pki {
     cert: CertificateDer<'static>,
@@ -181,7 +158,7 @@ fn idle_bytes(
     let mut held = 0isize;
     for _ in 0..count {
         let mut c = ClientConnection::new(Arc::clone(&client), name.clone()).expect("client");
-        let before = LIVE.load(Ordering::Relaxed);
+        let before = ALLOC.allocated() as isize;
         let mut s = acceptor.accept().expect("server");
         let mut plain = BytesMut::new();
         c.writer()
@@ -208,7 +185,7 @@ fn idle_bytes(
             .expect("response");
         drop(plain);
         drop(response);
-        held += LIVE.load(Ordering::Relaxed) - before;
+        held += ALLOC.allocated() as isize - before;
         // The client goes; only the server side stays, as on a gateway.
         drop(c);
         servers.push(s);

@@ -4,38 +4,15 @@
 //! `cargo run --release -p router --example history_memory [USERS] [PER_USER] [PAYLOAD]`
 //! (defaults 10 000 users × 100 messages × 120-byte frames: one million retained).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::alloc::System;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use router::history::History;
 use router::HistoryConfig;
 
-struct Counting;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged and only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: the caller's layout, passed on unchanged.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: allocated by System with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new as isize - layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: cap::Cap<System> = cap::Cap::new(System, usize::MAX);
 
 fn arg(i: usize, default: usize) -> usize {
     std::env::args()
@@ -56,18 +33,22 @@ fn main() {
     let names: Vec<String> = (0..users).map(|u| format!("user-{u}")).collect();
     let frame = Bytes::from(vec![b'x'; payload]);
     let now = Instant::now();
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = ALLOC.allocated() as isize;
     // One message per user first: what a stream costs with one message in it.
     for name in &names {
-        history.lock(name, now).append(name, |_| frame.slice(..).to_vec().into());
+        history
+            .lock(name, now)
+            .append(name, |_| frame.slice(..).to_vec().into());
     }
-    let one = LIVE.load(Ordering::Relaxed) - before;
+    let one = ALLOC.allocated() as isize - before;
     for _ in 1..per_user {
         for name in &names {
-            history.lock(name, now).append(name, |_| frame.slice(..).to_vec().into());
+            history
+                .lock(name, now)
+                .append(name, |_| frame.slice(..).to_vec().into());
         }
     }
-    let all = LIVE.load(Ordering::Relaxed) - before;
+    let all = ALLOC.allocated() as isize - before;
     let messages = users * per_user;
     let per_message = (all - one) as f64 / (messages - users) as f64;
     println!(
