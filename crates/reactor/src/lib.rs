@@ -25,6 +25,7 @@ pub mod outbound;
 pub mod server;
 pub mod service;
 pub mod stats;
+pub mod tls;
 pub mod wheel;
 
 pub use config::ReactorConfig;
