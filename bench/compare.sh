@@ -10,7 +10,8 @@
 #   SCENARIOS="fanout_rate echo" bench/compare.sh   only those (default: all five, and floor;
 #     fanout_pipelined, one pipelined API connection as before wave 2, and fanout_20k, a
 #     rate every server sustains so latencies compare at equal load, run only when named)
-#   SERVERS="pushgate tokio" bench/compare.sh       only those servers (default: all three)
+#   SERVERS="pushgate tokio" bench/compare.sh       only those servers (default: all four:
+#     pushgate on epoll, pushgate-uring = pushgate --io io-uring, tokio, nchan)
 #   RUNS=2 bench/compare.sh                         runs per scenario and server (default 3)
 # With 10 000 subscribers and 3 runs the whole script takes about 8 minutes on 2 cores.
 set -euo pipefail
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 out=${1:-$(mktemp -d)}
 mkdir -p "$out"
 runs=${RUNS:-3}
-servers=" ${SERVERS:-pushgate tokio nchan} "
+servers=" ${SERVERS:-pushgate pushgate-uring tokio nchan} "
 only=" ${SCENARIOS:-idle fanout_flat fanout_rate broadcast echo floor} "
 if [[ $servers == *" nchan "* ]] && ! { command -v nginx >/dev/null && [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ]; }; then
   echo "nginx + nchan not installed (apt-get install -y nginx libnginx-mod-nchan): running without it" >&2
@@ -38,20 +39,26 @@ stop_servers() {
 trap 'stop_servers; rm -rf "$run_dir"' EXIT
 declare -A port api srv_pids extra
 extra[pushgate]=""
+extra[pushgate-uring]=""
 extra[tokio]=""
 extra[nchan]="--subscribe /sub/{user} --publish /pub/{user} --publish-body {data} --broadcast /pub/all --broadcast-body {data} --echo /pubsub/{user}"
 
 # Fresh servers for every run: memory a previous run's connections left in a free list
 # would otherwise be counted as free in the next run's idle figure.
 start_servers() {
-  # pushgate: 2 reactors (one per core), timers out of the way of a short benchmark.
-  if [[ $servers == *" pushgate "* ]]; then
-    port[pushgate]=$(free_port); api[pushgate]=$(free_port)
-    ./target/release/pushgate --listen "127.0.0.1:${port[pushgate]}" --control "127.0.0.1:${api[pushgate]}" \
-      --reactors 2 --heartbeat 300 --idle-timeout 600 --max-pending-handshakes 4096 --shutdown-drain 1 \
-      >"$run_dir/pushgate.log" 2>&1 &
-    pids+=($!); srv_pids[pushgate]=$!
-  fi
+  # pushgate: 2 reactors (one per core), timers out of the way of a short benchmark; on
+  # epoll (`pushgate`) and on io_uring (`pushgate-uring`). The broadcast scenario's 16
+  # publishers send their first request up to 8 s after connecting (20 broadcasts at 2/s),
+  # past the control listener's 5 s first-request timeout: it is raised here.
+  for s in pushgate pushgate-uring; do
+    [[ $servers == *" $s "* ]] || continue
+    local io=epoll; [[ $s == pushgate-uring ]] && io=io-uring
+    port[$s]=$(free_port); api[$s]=$(free_port)
+    ./target/release/pushgate --listen "127.0.0.1:${port[$s]}" --control "127.0.0.1:${api[$s]}" \
+      --io "$io" --reactors 2 --heartbeat 300 --idle-timeout 600 --max-pending-handshakes 4096 \
+      --control-first-request-timeout 60 --shutdown-drain 1 >"$run_dir/$s.log" 2>&1 &
+    pids+=($!); srv_pids[$s]=$!
+  done
   # The tokio peer: a worker thread per core, every route on both ports.
   if [[ $servers == *" tokio "* ]]; then
     port[tokio]=$(free_port); api[tokio]=$(free_port)
@@ -167,8 +174,11 @@ rows = [
     ("echo: server CPU per round trip (µs)", "echo", lambda j: j["server_cpu_us_per_round_trip"]),
 ]
 fmt = lambda v: "—" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}" if v else "0")
-peers = [s for s in servers if s != "pushgate"]
+peers = [s for s in servers if s not in ("pushgate", "pushgate-uring")]
 head = ["figure"] + [f"{s} (median)" for s in servers]
+both = "pushgate" in servers and "pushgate-uring" in servers
+if both:
+    head += ["io_uring / epoll"]
 if "pushgate" in servers:
     head += [f"pushgate / {p}" for p in peers]
 print(f"Medians of {runs} runs each.\n")
@@ -184,6 +194,9 @@ for label, name, f in rows:
     if all(v is None for v in med.values()):
         continue
     cells = [label] + [fmt(med[s]) for s in servers]
+    if both:
+        a, b = med["pushgate-uring"], med["pushgate"]
+        cells.append("—" if a is None or not b else f"{a / b:.2f}")
     if "pushgate" in servers:
         for p in peers:
             a, b = med["pushgate"], med[p]

@@ -7,7 +7,8 @@
 //! latency; optionally a reconnect storm beside it), `broadcast` (time for each broadcast to
 //! reach every connection), `echo` (closed-loop round trips), `floor` (the CPU cost of one
 //! loopback `send()`, the floor under any server's cost per delivered message), `scale` (a
-//! cluster-sized run over several load processes and nodes, see [`scale`]). Server differences are
+//! cluster-sized run over several load processes and nodes, see [`scale`]), `recover` (the time
+//! to get back missed messages with `since`). Server differences are
 //! templates ([`adapter`]), so the same scenarios run against other servers.
 
 mod adapter;
@@ -18,6 +19,7 @@ mod fanout;
 mod floor;
 mod procfs;
 mod publisher;
+mod recover;
 mod scale;
 mod storm;
 mod wsclient;
@@ -51,6 +53,9 @@ enum Scenario {
     /// connect (and each node's and the bus's memory), pushes at a fixed rate half
     /// crossing nodes, broadcasts to all, a reconnect storm; merged reports.
     Scale(scale::Args),
+    /// U users one after another: connect, miss M pushes, reconnect with `since`; time to
+    /// the last replayed message, beside the time to `welcome` with nothing to recover.
+    Recover(recover::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Echo(args) => echo::run(&args, fd_limit),
         Scenario::Floor(args) => floor::run(&args, fd_limit),
         Scenario::Scale(args) => scale::run(&args, fd_limit),
+        Scenario::Recover(args) => recover::run(&args, fd_limit),
     }
 }
 

@@ -210,6 +210,17 @@ pub struct Keys {
     /// Pushes smaller than this go uncompressed to deflate clients [default: 256].
     #[arg(long, env = "PUSHGATE_COMPRESS_MIN_BYTES")]
     pub compress_min_bytes: Option<usize>,
+    /// I/O backend: auto, epoll or io-uring; auto takes the one that measured better on
+    /// this kernel, falling back to epoll [default: auto].
+    #[arg(long, env = "PUSHGATE_IO")]
+    pub io: Option<String>,
+    /// io_uring, per reactor: receive buffers shared by its connections, a power of two
+    /// up to 32768 [default: 64].
+    #[arg(long, env = "PUSHGATE_IO_URING_BUFFERS")]
+    pub io_uring_buffers: Option<u16>,
+    /// io_uring: bytes per receive buffer [default: 4096].
+    #[arg(long, env = "PUSHGATE_IO_URING_BUFFER_SIZE")]
+    pub io_uring_buffer_size: Option<usize>,
     /// Reconnect backoff advertised in welcome: first delay in ms [default: 1000].
     #[arg(long, env = "PUSHGATE_RECONNECT_BASE_MS")]
     pub reconnect_base_ms: Option<u64>,
@@ -463,6 +474,21 @@ impl Settings {
             inbox_bytes: pick!(inbox_bytes, default::INBOX_BYTES).max(1),
             tick: Duration::from_millis(10),
             compress_min_bytes: pick!(compress_min_bytes, 256),
+            io: {
+                let name = pick!(io, "auto".to_owned());
+                match reactor::IoBackend::parse(&name) {
+                    Some(b) => b,
+                    None => bail!("io must be auto, epoll or io-uring, got {name}"),
+                }
+            },
+            io_uring_buffers: match pick!(io_uring_buffers, 64) {
+                n if n.is_power_of_two() && n <= 32_768 => n,
+                n => bail!("io_uring_buffers must be a power of two up to 32768, got {n}"),
+            },
+            io_uring_buffer_size: match pick!(io_uring_buffer_size, 4096) {
+                n @ 64..=1_048_576 => n,
+                n => bail!("io_uring_buffer_size must be between 64 and 1048576, got {n}"),
+            },
             session,
             service: Some(ServiceConfig {
                 listen: control,

@@ -150,6 +150,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         node = %node_id,
         bus = settings.bus.as_ref().map_or("in-process", |b| b.url.as_str()),
         history_size = if router.keeps_history() { settings.history.size } else { 0 },
+        io = server.io_backend(),
         "pushgate started"
     );
 

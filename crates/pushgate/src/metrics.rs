@@ -72,6 +72,11 @@ pub mod names {
     pub const ACCEPT_ERRORS: &str = "pushgate_accept_errors_total";
     /// Gauge: 1, labelled with the node ID.
     pub const NODE_INFO: &str = "pushgate_node_info";
+    /// Gauge: 1, labelled with the I/O backend in use (`epoll` or `io_uring`).
+    pub const IO_BACKEND: &str = "pushgate_io_backend";
+    /// Counter: io_uring receives that found every receive buffer taken (`ENOBUFS`).
+    pub const IO_URING_RECV_BUFFERS_EXHAUSTED: &str =
+        "pushgate_io_uring_recv_buffers_exhausted_total";
     /// Gauge: users with a connection on this node.
     pub const USERS_ONLINE: &str = "pushgate_users_online";
     /// Gauge: rooms with a member on this node.
@@ -353,6 +358,15 @@ fn reactors(src: &Sources, out: &mut Families) {
     use names::*;
     let reactors = src.reactors.as_slice();
     out.family(NODE_INFO, GAUGE, "This node.", "node", [(&src.node_id, 1)]);
+    if let Some(r) = reactors.first() {
+        out.family(
+            IO_BACKEND,
+            GAUGE,
+            "The I/O backend the reactors use.",
+            "backend",
+            [(r.io_backend(), 1)],
+        );
+    }
     let gauges: [(&str, &str, Read); 3] = [
         (CONNECTIONS, "Open client sockets.", |s| s.connections.get()),
         (
@@ -381,7 +395,7 @@ fn reactors(src: &Sources, out: &mut Families) {
         "Connections held before upgrades get 503.",
         src.admission.max_connections() as u64,
     );
-    let counters: [(&str, &str, Read); 11] = [
+    let counters: [(&str, &str, Read); 12] = [
         (ACCEPTED, "Client sockets accepted.", |s| s.accepted.get()),
         (BYTES_RECEIVED, "Bytes read from clients.", |s| {
             s.bytes_in.get()
@@ -413,6 +427,11 @@ fn reactors(src: &Sources, out: &mut Families) {
         (ACCEPT_ERRORS, "Failed accept calls.", |s| {
             s.accept_errors.get()
         }),
+        (
+            IO_URING_RECV_BUFFERS_EXHAUSTED,
+            "io_uring receives that found every receive buffer taken and were re-armed.",
+            |s| s.recv_buffers_exhausted.get(),
+        ),
         (
             MESSAGES_DELIVERED,
             "Push frames queued to connections.",

@@ -35,8 +35,10 @@ impl Hooks for Report {
         let _ = self.0.send(Seen::Open(conn, uid.to_owned()));
         session::Welcome::default()
     }
-    fn on_request(&mut self, conn: ConnRef, request: ClientRequest) {
-        let _ = self.0.send(Seen::Request(conn, request));
+    fn on_session_event(&mut self, conn: ConnRef, event: session::Event) {
+        if let session::Event::Request(request) = event {
+            let _ = self.0.send(Seen::Request(conn, request));
+        }
     }
     fn on_close(&mut self, conn: ConnRef) {
         let _ = self.0.send(Seen::Closed(conn));
@@ -47,6 +49,11 @@ fn config() -> ReactorConfig {
     ReactorConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         reactors: 1,
+        // CI runs the suite once per backend.
+        io: std::env::var("PUSHGATE_IO")
+            .ok()
+            .and_then(|v| reactor::IoBackend::parse(&v))
+            .unwrap_or_default(),
         ..ReactorConfig::default()
     }
 }
@@ -246,7 +253,7 @@ impl Hooks for Stall {
         let _ = self.opened.send(conn);
         session::Welcome::default()
     }
-    fn on_request(&mut self, _conn: ConnRef, _request: ClientRequest) {
+    fn on_session_event(&mut self, _conn: ConnRef, _event: session::Event) {
         let _ = self.release.recv_timeout(Duration::from_secs(30));
     }
     fn on_close(&mut self, _conn: ConnRef) {}

@@ -44,6 +44,14 @@ pub struct ReactorConfig {
     pub session: SessionConfig,
     /// A request/response listener (the server API) the reactors also serve, if any.
     pub service: Option<crate::service::ServiceConfig>,
+    /// Which I/O backend the reactors use.
+    pub io: crate::IoBackend,
+    /// io_uring backend, per reactor: receive buffers in the provided buffer ring (a
+    /// power of two, at most 32768). Receives that find none free wait for the next
+    /// batch of completions (counted as `ENOBUFS`).
+    pub io_uring_buffers: u16,
+    /// io_uring backend: bytes per receive buffer.
+    pub io_uring_buffer_size: usize,
 }
 
 impl Default for ReactorConfig {
@@ -67,6 +75,9 @@ impl Default for ReactorConfig {
             compress_min_bytes: 256,
             session: SessionConfig::default(),
             service: None,
+            io: crate::IoBackend::Auto,
+            io_uring_buffers: 64,
+            io_uring_buffer_size: 4096,
         }
     }
 }

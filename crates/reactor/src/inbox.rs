@@ -72,8 +72,10 @@ pub trait Hooks: Send {
         device: Option<&str>,
         since: Option<u64>,
     ) -> session::Welcome;
-    /// A `/ws` client sent a well-formed request (`send`, `join`, `leave`).
-    fn on_request(&mut self, conn: ConnRef, request: session::ClientRequest);
+    /// A session event the reactor does not act on itself: today a `/ws` client's
+    /// well-formed request (`session::Event::Request`), which only the hooks interpret
+    /// (and count), so the reactor need not know the client protocol.
+    fn on_session_event(&mut self, conn: ConnRef, event: session::Event);
     /// A `/ws` connection that was open has gone.
     fn on_close(&mut self, conn: ConnRef);
 }
@@ -174,6 +176,7 @@ pub struct ReactorHandle {
     pub(crate) waker: Arc<Waker>,
     pub(crate) stats: Arc<ReactorStats>,
     pub(crate) inbox: Arc<InboxShared>,
+    pub(crate) backend: &'static str,
 }
 
 impl ReactorHandle {
@@ -197,6 +200,7 @@ impl ReactorHandle {
             waker,
             stats: Arc::default(),
             inbox: Arc::new(InboxShared::new(usize::MAX)),
+            backend: "epoll",
         };
         Ok((handle, rx, poll))
     }
@@ -204,6 +208,11 @@ impl ReactorHandle {
     /// The reactor's index.
     pub fn id(&self) -> u16 {
         self.id
+    }
+
+    /// The reactor's I/O backend: `epoll` or `io_uring`.
+    pub fn io_backend(&self) -> &'static str {
+        self.backend
     }
 
     /// The reactor's counters.

@@ -1,8 +1,11 @@
-//! The engine that holds the connections: N reactor threads, each with its own
-//! `mio::Poll`, `SO_REUSEPORT` listener, connection slab, timer wheel and inbox.
+//! The engine that holds the connections: N reactor threads, each with its own I/O
+//! driver (epoll or io_uring), `SO_REUSEPORT` listener, connection slab, timer wheel and
+//! inbox.
 //!
 //! - [`server`]: starting the reactors and draining them on shutdown.
-//! - [`event_loop`]: one reactor's loop — where a connection lives.
+//! - `connections`: one reactor, whatever its backend — where a connection lives and
+//!   what it does with its bytes.
+//! - `driver`: how bytes get in and out — `driver/epoll.rs`, `driver/uring.rs`.
 //! - [`inbox`]: commands other threads send a reactor, and the hooks it calls back.
 //! - [`outbound`]: a connection's write queue, its limits, vectored flushing.
 //! - [`wheel`]: the hashed timer wheel.
@@ -14,16 +17,19 @@
 pub mod admission;
 mod clock;
 pub mod config;
-pub mod event_loop;
+mod connections;
+mod driver;
 pub mod inbox;
 pub mod listener;
 pub mod outbound;
 pub mod server;
 pub mod service;
 pub mod stats;
+pub mod tls;
 pub mod wheel;
 
 pub use config::ReactorConfig;
+pub use driver::IoBackend;
 pub use inbox::{Command, ConnRef, Hooks, InboxError, ReactorHandle, INBOX_DROP_REASONS};
 pub use outbound::OutboundLimits;
 pub use server::Server;

@@ -40,12 +40,48 @@ pub struct Outbound {
     control: VecDeque<Bytes>,
     data: VecDeque<Bytes>,
     data_bytes: usize,
+    /// Frames handed to the kernel by a completion-based driver and not yet reported
+    /// written ([`Outbound::take_for_send`]): how many, and of them the data frames and
+    /// their bytes, which still count against the limits.
+    in_flight: usize,
+    in_flight_data: usize,
+    in_flight_data_bytes: usize,
+}
+
+/// A frame taken for an asynchronous send, and where it came from.
+#[derive(Debug)]
+pub struct InFlight {
+    /// The frame's bytes (from where the previous send stopped).
+    pub bytes: Bytes,
+    from: From,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum From {
+    /// The frame already being written (the rest of it).
+    Current,
+    Control,
+    /// A data frame (counted against the limits while in flight).
+    Data,
 }
 
 impl Outbound {
     /// Nothing left to write.
     pub fn is_empty(&self) -> bool {
-        self.current.is_none() && self.control.is_empty() && self.data.is_empty()
+        self.current.is_none()
+            && self.control.is_empty()
+            && self.data.is_empty()
+            && self.in_flight == 0
+    }
+
+    /// Whether frames wait that no send has taken yet.
+    pub fn has_unsent(&self) -> bool {
+        self.current.is_some() || !self.control.is_empty() || !self.data.is_empty()
+    }
+
+    /// Whether an asynchronous send holds some of the queue.
+    pub fn is_sending(&self) -> bool {
+        self.in_flight > 0
     }
 
     /// Bytes waiting.
@@ -71,8 +107,10 @@ impl Outbound {
 
     /// Whether a data frame of `len` bytes would be accepted now.
     pub fn has_room(&self, len: usize, limits: &OutboundLimits) -> bool {
-        self.data.is_empty()
-            || (self.data.len() < limits.max_messages && self.data_bytes + len <= limits.max_bytes)
+        let messages = self.data.len() + self.in_flight_data;
+        messages == 0
+            || (messages < limits.max_messages
+                && self.data_bytes + self.in_flight_data_bytes + len <= limits.max_bytes)
     }
 
     /// Queues a data frame, unless that would pass the limits. A frame is always accepted
@@ -135,6 +173,70 @@ impl Outbound {
             self.consume(n);
         }
         Ok(total)
+    }
+
+    /// Moves up to `max` frames from the front (in the order `flush` writes them) into
+    /// `into`, for a completion-based driver to send while they stay alive there. Until
+    /// [`Outbound::finish_send`] they count against the limits, and frames queued
+    /// meanwhile (a pong, say) go out after them.
+    pub fn take_for_send(&mut self, into: &mut Vec<InFlight>, max: usize) {
+        debug_assert_eq!(self.in_flight, 0, "one send at a time");
+        while into.len() < max {
+            let (bytes, from) = if let Some(f) = self.current.take() {
+                (f, From::Current)
+            } else if let Some(f) = self.control.pop_front() {
+                (f, From::Control)
+            } else if let Some(f) = self.data.pop_front() {
+                self.data_bytes -= f.len();
+                self.in_flight_data += 1;
+                self.in_flight_data_bytes += f.len();
+                (f, From::Data)
+            } else {
+                break;
+            };
+            self.in_flight += 1;
+            into.push(InFlight { bytes, from });
+        }
+    }
+
+    /// The send of the frames `sent` (from [`Outbound::take_for_send`]) wrote `n` bytes:
+    /// a frame cut short goes back to the front as the one being written, and frames not
+    /// started go back to the front of their queues, in order.
+    pub fn finish_send(&mut self, sent: &mut Vec<InFlight>, mut n: usize) {
+        let mut first_unsent = sent.len();
+        let mut cut = false;
+        for (i, f) in sent.iter().enumerate() {
+            if n >= f.bytes.len() {
+                n -= f.bytes.len();
+                continue;
+            }
+            first_unsent = i;
+            cut = n > 0;
+            break;
+        }
+        for (i, mut f) in sent.drain(..).enumerate().rev() {
+            self.in_flight -= 1;
+            if f.from == From::Data {
+                self.in_flight_data -= 1;
+                self.in_flight_data_bytes -= f.bytes.len();
+            }
+            if i < first_unsent {
+                continue;
+            }
+            if i == first_unsent && cut {
+                f.bytes.advance(n);
+                self.current = Some(f.bytes);
+                continue;
+            }
+            match f.from {
+                From::Current => self.current = Some(f.bytes),
+                From::Control => self.control.push_front(f.bytes),
+                From::Data => {
+                    self.data_bytes += f.bytes.len();
+                    self.data.push_front(f.bytes);
+                }
+            }
+        }
     }
 
     /// Removes `n` written bytes from the front, in the order `flush` wrote them.
@@ -321,5 +423,54 @@ mod tests {
         w.budget = 100;
         q.flush(&mut w).unwrap();
         assert_eq!(w.out, b"AAAAcc");
+    }
+
+    /// Plays an asynchronous send of `n` bytes; returns what it wrote.
+    fn send_async(q: &mut Outbound, n: usize) -> Vec<u8> {
+        let mut taken = Vec::new();
+        q.take_for_send(&mut taken, 64);
+        let all: Vec<u8> = taken.iter().flat_map(|f| f.bytes.to_vec()).collect();
+        q.finish_send(&mut taken, n);
+        all[..n.min(all.len())].to_vec()
+    }
+
+    #[test]
+    fn async_sends_keep_order_across_short_writes_and_frames_queued_meanwhile() {
+        let mut q = Outbound::default();
+        q.push_data(Bytes::from_static(b"AAAA"), &LIMITS).unwrap();
+        q.push_data(Bytes::from_static(b"BBBB"), &LIMITS).unwrap();
+        let mut taken = Vec::new();
+        q.take_for_send(&mut taken, 64);
+        assert!(!q.has_unsent() && q.is_sending() && !q.is_empty());
+        // While in flight the frames still count against the limits.
+        q.push_data(Bytes::from_static(b"C"), &LIMITS).unwrap();
+        assert_eq!(
+            q.push_data(Bytes::from_static(b"D"), &LIMITS),
+            Err(Overflow)
+        );
+        // A pong arrives during the send, which stops halfway through A.
+        q.push_pong(Bytes::from_static(b"pp"));
+        q.finish_send(&mut taken, 2);
+        assert!(!q.is_sending());
+        let mut out = b"AA".to_vec();
+        out.extend(send_async(&mut q, 100));
+        assert_eq!(out, b"AAAAppBBBBC", "the rest of A, then the pong, then B");
+        assert!(q.is_empty());
+        assert_eq!(q.queued_bytes(), 0);
+        q.push_data(Bytes::from_static(b"x"), &LIMITS).unwrap();
+        q.push_data(Bytes::from_static(b"y"), &LIMITS).unwrap();
+        q.push_data(Bytes::from_static(b"z"), &LIMITS).unwrap();
+    }
+
+    #[test]
+    fn an_async_send_that_wrote_nothing_loses_nothing() {
+        let mut q = Outbound::default();
+        q.push_control(Bytes::from_static(b"c"));
+        q.push_data(Bytes::from_static(b"dd"), &LIMITS).unwrap();
+        assert_eq!(send_async(&mut q, 0), b"");
+        assert_eq!(q.queued_bytes(), 3);
+        assert_eq!(send_async(&mut q, 2), b"cd");
+        assert_eq!(send_async(&mut q, 1), b"d");
+        assert!(q.is_empty());
     }
 }

@@ -10,7 +10,10 @@ use mio::{Poll, Waker};
 
 use crate::admission::Admission;
 use crate::config::ReactorConfig;
-use crate::event_loop::{Reactor, SERVICE_BASE, WAKER};
+use crate::connections::{Reactor, SERVICE_BASE, WAKER};
+use crate::driver::epoll::Epoll;
+use crate::driver::uring::Uring;
+use crate::driver::IoBackend;
 use crate::inbox::{Hooks, InboxShared, ReactorHandle};
 use crate::listener::bind_group;
 use crate::service::{Service, ServiceConns, ServiceLimits};
@@ -24,7 +27,8 @@ pub struct Server {
     service_addr: Option<SocketAddr>,
     handles: Vec<ReactorHandle>,
     /// Reactors bound but not yet running.
-    ready: Vec<Reactor>,
+    ready: Vec<Ready>,
+    backend: IoBackend,
     threads: Vec<JoinHandle<io::Result<()>>>,
     admission: Arc<Admission>,
 }
@@ -60,6 +64,7 @@ impl Server {
         mut services: impl FnMut(u16) -> Option<Box<dyn Service>>,
     ) -> io::Result<Server> {
         let n = config.reactors.max(1);
+        let backend = config.io.resolve()?;
         let (listeners, local_addr) = bind_group(config.listen, n, config.backlog)?;
         let (mut service_listeners, service_addr) = match &config.service {
             Some(s) => {
@@ -96,24 +101,43 @@ impl Server {
             let (tx, rx) = crossbeam_channel::bounded(config.inbox_depth.max(1));
             let inbox = Arc::new(InboxShared::new(config.inbox_bytes.max(1)));
             let stats = Arc::new(ReactorStats::default());
-            ready.push(Reactor::new(
-                id,
-                poll,
-                listener,
-                rx,
-                Arc::clone(&inbox),
-                Arc::clone(&config),
-                Arc::clone(&admission),
-                Arc::clone(&stats),
-                hooks(id, &stats),
-                service,
-            )?);
+            let hooks = hooks(id, &stats);
+            ready.push(match backend {
+                IoBackend::IoUring => Ready::Uring(Box::new(Reactor::new(
+                    id,
+                    Uring::new(
+                        poll,
+                        listener,
+                        config.io_uring_buffers,
+                        config.io_uring_buffer_size,
+                    )?,
+                    rx,
+                    Arc::clone(&inbox),
+                    Arc::clone(&config),
+                    Arc::clone(&admission),
+                    Arc::clone(&stats),
+                    hooks,
+                    service,
+                )?)),
+                IoBackend::Epoll | IoBackend::Auto => Ready::Epoll(Box::new(Reactor::new(
+                    id,
+                    Epoll::new(poll, listener)?,
+                    rx,
+                    Arc::clone(&inbox),
+                    Arc::clone(&config),
+                    Arc::clone(&admission),
+                    Arc::clone(&stats),
+                    hooks,
+                    service,
+                )?)),
+            });
             handles.push(ReactorHandle {
                 id,
                 tx,
                 waker,
                 stats,
                 inbox,
+                backend: backend.name(),
             });
         }
         Ok(Server {
@@ -121,6 +145,7 @@ impl Server {
             service_addr,
             handles,
             ready,
+            backend,
             threads: Vec::with_capacity(n),
             admission,
         })
@@ -129,12 +154,24 @@ impl Server {
     /// Starts the reactor threads: from here on clients are accepted.
     pub fn run(&mut self) -> io::Result<()> {
         for reactor in self.ready.drain(..) {
+            let id = match &reactor {
+                Ready::Epoll(r) => r.id(),
+                Ready::Uring(r) => r.id(),
+            };
             let thread = std::thread::Builder::new()
-                .name(format!("reactor-{}", reactor.id()))
-                .spawn(move || reactor.run())?;
+                .name(format!("reactor-{id}"))
+                .spawn(move || match reactor {
+                    Ready::Epoll(r) => r.run(),
+                    Ready::Uring(r) => r.run(),
+                })?;
             self.threads.push(thread);
         }
         Ok(())
+    }
+
+    /// The I/O backend the reactors use (`epoll` or `io_uring`), `auto` resolved.
+    pub fn io_backend(&self) -> &'static str {
+        self.backend.name()
     }
 
     /// The bound client address.
@@ -179,4 +216,11 @@ impl Server {
         }
         result
     }
+}
+
+/// A reactor bound and not yet running, over its backend.
+#[derive(Debug)]
+enum Ready {
+    Epoll(Box<Reactor<Epoll>>),
+    Uring(Box<Reactor<Uring>>),
 }

@@ -119,6 +119,9 @@ pub struct ReactorStats {
     pub handshakes_evicted: Cell,
     /// `accept` failures (e.g. out of file descriptors).
     pub accept_errors: Cell,
+    /// io_uring backend: receives that found the provided buffer ring empty (`ENOBUFS`)
+    /// and were re-armed.
+    pub recv_buffers_exhausted: Cell,
     /// Push frames queued to connections.
     pub delivered: Cell,
     /// Messages not delivered, by reason (index into [`DROP_REASONS`]).

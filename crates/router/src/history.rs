@@ -31,8 +31,11 @@ pub const SHARDS: usize = 32;
 /// device then resumes from 0, like a new one).
 pub const MAX_DEVICES: usize = 16;
 
-/// What each retained frame costs beyond its bytes (entry, order slot, key reference).
-const ENTRY_OVERHEAD: usize = 64;
+/// What each retained frame costs beyond its bytes (entry, order slot, key reference, the
+/// frame's shared header, the queues' growth slack): 129 B measured by
+/// `cargo run --release -p router --example history_memory` (bench/RESULTS.md), so that
+/// `history_max_bytes` bounds what the process really holds.
+const ENTRY_OVERHEAD: usize = 128;
 
 /// Bounds of a history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

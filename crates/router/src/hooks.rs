@@ -64,44 +64,8 @@ fn info_mut(conns: &mut [Option<(u32, ConnInfo)>], conn: ConnRef) -> Option<&mut
 }
 
 impl RouterHooks {
-    /// Sends `{"type":"error",...}` to one connection, through its reactor's inbox like
-    /// any delivery.
-    fn reply(&self, conn: ConnRef, code: &'static str, message: &'static str) {
-        let body = session::client_protocol::error_json(RequestError { code, message });
-        self.router.deliver_to(conn, Router::text_frame(&body));
-    }
-}
-
-impl Hooks for RouterHooks {
-    fn open(
-        &mut self,
-        conn: ConnRef,
-        uid: &str,
-        device: Option<&str>,
-        since: Option<u64>,
-    ) -> session::Welcome {
-        let (uid, welcome, opened) = self.router.open_user(uid, conn, device, since);
-        let i = conn.index as usize;
-        if self.conns.len() <= i {
-            self.conns.resize_with(i + 1, || None);
-        }
-        self.conns[i] = Some((
-            conn.generation,
-            ConnInfo {
-                uid,
-                rooms: Vec::new(),
-                extra: (device.is_some() || opened.replayed_from != 0).then(|| {
-                    Box::new(ConnExtra {
-                        device: device.map(Arc::from),
-                        replayed_from: opened.replayed_from,
-                    })
-                }),
-            },
-        ));
-        welcome
-    }
-
-    fn on_request(&mut self, conn: ConnRef, request: ClientRequest) {
+    /// A `/ws` client's well-formed request (`send`, `join`, `leave`, ...).
+    pub fn on_request(&mut self, conn: ConnRef, request: ClientRequest) {
         let Some(info) = info_mut(&mut self.conns, conn) else {
             return;
         };
@@ -172,6 +136,53 @@ impl Hooks for RouterHooks {
                 }
             }
             ClientRequest::Ping => {}
+        }
+    }
+
+    /// Sends `{"type":"error",...}` to one connection, through its reactor's inbox like
+    /// any delivery.
+    fn reply(&self, conn: ConnRef, code: &'static str, message: &'static str) {
+        let body = session::client_protocol::error_json(RequestError { code, message });
+        self.router.deliver_to(conn, Router::text_frame(&body));
+    }
+}
+
+impl Hooks for RouterHooks {
+    fn open(
+        &mut self,
+        conn: ConnRef,
+        uid: &str,
+        device: Option<&str>,
+        since: Option<u64>,
+    ) -> session::Welcome {
+        let (uid, welcome, opened) = self.router.open_user(uid, conn, device, since);
+        let i = conn.index as usize;
+        if self.conns.len() <= i {
+            self.conns.resize_with(i + 1, || None);
+        }
+        self.conns[i] = Some((
+            conn.generation,
+            ConnInfo {
+                uid,
+                rooms: Vec::new(),
+                extra: (device.is_some() || opened.replayed_from != 0).then(|| {
+                    Box::new(ConnExtra {
+                        device: device.map(Arc::from),
+                        replayed_from: opened.replayed_from,
+                    })
+                }),
+            },
+        ));
+        welcome
+    }
+
+    fn on_session_event(&mut self, conn: ConnRef, event: session::Event) {
+        if let session::Event::Request(request) = event {
+            match &request {
+                ClientRequest::Send { .. } => self.stats.client_sends.add(1),
+                _ => self.stats.client_room_ops.add(1),
+            }
+            self.on_request(conn, request);
         }
     }
 

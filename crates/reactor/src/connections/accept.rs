@@ -6,12 +6,11 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
-use mio::Interest;
-use mio::Token;
 use session::Session;
 
 use super::{Conn, Gauge, Reactor};
 use crate::admission::Verdict;
+use crate::driver::Driver;
 use crate::outbound::Outbound;
 
 /// At the pending-handshake bound, how long a connection that sent part of its request
@@ -30,8 +29,8 @@ pub(super) enum Order {
     Partial,
 }
 
-impl Reactor {
-    pub(super) fn accept_loop(&mut self) {
+impl<D: Driver> Reactor<D> {
+    pub(crate) fn accept_loop(&mut self) {
         if self.drain.is_some() {
             return;
         }
@@ -46,7 +45,7 @@ impl Reactor {
                 self.accept_blocked = true;
                 return;
             }
-            match self.listener.accept() {
+            match self.io.accept() {
                 Ok((stream, peer)) => self.on_accept(stream, peer.ip()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -84,7 +83,7 @@ impl Reactor {
         true
     }
 
-    pub(super) fn on_accept(&mut self, mut stream: TcpStream, ip: IpAddr) {
+    pub(super) fn on_accept(&mut self, stream: TcpStream, ip: IpAddr) {
         let verdict = self.admission.admit(ip);
         if verdict == Verdict::Drop {
             self.stats.count_rejected(503);
@@ -94,23 +93,15 @@ impl Reactor {
         let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            Token(key),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            tracing::warn!(error = %e, "register failed");
-            self.admission.release(ip, verdict);
-            return;
-        }
         let reject = match verdict {
             Verdict::Refuse(status) => Some(status),
             _ => None,
         };
         let now = Instant::now();
         self.next_generation = self.next_generation.wrapping_add(1);
-        entry.insert(Conn {
+        let mut conn = Conn {
             stream,
+            io: D::ConnIo::default(),
             ip,
             verdict,
             generation: self.next_generation,
@@ -123,7 +114,13 @@ impl Reactor {
             push_endpoint: false,
             partial_listed: false,
             dirty: false,
-        });
+        };
+        if let Err(e) = self.io.add(key, &mut conn) {
+            tracing::warn!(error = %e, "register failed");
+            self.admission.release(ip, verdict);
+            return;
+        }
+        entry.insert(conn);
         self.stats.accepted.add(1);
         self.stats.connections.add(1);
         self.stats.handshaking.add(1);

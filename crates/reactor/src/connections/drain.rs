@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use protocol::CloseCode;
 
 use super::Reactor;
+use crate::driver::Driver;
 
 #[derive(Debug)]
 pub(super) struct DrainPlan {
@@ -15,12 +16,12 @@ pub(super) struct DrainPlan {
     window: Duration,
 }
 
-impl Reactor {
+impl<D: Driver> Reactor<D> {
     pub(super) fn start_drain(&mut self, window: Duration, now: Instant) {
         if self.drain.is_some() {
             return;
         }
-        let _ = self.poll.registry().deregister(&mut self.listener);
+        self.io.stop_accepting();
         // The service listener stays up through the drain: health checks and scrapes
         // see a draining node (503 on `/readyz`) rather than a refused connection.
         let mut targets = Vec::new();

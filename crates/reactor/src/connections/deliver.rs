@@ -8,11 +8,12 @@ use crossbeam_channel::TryRecvError;
 use session::conn::{MIN_WINDOW_BITS, WINDOW_SIZES};
 
 use super::Reactor;
+use crate::driver::Driver;
 use crate::inbox::{Command, ConnRef};
 
 /// Inbox commands handled per loop turn.
 const COMMANDS_PER_TURN: usize = 1024;
-impl Reactor {
+impl<D: Driver> Reactor<D> {
     pub(super) fn drain_inbox(&mut self) {
         if let Some(window) = self.inbox_shared.take_drain() {
             self.start_drain(window, Instant::now());
@@ -108,7 +109,7 @@ impl Reactor {
             .get(key)
             .is_some_and(|c| !c.out.has_room(bytes.len(), &self.config.outbound))
         {
-            self.flush(key);
+            self.write(key, true);
         }
         let Some(conn) = self.conns.get_mut(key) else {
             return;

@@ -1,29 +1,29 @@
-//! One reactor: a thread with its own `mio::Poll`, listener, connection slab, timer wheel
-//! and inbox. Nothing here is shared with other reactors except admission control and
-//! the counters they read.
+//! One reactor, whatever moves its bytes: its connection slab, timer wheel and inbox, and
+//! what a connection does with the bytes it receives and the frames it is given. Nothing
+//! here is shared with other reactors except admission control and the counters they
+//! read; nothing here makes a system call on a client socket except through the
+//! [`Driver`] (`crate::driver`: epoll or io_uring), which owns the loop.
 //!
-//! Each loop turn: wait for readiness or the next timer; fire due timers; serve ready
-//! sockets (reading each until drained, within a per-turn budget, and remembering the ones
-//! cut short); drain the inbox and write what it queued; advance a drain in progress.
+//! Each loop turn (the driver's): wait for I/O or the next timer ([`Reactor::poll_timeout`]);
+//! [`Reactor::begin_turn`] fires due timers; the driver hands over received bytes
+//! ([`Reactor::on_received`], [`Reactor::on_eof`]) and finished writes; then
+//! [`Reactor::end_turn`] drains the inbox, writes what it queued and advances a drain.
 //!
-//! This file holds the loop, the connection record and what a connection does with bytes
-//! (its session, outbound queue and timer); by concern beside it: [`accept`] (the accept
-//! rate and the pending-handshake bound), [`deliver`] (inbox commands and the turn's
-//! writes), [`drain`] (shutdown), and the control listener's connections in
-//! `crate::service`.
+//! This file holds the connection record and its session, outbound queue and timer; by
+//! concern beside it: [`accept`] (the accept rate and the pending-handshake bound),
+//! [`deliver`] (inbox commands and the turn's writes), [`drain`] (shutdown), and the
+//! control listener's connections in `crate::service`.
 
 use std::collections::VecDeque;
 use std::io;
-use std::mem::MaybeUninit;
 use std::net::{IpAddr, Shutdown};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use crossbeam_channel::Receiver;
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::net::TcpStream;
+use mio::{Interest, Token};
 use protocol::CloseCode;
 use session::{CloseKind, Codecs, ConnId, Ctx, Effects, Event, Session, TransmitKind};
 use slab::Slab;
@@ -32,6 +32,7 @@ use socket2::SockRef;
 use crate::admission::{Admission, Verdict};
 use crate::clock::Ticks;
 use crate::config::ReactorConfig;
+use crate::driver::Driver;
 use crate::inbox::{Command, ConnRef, Hooks, InboxShared};
 use crate::outbound::Outbound;
 use crate::service::ServiceConns;
@@ -44,19 +45,15 @@ mod drain;
 
 use drain::DrainPlan;
 
-const LISTENER: Token = Token(usize::MAX - 1);
+/// The epoll driver's client listener token.
+pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
+/// The inbox's waker, on the driver's `mio::Poll`.
 pub(crate) const WAKER: Token = Token(usize::MAX - 2);
-const SERVICE_LISTENER: Token = Token(usize::MAX - 3);
+/// The control listener, on the driver's `mio::Poll`.
+pub(crate) const SERVICE_LISTENER: Token = Token(usize::MAX - 3);
 /// Tokens and timer keys of service connections start here; WebSocket connections' slab
 /// keys never reach it.
 pub(crate) const SERVICE_BASE: usize = 1 << 40;
-
-/// Bytes read per `recv`; the buffer is the reactor's, shared by all its connections.
-const READ_CHUNK: usize = 64 * 1024;
-/// Reads per connection per loop turn before others get their turn.
-const READS_PER_TURN: usize = 8;
-/// Ready sockets handled between deliveries and writes within one turn.
-const EVENTS_PER_FLUSH: usize = 32;
 
 /// How a connection's gauges are currently counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,16 +64,18 @@ enum Gauge {
 }
 
 #[derive(Debug)]
-struct Conn {
-    stream: TcpStream,
+pub(crate) struct Conn<I> {
+    pub(crate) stream: TcpStream,
+    /// What the driver keeps for the connection (nothing, for epoll).
+    pub(crate) io: I,
     ip: IpAddr,
     verdict: Verdict,
-    generation: u32,
+    pub(crate) generation: u32,
     session: Session,
-    out: Outbound,
+    pub(crate) out: Outbound,
     timer: Option<(TimerId, u64)>,
     /// The session is done; close once the queue is flushed.
-    close_after_flush: bool,
+    pub(crate) close_after_flush: bool,
     /// Writing was shut down after a protocol error.
     write_shut: bool,
     gauge: Gauge,
@@ -88,11 +87,10 @@ struct Conn {
     dirty: bool,
 }
 
-/// A reactor thread's state.
-pub struct Reactor {
+/// A reactor thread's state, over the driver `D` that moves its bytes.
+pub(crate) struct Reactor<D: Driver> {
     id: u16,
-    poll: Poll,
-    listener: TcpListener,
+    pub(crate) io: D,
     accept_resume_at: Option<Instant>,
     inbox: Receiver<Command>,
     inbox_shared: Arc<InboxShared>,
@@ -114,7 +112,7 @@ pub struct Reactor {
     dirty: Vec<usize>,
     /// When this turn's pushes were received, observed once they are written.
     received: Vec<Instant>,
-    conns: Slab<Conn>,
+    pub(crate) conns: Slab<Conn<D::ConnIo>>,
     next_generation: u32,
     wheel: Wheel<usize>,
     ticks: Ticks,
@@ -125,31 +123,31 @@ pub struct Reactor {
     stats: Arc<ReactorStats>,
     hooks: Box<dyn Hooks>,
     codecs: Codecs,
-    read_buf: BytesMut,
+    /// Received bytes on their way to a session, reused by every connection.
+    pub(crate) read_buf: BytesMut,
     fx: Effects,
-    /// Connections whose read budget ran out while readable.
-    again: Vec<usize>,
     drain: Option<DrainPlan>,
     accept_tokens: f64,
     accept_refill_at: Instant,
 }
 
-impl std::fmt::Debug for Reactor {
+impl<D: Driver> std::fmt::Debug for Reactor<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reactor")
             .field("id", &self.id)
+            .field("io", &D::NAME)
             .field("connections", &self.conns.len())
             .finish_non_exhaustive()
     }
 }
 
-impl Reactor {
-    /// A reactor over `listener`, whose waker is registered on `poll` by the caller.
+impl<D: Driver> Reactor<D> {
+    /// A reactor over the driver `io`, whose waker the caller registered on the driver's
+    /// `mio::Poll`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: u16,
-        poll: Poll,
-        mut listener: TcpListener,
+        io: D,
         inbox: Receiver<Command>,
         inbox_shared: Arc<InboxShared>,
         config: Arc<ReactorConfig>,
@@ -157,18 +155,15 @@ impl Reactor {
         stats: Arc<ReactorStats>,
         hooks: Box<dyn Hooks>,
         mut services: Option<ServiceConns>,
-    ) -> io::Result<Reactor> {
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+    ) -> io::Result<Reactor<D>> {
         if let Some(s) = services.as_mut() {
-            poll.registry()
+            io.registry()
                 .register(s.listener(), SERVICE_LISTENER, Interest::READABLE)?;
         }
         let now = Instant::now();
         Ok(Reactor {
             id,
-            poll,
-            listener,
+            io,
             accept_resume_at: None,
             inbox,
             inbox_shared,
@@ -188,9 +183,8 @@ impl Reactor {
             admission,
             stats,
             hooks,
-            read_buf: BytesMut::with_capacity(READ_CHUNK),
+            read_buf: BytesMut::new(),
             fx: Effects::default(),
-            again: Vec::new(),
             drain: None,
             accept_tokens: 0.0,
             accept_refill_at: now,
@@ -202,122 +196,107 @@ impl Reactor {
         self.id
     }
 
-    /// Runs until a drain completes.
-    pub(crate) fn run(mut self) -> io::Result<()> {
-        let mut events = Events::with_capacity(1024);
-        let mut expired = Vec::new();
-        loop {
-            // Asleep from here: a sender that queues a command must wake us. The flag is
-            // cleared before the inbox is looked at (in `poll_timeout`), so a command
-            // queued in between is either seen there or wakes the poll.
-            self.inbox_shared.notified.store(false, Ordering::SeqCst);
-            let timeout = self.poll_timeout();
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
+    /// The reactor's counters.
+    pub(crate) fn stats(&self) -> &ReactorStats {
+        &self.stats
+    }
+
+    /// What the reactor shares with those who send it commands.
+    pub(crate) fn inbox_shared(&self) -> &InboxShared {
+        &self.inbox_shared
+    }
+
+    /// Mid-turn: delivers what the inbox holds and writes the connections it reached, so
+    /// a long turn does not hold back what its first events routed.
+    pub(crate) fn deliver_now(&mut self) {
+        if !self.inbox.is_empty() {
+            self.drain_inbox();
+        }
+        self.flush_dirty();
+    }
+
+    /// The turn's start, after the wait: due timers, and the control listener's work
+    /// left over from the last turn.
+    pub(crate) fn begin_turn(&mut self, now: Instant, expired: &mut Vec<usize>) {
+        expired.clear();
+        self.wheel.advance(self.tick_of(now), expired);
+        for &key in expired.iter() {
+            self.on_timer(key);
+        }
+        if let Some(s) = self.services.as_mut() {
+            if s.accept_retry_at().is_some_and(|t| now >= t) {
+                s.accept_loop(
+                    self.io.registry(),
+                    &mut self.wheel,
+                    &self.ticks,
+                    &self.stats,
+                );
             }
-            // Awake: the inbox is drained before we sleep again, so senders (this thread
-            // included, when a hook pushes) need not write to the waker meanwhile.
-            self.inbox_shared.notified.store(true, Ordering::SeqCst);
-            let now = Instant::now();
-            expired.clear();
-            self.wheel.advance(self.tick_of(now), &mut expired);
-            for &key in &expired {
-                self.on_timer(key);
+            for key in s.take_again() {
+                s.on_ready(
+                    key,
+                    true,
+                    self.io.registry(),
+                    &mut self.wheel,
+                    &self.ticks,
+                    &self.stats,
+                );
             }
-            let again = std::mem::take(&mut self.again);
-            for key in again {
-                self.on_readable(key, true);
-            }
-            if let Some(s) = self.services.as_mut() {
-                if s.accept_retry_at().is_some_and(|t| now >= t) {
+        }
+    }
+
+    /// The turn's end: what the inbox holds, the turn's writes, accepting where it
+    /// stopped, a drain in progress. True when the reactor may exit.
+    pub(crate) fn end_turn(&mut self, now: Instant) -> bool {
+        // Commands may arrive faster than wakers are polled; never leave them waiting.
+        if !self.inbox.is_empty() {
+            self.drain_inbox();
+        }
+        self.flush_dirty();
+        if self.accept_resume_at.is_some_and(|t| now >= t) {
+            self.accept_resume_at = None;
+            self.accept_loop();
+        }
+        // Stopped at the bound earlier: this turn's reads may have made room, and the
+        // listener's readiness edge was spent, so try `accept` ourselves.
+        if self.accept_blocked
+            && (self.stats.handshaking.get() as usize) < self.config.max_pending_handshakes
+        {
+            self.accept_loop();
+        }
+        self.drain.is_some() && self.advance_drain(now)
+    }
+
+    /// An event of the driver's `mio::Poll` that is not a client connection's: the inbox's
+    /// waker, or the control listener and its connections.
+    pub(crate) fn on_poll_event(&mut self, token: Token, closed: bool) {
+        match token {
+            WAKER => self.drain_inbox(),
+            SERVICE_LISTENER => {
+                if let Some(s) = self.services.as_mut() {
                     s.accept_loop(
-                        self.poll.registry(),
-                        &mut self.wheel,
-                        &self.ticks,
-                        &self.stats,
-                    );
-                }
-                for key in s.take_again() {
-                    s.on_ready(
-                        key,
-                        true,
-                        self.poll.registry(),
+                        self.io.registry(),
                         &mut self.wheel,
                         &self.ticks,
                         &self.stats,
                     );
                 }
             }
-            for (i, event) in events.iter().enumerate() {
-                // A long turn (hundreds of ready sockets under load) must not hold back
-                // what earlier events routed: deliver and write every few events.
-                if i > 0 && i % EVENTS_PER_FLUSH == 0 {
-                    if !self.inbox.is_empty() {
-                        self.drain_inbox();
-                    }
-                    self.flush_dirty();
-                }
-                match event.token() {
-                    LISTENER => self.accept_loop(),
-                    WAKER => self.drain_inbox(),
-                    SERVICE_LISTENER => {
-                        if let Some(s) = self.services.as_mut() {
-                            s.accept_loop(
-                                self.poll.registry(),
-                                &mut self.wheel,
-                                &self.ticks,
-                                &self.stats,
-                            );
-                        }
-                    }
-                    Token(key) if key >= SERVICE_BASE => {
-                        if let Some(s) = self.services.as_mut() {
-                            if let Some(k) = s.own(key) {
-                                s.on_ready(
-                                    k,
-                                    event.is_read_closed() || event.is_error(),
-                                    self.poll.registry(),
-                                    &mut self.wheel,
-                                    &self.ticks,
-                                    &self.stats,
-                                );
-                            }
-                        }
-                    }
-                    Token(key) => {
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            // Without a hang-up or error in the event, a short read drained
-                            // the socket, and one more `recv` would only say so.
-                            let closing = event.is_read_closed() || event.is_error();
-                            self.on_readable(key, closing);
-                        }
-                        if event.is_writable() || event.is_write_closed() {
-                            self.on_writable(key);
-                        }
+            Token(key) if key >= SERVICE_BASE => {
+                if let Some(s) = self.services.as_mut() {
+                    if let Some(k) = s.own(key) {
+                        s.on_ready(
+                            k,
+                            closed,
+                            self.io.registry(),
+                            &mut self.wheel,
+                            &self.ticks,
+                            &self.stats,
+                        );
                     }
                 }
             }
-            // Commands may arrive faster than wakers are polled; never leave them waiting.
-            if !self.inbox.is_empty() {
-                self.drain_inbox();
-            }
-            self.flush_dirty();
-            if self.accept_resume_at.is_some_and(|t| now >= t) {
-                self.accept_resume_at = None;
-                self.accept_loop();
-            }
-            // Stopped at the bound earlier: this turn's reads may have made room, and the
-            // listener's readiness edge was spent, so try `accept` ourselves.
-            if self.accept_blocked
-                && (self.stats.handshaking.get() as usize) < self.config.max_pending_handshakes
-            {
-                self.accept_loop();
-            }
-            if self.drain.is_some() && self.advance_drain(now) {
-                return Ok(());
-            }
+            Token(_) => {}
         }
     }
 
@@ -329,11 +308,13 @@ impl Reactor {
         self.ticks.tick_after(t)
     }
 
-    fn poll_timeout(&self) -> Option<Duration> {
+    /// How long the driver may wait for I/O: zero when work is waiting (`ready`: the
+    /// driver's own), else until the next timer or deadline, or without end.
+    pub(crate) fn poll_timeout(&self, ready: bool) -> Option<Duration> {
         // Work already waiting must not sleep until the next unrelated wakeup: the
         // inbox's waker fired once for all of it.
         let services_again = self.services.as_ref().is_some_and(ServiceConns::has_again);
-        if !self.again.is_empty() || !self.inbox.is_empty() || services_again {
+        if ready || !self.inbox.is_empty() || services_again {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -360,57 +341,30 @@ impl Reactor {
 
     // ---- socket events ---------------------------------------------------------------
 
-    /// Reads a ready connection until it is drained or its budget is spent. A read shorter
-    /// than the buffer means the socket was drained: data arriving later raises a new
-    /// edge-triggered event (as it does for nginx's `ready = 0` after a short read), so no
-    /// `recv` is spent to hear `WouldBlock`, unless `until_would_block` (the peer hung up:
-    /// its EOF must be read now, no further event will announce it).
-    fn on_readable(&mut self, key: usize, until_would_block: bool) {
-        for _ in 0..READS_PER_TURN {
-            let Some(conn) = self.conns.get(key) else {
-                return;
-            };
-            if conn.close_after_flush {
-                return;
-            }
-            self.read_buf.clear();
-            self.read_buf.reserve(READ_CHUNK);
-            let spare = self.read_buf.spare_capacity_mut();
-            let len = spare.len().min(READ_CHUNK);
-            let spare = &mut spare[..len];
-            match recv(&conn.stream, spare) {
-                Ok(0) => {
-                    self.with_session(key, |s, _, fx| s.handle_eof(fx));
-                    return;
-                }
-                Ok(n) => {
-                    // SAFETY: `recv` initialised the first `n` bytes of the spare capacity
-                    // it was given, which starts at the buffer's current length (0).
-                    unsafe { self.read_buf.set_len(n) };
-                    self.stats.bytes_in.add(n as u64);
-                    let mut input = std::mem::take(&mut self.read_buf);
-                    self.with_session(key, |s, cx, fx| s.handle_input(&mut input, cx, fx));
-                    self.read_buf = input;
-                    self.note_partial_request(key);
-                    if n < len && !until_would_block {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.remove(key, false);
-                    return;
-                }
-            }
-        }
-        // Budget spent with data possibly left: edge-triggered readiness will not repeat,
-        // so remember to come back.
-        self.again.push(key);
+    /// The bytes in `read_buf` arrived on the connection: its session takes them.
+    pub(crate) fn on_received(&mut self, key: usize) {
+        self.stats.bytes_in.add(self.read_buf.len() as u64);
+        let mut input = std::mem::take(&mut self.read_buf);
+        self.with_session(key, |s, cx, fx| s.handle_input(&mut input, cx, fx));
+        input.clear();
+        self.read_buf = input;
+        self.note_partial_request(key);
     }
 
-    fn on_writable(&mut self, key: usize) {
-        self.flush(key);
+    /// The peer will send nothing more.
+    pub(crate) fn on_eof(&mut self, key: usize) {
+        self.with_session(key, |s, _, fx| s.handle_eof(fx));
+    }
+
+    /// Whether accepting is held back (the accept rate, the pending-handshake bound, a
+    /// back-off, a drain): a driver that accepts ahead must not start again on its own.
+    pub(crate) fn accept_paused(&self) -> bool {
+        self.accept_blocked || self.accept_resume_at.is_some() || self.drain.is_some()
+    }
+
+    /// Whether the connection still wants what it receives (not once its session ended).
+    pub(crate) fn wants_input(&self, key: usize) -> bool {
+        self.conns.get(key).is_some_and(|c| !c.close_after_flush)
     }
 
     fn on_timer(&mut self, key: usize) {
@@ -419,7 +373,7 @@ impl Reactor {
                 if let Some(k) = s.own(key) {
                     s.on_timer(
                         k,
-                        self.poll.registry(),
+                        self.io.registry(),
                         &mut self.wheel,
                         &self.ticks,
                         &self.stats,
@@ -542,14 +496,10 @@ impl Reactor {
                 stats.handshakes_ok.add(1);
                 self.set_gauge(key, Gauge::Upgraded);
             }
-            Event::Request(req) => {
+            Event::Request(_) => {
                 stats.messages_in.add(1);
-                match &req {
-                    session::ClientRequest::Send { .. } => stats.client_sends.add(1),
-                    _ => stats.client_room_ops.add(1),
-                }
                 if let Some(c) = cref {
-                    self.hooks.on_request(c, req);
+                    self.hooks.on_session_event(c, event);
                 }
             }
             Event::AppPing => {
@@ -611,17 +561,33 @@ impl Reactor {
         });
     }
 
-    fn flush(&mut self, key: usize) {
+    /// Writes the connection's queue (a completion-based driver may only start to).
+    pub(crate) fn flush(&mut self, key: usize) {
+        self.write(key, false);
+    }
+
+    /// [`Reactor::flush`], and `now`: the queue is full, so written at once where the
+    /// driver can, not at the end of the turn.
+    pub(crate) fn write(&mut self, key: usize, now: bool) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        match conn.out.flush(&mut conn.stream) {
+        match self.io.write(key, conn, now) {
             Ok(n) => self.stats.bytes_out.add(n as u64),
             Err(_) => {
                 self.remove(key, false);
                 return;
             }
         }
+        self.after_write(key);
+    }
+
+    /// Some of the queue was written (by the driver, for a completion-based one): once
+    /// it is all out, a connection whose session ended is closed.
+    pub(crate) fn after_write(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         if !conn.out.is_empty() {
             return;
         }
@@ -668,7 +634,7 @@ impl Reactor {
         }
     }
 
-    fn remove(&mut self, key: usize, reset: bool) {
+    pub(crate) fn remove(&mut self, key: usize, reset: bool) {
         if !self.conns.contains(key) {
             return;
         }
@@ -693,7 +659,7 @@ impl Reactor {
                 self.hooks.on_close(c);
             }
         }
-        drop(conn);
+        self.io.release(key, conn.generation, conn.stream, conn.io);
     }
 
     fn conn_ref(&self, key: usize) -> Option<ConnRef> {
@@ -703,11 +669,6 @@ impl Reactor {
             generation: c.generation,
         })
     }
-}
-
-/// `recv` into uninitialised memory, so the shared read buffer is never zeroed.
-fn recv(stream: &TcpStream, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
-    SockRef::from(stream).recv(buf)
 }
 
 /// Keeps the replay behind a `welcome` within the connection's outbound queue, with room

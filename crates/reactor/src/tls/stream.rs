@@ -1,0 +1,210 @@
+//! One connection's TLS, driven by bytes: ciphertext the socket gave in, plaintext out for
+//! the HTTP and WebSocket code; plaintext in from the outbound queue, ciphertext out for
+//! the socket. No I/O here, so the same code serves every I/O backend.
+//!
+//! Built on rustls's unbuffered connection: rustls keeps only keys and handshake state,
+//! and the buffers are ours. The one this type owns holds the tail of a record split by
+//! a read, and is freed the moment it empties, so an idle connection holds no buffer at
+//! all (the buffered `ServerConnection` keeps at least a 4 KiB read buffer for ever).
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, InsufficientSizeError};
+use rustls::ServerConfig;
+
+/// Why a TLS connection cannot go on. Any alert rustls had for the peer has already been
+/// appended to the output.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The peer broke the protocol: not TLS at all, a bad handshake, a bad record.
+    #[error("TLS: {0}")]
+    Protocol(#[from] rustls::Error),
+    /// rustls refused to encrypt (a connection past its record limit, or closed).
+    #[error("TLS: cannot encrypt: {0}")]
+    Encrypt(String),
+}
+
+/// The TLS state of one connection.
+pub struct TlsStream {
+    conn: UnbufferedServerConnection,
+    /// Ciphertext of records not yet complete.
+    incoming: Vec<u8>,
+    peer_closed: bool,
+}
+
+impl std::fmt::Debug for TlsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("handshaking", &self.is_handshaking())
+            .field("buffered", &self.incoming.len())
+            .field("peer_closed", &self.peer_closed)
+            .finish()
+    }
+}
+
+/// Where a pass over the incoming records stopped.
+enum Stop {
+    /// More ciphertext is needed.
+    NeedInput,
+    /// The handshake is done and nothing is pending.
+    Idle,
+    /// The peer closed (close_notify) or the connection is closed.
+    Closed,
+}
+
+impl TlsStream {
+    /// A server side waiting for a client hello.
+    pub fn new(config: Arc<ServerConfig>) -> Result<TlsStream, rustls::Error> {
+        Ok(TlsStream {
+            conn: UnbufferedServerConnection::new(config)?,
+            incoming: Vec::new(),
+            peer_closed: false,
+        })
+    }
+
+    /// Takes ciphertext read from the socket: appends the plaintext it carried to `plain`
+    /// and whatever TLS answers (handshake flights, tickets, alerts) to `out`.
+    pub fn read_tls(
+        &mut self,
+        ciphertext: &[u8],
+        plain: &mut BytesMut,
+        out: &mut Vec<u8>,
+    ) -> Result<(), TlsError> {
+        self.incoming.extend_from_slice(ciphertext);
+        let result = self.process(plain, out);
+        if result.is_err() {
+            // rustls queued an alert for the peer: one more pass, over no input (what
+            // failed must not be read twice), encodes it.
+            self.incoming.clear();
+            let _ = self.process(plain, out);
+        }
+        if self.incoming.is_empty() {
+            // Idle connections keep no buffer.
+            self.incoming = Vec::new();
+        }
+        result.map(|_| ())
+    }
+
+    /// Runs the state machine over the buffered ciphertext until it needs more.
+    fn process(&mut self, plain: &mut BytesMut, out: &mut Vec<u8>) -> Result<Stop, TlsError> {
+        loop {
+            let status = self.conn.process_tls_records(&mut self.incoming);
+            let mut discard = status.discard;
+            let stop = match status.state? {
+                ConnectionState::ReadTraffic(mut traffic) => {
+                    while let Some(record) = traffic.next_record() {
+                        let record = record?;
+                        plain.extend_from_slice(record.payload);
+                        discard += record.discard;
+                    }
+                    None
+                }
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    let at = out.len();
+                    let written = loop {
+                        let room = out.len() - at;
+                        match encode.encode(&mut out[at..]) {
+                            Ok(n) => break n,
+                            Err(EncodeError::InsufficientSize(InsufficientSizeError {
+                                required_size,
+                            })) if required_size > room => out.resize(at + required_size, 0),
+                            Err(e) => return Err(TlsError::Encrypt(e.to_string())),
+                        }
+                    };
+                    out.truncate(at + written);
+                    None
+                }
+                // What was encoded is in `out`, which the caller sends.
+                ConnectionState::TransmitTlsData(transmit) => {
+                    transmit.done();
+                    None
+                }
+                ConnectionState::BlockedHandshake => Some(Stop::NeedInput),
+                ConnectionState::WriteTraffic(_) => Some(Stop::Idle),
+                ConnectionState::PeerClosed => {
+                    self.peer_closed = true;
+                    Some(Stop::Closed)
+                }
+                ConnectionState::Closed => Some(Stop::Closed),
+                // Early data is never enabled in our configuration; anything new in rustls
+                // that we do not know how to drive ends the connection rather than spin.
+                _ => return Err(TlsError::Encrypt("unexpected TLS state".to_owned())),
+            };
+            self.incoming.drain(..discard);
+            if let Some(stop) = stop {
+                // With a full record left but input still buffered, rustls says so by
+                // returning ReadTraffic again; `NeedInput`/`Idle` mean the rest is partial.
+                return Ok(stop);
+            }
+        }
+    }
+
+    /// Encrypts `plain` into records appended to `out`. Only after the handshake.
+    pub fn write_plain(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), TlsError> {
+        self.with_write_traffic(out, |traffic, buf| traffic.encrypt(plain, buf))
+    }
+
+    /// Appends a close_notify alert to `out`.
+    pub fn close(&mut self, out: &mut Vec<u8>) -> Result<(), TlsError> {
+        self.with_write_traffic(out, |traffic, buf| traffic.queue_close_notify(buf))
+    }
+
+    fn with_write_traffic(
+        &mut self,
+        out: &mut Vec<u8>,
+        mut write: impl FnMut(
+            &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+            &mut [u8],
+        ) -> Result<usize, EncryptError>,
+    ) -> Result<(), TlsError> {
+        let status = self.conn.process_tls_records(&mut self.incoming);
+        debug_assert_eq!(status.discard, 0, "records are consumed by read_tls");
+        let ConnectionState::WriteTraffic(mut traffic) = status.state? else {
+            return Err(TlsError::Encrypt("handshake not complete".to_owned()));
+        };
+        let at = out.len();
+        let written =
+            loop {
+                let room = out.len() - at;
+                match write(&mut traffic, &mut out[at..]) {
+                    Ok(n) => break n,
+                    Err(EncryptError::InsufficientSize(InsufficientSizeError {
+                        required_size,
+                    })) if required_size > room => out.resize(at + required_size, 0),
+                    Err(e) => return Err(TlsError::Encrypt(e.to_string())),
+                }
+            };
+        out.truncate(at + written);
+        Ok(())
+    }
+
+    /// The handshake is still under way: no plaintext has been or can be exchanged.
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// The peer sent close_notify: no more plaintext will come.
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed
+    }
+
+    /// The protocol version agreed, once the handshake is done.
+    pub fn version(&self) -> Option<rustls::ProtocolVersion> {
+        self.conn.protocol_version()
+    }
+
+    /// Whether the handshake resumed an earlier session (a ticket) instead of a full one.
+    pub fn resumed(&self) -> bool {
+        matches!(
+            self.conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed)
+        )
+    }
+
+    /// Bytes of ciphertext held waiting for the rest of a record.
+    pub fn buffered(&self) -> usize {
+        self.incoming.len()
+    }
+}

@@ -1,0 +1,274 @@
+//! The TLS layer against a real rustls client, in memory: both versions, ALPN, data both
+//! ways, resumption with tickets, reload, and the inputs that must fail cleanly.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // In tests a failed unwrap is a failed test.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use reactor::tls::{TlsAcceptor, TlsConfigError, TlsFiles, TlsStream};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+struct Pki {
+    dir: PathBuf,
+    files: TlsFiles,
+    cert_der: CertificateDer<'static>,
+}
+
+fn pki(tag: &str, name: &str) -> Pki {
+    let dir = std::env::temp_dir().join(format!("pushgate-tls-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+    let files = TlsFiles {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    std::fs::write(&files.cert, ck.cert.pem()).unwrap();
+    std::fs::write(&files.key, ck.signing_key.serialize_pem()).unwrap();
+    Pki {
+        dir,
+        files,
+        cert_der: ck.cert.der().clone(),
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+fn client_config(
+    trust: &CertificateDer<'static>,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(trust.clone()).unwrap();
+    let mut c = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[version])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(c)
+}
+
+/// Moves bytes both ways until neither side has anything to say; plaintext the server
+/// decrypted is appended to `server_plain`.
+fn pump(client: &mut ClientConnection, server: &mut TlsStream, server_plain: &mut BytesMut) {
+    for _ in 0..100 {
+        let mut to_server = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut to_server).unwrap();
+        }
+        let mut to_client = Vec::new();
+        server
+            .read_tls(&to_server, server_plain, &mut to_client)
+            .unwrap();
+        if to_server.is_empty() && to_client.is_empty() {
+            return;
+        }
+        let mut rd = &to_client[..];
+        while !rd.is_empty() {
+            client.read_tls(&mut rd).unwrap();
+            client.process_new_packets().unwrap();
+        }
+    }
+    panic!("the handshake did not settle");
+}
+
+fn client_reads(client: &mut ClientConnection, server: &mut TlsStream, plain: &[u8]) -> Vec<u8> {
+    let mut records = Vec::new();
+    server.write_plain(plain, &mut records).unwrap();
+    let mut rd = &records[..];
+    let mut got = Vec::new();
+    while !rd.is_empty() {
+        client.read_tls(&mut rd).unwrap();
+        client.process_new_packets().unwrap();
+        let mut buf = [0u8; 65536];
+        loop {
+            match client.reader().read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    got
+}
+
+#[test]
+fn both_versions_negotiate_alpn_and_carry_data_both_ways() {
+    let p = pki("versions", "localhost");
+    let acceptor = TlsAcceptor::new(p.files.clone()).unwrap();
+    for (version, want) in [
+        (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
+        (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
+    ] {
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = ClientConnection::new(client_config(&p.cert_der, version), name).unwrap();
+        let mut server = acceptor.accept().unwrap();
+        let mut plain = BytesMut::new();
+        assert!(server.is_handshaking());
+        client
+            .writer()
+            .write_all(b"GET /ws HTTP/1.1\r\n\r\n")
+            .unwrap();
+        pump(&mut client, &mut server, &mut plain);
+        assert!(!server.is_handshaking());
+        assert_eq!(server.version(), Some(want));
+        assert_eq!(client.alpn_protocol(), Some(&b"http/1.1"[..]));
+        assert_eq!(&plain[..], b"GET /ws HTTP/1.1\r\n\r\n");
+        // A message larger than a record and than rustls's own buffers, both ways.
+        let big: Vec<u8> = (0..1_048_576u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(client_reads(&mut client, &mut server, &big), big);
+        plain.clear();
+        let mut rest = &big[..];
+        while !rest.is_empty() {
+            let n = client.writer().write(rest).unwrap();
+            rest = &rest[n..];
+            pump(&mut client, &mut server, &mut plain);
+        }
+        assert_eq!(&plain[..], &big[..]);
+        // close_notify from the client is seen.
+        client.send_close_notify();
+        pump(&mut client, &mut server, &mut plain);
+        assert!(server.peer_closed());
+    }
+}
+
+#[test]
+fn a_second_connection_resumes_with_a_ticket() {
+    let p = pki("resume", "localhost");
+    let acceptor = TlsAcceptor::new(p.files.clone()).unwrap();
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let config = client_config(&p.cert_der, version);
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut client = ClientConnection::new(Arc::clone(&config), name).unwrap();
+            let mut server = acceptor.accept().unwrap();
+            let mut plain = BytesMut::new();
+            pump(&mut client, &mut server, &mut plain);
+            // TLS 1.3 tickets come after the handshake: let the client read them.
+            assert_eq!(client_reads(&mut client, &mut server, b"x"), b"x");
+            kinds.push(server.resumed());
+        }
+        assert_eq!(kinds, [false, true], "{version:?}");
+    }
+}
+
+#[test]
+fn reload_serves_the_new_pair_to_new_connections_only() {
+    let old = pki("reload", "localhost");
+    let acceptor = TlsAcceptor::new(old.files.clone()).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut before = ClientConnection::new(
+        client_config(&old.cert_der, &rustls::version::TLS13),
+        name.clone(),
+    )
+    .unwrap();
+    let mut before_server = acceptor.accept().unwrap();
+    let mut plain = BytesMut::new();
+    pump(&mut before, &mut before_server, &mut plain);
+
+    let new = pki("reload-new", "localhost");
+    std::fs::copy(&new.files.cert, &old.files.cert).unwrap();
+    std::fs::copy(&new.files.key, &old.files.key).unwrap();
+    acceptor.reload().unwrap();
+    // A client trusting only the new certificate now succeeds...
+    let mut after = ClientConnection::new(
+        client_config(&new.cert_der, &rustls::version::TLS13),
+        name.clone(),
+    )
+    .unwrap();
+    let mut after_server = acceptor.accept().unwrap();
+    pump(&mut after, &mut after_server, &mut plain);
+    assert!(!after_server.is_handshaking());
+    // ...and the connection made before the reload carries on.
+    assert_eq!(
+        client_reads(&mut before, &mut before_server, b"still here"),
+        b"still here"
+    );
+    // A failed reload keeps the pair in service.
+    std::fs::write(&old.files.key, "not a key").unwrap();
+    assert!(matches!(acceptor.reload(), Err(TlsConfigError::Pem { .. })));
+    let mut again =
+        ClientConnection::new(client_config(&new.cert_der, &rustls::version::TLS13), name).unwrap();
+    let mut again_server = acceptor.accept().unwrap();
+    pump(&mut again, &mut again_server, &mut plain);
+    assert!(!again_server.is_handshaking());
+}
+
+#[test]
+fn plain_http_and_garbage_fail_with_an_alert_and_truncation_waits() {
+    let p = pki("bad", "localhost");
+    let acceptor = TlsAcceptor::new(p.files.clone()).unwrap();
+    for junk in [
+        &b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &[0x16, 0x03, 0x01, 0xff, 0xff, 0, 0, 0][..],
+    ] {
+        let mut server = acceptor.accept().unwrap();
+        let mut plain = BytesMut::new();
+        let mut alert = Vec::new();
+        assert!(
+            server.read_tls(junk, &mut plain, &mut alert).is_err(),
+            "{junk:?}"
+        );
+        assert!(plain.is_empty());
+        assert_eq!(alert.first(), Some(&0x15), "an alert record for {junk:?}");
+    }
+    // Half a client hello: no error, nothing to say yet (the handshake timeout ends it).
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client =
+        ClientConnection::new(client_config(&p.cert_der, &rustls::version::TLS13), name).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    let mut server = acceptor.accept().unwrap();
+    let mut plain = BytesMut::new();
+    let mut out = Vec::new();
+    server
+        .read_tls(&hello[..hello.len() / 2], &mut plain, &mut out)
+        .unwrap();
+    assert!(out.is_empty() && server.is_handshaking());
+    assert_eq!(server.buffered(), hello.len() / 2);
+    // The rest completes the hello, and the server answers it.
+    server
+        .read_tls(&hello[hello.len() / 2..], &mut plain, &mut out)
+        .unwrap();
+    assert!(!out.is_empty());
+    assert_eq!(server.buffered(), 0);
+}
+
+#[test]
+fn bad_files_at_start_name_the_file() {
+    let p = pki("files", "localhost");
+    let missing = TlsFiles {
+        cert: p.dir.join("nope.pem"),
+        key: p.files.key.clone(),
+    };
+    let err = TlsAcceptor::new(missing).unwrap_err();
+    assert!(err.to_string().contains("nope.pem"), "{err}");
+    std::fs::write(p.dir.join("empty.pem"), "").unwrap();
+    let empty = TlsFiles {
+        cert: p.dir.join("empty.pem"),
+        key: p.files.key.clone(),
+    };
+    assert!(matches!(
+        TlsAcceptor::new(empty),
+        Err(TlsConfigError::Pem { .. })
+    ));
+    // A key that does not belong to the certificate.
+    let other = pki("files-other", "localhost");
+    let mismatched = TlsFiles {
+        cert: p.files.cert.clone(),
+        key: other.files.key.clone(),
+    };
+    let err = TlsAcceptor::new(mismatched).unwrap_err();
+    assert!(matches!(err, TlsConfigError::Rustls { .. }), "{err}");
+}
