@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::nats::{free_port, CuttingProxy, NatsServer};
-use common::{post, Client, Gateway, Read_};
+use common::{push_ok, received, Client, Gateway};
 use serde_json::{json, Value};
 
 /// A node that must become ready on `nats`.
@@ -51,27 +51,6 @@ fn ready_again(gw: &Gateway, within: Duration) {
         gw.eventually(within, |g| g.control_get("/readyz").0 == 200),
         "readyz never recovered"
     );
-}
-
-fn push_ok(gw: &Gateway, body: Value) {
-    let (status, resp) = post(gw.control_addr, "/v1/push", &body.to_string(), None);
-    assert_eq!((status, resp.as_str()), (200, "{\"ok\":true}"));
-}
-
-/// The `data` of every message `c` receives until it has been quiet for `quiet_ms`.
-fn received(c: &mut Client, quiet_ms: u64) -> Vec<Value> {
-    let mut out = Vec::new();
-    loop {
-        match c.read(Duration::from_millis(quiet_ms)) {
-            Read_::Timeout => return out,
-            Read_::Msg(protocol::Message::Text(t)) => {
-                let v: Value = serde_json::from_slice(&t).unwrap();
-                assert_eq!(v["type"], "msg", "{v}");
-                out.push(v["data"].clone());
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
 }
 
 /// A directory of its own under the target directory, for generated files.

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::nats::{free_port, NatsServer};
-use common::{post, Client, Gateway, Read_};
+use common::{post, push_ok, received, Client, Gateway};
 use serde_json::{json, Value};
 
 fn node(nats: &str, id: &str, extra: &[&str]) -> Gateway {
@@ -66,27 +66,6 @@ fn no_connections(gw: &Gateway) {
 
 fn api(gw: &Gateway, path: &str, body: Value) -> (u16, String) {
     post(gw.control_addr, path, &body.to_string(), None)
-}
-
-fn push_ok(gw: &Gateway, body: Value) {
-    let (status, resp) = api(gw, "/v1/push", body);
-    assert_eq!((status, resp.as_str()), (200, "{\"ok\":true}"));
-}
-
-/// The `data` of every message `c` receives until it has been quiet for `quiet_ms`.
-fn received(c: &mut Client, quiet_ms: u64) -> Vec<Value> {
-    let mut out = Vec::new();
-    loop {
-        match c.read(Duration::from_millis(quiet_ms)) {
-            Read_::Timeout => return out,
-            Read_::Msg(protocol::Message::Text(t)) => {
-                let v: Value = serde_json::from_slice(&t).unwrap();
-                assert_eq!(v["type"], "msg", "{v}");
-                out.push(v["data"].clone());
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
 }
 
 #[test]

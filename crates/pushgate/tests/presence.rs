@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use common::{http, post, users_online, Client, Gateway, Read_};
-use protocol::Message;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -16,18 +15,6 @@ fn ws(gw: &Gateway, query: &str) -> Client {
     let mut c = Client::connect(gw.client_addr, &format!("/ws?{query}"));
     assert_eq!(c.recv_json()["type"], "welcome");
     c
-}
-
-/// Reads until a close frame: its code and reason.
-fn close_of(c: &mut Client) -> (u16, String) {
-    loop {
-        match c.read(WAIT) {
-            Read_::Msg(Message::Close(Some(f))) => return (f.code.0, f.reason_str().to_owned()),
-            Read_::Msg(Message::Close(None)) => return (1005, String::new()),
-            Read_::Msg(_) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    }
 }
 
 fn presence(gw: &Gateway, query: &str) -> (u16, Value) {
@@ -147,7 +134,10 @@ fn disconnect_closes_with_the_code_and_reason_given() {
     );
     assert_eq!(status, 200, "{v}");
     assert_eq!(v, json!({"ok":true,"closed":1,"nodes":[]}));
-    assert_eq!(close_of(&mut phone), (4001, "logged out élsewhere".into()));
+    assert_eq!(
+        phone.close_frame(WAIT),
+        (4001, "logged out élsewhere".into())
+    );
     // The client answers the close; the connection is gone once it has.
     phone.send_close(4001);
     phone.expect_eof(WAIT);
@@ -159,7 +149,7 @@ fn disconnect_closes_with_the_code_and_reason_given() {
     // Every device of the user, with 1008.
     let (status, v) = disconnect(&gw, r#"{"uid":"alice","code":1008}"#);
     assert_eq!((status, &v["closed"]), (200, &json!(1)));
-    assert_eq!(close_of(&mut web), (1008, String::new()));
+    assert_eq!(web.close_frame(WAIT), (1008, String::new()));
     assert!(matches!(
         bob.read(Duration::from_millis(200)),
         Read_::Timeout
@@ -212,7 +202,7 @@ fn disconnect_refuses_bad_codes_and_bodies() {
         "é".repeat(61)
     );
     assert_eq!(disconnect(&gw, &most).0, 200);
-    assert_eq!(close_of(&mut alice), (4999, "é".repeat(61)));
+    assert_eq!(alice.close_frame(WAIT), (4999, "é".repeat(61)));
     assert_eq!(
         gw.metric("pushgate_disconnect_requests_total{result=\"bad_request\"}"),
         bad.len() as f64
@@ -242,7 +232,7 @@ fn the_per_user_cap_closes_the_oldest_with_4008() {
         Read_::Timeout
     ));
     let mut fourth = ws(&gw, "uid=u");
-    let (code, _) = close_of(&mut first);
+    let (code, _) = first.close_frame(WAIT);
     assert_eq!(code, 4008, "the oldest goes");
     for c in [&mut second, &mut third, &mut fourth, &mut other] {
         assert!(matches!(c.read(Duration::from_millis(100)), Read_::Timeout));
@@ -261,7 +251,7 @@ fn the_per_user_cap_closes_the_oldest_with_4008() {
         assert_eq!(c.recv_json()["data"], "hi");
     }
     let mut fifth = ws(&gw, "uid=u");
-    assert_eq!(close_of(&mut second).0, 4008);
+    assert_eq!(second.close_frame(WAIT).0, 4008);
     let r = fifth.read(Duration::from_millis(100));
     assert!(matches!(r, Read_::Timeout), "{r:?}");
     assert_eq!(
@@ -279,7 +269,7 @@ fn a_reconnect_of_the_same_device_replaces_its_connection() {
     // The phone reconnects: its old connection goes, the web one stays although the
     // user is at the cap.
     let mut phone2 = ws(&gw, "uid=u&device=phone");
-    let (code, reason) = close_of(&mut phone);
+    let (code, reason) = phone.close_frame(WAIT);
     assert_eq!(code, 4008);
     assert!(reason.contains("same device"), "{reason}");
     assert!(matches!(
@@ -290,7 +280,7 @@ fn a_reconnect_of_the_same_device_replaces_its_connection() {
     assert_eq!(devices(&v, "u"), ["phone", "web"]);
     // A third device is over the cap: the oldest (web) goes.
     let _tablet = ws(&gw, "uid=u&device=tablet");
-    assert_eq!(close_of(&mut web).0, 4008);
+    assert_eq!(web.close_frame(WAIT).0, 4008);
     assert!(matches!(
         phone2.read(Duration::from_millis(200)),
         Read_::Timeout

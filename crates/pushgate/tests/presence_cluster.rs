@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::nats::NatsServer;
 use common::{post, Client, Gateway, Read_};
-use protocol::Message;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -174,18 +173,6 @@ fn presence_spans_the_cluster_and_names_a_frozen_node() {
     );
 }
 
-/// Reads until a close frame: its code and reason.
-fn close_of(c: &mut Client) -> (u16, String) {
-    loop {
-        match c.read(WAIT) {
-            Read_::Msg(Message::Close(Some(f))) => return (f.code.0, f.reason_str().to_owned()),
-            Read_::Msg(Message::Close(None)) => return (1005, String::new()),
-            Read_::Msg(_) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    }
-}
-
 #[test]
 fn disconnect_closes_a_user_on_every_node() {
     let nats = NatsServer::start();
@@ -205,7 +192,7 @@ fn disconnect_closes_a_user_on_every_node() {
     assert_eq!(v["closed"], 0);
     assert_eq!(v["nodes"], serde_json::json!(["n1", "n3"]));
     for c in [&mut a1, &mut a3] {
-        assert_eq!(close_of(c), (4403, "banned".to_owned()));
+        assert_eq!(c.close_frame(WAIT), (4403, "banned".to_owned()));
         // The client answers the close; the connection is gone once it has.
         c.send_close(4403);
         c.expect_eof(WAIT);
@@ -217,7 +204,7 @@ fn disconnect_closes_a_user_on_every_node() {
     let body = r#"{"uid":"alice","code":1008}"#;
     let (status, _) = post(n1.control_addr, "/v1/disconnect", body, None);
     assert_eq!(status, 200);
-    assert_eq!(close_of(&mut a2).0, 1008);
+    assert_eq!(a2.close_frame(WAIT).0, 1008);
     assert!(matches!(
         bob.read(Duration::from_millis(200)),
         Read_::Timeout
@@ -242,7 +229,7 @@ fn a_device_reconnecting_to_another_node_replaces_its_old_connection() {
     let mut plain = ws(&n3, "uid=alice");
     // The phone comes back through n2: its connection on n1 goes with 4008.
     let mut phone2 = ws(&n2, "uid=alice&device=phone");
-    let (code, reason) = close_of(&mut phone);
+    let (code, reason) = phone.close_frame(WAIT);
     assert_eq!(code, 4008);
     assert!(reason.contains("same device"), "{reason}");
     phone.send_close(4008);

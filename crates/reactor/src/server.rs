@@ -102,34 +102,32 @@ impl Server {
             let inbox = Arc::new(InboxShared::new(config.inbox_bytes.max(1)));
             let stats = Arc::new(ReactorStats::default());
             let hooks = hooks(id, &stats);
+            // The same reactor over either driver: only how bytes move differs.
+            macro_rules! reactor {
+                ($driver:expr) => {
+                    Box::new(Reactor::new(
+                        id,
+                        $driver,
+                        rx,
+                        Arc::clone(&inbox),
+                        Arc::clone(&config),
+                        Arc::clone(&admission),
+                        Arc::clone(&stats),
+                        hooks,
+                        service,
+                    )?)
+                };
+            }
             ready.push(match backend {
-                IoBackend::IoUring => Ready::Uring(Box::new(Reactor::new(
-                    id,
-                    Uring::new(
-                        poll,
-                        listener,
-                        config.io_uring_buffers,
-                        config.io_uring_buffer_size,
-                    )?,
-                    rx,
-                    Arc::clone(&inbox),
-                    Arc::clone(&config),
-                    Arc::clone(&admission),
-                    Arc::clone(&stats),
-                    hooks,
-                    service,
+                IoBackend::IoUring => Ready::Uring(reactor!(Uring::new(
+                    poll,
+                    listener,
+                    config.io_uring_buffers,
+                    config.io_uring_buffer_size,
                 )?)),
-                IoBackend::Epoll | IoBackend::Auto => Ready::Epoll(Box::new(Reactor::new(
-                    id,
-                    Epoll::new(poll, listener)?,
-                    rx,
-                    Arc::clone(&inbox),
-                    Arc::clone(&config),
-                    Arc::clone(&admission),
-                    Arc::clone(&stats),
-                    hooks,
-                    service,
-                )?)),
+                IoBackend::Epoll | IoBackend::Auto => {
+                    Ready::Epoll(reactor!(Epoll::new(poll, listener)?))
+                }
             });
             handles.push(ReactorHandle {
                 id,

@@ -161,6 +161,28 @@ pub fn without_seq(mut v: serde_json::Value) -> serde_json::Value {
     v
 }
 
+/// A push through `/v1/push` that must be answered `{"ok":true}` (history off).
+pub fn push_ok(gw: &Gateway, body: serde_json::Value) {
+    let (status, resp) = post(gw.control_addr, "/v1/push", &body.to_string(), None);
+    assert_eq!((status, resp.as_str()), (200, "{\"ok\":true}"));
+}
+
+/// The `data` of every message `c` receives until it has been quiet for `quiet_ms`.
+pub fn received(c: &mut Client, quiet_ms: u64) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    loop {
+        match c.read(Duration::from_millis(quiet_ms)) {
+            Read_::Timeout => return out,
+            Read_::Msg(Message::Text(t)) => {
+                let v: serde_json::Value = serde_json::from_slice(&t).unwrap();
+                assert_eq!(v["type"], "msg", "{v}");
+                out.push(v["data"].clone());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
 /// POSTs a JSON body to the control listener; (status, body).
 pub fn post(addr: SocketAddr, path: &str, body: &str, auth: Option<&str>) -> (u16, String) {
     let auth = auth
@@ -383,6 +405,20 @@ impl Client {
     }
 
     /// Reads until a close frame; returns its code.
+    /// Reads until a close frame arrives within `limit`: its code and reason.
+    pub fn close_frame(&mut self, limit: Duration) -> (u16, String) {
+        loop {
+            match self.read(limit) {
+                Read_::Msg(Message::Close(Some(f))) => {
+                    return (f.code.0, f.reason_str().to_owned())
+                }
+                Read_::Msg(Message::Close(None)) => return (1005, String::new()),
+                Read_::Msg(_) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+
     pub fn expect_close(&mut self, limit: Duration) -> CloseCode {
         let deadline = Instant::now() + limit;
         loop {

@@ -708,30 +708,25 @@ impl Worker {
     fn publish(&mut self, c: &mut Conn, push: Outgoing) {
         let stats = &self.shared.stats;
         let sent = unix_micros().to_string();
-        if push.broadcast {
-            let subject = self.subjects.broadcast();
+        // A broadcast's copy and users' copies need nothing more than the send time: a
+        // connection belongs to one user. Rooms' copies list every target, so that a
+        // connection reached twice gets it once.
+        let plain = |c: &mut Conn, subject: &str| {
             wire::write_pub(
                 &mut c.wbuf,
-                &subject,
+                subject,
                 None,
                 &[(HEADER_SENT, &sent)],
                 &push.body,
             );
             stats.published.add(1);
+        };
+        if push.broadcast {
+            plain(c, &self.subjects.broadcast());
             return;
         }
-        // Users' copies need nothing more: a connection belongs to one user. Rooms'
-        // copies list every target, so that a connection reached twice gets it once.
         for id in &push.users {
-            let subject = self.subjects.subject(Kind::User, id);
-            wire::write_pub(
-                &mut c.wbuf,
-                &subject,
-                None,
-                &[(HEADER_SENT, &sent)],
-                &push.body,
-            );
-            stats.published.add(1);
+            plain(c, &self.subjects.subject(Kind::User, id));
         }
         if push.rooms.is_empty() {
             return;
