@@ -269,7 +269,8 @@ pub struct Keys {
     #[arg(long, env = "PUSHGATE_LOG_JSON")]
     pub log_json: Option<bool>,
     /// Messages retained per user and per room for resume and offline delivery; 0 turns
-    /// history (seqs, resume, acks, idempotent pushes) off. Single node only [default: 100].
+    /// history (seqs, resume, acks, idempotent pushes) off. With --nats, users' messages
+    /// are kept in NATS JetStream (rooms and acks: single node only) [default: 100].
     #[arg(long, env = "PUSHGATE_HISTORY_SIZE")]
     pub history_size: Option<usize>,
     /// Seconds a retained message is kept (also how long a push ID is remembered)
@@ -280,6 +281,10 @@ pub struct Keys {
     /// [default: 268435456].
     #[arg(long, env = "PUSHGATE_HISTORY_MAX_BYTES")]
     pub history_max_bytes: Option<usize>,
+    /// With --nats: copies of the JetStream history stream, 1 to 5; more than 1 needs a
+    /// JetStream cluster of at least that many servers [default: 1].
+    #[arg(long, env = "PUSHGATE_HISTORY_REPLICAS")]
+    pub history_replicas: Option<usize>,
 }
 
 impl Keys {
@@ -322,6 +327,8 @@ pub struct BusSettings {
     pub ping_timeout: Duration,
     /// Lingering subscriptions beyond the recent drop in local users and rooms.
     pub max_lingering: usize,
+    /// Copies of the JetStream history stream.
+    pub history_replicas: usize,
 }
 
 /// Resolved settings.
@@ -555,6 +562,13 @@ impl Settings {
                             default::BUS_PING_TIMEOUT
                         ))?,
                         max_lingering: pick!(bus_max_lingering, default::BUS_MAX_LINGERING),
+                        history_replicas: {
+                            let r = pick!(history_replicas, 1);
+                            if !(1..=5).contains(&r) {
+                                bail!("history_replicas must be between 1 and 5, got {r}");
+                            }
+                            r
+                        },
                     })
                 }
             },
@@ -727,6 +741,17 @@ mod tests {
         assert_eq!((o.size, o.max_bytes), (0, 4096));
         std::fs::remove_dir_all(&dir).ok();
         assert!(Settings::resolve(&cli(&["--history-ttl", "0"]), 100).is_err());
+        let nats = ["--nats", "nats://127.0.0.1:4222"];
+        let bus = |extra: &[&str]| {
+            Settings::resolve(&cli(&[&nats[..], extra].concat()), 100).map(|s| s.bus.unwrap())
+        };
+        assert_eq!(bus(&[]).unwrap().history_replicas, 1);
+        assert_eq!(
+            bus(&["--history-replicas", "3"]).unwrap().history_replicas,
+            3
+        );
+        assert!(bus(&["--history-replicas", "0"]).is_err());
+        assert!(bus(&["--history-replicas", "6"]).is_err());
         // Each key is also an environment variable (clap reads it; no process-wide
         // variable is set here, other tests run in parallel).
         let help = <Cli as clap::CommandFactory>::command()
@@ -736,6 +761,7 @@ mod tests {
             "PUSHGATE_HISTORY_SIZE",
             "PUSHGATE_HISTORY_TTL",
             "PUSHGATE_HISTORY_MAX_BYTES",
+            "PUSHGATE_HISTORY_REPLICAS",
         ] {
             assert!(help.contains(env), "{env}");
         }

@@ -61,6 +61,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 unsubscribe_delay: bus.unsubscribe_delay,
                 ping_timeout: bus.ping_timeout,
                 max_lingering: bus.max_lingering,
+                history: (settings.history.size > 0).then_some(router::JsConfig {
+                    size: settings.history.size,
+                    ttl: settings.history.ttl,
+                    replicas: bus.history_replicas,
+                }),
             })
             .map_err(anyhow::Error::msg)?,
         )),
@@ -68,7 +73,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     };
     let router = Arc::new(
         match &nats {
-            Some(bus) => Router::with_bus(Box::new(Arc::clone(bus))),
+            Some(bus) => Router::with_bus(Box::new(Arc::clone(bus)))
+                .with_cluster_history(Arc::clone(bus), settings.history),
             None => Router::new().with_history(settings.history),
         }
         .with_max_conns_per_user(settings.max_conns_per_user),
@@ -123,6 +129,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     server.run().context("starting the reactor threads")?;
     if let Some(bus) = &nats {
         NatsBus::start(bus, Arc::clone(&router)).context("starting the bus thread")?;
+        router
+            .start_history()
+            .context("starting the history fill thread")?;
     }
     let control_addr = server
         .service_addr()
@@ -149,7 +158,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         echo = settings.reactor.session.echo,
         node = %node_id,
         bus = settings.bus.as_ref().map_or("in-process", |b| b.url.as_str()),
-        history_size = if router.keeps_history() { settings.history.size } else { 0 },
+        history_size = settings.history.size,
         io = server.io_backend(),
         "pushgate started"
     );

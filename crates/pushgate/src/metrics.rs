@@ -83,6 +83,10 @@ pub mod names {
     pub const ROOMS: &str = "pushgate_rooms";
     /// Gauge: bytes held by retained messages (history), bounded by `history_max_bytes`.
     pub const HISTORY_BYTES: &str = "pushgate_history_bytes";
+    /// Gauge: 1 while a clustered node keeps history (the JetStream stream is there).
+    pub const HISTORY_CLUSTER_READY: &str = "pushgate_history_cluster_ready";
+    /// Counter: events of the clustered history, by kind.
+    pub const HISTORY_CLUSTER_EVENTS: &str = "pushgate_history_cluster_events_total";
     /// Counter: push frames queued to connections.
     pub const MESSAGES_DELIVERED: &str = "pushgate_messages_delivered_total";
     /// Counter: messages not delivered, by reason.
@@ -598,6 +602,27 @@ fn router_part(src: &Sources, out: &mut Families) {
         "Bytes held by retained messages (users' and rooms' history).",
         src.router.history_bytes() as u64,
     );
+    out.single(
+        HISTORY_CLUSTER_READY,
+        GAUGE,
+        "1 while this clustered node keeps history in JetStream (seqs, resume).",
+        u64::from(src.router.bus().stats().is_some() && src.router.keeps_history()),
+    );
+    if let Some(h) = src.router.cluster_history_stats() {
+        out.family(
+            HISTORY_CLUSTER_EVENTS,
+            COUNTER,
+            "Clustered history: live copies dropped as duplicates, gaps fetched from the stream (fill), gaps it could not fill in time (fill_failure), replays that failed (replay_failure), held messages dropped past the bound (overflow).",
+            "event",
+            [
+                ("duplicate", h.duplicates.get()),
+                ("fill", h.fills.get()),
+                ("fill_failure", h.fill_failures.get()),
+                ("replay_failure", h.replay_failures.get()),
+                ("overflow", h.overflow.get()),
+            ],
+        );
+    }
     out.family(
         MESSAGES_DROPPED,
         COUNTER,

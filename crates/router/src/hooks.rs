@@ -2,7 +2,6 @@
 //! lives on the reactor's thread (no lock), and keeps the shared registry in step.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use reactor::{ConnRef, Hooks, ReactorStats};
 use session::client_protocol::RequestError;
@@ -101,10 +100,7 @@ impl RouterHooks {
             }
             ClientRequest::Send { to, data } => {
                 // `from` is the sender's authenticated ID, never anything the client said.
-                let outcome = self
-                    .router
-                    .send(&to, &[] as &[&str], &info.uid, &data, None, Instant::now())
-                    .outcome;
+                let outcome = self.router.send_from_client(&to, &info.uid, &data).outcome;
                 self.stats
                     .count_dropped("offline", outcome.offline_users as u64);
                 if outcome.refused > 0 {

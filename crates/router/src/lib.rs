@@ -7,18 +7,21 @@
 //! - [`bus`]: the cluster bus that carries pushes to the other nodes (in-process for a
 //!   single node, NATS for a cluster).
 //! - [`history`]: retained messages per user and per room, their seqs and device acks
-//!   (single node); [`idempotency`]: answers of pushes by the caller's ID.
+//!   (single node); [`idempotency`]: answers of pushes by the caller's ID;
+//!   [`cluster_history`]: per user, the last seq this clustered node delivered (history
+//!   itself is in JetStream, `bus::jetstream`).
 //! - [`hooks`]: the per-reactor bookkeeping of which user and rooms each connection has,
 //!   fed by the reactor and feeding the registry.
 
 pub mod bus;
+pub mod cluster_history;
 pub mod history;
 pub mod hooks;
 pub mod idempotency;
 pub mod registry;
 pub mod router;
 
-pub use bus::{BusError, ClusterBus, InProcess, NatsBus, NatsConfig};
+pub use bus::{BusError, ClusterBus, InProcess, JsConfig, NatsBus, NatsConfig};
 pub use history::HistoryConfig;
 pub use hooks::RouterHooks;
 pub use registry::Registry;

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protocol::frame::{FrameBuilder, OpCode};
@@ -14,8 +14,11 @@ use protocol::CloseCode;
 use reactor::{Command, ConnRef, ReactorHandle};
 
 use crate::bus::control::{Disconnect, PresenceEntry, REPLACED_REASON};
+use crate::bus::jetstream::{self, StoredMsg};
 use crate::bus::stats::Counter;
 use crate::bus::{BusError, ClusterBus, InProcess, Kind, Outgoing};
+use crate::bus::{NatsBus, StoreJob, StoreOk};
+use crate::cluster_history::{ClusterHistoryStats, FillJob, Gap, Step, UserSeq, UserSeqs};
 use crate::history::{History, HistoryConfig};
 use crate::idempotency::Idempotency;
 use crate::registry::Registry;
@@ -62,6 +65,38 @@ struct Histories {
     next_id: AtomicU64,
 }
 
+/// History of a clustered node: in JetStream, through the bus; here only what each user
+/// held got last ([`UserSeqs`]).
+#[derive(Debug)]
+struct Clustered {
+    bus: Arc<NatsBus>,
+    config: HistoryConfig,
+    users: UserSeqs,
+    stats: ClusterHistoryStats,
+    /// Gaps for the fill thread to fetch.
+    fills: crossbeam_channel::Sender<FillJob>,
+    fills_rx: parking_lot::Mutex<Option<crossbeam_channel::Receiver<FillJob>>>,
+    id_prefix: u32,
+    next_id: AtomicU64,
+}
+
+/// How long a connection opening may wait for its user's latest seq, and then for its
+/// replay, each (it blocks its reactor meanwhile; past it the welcome says
+/// `unavailable`).
+pub const REPLAY_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How long the fill thread waits for one gap.
+const FILL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Gaps waiting for the fill thread; past it a gap is skipped at once.
+const MAX_FILLS: usize = 4096;
+/// A push waits this long for JetStream to store it (its answer, or a 503).
+const STORE_WAIT: Duration = Duration::from_millis(2500);
+
+/// The reply when the history stream could not be read in time.
+pub const HISTORY_UNAVAILABLE: RequestError = RequestError {
+    code: "unavailable",
+    message: "history not reachable in time; the replay is incomplete",
+};
+
 /// Where a connection's replay started, for a later `resume` request.
 #[derive(Debug, Clone, Copy)]
 pub struct Opened {
@@ -93,6 +128,7 @@ pub struct Router {
     reactors: OnceLock<Vec<ReactorHandle>>,
     bus: Box<dyn ClusterBus>,
     history: Option<Histories>,
+    clustered: Option<Clustered>,
     max_conns_per_user: usize,
     close_stats: CloseStats,
 }
@@ -116,6 +152,7 @@ impl Router {
             reactors: OnceLock::new(),
             bus,
             history: None,
+            clustered: None,
             max_conns_per_user: usize::MAX,
             close_stats: CloseStats::default(),
         }
@@ -245,9 +282,344 @@ impl Router {
         self
     }
 
-    /// Whether this node keeps history.
+    /// Keeps history in JetStream through `bus` (a clustered node), within `config`'s
+    /// size and TTL; a size of 0 keeps none. User messages get seqs once the stream is
+    /// there; until then (and on a server without JetStream) delivery is live only.
+    pub fn with_cluster_history(mut self, bus: Arc<NatsBus>, config: HistoryConfig) -> Self {
+        if config.size == 0 || bus.history_config().is_none() {
+            return self;
+        }
+        let (fills, rx) = crossbeam_channel::bounded(MAX_FILLS);
+        self.clustered = Some(Clustered {
+            bus,
+            config,
+            users: UserSeqs::default(),
+            stats: ClusterHistoryStats::default(),
+            fills,
+            fills_rx: parking_lot::Mutex::new(Some(rx)),
+            id_prefix: foldhash::fast::RandomState::default().hash_one(1u8) as u32,
+            next_id: AtomicU64::new(1),
+        });
+        self
+    }
+
+    /// Starts the thread that fetches the gaps in users' live messages from the stream
+    /// (a clustered node with history; once).
+    pub fn start_history(self: &Arc<Self>) -> std::io::Result<()> {
+        let Some(rx) = self
+            .clustered
+            .as_ref()
+            .and_then(|c| c.fills_rx.lock().take())
+        else {
+            return Ok(());
+        };
+        let router = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("pushgate-fills".into())
+            .spawn(move || loop {
+                match rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok((uid, gap)) => match router.upgrade() {
+                        Some(r) => r.fill(&uid, gap),
+                        None => return,
+                    },
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        if router.strong_count() == 0 {
+                            return;
+                        }
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                }
+            })
+            .map(|_| ())
+    }
+
+    /// The clustered history, when the stream is there.
+    fn clustered(&self) -> Option<&Clustered> {
+        self.clustered.as_ref().filter(|c| c.bus.history_ready())
+    }
+
+    /// The clustered history's counters, if the node has one.
+    pub fn cluster_history_stats(&self) -> Option<&ClusterHistoryStats> {
+        self.clustered.as_ref().map(|c| &c.stats)
+    }
+
+    /// A stored user message arrived live (from this node's store or another node's):
+    /// delivered to the user's connections here in seq order, once. False if this node
+    /// keeps no clustered history (the caller delivers it as a plain message).
+    pub fn deliver_stored(&self, uid: &str, seq: u64, prev: u64, frame: Bytes) -> bool {
+        let Some(c) = &self.clustered else {
+            return false;
+        };
+        let mut shard = c.users.lock(uid);
+        if let Some(u) = shard.get_mut(uid) {
+            let step = u.live(seq, prev, frame);
+            self.apply(c, uid, u, step);
+        }
+        true
+    }
+
+    /// Delivers a step's frames to the user's connections here and sends its gap to the
+    /// fill thread (under the user's shard lock).
+    fn apply(&self, c: &Clustered, uid: &str, u: &mut UserSeq, mut step: Step) {
+        loop {
+            c.stats.duplicates.add(step.duplicates);
+            c.stats.overflow.add(step.overflow);
+            if !step.frames.is_empty() {
+                let mut targets = Vec::new();
+                self.registry.user_connections(uid, &mut targets);
+                let now = Instant::now();
+                for frame in step.frames.drain(..) {
+                    let mut t = targets.clone();
+                    self.dispatch(&mut t, frame, now);
+                }
+            }
+            let Some(gap) = step.fill else {
+                return;
+            };
+            c.stats.fills.add(1);
+            if c.fills.try_send((Arc::from(uid), gap)).is_ok() {
+                return;
+            }
+            c.stats.fill_failures.add(1);
+            step = u.filled(gap, Err(()));
+        }
+    }
+
+    /// Fetches a gap of `uid`'s messages and delivers it (on the fill thread).
+    fn fill(&self, uid: &str, gap: Gap) {
+        let Some(c) = &self.clustered else {
+            return;
+        };
+        let fetched = c
+            .bus
+            .fetch_after(uid, gap.0, gap.1, c.config.size, FILL_TIMEOUT)
+            .map(|msgs| msgs.iter().map(|m| (m.seq, stored_frame(m))).collect())
+            .map_err(|_| c.stats.fill_failures.add(1));
+        let mut shard = c.users.lock(uid);
+        if let Some(u) = shard.get_mut(uid) {
+            let step = u.filled(gap, fetched);
+            self.apply(c, uid, u, step);
+        }
+    }
+
+    /// A connection of `uid` opened on a clustered node: registered under the user's
+    /// shard lock (so it gets every message after the user's last seq here live), then
+    /// its replay read from the stream, blocking this reactor for at most
+    /// [`REPLAY_TIMEOUT`] twice.
+    fn open_clustered(
+        &self,
+        c: &Clustered,
+        uid: &str,
+        conn: ConnRef,
+        device: Option<&str>,
+        since: Option<u64>,
+    ) -> (Arc<str>, Welcome, Opened) {
+        let (id, known) = {
+            let mut shard = c.users.lock(uid);
+            let id = self.add_user_on(uid, conn, device);
+            let u = shard.entry(Arc::clone(&id)).or_default();
+            (id, u.last())
+        };
+        let mut error = None;
+        let latest = match known {
+            Some(l) => l,
+            None => {
+                let got = c.bus.latest(uid, REPLAY_TIMEOUT);
+                if got.is_err() {
+                    c.stats.replay_failures.add(1);
+                    error = Some(HISTORY_UNAVAILABLE);
+                }
+                let mut shard = c.users.lock(uid);
+                match shard.get_mut(uid) {
+                    Some(u) => {
+                        let step = u.start(got.ok().map(|m| m.map_or(0, |m| m.seq)));
+                        self.apply(c, uid, u, step);
+                        u.last().unwrap_or(0)
+                    }
+                    None => 0,
+                }
+            }
+        };
+        let opened = Opened {
+            replayed_from: latest,
+        };
+        if let Some(e) = error {
+            let w = Welcome {
+                seq: Some(latest),
+                recovered: Some(false),
+                error: Some(e),
+                ..Welcome::default()
+            };
+            return (id, w, opened);
+        }
+        if since.is_some_and(|s| s > latest) {
+            let w = Welcome {
+                seq: Some(latest),
+                error: Some(cp::SINCE_IN_FUTURE),
+                ..Welcome::default()
+            };
+            return (id, w, opened);
+        }
+        let from = since.unwrap_or(0);
+        let w = match self.replay_clustered(c, uid, from, latest) {
+            Ok((frames, recovered)) => Welcome {
+                seq: Some(latest),
+                recovered: Some(recovered),
+                replay: frames,
+                error: None,
+            },
+            Err(e) => Welcome {
+                seq: Some(latest),
+                recovered: Some(false),
+                error: Some(e),
+                ..Welcome::default()
+            },
+        };
+        (
+            id,
+            w,
+            Opened {
+                replayed_from: from,
+            },
+        )
+    }
+
+    /// `uid`'s stored messages after `from` up to `upto`, and whether none was lost.
+    fn replay_clustered(
+        &self,
+        c: &Clustered,
+        uid: &str,
+        from: u64,
+        upto: u64,
+    ) -> Result<(Vec<Bytes>, bool), RequestError> {
+        if from >= upto {
+            return Ok((Vec::new(), true));
+        }
+        match c
+            .bus
+            .fetch_after(uid, from, upto, c.config.size, REPLAY_TIMEOUT)
+        {
+            Ok(msgs) => {
+                // The retained messages are a suffix of the user's chain: nothing is
+                // missing when the first one follows the resume point.
+                let recovered = msgs.first().is_some_and(|m| m.prev <= from);
+                Ok((msgs.iter().map(stored_frame).collect(), recovered))
+            }
+            Err(_) => {
+                c.stats.replay_failures.add(1);
+                Err(HISTORY_UNAVAILABLE)
+            }
+        }
+    }
+
+    /// A message from `from` to `users` (stored with seqs) and `rooms` (live, no seq) on a
+    /// clustered node. With `wait` the answer has every user's seq (or the error); a
+    /// client's `send` does not wait (its reactor must not).
+    #[allow(clippy::too_many_arguments)]
+    fn send_clustered(
+        &self,
+        c: &Clustered,
+        users: &[&str],
+        rooms: &[impl AsRef<str>],
+        from: &str,
+        data: &[u8],
+        id: Option<&str>,
+        received: Instant,
+        wait: bool,
+    ) -> Delivered {
+        let id = match id {
+            Some(id) => id.to_owned(),
+            None => format!(
+                "{:08x}{:x}",
+                c.id_prefix,
+                c.next_id.fetch_add(1, Ordering::Relaxed)
+            ),
+        };
+        let body = jetstream::stored_body(from, &id, data);
+        let mut bus = Ok(());
+        let mut waiting = Vec::with_capacity(users.len());
+        for uid in users {
+            // The push ID and the recipient: a retry of the push within the TTL is
+            // stored (and delivered) once.
+            let mut msg_id = String::with_capacity(id.len() + uid.len() + 1);
+            crate::bus::subject::encode_id(&id, &mut msg_id);
+            msg_id.push('.');
+            crate::bus::subject::encode_id(uid, &mut msg_id);
+            let (tx, rx) = crossbeam_channel::bounded::<Result<StoreOk, BusError>>(1);
+            let job = StoreJob {
+                uid: Arc::from(*uid),
+                msg_id,
+                body: body.clone(),
+                done: wait.then_some(tx),
+            };
+            match c.bus.store(job) {
+                Ok(()) => waiting.push((uid, rx)),
+                Err(e) => bus = Err(e),
+            }
+        }
+        let mut outcome = PushOutcome {
+            connections: 0,
+            offline_users: 0,
+            refused: 0,
+            bus: Ok(()),
+        };
+        if !rooms.is_empty() {
+            let frame = Self::msg_frame(from, data);
+            let payload = payload_of(&frame);
+            outcome = self.deliver_local(&[] as &[&str], rooms, users, frame, received);
+            let sent = self.bus.publish(Outgoing {
+                users: dedup_ids(users),
+                rooms: dedup_ids(rooms),
+                broadcast: false,
+                body: payload,
+                stored_users: true,
+            });
+            if sent.is_err() {
+                bus = sent;
+            }
+        }
+        let mut seqs = Vec::with_capacity(users.len());
+        if wait {
+            let deadline = Instant::now() + STORE_WAIT;
+            for (uid, rx) in waiting {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(Ok(ok)) => seqs.push(((*uid).to_owned(), ok.seq)),
+                    Ok(Err(e)) => bus = Err(e),
+                    Err(_) => bus = Err(BusError::History),
+                }
+            }
+        }
+        outcome.bus = bus;
+        Delivered {
+            outcome,
+            id: Some(id),
+            seqs,
+            offline: Vec::new(),
+        }
+    }
+
+    /// A client's `send`: like [`Router::send`], except that on a clustered node it does
+    /// not wait for the stores (the caller is a reactor).
+    pub fn send_from_client(&self, to: &[impl AsRef<str>], from: &str, data: &[u8]) -> Delivered {
+        match self.clustered() {
+            Some(c) => self.send_clustered(
+                c,
+                &dedup_strs(to),
+                &[] as &[&str],
+                from,
+                data,
+                None,
+                Instant::now(),
+                false,
+            ),
+            None => self.send(to, &[] as &[&str], from, data, None, Instant::now()),
+        }
+    }
+
+    /// Whether this node keeps history (single node, or clustered with the stream there).
     pub fn keeps_history(&self) -> bool {
-        self.history.is_some()
+        self.history.is_some() || self.clustered().is_some()
     }
 
     /// Bytes retained by the users' and rooms' histories.
@@ -320,6 +692,9 @@ impl Router {
         device: Option<&str>,
         since: Option<u64>,
     ) -> (Arc<str>, Welcome, Opened) {
+        if let Some(c) = self.clustered() {
+            return self.open_clustered(c, uid, conn, device, since);
+        }
         let Some(h) = &self.history else {
             let id = self.add_user_on(uid, conn, device);
             let w = Welcome {
@@ -368,6 +743,15 @@ impl Router {
     /// A connection of `uid` went away (with history: under the user's lock, so that a
     /// connection opening meanwhile keeps the stream).
     pub fn close_user(&self, uid: &Arc<str>, conn: ConnRef) {
+        if let Some(c) = &self.clustered {
+            let mut shard = c.users.lock(uid);
+            if self.registry.remove_user(uid, conn) {
+                shard.remove(&**uid);
+                drop(shard);
+                self.bus.interest_changed(Kind::User, uid);
+            }
+            return;
+        }
         match &self.history {
             Some(h) => {
                 let mut l = h.users.lock(uid, Instant::now());
@@ -390,6 +774,19 @@ impl Router {
         since: u64,
         opened: Opened,
     ) -> Result<(), RequestError> {
+        if let Some(c) = self.clustered() {
+            let latest = c.users.lock(uid).get(uid).and_then(UserSeq::last);
+            let latest = latest.unwrap_or(opened.replayed_from);
+            if since > latest {
+                return Err(cp::SINCE_IN_FUTURE);
+            }
+            let (frames, recovered) = self.replay_clustered(c, uid, since, opened.replayed_from)?;
+            for frame in frames {
+                self.deliver_to(conn, frame);
+            }
+            self.deliver_to(conn, session::messages::resumed(latest, recovered));
+            return Ok(());
+        }
         let h = self.history.as_ref().ok_or(cp::HISTORY_DISABLED)?;
         let l = h.users.lock(uid, Instant::now());
         let latest = l.latest(uid);
@@ -482,6 +879,18 @@ impl Router {
         id: Option<&str>,
         received: Instant,
     ) -> Delivered {
+        if let Some(c) = self.clustered() {
+            return self.send_clustered(
+                c,
+                &dedup_strs(users),
+                rooms,
+                from,
+                data,
+                id,
+                received,
+                true,
+            );
+        }
         let Some(h) = &self.history else {
             let frame = Self::msg_frame(from, data);
             return Delivered {
@@ -588,6 +997,7 @@ impl Router {
                 rooms: dedup_ids(rooms),
                 broadcast: false,
                 body,
+                stored_users: false,
             });
         }
         outcome
@@ -603,6 +1013,7 @@ impl Router {
             rooms: Vec::new(),
             broadcast: true,
             body,
+            stored_users: false,
         })?;
         Ok(refused)
     }
@@ -712,6 +1123,11 @@ fn payload_of(frame: &Bytes) -> Bytes {
         Ok(Some((_, n))) => frame.slice(n..),
         _ => frame.clone(),
     }
+}
+
+/// A stored message as the frame its user's clients get.
+fn stored_frame(m: &StoredMsg) -> Bytes {
+    Router::text_frame(&jetstream::with_seq(&m.body, m.seq))
 }
 
 /// The device of a connection that named none.

@@ -58,6 +58,7 @@ fn bus(port: u16, node: &str) -> Arc<NatsBus> {
             unsubscribe_delay: Duration::from_secs(1),
             max_lingering: 16,
             ping_timeout: Duration::from_secs(1),
+            history: None,
         })
         .unwrap(),
     )

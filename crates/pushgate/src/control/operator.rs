@@ -185,6 +185,7 @@ fn bus_error(e: BusError) -> &'static str {
         BusError::Disconnected => "cluster bus disconnected",
         BusError::QueueFull => "cluster bus queue full; retry later",
         BusError::TooLarge => "query too large for the cluster bus",
+        BusError::History => "history store not confirmed",
     }
 }
 

@@ -239,5 +239,9 @@ fn bus_status(sent: Result<(), BusError>) -> (u16, Result<(), &'static str>) {
             413,
             Err("message too large for the cluster bus: delivered to this node's connections only"),
         ),
+        Err(BusError::History) => (
+            503,
+            Err("history store not confirmed: retry with the same \"id\" (delivered at most once)"),
+        ),
     }
 }

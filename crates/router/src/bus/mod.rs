@@ -22,10 +22,12 @@
 //!   to all of its local recipients of the listed targets and ignores the rest), and
 //!   [`HEADER_SENT`] (for the bus latency histogram).
 
+mod chains;
 mod conn;
 pub mod control;
 mod dedup;
 mod interest;
+pub mod jetstream;
 mod lingering;
 mod liveness;
 mod nats;
@@ -44,7 +46,10 @@ use std::time::Instant;
 use bytes::Bytes;
 
 pub use control::{ClusterPresence, ControlStats, Disconnect, PresenceEntry};
-pub use nats::{BusMessage, Handler, NatsBus, NatsConfig, ReplyHandler, MAX_PENDING_REQUESTS};
+pub use jetstream::{JsConfig, StoredMsg};
+pub use nats::{
+    BusMessage, Handler, NatsBus, NatsConfig, ReplyHandler, StoreJob, StoreOk, MAX_PENDING_REQUESTS,
+};
 pub use stats::BusStats;
 pub use subject::{Kind, Subjects};
 
@@ -68,6 +73,9 @@ pub struct Outgoing {
     pub broadcast: bool,
     /// The message JSON the clients receive.
     pub body: Bytes,
+    /// The users' copies are published by their stores in the history stream: they are
+    /// only listed in the rooms' targets here.
+    pub stored_users: bool,
 }
 
 /// The bus could not take a push: the other nodes will not get it.
@@ -79,6 +87,9 @@ pub enum BusError {
     QueueFull,
     /// The message is larger than the bus accepts.
     TooLarge,
+    /// JetStream did not confirm storing the message (refused, or no answer in time): it
+    /// may or may not have been stored, so a retry must carry the same push `id`.
+    History,
 }
 
 impl BusError {
@@ -88,6 +99,7 @@ impl BusError {
             BusError::Disconnected => "cluster bus disconnected",
             BusError::QueueFull => "cluster bus queue full",
             BusError::TooLarge => "message larger than the cluster bus accepts",
+            BusError::History => "history store not confirmed by JetStream",
         }
     }
 }

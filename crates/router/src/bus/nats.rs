@@ -11,7 +11,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 use super::conn;
 use super::control::{ClusterPresence, Control, ControlStats, Disconnect};
 use super::interest::Changed;
+use super::jetstream::{self, stream_name, JsConfig, StoredMsg};
 use super::liveness::Liveness;
 use super::servers::Pool;
 use super::stats::BusStats;
@@ -58,6 +59,38 @@ pub struct NatsConfig {
     /// A round trip to NATS unanswered this long makes the node unready (one is made
     /// every third of it).
     pub ping_timeout: Duration,
+    /// History on JetStream (`None`: live delivery only).
+    pub history: Option<JsConfig>,
+}
+
+/// JetStream state: not known yet (not connected, or the stream is being set up).
+pub(super) const JS_UNKNOWN: u8 = 0;
+/// The history stream is there.
+pub(super) const JS_READY: u8 = 1;
+/// The server has no JetStream (or refused the stream): live delivery only.
+pub(super) const JS_ABSENT: u8 = 2;
+
+/// A user message to store in the history stream; once JetStream has stored it, the bus
+/// thread delivers it here and publishes it live with its seq.
+#[derive(Debug)]
+pub struct StoreJob {
+    /// The recipient.
+    pub uid: Arc<str>,
+    /// De-duplication key within the history TTL (the push's ID and the recipient).
+    pub msg_id: String,
+    /// The client JSON without its seq ([`super::jetstream::stored_body`]).
+    pub body: Bytes,
+    /// Told the outcome, if anyone waits for it.
+    pub done: Option<Sender<Result<StoreOk, BusError>>>,
+}
+
+/// A stored message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOk {
+    /// Its seq.
+    pub seq: u64,
+    /// Stored before, by a push with the same ID (delivered then, not now).
+    pub duplicate: bool,
 }
 
 /// A message handed to a fixed-subject handler or a request's reply handler. It borrows
@@ -96,6 +129,8 @@ pub const MAX_PENDING_REQUESTS: usize = 4096;
 pub(super) enum Command {
     /// A push to users, rooms or everyone.
     Push(Outgoing),
+    /// A user message for the history stream.
+    Store(StoreJob),
     /// A message to any subject, with an optional reply subject.
     Publish {
         subject: String,
@@ -116,6 +151,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Push(p) => f.debug_tuple("Push").field(p).finish(),
+            Command::Store(j) => write!(f, "Store({})", j.uid),
             Command::Publish { subject, .. } => write!(f, "Publish({subject})"),
             Command::Request { subject, .. } => write!(f, "Request({subject})"),
         }
@@ -136,6 +172,10 @@ pub(super) struct Shared {
     pub(super) liveness: Liveness,
     /// Node announcements, presence and disconnects ([`super::control`]).
     pub(super) control: Control,
+    /// [`JS_UNKNOWN`], [`JS_READY`] or [`JS_ABSENT`].
+    pub(super) js: AtomicU8,
+    /// Whether "no JetStream" was logged (once per process).
+    pub(super) js_absent_logged: AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -160,6 +200,10 @@ pub(super) const HEADER_ALLOWANCE: usize = 512;
 #[derive(Debug)]
 pub struct NatsBus {
     tx: Sender<Command>,
+    subjects: Subjects,
+    /// The history stream's name.
+    stream: String,
+    history: Option<JsConfig>,
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     pending: Mutex<Option<Start>>,
@@ -187,6 +231,9 @@ impl NatsBus {
         let (tx, rx) = crossbeam_channel::bounded(config.queue_depth.max(1));
         Ok(NatsBus {
             tx,
+            stream: stream_name(&config.prefix),
+            history: config.history,
+            subjects: subjects.clone(),
             shared: Arc::new(Shared {
                 stats: BusStats::default(),
                 dirty: Mutex::new(Changed::default()),
@@ -202,6 +249,8 @@ impl NatsBus {
                     RandomState::new()
                         .hash_one(super::worker::unix_micros() ^ u64::from(std::process::id())),
                 ),
+                js: AtomicU8::new(JS_UNKNOWN),
+                js_absent_logged: AtomicBool::new(false),
             }),
             thread: Mutex::new(None),
             pending: Mutex::new(Some(Start {
@@ -313,6 +362,96 @@ impl NatsBus {
         })
     }
 
+    /// Whether user messages get seqs and are stored (history configured and the stream
+    /// there).
+    pub fn history_ready(&self) -> bool {
+        self.history.is_some() && self.shared.js.load(Ordering::Relaxed) == JS_READY
+    }
+
+    /// The history settings, if any.
+    pub fn history_config(&self) -> Option<JsConfig> {
+        self.history
+    }
+
+    /// Hands a user message to the bus thread for storing; the outcome goes to the job's
+    /// `done`.
+    pub fn store(&self, job: StoreJob) -> Result<(), BusError> {
+        if !self.history_ready() {
+            return self.refuse(BusError::History);
+        }
+        self.check(job.body.len())?;
+        self.enqueue(Command::Store(job))
+    }
+
+    /// The latest stored message of `uid` (`None`: none retained). Blocks up to
+    /// `timeout`: for a reactor opening a connection, bounded.
+    pub fn latest(&self, uid: &str, timeout: Duration) -> Result<Option<StoredMsg>, BusError> {
+        let subject = self.subjects.history(Kind::User, uid);
+        let body = serde_json::json!({ "last_by_subj": subject }).to_string();
+        self.direct_get(body, timeout)
+    }
+
+    /// The stored messages of `uid` with `after < seq <= upto`, in order, at most `max`;
+    /// all of them within `timeout` or an error. One direct get per message (NATS 2.9
+    /// has no batch get).
+    pub fn fetch_after(
+        &self,
+        uid: &str,
+        after: u64,
+        upto: u64,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<Vec<StoredMsg>, BusError> {
+        let deadline = Instant::now() + timeout;
+        let subject = self.subjects.history(Kind::User, uid);
+        let mut out = Vec::new();
+        let mut at = after;
+        while at < upto && out.len() < max {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(BusError::History);
+            }
+            let body = serde_json::json!({ "seq": at + 1, "next_by_subj": subject }).to_string();
+            match self.direct_get(body, left)? {
+                Some(m) if m.seq <= upto => {
+                    at = m.seq;
+                    out.push(m);
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// One direct get, waited for.
+    fn direct_get(&self, body: String, timeout: Duration) -> Result<Option<StoredMsg>, BusError> {
+        if self.history.is_none() {
+            return Err(BusError::History);
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let subject = format!("$JS.API.DIRECT.GET.{}", self.stream);
+        self.request(
+            &subject,
+            Bytes::from(body),
+            timeout,
+            Box::new(move |m| {
+                let answer = match m {
+                    Some(m) => jetstream::direct_answer(m.headers, m.payload),
+                    None => Err("no answer".to_owned()),
+                };
+                let _ = tx.try_send(answer);
+            }),
+        )?;
+        match rx.recv_timeout(timeout + Duration::from_millis(50)) {
+            Ok(Ok(m)) => Ok(m),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cluster bus: direct get failed");
+                Err(BusError::History)
+            }
+            Err(_) => Err(BusError::History),
+        }
+    }
+
     fn refuse(&self, e: BusError) -> Result<(), BusError> {
         self.shared.stats.refused[e as usize].add(1);
         Err(e)
@@ -400,6 +539,7 @@ mod tests {
             unsubscribe_delay: Duration::ZERO,
             max_lingering: 1024,
             ping_timeout: Duration::from_secs(3),
+            history: None,
         })
         .unwrap()
     }
@@ -410,6 +550,7 @@ mod tests {
             rooms: Vec::new(),
             broadcast: false,
             body: Bytes::from(vec![b' '; len]),
+            stored_users: false,
         }
     }
 
@@ -425,7 +566,7 @@ mod tests {
         assert_eq!(b.publish(push(10)), Err(BusError::QueueFull));
         assert_eq!(b.publish(push(1 << 20)), Err(BusError::TooLarge));
         let refused: Vec<u64> = b.shared.stats.refused.iter().map(|c| c.get()).collect();
-        assert_eq!(refused, [1, 1, 1]);
+        assert_eq!(refused, [1, 1, 1, 0]);
     }
 
     #[test]

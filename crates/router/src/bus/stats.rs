@@ -27,7 +27,7 @@ impl Counter {
 }
 
 /// Reasons a push did not go onto the bus, in a fixed order for the counters.
-pub const REFUSE_REASONS: [&str; 3] = ["disconnected", "queue_full", "too_large"];
+pub const REFUSE_REASONS: [&str; 4] = ["disconnected", "queue_full", "too_large", "history"];
 
 /// The bus counters.
 #[derive(Debug, Default)]
@@ -41,7 +41,7 @@ pub struct BusStats {
     /// Messages published (one per recipient subject).
     pub published: Counter,
     /// Pushes the bus could not take, by [`REFUSE_REASONS`].
-    pub refused: [Counter; 3],
+    pub refused: [Counter; 4],
     /// Publishes NATS refused after they were queued.
     pub publish_errors: Counter,
     /// Messages received from other nodes or backends.

@@ -120,6 +120,17 @@ impl Subjects {
         s
     }
 
+    /// `<prefix>.h.user.<id>` or `<prefix>.h.room.<id>`: the history stream's subject.
+    pub fn history(&self, kind: Kind, id: &str) -> String {
+        let mut s = String::with_capacity(self.prefix.len() + 8 + id.len() * 3);
+        s.push_str(&self.prefix);
+        s.push_str(".h.");
+        s.push_str(kind.token());
+        s.push('.');
+        encode_id(id, &mut s);
+        s
+    }
+
     /// `<prefix>.all`, the broadcast subject.
     pub fn broadcast(&self) -> String {
         format!("{}.all", self.prefix)

@@ -21,17 +21,24 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::Receiver;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
+use super::chains::{Busy, Chains, MAX_ATTEMPTS};
 use super::conn::{self, Info, Stream};
 use super::dedup::RecentIds;
 use super::interest::Key;
+use super::jetstream::{
+    self, PubAck, HEADER_EXPECTED_LAST, HEADER_MSG_ID, HEADER_PREV, HEADER_SEQ,
+};
 use super::lingering::{Lingering, RecentPeak};
-use super::nats::{BusMessage, Command, Handler, NatsBus, NatsConfig, ReplyHandler, Shared, Start};
+use super::nats::{
+    BusMessage, Command, Handler, NatsBus, NatsConfig, ReplyHandler, Shared, Start, StoreJob,
+    StoreOk, JS_ABSENT, JS_READY,
+};
 use super::servers::Pool;
 use super::subject::{self, Kind, Subjects};
 use super::subs::{Subs, Target};
 use super::trim::Trimmer;
 use super::wire::{self, Msg, Op};
-use super::{Outgoing, HEADER_ID, HEADER_SENT, HEADER_TARGETS};
+use super::{BusError, Outgoing, HEADER_ID, HEADER_SENT, HEADER_TARGETS};
 use crate::router::Router;
 
 /// Interest changes reconciled per pass before the bus thread looks at publishes again.
@@ -59,6 +66,11 @@ const MAX_PINGS: usize = 64;
 pub(super) const DEAD_AFTER_TIMEOUTS: u32 = 4;
 /// Read buffer reserve per read.
 const READ_CHUNK: usize = 64 * 1024;
+/// How long a store waits for JetStream's answer before it is failed (its message may
+/// still have been stored: a retry with the same push ID is de-duplicated).
+pub(super) const STORE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the stream's creation may take to be answered.
+const SETUP_WINDOW: Duration = Duration::from_secs(5);
 
 /// Messages may be this much larger than `max_payload` (the server counts headers in it;
 /// this is slack, not trust).
@@ -139,6 +151,10 @@ pub(super) struct Worker {
     errors: u64,
     boot: u64,
     seq: AtomicU64,
+    /// User messages being stored, one in flight per user.
+    chains: Chains,
+    /// Store failures logged (for the log's rate limit).
+    store_errors: u64,
 }
 
 impl Worker {
@@ -190,6 +206,8 @@ impl Worker {
             errors: 0,
             boot,
             seq: AtomicU64::new(0),
+            chains: Chains::default(),
+            store_errors: 0,
         }
     }
 
@@ -273,6 +291,10 @@ impl Worker {
         self.gauge_pending = None;
         // Replies to requests sent on the lost connection will not come.
         self.expire_requests(Instant::now(), true);
+        // Nor PubAcks: those messages may or may not have been stored.
+        for job in self.chains.drain() {
+            finish(job, Err(BusError::History));
+        }
     }
 
     fn subject_of(&self, target: &Target) -> String {
@@ -310,6 +332,7 @@ impl Worker {
         stats.connects.add(1);
         stats.connected.store(true, Ordering::Relaxed);
         tracing::info!(server, server_id = %info.server_id, known_servers = self.pool.len(), "cluster bus: connected to NATS");
+        self.setup_stream(&mut c);
         if let Err(e) = self.process(&mut c) {
             return End::Lost(e);
         }
@@ -337,6 +360,7 @@ impl Worker {
                 more |= self.expire_leaving(&mut c);
             }
             self.expire_requests(now, false);
+            self.expire_stores(&mut c, now);
             self.probe(&mut c, now);
             self.watch_liveness(now);
             if let Some((_, sent)) = c.pings.front() {
@@ -404,7 +428,7 @@ impl Worker {
                 Ok(Some((op, n))) => {
                     at += n;
                     match op {
-                        Op::Msg(m) => self.on_msg(&m),
+                        Op::Msg(m) => self.on_msg(c, &m),
                         Op::Ping => c.wbuf.extend_from_slice(b"PONG\r\n"),
                         Op::Pong => {
                             if let Some((seq, _)) = c.pings.pop_front() {
@@ -464,7 +488,7 @@ impl Worker {
         }
     }
 
-    fn on_msg(&mut self, m: &Msg<'_>) {
+    fn on_msg(&mut self, c: &mut Conn, m: &Msg<'_>) {
         let Some(target) = self.subs.get(m.sid).cloned() else {
             // For a subscription dropped a moment ago.
             return;
@@ -481,7 +505,7 @@ impl Worker {
                 };
                 (self.handlers[i as usize].1)(&self.bus, &msg);
             }
-            Target::Inbox => self.on_reply(m),
+            Target::Inbox => self.on_reply(c, m),
             Target::Control(_) => {
                 self.shared
                     .control
@@ -490,7 +514,7 @@ impl Worker {
         }
     }
 
-    fn on_reply(&mut self, m: &Msg<'_>) {
+    fn on_reply(&mut self, c: &mut Conn, m: &Msg<'_>) {
         let Some(n) = m
             .subject
             .rsplit_once('.')
@@ -498,6 +522,10 @@ impl Worker {
         else {
             return;
         };
+        if let Some(busy) = self.chains.answered(n) {
+            self.on_stored(c, busy, m);
+            return;
+        }
         // "No responders": nobody listens on the subject; the request is over.
         if m.headers.and_then(wire::status) == Some(503) {
             if let Some(mut p) = self.requests.remove(&n) {
@@ -562,6 +590,13 @@ impl Worker {
         };
         match (kind, header(HEADER_TARGETS)) {
             (Kind::User, _) => {
+                let seq = header(HEADER_SEQ).and_then(|v| v.parse::<u64>().ok());
+                let prev = header(HEADER_PREV).and_then(|v| v.parse::<u64>().ok());
+                if let (Some(seq), Some(prev)) = (seq, prev) {
+                    if self.router.deliver_stored(id, seq, prev, frame.clone()) {
+                        return;
+                    }
+                }
                 self.router
                     .deliver_local(&[&**id], &[] as &[&str], &[] as &[&str], frame, now);
             }
@@ -673,6 +708,11 @@ impl Worker {
             };
             match cmd {
                 Command::Push(push) => self.publish(c, push),
+                Command::Store(job) => match self.chains.push(job) {
+                    Ok(Some(job)) => self.send_store(c, job, 0, now),
+                    Ok(None) => {}
+                    Err(job) => finish(job, Err(BusError::QueueFull)),
+                },
                 Command::Publish {
                     subject,
                     reply,
@@ -725,8 +765,10 @@ impl Worker {
             plain(c, &self.subjects.broadcast());
             return;
         }
-        for id in &push.users {
-            plain(c, &self.subjects.subject(Kind::User, id));
+        if !push.stored_users {
+            for id in &push.users {
+                plain(c, &self.subjects.subject(Kind::User, id));
+            }
         }
         if push.rooms.is_empty() {
             return;
@@ -765,6 +807,159 @@ impl Worker {
             let subject = self.subjects.subject(Kind::Room, id);
             wire::write_pub(&mut c.wbuf, &subject, None, &headers, &push.body);
             stats.published.add(1);
+        }
+    }
+
+    /// Creates the history stream, or updates it to the settings (at every connect: the
+    /// server may be new, or its JetStream was enabled meanwhile).
+    fn setup_stream(&mut self, c: &mut Conn) {
+        let Some(js) = self.config.history else {
+            return;
+        };
+        let name = jetstream::stream_name(&self.config.prefix);
+        let config = jetstream::stream_config(&name, &self.config.prefix, &js);
+        let bus = Arc::clone(&self.bus);
+        let shared = Arc::clone(&self.shared);
+        let update = (format!("$JS.API.STREAM.UPDATE.{name}"), config.clone());
+        let on_reply: ReplyHandler = Box::new(move |m| {
+            let Some(m) = m else {
+                js_absent(
+                    &shared,
+                    "no JetStream answered (is nats-server started with -js?)",
+                );
+                return;
+            };
+            match jetstream::api_error(m.payload) {
+                None => js_ready(&shared),
+                Some(e) if e.err_code == jetstream::ERR_STREAM_EXISTS => {
+                    // Made with other settings: take ours.
+                    let on_update = Arc::clone(&shared);
+                    let asked = bus.request(
+                        &update.0,
+                        update.1.clone(),
+                        SETUP_WINDOW,
+                        Box::new(move |m| match m.map(|m| jetstream::api_error(m.payload)) {
+                            Some(None) => js_ready(&on_update),
+                            Some(Some(e)) => js_absent(&on_update, &e.description),
+                            None => js_absent(&on_update, "no answer to the stream update"),
+                        }),
+                    );
+                    if asked.is_err() {
+                        js_absent(&shared, "cannot ask for the stream update");
+                    }
+                }
+                Some(e) => js_absent(&shared, &e.description),
+            }
+        });
+        self.next_request += 1;
+        let reply = format!("{}.{}", self.inbox, self.next_request);
+        let subject = format!("$JS.API.STREAM.CREATE.{name}");
+        wire::write_pub(&mut c.wbuf, &subject, Some(&reply), &[], &config);
+        self.shared.pending_requests.fetch_add(1, Ordering::Relaxed);
+        self.requests.insert(
+            self.next_request,
+            Pending {
+                deadline: Instant::now() + SETUP_WINDOW,
+                on_reply,
+            },
+        );
+    }
+
+    /// Sends `job` to the history stream, expecting the user's last seq as cached.
+    fn send_store(&mut self, c: &mut Conn, job: StoreJob, attempts: u32, now: Instant) {
+        let expected = self.chains.last(&job.uid);
+        self.next_request += 1;
+        let req = self.next_request;
+        let reply = format!("{}.{req}", self.inbox);
+        let subject = self.subjects.history(Kind::User, &job.uid);
+        let prev = expected.to_string();
+        wire::write_pub(
+            &mut c.wbuf,
+            &subject,
+            Some(&reply),
+            &[
+                (HEADER_MSG_ID, &job.msg_id),
+                (HEADER_EXPECTED_LAST, &prev),
+                (HEADER_PREV, &prev),
+            ],
+            &job.body,
+        );
+        self.chains.sent(Busy {
+            req,
+            job,
+            expected,
+            attempts,
+            deadline: now + STORE_TIMEOUT,
+        });
+    }
+
+    /// JetStream answered a store: deliver and publish it live with its seq, send it again
+    /// after the right last seq, or fail it; then the user's next store goes.
+    fn on_stored(&mut self, c: &mut Conn, busy: Busy, m: &Msg<'_>) {
+        let ack = if m.headers.and_then(wire::status) == Some(503) {
+            PubAck::Failed("JetStream not answering".into())
+        } else {
+            jetstream::pub_ack(m.payload)
+        };
+        let uid = Arc::clone(&busy.job.uid);
+        let now = Instant::now();
+        match ack {
+            PubAck::Stored { seq, duplicate } => {
+                if !duplicate {
+                    self.chains.set_last(&uid, Some(seq));
+                    self.publish_stored(c, &busy.job, seq, busy.expected);
+                }
+                finish(busy.job, Ok(StoreOk { seq, duplicate }));
+            }
+            PubAck::WrongLast(last) if busy.attempts + 1 < MAX_ATTEMPTS => {
+                self.chains.set_last(&uid, Some(last));
+                self.send_store(c, busy.job, busy.attempts + 1, now);
+                return;
+            }
+            PubAck::WrongLast(_) | PubAck::Failed(_) => {
+                self.store_errors += 1;
+                if self.store_errors <= 10 || self.store_errors % 1000 == 0 {
+                    tracing::warn!(answer = ?ack, count = self.store_errors, "cluster bus: JetStream did not store a message");
+                }
+                self.chains.set_last(&uid, None);
+                finish(busy.job, Err(BusError::History));
+            }
+        }
+        if let Some(next) = self.chains.next(&uid) {
+            self.send_store(c, next, 0, now);
+        }
+    }
+
+    /// A stored message: to this node's connections of its user, and live to the others.
+    fn publish_stored(&mut self, c: &mut Conn, job: &StoreJob, seq: u64, prev: u64) {
+        let json = jetstream::with_seq(&job.body, seq);
+        let frame = Router::text_frame(&json);
+        self.router.deliver_stored(&job.uid, seq, prev, frame);
+        let sent = unix_micros().to_string();
+        let (seq, prev) = (seq.to_string(), prev.to_string());
+        wire::write_pub(
+            &mut c.wbuf,
+            &self.subjects.subject(Kind::User, &job.uid),
+            None,
+            &[
+                (HEADER_SENT, &sent),
+                (HEADER_SEQ, &seq),
+                (HEADER_PREV, &prev),
+            ],
+            &json,
+        );
+        self.shared.stats.published.add(1);
+    }
+
+    /// Fails the stores JetStream did not answer in time.
+    fn expire_stores(&mut self, c: &mut Conn, now: Instant) {
+        for busy in self.chains.expired(now) {
+            let uid = Arc::clone(&busy.job.uid);
+            self.chains.set_last(&uid, None);
+            finish(busy.job, Err(BusError::History));
+            if let Some(next) = self.chains.next(&uid) {
+                self.send_store(c, next, 0, now);
+            }
         }
     }
 
@@ -835,6 +1030,30 @@ impl Worker {
             self.subs.shrink();
         }
         more
+    }
+}
+
+/// Tells a store's waiter (if any) how it went.
+fn finish(job: StoreJob, result: Result<StoreOk, BusError>) {
+    if let Some(done) = job.done {
+        let _ = done.try_send(result);
+    }
+}
+
+fn js_ready(shared: &Shared) {
+    if shared.js.swap(JS_READY, Ordering::Relaxed) != JS_READY {
+        tracing::info!("cluster bus: history stream ready on JetStream");
+    }
+}
+
+/// No history in the cluster: said once in the log.
+fn js_absent(shared: &Shared, why: &str) {
+    shared.js.store(JS_ABSENT, Ordering::Relaxed);
+    if !shared.js_absent_logged.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            reason = why,
+            "cluster bus: no history stream; live delivery only (no seq, no resume)"
+        );
     }
 }
 

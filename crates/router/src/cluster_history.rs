@@ -1,0 +1,285 @@
+//! What a clustered node keeps per user it holds, so that each of its connections sees
+//! every stored message once and in seq order (docs/BUS.md, "History in a cluster").
+//!
+//! Stored messages reach a node live on the core subjects, each with its seq and the
+//! user's seq before it (`prev`): from this node's own stores, from the other nodes'.
+//! Core NATS is at most once and two nodes' live copies may cross, so per user the node
+//! keeps the last seq it handed to its connections and holds back what does not follow
+//! it: a copy at or below it is a duplicate; one whose `prev` is past it means something
+//! is missing, fetched from the stream (a "fill") before anything later is delivered.
+//!
+//! The entry lives while the user has a connection here. Its shard's lock is held while
+//! frames are handed to the reactors, so one user's frames enter each inbox in order, and
+//! while a connection registers, so that it gets every message after the entry's last
+//! seq live and the ones up to it from its replay.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use foldhash::fast::RandomState;
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::bus::stats::Counter;
+
+/// Shards of the per-user table.
+const SHARDS: usize = 64;
+
+/// Messages of one user held back (waiting for a fill, or for the connection opening to
+/// learn where to start) at most; past it the oldest is dropped, and fetched from the
+/// stream by the fill its absence causes.
+pub const MAX_HELD: usize = 1024;
+
+/// A range of seqs to fetch from the stream: after `.0`, up to `.1`.
+pub type Gap = (u64, u64);
+
+/// One user's state on this node.
+#[derive(Debug, Default)]
+pub struct UserSeq {
+    /// The last seq handed to this node's connections (`None`: the first connection is
+    /// still learning the user's latest seq).
+    last: Option<u64>,
+    /// Once the latest seq could not be learnt: start from the next message that arrives.
+    start_on_next: bool,
+    /// A fill is under way.
+    filling: bool,
+    /// Messages held back: seq → (prev, frame).
+    held: BTreeMap<u64, (u64, Bytes)>,
+}
+
+/// What a step produced: frames to deliver now, in order, and a gap to fetch.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Step {
+    /// Frames for every connection of the user here, in order.
+    pub frames: Vec<Bytes>,
+    /// The range to fetch before anything held is delivered.
+    pub fill: Option<Gap>,
+    /// Copies dropped as duplicates.
+    pub duplicates: u64,
+    /// Held messages dropped past [`MAX_HELD`].
+    pub overflow: u64,
+}
+
+impl UserSeq {
+    /// The last seq handed to this node's connections, once known.
+    pub fn last(&self) -> Option<u64> {
+        self.last
+    }
+
+    /// A live message.
+    pub fn live(&mut self, seq: u64, prev: u64, frame: Bytes) -> Step {
+        let mut step = Step::default();
+        if self.last.is_none() && self.start_on_next {
+            self.last = Some(prev);
+            self.start_on_next = false;
+        }
+        if self.last.is_some_and(|l| seq <= l) || self.held.contains_key(&seq) {
+            step.duplicates += 1;
+            return step;
+        }
+        self.held.insert(seq, (prev, frame));
+        if self.held.len() > MAX_HELD {
+            self.held.pop_first();
+            step.overflow += 1;
+        }
+        self.drain(&mut step);
+        step
+    }
+
+    /// The first connection learnt the user's latest seq (`None`: it could not; start
+    /// from the next message).
+    pub fn start(&mut self, latest: Option<u64>) -> Step {
+        let mut step = Step::default();
+        if self.last.is_none() {
+            match latest {
+                Some(l) => self.last = Some(l),
+                None => match self.held.first_key_value() {
+                    Some((_, (prev, _))) => self.last = Some(*prev),
+                    None => self.start_on_next = true,
+                },
+            }
+        }
+        self.drain(&mut step);
+        step
+    }
+
+    /// A fill ended: the messages of the gap that the stream still had (in order; `Err`
+    /// if the fetch failed). Whatever it did not return is skipped.
+    pub fn filled(&mut self, gap: Gap, fetched: Result<Vec<(u64, Bytes)>, ()>) -> Step {
+        let mut step = Step::default();
+        self.filling = false;
+        let Some(last) = self.last.as_mut() else {
+            return step;
+        };
+        for (seq, frame) in fetched.unwrap_or_default() {
+            if seq > *last && seq <= gap.1 {
+                *last = seq;
+                step.frames.push(frame);
+            }
+        }
+        *last = (*last).max(gap.1);
+        self.drain(&mut step);
+        step
+    }
+
+    /// Delivers what follows the last seq; stops at a gap and asks for it.
+    fn drain(&mut self, step: &mut Step) {
+        if self.filling {
+            return;
+        }
+        let Some(last) = self.last.as_mut() else {
+            return;
+        };
+        while let Some(entry) = self.held.first_entry() {
+            let seq = *entry.key();
+            let prev = entry.get().0;
+            if seq <= *last {
+                entry.remove();
+                step.duplicates += 1;
+            } else if prev <= *last {
+                let (_, frame) = entry.remove();
+                *last = seq;
+                step.frames.push(frame);
+            } else {
+                self.filling = true;
+                step.fill = Some((*last, prev));
+                return;
+            }
+        }
+    }
+}
+
+/// Counters of the clustered history.
+#[derive(Debug, Default)]
+pub struct ClusterHistoryStats {
+    /// Live copies dropped because the connections here already had them.
+    pub duplicates: Counter,
+    /// Gaps fetched from the stream (a live copy lost, or overtaken by a later one).
+    pub fills: Counter,
+    /// Gaps the stream could not fill in time (those messages were skipped).
+    pub fill_failures: Counter,
+    /// Replays (on connect or `resume`) that failed or timed out.
+    pub replay_failures: Counter,
+    /// Held messages dropped past [`MAX_HELD`].
+    pub overflow: Counter,
+}
+
+/// One shard of the per-user table.
+pub type Shard = HashMap<Arc<str>, UserSeq, RandomState>;
+
+/// A gap of one user, for the fill thread.
+pub type FillJob = (Arc<str>, Gap);
+
+/// The per-user table, sharded by a hash of the user ID.
+#[derive(Debug)]
+pub struct UserSeqs {
+    shards: Box<[Mutex<Shard>]>,
+    pick: RandomState,
+}
+
+impl Default for UserSeqs {
+    fn default() -> Self {
+        UserSeqs {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            pick: RandomState::default(),
+        }
+    }
+}
+
+impl UserSeqs {
+    /// Locks the shard of `uid`.
+    pub fn lock(&self, uid: &str) -> MutexGuard<'_, Shard> {
+        let i = self.pick.hash_one(uid) as usize & (SHARDS - 1);
+        self.shards[i].lock()
+    }
+
+    /// Users held (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// Whether no user is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(n: u64) -> Bytes {
+        Bytes::from(n.to_string())
+    }
+
+    fn tags(s: &Step) -> Vec<String> {
+        s.frames
+            .iter()
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn in_order_duplicates_and_gaps() {
+        let mut u = UserSeq::default();
+        assert_eq!(tags(&u.start(Some(3))), Vec::<String>::new());
+        assert_eq!(tags(&u.live(5, 3, f(5))), ["5"]);
+        let d = u.live(5, 3, f(5));
+        assert_eq!((d.frames.len(), d.duplicates), (0, 1));
+        // 9 follows 7, which has not arrived: held, and 5..7 fetched.
+        let s = u.live(9, 7, f(9));
+        assert_eq!((s.frames.len(), s.fill), (0, Some((5, 7))));
+        // 12 follows 9: held behind the fill, no second fill.
+        assert_eq!(u.live(12, 9, f(12)), Step::default());
+        // 7 arrives live meanwhile: held too.
+        assert!(u.live(7, 5, f(7)).frames.is_empty());
+        let s = u.filled((5, 7), Ok(vec![(7, f(7))]));
+        assert_eq!(tags(&s), ["7", "9", "12"]);
+        assert_eq!(s.duplicates, 1, "the held copy of 7 came with the fill too");
+        assert_eq!(u.last(), Some(12));
+    }
+
+    #[test]
+    fn an_unfillable_gap_is_skipped() {
+        let mut u = UserSeq::default();
+        u.start(Some(0));
+        let s = u.live(10, 8, f(10));
+        assert_eq!(s.fill, Some((0, 8)));
+        let s = u.filled((0, 8), Err(()));
+        assert_eq!(tags(&s), ["10"]);
+        assert_eq!(u.last(), Some(10));
+    }
+
+    #[test]
+    fn held_until_the_start_is_known() {
+        let mut u = UserSeq::default();
+        assert!(u.live(4, 2, f(4)).frames.is_empty());
+        assert!(u.live(6, 4, f(6)).frames.is_empty());
+        // The opening connection's replay covers up to 4.
+        let s = u.start(Some(4));
+        assert_eq!(tags(&s), ["6"]);
+        assert_eq!(s.duplicates, 1);
+        // Without a known start: from the first held one's prev.
+        let mut v = UserSeq::default();
+        v.live(8, 5, f(8));
+        assert_eq!(tags(&v.start(None)), ["8"]);
+        // Nothing held: from the next one to arrive.
+        let mut w = UserSeq::default();
+        w.start(None);
+        assert_eq!(tags(&w.live(30, 20, f(30))), ["30"]);
+    }
+
+    #[test]
+    fn holding_is_bounded() {
+        let mut u = UserSeq::default();
+        let mut overflow = 0;
+        for i in 1..=(MAX_HELD as u64 + 10) {
+            overflow += u.live(i, i - 1, f(i)).overflow;
+        }
+        assert_eq!(overflow, 10);
+        let s = u.start(Some(0));
+        // The first ten were dropped: fetched by a fill.
+        assert_eq!(s.fill, Some((0, 10)));
+    }
+}
