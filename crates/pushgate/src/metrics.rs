@@ -608,7 +608,10 @@ fn router_part(src: &Sources, out: &mut Families) {
         "1 while this clustered node keeps history in JetStream (seqs, resume).",
         u64::from(src.router.bus().stats().is_some() && src.router.keeps_history()),
     );
-    if let Some(h) = src.router.cluster_history_stats() {
+    // Zeros on a single node, like the bus's: dashboards work unchanged in a cluster.
+    let none = router::cluster_history::ClusterHistoryStats::default();
+    let h = src.router.cluster_history_stats().unwrap_or(&none);
+    {
         out.family(
             HISTORY_CLUSTER_EVENTS,
             COUNTER,

@@ -40,6 +40,9 @@ pub struct UserSeq {
     /// The last seq handed to this node's connections (`None`: the first connection is
     /// still learning the user's latest seq).
     last: Option<u64>,
+    /// Where delivery started: connections that registered before it replay up to here,
+    /// everything after went to them live.
+    started: Option<u64>,
     /// Once the latest seq could not be learnt: start from the next message that arrives.
     start_on_next: bool,
     /// A fill is under way.
@@ -67,11 +70,17 @@ impl UserSeq {
         self.last
     }
 
+    /// Where delivery started (see [`UserSeq::start`]).
+    pub fn started(&self) -> Option<u64> {
+        self.started
+    }
+
     /// A live message.
     pub fn live(&mut self, seq: u64, prev: u64, frame: Bytes) -> Step {
         let mut step = Step::default();
         if self.last.is_none() && self.start_on_next {
             self.last = Some(prev);
+            self.started = Some(prev);
             self.start_on_next = false;
         }
         if self.last.is_some_and(|l| seq <= l) || self.held.contains_key(&seq) {
@@ -87,18 +96,18 @@ impl UserSeq {
         step
     }
 
-    /// The first connection learnt the user's latest seq (`None`: it could not; start
-    /// from the next message).
+    /// A connection that registered with no start known learnt the user's latest seq
+    /// (`None`: it could not; start from the next message). The first to get here sets
+    /// the start; the others find it set ([`UserSeq::started`]).
     pub fn start(&mut self, latest: Option<u64>) -> Step {
         let mut step = Step::default();
         if self.last.is_none() {
-            match latest {
-                Some(l) => self.last = Some(l),
-                None => match self.held.first_key_value() {
-                    Some((_, (prev, _))) => self.last = Some(*prev),
-                    None => self.start_on_next = true,
-                },
-            }
+            self.last = match latest {
+                Some(l) => Some(l),
+                None => self.held.first_key_value().map(|(_, (prev, _))| *prev),
+            };
+            self.started = self.last;
+            self.start_on_next = self.last.is_none();
         }
         self.drain(&mut step);
         step
@@ -260,6 +269,10 @@ mod tests {
         let s = u.start(Some(4));
         assert_eq!(tags(&s), ["6"]);
         assert_eq!(s.duplicates, 1);
+        // A second connection that registered meanwhile replays up to the start, not
+        // up to what was delivered since (6 reached it live).
+        assert!(u.start(Some(6)).frames.is_empty());
+        assert_eq!((u.started(), u.last()), (Some(4), Some(6)));
         // Without a known start: from the first held one's prev.
         let mut v = UserSeq::default();
         v.live(8, 5, f(8));

@@ -434,7 +434,9 @@ impl Router {
                     Some(u) => {
                         let step = u.start(got.ok().map(|m| m.map_or(0, |m| m.seq)));
                         self.apply(c, uid, u, step);
-                        u.last().unwrap_or(0)
+                        // Registered before delivery started: everything after the
+                        // start reached this connection live.
+                        u.started().unwrap_or(0)
                     }
                     None => 0,
                 }

@@ -922,6 +922,7 @@ impl Worker {
                     tracing::warn!(answer = ?ack, count = self.store_errors, "cluster bus: JetStream did not store a message");
                 }
                 self.chains.set_last(&uid, None);
+                self.shared.stats.publish_errors.add(1);
                 finish(busy.job, Err(BusError::History));
             }
         }
@@ -956,6 +957,7 @@ impl Worker {
         for busy in self.chains.expired(now) {
             let uid = Arc::clone(&busy.job.uid);
             self.chains.set_last(&uid, None);
+            self.shared.stats.publish_errors.add(1);
             finish(busy.job, Err(BusError::History));
             if let Some(next) = self.chains.next(&uid) {
                 self.send_store(c, next, 0, now);
