@@ -332,3 +332,59 @@ fn without_jetstream_delivery_is_live_only() {
         .count();
     assert_eq!(count, 1);
 }
+
+/// A device's ack is stored in the stream: reconnecting without `since`, on any node, it
+/// resumes after it; another device of the user starts from the beginning; an ack past
+/// the latest seq is refused.
+#[test]
+fn a_device_resumes_from_its_ack_on_the_other_node() {
+    let js = Js::start();
+    let a = node(&js.nats.url(), "a", &[]);
+    let b = node(&js.nats.url(), "b", &[]);
+    let (mut c, _) = ws(&a, "ak", "&device=phone");
+    subscribed(&a, 2);
+    let s: Vec<u64> = (0..5)
+        .map(|i| {
+            push(&b, json!({"to": ["ak"], "data": i}))["seq"]["ak"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs(&messages(&mut c, 5, Duration::from_secs(5))), s);
+    c.send_text(&format!(r#"{{"type":"ack","seq":{}}}"#, s[2]));
+    c.send_text(&format!(r#"{{"type":"ack","seq":{}}}"#, s[1]));
+    c.send_text(&format!(r#"{{"type":"ack","seq":{}}}"#, s[4] + 1000));
+    assert_eq!(c.recv_json()["code"], "bad_ack");
+    drop(c);
+    // The ack is stored without an answer: give it a moment to land, boundedly.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (mut c, w) = ws(&b, "ak", "&device=phone");
+        let got = messages(&mut c, 2, Duration::from_secs(2));
+        if seqs(&got) == s[3..] || Instant::now() > deadline {
+            assert_eq!(
+                seqs(&got),
+                s[3..],
+                "from the ack, not the older one after it"
+            );
+            assert_eq!(w["recovered"], true);
+            common::nothing_for(&mut c, 200);
+            break;
+        }
+    }
+    let (mut t, _) = ws(&b, "ak", "&device=tablet");
+    assert_eq!(seqs(&messages(&mut t, 5, Duration::from_secs(5))), s);
+}
+
+/// The stream's creation is answered once: the node must not take the end of that
+/// request's window (5 s) for "no JetStream" (it did, and went live-only).
+#[test]
+fn history_stays_on_past_the_setup_window() {
+    let js = Js::start();
+    let a = node(&js.nats.url(), "a", &[]);
+    std::thread::sleep(Duration::from_millis(5500));
+    assert_eq!(a.metric("pushgate_history_cluster_ready"), 1.0);
+    let v = push(&a, json!({"to": ["late"], "data": 1}));
+    assert!(v["seq"]["late"].as_u64().is_some(), "{v}");
+    assert!(!logged(&a, "no history stream"));
+}

@@ -31,6 +31,9 @@ struct ConnExtra {
     /// Where the replay behind `welcome` started; [`FIRST_REQUEST_SEEN`] once the first
     /// request came (a `resume` is only taken as the first).
     replayed_from: u64,
+    /// The highest seq this connection acked: an older ack is not sent on (in a cluster
+    /// the stored ack is the last one sent, so it must not go back).
+    acked: u64,
 }
 
 /// The reactor's hooks.
@@ -72,6 +75,7 @@ impl RouterHooks {
             Box::new(ConnExtra {
                 device: None,
                 replayed_from: 0,
+                acked: 0,
             })
         });
         let replayed_from = std::mem::replace(&mut extra.replayed_from, FIRST_REQUEST_SEEN);
@@ -93,9 +97,15 @@ impl RouterHooks {
                 }
             }
             ClientRequest::Ack { seq } => {
-                let device = info.extra.as_ref().and_then(|x| x.device.as_deref());
-                if let Err(e) = self.router.ack(&info.uid, device, seq) {
-                    self.reply(conn, e.code, e.message);
+                let Some(extra) = info.extra.as_mut() else {
+                    return;
+                };
+                if seq <= extra.acked && seq > 0 {
+                    return;
+                }
+                match self.router.ack(&info.uid, extra.device.as_deref(), seq) {
+                    Ok(()) => extra.acked = seq,
+                    Err(e) => self.reply(conn, e.code, e.message),
                 }
             }
             ClientRequest::Send { to, data } => {
@@ -165,6 +175,7 @@ impl Hooks for RouterHooks {
                     Box::new(ConnExtra {
                         device: device.map(Arc::from),
                         replayed_from: opened.replayed_from,
+                        acked: 0,
                     })
                 }),
             },

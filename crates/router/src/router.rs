@@ -462,7 +462,26 @@ impl Router {
             };
             return (id, w, opened);
         }
-        let from = since.unwrap_or(0);
+        // Without `since`, from the device's last ack (else from the start).
+        let from = match since {
+            Some(s) => s,
+            None => {
+                let device = device.unwrap_or(DEFAULT_DEVICE);
+                match c.bus.last_ack(uid, device, REPLAY_TIMEOUT) {
+                    Ok(ack) => ack.unwrap_or(0).min(latest),
+                    Err(_) => {
+                        c.stats.replay_failures.add(1);
+                        let w = Welcome {
+                            seq: Some(latest),
+                            recovered: Some(false),
+                            error: Some(HISTORY_UNAVAILABLE),
+                            ..Welcome::default()
+                        };
+                        return (id, w, opened);
+                    }
+                }
+            }
+        };
         let w = match self.replay_clustered(c, uid, from, latest) {
             Ok((frames, recovered)) => Welcome {
                 seq: Some(latest),
@@ -848,6 +867,19 @@ impl Router {
 
     /// An `ack`: `device` of `uid` processed everything up to `seq`.
     pub fn ack(&self, uid: &str, device: Option<&str>, seq: u64) -> Result<(), RequestError> {
+        if let Some(c) = self.clustered() {
+            let latest = c.users.lock(uid).get(uid).and_then(UserSeq::last);
+            if latest.is_none_or(|l| seq > l) {
+                return Err(cp::UNKNOWN_ACK);
+            }
+            return c
+                .bus
+                .store_ack(uid, device.unwrap_or(DEFAULT_DEVICE), seq)
+                .map_err(|_| RequestError {
+                    code: "unavailable",
+                    message: "the ack could not be stored; send it again",
+                });
+        }
         let h = self.history.as_ref().ok_or(cp::HISTORY_DISABLED)?;
         let mut l = h.users.lock(uid, Instant::now());
         l.ack(uid, device.unwrap_or(DEFAULT_DEVICE), seq)

@@ -144,6 +144,8 @@ pub(super) enum Command {
         payload: Bytes,
         deadline: Instant,
         on_reply: ReplyHandler,
+        /// Over at the first reply (no `None` after it): a JetStream API call.
+        once: bool,
     },
 }
 
@@ -347,6 +349,29 @@ impl NatsBus {
         window: Duration,
         on_reply: ReplyHandler,
     ) -> Result<(), BusError> {
+        self.request_with(subject, payload, window, on_reply, false)
+    }
+
+    /// A request with one answer: `on_reply` gets the first reply, or `None` if none
+    /// came within `window`; the request ends there.
+    pub fn request_one(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        window: Duration,
+        on_reply: ReplyHandler,
+    ) -> Result<(), BusError> {
+        self.request_with(subject, payload, window, on_reply, true)
+    }
+
+    fn request_with(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        window: Duration,
+        on_reply: ReplyHandler,
+        once: bool,
+    ) -> Result<(), BusError> {
         if !wire::valid_subject(subject) {
             return self.refuse(BusError::TooLarge);
         }
@@ -359,6 +384,7 @@ impl NatsBus {
             payload,
             deadline: Instant::now() + window,
             on_reply,
+            once,
         })
     }
 
@@ -389,6 +415,30 @@ impl NatsBus {
         let subject = self.subjects.history(Kind::User, uid);
         let body = serde_json::json!({ "last_by_subj": subject }).to_string();
         self.direct_get(body, timeout)
+    }
+
+    /// Stores `seq` as the last ack of `uid`'s `device` (the stream keeps it within the
+    /// history TTL; no answer is waited for).
+    pub fn store_ack(&self, uid: &str, device: &str, seq: u64) -> Result<(), BusError> {
+        if !self.history_ready() {
+            return self.refuse(BusError::History);
+        }
+        let subject = self.subjects.ack(uid, device);
+        self.publish_message(&subject, None, Bytes::from(seq.to_string()))
+    }
+
+    /// The last ack stored for `uid`'s `device` (`None`: none within the TTL).
+    pub fn last_ack(
+        &self,
+        uid: &str,
+        device: &str,
+        timeout: Duration,
+    ) -> Result<Option<u64>, BusError> {
+        let subject = self.subjects.ack(uid, device);
+        let body = serde_json::json!({ "last_by_subj": subject }).to_string();
+        Ok(self
+            .direct_get(body, timeout)?
+            .and_then(|m| std::str::from_utf8(&m.body).ok()?.trim().parse().ok()))
     }
 
     /// The stored messages of `uid` with `after < seq <= upto`, in order, at most `max`;
@@ -430,7 +480,7 @@ impl NatsBus {
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
         let subject = format!("$JS.API.DIRECT.GET.{}", self.stream);
-        self.request(
+        self.request_one(
             &subject,
             Bytes::from(body),
             timeout,

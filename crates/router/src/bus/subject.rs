@@ -131,6 +131,17 @@ impl Subjects {
         s
     }
 
+    /// `<prefix>.h.ack.<user>.<device>`: where a device's last ack is stored.
+    pub fn ack(&self, uid: &str, device: &str) -> String {
+        let mut s = String::with_capacity(self.prefix.len() + 8 + (uid.len() + device.len()) * 3);
+        s.push_str(&self.prefix);
+        s.push_str(".h.ack.");
+        encode_id(uid, &mut s);
+        s.push('.');
+        encode_id(device, &mut s);
+        s
+    }
+
     /// `<prefix>.all`, the broadcast subject.
     pub fn broadcast(&self) -> String {
         format!("{}.all", self.prefix)

@@ -113,6 +113,8 @@ enum End {
 struct Pending {
     deadline: Instant,
     on_reply: ReplyHandler,
+    /// Ends at the first reply.
+    once: bool,
 }
 
 pub(super) struct Worker {
@@ -534,13 +536,18 @@ impl Worker {
             }
             return;
         }
-        if let Some(p) = self.requests.get_mut(&n) {
-            let msg = BusMessage {
-                subject: m.subject,
-                reply: m.reply,
-                payload: m.payload,
-                headers: m.headers,
-            };
+        let msg = BusMessage {
+            subject: m.subject,
+            reply: m.reply,
+            payload: m.payload,
+            headers: m.headers,
+        };
+        if self.requests.get(&n).is_some_and(|p| p.once) {
+            if let Some(mut p) = self.requests.remove(&n) {
+                self.shared.pending_requests.fetch_sub(1, Ordering::Relaxed);
+                (p.on_reply)(Some(&msg));
+            }
+        } else if let Some(p) = self.requests.get_mut(&n) {
             (p.on_reply)(Some(&msg));
         }
     }
@@ -726,6 +733,7 @@ impl Worker {
                     payload,
                     deadline,
                     mut on_reply,
+                    once,
                 } => {
                     if deadline <= now {
                         // Waited out in the queue (a reconnect): over before it began.
@@ -737,8 +745,14 @@ impl Worker {
                     wire::write_pub(&mut c.wbuf, &subject, Some(&reply), &[], &payload);
                     self.shared.stats.published.add(1);
                     self.shared.pending_requests.fetch_add(1, Ordering::Relaxed);
-                    self.requests
-                        .insert(self.next_request, Pending { deadline, on_reply });
+                    self.requests.insert(
+                        self.next_request,
+                        Pending {
+                            deadline,
+                            on_reply,
+                            once,
+                        },
+                    );
                 }
             }
         }
@@ -834,7 +848,7 @@ impl Worker {
                 Some(e) if e.err_code == jetstream::ERR_STREAM_EXISTS => {
                     // Made with other settings: take ours.
                     let on_update = Arc::clone(&shared);
-                    let asked = bus.request(
+                    let asked = bus.request_one(
                         &update.0,
                         update.1.clone(),
                         SETUP_WINDOW,
@@ -861,6 +875,7 @@ impl Worker {
             Pending {
                 deadline: Instant::now() + SETUP_WINDOW,
                 on_reply,
+                once: true,
             },
         );
     }
