@@ -388,3 +388,23 @@ fn history_stays_on_past_the_setup_window() {
     assert!(v["seq"]["late"].as_u64().is_some(), "{v}");
     assert!(!logged(&a, "no history stream"));
 }
+
+/// A user's first connection on a node, and a push through another node right away:
+/// the live copy may be published before this node's subscription takes effect. The
+/// node looks at the user's latest stored message once it does, so even a user who gets
+/// nothing more is not left without it.
+#[test]
+fn a_push_racing_the_first_subscription_is_not_lost() {
+    let js = Js::start();
+    let a = node(&js.nats.url(), "a", &[]);
+    let b = node(&js.nats.url(), "b", &[]);
+    for i in 0..30 {
+        let uid = format!("race{i}");
+        let (mut c, w) = ws(&a, &uid, "");
+        assert_eq!(w["seq"], 0);
+        let v = push(&b, json!({"to": [uid], "data": i}));
+        let got = messages(&mut c, 1, Duration::from_secs(3));
+        assert_eq!(seqs(&got), [v["seq"][&uid].as_u64().unwrap()], "user {uid}");
+        common::nothing_for(&mut c, 50);
+    }
+}

@@ -177,8 +177,15 @@ pub struct ClusterHistoryStats {
 /// One shard of the per-user table.
 pub type Shard = HashMap<Arc<str>, UserSeq, RandomState>;
 
-/// A gap of one user, for the fill thread.
-pub type FillJob = (Arc<str>, Gap);
+/// Work for the fill thread.
+#[derive(Debug)]
+pub enum FillJob {
+    /// Fetch a gap of one user's messages.
+    Gap(Arc<str>, Gap),
+    /// Read the user's latest stored message and take it as if it arrived live (its
+    /// subscription here just took effect: anything stored before was not seen live).
+    CatchUp(Arc<str>),
+}
 
 /// The per-user table, sharded by a hash of the user ID.
 #[derive(Debug)]

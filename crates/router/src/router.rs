@@ -318,8 +318,11 @@ impl Router {
             .name("pushgate-fills".into())
             .spawn(move || loop {
                 match rx.recv_timeout(Duration::from_secs(1)) {
-                    Ok((uid, gap)) => match router.upgrade() {
-                        Some(r) => r.fill(&uid, gap),
+                    Ok(job) => match router.upgrade() {
+                        Some(r) => match job {
+                            FillJob::Gap(uid, gap) => r.fill(&uid, gap),
+                            FillJob::CatchUp(uid) => r.catch_up_now(&uid),
+                        },
                         None => return,
                     },
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
@@ -377,11 +380,43 @@ impl Router {
                 return;
             };
             c.stats.fills.add(1);
-            if c.fills.try_send((Arc::from(uid), gap)).is_ok() {
+            if c.fills.try_send(FillJob::Gap(Arc::from(uid), gap)).is_ok() {
                 return;
             }
             c.stats.fill_failures.add(1);
             step = u.filled(gap, Err(()));
+        }
+    }
+
+    /// `uid`'s subscription on this node took effect (called by the bus thread): its
+    /// latest stored message is looked at on the fill thread. Best effort: with the
+    /// fill queue full, the user catches up at its next message.
+    pub fn catch_up(&self, uid: &Arc<str>) {
+        if let Some(c) = &self.clustered {
+            if c.fills.try_send(FillJob::CatchUp(Arc::clone(uid))).is_err() {
+                c.stats.fill_failures.add(1);
+            }
+        }
+    }
+
+    /// The user's latest stored message, taken as if it arrived live: a duplicate if
+    /// delivered, else delivered, with whatever is missing before it fetched.
+    fn catch_up_now(&self, uid: &str) {
+        let Some(c) = &self.clustered else {
+            return;
+        };
+        if !c.users.lock(uid).contains_key(uid) {
+            return;
+        }
+        match c.bus.latest(uid, FILL_TIMEOUT) {
+            Ok(Some(m)) => {
+                let delivered = c.users.lock(uid).get(uid).and_then(UserSeq::last);
+                if delivered.is_none_or(|l| m.seq > l) {
+                    self.deliver_stored(uid, m.seq, m.prev, stored_frame(&m));
+                }
+            }
+            Ok(None) => {}
+            Err(_) => c.stats.fill_failures.add(1),
         }
     }
 

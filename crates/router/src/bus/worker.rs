@@ -157,6 +157,9 @@ pub(super) struct Worker {
     chains: Chains,
     /// Store failures logged (for the log's rate limit).
     store_errors: u64,
+    /// Users newly subscribed, and the probe whose answer confirms the subscription:
+    /// then they catch up with what was stored before it took effect.
+    catch_up: VecDeque<(u64, Arc<str>)>,
 }
 
 impl Worker {
@@ -210,6 +213,7 @@ impl Worker {
             seq: AtomicU64::new(0),
             chains: Chains::default(),
             store_errors: 0,
+            catch_up: VecDeque::new(),
         }
     }
 
@@ -297,6 +301,7 @@ impl Worker {
         for job in self.chains.drain() {
             finish(job, Err(BusError::History));
         }
+        self.catch_up.clear();
     }
 
     fn subject_of(&self, target: &Target) -> String {
@@ -364,6 +369,7 @@ impl Worker {
             self.expire_requests(now, false);
             self.expire_stores(&mut c, now);
             self.probe(&mut c, now);
+            self.confirm_catch_up();
             self.watch_liveness(now);
             if let Some((_, sent)) = c.pings.front() {
                 if now.saturating_duration_since(*sent)
@@ -967,6 +973,21 @@ impl Worker {
         self.shared.stats.published.add(1);
     }
 
+    /// Users whose new subscription NATS confirmed: what was stored for them before it
+    /// took effect was published live to nobody here, so they look at their latest.
+    fn confirm_catch_up(&mut self) {
+        let answered = self.shared.liveness.answered_seq();
+        while self
+            .catch_up
+            .front()
+            .is_some_and(|(seq, _)| *seq <= answered)
+        {
+            if let Some((_, uid)) = self.catch_up.pop_front() {
+                self.router.catch_up(&uid);
+            }
+        }
+    }
+
     /// Fails the stores JetStream did not answer in time.
     fn expire_stores(&mut self, c: &mut Conn, now: Instant) {
         for busy in self.chains.expired(now) {
@@ -1001,6 +1022,11 @@ impl Worker {
                     self.leaving.cancel(&key);
                 }
                 (true, false) => {
+                    if key.0 == Kind::User && self.config.history.is_some() {
+                        // The probe sent after this change confirms it.
+                        self.catch_up
+                            .push_back((self.probe_seq + 1, Arc::clone(&key.1)));
+                    }
                     let subject = self.subjects.subject(key.0, &key.1);
                     let sid = self.subs.add(Target::Interest(key));
                     wire::write_sub(&mut c.wbuf, &subject, sid);
