@@ -363,3 +363,46 @@ fn a_sealing_queue_never_writes_plaintext_and_keeps_the_order_through_short_writ
     assert!(!sock.wire.windows(6).any(|w| w == b"first;"));
     assert_eq!(q.queued_bytes(), 0);
 }
+
+/// Handshake records full of junk (what a hello flood sends), whole or split across reads:
+/// each fails that connection cleanly — an error, an alert at most, nothing more accepted
+/// — and never panics inside rustls (which once took a whole reactor down).
+#[test]
+fn junk_handshake_records_fail_cleanly_whole_or_split() {
+    let p = pki("junk", "localhost");
+    let acceptor = TlsAcceptor::new(p.files.clone()).unwrap();
+    let mut inputs: Vec<Vec<u8>> = (0..256u32)
+        .map(|seed| {
+            let mut record = vec![0x16, 0x03, 0x01, 0x00, 0xc8];
+            record.extend((0..200u32).map(|j| (seed * 31 + j) as u8));
+            record
+        })
+        .collect();
+    inputs.push(b"GET /ws?uid=a HTTP/1.1\r\nHost: x\r\n\r\n".to_vec());
+    inputs.push(vec![
+        0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28, 0x15, 0x03, 0x03, 0x00, 0x02,
+    ]);
+    for record in &inputs {
+        for split in [record.len(), 5, 9, 100].map(|s| s.min(record.len())) {
+            let mut server = acceptor.accept().unwrap();
+            let mut plain = BytesMut::new();
+            let mut out = Vec::new();
+            let first = server.read_tls(&record[..split], &mut plain, &mut out);
+            let second = if first.is_ok() && split < record.len() {
+                server.read_tls(&record[split..], &mut plain, &mut out)
+            } else {
+                first
+            };
+            assert!(plain.is_empty());
+            assert!(
+                !matches!(second, Err(reactor::tls::TlsError::Panicked)),
+                "rustls panicked on {record:?} split at {split}"
+            );
+            if second.is_err() {
+                let mut more = Vec::new();
+                assert!(server.write_plain(b"x", &mut more).is_err());
+                assert!(server.read_tls(record, &mut plain, &mut more).is_err());
+            }
+        }
+    }
+}
