@@ -86,8 +86,10 @@ struct Clustered {
 pub const REPLAY_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long the fill thread waits for one gap.
 const FILL_TIMEOUT: Duration = Duration::from_secs(2);
-/// Gaps waiting for the fill thread; past it a gap is skipped at once.
-const MAX_FILLS: usize = 4096;
+/// Gaps and catch-ups waiting for the fill thread (a reconnect queues one catch-up per
+/// user held); past it a gap is skipped at once, a catch-up waits for the user's next
+/// message.
+const MAX_FILLS: usize = 1 << 18;
 /// A push waits this long for JetStream to store it (its answer, or a 503).
 const STORE_WAIT: Duration = Duration::from_millis(2500);
 

@@ -331,6 +331,16 @@ impl Worker {
         for (sid, target) in self.subs.iter() {
             wire::write_sub(&mut c.wbuf, &self.subject_of(target), sid);
         }
+        if self.config.history.is_some() {
+            // Live copies published while this node was away never reach it: each user it
+            // holds catches up once the probe after the burst confirms the subscriptions.
+            for (_, target) in self.subs.iter() {
+                if let Target::Interest((Kind::User, id)) = target {
+                    self.catch_up
+                        .push_back((self.probe_seq + 1, Arc::clone(id)));
+                }
+            }
+        }
         self.subs_changed = true;
         let stats = &self.shared.stats;
         self.shared.liveness.reset();
