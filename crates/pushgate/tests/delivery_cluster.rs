@@ -441,3 +441,30 @@ fn a_copy_missed_while_away_arrives_after_the_reconnect() {
     );
     assert!(got[0]["seq"].as_u64().unwrap() > first);
 }
+
+/// JetStream arriving later (the NATS server restarted with it): the node makes the
+/// stream on reconnect, and a connection opened before, without seqs, gets the stored
+/// messages from then on.
+#[test]
+fn jetstream_arriving_later_turns_history_on() {
+    let port = free_port();
+    let mut plain = NatsServer::start_with(port, &[]);
+    let gw = Gateway::start(&["--nats", &plain.url(), "--node-id", "a"]);
+    assert!(gw.eventually(Duration::from_secs(10), |g| logged(g, "no history stream")));
+    let (mut c, w) = ws(&gw, "later", "");
+    assert!(w.get("seq").is_none(), "{w}");
+    plain.kill();
+    let dir = std::env::temp_dir().join(format!("pushgate-js-later-{}", std::process::id()));
+    let js = NatsServer::start_with(port, &["-js", "-sd", dir.to_str().unwrap()]);
+    history_ready(&gw);
+    assert!(
+        gw.eventually(Duration::from_secs(10), |g| g.control_get("/readyz").0
+            == 200)
+    );
+    subscribed(&gw, 2);
+    let v = push(&gw, json!({"to": ["later"], "data": 1}));
+    let got = messages(&mut c, 1, Duration::from_secs(5));
+    assert_eq!(seqs(&got), [v["seq"]["later"].as_u64().unwrap()]);
+    drop(js);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -70,6 +70,15 @@ impl UserSeq {
         self.last
     }
 
+    /// A user whose connections here started with no seq (they opened while the stream
+    /// was not there): delivery starts at the next message that arrives.
+    pub fn from_next() -> Self {
+        UserSeq {
+            start_on_next: true,
+            ..UserSeq::default()
+        }
+    }
+
     /// Where delivery started (see [`UserSeq::start`]).
     pub fn started(&self) -> Option<u64> {
         self.started

@@ -356,10 +356,17 @@ impl Router {
             return false;
         };
         let mut shard = c.users.lock(uid);
-        if let Some(u) = shard.get_mut(uid) {
-            let step = u.live(seq, prev, frame);
-            self.apply(c, uid, u, step);
-        }
+        let u = match shard.get_mut(uid) {
+            Some(u) => u,
+            // Connections that opened while the stream was not there (no JetStream yet)
+            // have no entry: they take stored messages from this one on.
+            None if self.registry.contains(Kind::User, uid) => shard
+                .entry(Arc::from(uid))
+                .or_insert_with(UserSeq::from_next),
+            None => return true,
+        };
+        let step = u.live(seq, prev, frame);
+        self.apply(c, uid, u, step);
         true
     }
 
