@@ -468,3 +468,64 @@ fn jetstream_arriving_later_turns_history_on() {
     drop(js);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A device that saw seq S on node A reconnects to node B with `since=S` right away,
+/// while B (which holds another connection of the user) may not have delivered S yet:
+/// not `bad_since`, and neither S nor anything before it again.
+#[test]
+fn since_just_seen_on_another_node_is_not_in_the_future() {
+    let js = Js::start();
+    let a = node(&js.nats.url(), "a", &[]);
+    let b = node(&js.nats.url(), "b", &[]);
+    let (mut other, _) = ws(&b, "fast", "");
+    subscribed(&b, 2);
+    let mut delivered = Vec::new();
+    for i in 0..40 {
+        let s = push(&a, json!({"to": ["fast"], "data": i}))["seq"]["fast"]
+            .as_u64()
+            .unwrap();
+        let (mut c, w) = ws(&b, "fast", &format!("&since={s}"));
+        assert!(w["seq"].as_u64().unwrap() >= s, "{w}");
+        assert_eq!(w["recovered"], true, "{w}");
+        match c.read(Duration::from_millis(100)) {
+            Read_::Timeout => {}
+            other => panic!("after since={s}: {other:?}"),
+        }
+        delivered.push(s);
+    }
+    assert_eq!(
+        seqs(&messages(&mut other, 40, Duration::from_secs(5))),
+        delivered
+    );
+}
+
+/// `{"type":"resume"}` as the first request on a clustered node: what lies between its
+/// `since` and where the opening replay started, then `resumed`; past the latest seq,
+/// `bad_since`.
+#[test]
+fn resume_request_on_a_clustered_node() {
+    let js = Js::start();
+    let a = node(&js.nats.url(), "a", &[]);
+    let b = node(&js.nats.url(), "b", &[]);
+    let s: Vec<u64> = (0..4)
+        .map(|i| {
+            push(&a, json!({"to": ["rs"], "data": i}))["seq"]["rs"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let (mut c, w) = ws(&b, "rs", &format!("&since={}", s[1]));
+    assert_eq!(w["seq"].as_u64(), Some(s[3]));
+    assert_eq!(seqs(&messages(&mut c, 2, Duration::from_secs(5))), s[2..]);
+    c.send_text(&format!(r#"{{"type":"resume","since":{}}}"#, s[0]));
+    assert_eq!(seqs(&messages(&mut c, 1, Duration::from_secs(5))), [s[1]]);
+    let done = c.recv_json();
+    assert_eq!(
+        (&done["type"], &done["recovered"]),
+        (&json!("resumed"), &json!(true))
+    );
+    assert_eq!(done["seq"].as_u64(), Some(s[3]));
+    let (mut d, _) = ws(&b, "rs", &format!("&since={}", s[3]));
+    d.send_text(&format!(r#"{{"type":"resume","since":{}}}"#, s[3] + 100));
+    assert_eq!(d.recv_json()["code"], "bad_since");
+}

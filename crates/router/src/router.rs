@@ -458,6 +458,22 @@ impl Router {
         device: Option<&str>,
         since: Option<u64>,
     ) -> (Arc<str>, Welcome, Opened) {
+        if let Some(since) = since {
+            // The client may have seen seqs on another node that this one has not
+            // delivered yet (its live copy is a few ms behind): wait, not registered
+            // (nothing reaches the connection live meanwhile), until this node has.
+            let deadline = Instant::now() + REPLAY_TIMEOUT;
+            while c
+                .users
+                .lock(uid)
+                .get(uid)
+                .and_then(UserSeq::last)
+                .is_some_and(|l| l < since)
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         let (id, known) = {
             let mut shard = c.users.lock(uid);
             let id = self.add_user_on(uid, conn, device);
@@ -498,10 +514,19 @@ impl Router {
             };
             return (id, w, opened);
         }
-        if since.is_some_and(|s| s > latest) {
+        if let Some(since) = since.filter(|s| *s > latest) {
+            // Past what this node delivered: in the future only if past the stream's
+            // latest too (else this node is behind: the client resyncs).
+            let stored = c.bus.latest(uid, REPLAY_TIMEOUT);
+            let behind = matches!(stored, Ok(Some(m)) if m.seq >= since);
             let w = Welcome {
                 seq: Some(latest),
-                error: Some(cp::SINCE_IN_FUTURE),
+                recovered: behind.then_some(false),
+                error: Some(if behind {
+                    HISTORY_UNAVAILABLE
+                } else {
+                    cp::SINCE_IN_FUTURE
+                }),
                 ..Welcome::default()
             };
             return (id, w, opened);
@@ -843,7 +868,12 @@ impl Router {
             let latest = c.users.lock(uid).get(uid).and_then(UserSeq::last);
             let latest = latest.unwrap_or(opened.replayed_from);
             if since > latest {
-                return Err(cp::SINCE_IN_FUTURE);
+                // As at opening: past the stream's latest too, or this node is behind.
+                let stored = c.bus.latest(uid, REPLAY_TIMEOUT);
+                return Err(match stored {
+                    Ok(Some(m)) if m.seq >= since => HISTORY_UNAVAILABLE,
+                    _ => cp::SINCE_IN_FUTURE,
+                });
             }
             let (frames, recovered) = self.replay_clustered(c, uid, since, opened.replayed_from)?;
             for frame in frames {
