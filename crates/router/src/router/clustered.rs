@@ -1,0 +1,486 @@
+//! A clustered node's history glue: user messages stored in JetStream through the bus
+//! (seqs from the stream), delivered here in seq order once each
+//! ([`crate::cluster_history`]), replayed on connect and `resume` from the stream, and
+//! device acks kept there (docs/BUS.md, "History in a cluster").
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reactor::ConnRef;
+use session::client_protocol::{self as cp, RequestError};
+use session::Welcome;
+
+use super::{
+    dedup_ids, dedup_strs, payload_of, Delivered, Opened, PushOutcome, Router, DEFAULT_DEVICE,
+};
+use crate::bus::jetstream::{self, StoredMsg};
+use crate::bus::{BusError, Kind, NatsBus, Outgoing, StoreJob, StoreOk};
+use crate::cluster_history::{ClusterHistoryStats, FillJob, Gap, Step, UserSeq, UserSeqs};
+use crate::history::HistoryConfig;
+
+/// History of a clustered node: in JetStream, through the bus; here only what each user
+/// held got last ([`UserSeqs`]).
+#[derive(Debug)]
+pub(super) struct Clustered {
+    pub(super) bus: Arc<NatsBus>,
+    pub(super) config: HistoryConfig,
+    pub(super) users: UserSeqs,
+    pub(super) stats: ClusterHistoryStats,
+    /// Gaps for the fill thread to fetch.
+    pub(super) fills: crossbeam_channel::Sender<FillJob>,
+    pub(super) fills_rx: parking_lot::Mutex<Option<crossbeam_channel::Receiver<FillJob>>>,
+    pub(super) id_prefix: u32,
+    pub(super) next_id: AtomicU64,
+}
+
+/// How long a connection opening may wait for its user's latest seq, and then for its
+/// replay, each (it blocks its reactor meanwhile; past it the welcome says
+/// `unavailable`).
+pub const REPLAY_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How long the fill thread waits for one gap.
+const FILL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Gaps and catch-ups waiting for the fill thread (a reconnect queues one catch-up per
+/// user held); past it a gap is skipped at once, a catch-up waits for the user's next
+/// message.
+const MAX_FILLS: usize = 1 << 18;
+/// A push waits this long for JetStream to store it (its answer, or a 503).
+const STORE_WAIT: Duration = Duration::from_millis(2500);
+
+/// The reply when the history stream could not be read in time.
+pub const HISTORY_UNAVAILABLE: RequestError = RequestError {
+    code: "unavailable",
+    message: "history not reachable in time; the replay is incomplete",
+};
+
+impl Router {
+    /// Keeps history in JetStream through `bus` (a clustered node), within `config`'s
+    /// size and TTL; a size of 0 keeps none. User messages get seqs once the stream is
+    /// there; until then (and on a server without JetStream) delivery is live only.
+    pub fn with_cluster_history(mut self, bus: Arc<NatsBus>, config: HistoryConfig) -> Self {
+        if config.size == 0 || bus.history_config().is_none() {
+            return self;
+        }
+        let (fills, rx) = crossbeam_channel::bounded(MAX_FILLS);
+        self.clustered = Some(Clustered {
+            bus,
+            config,
+            users: UserSeqs::default(),
+            stats: ClusterHistoryStats::default(),
+            fills,
+            fills_rx: parking_lot::Mutex::new(Some(rx)),
+            id_prefix: foldhash::fast::RandomState::default().hash_one(1u8) as u32,
+            next_id: AtomicU64::new(1),
+        });
+        self
+    }
+
+    /// Starts the thread that fetches the gaps in users' live messages from the stream
+    /// (a clustered node with history; once).
+    pub fn start_history(self: &Arc<Self>) -> std::io::Result<()> {
+        let Some(rx) = self
+            .clustered
+            .as_ref()
+            .and_then(|c| c.fills_rx.lock().take())
+        else {
+            return Ok(());
+        };
+        let router = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("pushgate-fills".into())
+            .spawn(move || loop {
+                match rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(job) => match router.upgrade() {
+                        Some(r) => match job {
+                            FillJob::Gap(uid, gap) => r.fill(&uid, gap),
+                            FillJob::CatchUp(uid) => r.catch_up_now(&uid),
+                        },
+                        None => return,
+                    },
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        if router.strong_count() == 0 {
+                            return;
+                        }
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                }
+            })
+            .map(|_| ())
+    }
+
+    /// The clustered history, when the stream is there.
+    pub(super) fn clustered(&self) -> Option<&Clustered> {
+        self.clustered.as_ref().filter(|c| c.bus.history_ready())
+    }
+
+    /// The clustered history's counters, if the node has one.
+    pub fn cluster_history_stats(&self) -> Option<&ClusterHistoryStats> {
+        self.clustered.as_ref().map(|c| &c.stats)
+    }
+
+    /// A stored user message arrived live (from this node's store or another node's):
+    /// delivered to the user's connections here in seq order, once. False if this node
+    /// keeps no clustered history (the caller delivers it as a plain message).
+    pub fn deliver_stored(&self, uid: &str, seq: u64, prev: u64, frame: Bytes) -> bool {
+        let Some(c) = &self.clustered else {
+            return false;
+        };
+        let mut shard = c.users.lock(uid);
+        let u = match shard.get_mut(uid) {
+            Some(u) => u,
+            // Connections that opened while the stream was not there (no JetStream yet)
+            // have no entry: they take stored messages from this one on.
+            None if self.registry.contains(Kind::User, uid) => shard
+                .entry(Arc::from(uid))
+                .or_insert_with(UserSeq::from_next),
+            None => return true,
+        };
+        let step = u.live(seq, prev, frame);
+        self.apply(c, uid, u, step);
+        true
+    }
+
+    /// Delivers a step's frames to the user's connections here and sends its gap to the
+    /// fill thread (under the user's shard lock).
+    fn apply(&self, c: &Clustered, uid: &str, u: &mut UserSeq, mut step: Step) {
+        loop {
+            c.stats.duplicates.add(step.duplicates);
+            c.stats.overflow.add(step.overflow);
+            if !step.frames.is_empty() {
+                let mut targets = Vec::new();
+                self.registry.user_connections(uid, &mut targets);
+                let now = Instant::now();
+                for frame in step.frames.drain(..) {
+                    let mut t = targets.clone();
+                    self.dispatch(&mut t, frame, now);
+                }
+            }
+            let Some(gap) = step.fill else {
+                return;
+            };
+            c.stats.fills.add(1);
+            if c.fills.try_send(FillJob::Gap(Arc::from(uid), gap)).is_ok() {
+                return;
+            }
+            c.stats.fill_failures.add(1);
+            step = u.filled(gap, Err(()));
+        }
+    }
+
+    /// `uid`'s subscription on this node took effect (called by the bus thread): its
+    /// latest stored message is looked at on the fill thread. Best effort: with the
+    /// fill queue full, the user catches up at its next message.
+    pub fn catch_up(&self, uid: &Arc<str>) {
+        if let Some(c) = &self.clustered {
+            if c.fills.try_send(FillJob::CatchUp(Arc::clone(uid))).is_err() {
+                c.stats.fill_failures.add(1);
+            }
+        }
+    }
+
+    /// The user's latest stored message, taken as if it arrived live: a duplicate if
+    /// delivered, else delivered, with whatever is missing before it fetched.
+    fn catch_up_now(&self, uid: &str) {
+        let Some(c) = &self.clustered else {
+            return;
+        };
+        if !c.users.lock(uid).contains_key(uid) {
+            return;
+        }
+        match c.bus.latest(uid, FILL_TIMEOUT) {
+            Ok(Some(m)) => {
+                let delivered = c.users.lock(uid).get(uid).and_then(UserSeq::last);
+                if delivered.is_none_or(|l| m.seq > l) {
+                    self.deliver_stored(uid, m.seq, m.prev, stored_frame(&m));
+                }
+            }
+            Ok(None) => {}
+            Err(_) => c.stats.fill_failures.add(1),
+        }
+    }
+
+    /// Fetches a gap of `uid`'s messages and delivers it (on the fill thread).
+    fn fill(&self, uid: &str, gap: Gap) {
+        let Some(c) = &self.clustered else {
+            return;
+        };
+        let fetched = c
+            .bus
+            .fetch_after(uid, gap.0, gap.1, c.config.size, FILL_TIMEOUT)
+            .map(|msgs| msgs.iter().map(|m| (m.seq, stored_frame(m))).collect())
+            .map_err(|_| c.stats.fill_failures.add(1));
+        let mut shard = c.users.lock(uid);
+        if let Some(u) = shard.get_mut(uid) {
+            let step = u.filled(gap, fetched);
+            self.apply(c, uid, u, step);
+        }
+    }
+
+    /// A connection of `uid` opened on a clustered node: registered under the user's
+    /// shard lock (so it gets every message after the user's last seq here live), then
+    /// its replay read from the stream, blocking this reactor for at most
+    /// [`REPLAY_TIMEOUT`] twice.
+    pub(super) fn open_clustered(
+        &self,
+        c: &Clustered,
+        uid: &str,
+        conn: ConnRef,
+        device: Option<&str>,
+        since: Option<u64>,
+    ) -> (Arc<str>, Welcome, Opened) {
+        if let Some(since) = since {
+            // The client may have seen seqs on another node that this one has not
+            // delivered yet (its live copy is a few ms behind): wait, not registered
+            // (nothing reaches the connection live meanwhile), until this node has.
+            let deadline = Instant::now() + REPLAY_TIMEOUT;
+            while c
+                .users
+                .lock(uid)
+                .get(uid)
+                .and_then(UserSeq::last)
+                .is_some_and(|l| l < since)
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let (id, known) = {
+            let mut shard = c.users.lock(uid);
+            let id = self.add_user_on(uid, conn, device);
+            let u = shard.entry(Arc::clone(&id)).or_default();
+            (id, u.last())
+        };
+        let mut error = None;
+        let latest = match known {
+            Some(l) => l,
+            None => {
+                let got = c.bus.latest(uid, REPLAY_TIMEOUT);
+                if got.is_err() {
+                    c.stats.replay_failures.add(1);
+                    error = Some(HISTORY_UNAVAILABLE);
+                }
+                let mut shard = c.users.lock(uid);
+                match shard.get_mut(uid) {
+                    Some(u) => {
+                        let step = u.start(got.ok().map(|m| m.map_or(0, |m| m.seq)));
+                        self.apply(c, uid, u, step);
+                        // Registered before delivery started: everything after the
+                        // start reached this connection live.
+                        u.started().unwrap_or(0)
+                    }
+                    None => 0,
+                }
+            }
+        };
+        let opened = Opened {
+            replayed_from: latest,
+        };
+        if let Some(e) = error {
+            let w = Welcome {
+                seq: Some(latest),
+                recovered: Some(false),
+                error: Some(e),
+                ..Welcome::default()
+            };
+            return (id, w, opened);
+        }
+        if let Some(since) = since.filter(|s| *s > latest) {
+            // Past what this node delivered: in the future only if past the stream's
+            // latest too (else this node is behind: the client resyncs).
+            let stored = c.bus.latest(uid, REPLAY_TIMEOUT);
+            let behind = matches!(stored, Ok(Some(m)) if m.seq >= since);
+            let w = Welcome {
+                seq: Some(latest),
+                recovered: behind.then_some(false),
+                error: Some(if behind {
+                    HISTORY_UNAVAILABLE
+                } else {
+                    cp::SINCE_IN_FUTURE
+                }),
+                ..Welcome::default()
+            };
+            return (id, w, opened);
+        }
+        // Without `since`, from the device's last ack (else from the start).
+        let from = match since {
+            Some(s) => s,
+            None => {
+                let device = device.unwrap_or(DEFAULT_DEVICE);
+                match c.bus.last_ack(uid, device, REPLAY_TIMEOUT) {
+                    Ok(ack) => ack.unwrap_or(0).min(latest),
+                    Err(_) => {
+                        c.stats.replay_failures.add(1);
+                        let w = Welcome {
+                            seq: Some(latest),
+                            recovered: Some(false),
+                            error: Some(HISTORY_UNAVAILABLE),
+                            ..Welcome::default()
+                        };
+                        return (id, w, opened);
+                    }
+                }
+            }
+        };
+        let w = match self.replay_clustered(c, uid, from, latest) {
+            Ok((frames, recovered)) => Welcome {
+                seq: Some(latest),
+                recovered: Some(recovered),
+                replay: frames,
+                error: None,
+            },
+            Err(e) => Welcome {
+                seq: Some(latest),
+                recovered: Some(false),
+                error: Some(e),
+                ..Welcome::default()
+            },
+        };
+        (
+            id,
+            w,
+            Opened {
+                replayed_from: from,
+            },
+        )
+    }
+
+    /// `uid`'s stored messages after `from` up to `upto`, and whether none was lost.
+    pub(super) fn replay_clustered(
+        &self,
+        c: &Clustered,
+        uid: &str,
+        from: u64,
+        upto: u64,
+    ) -> Result<(Vec<Bytes>, bool), RequestError> {
+        if from >= upto {
+            return Ok((Vec::new(), true));
+        }
+        match c
+            .bus
+            .fetch_after(uid, from, upto, c.config.size, REPLAY_TIMEOUT)
+        {
+            Ok(msgs) => {
+                // The retained messages are a suffix of the user's chain: nothing is
+                // missing when the first one follows the resume point.
+                let recovered = msgs.first().is_some_and(|m| m.prev <= from);
+                Ok((msgs.iter().map(stored_frame).collect(), recovered))
+            }
+            Err(_) => {
+                c.stats.replay_failures.add(1);
+                Err(HISTORY_UNAVAILABLE)
+            }
+        }
+    }
+
+    /// A message from `from` to `users` (stored with seqs) and `rooms` (live, no seq) on a
+    /// clustered node. With `wait` the answer has every user's seq (or the error); a
+    /// client's `send` does not wait (its reactor must not).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn send_clustered(
+        &self,
+        c: &Clustered,
+        users: &[&str],
+        rooms: &[impl AsRef<str>],
+        from: &str,
+        data: &[u8],
+        id: Option<&str>,
+        received: Instant,
+        wait: bool,
+    ) -> Delivered {
+        let id = match id {
+            Some(id) => id.to_owned(),
+            None => format!(
+                "{:08x}{:x}",
+                c.id_prefix,
+                c.next_id.fetch_add(1, Ordering::Relaxed)
+            ),
+        };
+        let body = jetstream::stored_body(from, &id, data);
+        let mut bus = Ok(());
+        let mut waiting = Vec::with_capacity(users.len());
+        for uid in users {
+            // The push ID and the recipient: a retry of the push within the TTL is
+            // stored (and delivered) once.
+            let mut msg_id = String::with_capacity(id.len() + uid.len() + 1);
+            crate::bus::subject::encode_id(&id, &mut msg_id);
+            msg_id.push('.');
+            crate::bus::subject::encode_id(uid, &mut msg_id);
+            let (tx, rx) = crossbeam_channel::bounded::<Result<StoreOk, BusError>>(1);
+            let job = StoreJob {
+                uid: Arc::from(*uid),
+                msg_id,
+                body: body.clone(),
+                done: wait.then_some(tx),
+            };
+            match c.bus.store(job) {
+                Ok(()) => waiting.push((uid, rx)),
+                Err(e) => bus = Err(e),
+            }
+        }
+        let mut outcome = PushOutcome {
+            connections: 0,
+            offline_users: 0,
+            refused: 0,
+            bus: Ok(()),
+        };
+        if !rooms.is_empty() {
+            let frame = Self::msg_frame(from, data);
+            let payload = payload_of(&frame);
+            outcome = self.deliver_local(&[] as &[&str], rooms, users, frame, received);
+            let sent = self.bus.publish(Outgoing {
+                users: dedup_ids(users),
+                rooms: dedup_ids(rooms),
+                broadcast: false,
+                body: payload,
+                stored_users: true,
+            });
+            if sent.is_err() {
+                bus = sent;
+            }
+        }
+        let mut seqs = Vec::with_capacity(users.len());
+        if wait {
+            let deadline = Instant::now() + STORE_WAIT;
+            for (uid, rx) in waiting {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(Ok(ok)) => seqs.push(((*uid).to_owned(), ok.seq)),
+                    Ok(Err(e)) => bus = Err(e),
+                    Err(_) => bus = Err(BusError::History),
+                }
+            }
+        }
+        outcome.bus = bus;
+        Delivered {
+            outcome,
+            id: Some(id),
+            seqs,
+            offline: Vec::new(),
+        }
+    }
+
+    /// A client's `send`: like [`Router::send`], except that on a clustered node it does
+    /// not wait for the stores (the caller is a reactor).
+    pub fn send_from_client(&self, to: &[impl AsRef<str>], from: &str, data: &[u8]) -> Delivered {
+        match self.clustered() {
+            Some(c) => self.send_clustered(
+                c,
+                &dedup_strs(to),
+                &[] as &[&str],
+                from,
+                data,
+                None,
+                Instant::now(),
+                false,
+            ),
+            None => self.send(to, &[] as &[&str], from, data, None, Instant::now()),
+        }
+    }
+}
+
+/// A stored message as the frame its user's clients get.
+fn stored_frame(m: &StoredMsg) -> Bytes {
+    Router::text_frame(&jetstream::with_seq(&m.body, m.seq))
+}
