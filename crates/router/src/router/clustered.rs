@@ -4,7 +4,7 @@
 //! device acks kept there (docs/BUS.md, "History in a cluster").
 
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,11 +29,24 @@ pub(super) struct Clustered {
     pub(super) config: HistoryConfig,
     pub(super) users: UserSeqs,
     pub(super) stats: ClusterHistoryStats,
-    /// Gaps for the fill thread to fetch.
+    /// Gaps and catch-ups for the fill thread (unbounded channel, bounded by `queued`:
+    /// a bounded one would allocate all of its slots up front).
     pub(super) fills: crossbeam_channel::Sender<FillJob>,
+    pub(super) queued: Arc<AtomicUsize>,
     pub(super) fills_rx: parking_lot::Mutex<Option<crossbeam_channel::Receiver<FillJob>>>,
     pub(super) id_prefix: u32,
     pub(super) next_id: AtomicU64,
+}
+
+impl Clustered {
+    /// Hands `job` to the fill thread; false past [`MAX_FILLS`] waiting.
+    fn queue_fill(&self, job: FillJob) -> bool {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= MAX_FILLS {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        self.fills.send(job).is_ok()
+    }
 }
 
 /// How long a connection opening may wait for its user's latest seq, and then for its
@@ -63,13 +76,14 @@ impl Router {
         if config.size == 0 || bus.history_config().is_none() {
             return self;
         }
-        let (fills, rx) = crossbeam_channel::bounded(MAX_FILLS);
+        let (fills, rx) = crossbeam_channel::unbounded();
         self.clustered = Some(Clustered {
             bus,
             config,
             users: UserSeqs::default(),
             stats: ClusterHistoryStats::default(),
             fills,
+            queued: Arc::default(),
             fills_rx: parking_lot::Mutex::new(Some(rx)),
             id_prefix: foldhash::fast::RandomState::default().hash_one(1u8) as u32,
             next_id: AtomicU64::new(1),
@@ -88,17 +102,25 @@ impl Router {
             return Ok(());
         };
         let router = Arc::downgrade(self);
+        let queued = self
+            .clustered
+            .as_ref()
+            .map(|c| Arc::clone(&c.queued))
+            .unwrap_or_default();
         std::thread::Builder::new()
             .name("pushgate-fills".into())
             .spawn(move || loop {
                 match rx.recv_timeout(Duration::from_secs(1)) {
-                    Ok(job) => match router.upgrade() {
-                        Some(r) => match job {
+                    Ok(job) => {
+                        queued.fetch_sub(1, Ordering::Relaxed);
+                        let Some(r) = router.upgrade() else {
+                            return;
+                        };
+                        match job {
                             FillJob::Gap(uid, gap) => r.fill(&uid, gap),
                             FillJob::CatchUp(uid) => r.catch_up_now(&uid),
-                        },
-                        None => return,
-                    },
+                        }
+                    }
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                         if router.strong_count() == 0 {
                             return;
@@ -161,7 +183,7 @@ impl Router {
                 return;
             };
             c.stats.fills.add(1);
-            if c.fills.try_send(FillJob::Gap(Arc::from(uid), gap)).is_ok() {
+            if c.queue_fill(FillJob::Gap(Arc::from(uid), gap)) {
                 return;
             }
             c.stats.fill_failures.add(1);
@@ -174,7 +196,7 @@ impl Router {
     /// fill queue full, the user catches up at its next message.
     pub fn catch_up(&self, uid: &Arc<str>) {
         if let Some(c) = &self.clustered {
-            if c.fills.try_send(FillJob::CatchUp(Arc::clone(uid))).is_err() {
+            if !c.queue_fill(FillJob::CatchUp(Arc::clone(uid))) {
                 c.stats.fill_failures.add(1);
             }
         }
