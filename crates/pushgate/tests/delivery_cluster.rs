@@ -529,3 +529,122 @@ fn resume_request_on_a_clustered_node() {
     d.send_text(&format!(r#"{{"type":"resume","since":{}}}"#, s[3] + 100));
     assert_eq!(d.recv_json()["code"], "bad_since");
 }
+
+/// Joins `room` and waits until `gw` confirmed `subs` subscriptions.
+fn join(c: &mut Client, room: &str, since: Option<u64>) {
+    let req = match since {
+        Some(s) => json!({"type": "join", "room": room, "since": s}),
+        None => json!({"type": "join", "room": room}),
+    };
+    c.send_text(&req.to_string());
+}
+
+/// Room messages pushed through either node carry the room and one per-room seq; every
+/// member, on either node, gets them all in the same order.
+#[test]
+fn room_messages_carry_one_per_room_seq_on_every_node() {
+    let js = Js::start();
+    let a = node(&js.nats.url(), "a", &[]);
+    let b = node(&js.nats.url(), "b", &[]);
+    let (mut ca, _) = ws(&a, "m1", "");
+    let (mut cb, _) = ws(&b, "m2", "");
+    join(&mut ca, "r", None);
+    join(&mut cb, "r", None);
+    subscribed(&a, 3);
+    subscribed(&b, 3);
+    for i in 0..10 {
+        let via = if i % 2 == 0 { &a } else { &b };
+        let v = push(via, json!({"rooms": ["r"], "data": i}));
+        assert_eq!(v["ok"], true);
+    }
+    let got_a = messages(&mut ca, 10, Duration::from_secs(5));
+    let got_b = messages(&mut cb, 10, Duration::from_secs(5));
+    assert_eq!(got_a.len(), 10);
+    assert!(got_a
+        .iter()
+        .all(|m| m["room"] == "r" && m["id"].is_string()));
+    assert_eq!(seqs(&got_a), seqs(&got_b));
+    assert!(strictly_increasing(&seqs(&got_a)));
+    let data: Vec<u64> = got_a.iter().map(|m| m["data"].as_u64().unwrap()).collect();
+    assert_eq!(data, (0..10).collect::<Vec<_>>());
+    common::nothing_for(&mut ca, 200);
+    common::nothing_for(&mut cb, 200);
+}
+
+/// A join with `since` on another node than the pushes: the room's stored messages
+/// after it, then `joined` with `recovered`, then live ones; the rest of the history
+/// lost past `--history-size` says `recovered:false`.
+#[test]
+fn joining_a_room_with_since_replays_it_on_any_node() {
+    let js = Js::start();
+    let a = node(&js.nats.url(), "a", &["--history-size", "4"]);
+    let b = node(&js.nats.url(), "b", &["--history-size", "4"]);
+    let mut s = Vec::new();
+    let (mut member, _) = ws(&a, "m0", "");
+    join(&mut member, "lobby", None);
+    subscribed(&a, 3);
+    for i in 0..6 {
+        push(&a, json!({"rooms": ["lobby"], "data": i}));
+    }
+    for m in messages(&mut member, 6, Duration::from_secs(5)) {
+        s.push(m["seq"].as_u64().unwrap());
+    }
+    assert_eq!(s.len(), 6);
+    let (mut c, _) = ws(&b, "j1", "");
+    join(&mut c, "lobby", Some(s[2]));
+    assert_eq!(seqs(&messages(&mut c, 3, Duration::from_secs(5))), s[3..]);
+    let joined = c.recv_json();
+    assert_eq!(
+        (&joined["type"], &joined["room"], &joined["recovered"]),
+        (&json!("joined"), &json!("lobby"), &json!(true)),
+        "{joined}"
+    );
+    assert_eq!(joined["seq"].as_u64(), Some(s[5]));
+    subscribed(&b, 3);
+    push(&a, json!({"rooms": ["lobby"], "data": "live"}));
+    let live = messages(&mut c, 1, Duration::from_secs(5));
+    assert_eq!(live[0]["data"], "live");
+    assert!(live[0]["seq"].as_u64().unwrap() > s[5]);
+    // Only the last 4 are kept (s[3], s[4], s[5] and the live one): from s[0], s[1] and
+    // s[2] are gone.
+    let (mut d, _) = ws(&b, "j2", "");
+    join(&mut d, "lobby", Some(s[0]));
+    let got = messages(&mut d, 4, Duration::from_secs(5));
+    assert_eq!(seqs(&got)[..3], s[3..]);
+    let joined = d.recv_json();
+    assert_eq!(
+        (&joined["type"], &joined["recovered"]),
+        (&json!("joined"), &json!(false))
+    );
+    let (mut e, _) = ws(&b, "j3", "");
+    join(&mut e, "lobby", Some(u64::MAX / 2));
+    assert_eq!(e.recv_json()["code"], "bad_since");
+}
+
+/// A push to a user and a room the user is in, and to two rooms: each connection gets
+/// it once, on whichever node, from the user's copy or the first listed room's.
+#[test]
+fn users_and_rooms_in_one_push_reach_each_connection_once() {
+    let js = Js::start();
+    let a = node(&js.nats.url(), "a", &[]);
+    let b = node(&js.nats.url(), "b", &[]);
+    let (mut u, _) = ws(&b, "u", "");
+    let (mut v, _) = ws(&b, "v", "");
+    let (mut w, _) = ws(&a, "w", "");
+    join(&mut u, "r1", None);
+    join(&mut v, "r1", None);
+    join(&mut v, "r2", None);
+    join(&mut w, "r2", None);
+    subscribed(&b, 5);
+    subscribed(&a, 3);
+    push(&a, json!({"to": ["u"], "rooms": ["r1", "r2"], "data": 1}));
+    let got_u = messages(&mut u, 2, Duration::from_secs(2));
+    assert_eq!(got_u.len(), 1, "{got_u:?}");
+    assert!(got_u[0].get("room").is_none(), "the user's copy: {got_u:?}");
+    let got_v = messages(&mut v, 2, Duration::from_secs(2));
+    assert_eq!(got_v.len(), 1, "{got_v:?}");
+    assert_eq!(got_v[0]["room"], "r1");
+    let got_w = messages(&mut w, 2, Duration::from_secs(2));
+    assert_eq!(got_w.len(), 1, "{got_w:?}");
+    assert_eq!(got_w[0]["room"], "r2");
+}

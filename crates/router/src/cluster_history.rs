@@ -22,6 +22,7 @@ use foldhash::fast::RandomState;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::bus::stats::Counter;
+use crate::bus::Kind;
 
 /// Shards of the per-user table.
 const SHARDS: usize = 64;
@@ -34,9 +35,10 @@ pub const MAX_HELD: usize = 1024;
 /// A range of seqs to fetch from the stream: after `.0`, up to `.1`.
 pub type Gap = (u64, u64);
 
-/// One user's state on this node.
-#[derive(Debug, Default)]
-pub struct UserSeq {
+/// One user's (or room's) state on this node; `F` is what is delivered (a frame, or a
+/// room's frame and its targets).
+#[derive(Debug)]
+pub struct UserSeq<F = Bytes> {
     /// The last seq handed to this node's connections (`None`: the first connection is
     /// still learning the user's latest seq).
     last: Option<u64>,
@@ -48,14 +50,26 @@ pub struct UserSeq {
     /// A fill is under way.
     filling: bool,
     /// Messages held back: seq → (prev, frame).
-    held: BTreeMap<u64, (u64, Bytes)>,
+    held: BTreeMap<u64, (u64, F)>,
+}
+
+impl<F> Default for UserSeq<F> {
+    fn default() -> Self {
+        UserSeq {
+            last: None,
+            started: None,
+            start_on_next: false,
+            filling: false,
+            held: BTreeMap::new(),
+        }
+    }
 }
 
 /// What a step produced: frames to deliver now, in order, and a gap to fetch.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Step {
+#[derive(Debug, PartialEq, Eq)]
+pub struct Step<F = Bytes> {
     /// Frames for every connection of the user here, in order.
-    pub frames: Vec<Bytes>,
+    pub frames: Vec<F>,
     /// The range to fetch before anything held is delivered.
     pub fill: Option<Gap>,
     /// Copies dropped as duplicates.
@@ -64,7 +78,18 @@ pub struct Step {
     pub overflow: u64,
 }
 
-impl UserSeq {
+impl<F> Default for Step<F> {
+    fn default() -> Self {
+        Step {
+            frames: Vec::new(),
+            fill: None,
+            duplicates: 0,
+            overflow: 0,
+        }
+    }
+}
+
+impl<F> UserSeq<F> {
     /// The last seq handed to this node's connections, once known.
     pub fn last(&self) -> Option<u64> {
         self.last
@@ -85,7 +110,7 @@ impl UserSeq {
     }
 
     /// A live message.
-    pub fn live(&mut self, seq: u64, prev: u64, frame: Bytes) -> Step {
+    pub fn live(&mut self, seq: u64, prev: u64, frame: F) -> Step<F> {
         let mut step = Step::default();
         if self.last.is_none() && self.start_on_next {
             self.last = Some(prev);
@@ -108,7 +133,7 @@ impl UserSeq {
     /// A connection that registered with no start known learnt the user's latest seq
     /// (`None`: it could not; start from the next message). The first to get here sets
     /// the start; the others find it set ([`UserSeq::started`]).
-    pub fn start(&mut self, latest: Option<u64>) -> Step {
+    pub fn start(&mut self, latest: Option<u64>) -> Step<F> {
         let mut step = Step::default();
         if self.last.is_none() {
             self.last = match latest {
@@ -124,7 +149,7 @@ impl UserSeq {
 
     /// A fill ended: the messages of the gap that the stream still had (in order; `Err`
     /// if the fetch failed). Whatever it did not return is skipped.
-    pub fn filled(&mut self, gap: Gap, fetched: Result<Vec<(u64, Bytes)>, ()>) -> Step {
+    pub fn filled(&mut self, gap: Gap, fetched: Result<Vec<(u64, F)>, ()>) -> Step<F> {
         let mut step = Step::default();
         self.filling = false;
         let Some(last) = self.last.as_mut() else {
@@ -142,7 +167,7 @@ impl UserSeq {
     }
 
     /// Delivers what follows the last seq; stops at a gap and asks for it.
-    fn drain(&mut self, step: &mut Step) {
+    fn drain(&mut self, step: &mut Step<F>) {
         if self.filling {
             return;
         }
@@ -183,27 +208,39 @@ pub struct ClusterHistoryStats {
     pub overflow: Counter,
 }
 
-/// One shard of the per-user table.
-pub type Shard = HashMap<Arc<str>, UserSeq, RandomState>;
+/// One shard of the per-user (or per-room) table.
+pub type Shard<F = Bytes> = HashMap<Arc<str>, UserSeq<F>, RandomState>;
 
 /// Work for the fill thread.
 #[derive(Debug)]
 pub enum FillJob {
-    /// Fetch a gap of one user's messages.
-    Gap(Arc<str>, Gap),
-    /// Read the user's latest stored message and take it as if it arrived live (its
-    /// subscription here just took effect: anything stored before was not seen live).
-    CatchUp(Arc<str>),
+    /// Fetch a gap of one user's (or room's) messages.
+    Gap(Kind, Arc<str>, Gap),
+    /// Read the user's (or room's) latest stored message and take it as if it arrived
+    /// live (its subscription here just took effect: anything stored before was not seen
+    /// live).
+    CatchUp(Kind, Arc<str>),
 }
 
-/// The per-user table, sharded by a hash of the user ID.
+/// A room's message as held: its frame and, for a push with several recipients, who
+/// they were (connections reached through a listed user or an earlier listed room get
+/// it from there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomFrame {
+    /// The frame.
+    pub frame: Bytes,
+    /// `Pushgate-Targets`, if any.
+    pub targets: Option<Arc<str>>,
+}
+
+/// The per-user (or per-room) table, sharded by a hash of the ID.
 #[derive(Debug)]
-pub struct UserSeqs {
-    shards: Box<[Mutex<Shard>]>,
+pub struct UserSeqs<F = Bytes> {
+    shards: Box<[Mutex<Shard<F>>]>,
     pick: RandomState,
 }
 
-impl Default for UserSeqs {
+impl<F> Default for UserSeqs<F> {
     fn default() -> Self {
         UserSeqs {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
@@ -212,9 +249,9 @@ impl Default for UserSeqs {
     }
 }
 
-impl UserSeqs {
+impl<F> UserSeqs<F> {
     /// Locks the shard of `uid`.
-    pub fn lock(&self, uid: &str) -> MutexGuard<'_, Shard> {
+    pub fn lock(&self, uid: &str) -> MutexGuard<'_, Shard<F>> {
         let i = self.pick.hash_one(uid) as usize & (SHARDS - 1);
         self.shards[i].lock()
     }

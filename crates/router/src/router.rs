@@ -312,6 +312,15 @@ impl Router {
 
     /// `conn` left `room`.
     pub fn leave(&self, room: &Arc<str>, conn: ConnRef) {
+        if let Some(c) = &self.clustered {
+            let mut shard = c.rooms.lock(room);
+            if self.registry.leave(room, conn) {
+                shard.remove(&**room);
+                drop(shard);
+                self.bus.interest_changed(Kind::Room, room);
+            }
+            return;
+        }
         if self.registry.leave(room, conn) {
             self.bus.interest_changed(Kind::Room, room);
         }
@@ -415,7 +424,7 @@ impl Router {
             let latest = latest.unwrap_or(opened.replayed_from);
             if since > latest {
                 // As at opening: past the stream's latest too, or this node is behind.
-                let stored = c.bus.latest(uid, REPLAY_TIMEOUT);
+                let stored = c.bus.latest(Kind::User, uid, REPLAY_TIMEOUT);
                 return Err(match stored {
                     Ok(Some(m)) if m.seq >= since => HISTORY_UNAVAILABLE,
                     _ => cp::SINCE_IN_FUTURE,
@@ -452,6 +461,9 @@ impl Router {
         conn: ConnRef,
         since: Option<u64>,
     ) -> (Arc<str>, Result<(), RequestError>) {
+        if let Some(c) = self.clustered() {
+            return self.join_clustered(c, room, conn, since);
+        }
         let (Some(h), Some(since)) = (&self.history, since) else {
             let id = self.join(room, conn);
             let result = match since {
@@ -537,11 +549,10 @@ impl Router {
             return self.send_clustered(
                 c,
                 &dedup_strs(users),
-                rooms,
+                &dedup_strs(rooms),
                 from,
                 data,
                 id,
-                received,
                 true,
             );
         }
@@ -651,7 +662,6 @@ impl Router {
                 rooms: dedup_ids(rooms),
                 broadcast: false,
                 body,
-                stored_users: false,
             });
         }
         outcome
@@ -667,7 +677,6 @@ impl Router {
             rooms: Vec::new(),
             broadcast: true,
             body,
-            stored_users: false,
         })?;
         Ok(refused)
     }

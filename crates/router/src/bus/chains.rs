@@ -1,4 +1,4 @@
-//! The bus thread's stores in flight, per user: one at a time, so that each names the
+//! The bus thread's stores in flight, per user (and per room): one at a time, so that each names the
 //! seq it expects to follow (`Nats-Expected-Last-Subject-Sequence`) and its `prev` is
 //! exact. Users are independent: stores for different users are all in flight at once.
 //!
@@ -8,9 +8,9 @@
 //! optimisation: an unknown last seq costs one more round trip).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::Instant;
 
+use super::interest::Key;
 use super::nats::StoreJob;
 
 /// Chains kept with nothing in flight before they are forgotten.
@@ -42,8 +42,8 @@ pub(super) struct Chain {
 /// Every user's chain, and which user each request ID is for.
 #[derive(Debug, Default)]
 pub(super) struct Chains {
-    pub(super) users: HashMap<Arc<str>, Chain>,
-    pub(super) by_req: HashMap<u64, Arc<str>>,
+    pub(super) users: HashMap<Key, Chain>,
+    pub(super) by_req: HashMap<u64, Key>,
 }
 
 impl Chains {
@@ -54,7 +54,7 @@ impl Chains {
             self.users
                 .retain(|_, c| c.busy.is_some() || !c.queue.is_empty());
         }
-        let chain = self.users.entry(Arc::clone(&job.uid)).or_default();
+        let chain = self.users.entry(job.key()).or_default();
         if chain.busy.is_none() {
             return Ok(Some(job));
         }
@@ -66,34 +66,35 @@ impl Chains {
     }
 
     /// The user's last seq as cached (0 if unknown: JetStream then says the right one).
-    pub(super) fn last(&self, uid: &str) -> u64 {
-        self.users.get(uid).and_then(|c| c.last).unwrap_or(0)
+    pub(super) fn last(&self, key: &Key) -> u64 {
+        self.users.get(key).and_then(|c| c.last).unwrap_or(0)
     }
 
     /// Records that `busy` was sent.
     pub(super) fn sent(&mut self, busy: Busy) {
-        self.by_req.insert(busy.req, Arc::clone(&busy.job.uid));
-        if let Some(c) = self.users.get_mut(&busy.job.uid) {
+        let key = busy.job.key();
+        self.by_req.insert(busy.req, key.clone());
+        if let Some(c) = self.users.get_mut(&key) {
             c.busy = Some(busy);
         }
     }
 
     /// Takes the store that request `req` answers.
     pub(super) fn answered(&mut self, req: u64) -> Option<Busy> {
-        let uid = self.by_req.remove(&req)?;
-        self.users.get_mut(&uid)?.busy.take()
+        let key = self.by_req.remove(&req)?;
+        self.users.get_mut(&key)?.busy.take()
     }
 
     /// Sets the user's last seq (`None`: forget it).
-    pub(super) fn set_last(&mut self, uid: &str, last: Option<u64>) {
-        if let Some(c) = self.users.get_mut(uid) {
+    pub(super) fn set_last(&mut self, key: &Key, last: Option<u64>) {
+        if let Some(c) = self.users.get_mut(key) {
             c.last = last;
         }
     }
 
     /// The user's next waiting store, if any.
-    pub(super) fn next(&mut self, uid: &str) -> Option<StoreJob> {
-        self.users.get_mut(uid)?.queue.pop_front()
+    pub(super) fn next(&mut self, key: &Key) -> Option<StoreJob> {
+        self.users.get_mut(key)?.queue.pop_front()
     }
 
     /// Takes the stores in flight past their deadline.
@@ -124,15 +125,23 @@ impl Chains {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::Kind;
     use bytes::Bytes;
+    use std::sync::Arc;
 
     fn job(uid: &str) -> StoreJob {
         StoreJob {
-            uid: Arc::from(uid),
+            kind: Kind::User,
+            id: Arc::from(uid),
             msg_id: String::new(),
             body: Bytes::new(),
+            targets: None,
             done: None,
         }
+    }
+
+    fn k(uid: &str) -> Key {
+        (Kind::User, Arc::from(uid))
     }
 
     fn busy(req: u64, uid: &str, deadline: Instant) -> Busy {
@@ -161,11 +170,16 @@ mod tests {
         );
         assert!(c.push(job("b")).unwrap().is_some(), "b is independent");
         let done = c.answered(1).unwrap();
-        assert_eq!(&*done.job.uid, "a");
-        c.set_last("a", Some(9));
-        assert_eq!(c.last("a"), 9);
-        assert!(c.next("a").is_some());
-        assert!(c.next("a").is_none());
+        assert_eq!(&*done.job.id, "a");
+        c.set_last(&k("a"), Some(9));
+        assert_eq!(c.last(&k("a")), 9);
+        let room = StoreJob {
+            kind: Kind::Room,
+            ..job("a")
+        };
+        assert!(c.push(room).unwrap().is_some(), "room a is not user a");
+        assert!(c.next(&k("a")).is_some());
+        assert!(c.next(&k("a")).is_none());
         assert!(c.answered(1).is_none(), "answered once");
     }
 
@@ -181,6 +195,6 @@ mod tests {
         assert!(c.push(job("a")).is_err());
         assert_eq!(c.expired(t).len(), 1);
         assert_eq!(c.drain().len(), MAX_QUEUED);
-        assert_eq!(c.last("a"), 0);
+        assert_eq!(c.last(&k("a")), 0);
     }
 }

@@ -158,6 +158,8 @@ pub struct StoredMsg {
     pub prev: u64,
     /// The stored JSON, without its seq ([`with_seq`] adds it).
     pub body: Bytes,
+    /// A room message's `Pushgate-Targets`, if it had several recipients.
+    pub targets: Option<String>,
 }
 
 /// Reads a direct-get answer: `Ok(None)` when there is no such message (404).
@@ -187,6 +189,7 @@ pub(super) fn direct_answer(
         seq,
         prev,
         body: Bytes::copy_from_slice(payload),
+        targets: wire::header(h, super::HEADER_TARGETS).map(str::to_owned),
     }))
 }
 
@@ -208,8 +211,9 @@ pub fn with_seq(body: &[u8], seq: u64) -> Vec<u8> {
     out
 }
 
-/// The body a node stores for a user message: the client JSON without the seq.
-pub fn stored_body(from: &str, id: &str, data: &[u8]) -> Bytes {
+/// The body a node stores for a user's (or, with `room`, a room's) message: the client
+/// JSON without the seq.
+pub fn stored_body(from: &str, id: &str, room: Option<&str>, data: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(data.len() + from.len() + id.len() + 40);
     out.extend_from_slice(MSG_START);
     out.extend_from_slice(b"\"from\":");
@@ -217,6 +221,10 @@ pub fn stored_body(from: &str, id: &str, data: &[u8]) -> Bytes {
     let _ = serde_json::to_writer(&mut out, from);
     out.extend_from_slice(b",\"id\":");
     let _ = serde_json::to_writer(&mut out, id);
+    if let Some(room) = room {
+        out.extend_from_slice(b",\"room\":");
+        let _ = serde_json::to_writer(&mut out, room);
+    }
     out.extend_from_slice(b",\"data\":");
     out.extend_from_slice(data);
     out.push(b'}');
@@ -259,7 +267,7 @@ mod tests {
 
     #[test]
     fn bodies_get_their_seq() {
-        let b = stored_body("svc\"x", "id1", br#"{"a":1}"#);
+        let b = stored_body("svc\"x", "id1", None, br#"{"a":1}"#);
         let full = with_seq(&b, 12);
         let v: serde_json::Value = serde_json::from_slice(&full).unwrap();
         assert_eq!(v["seq"], 12);
@@ -267,6 +275,12 @@ mod tests {
         assert_eq!(v["id"], "id1");
         assert_eq!(v["data"]["a"], 1);
         assert_eq!(with_seq(b"[1]", 3), b"[1]", "foreign bodies untouched");
+        let r: serde_json::Value =
+            serde_json::from_slice(&with_seq(&stored_body("s", "i", Some("r"), b"1"), 4)).unwrap();
+        assert_eq!(
+            (&r["room"], &r["seq"]),
+            (&serde_json::json!("r"), &serde_json::json!(4))
+        );
     }
 
     #[test]

@@ -73,9 +73,6 @@ pub struct Outgoing {
     pub broadcast: bool,
     /// The message JSON the clients receive.
     pub body: Bytes,
-    /// The users' copies are published by their stores in the history stream: they are
-    /// only listed in the rooms' targets here.
-    pub stored_users: bool,
 }
 
 /// The bus could not take a push: the other nodes will not get it.

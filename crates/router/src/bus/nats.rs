@@ -74,14 +74,26 @@ pub(super) const JS_ABSENT: u8 = 2;
 /// thread delivers it here and publishes it live with its seq.
 #[derive(Debug)]
 pub struct StoreJob {
-    /// The recipient.
-    pub uid: Arc<str>,
+    /// A user's or a room's message.
+    pub kind: Kind,
+    /// The user or room.
+    pub id: Arc<str>,
     /// De-duplication key within the history TTL (the push's ID and the recipient).
     pub msg_id: String,
     /// The client JSON without its seq ([`super::jetstream::stored_body`]).
     pub body: Bytes,
+    /// A room's message of a push with several recipients: all of them, as
+    /// `Pushgate-Targets` lists them (a connection reached through a listed user or an
+    /// earlier listed room gets it from there).
+    pub targets: Option<String>,
     /// Told the outcome, if anyone waits for it.
     pub done: Option<Sender<Result<StoreOk, BusError>>>,
+}
+
+impl StoreJob {
+    pub(super) fn key(&self) -> super::interest::Key {
+        (self.kind, Arc::clone(&self.id))
+    }
 }
 
 /// A stored message.
@@ -153,7 +165,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Push(p) => f.debug_tuple("Push").field(p).finish(),
-            Command::Store(j) => write!(f, "Store({})", j.uid),
+            Command::Store(j) => write!(f, "Store({:?} {})", j.kind, j.id),
             Command::Publish { subject, .. } => write!(f, "Publish({subject})"),
             Command::Request { subject, .. } => write!(f, "Request({subject})"),
         }
@@ -411,8 +423,13 @@ impl NatsBus {
 
     /// The latest stored message of `uid` (`None`: none retained). Blocks up to
     /// `timeout`: for a reactor opening a connection, bounded.
-    pub fn latest(&self, uid: &str, timeout: Duration) -> Result<Option<StoredMsg>, BusError> {
-        let subject = self.subjects.history(Kind::User, uid);
+    pub fn latest(
+        &self,
+        kind: Kind,
+        uid: &str,
+        timeout: Duration,
+    ) -> Result<Option<StoredMsg>, BusError> {
+        let subject = self.subjects.history(kind, uid);
         let body = serde_json::json!({ "last_by_subj": subject }).to_string();
         self.direct_get(body, timeout)
     }
@@ -446,6 +463,7 @@ impl NatsBus {
     /// has no batch get).
     pub fn fetch_after(
         &self,
+        kind: Kind,
         uid: &str,
         after: u64,
         upto: u64,
@@ -453,7 +471,7 @@ impl NatsBus {
         timeout: Duration,
     ) -> Result<Vec<StoredMsg>, BusError> {
         let deadline = Instant::now() + timeout;
-        let subject = self.subjects.history(Kind::User, uid);
+        let subject = self.subjects.history(kind, uid);
         let mut out = Vec::new();
         let mut at = after;
         while at < upto && out.len() < max {
@@ -600,7 +618,6 @@ mod tests {
             rooms: Vec::new(),
             broadcast: false,
             body: Bytes::from(vec![b' '; len]),
-            stored_users: false,
         }
     }
 

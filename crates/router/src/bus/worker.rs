@@ -159,7 +159,7 @@ pub(super) struct Worker {
     store_errors: u64,
     /// Users newly subscribed, and the probe whose answer confirms the subscription:
     /// then they catch up with what was stored before it took effect.
-    catch_up: VecDeque<(u64, Arc<str>)>,
+    catch_up: VecDeque<(u64, Key)>,
 }
 
 impl Worker {
@@ -335,9 +335,8 @@ impl Worker {
             // Live copies published while this node was away never reach it: each user it
             // holds catches up once the probe after the burst confirms the subscriptions.
             for (_, target) in self.subs.iter() {
-                if let Target::Interest((Kind::User, id)) = target {
-                    self.catch_up
-                        .push_back((self.probe_seq + 1, Arc::clone(id)));
+                if let Target::Interest(key) = target {
+                    self.catch_up.push_back((self.probe_seq + 1, key.clone()));
                 }
             }
         }
@@ -611,6 +610,20 @@ impl Worker {
             self.router.broadcast_local(frame, now);
             return;
         };
+        if *kind == Kind::Room {
+            // A stored room message: in seq order, once, through the room's chain.
+            let seq = header(HEADER_SEQ).and_then(|v| v.parse::<u64>().ok());
+            let prev = header(HEADER_PREV).and_then(|v| v.parse::<u64>().ok());
+            if let (Some(seq), Some(prev)) = (seq, prev) {
+                let targets = header(HEADER_TARGETS);
+                if self
+                    .router
+                    .deliver_stored_room(id, seq, prev, frame.clone(), targets)
+                {
+                    return;
+                }
+            }
+        }
         match (kind, header(HEADER_TARGETS)) {
             (Kind::User, _) => {
                 let seq = header(HEADER_SEQ).and_then(|v| v.parse::<u64>().ok());
@@ -795,10 +808,8 @@ impl Worker {
             plain(c, &self.subjects.broadcast());
             return;
         }
-        if !push.stored_users {
-            for id in &push.users {
-                plain(c, &self.subjects.subject(Kind::User, id));
-            }
+        for id in &push.users {
+            plain(c, &self.subjects.subject(Kind::User, id));
         }
         if push.rooms.is_empty() {
             return;
@@ -898,23 +909,21 @@ impl Worker {
 
     /// Sends `job` to the history stream, expecting the user's last seq as cached.
     fn send_store(&mut self, c: &mut Conn, job: StoreJob, attempts: u32, now: Instant) {
-        let expected = self.chains.last(&job.uid);
+        let expected = self.chains.last(&job.key());
         self.next_request += 1;
         let req = self.next_request;
         let reply = format!("{}.{req}", self.inbox);
-        let subject = self.subjects.history(Kind::User, &job.uid);
+        let subject = self.subjects.history(job.kind, &job.id);
         let prev = expected.to_string();
-        wire::write_pub(
-            &mut c.wbuf,
-            &subject,
-            Some(&reply),
-            &[
-                (HEADER_MSG_ID, &job.msg_id),
-                (HEADER_EXPECTED_LAST, &prev),
-                (HEADER_PREV, &prev),
-            ],
-            &job.body,
-        );
+        let mut headers = vec![
+            (HEADER_MSG_ID, job.msg_id.as_str()),
+            (HEADER_EXPECTED_LAST, prev.as_str()),
+            (HEADER_PREV, prev.as_str()),
+        ];
+        if let Some(t) = &job.targets {
+            headers.push((HEADER_TARGETS, t.as_str()));
+        }
+        wire::write_pub(&mut c.wbuf, &subject, Some(&reply), &headers, &job.body);
         self.chains.sent(Busy {
             req,
             job,
@@ -932,7 +941,7 @@ impl Worker {
         } else {
             jetstream::pub_ack(m.payload)
         };
-        let uid = Arc::clone(&busy.job.uid);
+        let uid = busy.job.key();
         let now = Instant::now();
         match ack {
             PubAck::Stored { seq, duplicate } => {
@@ -962,22 +971,36 @@ impl Worker {
         }
     }
 
-    /// A stored message: to this node's connections of its user, and live to the others.
+    /// A stored message: to this node's connections of its user (or members of its
+    /// room), and live to the others.
     fn publish_stored(&mut self, c: &mut Conn, job: &StoreJob, seq: u64, prev: u64) {
         let json = jetstream::with_seq(&job.body, seq);
         let frame = Router::text_frame(&json);
-        self.router.deliver_stored(&job.uid, seq, prev, frame);
+        match job.kind {
+            Kind::User => {
+                self.router.deliver_stored(&job.id, seq, prev, frame);
+            }
+            Kind::Room => {
+                let targets = job.targets.as_deref();
+                self.router
+                    .deliver_stored_room(&job.id, seq, prev, frame, targets);
+            }
+        }
         let sent = unix_micros().to_string();
         let (seq, prev) = (seq.to_string(), prev.to_string());
+        let mut headers = vec![
+            (HEADER_SENT, sent.as_str()),
+            (HEADER_SEQ, seq.as_str()),
+            (HEADER_PREV, prev.as_str()),
+        ];
+        if let Some(t) = &job.targets {
+            headers.push((HEADER_TARGETS, t.as_str()));
+        }
         wire::write_pub(
             &mut c.wbuf,
-            &self.subjects.subject(Kind::User, &job.uid),
+            &self.subjects.subject(job.kind, &job.id),
             None,
-            &[
-                (HEADER_SENT, &sent),
-                (HEADER_SEQ, &seq),
-                (HEADER_PREV, &prev),
-            ],
+            &headers,
             &json,
         );
         self.shared.stats.published.add(1);
@@ -992,8 +1015,8 @@ impl Worker {
             .front()
             .is_some_and(|(seq, _)| *seq <= answered)
         {
-            if let Some((_, uid)) = self.catch_up.pop_front() {
-                self.router.catch_up(&uid);
+            if let Some((_, (kind, id))) = self.catch_up.pop_front() {
+                self.router.catch_up(kind, &id);
             }
         }
     }
@@ -1001,7 +1024,7 @@ impl Worker {
     /// Fails the stores JetStream did not answer in time.
     fn expire_stores(&mut self, c: &mut Conn, now: Instant) {
         for busy in self.chains.expired(now) {
-            let uid = Arc::clone(&busy.job.uid);
+            let uid = busy.job.key();
             self.chains.set_last(&uid, None);
             self.shared.stats.publish_errors.add(1);
             finish(busy.job, Err(BusError::History));
@@ -1032,10 +1055,9 @@ impl Worker {
                     self.leaving.cancel(&key);
                 }
                 (true, false) => {
-                    if key.0 == Kind::User && self.config.history.is_some() {
+                    if self.config.history.is_some() {
                         // The probe sent after this change confirms it.
-                        self.catch_up
-                            .push_back((self.probe_seq + 1, Arc::clone(&key.1)));
+                        self.catch_up.push_back((self.probe_seq + 1, key.clone()));
                     }
                     let subject = self.subjects.subject(key.0, &key.1);
                     let sid = self.subs.add(Target::Interest(key));

@@ -13,12 +13,12 @@ use reactor::ConnRef;
 use session::client_protocol::{self as cp, RequestError};
 use session::Welcome;
 
-use super::{
-    dedup_ids, dedup_strs, payload_of, Delivered, Opened, PushOutcome, Router, DEFAULT_DEVICE,
-};
+use super::{dedup_strs, Delivered, Opened, PushOutcome, Router, DEFAULT_DEVICE};
 use crate::bus::jetstream::{self, StoredMsg};
-use crate::bus::{BusError, Kind, NatsBus, Outgoing, StoreJob, StoreOk};
-use crate::cluster_history::{ClusterHistoryStats, FillJob, Gap, Step, UserSeq, UserSeqs};
+use crate::bus::{BusError, Kind, NatsBus, StoreJob, StoreOk};
+use crate::cluster_history::{
+    ClusterHistoryStats, FillJob, Gap, RoomFrame, Step, UserSeq, UserSeqs,
+};
 use crate::history::HistoryConfig;
 
 /// History of a clustered node: in JetStream, through the bus; here only what each user
@@ -28,6 +28,7 @@ pub(super) struct Clustered {
     pub(super) bus: Arc<NatsBus>,
     pub(super) config: HistoryConfig,
     pub(super) users: UserSeqs,
+    pub(super) rooms: UserSeqs<RoomFrame>,
     pub(super) stats: ClusterHistoryStats,
     /// Gaps and catch-ups for the fill thread (unbounded channel, bounded by `queued`:
     /// a bounded one would allocate all of its slots up front).
@@ -81,6 +82,7 @@ impl Router {
             bus,
             config,
             users: UserSeqs::default(),
+            rooms: UserSeqs::default(),
             stats: ClusterHistoryStats::default(),
             fills,
             queued: Arc::default(),
@@ -117,8 +119,9 @@ impl Router {
                             return;
                         };
                         match job {
-                            FillJob::Gap(uid, gap) => r.fill(&uid, gap),
-                            FillJob::CatchUp(uid) => r.catch_up_now(&uid),
+                            FillJob::Gap(Kind::User, uid, gap) => r.fill(&uid, gap),
+                            FillJob::Gap(Kind::Room, room, gap) => r.fill_room(&room, gap),
+                            FillJob::CatchUp(kind, id) => r.catch_up_now(kind, &id),
                         }
                     }
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
@@ -183,7 +186,7 @@ impl Router {
                 return;
             };
             c.stats.fills.add(1);
-            if c.queue_fill(FillJob::Gap(Arc::from(uid), gap)) {
+            if c.queue_fill(FillJob::Gap(Kind::User, Arc::from(uid), gap)) {
                 return;
             }
             c.stats.fill_failures.add(1);
@@ -194,9 +197,9 @@ impl Router {
     /// `uid`'s subscription on this node took effect (called by the bus thread): its
     /// latest stored message is looked at on the fill thread. Best effort: with the
     /// fill queue full, the user catches up at its next message.
-    pub fn catch_up(&self, uid: &Arc<str>) {
+    pub fn catch_up(&self, kind: Kind, uid: &Arc<str>) {
         if let Some(c) = &self.clustered {
-            if !c.queue_fill(FillJob::CatchUp(Arc::clone(uid))) {
+            if !c.queue_fill(FillJob::CatchUp(kind, Arc::clone(uid))) {
                 c.stats.fill_failures.add(1);
             }
         }
@@ -204,18 +207,28 @@ impl Router {
 
     /// The user's latest stored message, taken as if it arrived live: a duplicate if
     /// delivered, else delivered, with whatever is missing before it fetched.
-    fn catch_up_now(&self, uid: &str) {
+    fn catch_up_now(&self, kind: Kind, uid: &str) {
         let Some(c) = &self.clustered else {
             return;
         };
-        if !c.users.lock(uid).contains_key(uid) {
+        let last = |c: &Clustered| match kind {
+            Kind::User => c.users.lock(uid).get(uid).map(UserSeq::last),
+            Kind::Room => c.rooms.lock(uid).get(uid).map(UserSeq::last),
+        };
+        if last(c).is_none() {
             return;
         }
-        match c.bus.latest(uid, FILL_TIMEOUT) {
+        match c.bus.latest(kind, uid, FILL_TIMEOUT) {
             Ok(Some(m)) => {
-                let delivered = c.users.lock(uid).get(uid).and_then(UserSeq::last);
-                if delivered.is_none_or(|l| m.seq > l) {
-                    self.deliver_stored(uid, m.seq, m.prev, stored_frame(&m));
+                if last(c).flatten().is_none_or(|l| m.seq > l) {
+                    let frame = stored_frame(&m);
+                    match kind {
+                        Kind::User => self.deliver_stored(uid, m.seq, m.prev, frame),
+                        Kind::Room => {
+                            let t = m.targets.as_deref();
+                            self.deliver_stored_room(uid, m.seq, m.prev, frame, t)
+                        }
+                    };
                 }
             }
             Ok(None) => {}
@@ -230,7 +243,7 @@ impl Router {
         };
         let fetched = c
             .bus
-            .fetch_after(uid, gap.0, gap.1, c.config.size, FILL_TIMEOUT)
+            .fetch_after(Kind::User, uid, gap.0, gap.1, c.config.size, FILL_TIMEOUT)
             .map(|msgs| msgs.iter().map(|m| (m.seq, stored_frame(m))).collect())
             .map_err(|_| c.stats.fill_failures.add(1));
         let mut shard = c.users.lock(uid);
@@ -278,7 +291,7 @@ impl Router {
         let latest = match known {
             Some(l) => l,
             None => {
-                let got = c.bus.latest(uid, REPLAY_TIMEOUT);
+                let got = c.bus.latest(Kind::User, uid, REPLAY_TIMEOUT);
                 if got.is_err() {
                     c.stats.replay_failures.add(1);
                     error = Some(HISTORY_UNAVAILABLE);
@@ -311,7 +324,7 @@ impl Router {
         if let Some(since) = since.filter(|s| *s > latest) {
             // Past what this node delivered: in the future only if past the stream's
             // latest too (else this node is behind: the client resyncs).
-            let stored = c.bus.latest(uid, REPLAY_TIMEOUT);
+            let stored = c.bus.latest(Kind::User, uid, REPLAY_TIMEOUT);
             let behind = matches!(stored, Ok(Some(m)) if m.seq >= since);
             let w = Welcome {
                 seq: Some(latest),
@@ -381,7 +394,7 @@ impl Router {
         }
         match c
             .bus
-            .fetch_after(uid, from, upto, c.config.size, REPLAY_TIMEOUT)
+            .fetch_after(Kind::User, uid, from, upto, c.config.size, REPLAY_TIMEOUT)
         {
             Ok(msgs) => {
                 // The retained messages are a suffix of the user's chain: nothing is
@@ -396,19 +409,213 @@ impl Router {
         }
     }
 
-    /// A message from `from` to `users` (stored with seqs) and `rooms` (live, no seq) on a
-    /// clustered node. With `wait` the answer has every user's seq (or the error); a
-    /// client's `send` does not wait (its reactor must not).
+    /// A stored room message arrived live: delivered to the room's members here in seq
+    /// order, once (a member reached through a listed user or an earlier listed room
+    /// gets it from there). False if this node keeps no clustered history.
+    pub fn deliver_stored_room(
+        &self,
+        room: &str,
+        seq: u64,
+        prev: u64,
+        frame: Bytes,
+        targets: Option<&str>,
+    ) -> bool {
+        let Some(c) = &self.clustered else {
+            return false;
+        };
+        let mut shard = c.rooms.lock(room);
+        let u = match shard.get_mut(room) {
+            Some(u) => u,
+            None if self.registry.contains(Kind::Room, room) => shard
+                .entry(Arc::from(room))
+                .or_insert_with(UserSeq::from_next),
+            None => return true,
+        };
+        let frame = RoomFrame {
+            frame,
+            targets: targets.map(Arc::from),
+        };
+        let step = u.live(seq, prev, frame);
+        self.apply_room(c, room, u, step);
+        true
+    }
+
+    /// [`Router::apply`] for a room (under the room's shard lock).
+    fn apply_room(
+        &self,
+        c: &Clustered,
+        room: &str,
+        u: &mut UserSeq<RoomFrame>,
+        mut step: Step<RoomFrame>,
+    ) {
+        loop {
+            c.stats.duplicates.add(step.duplicates);
+            c.stats.overflow.add(step.overflow);
+            if !step.frames.is_empty() {
+                let mut members = Vec::new();
+                self.registry.room_connections(room, &mut members);
+                let now = Instant::now();
+                for f in step.frames.drain(..) {
+                    let mut to = members.clone();
+                    if let Some(targets) = &f.targets {
+                        self.reached_elsewhere(room, targets, &mut to);
+                    }
+                    self.dispatch(&mut to, f.frame, now);
+                }
+            }
+            let Some(gap) = step.fill else {
+                return;
+            };
+            c.stats.fills.add(1);
+            if c.queue_fill(FillJob::Gap(Kind::Room, Arc::from(room), gap)) {
+                return;
+            }
+            c.stats.fill_failures.add(1);
+            step = u.filled(gap, Err(()));
+        }
+    }
+
+    /// Drops from `conns` (members of `room`) those a push listing `targets` reaches
+    /// through a listed user or a room listed before `room`.
+    fn reached_elsewhere(&self, room: &str, targets: &str, conns: &mut Vec<ConnRef>) {
+        let mut skip = Vec::new();
+        for t in targets.split(' ').filter(|t| !t.is_empty()) {
+            match crate::bus::subject::parse_target(t) {
+                Some((Kind::User, u)) => {
+                    self.registry.user_connections(&u, &mut skip);
+                }
+                Some((Kind::Room, r)) if r == room => break,
+                Some((Kind::Room, r)) => {
+                    self.registry.room_connections(&r, &mut skip);
+                }
+                None => {}
+            }
+        }
+        if !skip.is_empty() {
+            let skip: std::collections::HashSet<ConnRef> = skip.into_iter().collect();
+            conns.retain(|c| !skip.contains(c));
+        }
+    }
+
+    /// Fetches a gap of `room`'s messages and delivers it (on the fill thread).
+    fn fill_room(&self, room: &str, gap: Gap) {
+        let Some(c) = &self.clustered else {
+            return;
+        };
+        let fetched = c
+            .bus
+            .fetch_after(Kind::Room, room, gap.0, gap.1, c.config.size, FILL_TIMEOUT)
+            .map(|msgs| msgs.iter().map(|m| (m.seq, room_frame(m))).collect())
+            .map_err(|_| c.stats.fill_failures.add(1));
+        let mut shard = c.rooms.lock(room);
+        if let Some(u) = shard.get_mut(room) {
+            let step = u.filled(gap, fetched);
+            self.apply_room(c, room, u, step);
+        }
+    }
+
+    /// `conn` joins `room` on a clustered node. With `since`, the room's stored messages
+    /// after it are read (unlocked, blocking this reactor at most [`REPLAY_TIMEOUT`] per
+    /// read) up to the last seq this node delivered to the room; then, under the room's
+    /// lock, the connection is registered and the replay and `joined` go to its inbox,
+    /// so every later room message lands behind them.
+    pub(super) fn join_clustered(
+        &self,
+        c: &Clustered,
+        room: &str,
+        conn: ConnRef,
+        since: Option<u64>,
+    ) -> (Arc<str>, Result<(), RequestError>) {
+        let Some(since) = since else {
+            let mut shard = c.rooms.lock(room);
+            let id = self.join(room, conn);
+            shard
+                .entry(Arc::clone(&id))
+                .or_insert_with(UserSeq::from_next);
+            return (id, Ok(()));
+        };
+        let failed = |e: RequestError| {
+            let mut shard = c.rooms.lock(room);
+            let id = self.join(room, conn);
+            shard
+                .entry(Arc::clone(&id))
+                .or_insert_with(UserSeq::from_next);
+            (id, Err(e))
+        };
+        let known = c.rooms.lock(room).get(room).and_then(UserSeq::last);
+        let mut upto = match known {
+            Some(l) => l,
+            None => match c.bus.latest(Kind::Room, room, REPLAY_TIMEOUT) {
+                Ok(m) => m.map_or(0, |m| m.seq),
+                Err(_) => {
+                    c.stats.replay_failures.add(1);
+                    return failed(HISTORY_UNAVAILABLE);
+                }
+            },
+        };
+        if since > upto {
+            return failed(cp::SINCE_IN_FUTURE);
+        }
+        let mut frames: Vec<StoredMsg> = Vec::new();
+        let mut from = since;
+        let mut recovered = None;
+        // Each round catches up with what the node delivered meanwhile; a room that
+        // busy is given up on after a few.
+        for _ in 0..4 {
+            match c
+                .bus
+                .fetch_after(Kind::Room, room, from, upto, c.config.size, REPLAY_TIMEOUT)
+            {
+                Ok(msgs) => {
+                    if recovered.is_none() {
+                        recovered =
+                            Some(from >= upto || msgs.first().is_some_and(|m| m.prev <= since));
+                    }
+                    frames.extend(msgs);
+                    from = upto;
+                }
+                Err(_) => {
+                    c.stats.replay_failures.add(1);
+                    return failed(HISTORY_UNAVAILABLE);
+                }
+            }
+            let mut shard = c.rooms.lock(room);
+            let u = shard.entry(Arc::from(room)).or_default();
+            if u.last().is_none() {
+                let step = u.start(Some(upto));
+                self.apply_room(c, room, u, step);
+            }
+            let last = u.last().unwrap_or(upto);
+            if last <= upto {
+                // The node delivered up to `last`: what follows reaches the connection
+                // live once it is registered.
+                frames.retain(|m| m.seq <= last);
+                let id = self.join(room, conn);
+                for m in &frames {
+                    self.deliver_to(conn, stored_frame(m));
+                }
+                let recovered = recovered.unwrap_or(false);
+                self.deliver_to(conn, session::messages::joined(room, last, recovered));
+                return (id, Ok(()));
+            }
+            upto = last;
+        }
+        c.stats.replay_failures.add(1);
+        failed(HISTORY_UNAVAILABLE)
+    }
+
+    /// A message from `from` to `users` and `rooms` on a clustered node, each stored with
+    /// its seq. With `wait` the answer has every user's seq (or the error); a client's
+    /// `send` does not wait (its reactor must not).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn send_clustered(
         &self,
         c: &Clustered,
         users: &[&str],
-        rooms: &[impl AsRef<str>],
+        rooms: &[&str],
         from: &str,
         data: &[u8],
         id: Option<&str>,
-        received: Instant,
         wait: bool,
     ) -> Delivered {
         let id = match id {
@@ -419,64 +626,75 @@ impl Router {
                 c.next_id.fetch_add(1, Ordering::Relaxed)
             ),
         };
-        let body = jetstream::stored_body(from, &id, data);
+        // A room's copy lists every recipient when there are several: a connection
+        // reached through a listed user or an earlier listed room gets it from there.
+        let targets = (users.len() + rooms.len() > 1).then(|| {
+            let mut t = String::new();
+            for (kind, ids) in [(Kind::User, users), (Kind::Room, rooms)] {
+                for id in ids {
+                    if !t.is_empty() {
+                        t.push(' ');
+                    }
+                    crate::bus::subject::write_target(kind, id, &mut t);
+                }
+            }
+            t
+        });
+        let user_body = jetstream::stored_body(from, &id, None, data);
         let mut bus = Ok(());
-        let mut waiting = Vec::with_capacity(users.len());
-        for uid in users {
+        let mut waiting = Vec::with_capacity(users.len() + rooms.len());
+        let recipients = users
+            .iter()
+            .map(|u| (Kind::User, *u))
+            .chain(rooms.iter().map(|r| (Kind::Room, *r)));
+        for (kind, to) in recipients {
             // The push ID and the recipient: a retry of the push within the TTL is
             // stored (and delivered) once.
-            let mut msg_id = String::with_capacity(id.len() + uid.len() + 1);
+            let mut msg_id = String::with_capacity(id.len() + to.len() + 8);
             crate::bus::subject::encode_id(&id, &mut msg_id);
             msg_id.push('.');
-            crate::bus::subject::encode_id(uid, &mut msg_id);
+            crate::bus::subject::write_target(kind, to, &mut msg_id);
+            let (body, targets) = match kind {
+                Kind::User => (user_body.clone(), None),
+                Kind::Room => (
+                    jetstream::stored_body(from, &id, Some(to), data),
+                    targets.clone(),
+                ),
+            };
             let (tx, rx) = crossbeam_channel::bounded::<Result<StoreOk, BusError>>(1);
             let job = StoreJob {
-                uid: Arc::from(*uid),
+                kind,
+                id: Arc::from(to),
                 msg_id,
-                body: body.clone(),
+                body,
+                targets,
                 done: wait.then_some(tx),
             };
             match c.bus.store(job) {
-                Ok(()) => waiting.push((uid, rx)),
+                Ok(()) => waiting.push((kind, to, rx)),
                 Err(e) => bus = Err(e),
-            }
-        }
-        let mut outcome = PushOutcome {
-            connections: 0,
-            offline_users: 0,
-            refused: 0,
-            bus: Ok(()),
-        };
-        if !rooms.is_empty() {
-            let frame = Self::msg_frame(from, data);
-            let payload = payload_of(&frame);
-            outcome = self.deliver_local(&[] as &[&str], rooms, users, frame, received);
-            let sent = self.bus.publish(Outgoing {
-                users: dedup_ids(users),
-                rooms: dedup_ids(rooms),
-                broadcast: false,
-                body: payload,
-                stored_users: true,
-            });
-            if sent.is_err() {
-                bus = sent;
             }
         }
         let mut seqs = Vec::with_capacity(users.len());
         if wait {
             let deadline = Instant::now() + STORE_WAIT;
-            for (uid, rx) in waiting {
+            for (kind, to, rx) in waiting {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match rx.recv_timeout(left) {
-                    Ok(Ok(ok)) => seqs.push(((*uid).to_owned(), ok.seq)),
+                    Ok(Ok(ok)) if kind == Kind::User => seqs.push((to.to_owned(), ok.seq)),
+                    Ok(Ok(_)) => {}
                     Ok(Err(e)) => bus = Err(e),
                     Err(_) => bus = Err(BusError::History),
                 }
             }
         }
-        outcome.bus = bus;
         Delivered {
-            outcome,
+            outcome: PushOutcome {
+                connections: 0,
+                offline_users: 0,
+                refused: 0,
+                bus,
+            },
             id: Some(id),
             seqs,
             offline: Vec::new(),
@@ -487,18 +705,17 @@ impl Router {
     /// not wait for the stores (the caller is a reactor).
     pub fn send_from_client(&self, to: &[impl AsRef<str>], from: &str, data: &[u8]) -> Delivered {
         match self.clustered() {
-            Some(c) => self.send_clustered(
-                c,
-                &dedup_strs(to),
-                &[] as &[&str],
-                from,
-                data,
-                None,
-                Instant::now(),
-                false,
-            ),
+            Some(c) => self.send_clustered(c, &dedup_strs(to), &[], from, data, None, false),
             None => self.send(to, &[] as &[&str], from, data, None, Instant::now()),
         }
+    }
+}
+
+/// A stored room message as held: its frame and targets.
+fn room_frame(m: &StoredMsg) -> RoomFrame {
+    RoomFrame {
+        frame: stored_frame(m),
+        targets: m.targets.as_deref().map(Arc::from),
     }
 }
 
