@@ -20,6 +20,7 @@ pub mod default {
     pub const CONTROL: &str = "127.0.0.1:8081";
     pub const HANDSHAKE_TIMEOUT: f64 = 10.0;
     pub const HEARTBEAT: f64 = 25.0;
+    pub const POLL_TIMEOUT: f64 = 25.0;
     pub const IDLE_TIMEOUT: f64 = 60.0;
     pub const CLOSE_TIMEOUT: f64 = 5.0;
     pub const SHUTDOWN_DRAIN: f64 = 10.0;
@@ -117,6 +118,10 @@ pub struct Keys {
     /// Seconds of silence before the server pings [default: 25].
     #[arg(long, env = "PUSHGATE_HEARTBEAT")]
     pub heartbeat: Option<f64>,
+    /// Seconds a `GET /poll` is held open before it is answered with no messages
+    /// [default: 25].
+    #[arg(long, env = "PUSHGATE_POLL_TIMEOUT")]
+    pub poll_timeout: Option<f64>,
     /// Seconds of silence before the connection is closed with 1001 [default: 60].
     #[arg(long, env = "PUSHGATE_IDLE_TIMEOUT")]
     pub idle_timeout: Option<f64>,
@@ -449,6 +454,7 @@ impl Settings {
                     session::client_protocol::MAX_RECIPIENTS
                 ),
             },
+            poll_timeout: secs("poll_timeout", pick!(poll_timeout, default::POLL_TIMEOUT))?,
         };
         let reactor = ReactorConfig {
             listen,

@@ -25,7 +25,7 @@ use crossbeam_channel::Receiver;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 use protocol::CloseCode;
-use session::{CloseKind, Codecs, ConnId, Ctx, Effects, Event, Session, TransmitKind};
+use session::{CloseKind, Codecs, ConnId, Ctx, Effects, Event, Session, TransmitKind, Transport};
 use slab::Slab;
 use socket2::SockRef;
 
@@ -79,8 +79,11 @@ pub(crate) struct Conn<I> {
     /// Writing was shut down after a protocol error.
     write_shut: bool,
     gauge: Gauge,
-    /// Upgraded on `/ws` (broadcasts go to these, not to `/echo`).
+    /// A connection of a user: `/ws`, `/sse` or `/poll` (broadcasts go to these, not to
+    /// `/echo`).
     push_endpoint: bool,
+    /// How deliveries reach it (meaningful with `push_endpoint`).
+    transport: Transport,
     /// Listed in `Reactor::partial_order`.
     partial_listed: bool,
     /// Given frames this turn and listed in `Reactor::dirty`, to be written at its end.
@@ -480,18 +483,37 @@ impl<D: Driver> Reactor<D> {
                 stats.count_rejected(status.code());
                 self.set_gauge(key, Gauge::Neither);
             }
-            Event::Opened { uid, device, since } => {
+            Event::Opened {
+                uid,
+                device,
+                since,
+                transport,
+            } => {
                 stats.handshakes_ok.add(1);
+                stats.transport_opened[transport.index()].add(1);
+                stats.transport_connections[transport.index()].add(1);
                 self.set_gauge(key, Gauge::Upgraded);
                 if let Some(c) = self.conns.get_mut(key) {
                     c.push_endpoint = true;
+                    c.transport = transport;
                 }
                 if let Some(c) = cref {
                     let mut welcome = self.hooks.open(c, &uid, device.as_deref(), since);
-                    trim_replay(&mut welcome, &self.config.outbound);
+                    // A poll answers with the oldest of the replay and leaves the rest
+                    // for the next poll; the others queue the newest.
+                    if transport != Transport::Poll {
+                        trim_replay(&mut welcome, &self.config.outbound);
+                    }
                     self.with_session(key, |s, cx, fx| s.welcome(&uid, welcome, cx, fx));
                 }
             }
+            Event::HttpSend { uid, to, data } => {
+                stats.messages_in.add(1);
+                let result = self.hooks.send(&uid, &to, &data);
+                self.with_session(key, |s, cx, fx| s.send_answered(result, cx, fx));
+            }
+            Event::SendAnswered(status) => stats.count_send_answer(status),
+            Event::PollAnswered(messages) => stats.poll_answers[usize::from(messages)].add(1),
             Event::EchoOpened => {
                 stats.handshakes_ok.add(1);
                 self.set_gauge(key, Gauge::Upgraded);
@@ -643,6 +665,13 @@ impl<D: Driver> Reactor<D> {
             .conns
             .get(key)
             .is_some_and(|c| c.gauge == Gauge::Upgraded);
+        if let Some(c) = self
+            .conns
+            .get(key)
+            .filter(|c| c.push_endpoint && was_upgraded)
+        {
+            self.stats.transport_connections[c.transport.index()].sub(1);
+        }
         self.set_gauge(key, Gauge::Neither);
         let conn = self.conns.remove(key);
         if let Some((id, _)) = conn.timer {

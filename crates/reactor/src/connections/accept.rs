@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
-use session::Session;
+use session::{Session, Transport};
 
 use super::{Conn, Gauge, Reactor};
 use crate::admission::Verdict;
@@ -112,6 +112,7 @@ impl<D: Driver> Reactor<D> {
             write_shut: false,
             gauge: Gauge::Handshaking,
             push_endpoint: false,
+            transport: Transport::Ws,
             partial_listed: false,
             dirty: false,
         };
