@@ -361,7 +361,10 @@ fn a_stream_is_a_connection_of_its_user() {
     let (status, _) = post(gw.control_addr, "/v1/broadcast", r#"{"data":"all"}"#, None);
     assert_eq!(status, 200);
     let e = sse.next_event(Duration::from_secs(5)).unwrap();
-    assert_eq!((e.id.clone(), e.json()["data"].clone()), (None, json!("all")));
+    assert_eq!(
+        (e.id.clone(), e.json()["data"].clone()),
+        (None, json!("all"))
+    );
     ws.recv_json();
     // A kick closes the stream, with a last `close` event.
     let (status, body) = post(
@@ -553,6 +556,109 @@ fn http_send_reaches_a_ws_user_with_keep_alive_and_rate_limit() {
     let (status, _, v) = send_on(&mut s, "/send?uid=alice", "not json");
     assert_eq!((status, v["code"].as_str()), (400, Some("bad_json")));
     assert_eq!(gw.metric("pushgate_http_send_total{status=\"400\"}"), 2.0);
+}
+
+fn hs256(sub: &str, exp_in: u64) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + exp_in;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": sub, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(b"topsecret"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn tokens_origins_and_expiry_as_on_ws() {
+    let gw = Gateway::start(&[
+        "--jwt-secret",
+        "topsecret",
+        "--jwt-leeway",
+        "0",
+        "--allowed-origins",
+        "http://app.example",
+    ]);
+    let mut ws = Client::connect_with(
+        TcpStream::connect(gw.client_addr).unwrap(),
+        &format!("/ws?token={}", hs256("bob", 3600)),
+        "",
+    );
+    ws.recv_json();
+    // `POST /send` with the token in the Authorization header; the sender is the token's.
+    let body = r#"{"type":"send","to":["bob"],"data":1}"#;
+    let (status, answer) = post(gw.client_addr, "/send", body, Some(&hs256("alice", 3600)));
+    assert_eq!((status, answer.as_str()), (200, r#"{"ok":true}"#));
+    assert_eq!(ws.recv_json()["from"], "alice");
+    // `?uid=` means nothing once a secret is set; a bad token is refused.
+    assert_eq!(post(gw.client_addr, "/send?uid=alice", body, None).0, 401);
+    assert_eq!(
+        post(gw.client_addr, "/send", body, Some("not.a.jwt")).0,
+        401
+    );
+    // An allowed page gets the CORS header; another origin is refused.
+    let token = hs256("carol", 2);
+    let mut sse = Sse::open(
+        gw.client_addr,
+        &format!("/sse?token={token}"),
+        "Origin: http://app.example\r\n",
+    );
+    assert!(sse
+        .head
+        .contains("Access-Control-Allow-Origin: http://app.example"));
+    let (status, _) = get(
+        gw.client_addr,
+        &format!("/poll?token={token}"),
+        "Origin: http://evil.example\r\n",
+    );
+    assert_eq!(status, 403);
+    // A browser's preflight before a cross-origin `/send` with a token header.
+    let mut s = TcpStream::connect(gw.client_addr).unwrap();
+    s.write_all(b"OPTIONS /send HTTP/1.1\r\nHost: x\r\nOrigin: http://app.example\r\n\r\n")
+        .unwrap();
+    let mut head = String::new();
+    s.read_to_string(&mut head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 204 "), "{head}");
+    assert!(
+        head.contains("Access-Control-Allow-Headers: Authorization"),
+        "{head}"
+    );
+    assert!(
+        head.contains("Access-Control-Allow-Origin: http://app.example"),
+        "{head}"
+    );
+    // The token expires while streaming: closed as policy (1008), like `/ws`.
+    sse.next_event(Duration::from_secs(5)).unwrap();
+    let e = sse.next_event(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        (e.event.as_deref(), e.json()["code"].as_u64()),
+        (Some("close"), Some(1008))
+    );
+    assert!(sse.closed_within(Duration::from_secs(5)));
+    assert_eq!(gw.metric("pushgate_policy_closes_total"), 1.0);
+}
+
+#[test]
+fn curl_sends_with_expect_continue() {
+    let gw = Gateway::start(&[]);
+    let mut bob = Client::connect(gw.client_addr, "/ws?uid=bob");
+    bob.recv_json();
+    // curl waits for `100 Continue` before the body (here longer than its whole budget).
+    let big = "y".repeat(4000);
+    let body = json!({"type": "send", "to": ["bob"], "data": big}).to_string();
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "--expect100-timeout", "60"])
+        .args(["-H", "Expect: 100-continue", "-H"])
+        .arg("Content-Type: application/json")
+        .args(["--data-binary", &body])
+        .arg(format!("http://{}/send?uid=alice", gw.client_addr))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), r#"{"ok":true}"#);
+    assert_eq!(bob.recv_json()["data"], json!(big));
 }
 
 #[test]

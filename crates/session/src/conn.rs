@@ -836,6 +836,23 @@ impl Session {
         fx: &mut Effects,
     ) {
         let path = req.path();
+        let origin = req.header("origin");
+        if let (Some(allowed), Some(o)) = (&cx.config.allowed_origins, origin) {
+            if !allowed.iter().any(|a| a.as_bytes() == o) {
+                return self.refuse(Status::Forbidden, "origin not allowed", fx);
+            }
+        }
+        if req.method() == "OPTIONS" {
+            // A browser's CORS preflight, before a `/send` with `Authorization` or a JSON
+            // content type from another origin.
+            fx.send(
+                TransmitKind::Handshake,
+                Bytes::from(fallback::preflight_response(origin)),
+            );
+            self.phase = Phase::Closed;
+            fx.close = Some(CloseKind::Graceful);
+            return;
+        }
         let method = if path == "/send" { "POST" } else { "GET" };
         if req.method() != method {
             return self.refuse(
@@ -843,12 +860,6 @@ impl Session {
                 "wrong method for this endpoint",
                 fx,
             );
-        }
-        let origin = req.header("origin");
-        if let (Some(allowed), Some(o)) = (&cx.config.allowed_origins, origin) {
-            if !allowed.iter().any(|a| a.as_bytes() == o) {
-                return self.refuse(Status::Forbidden, "origin not allowed", fx);
-            }
         }
         let id = match authenticate(&cx.config.auth, &req, SystemTime::now()) {
             Ok(id) => id,

@@ -167,6 +167,19 @@ pub fn json_response(status: u16, body: &[u8], keep_alive: bool, origin: Option<
     Bytes::from(out)
 }
 
+/// The answer to a CORS preflight (`OPTIONS`) from an allowed origin.
+pub fn preflight_response(origin: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 204 No Content\r\n");
+    cors(&mut out, origin);
+    out.extend_from_slice(
+        b"Access-Control-Allow-Methods: GET, POST\r\n\
+          Access-Control-Allow-Headers: Authorization, Content-Type, Last-Event-ID\r\n\
+          Access-Control-Max-Age: 600\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    out
+}
+
 /// A browser page on another origin may read the answer: the origin passed the
 /// `--allowed-origins` check already (or any is allowed).
 fn cors(out: &mut Vec<u8>, origin: Option<&[u8]>) {
