@@ -1,5 +1,11 @@
 //! A non-blocking WebSocket client connection for the load tool, driven by a mio loop:
 //! connect from a chosen source address, send the upgrade, read the 101, then frames.
+//!
+//! A subscribe path starting with `/sse` makes it a Server-Sent Events client instead
+//! (pushgate's fallback transport): a plain `GET`, a `200` head, then each event's `data`
+//! handed over as a text message, so every scenario measures either transport. A path
+//! starting with `/poll` is a long poll: open (parked) once its request is written; an
+//! answer ends it (the idle scenario holds polls parked, nothing more).
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -33,6 +39,10 @@ pub(crate) struct WsConn {
     decoder: Decoder,
     /// Frames waiting for room in the socket.
     out: Vec<u8>,
+    /// An event stream rather than a WebSocket.
+    sse: bool,
+    /// A long poll rather than a WebSocket.
+    poll: bool,
 }
 
 impl WsConn {
@@ -52,10 +62,16 @@ impl WsConn {
             Err(e) if e.raw_os_error() == Some(115) || e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
+        let sse = path.starts_with("/sse");
+        let poll = path.starts_with("/poll");
+        let request = if sse || poll {
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n")
+        } else {
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+        }
         .into_bytes();
         Ok(WsConn {
             stream: TcpStream::from_std(socket.into()),
@@ -65,6 +81,8 @@ impl WsConn {
             buf: BytesMut::new(),
             decoder: Decoder::new(),
             out: Vec::new(),
+            sse,
+            poll,
         })
     }
 
@@ -111,12 +129,21 @@ impl WsConn {
                     }
                 }
             }
-            self.phase = Phase::Upgrading;
+            self.phase = if self.poll {
+                Phase::Open
+            } else {
+                Phase::Upgrading
+            };
         }
         let mut chunk = [0u8; 16 * 1024];
         loop {
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
+                    self.phase = Phase::Failed;
+                    return;
+                }
+                Ok(_) if self.poll => {
+                    // Answered: the poll is over.
                     self.phase = Phase::Failed;
                     return;
                 }
@@ -142,11 +169,25 @@ impl WsConn {
                 return;
             };
             let head = self.buf.split_to(end + 4);
-            self.phase = if head.starts_with(b"HTTP/1.1 101") {
+            let ok: &[u8] = if self.sse {
+                b"HTTP/1.1 200"
+            } else {
+                b"HTTP/1.1 101"
+            };
+            self.phase = if head.starts_with(ok) {
                 Phase::Open
             } else {
                 Phase::Failed
             };
+        }
+        if self.phase == Phase::Open && self.sse {
+            while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let event = self.buf.split_to(end + 2);
+                if let Some(data) = sse_data(&event) {
+                    out.push(Message::Text(data));
+                }
+            }
+            return;
         }
         if self.phase == Phase::Open {
             let cfg = DecoderConfig::client();
@@ -155,4 +196,21 @@ impl WsConn {
             }
         }
     }
+}
+
+/// The `data` of one event (its `data:` lines joined by `\n`); `None` for a comment or a
+/// `retry:` block.
+fn sse_data(event: &[u8]) -> Option<bytes::Bytes> {
+    let mut data = Vec::new();
+    let mut any = false;
+    for line in event.split(|&b| b == b'\n') {
+        if let Some(v) = line.strip_prefix(b"data:") {
+            if any {
+                data.push(b'\n');
+            }
+            any = true;
+            data.extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
+        }
+    }
+    any.then(|| bytes::Bytes::from(data))
 }
