@@ -501,8 +501,12 @@ impl<D: Driver> Reactor<D> {
                     let mut welcome = self.hooks.open(c, &uid, device.as_deref(), since);
                     // A poll answers with the oldest of the replay and leaves the rest
                     // for the next poll; the others queue the newest.
-                    if transport != Transport::Poll {
-                        trim_replay(&mut welcome, &self.config.outbound);
+                    match transport {
+                        Transport::Ws => trim_replay(&mut welcome, &self.config.outbound, 0),
+                        Transport::Sse => {
+                            trim_replay(&mut welcome, &self.config.outbound, SSE_EVENT_OVERHEAD)
+                        }
+                        Transport::Poll => {}
                     }
                     self.with_session(key, |s, cx, fx| s.welcome(&uid, welcome, cx, fx));
                 }
@@ -700,23 +704,29 @@ impl<D: Driver> Reactor<D> {
     }
 }
 
+/// Most an event is longer than the frame of the same message: `id: <20 digits>\n`,
+/// `data: `, the blank line.
+const SSE_EVENT_OVERHEAD: usize = 4 + 20 + 1 + 6 + 2;
+
 /// Keeps the replay behind a `welcome` within the connection's outbound queue, with room
 /// for the `welcome` and an `error`: past that the connection would be closed as a slow
 /// consumer before it read anything, and again on every reconnect. The newest messages
 /// are kept, so the client's view runs without a gap into the live ones, and the welcome
 /// says `recovered: false` (the client resyncs the older part from its backend).
-fn trim_replay(welcome: &mut session::Welcome, limits: &crate::OutboundLimits) {
+/// `extra` is what each message grows by on its way to the connection (an event's `id:`
+/// and `data:` lines against a frame's header).
+fn trim_replay(welcome: &mut session::Welcome, limits: &crate::OutboundLimits, extra: usize) {
     /// Room kept for the `welcome` and an `error` frame.
     const RESERVED_BYTES: usize = 2048;
     let max_messages = limits.max_messages.saturating_sub(2);
     let max_bytes = limits.max_bytes.saturating_sub(RESERVED_BYTES);
     let (mut n, mut bytes) = (0, 0);
     for frame in welcome.replay.iter().rev() {
-        if n + 1 > max_messages || bytes + frame.len() > max_bytes {
+        if n + 1 > max_messages || bytes + frame.len() + extra > max_bytes {
             break;
         }
         n += 1;
-        bytes += frame.len();
+        bytes += frame.len() + extra;
     }
     let drop = welcome.replay.len() - n;
     if drop > 0 {

@@ -269,25 +269,20 @@ impl Session {
         matches!(self.phase, Phase::Open(_) | Phase::Sse(_) | Phase::Poll(_))
     }
 
-    /// How deliveries reach this connection, while it takes them.
-    pub fn transport(&self) -> Option<Transport> {
-        match &self.phase {
-            Phase::Open(o) if o.endpoint == Endpoint::Push => Some(Transport::Ws),
-            Phase::Sse(_) => Some(Transport::Sse),
-            Phase::Poll(_) => Some(Transport::Poll),
-            _ => None,
-        }
-    }
-
     /// Still in the upgrade handshake.
     pub fn is_handshaking(&self) -> bool {
         matches!(self.phase, Phase::Handshake(_))
     }
 
-    /// Still handshaking with part of a request received: an honest client sends its
-    /// request in one go, so one that stops midway is dribbling (or very slow).
+    /// Still handshaking with part of a request received (a `/send` body included): an
+    /// honest client sends its request in one go, so one that stops midway is dribbling
+    /// (or very slow).
     pub fn handshake_partial(&self) -> bool {
-        matches!(&self.phase, Phase::Handshake(hs) if hs.parser.buffered() > 0)
+        match &self.phase {
+            Phase::Handshake(hs) => hs.parser.buffered() > 0,
+            Phase::Send(send) => send.body.len() < send.need,
+            _ => false,
+        }
     }
 
     /// Finished: the driver closes the socket once its queue is flushed.
@@ -622,8 +617,7 @@ impl Session {
         let parsed = client_protocol::parse(&send.body, cx.config.max_recipients);
         send.body = BytesMut::new();
         match parsed {
-            Ok(req) if !send.rate.take(cx.now, cx.config.client_rate) => {
-                let _ = req;
+            Ok(_) if !send.rate.take(cx.now, cx.config.client_rate) => {
                 let close = send.rate.refused_in_a_row >= MAX_RATE_LIMITED_IN_A_ROW;
                 fx.events.push(Event::RateLimited);
                 if close {
