@@ -387,6 +387,8 @@ fn a_stream_is_a_connection_of_its_user() {
     let mut s3 = Sse::open(gw.client_addr, "/sse?uid=carol&device=tablet", "");
     s3.next_event(Duration::from_secs(5)).unwrap();
     assert_eq!(ws.expect_close(Duration::from_secs(5)).0, 4008);
+    // Counted until the socket goes (the close handshake); the client hangs up.
+    drop(ws);
     assert!(gw.eventually(Duration::from_secs(5), |g| g
         .metric("pushgate_transport_connections{transport=\"sse\"}")
         == 2.0
