@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser};
 use protocol::deflate::DeflateConfig;
 use protocol::{DecoderConfig, Role};
@@ -226,6 +226,13 @@ pub struct Keys {
     /// io_uring: bytes per receive buffer [default: 4096].
     #[arg(long, env = "PUSHGATE_IO_URING_BUFFER_SIZE")]
     pub io_uring_buffer_size: Option<usize>,
+    /// PEM certificate chain, leaf first: with --tls-key, the client listener serves
+    /// wss:// only (TLS 1.2 and 1.3); SIGHUP reloads both files [default: none, ws://].
+    #[arg(long, env = "PUSHGATE_TLS_CERT")]
+    pub tls_cert: Option<String>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1) [default: none].
+    #[arg(long, env = "PUSHGATE_TLS_KEY")]
+    pub tls_key: Option<String>,
     /// Reconnect backoff advertised in welcome: first delay in ms [default: 1000].
     #[arg(long, env = "PUSHGATE_RECONNECT_BASE_MS")]
     pub reconnect_base_ms: Option<u64>,
@@ -374,6 +381,28 @@ fn bus_ping_timeout(v: f64) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
+/// The client listener's TLS, when a certificate and key are configured: read now, so a
+/// bad or missing file stops the node at start with the reason.
+fn tls_acceptor(
+    cert: &Option<String>,
+    key: &Option<String>,
+) -> anyhow::Result<Option<reactor::tls::TlsAcceptor>> {
+    let given = |p: &Option<String>| p.clone().filter(|p| !p.is_empty());
+    match (given(cert), given(key)) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => {
+            let files = reactor::tls::TlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+            };
+            let acceptor =
+                reactor::tls::TlsAcceptor::new(files).map_err(|e| anyhow!("TLS: {e}"))?;
+            Ok(Some(acceptor))
+        }
+        _ => bail!("tls_cert and tls_key go together: give both or neither"),
+    }
+}
+
 impl Settings {
     /// Resolves flags over the file over the defaults. `fd_limit` is the open-files limit
     /// after raising it, from which the default capacity is derived.
@@ -495,6 +524,7 @@ impl Settings {
                 n @ 64..=1_048_576 => n,
                 n => bail!("io_uring_buffer_size must be between 64 and 1048576, got {n}"),
             },
+            tls: tls_acceptor(&k.tls_cert, &k.tls_key)?,
             session,
             service: Some(ServiceConfig {
                 listen: control,

@@ -13,7 +13,7 @@ use pushgate::metrics::{Metrics, Sources};
 use reactor::Server;
 use router::{NatsBus, NatsConfig, Router, RouterHooks};
 use session::AuthMode;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -42,14 +42,38 @@ fn init_logging(json: bool) {
     }
 }
 
+/// `SIGHUP`: the certificate and key are read again for new connections; connections
+/// already made keep theirs. A pair that fails to load leaves the old one in service.
+fn reload_tls(tls: Option<&reactor::tls::TlsAcceptor>) {
+    let Some(tls) = tls else {
+        tracing::info!("SIGHUP: no TLS configured, nothing to reload");
+        return;
+    };
+    match tls.reload() {
+        Ok(()) => match tls.validity_problem() {
+            Some(problem) => {
+                tracing::warn!(
+                    "TLS certificate reloaded, but it is {problem}: clients will refuse it"
+                )
+            }
+            None => tracing::info!(cert = %tls.files().cert.display(), "TLS certificate reloaded"),
+        },
+        Err(e) => tracing::error!("TLS reload failed, still serving the previous certificate: {e}"),
+    }
+}
+
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let fd_limit = limits::raise_nofile().context("raising the open-files limit")?;
     let settings = Settings::resolve(cli, fd_limit)?;
     init_logging(settings.log_json);
     let node_id = settings.node_id.clone();
 
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .context("installing signal handlers")?;
+    let tls = settings.reactor.tls.clone();
+    if let Some(problem) = tls.as_ref().and_then(|t| t.validity_problem()) {
+        tracing::warn!(cert = %tls.as_ref().map_or_else(Default::default, |t| t.files().cert.display().to_string()), "the TLS certificate is {problem}: clients will refuse it");
+    }
     let nats = match &settings.bus {
         Some(bus) => Some(Arc::new(
             NatsBus::new(NatsConfig {
@@ -105,6 +129,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         router: Arc::clone(&router),
         api: Arc::clone(&api_stats),
         operator: Arc::clone(&operator_stats),
+        tls: tls.clone(),
         node_id: node_id.clone(),
     })
     .context("registering the metrics")?;
@@ -151,13 +176,18 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         bus = settings.bus.as_ref().map_or("in-process", |b| b.url.as_str()),
         history_size = if router.keeps_history() { settings.history.size } else { 0 },
         io = server.io_backend(),
+        tls = tls.is_some(),
         "pushgate started"
     );
 
     // Wait for a signal, watching the reactors meanwhile.
     let mut failed = false;
     loop {
-        if let Some(sig) = signals.pending().next() {
+        let pending: Vec<i32> = signals.pending().collect();
+        if pending.contains(&SIGHUP) {
+            reload_tls(tls.as_ref());
+        }
+        if let Some(&sig) = pending.iter().find(|&&s| s != SIGHUP) {
             tracing::info!(
                 signal = sig,
                 drain_secs = settings.shutdown_drain.as_secs_f64(),

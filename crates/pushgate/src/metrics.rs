@@ -15,7 +15,7 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use reactor::admission::Admission;
 use reactor::stats::{
     Histogram, DROP_REASONS, LATENCY_BUCKETS_US, POLL_RESULTS, PROTOCOL_CLOSE_CODES,
-    REJECT_STATUSES, SERVICE_EVICT_REASONS, TRANSPORTS,
+    REJECT_STATUSES, SERVICE_EVICT_REASONS, TLS_FAILURE_CAUSES, TRANSPORTS,
 };
 use reactor::{ReactorHandle, ReactorStats, INBOX_DROP_REASONS};
 use router::bus::stats::REFUSE_REASONS;
@@ -88,6 +88,14 @@ pub mod names {
     /// Counter: io_uring receives that found every receive buffer taken (`ENOBUFS`).
     pub const IO_URING_RECV_BUFFERS_EXHAUSTED: &str =
         "pushgate_io_uring_recv_buffers_exhausted_total";
+    /// Counter: TLS handshakes completed, by kind.
+    pub const TLS_HANDSHAKES: &str = "pushgate_tls_handshakes_total";
+    /// Counter: TLS connections failed, by cause.
+    pub const TLS_FAILURES: &str = "pushgate_tls_failures_total";
+    /// Counter: certificate reloads, by result.
+    pub const TLS_RELOADS: &str = "pushgate_tls_reloads_total";
+    /// Gauge: the served certificate's notAfter.
+    pub const TLS_CERT_NOT_AFTER: &str = "pushgate_tls_cert_not_after_seconds";
     /// Gauge: users with a connection on this node.
     pub const USERS_ONLINE: &str = "pushgate_users_online";
     /// Gauge: rooms with a member on this node.
@@ -170,6 +178,8 @@ pub struct Sources {
     pub api: Arc<ApiStats>,
     /// Presence and disconnect counters.
     pub operator: Arc<OperatorStats>,
+    /// The client listener's TLS, when it serves `wss://`.
+    pub tls: Option<reactor::tls::TlsAcceptor>,
     /// This node's name.
     pub node_id: String,
 }
@@ -192,7 +202,8 @@ impl Metrics {
             ("bus", bus),
             ("operator", operator_part),
         ];
-        for (name, build) in parts {
+        let tls: Option<(&'static str, Build)> = sources.tls.is_some().then_some(("tls", tls_part));
+        for (name, build) in parts.into_iter().chain(tls) {
             let collector = SumAtScrape::new(name, sources.clone(), build)?;
             registry.register(Box::new(collector))?;
         }
@@ -603,6 +614,48 @@ fn inboxes(src: &Sources, out: &mut Families) {
         "reactor",
         backlog.iter().enumerate().map(|(i, b)| (i, b.1 as u64)),
     );
+}
+
+/// The client listener's TLS (only when it serves `wss://`).
+fn tls_part(src: &Sources, out: &mut Families) {
+    use names::*;
+    let reactors = src.reactors.as_slice();
+    out.family(
+        TLS_HANDSHAKES,
+        COUNTER,
+        "TLS handshakes completed, by kind: full, or resumed with a session ticket.",
+        "kind",
+        ["full", "resumed"]
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k, sum(reactors, |s| s.tls_handshakes[i].get()))),
+    );
+    out.family(
+        TLS_FAILURES,
+        COUNTER,
+        "TLS connections failed, by cause: not_tls (first bytes not TLS), handshake, truncated (hung up mid-handshake), record (bad record after the handshake).",
+        "cause",
+        TLS_FAILURE_CAUSES
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c, sum(reactors, |s| s.tls_failures[i].get()))),
+    );
+    if let Some(tls) = &src.tls {
+        let (ok, failed) = tls.reloads();
+        out.family(
+            TLS_RELOADS,
+            COUNTER,
+            "Certificate reloads on SIGHUP, by result; a failed one keeps the previous pair.",
+            "result",
+            [("ok", ok), ("failed", failed)],
+        );
+        out.single(
+            TLS_CERT_NOT_AFTER,
+            GAUGE,
+            "When the certificate served expires, in seconds since the Unix epoch.",
+            tls.not_after().max(0) as u64,
+        );
+    }
 }
 
 /// The control listener and the server API.

@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::tls::TestPki;
 use common::Gateway;
 
 const LIMIT_ARGS: [&str; 2] = ["--max-message-size", "100000"];
@@ -22,9 +23,15 @@ fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/conformance")
 }
 
-fn run_client(program: &str, script: &str) {
-    let gw = Gateway::start(&LIMIT_ARGS);
-    let out = Command::new(program)
+fn run_client(program: &str, script: &str, tls: Option<&TestPki>) {
+    let mut args: Vec<String> = LIMIT_ARGS.iter().map(|a| a.to_string()).collect();
+    args.extend(tls.iter().flat_map(|p| p.args()));
+    let gw = Gateway::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut cmd = Command::new(program);
+    if let Some(p) = tls {
+        cmd.env("PUSHGATE_WSS_CA", &p.ca);
+    }
+    let out = cmd
         .arg(script)
         .arg(gw.client_addr.to_string())
         .current_dir(dir())
@@ -39,16 +46,42 @@ fn run_client(program: &str, script: &str) {
     );
     assert!(stdout.contains("0 failed"), "{stdout}");
     assert!(stdout.matches("PASS").count() >= 9, "{stdout}");
+    if tls.is_some() {
+        let full = gw.metric(r#"pushgate_tls_handshakes_total{kind="full"}"#);
+        let resumed = gw.metric(r#"pushgate_tls_handshakes_total{kind="resumed"}"#);
+        assert!(
+            full + resumed >= 9.0,
+            "every case went over TLS: {full} + {resumed}"
+        );
+    }
 }
 
 #[test]
 fn python_websockets_client() {
-    run_client("python3", "client.py");
+    run_client("python3", "client.py", None);
 }
 
 #[test]
 fn node_ws_client() {
-    run_client("node", "client.mjs");
+    run_client("node", "client.mjs", None);
+}
+
+#[test]
+fn python_websockets_client_over_wss() {
+    run_client(
+        "python3",
+        "client.py",
+        Some(&TestPki::new("py", "pushgate-test")),
+    );
+}
+
+#[test]
+fn node_ws_client_over_wss() {
+    run_client(
+        "node",
+        "client.mjs",
+        Some(&TestPki::new("node", "pushgate-test")),
+    );
 }
 
 /// Serves the test page and receives its results.
@@ -111,12 +144,31 @@ fn page_server() -> (u16, mpsc::Receiver<String>) {
 
 #[test]
 fn headless_chromium() {
-    let gw = Gateway::start(&LIMIT_ARGS);
+    chromium(None);
+}
+
+/// The browser is told to accept the test certificate: a test cannot add a CA to the
+/// NSS store of the machine it runs on.
+#[test]
+fn headless_chromium_over_wss() {
+    chromium(Some(&TestPki::new("chromium", "pushgate-test")));
+}
+
+fn chromium(tls: Option<&TestPki>) {
+    let mut args: Vec<String> = LIMIT_ARGS.iter().map(|a| a.to_string()).collect();
+    args.extend(tls.iter().flat_map(|p| p.args()));
+    let gw = Gateway::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let (port, results) = page_server();
-    let profile = std::env::temp_dir().join(format!("pushgate-chromium-{}", std::process::id()));
-    let url = format!("http://127.0.0.1:{port}/page?ws={}", gw.client_addr.port());
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let profile =
+        std::env::temp_dir().join(format!("pushgate-chromium-{scheme}-{}", std::process::id()));
+    let url = format!(
+        "http://127.0.0.1:{port}/page?ws={}&scheme={scheme}",
+        gw.client_addr.port()
+    );
     let mut browser = Command::new("chromium")
         .args([
+            "--ignore-certificate-errors",
             "--headless",
             "--no-sandbox",
             "--disable-gpu",

@@ -52,6 +52,8 @@ pub struct ReactorConfig {
     pub io_uring_buffers: u16,
     /// io_uring backend: bytes per receive buffer.
     pub io_uring_buffer_size: usize,
+    /// Serve `wss://` only: every client connection starts with a TLS handshake.
+    pub tls: Option<crate::tls::TlsAcceptor>,
 }
 
 impl Default for ReactorConfig {
@@ -78,6 +80,7 @@ impl Default for ReactorConfig {
             io: crate::IoBackend::Auto,
             io_uring_buffers: 64,
             io_uring_buffer_size: 4096,
+            tls: None,
         }
     }
 }

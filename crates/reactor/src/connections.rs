@@ -20,7 +20,7 @@ use std::net::{IpAddr, Shutdown};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Receiver;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
@@ -37,6 +37,7 @@ use crate::inbox::{Command, ConnRef, Hooks, InboxShared};
 use crate::outbound::Outbound;
 use crate::service::ServiceConns;
 use crate::stats::ReactorStats;
+use crate::tls::TlsStream;
 use crate::wheel::{TimerId, Wheel};
 
 mod accept;
@@ -72,6 +73,11 @@ pub(crate) struct Conn<I> {
     verdict: Verdict,
     pub(crate) generation: u32,
     session: Session,
+    /// A `wss://` connection's TLS state: received bytes are decrypted before the session
+    /// sees them, and `out` seals what it writes.
+    pub(crate) tls: Option<Box<TlsStream>>,
+    /// close_notify was queued (or TLS failed, and none can be).
+    tls_closed: bool,
     pub(crate) out: Outbound,
     timer: Option<(TimerId, u64)>,
     /// The session is done; close once the queue is flushed.
@@ -128,6 +134,8 @@ pub(crate) struct Reactor<D: Driver> {
     codecs: Codecs,
     /// Received bytes on their way to a session, reused by every connection.
     pub(crate) read_buf: BytesMut,
+    /// What TLS decrypted from `read_buf`, reused likewise.
+    plain_buf: BytesMut,
     fx: Effects,
     drain: Option<DrainPlan>,
     accept_tokens: f64,
@@ -187,6 +195,7 @@ impl<D: Driver> Reactor<D> {
             stats,
             hooks,
             read_buf: BytesMut::new(),
+            plain_buf: BytesMut::new(),
             fx: Effects::default(),
             drain: None,
             accept_tokens: 0.0,
@@ -344,18 +353,73 @@ impl<D: Driver> Reactor<D> {
 
     // ---- socket events ---------------------------------------------------------------
 
-    /// The bytes in `read_buf` arrived on the connection: its session takes them.
+    /// The bytes in `read_buf` arrived on the connection: its session takes them (through
+    /// TLS, on a `wss://` connection).
     pub(crate) fn on_received(&mut self, key: usize) {
         self.stats.bytes_in.add(self.read_buf.len() as u64);
         let mut input = std::mem::take(&mut self.read_buf);
-        self.with_session(key, |s, cx, fx| s.handle_input(&mut input, cx, fx));
+        if self.conns.get(key).is_some_and(|c| c.tls.is_some()) {
+            let mut plain = std::mem::take(&mut self.plain_buf);
+            let peer_closed = self.decrypt(key, &input, &mut plain);
+            if !plain.is_empty() {
+                self.with_session(key, |s, cx, fx| s.handle_input(&mut plain, cx, fx));
+            }
+            if peer_closed {
+                self.on_eof(key);
+            }
+            plain.clear();
+            self.plain_buf = plain;
+        } else {
+            self.with_session(key, |s, cx, fx| s.handle_input(&mut input, cx, fx));
+        }
         input.clear();
         self.read_buf = input;
         self.note_partial_request(key);
     }
 
+    /// Runs received ciphertext through the connection's TLS: the plaintext into `plain`,
+    /// TLS's answers onto the queue and out. True when the peer sent close_notify. A TLS
+    /// failure is counted, its alert sent, and the connection closed once that is out.
+    fn decrypt(&mut self, key: usize, ciphertext: &[u8], plain: &mut BytesMut) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        let Some(tls) = conn.tls.as_deref_mut() else {
+            return false;
+        };
+        let handshaking = tls.is_handshaking();
+        let mut answer = Vec::new();
+        let result = tls.read_tls(ciphertext, plain, &mut answer);
+        conn.out.push_sealed(Bytes::from(answer));
+        let peer_closed = match result {
+            Ok(()) => {
+                if handshaking && !tls.is_handshaking() {
+                    self.stats.tls_handshakes[usize::from(tls.resumed())].add(1);
+                }
+                tls.peer_closed()
+            }
+            Err(e) => {
+                crate::tls::count_failure(&self.stats, handshaking, &e);
+                conn.tls_closed = true;
+                conn.close_after_flush = true;
+                plain.clear();
+                self.rearm(key, Instant::now());
+                false
+            }
+        };
+        self.flush(key);
+        peer_closed
+    }
+
     /// The peer will send nothing more.
     pub(crate) fn on_eof(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if conn.tls.as_ref().is_some_and(|t| t.is_handshaking()) && !conn.tls_closed {
+                // A truncated TLS handshake: the session's EOF handling closes it.
+                conn.tls_closed = true;
+                crate::tls::count_truncated(&self.stats);
+            }
+        }
         self.with_session(key, |s, _, fx| s.handle_eof(fx));
     }
 
@@ -618,6 +682,16 @@ impl<D: Driver> Reactor<D> {
             return;
         }
         if conn.close_after_flush {
+            if let (Some(tls), false) = (conn.tls.as_deref_mut(), conn.tls_closed) {
+                // The peer learns the stream ended here, not by truncation.
+                conn.tls_closed = true;
+                let mut notify = Vec::new();
+                if !tls.is_handshaking() && tls.close(&mut notify).is_ok() {
+                    conn.out.push_sealed(Bytes::from(notify));
+                    self.flush(key);
+                    return;
+                }
+            }
             self.remove(key, false);
         } else if conn.write_shut {
             let _ = conn.stream.shutdown(Shutdown::Write);

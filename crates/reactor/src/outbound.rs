@@ -9,14 +9,26 @@
 //! The limits bound the backlog, not the message: one message of any size the server
 //! permits is accepted onto an empty queue, as nginx and uWebSockets do, so a push up to
 //! the message limit is deliverable whatever the outbound limit.
+//!
+//! On a TLS connection the queue also seals: frames wait as plaintext (so the limits,
+//! the pong rule and a slow consumer's discard work as above) and are encrypted only
+//! when the socket can take them, one batch at a time ([`Outbound::seal`]); ciphertext,
+//! whose records carry sequence numbers and so can be neither dropped nor reordered,
+//! goes out first and alone.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
 use bytes::{Buf, Bytes};
 
+use crate::tls::{TlsError, TlsStream};
+
 /// Most slices handed to one `writev`.
 const MAX_IOVECS: usize = 64;
+/// Plaintext sealed at once, at most (and at least one frame): what is sealed is no
+/// longer counted against the limits, so the batch bounds the ciphertext a slow reader
+/// can hold besides them.
+const SEAL_BATCH: usize = 64 * 1024;
 
 /// The queue limit was reached: the consumer is too slow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +48,11 @@ pub struct OutboundLimits {
 pub struct Outbound {
     /// The rest of the frame being written, wherever it came from.
     current: Option<Bytes>,
+    /// TLS output in the order it was made (records of sealed frames, handshake flights,
+    /// alerts): written before any plaintext is sealed.
+    sealed: VecDeque<Bytes>,
+    /// A TLS connection's queue: control and data frames are sealed before they go out.
+    sealing: bool,
     /// Pings, handshake bytes and at most one pong (a newer pong replaces a waiting one).
     control: VecDeque<Bytes>,
     data: VecDeque<Bytes>,
@@ -60,15 +77,25 @@ pub struct InFlight {
 enum From {
     /// The frame already being written (the rest of it).
     Current,
+    Sealed,
     Control,
     /// A data frame (counted against the limits while in flight).
     Data,
 }
 
 impl Outbound {
+    /// The queue of a TLS connection: frames go out only through [`Outbound::seal`].
+    pub fn sealing() -> Outbound {
+        Outbound {
+            sealing: true,
+            ..Outbound::default()
+        }
+    }
+
     /// Nothing left to write.
     pub fn is_empty(&self) -> bool {
         self.current.is_none()
+            && self.sealed.is_empty()
             && self.control.is_empty()
             && self.data.is_empty()
             && self.in_flight == 0
@@ -76,7 +103,10 @@ impl Outbound {
 
     /// Whether frames wait that no send has taken yet.
     pub fn has_unsent(&self) -> bool {
-        self.current.is_some() || !self.control.is_empty() || !self.data.is_empty()
+        self.current.is_some()
+            || !self.sealed.is_empty()
+            || !self.control.is_empty()
+            || !self.data.is_empty()
     }
 
     /// Whether an asynchronous send holds some of the queue.
@@ -88,7 +118,47 @@ impl Outbound {
     pub fn queued_bytes(&self) -> usize {
         self.data_bytes
             + self.current.as_ref().map_or(0, Bytes::len)
+            + self.sealed.iter().map(Bytes::len).sum::<usize>()
             + self.control.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    /// Queues TLS output that is not a sealed frame (a handshake flight, a ticket, an
+    /// alert, close_notify), behind the ciphertext already made.
+    pub fn push_sealed(&mut self, ciphertext: Bytes) {
+        if !ciphertext.is_empty() {
+            self.sealed.push_back(ciphertext);
+        }
+    }
+
+    /// Encrypts the next batch of frames (control first, as [`Outbound::flush`] orders
+    /// them), once the ciphertext made before has gone: frames stay plaintext, counted
+    /// and discardable, for as long as the socket is not taking them.
+    pub fn seal(&mut self, tls: &mut TlsStream) -> Result<(), TlsError> {
+        if !self.sealing
+            || self.current.is_some()
+            || !self.sealed.is_empty()
+            || self.in_flight > 0
+            || (self.control.is_empty() && self.data.is_empty())
+        {
+            return Ok(());
+        }
+        let mut out = Vec::new();
+        let (mut plain, mut frames) = (0, 0);
+        while plain < SEAL_BATCH && frames < MAX_IOVECS {
+            let frame = if let Some(f) = self.control.pop_front() {
+                f
+            } else if let Some(f) = self.data.pop_front() {
+                self.data_bytes -= f.len();
+                f
+            } else {
+                break;
+            };
+            tls.write_plain(&frame, &mut out)?;
+            plain += frame.len();
+            frames += 1;
+        }
+        self.push_sealed(Bytes::from(out));
+        Ok(())
     }
 
     /// Queues a control frame (or handshake bytes): never refused.
@@ -137,22 +207,30 @@ impl Outbound {
         self.data_bytes = 0;
     }
 
-    /// Writes as much as `w` takes with vectored writes. `Ok(n)` is the bytes written; the
-    /// queue is empty or the writer said `WouldBlock`.
-    pub fn flush<W: Write>(&mut self, w: &mut W) -> io::Result<usize> {
+    /// Writes as much as `w` takes with vectored writes, sealing with `tls` on a TLS
+    /// connection. `Ok(n)` is the bytes written; the queue is empty or the writer said
+    /// `WouldBlock`.
+    pub fn flush<W: Write>(
+        &mut self,
+        mut tls: Option<&mut TlsStream>,
+        w: &mut W,
+    ) -> io::Result<usize> {
         let mut total = 0;
         while !self.is_empty() {
+            if let Some(tls) = tls.as_deref_mut() {
+                self.seal(tls).map_err(io::Error::other)?;
+            }
             let n = {
                 let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
                 let mut count = 0;
-                let order = self
-                    .current
-                    .iter()
-                    .chain(self.control.iter())
-                    .chain(self.data.iter());
-                for b in order.take(MAX_IOVECS) {
+                for b in self.in_order().take(MAX_IOVECS) {
                     slices[count] = IoSlice::new(b);
                     count += 1;
+                }
+                if count == 0 {
+                    // Plaintext of a TLS connection flushed without its TLS state: it
+                    // must wait rather than go out in the clear.
+                    return Ok(total);
                 }
                 // One frame (the common case for a push or an echo) goes out with a plain
                 // `send`, which the kernel handles with less work than a one-slice `writev`.
@@ -175,15 +253,29 @@ impl Outbound {
         Ok(total)
     }
 
+    /// What `flush` writes, in order: ciphertext, then (unless the queue seals) plaintext.
+    fn in_order(&self) -> impl Iterator<Item = &Bytes> {
+        let plain = (!self.sealing).then_some(self.control.iter().chain(self.data.iter()));
+        self.current
+            .iter()
+            .chain(self.sealed.iter())
+            .chain(plain.into_iter().flatten())
+    }
+
     /// Moves up to `max` frames from the front (in the order `flush` writes them) into
     /// `into`, for a completion-based driver to send while they stay alive there. Until
     /// [`Outbound::finish_send`] they count against the limits, and frames queued
-    /// meanwhile (a pong, say) go out after them.
+    /// meanwhile (a pong, say) go out after them. A sealing queue gives only ciphertext:
+    /// [`Outbound::seal`] first.
     pub fn take_for_send(&mut self, into: &mut Vec<InFlight>, max: usize) {
         debug_assert_eq!(self.in_flight, 0, "one send at a time");
         while into.len() < max {
             let (bytes, from) = if let Some(f) = self.current.take() {
                 (f, From::Current)
+            } else if let Some(f) = self.sealed.pop_front() {
+                (f, From::Sealed)
+            } else if self.sealing {
+                break;
             } else if let Some(f) = self.control.pop_front() {
                 (f, From::Control)
             } else if let Some(f) = self.data.pop_front() {
@@ -230,6 +322,7 @@ impl Outbound {
             }
             match f.from {
                 From::Current => self.current = Some(f.bytes),
+                From::Sealed => self.sealed.push_front(f.bytes),
                 From::Control => self.control.push_front(f.bytes),
                 From::Data => {
                     self.data_bytes += f.bytes.len();
@@ -242,8 +335,10 @@ impl Outbound {
     /// Removes `n` written bytes from the front, in the order `flush` wrote them.
     fn consume(&mut self, mut n: usize) {
         while n > 0 {
-            let mut frame = match self.current.take() {
+            let next = self.current.take().or_else(|| self.sealed.pop_front());
+            let mut frame = match next {
                 Some(f) => f,
+                None if self.sealing => return,
                 None => match self.control.pop_front() {
                     Some(f) => f,
                     None => match self.data.pop_front() {
@@ -312,11 +407,11 @@ mod tests {
             per_call: 2,
             budget: 2,
         };
-        q.flush(&mut w).unwrap();
+        q.flush(None, &mut w).unwrap();
         // Half of A is out; a pong arrives; it must follow A, not split it.
         q.push_control(Bytes::from_static(b"pp"));
         w.budget = 100;
-        q.flush(&mut w).unwrap();
+        q.flush(None, &mut w).unwrap();
         assert_eq!(w.out, b"AAAAppBBBB");
         assert!(q.is_empty());
         assert_eq!(q.queued_bytes(), 0);
@@ -355,11 +450,11 @@ mod tests {
             per_call: 400,
             budget: 400,
         };
-        q.flush(&mut w).unwrap();
+        q.flush(None, &mut w).unwrap();
         // Half written, no data queued behind it: the next message is taken.
         q.push_data(Bytes::from(vec![1; 1000]), &LIMITS).unwrap();
         w.budget = usize::MAX;
-        q.flush(&mut w).unwrap();
+        q.flush(None, &mut w).unwrap();
         assert_eq!(w.out.len(), 2000);
         assert!(q.is_empty());
     }
@@ -382,7 +477,7 @@ mod tests {
             per_call: 100,
             budget: 100,
         };
-        q.flush(&mut w).unwrap();
+        q.flush(None, &mut w).unwrap();
         assert_eq!(
             w.out,
             [&ping[..], &last[..], b"DD"].concat(),
@@ -403,7 +498,7 @@ mod tests {
             per_call: 100,
             budget: 100,
         };
-        q.flush(&mut w).unwrap();
+        q.flush(None, &mut w).unwrap();
         assert_eq!(w.out, b"pdddC");
     }
 
@@ -417,11 +512,11 @@ mod tests {
             per_call: 3,
             budget: 3,
         };
-        q.flush(&mut w).unwrap();
+        q.flush(None, &mut w).unwrap();
         q.push_control(Bytes::from_static(b"cc"));
         q.discard_data();
         w.budget = 100;
-        q.flush(&mut w).unwrap();
+        q.flush(None, &mut w).unwrap();
         assert_eq!(w.out, b"AAAAcc");
     }
 

@@ -84,6 +84,12 @@ pub const TRANSPORTS: [&str; 3] = ["ws", "sse", "poll"];
 /// How a long poll was answered, in a fixed order for the counters.
 pub const POLL_RESULTS: [&str; 2] = ["timeout", "messages"];
 
+/// Why a TLS connection failed, in a fixed order for the counters: its first bytes were
+/// not TLS (plain HTTP on the `wss://` port, say); the handshake failed (no shared
+/// version or cipher, a bad hello, the client's alert); the peer hung up mid-handshake;
+/// a record after the handshake was bad.
+pub const TLS_FAILURE_CAUSES: [&str; 4] = ["not_tls", "handshake", "truncated", "record"];
+
 /// Close codes the server sends on protocol violations.
 pub const PROTOCOL_CLOSE_CODES: [u16; 3] = [1002, 1007, 1009];
 
@@ -159,6 +165,10 @@ pub struct ReactorStats {
     pub forbidden: Cell,
     /// Connections closed with 1008 (token expiry, repeated malformed requests).
     pub policy_closes: Cell,
+    /// TLS handshakes completed: full, then resumed.
+    pub tls_handshakes: [Cell; 2],
+    /// TLS connections failed, by cause (index into [`TLS_FAILURE_CAUSES`]).
+    pub tls_failures: [Cell; 4],
     /// Service (server API) connections accepted.
     pub service_accepted: Cell,
     /// Service reads that produced answers.

@@ -272,3 +272,137 @@ fn bad_files_at_start_name_the_file() {
     let err = TlsAcceptor::new(mismatched).unwrap_err();
     assert!(matches!(err, TlsConfigError::Rustls { .. }), "{err}");
 }
+
+/// A writer that takes at most `budget` bytes, then says `WouldBlock`.
+struct Socket {
+    wire: Vec<u8>,
+    budget: usize,
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.budget == 0 {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.budget);
+        self.wire.extend_from_slice(&buf[..n]);
+        self.budget -= n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn client_decrypts(client: &mut ClientConnection, wire: &[u8]) -> Vec<u8> {
+    let mut rd = wire;
+    let mut got = Vec::new();
+    while !rd.is_empty() {
+        client.read_tls(&mut rd).unwrap();
+        client.process_new_packets().unwrap();
+        let mut buf = [0u8; 65536];
+        loop {
+            match client.reader().read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    got
+}
+
+#[test]
+fn a_sealing_queue_never_writes_plaintext_and_keeps_the_order_through_short_writes() {
+    use bytes::Bytes;
+    use reactor::outbound::Outbound;
+    use reactor::OutboundLimits;
+    let limits = OutboundLimits {
+        max_bytes: 1 << 20,
+        max_messages: 1000,
+    };
+    let p = pki("sealing", "localhost");
+    let acceptor = TlsAcceptor::new(p.files.clone()).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client =
+        ClientConnection::new(client_config(&p.cert_der, &rustls::version::TLS13), name).unwrap();
+    let mut server = acceptor.accept().unwrap();
+    let mut plain = BytesMut::new();
+    pump(&mut client, &mut server, &mut plain);
+    let mut q = Outbound::sealing();
+    q.push_data(Bytes::from_static(b"first;"), &limits).unwrap();
+    // Without its TLS state the queue writes nothing at all.
+    let mut sock = Socket {
+        wire: Vec::new(),
+        budget: usize::MAX,
+    };
+    assert_eq!(q.flush(None, &mut sock).unwrap(), 0);
+    assert!(sock.wire.is_empty());
+    // Frames queued while the socket takes a few bytes at a time, a control frame among
+    // them: the client reads them whole and in flush order.
+    let big = Bytes::from(vec![b'x'; 100_000]);
+    q.push_data(big.clone(), &limits).unwrap();
+    sock.budget = 7;
+    q.flush(Some(&mut server), &mut sock).unwrap();
+    q.push_control(Bytes::from_static(b"ctl;"));
+    q.push_data(Bytes::from_static(b"last"), &limits).unwrap();
+    let mut rounds = 0;
+    while !q.is_empty() {
+        sock.budget = 1000;
+        q.flush(Some(&mut server), &mut sock).unwrap();
+        rounds += 1;
+        assert!(rounds < 10_000, "the queue does not drain");
+    }
+    let got = client_decrypts(&mut client, &sock.wire);
+    // The first batch (first; and the big one) was sealed before the control frame came.
+    let want = [&b"first;"[..], &big, b"ctl;", b"last"].concat();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "order or content differs");
+    // No plaintext marker ever crossed the wire in the clear.
+    assert!(!sock.wire.windows(6).any(|w| w == b"first;"));
+    assert_eq!(q.queued_bytes(), 0);
+}
+
+/// Handshake records full of junk (what a hello flood sends), whole or split across reads:
+/// each fails that connection cleanly — an error, an alert at most, nothing more accepted
+/// — and never panics inside rustls (which once took a whole reactor down).
+#[test]
+fn junk_handshake_records_fail_cleanly_whole_or_split() {
+    let p = pki("junk", "localhost");
+    let acceptor = TlsAcceptor::new(p.files.clone()).unwrap();
+    let mut inputs: Vec<Vec<u8>> = (0..256u32)
+        .map(|seed| {
+            let mut record = vec![0x16, 0x03, 0x01, 0x00, 0xc8];
+            record.extend((0..200u32).map(|j| (seed * 31 + j) as u8));
+            record
+        })
+        .collect();
+    inputs.push(b"GET /ws?uid=a HTTP/1.1\r\nHost: x\r\n\r\n".to_vec());
+    inputs.push(vec![
+        0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28, 0x15, 0x03, 0x03, 0x00, 0x02,
+    ]);
+    for record in &inputs {
+        for split in [record.len(), 5, 9, 100].map(|s| s.min(record.len())) {
+            let mut server = acceptor.accept().unwrap();
+            let mut plain = BytesMut::new();
+            let mut out = Vec::new();
+            let first = server.read_tls(&record[..split], &mut plain, &mut out);
+            let second = if first.is_ok() && split < record.len() {
+                server.read_tls(&record[split..], &mut plain, &mut out)
+            } else {
+                first
+            };
+            assert!(plain.is_empty());
+            assert!(
+                !matches!(second, Err(reactor::tls::TlsError::Panicked)),
+                "rustls panicked on {record:?} split at {split}"
+            );
+            if second.is_err() {
+                let mut more = Vec::new();
+                assert!(server.write_plain(b"x", &mut more).is_err());
+                assert!(server.read_tls(record, &mut plain, &mut more).is_err());
+            }
+        }
+    }
+}

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod nats;
+pub mod tls;
 
 use bytes::BytesMut;
 use protocol::frame::{client_frame, client_message};

@@ -1,14 +1,18 @@
 // Conformance of /echo and /ws against the Node `ws` library (npm).
 // Usage: node client.mjs HOST:PORT   (gateway with --max-message-size 100000)
+// With PUSHGATE_WSS_CA (a PEM CA file) every case runs over wss:// trusting that CA.
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import WebSocket from "ws";
 
 const addr = process.argv[2];
+const ca = process.env.PUSHGATE_WSS_CA ? readFileSync(process.env.PUSHGATE_WSS_CA) : null;
+const scheme = ca ? "wss" : "ws";
 const failures = [];
 
 function open(path, opts = {}) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`ws://${addr}${path}`, opts);
+    const ws = new WebSocket(`${scheme}://${addr}${path}`, ca ? { ...opts, ca } : opts);
     const queue = [];
     const waiters = [];
     ws.on("message", (data, isBinary) => {

@@ -1,6 +1,6 @@
 """Conformance of /echo and /ws against the Python `websockets` library (PyPI).
 
-Usage: python3 client.py HOST:PORT
+Usage: python3 client.py HOST:PORT   (PUSHGATE_WSS_CA=ca.pem: the same over wss://)
 The gateway must run with --max-message-size 100000. Prints one line per case and
 exits non-zero if any case fails.
 """
@@ -8,10 +8,23 @@ import json
 import os
 import sys
 
+import ssl
+
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
+from websockets.sync.client import connect as ws_connect
 
 ADDR = sys.argv[1]
+# With PUSHGATE_WSS_CA (a PEM CA file) every case runs over wss:// trusting that CA.
+CA = os.environ.get("PUSHGATE_WSS_CA")
+SCHEME = "wss" if CA else "ws"
+TLS = ssl.create_default_context(cafile=CA) if CA else None
+
+
+def connect(uri, **kw):
+    if TLS is not None:
+        kw["ssl"] = TLS
+    return ws_connect(uri, **kw)
+
 failures = []
 
 
@@ -34,7 +47,7 @@ def closed_code(exc):
 
 @case("welcome on /ws")
 def _():
-    with connect(f"ws://{ADDR}/ws?uid=py-user&device=d1") as ws:
+    with connect(f"{SCHEME}://{ADDR}/ws?uid=py-user&device=d1") as ws:
         w = json.loads(ws.recv(timeout=5))
         assert w["type"] == "welcome" and w["uid"] == "py-user", w
         assert isinstance(w["heartbeat"], int) and w["conn"], w
@@ -42,14 +55,14 @@ def _():
 
 @case("permessage-deflate is negotiated without context takeover")
 def _():
-    with connect(f"ws://{ADDR}/echo") as ws:
+    with connect(f"{SCHEME}://{ADDR}/echo") as ws:
         ext = ws.response.headers.get("Sec-WebSocket-Extensions", "")
         assert "permessage-deflate" in ext and "server_no_context_takeover" in ext, ext
 
 
 @case("text echo across length classes, compressed")
 def _():
-    with connect(f"ws://{ADDR}/echo") as ws:
+    with connect(f"{SCHEME}://{ADDR}/echo") as ws:
         # Mostly ASCII so that n characters stay under the 100000-byte message limit.
         for n in (0, 1, 125, 126, 1000, 65535, 65536):
             msg = ("abcdefgh κ𝄞 " * (n // 10 + 1))[:n]
@@ -59,7 +72,7 @@ def _():
 
 @case("binary echo across length classes, uncompressed")
 def _():
-    with connect(f"ws://{ADDR}/echo", compression=None) as ws:
+    with connect(f"{SCHEME}://{ADDR}/echo", compression=None) as ws:
         for n in (0, 1, 125, 126, 65535, 65536):
             data = os.urandom(n)
             ws.send(data)
@@ -68,7 +81,7 @@ def _():
 
 @case("fragmented message")
 def _():
-    with connect(f"ws://{ADDR}/echo") as ws:
+    with connect(f"{SCHEME}://{ADDR}/echo") as ws:
         ws.send(["frag", "men", "ted ", "κόσμε"])
         assert ws.recv(timeout=5) == "fragmented κόσμε"
         ws.send([b"\x00\x01", b"", b"\x02"])
@@ -77,7 +90,7 @@ def _():
 
 @case("ping with payload is answered")
 def _():
-    with connect(f"ws://{ADDR}/echo") as ws:
+    with connect(f"{SCHEME}://{ADDR}/echo") as ws:
         pong = ws.ping(b"are you there")
         assert pong.wait(5), "no pong"
         latency = ws.ping(b"")
@@ -86,7 +99,7 @@ def _():
 
 @case("message over the limit closes with 1009")
 def _():
-    with connect(f"ws://{ADDR}/echo", compression=None, max_size=None) as ws:
+    with connect(f"{SCHEME}://{ADDR}/echo", compression=None, max_size=None) as ws:
         ws.send(os.urandom(150_000))
         try:
             ws.recv(timeout=5)
@@ -97,7 +110,7 @@ def _():
 
 @case("close handshake: 4000 from the client, 1000 back")
 def _():
-    with connect(f"ws://{ADDR}/echo") as ws:
+    with connect(f"{SCHEME}://{ADDR}/echo") as ws:
         ws.send("last")
         assert ws.recv(timeout=5) == "last"
         ws.close(4000, "bye")
@@ -108,7 +121,7 @@ def _():
 @case("upgrade refused on an unknown path")
 def _():
     try:
-        connect(f"ws://{ADDR}/nope").close()
+        connect(f"{SCHEME}://{ADDR}/nope").close()
         raise AssertionError("upgrade accepted")
     except Exception as e:  # InvalidStatus in websockets >= 14
         status = getattr(getattr(e, "response", None), "status_code", None)

@@ -97,6 +97,14 @@ impl<D: Driver> Reactor<D> {
             Verdict::Refuse(status) => Some(status),
             _ => None,
         };
+        let tls = match self.config.tls.as_ref().map(|t| t.accept()).transpose() {
+            Ok(tls) => tls.map(Box::new),
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS state for a new connection");
+                self.admission.release(ip, verdict);
+                return;
+            }
+        };
         let now = Instant::now();
         self.next_generation = self.next_generation.wrapping_add(1);
         let mut conn = Conn {
@@ -106,7 +114,13 @@ impl<D: Driver> Reactor<D> {
             verdict,
             generation: self.next_generation,
             session: Session::new(now, reject, &self.config.session),
-            out: Outbound::default(),
+            out: if tls.is_some() {
+                Outbound::sealing()
+            } else {
+                Outbound::default()
+            },
+            tls,
+            tls_closed: false,
             timer: None,
             close_after_flush: false,
             write_shut: false,

@@ -67,7 +67,7 @@ impl Driver for Epoll {
     }
 
     fn write(&mut self, _key: usize, conn: &mut Conn<()>, _now: bool) -> io::Result<usize> {
-        conn.out.flush(&mut conn.stream)
+        conn.out.flush(conn.tls.as_deref_mut(), &mut conn.stream)
     }
 
     fn release(&mut self, _key: usize, _generation: u32, stream: TcpStream, _io: ()) {

@@ -385,7 +385,9 @@ impl Driver for Uring {
         let mut written = 0;
         if now {
             // The queue is full mid-turn: what the socket takes now makes room.
-            written = conn.out.flush(&mut DontWait(&conn.stream))?;
+            written = conn
+                .out
+                .flush(conn.tls.as_deref_mut(), &mut DontWait(&conn.stream))?;
         }
         if conn.out.has_unsent() && !conn.io.send_queued {
             conn.io.send_queued = true;
@@ -683,6 +685,7 @@ impl Reactor<Uring> {
     /// all at once.
     fn start_sends(&mut self) {
         let to_send = std::mem::take(&mut self.io.to_send);
+        let mut failed = Vec::new();
         for &(key, generation) in &to_send {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
@@ -694,9 +697,19 @@ impl Reactor<Uring> {
             if conn.io.send.is_some() || !conn.out.has_unsent() {
                 continue;
             }
+            if let Some(tls) = conn.tls.as_deref_mut() {
+                if conn.out.seal(tls).is_err() {
+                    failed.push(key);
+                    continue;
+                }
+            }
             let mut slot = self.io.slots.pop().unwrap_or_default();
             conn.out
                 .take_for_send(&mut slot.frames, MAX_FRAMES_PER_SEND);
+            if slot.frames.is_empty() {
+                self.io.recycle_slot(slot);
+                continue;
+            }
             let fd = Fd(conn.stream.as_raw_fd());
             let ud = user_data(OP_SEND, key, generation);
             let sqe = if let [one] = slot.frames.as_slice() {
@@ -725,6 +738,9 @@ impl Reactor<Uring> {
         }
         self.io.to_send = to_send;
         self.io.to_send.clear();
+        for key in failed {
+            self.remove(key, false);
+        }
     }
 
     /// At exit: lets the kernel finish with the sockets of removed connections, so no

@@ -1,7 +1,9 @@
 //! The server side of TLS: what every new connection is handed, and its reload.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
 use rustls::crypto::CryptoProvider;
@@ -63,6 +65,16 @@ pub struct TlsAcceptor {
     /// Kept across reloads, so tickets issued before a reload still resume after it.
     ticketer: Arc<dyn ProducesTickets>,
     current: Arc<RwLock<Arc<ServerConfig>>>,
+    status: Arc<Status>,
+}
+
+/// What `/metrics` shows of the certificate served and of reloads.
+#[derive(Debug, Default)]
+struct Status {
+    /// The leaf certificate's notAfter, in seconds since the Unix epoch.
+    not_after: AtomicI64,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
 }
 
 /// The crypto provider: aws-lc-rs, chosen by measurement against ring (bench/tls/,
@@ -91,21 +103,54 @@ impl TlsAcceptor {
         provider: Arc<CryptoProvider>,
         ticketer: Arc<dyn ProducesTickets>,
     ) -> Result<TlsAcceptor, TlsConfigError> {
-        let config = build(&files, &provider, &ticketer)?;
+        let (config, not_after) = build(&files, &provider, &ticketer)?;
+        let status = Status::default();
+        status.not_after.store(not_after, Ordering::Relaxed);
         Ok(TlsAcceptor {
             files,
             provider,
             ticketer,
             current: Arc::new(RwLock::new(config)),
+            status: Arc::new(status),
         })
     }
 
     /// Reads the files again; on success new connections get the new pair, on failure
-    /// the old one stays in service and the reason is returned.
+    /// the old one stays in service and the reason is returned. Counted either way.
     pub fn reload(&self) -> Result<(), TlsConfigError> {
-        let config = build(&self.files, &self.provider, &self.ticketer)?;
-        *self.current.write() = config;
-        Ok(())
+        match build(&self.files, &self.provider, &self.ticketer) {
+            Ok((config, not_after)) => {
+                *self.current.write() = config;
+                self.status.not_after.store(not_after, Ordering::Relaxed);
+                self.status.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.status.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// When the certificate served stops being valid, in seconds since the Unix epoch.
+    pub fn not_after(&self) -> i64 {
+        self.status.not_after.load(Ordering::Relaxed)
+    }
+
+    /// Reloads that succeeded and that failed.
+    pub fn reloads(&self) -> (u64, u64) {
+        (
+            self.status.reloads_ok.load(Ordering::Relaxed),
+            self.status.reloads_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Why the certificate served is not valid now (expired, not yet valid), if it is not:
+    /// rustls does not check its own certificate, and clients will refuse it.
+    pub fn validity_problem(&self) -> Option<String> {
+        let pem = std::fs::read(&self.files.cert).ok()?;
+        let leaf = CertificateDer::pem_slice_iter(&pem).next()?.ok()?;
+        validity_problem(&leaf, unix_now())
     }
 
     /// The files served.
@@ -120,12 +165,38 @@ impl TlsAcceptor {
     }
 }
 
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The leaf's validity period, in seconds since the Unix epoch.
+fn validity(leaf: &CertificateDer<'_>) -> Option<(i64, i64)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+fn validity_problem(leaf: &CertificateDer<'_>, now: i64) -> Option<String> {
+    let (not_before, not_after) = validity(leaf)?;
+    if now > not_after {
+        Some(format!("expired {} s ago", now - not_after))
+    } else if now < not_before {
+        Some(format!("not valid for another {} s", not_before - now))
+    } else {
+        None
+    }
+}
+
+/// The configuration, and the leaf certificate's notAfter (0 if it cannot be read).
 fn build(
     files: &TlsFiles,
     provider: &Arc<CryptoProvider>,
     ticketer: &Arc<dyn ProducesTickets>,
-) -> Result<Arc<ServerConfig>, TlsConfigError> {
+) -> Result<(Arc<ServerConfig>, i64), TlsConfigError> {
     let certs = read_certs(&files.cert)?;
+    let not_after = validity(&certs[0]).map_or(0, |(_, after)| after);
     let key = read_key(&files.key)?;
     let rustls_error = |source| TlsConfigError::Rustls {
         cert: files.cert.clone(),
@@ -143,7 +214,7 @@ fn build(
     // cache would cost memory per client for as long as it is kept.
     config.ticketer = Arc::clone(ticketer);
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), not_after))
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, TlsConfigError> {

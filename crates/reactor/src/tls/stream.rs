@@ -24,6 +24,12 @@ pub enum TlsError {
     /// rustls refused to encrypt (a connection past its record limit, or closed).
     #[error("TLS: cannot encrypt: {0}")]
     Encrypt(String),
+    /// The connection failed before: nothing more goes in or out.
+    #[error("TLS: the connection failed earlier")]
+    Failed,
+    /// rustls panicked on this connection's bytes (contained to the connection).
+    #[error("TLS: rustls panicked")]
+    Panicked,
 }
 
 /// The TLS state of one connection.
@@ -32,6 +38,8 @@ pub struct TlsStream {
     /// Ciphertext of records not yet complete.
     incoming: Vec<u8>,
     peer_closed: bool,
+    /// An error (or a panic inside rustls) ended the connection.
+    failed: bool,
 }
 
 impl std::fmt::Debug for TlsStream {
@@ -61,6 +69,7 @@ impl TlsStream {
             conn: UnbufferedServerConnection::new(config)?,
             incoming: Vec::new(),
             peer_closed: false,
+            failed: false,
         })
     }
 
@@ -72,19 +81,67 @@ impl TlsStream {
         plain: &mut BytesMut,
         out: &mut Vec<u8>,
     ) -> Result<(), TlsError> {
-        self.incoming.extend_from_slice(ciphertext);
-        let result = self.process(plain, out);
-        if result.is_err() {
-            // rustls queued an alert for the peer: one more pass, over no input (what
-            // failed must not be read twice), encodes it.
-            self.incoming.clear();
-            let _ = self.process(plain, out);
+        if self.failed {
+            return Err(TlsError::Failed);
         }
-        if self.incoming.is_empty() {
+        self.incoming.extend_from_slice(ciphertext);
+        let result = self.guarded(|s| {
+            let result = s.process(plain, out);
+            if result.is_err() {
+                s.encode_alert(out);
+            }
+            result
+        });
+        if result.is_err() {
+            self.failed = true;
+            self.incoming = Vec::new();
+        } else if self.incoming.is_empty() {
             // Idle connections keep no buffer.
             self.incoming = Vec::new();
         }
         result.map(|_| ())
+    }
+
+    /// Runs `f`, turning a panic inside rustls into this connection's failure: one
+    /// connection's bytes must never stop the reactor that serves thousands.
+    fn guarded<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, TlsError>,
+    ) -> Result<T, TlsError> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
+            Ok(result) => result,
+            Err(_) => {
+                self.failed = true;
+                Err(TlsError::Panicked)
+            }
+        }
+    }
+
+    /// After an error: encodes the alert rustls queued for the peer, and nothing more. A
+    /// second pass over the input would deframe the bad bytes again and have rustls
+    /// raise a second fatal alert, which it asserts never happens.
+    fn encode_alert(&mut self, out: &mut Vec<u8>) {
+        let status = self.conn.process_tls_records(&mut self.incoming);
+        if let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state {
+            let at = out.len();
+            loop {
+                match encode.encode(&mut out[at..]) {
+                    Ok(n) => {
+                        out.truncate(at + n);
+                        return;
+                    }
+                    Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size }))
+                        if required_size > out.len() - at =>
+                    {
+                        out.resize(at + required_size, 0)
+                    }
+                    Err(_) => {
+                        out.truncate(at);
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     /// Runs the state machine over the buffered ciphertext until it needs more.
@@ -92,7 +149,15 @@ impl TlsStream {
         loop {
             let status = self.conn.process_tls_records(&mut self.incoming);
             let mut discard = status.discard;
-            let stop = match status.state? {
+            let state = match status.state {
+                Ok(state) => state,
+                Err(e) => {
+                    // rustls's deframer counts on the records it consumed being gone.
+                    self.incoming.drain(..discard.min(self.incoming.len()));
+                    return Err(e.into());
+                }
+            };
+            let stop = match state {
                 ConnectionState::ReadTraffic(mut traffic) => {
                     while let Some(record) = traffic.next_record() {
                         let record = record?;
@@ -143,12 +208,12 @@ impl TlsStream {
 
     /// Encrypts `plain` into records appended to `out`. Only after the handshake.
     pub fn write_plain(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), TlsError> {
-        self.with_write_traffic(out, |traffic, buf| traffic.encrypt(plain, buf))
+        self.guarded(|s| s.with_write_traffic(out, |traffic, buf| traffic.encrypt(plain, buf)))
     }
 
     /// Appends a close_notify alert to `out`.
     pub fn close(&mut self, out: &mut Vec<u8>) -> Result<(), TlsError> {
-        self.with_write_traffic(out, |traffic, buf| traffic.queue_close_notify(buf))
+        self.guarded(|s| s.with_write_traffic(out, |traffic, buf| traffic.queue_close_notify(buf)))
     }
 
     fn with_write_traffic(
@@ -159,8 +224,14 @@ impl TlsStream {
             &mut [u8],
         ) -> Result<usize, EncryptError>,
     ) -> Result<(), TlsError> {
+        if self.failed {
+            return Err(TlsError::Failed);
+        }
         let status = self.conn.process_tls_records(&mut self.incoming);
-        debug_assert_eq!(status.discard, 0, "records are consumed by read_tls");
+        // Records are consumed by `read_tls`: what is left here is a record's start.
+        if status.discard != 0 {
+            return Err(TlsError::Encrypt("unread records".to_owned()));
+        }
         let ConnectionState::WriteTraffic(mut traffic) = status.state? else {
             return Err(TlsError::Encrypt("handshake not complete".to_owned()));
         };
