@@ -255,6 +255,52 @@ fn curl_receives_pushes_as_events() {
     );
 }
 
+/// The same transports over TLS (the reactors decrypt before the session and seal what
+/// it queues, events and answers alike).
+#[test]
+fn curl_streams_and_sends_over_https() {
+    let pki = common::tls::TestPki::new("sse", "pushgate-test");
+    let args = pki.args();
+    let gw = Gateway::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let base = format!("https://127.0.0.1:{}", gw.client_addr.port());
+    let ca = pki.ca.display().to_string();
+    let mut curl = Command::new("curl")
+        .args(["-sN", "--max-time", "20", "--cacert", &ca])
+        .arg(format!("{base}/sse?uid=alice"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let mut lines = BufReader::new(curl.stdout.take().unwrap()).lines();
+    let mut data_line = || loop {
+        let line = lines.next().expect("stream ended").unwrap();
+        if let Some(v) = line.strip_prefix("data: ") {
+            return serde_json::from_str::<Value>(v).unwrap();
+        }
+    };
+    assert_eq!(data_line()["type"], "welcome");
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "--cacert", &ca, "--data-binary"])
+        .arg(r#"{"type":"send","to":["alice"],"data":"over tls"}"#)
+        .arg(format!("{base}/send?uid=bob"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), r#"{"ok":true}"#);
+    let m = data_line();
+    assert_eq!(
+        (m["from"].as_str(), m["data"].as_str()),
+        (Some("bob"), Some("over tls"))
+    );
+    let _ = curl.kill();
+    let _ = curl.wait();
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "--cacert", &ca])
+        .arg(format!("{base}/poll?uid=alice&since=0"))
+        .output()
+        .expect("curl");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["messages"][0]["data"], "over tls");
+}
+
 #[test]
 fn stream_resumes_with_last_event_id_and_sends_heartbeats() {
     let gw = Gateway::start(&["--heartbeat", "0.3"]);
