@@ -66,7 +66,10 @@ for round in $(seq "$rounds"); do
       [ "${g:-0}" -gt "$held" ] && held=$g
       sleep 0.5
     done
-    wait "$load"
+    if ! wait "$load"; then
+      echo "idle round=$round transport=$t FAILED:"; tail -3 "$out_file"
+      rm -f "$out_file"; stop_gateway; continue
+    fi
     out=$(tail -1 "$out_file")
     rm -f "$out_file"
     per=$(echo "$out" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["server_rss_per_conn"]))')
