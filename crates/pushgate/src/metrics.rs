@@ -395,7 +395,7 @@ fn reactors(src: &Sources, out: &mut Families) {
         (CONNECTIONS, "Open client sockets.", |s| s.connections.get()),
         (
             CONNECTIONS_UPGRADED,
-            "Upgraded WebSocket connections.",
+            "Upgraded WebSocket connections, open /sse streams and parked polls.",
             |s| s.upgraded.get(),
         ),
         (
@@ -477,7 +477,7 @@ fn reactors(src: &Sources, out: &mut Families) {
     out.family(
         HANDSHAKES,
         COUNTER,
-        "WebSocket upgrades by result (ok, or the HTTP status refused with).",
+        "WebSocket upgrades and /sse, /poll, /send requests by result (ok, or the HTTP status refused with).",
         "result",
         std::iter::once(("ok".to_owned(), sum(reactors, |s| s.handshakes_ok.get())))
             .chain(rejected),

@@ -129,12 +129,13 @@ pub fn sse_close(code: u16, reason: &str) -> Bytes {
 }
 
 /// The head of an event stream, and its first line: how long an `EventSource` waits
-/// before it reconnects (the welcome's base delay).
+/// before it reconnects (the welcome's base delay). The body has no length: it ends when
+/// the server closes the connection (RFC 9112 §6.3), which is how a stream ends.
 pub fn sse_head(origin: Option<&[u8]>, retry_ms: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
-          X-Accel-Buffering: no\r\nConnection: keep-alive\r\n",
+          X-Accel-Buffering: no\r\n",
     );
     cors(&mut out, origin);
     out.extend_from_slice(b"\r\nretry: ");
