@@ -48,9 +48,14 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
             args.count
         );
     }
+    if crate::tls::resuming() {
+        // Tickets for every server name first, so the connections measured resume.
+        warm_up(args, crate::tls::RESUME_NAMES.min(args.count))?;
+    }
     let rss_before = procfs::memory_bytes(&args.server_pid);
     let tcp_before = procfs::tcp_mem_bytes();
     let slab_before = procfs::slab_bytes();
+    let cpu = procfs::CpuMeter::start(&args.server_pid);
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(4096);
     let mut conns: Vec<WsConn> = Vec::with_capacity(args.count);
@@ -113,6 +118,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         }
     }
     let connect_secs = start.elapsed().as_secs_f64();
+    let connect_cpu = cpu.seconds();
     // Let the server settle, then read its memory while everything is held.
     std::thread::sleep(Duration::from_secs_f64(args.hold.max(0.0)));
     let rss_after = procfs::memory_bytes(&args.server_pid);
@@ -134,9 +140,12 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         _ => None,
     };
     let rate = open as f64 / connect_secs.max(1e-9);
+    // Upgrades (TLS handshakes included, with --tls) per second of server CPU: per core.
+    let per_cpu_sec = connect_cpu.filter(|&c| c > 0.0).map(|c| open as f64 / c);
     println!(
-        "conns: {open}/{} open, {failed} failed, in {connect_secs:.2}s ({rate:.0} upgrades/s)",
-        args.count
+        "conns: {open}/{} open, {failed} failed, in {connect_secs:.2}s ({rate:.0} upgrades/s, {:.0} per second of server CPU)",
+        args.count,
+        per_cpu_sec.unwrap_or(0.0)
     );
     if let (Some(b), Some(a)) = (rss_before, rss_after) {
         println!(
@@ -158,6 +167,8 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         "failed": failed,
         "connect_secs": connect_secs,
         "upgrades_per_sec": rate,
+        "server_connect_cpu_secs": connect_cpu,
+        "upgrades_per_server_cpu_sec": per_cpu_sec,
         "server_rss_before": rss_before,
         "server_rss_after": rss_after,
         "server_rss_per_conn": per_conn,
@@ -175,5 +186,60 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
             args.count
         );
     }
+    Ok(())
+}
+
+/// Opens `n` connections, waits (at most 30 s) until they are open and have read what
+/// the server sent after the handshake (TLS tickets among it), and closes them.
+fn warm_up(args: &Args, n: usize) -> anyhow::Result<()> {
+    let mut poll = Poll::new()?;
+    let mut events = Events::with_capacity(4096);
+    let host = args.server.to_string();
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let source = SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(
+                127,
+                0,
+                0,
+                2 + (i % usize::from(args.sources.max(1))) as u8,
+            )),
+            0,
+        );
+        let path = crate::adapter::fill(&args.templates.subscribe, &format!("w{i}"), "");
+        let mut c = WsConn::connect(source, args.server, &host, &path).context("connect")?;
+        poll.registry().register(
+            &mut c.stream,
+            Token(i),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        conns.push(c);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut scratch = Vec::new();
+    while Instant::now() < deadline
+        && conns
+            .iter()
+            .any(|c| !matches!(c.phase, Phase::Open | Phase::Failed))
+    {
+        poll.poll(&mut events, Some(Duration::from_millis(10)))?;
+        for ev in events.iter() {
+            if let Some(c) = conns.get_mut(ev.token().0) {
+                c.drive(&mut scratch);
+                scratch.clear();
+            }
+        }
+    }
+    // The welcome follows the tickets: one more moment for the last reads.
+    std::thread::sleep(Duration::from_millis(200));
+    poll.poll(&mut events, Some(Duration::ZERO))?;
+    for ev in events.iter() {
+        if let Some(c) = conns.get_mut(ev.token().0) {
+            c.drive(&mut scratch);
+            scratch.clear();
+        }
+    }
+    let open = conns.iter().filter(|c| c.phase == Phase::Open).count();
+    eprintln!("  warm-up: {open}/{n} connections opened for their TLS tickets");
     Ok(())
 }

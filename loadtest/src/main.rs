@@ -22,6 +22,7 @@ mod publisher;
 mod recover;
 mod scale;
 mod storm;
+mod tls;
 mod wsclient;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,10 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// TLS for every WebSocket connection: off (ws://), full (wss://, a full handshake
+    /// each time) or resume (wss://, resuming with tickets). Certificates are not checked.
+    #[arg(long, value_enum, default_value = "off", global = true)]
+    tls: tls::Mode,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -60,7 +65,9 @@ enum Scenario {
 
 fn main() -> anyhow::Result<()> {
     let fd_limit = raise_nofile();
-    match Cli::parse().scenario {
+    let cli = Cli::parse();
+    tls::init(cli.tls)?;
+    match cli.scenario {
         Scenario::Conns(args) => conns::run(&args, fd_limit),
         Scenario::Fanout(args) => fanout::run(&args, fd_limit),
         Scenario::Broadcast(args) => broadcast::run(&args, fd_limit),

@@ -1,5 +1,6 @@
 //! A non-blocking WebSocket client connection for the load tool, driven by a mio loop:
-//! connect from a chosen source address, send the upgrade, read the 101, then frames.
+//! connect from a chosen source address, send the upgrade, read the 101, then frames —
+//! through TLS when the process runs with `--tls` (`crate::tls`).
 //!
 //! A subscribe path starting with `/sse` makes it a Server-Sent Events client instead
 //! (pushgate's fallback transport): a plain `GET`, a `200` head, then each event's `data`
@@ -37,8 +38,9 @@ pub(crate) struct WsConn {
     sent: usize,
     buf: BytesMut,
     decoder: Decoder,
-    /// Frames waiting for room in the socket.
+    /// Bytes waiting for room in the socket (ciphertext, with TLS).
     out: Vec<u8>,
+    tls: Option<Box<rustls::ClientConnection>>,
     /// An event stream rather than a WebSocket.
     sse: bool,
     /// A long poll rather than a WebSocket.
@@ -73,7 +75,7 @@ impl WsConn {
             )
         }
         .into_bytes();
-        Ok(WsConn {
+        let mut conn = WsConn {
             stream: TcpStream::from_std(socket.into()),
             phase: Phase::Connecting,
             request,
@@ -81,26 +83,88 @@ impl WsConn {
             buf: BytesMut::new(),
             decoder: Decoder::new(),
             out: Vec::new(),
+            tls: crate::tls::client()?.map(Box::new),
             sse,
             poll,
-        })
+        };
+        if conn.tls.is_some() {
+            // rustls holds the request until the handshake lets it go.
+            let request = std::mem::take(&mut conn.request);
+            conn.write_plain(&request);
+        }
+        Ok(conn)
+    }
+
+    /// Hands plaintext to TLS and moves what TLS has to send onto `out`; without TLS,
+    /// onto `out` as it is.
+    fn write_plain(&mut self, plain: &[u8]) {
+        match self.tls.as_deref_mut() {
+            Some(tls) => {
+                if tls.writer().write_all(plain).is_err() {
+                    self.phase = Phase::Failed;
+                }
+                self.take_tls_output();
+            }
+            None => self.out.extend_from_slice(plain),
+        }
+    }
+
+    fn take_tls_output(&mut self) {
+        if let Some(tls) = self.tls.as_deref_mut() {
+            while tls.wants_write() {
+                if tls.write_tls(&mut self.out).is_err() {
+                    self.phase = Phase::Failed;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Received bytes: through TLS into `buf`, or straight into it.
+    fn received(&mut self, bytes: &[u8]) {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            self.buf.extend_from_slice(bytes);
+            return;
+        };
+        let mut rd = bytes;
+        while !rd.is_empty() {
+            if tls.read_tls(&mut rd).is_err() || tls.process_new_packets().is_err() {
+                self.phase = Phase::Failed;
+                return;
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            loop {
+                match tls.reader().read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                    Err(_) => break,
+                }
+            }
+        }
+        self.take_tls_output();
     }
 
     /// Queues a masked text frame and writes as much as the socket takes.
     pub(crate) fn send_text(&mut self, payload: &[u8]) {
         let key = fastrand::u32(..).to_be_bytes();
-        self.out
-            .extend_from_slice(&client_message(OpCode::Text, payload, key));
+        self.write_plain(&client_message(OpCode::Text, payload, key));
         self.flush();
     }
 
     fn flush(&mut self) {
-        while !self.out.is_empty() && self.phase == Phase::Open {
+        let ready =
+            self.phase == Phase::Open || (self.tls.is_some() && self.phase != Phase::Failed);
+        while !self.out.is_empty() && ready {
             match self.stream.write(&self.out) {
                 Ok(n) => {
                     self.out.drain(..n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::NotConnected =>
+                {
+                    return
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     self.phase = Phase::Failed;
@@ -110,9 +174,23 @@ impl WsConn {
         }
     }
 
+    /// Where a connection is once its request is on its way: a poll is parked from then
+    /// on, the others wait for the response head.
+    fn after_request(&self) -> Phase {
+        if self.poll {
+            Phase::Open
+        } else {
+            Phase::Upgrading
+        }
+    }
+
     /// Makes progress after a readiness event; returns messages received.
     pub(crate) fn drive(&mut self, out: &mut Vec<Message>) {
         self.flush();
+        if self.phase == Phase::Connecting && self.tls.is_some() {
+            // The request went to TLS; the handshake under way sends it.
+            self.phase = self.after_request();
+        }
         if self.phase == Phase::Connecting {
             while self.sent < self.request.len() {
                 match self.stream.write(&self.request[self.sent..]) {
@@ -129,11 +207,7 @@ impl WsConn {
                     }
                 }
             }
-            self.phase = if self.poll {
-                Phase::Open
-            } else {
-                Phase::Upgrading
-            };
+            self.phase = self.after_request();
         }
         let mut chunk = [0u8; 16 * 1024];
         loop {
@@ -148,7 +222,10 @@ impl WsConn {
                     return;
                 }
                 Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
+                    self.received(&chunk[..n]);
+                    if self.phase == Phase::Failed {
+                        return;
+                    }
                     // A short read emptied the socket; data arriving later raises a new
                     // edge, so the read that would only say WouldBlock is skipped: with
                     // 200 000 connections on two cores, that syscall per message shows.
@@ -164,6 +241,7 @@ impl WsConn {
                 }
             }
         }
+        self.flush();
         if self.phase == Phase::Upgrading {
             let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
                 return;

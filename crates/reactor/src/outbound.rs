@@ -48,11 +48,12 @@ pub struct OutboundLimits {
 pub struct Outbound {
     /// The rest of the frame being written, wherever it came from.
     current: Option<Bytes>,
-    /// TLS output in the order it was made (records of sealed frames, handshake flights,
-    /// alerts): written before any plaintext is sealed.
-    sealed: VecDeque<Bytes>,
-    /// A TLS connection's queue: control and data frames are sealed before they go out.
-    sealing: bool,
+    /// A TLS connection's queue (boxed: a `ws://` connection pays one pointer for it):
+    /// TLS output in the order it was made — records of sealed frames, handshake flights,
+    /// alerts — written before any plaintext is sealed. Control and data frames of such a
+    /// queue go out only sealed.
+    #[allow(clippy::box_collection)] // One pointer per plain connection, not 32 bytes.
+    sealed: Option<Box<VecDeque<Bytes>>>,
     /// Pings, handshake bytes and at most one pong (a newer pong replaces a waiting one).
     control: VecDeque<Bytes>,
     data: VecDeque<Bytes>,
@@ -87,7 +88,7 @@ impl Outbound {
     /// The queue of a TLS connection: frames go out only through [`Outbound::seal`].
     pub fn sealing() -> Outbound {
         Outbound {
-            sealing: true,
+            sealed: Some(Box::default()),
             ..Outbound::default()
         }
     }
@@ -95,7 +96,7 @@ impl Outbound {
     /// Nothing left to write.
     pub fn is_empty(&self) -> bool {
         self.current.is_none()
-            && self.sealed.is_empty()
+            && self.sealed.as_ref().is_none_or(|q| q.is_empty())
             && self.control.is_empty()
             && self.data.is_empty()
             && self.in_flight == 0
@@ -104,7 +105,7 @@ impl Outbound {
     /// Whether frames wait that no send has taken yet.
     pub fn has_unsent(&self) -> bool {
         self.current.is_some()
-            || !self.sealed.is_empty()
+            || self.sealed.as_ref().is_some_and(|q| !q.is_empty())
             || !self.control.is_empty()
             || !self.data.is_empty()
     }
@@ -118,15 +119,21 @@ impl Outbound {
     pub fn queued_bytes(&self) -> usize {
         self.data_bytes
             + self.current.as_ref().map_or(0, Bytes::len)
-            + self.sealed.iter().map(Bytes::len).sum::<usize>()
+            + self
+                .sealed
+                .iter()
+                .flat_map(|q| q.iter())
+                .map(Bytes::len)
+                .sum::<usize>()
             + self.control.iter().map(Bytes::len).sum::<usize>()
     }
 
     /// Queues TLS output that is not a sealed frame (a handshake flight, a ticket, an
     /// alert, close_notify), behind the ciphertext already made.
     pub fn push_sealed(&mut self, ciphertext: Bytes) {
-        if !ciphertext.is_empty() {
-            self.sealed.push_back(ciphertext);
+        match self.sealed.as_deref_mut() {
+            Some(q) if !ciphertext.is_empty() => q.push_back(ciphertext),
+            _ => debug_assert!(ciphertext.is_empty(), "ciphertext for a plain connection"),
         }
     }
 
@@ -134,9 +141,8 @@ impl Outbound {
     /// them), once the ciphertext made before has gone: frames stay plaintext, counted
     /// and discardable, for as long as the socket is not taking them.
     pub fn seal(&mut self, tls: &mut TlsStream) -> Result<(), TlsError> {
-        if !self.sealing
-            || self.current.is_some()
-            || !self.sealed.is_empty()
+        if self.current.is_some()
+            || self.sealed.as_ref().is_none_or(|q| !q.is_empty())
             || self.in_flight > 0
             || (self.control.is_empty() && self.data.is_empty())
         {
@@ -255,10 +261,13 @@ impl Outbound {
 
     /// What `flush` writes, in order: ciphertext, then (unless the queue seals) plaintext.
     fn in_order(&self) -> impl Iterator<Item = &Bytes> {
-        let plain = (!self.sealing).then_some(self.control.iter().chain(self.data.iter()));
+        let plain = self
+            .sealed
+            .is_none()
+            .then_some(self.control.iter().chain(self.data.iter()));
         self.current
             .iter()
-            .chain(self.sealed.iter())
+            .chain(self.sealed.iter().flat_map(|q| q.iter()))
             .chain(plain.into_iter().flatten())
     }
 
@@ -272,9 +281,9 @@ impl Outbound {
         while into.len() < max {
             let (bytes, from) = if let Some(f) = self.current.take() {
                 (f, From::Current)
-            } else if let Some(f) = self.sealed.pop_front() {
+            } else if let Some(f) = self.sealed.as_mut().and_then(|q| q.pop_front()) {
                 (f, From::Sealed)
-            } else if self.sealing {
+            } else if self.sealed.is_some() {
                 break;
             } else if let Some(f) = self.control.pop_front() {
                 (f, From::Control)
@@ -322,7 +331,11 @@ impl Outbound {
             }
             match f.from {
                 From::Current => self.current = Some(f.bytes),
-                From::Sealed => self.sealed.push_front(f.bytes),
+                From::Sealed => {
+                    if let Some(q) = self.sealed.as_mut() {
+                        q.push_front(f.bytes);
+                    }
+                }
                 From::Control => self.control.push_front(f.bytes),
                 From::Data => {
                     self.data_bytes += f.bytes.len();
@@ -335,10 +348,13 @@ impl Outbound {
     /// Removes `n` written bytes from the front, in the order `flush` wrote them.
     fn consume(&mut self, mut n: usize) {
         while n > 0 {
-            let next = self.current.take().or_else(|| self.sealed.pop_front());
+            let next = self
+                .current
+                .take()
+                .or_else(|| self.sealed.as_mut().and_then(|q| q.pop_front()));
             let mut frame = match next {
                 Some(f) => f,
-                None if self.sealing => return,
+                None if self.sealed.is_some() => return,
                 None => match self.control.pop_front() {
                     Some(f) => f,
                     None => match self.data.pop_front() {
