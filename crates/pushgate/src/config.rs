@@ -233,6 +233,10 @@ pub struct Keys {
     /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1) [default: none].
     #[arg(long, env = "PUSHGATE_TLS_KEY")]
     pub tls_key: Option<String>,
+    /// Bytes of a TLS handshake held before it completes; a client hello past it fails
+    /// the connection [default: 16389, one full record].
+    #[arg(long, env = "PUSHGATE_TLS_MAX_HANDSHAKE_BYTES")]
+    pub tls_max_handshake_bytes: Option<usize>,
     /// Reconnect backoff advertised in welcome: first delay in ms [default: 1000].
     #[arg(long, env = "PUSHGATE_RECONNECT_BASE_MS")]
     pub reconnect_base_ms: Option<u64>,
@@ -525,6 +529,13 @@ impl Settings {
                 n => bail!("io_uring_buffer_size must be between 64 and 1048576, got {n}"),
             },
             tls: tls_acceptor(&k.tls_cert, &k.tls_key)?,
+            tls_max_handshake_bytes: match pick!(
+                tls_max_handshake_bytes,
+                reactor::tls::stream::DEFAULT_MAX_HANDSHAKE_BYTES
+            ) {
+                n @ 1024.. => n,
+                n => bail!("tls_max_handshake_bytes must be at least 1024, got {n}"),
+            },
             session,
             service: Some(ServiceConfig {
                 listen: control,

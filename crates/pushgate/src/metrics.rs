@@ -649,12 +649,15 @@ fn tls_part(src: &Sources, out: &mut Families) {
             "result",
             [("ok", ok), ("failed", failed)],
         );
-        out.single(
-            TLS_CERT_NOT_AFTER,
-            GAUGE,
-            "When the certificate served expires, in seconds since the Unix epoch.",
-            tls.not_after().max(0) as u64,
-        );
+        // Absent (rather than 0, which would read as long expired) when unreadable.
+        if let Some(not_after) = tls.not_after() {
+            out.single(
+                TLS_CERT_NOT_AFTER,
+                GAUGE,
+                "When the certificate served expires, in seconds since the Unix epoch.",
+                not_after.max(0) as u64,
+            );
+        }
     }
 }
 

@@ -96,6 +96,23 @@ pub(crate) struct Conn<I> {
     dirty: bool,
 }
 
+impl<I> Conn<I> {
+    /// Queues TLS close_notify, once, on a TLS connection whose handshake is done and
+    /// whose TLS has not failed: true when it was queued.
+    fn queue_close_notify(&mut self) -> bool {
+        let (Some(tls), false) = (self.tls.as_deref_mut(), self.tls_closed) else {
+            return false;
+        };
+        self.tls_closed = true;
+        let mut notify = Vec::new();
+        if tls.is_handshaking() || tls.close(&mut notify).is_err() {
+            return false;
+        }
+        self.out.push_sealed(Bytes::from(notify));
+        true
+    }
+}
+
 /// A reactor thread's state, over the driver `D` that moves its bytes.
 pub(crate) struct Reactor<D: Driver> {
     id: u16,
@@ -664,7 +681,13 @@ impl<D: Driver> Reactor<D> {
         };
         match self.io.write(key, conn, now) {
             Ok(n) => self.stats.bytes_out.add(n as u64),
-            Err(_) => {
+            Err(e) => {
+                let tls = e
+                    .get_ref()
+                    .and_then(|e| e.downcast_ref::<crate::tls::TlsError>());
+                if let Some(e) = tls {
+                    crate::tls::count_failure(&self.stats, false, e);
+                }
                 self.remove(key, false);
                 return;
             }
@@ -681,19 +704,18 @@ impl<D: Driver> Reactor<D> {
         if !conn.out.is_empty() {
             return;
         }
+        if !(conn.close_after_flush || conn.write_shut) {
+            return;
+        }
+        // The peer learns the stream ended here, not by truncation: close_notify goes
+        // before the FIN (the next call, once it is out, sends that).
+        if conn.queue_close_notify() {
+            self.flush(key);
+            return;
+        }
         if conn.close_after_flush {
-            if let (Some(tls), false) = (conn.tls.as_deref_mut(), conn.tls_closed) {
-                // The peer learns the stream ended here, not by truncation.
-                conn.tls_closed = true;
-                let mut notify = Vec::new();
-                if !tls.is_handshaking() && tls.close(&mut notify).is_ok() {
-                    conn.out.push_sealed(Bytes::from(notify));
-                    self.flush(key);
-                    return;
-                }
-            }
             self.remove(key, false);
-        } else if conn.write_shut {
+        } else {
             let _ = conn.stream.shutdown(Shutdown::Write);
         }
     }

@@ -98,7 +98,10 @@ impl<D: Driver> Reactor<D> {
             _ => None,
         };
         let tls = match self.config.tls.as_ref().map(|t| t.accept()).transpose() {
-            Ok(tls) => tls.map(Box::new),
+            Ok(tls) => tls.map(|mut t| {
+                t.limit_handshake(self.config.tls_max_handshake_bytes);
+                Box::new(t)
+            }),
             Err(e) => {
                 tracing::warn!(error = %e, "TLS state for a new connection");
                 self.admission.release(ip, verdict);
