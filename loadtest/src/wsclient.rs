@@ -1,6 +1,12 @@
 //! A non-blocking WebSocket client connection for the load tool, driven by a mio loop:
 //! connect from a chosen source address, send the upgrade, read the 101, then frames —
 //! through TLS when the process runs with `--tls` (`crate::tls`).
+//!
+//! A subscribe path starting with `/sse` makes it a Server-Sent Events client instead
+//! (pushgate's fallback transport): a plain `GET`, a `200` head, then each event's `data`
+//! handed over as a text message, so every scenario measures either transport. A path
+//! starting with `/poll` is a long poll: open (parked) once its request is written; an
+//! answer ends it (the idle scenario holds polls parked, nothing more).
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -35,6 +41,10 @@ pub(crate) struct WsConn {
     /// Bytes waiting for room in the socket (ciphertext, with TLS).
     out: Vec<u8>,
     tls: Option<Box<rustls::ClientConnection>>,
+    /// An event stream rather than a WebSocket.
+    sse: bool,
+    /// A long poll rather than a WebSocket.
+    poll: bool,
 }
 
 impl WsConn {
@@ -54,10 +64,16 @@ impl WsConn {
             Err(e) if e.raw_os_error() == Some(115) || e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
+        let sse = path.starts_with("/sse");
+        let poll = path.starts_with("/poll");
+        let request = if sse || poll {
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n")
+        } else {
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+        }
         .into_bytes();
         let mut conn = WsConn {
             stream: TcpStream::from_std(socket.into()),
@@ -68,6 +84,8 @@ impl WsConn {
             decoder: Decoder::new(),
             out: Vec::new(),
             tls: crate::tls::client()?.map(Box::new),
+            sse,
+            poll,
         };
         if conn.tls.is_some() {
             // rustls holds the request until the handshake lets it go.
@@ -156,12 +174,22 @@ impl WsConn {
         }
     }
 
+    /// Where a connection is once its request is on its way: a poll is parked from then
+    /// on, the others wait for the response head.
+    fn after_request(&self) -> Phase {
+        if self.poll {
+            Phase::Open
+        } else {
+            Phase::Upgrading
+        }
+    }
+
     /// Makes progress after a readiness event; returns messages received.
     pub(crate) fn drive(&mut self, out: &mut Vec<Message>) {
         self.flush();
         if self.phase == Phase::Connecting && self.tls.is_some() {
             // The request went to TLS; the handshake under way sends it.
-            self.phase = Phase::Upgrading;
+            self.phase = self.after_request();
         }
         if self.phase == Phase::Connecting {
             while self.sent < self.request.len() {
@@ -179,12 +207,17 @@ impl WsConn {
                     }
                 }
             }
-            self.phase = Phase::Upgrading;
+            self.phase = self.after_request();
         }
         let mut chunk = [0u8; 16 * 1024];
         loop {
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
+                    self.phase = Phase::Failed;
+                    return;
+                }
+                Ok(_) if self.poll => {
+                    // Answered: the poll is over.
                     self.phase = Phase::Failed;
                     return;
                 }
@@ -214,11 +247,25 @@ impl WsConn {
                 return;
             };
             let head = self.buf.split_to(end + 4);
-            self.phase = if head.starts_with(b"HTTP/1.1 101") {
+            let ok: &[u8] = if self.sse {
+                b"HTTP/1.1 200"
+            } else {
+                b"HTTP/1.1 101"
+            };
+            self.phase = if head.starts_with(ok) {
                 Phase::Open
             } else {
                 Phase::Failed
             };
+        }
+        if self.phase == Phase::Open && self.sse {
+            while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let event = self.buf.split_to(end + 2);
+                if let Some(data) = sse_data(&event) {
+                    out.push(Message::Text(data));
+                }
+            }
+            return;
         }
         if self.phase == Phase::Open {
             let cfg = DecoderConfig::client();
@@ -227,4 +274,21 @@ impl WsConn {
             }
         }
     }
+}
+
+/// The `data` of one event (its `data:` lines joined by `\n`); `None` for a comment or a
+/// `retry:` block.
+fn sse_data(event: &[u8]) -> Option<bytes::Bytes> {
+    let mut data = Vec::new();
+    let mut any = false;
+    for line in event.split(|&b| b == b'\n') {
+        if let Some(v) = line.strip_prefix(b"data:") {
+            if any {
+                data.push(b'\n');
+            }
+            any = true;
+            data.extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
+        }
+    }
+    any.then(|| bytes::Bytes::from(data))
 }

@@ -20,6 +20,7 @@ pub mod default {
     pub const CONTROL: &str = "127.0.0.1:8081";
     pub const HANDSHAKE_TIMEOUT: f64 = 10.0;
     pub const HEARTBEAT: f64 = 25.0;
+    pub const POLL_TIMEOUT: f64 = 25.0;
     pub const IDLE_TIMEOUT: f64 = 60.0;
     pub const CLOSE_TIMEOUT: f64 = 5.0;
     pub const SHUTDOWN_DRAIN: f64 = 10.0;
@@ -117,6 +118,10 @@ pub struct Keys {
     /// Seconds of silence before the server pings [default: 25].
     #[arg(long, env = "PUSHGATE_HEARTBEAT")]
     pub heartbeat: Option<f64>,
+    /// Seconds a `GET /poll` is held open before it is answered with no messages
+    /// [default: 25].
+    #[arg(long, env = "PUSHGATE_POLL_TIMEOUT")]
+    pub poll_timeout: Option<f64>,
     /// Seconds of silence before the connection is closed with 1001 [default: 60].
     #[arg(long, env = "PUSHGATE_IDLE_TIMEOUT")]
     pub idle_timeout: Option<f64>,
@@ -228,6 +233,10 @@ pub struct Keys {
     /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1) [default: none].
     #[arg(long, env = "PUSHGATE_TLS_KEY")]
     pub tls_key: Option<String>,
+    /// Bytes of a TLS handshake held before it completes; a client hello past it fails
+    /// the connection [default: 16389, one full record].
+    #[arg(long, env = "PUSHGATE_TLS_MAX_HANDSHAKE_BYTES")]
+    pub tls_max_handshake_bytes: Option<usize>,
     /// Reconnect backoff advertised in welcome: first delay in ms [default: 1000].
     #[arg(long, env = "PUSHGATE_RECONNECT_BASE_MS")]
     pub reconnect_base_ms: Option<u64>,
@@ -485,6 +494,7 @@ impl Settings {
                     session::client_protocol::MAX_RECIPIENTS
                 ),
             },
+            poll_timeout: secs("poll_timeout", pick!(poll_timeout, default::POLL_TIMEOUT))?,
         };
         let reactor = ReactorConfig {
             listen,
@@ -526,6 +536,13 @@ impl Settings {
                 n => bail!("io_uring_buffer_size must be between 64 and 1048576, got {n}"),
             },
             tls: tls_acceptor(&k.tls_cert, &k.tls_key)?,
+            tls_max_handshake_bytes: match pick!(
+                tls_max_handshake_bytes,
+                reactor::tls::stream::DEFAULT_MAX_HANDSHAKE_BYTES
+            ) {
+                n @ 1024.. => n,
+                n => bail!("tls_max_handshake_bytes must be at least 1024, got {n}"),
+            },
             session,
             service: Some(ServiceConfig {
                 listen: control,

@@ -14,13 +14,14 @@ use prometheus::proto::{
 use prometheus::{Encoder, Registry, TextEncoder};
 use reactor::admission::Admission;
 use reactor::stats::{
-    Histogram, DROP_REASONS, LATENCY_BUCKETS_US, PROTOCOL_CLOSE_CODES, REJECT_STATUSES,
-    SERVICE_EVICT_REASONS, TLS_FAILURE_CAUSES,
+    Histogram, DROP_REASONS, LATENCY_BUCKETS_US, POLL_RESULTS, PROTOCOL_CLOSE_CODES,
+    REJECT_STATUSES, SERVICE_EVICT_REASONS, TLS_FAILURE_CAUSES, TRANSPORTS,
 };
 use reactor::{ReactorHandle, ReactorStats, INBOX_DROP_REASONS};
 use router::bus::stats::REFUSE_REASONS;
 use router::bus::BusStats;
 use router::Router;
+use session::fallback::SEND_STATUSES;
 
 use crate::control::{ApiStats, OperatorStats, API_ENDPOINTS, API_STATUSES};
 
@@ -38,6 +39,16 @@ pub mod names {
     pub const ACCEPTED: &str = "pushgate_connections_accepted_total";
     /// Counter: upgrades by result.
     pub const HANDSHAKES: &str = "pushgate_handshakes_total";
+    /// Gauge: open connections of users, by transport (`ws`, `sse`, `poll`).
+    pub const TRANSPORT_CONNECTIONS: &str = "pushgate_transport_connections";
+    /// Counter: connections of users opened, by transport.
+    pub const TRANSPORT_OPENED: &str = "pushgate_transport_opened_total";
+    /// Counter: messages queued to connections, by transport.
+    pub const TRANSPORT_DELIVERED: &str = "pushgate_transport_messages_delivered_total";
+    /// Counter: `POST /send` answers, by HTTP status.
+    pub const HTTP_SEND: &str = "pushgate_http_send_total";
+    /// Counter: long polls answered, by result (`messages`, `timeout`).
+    pub const POLL_ANSWERS: &str = "pushgate_poll_answers_total";
     /// Counter: bytes read from clients.
     pub const BYTES_RECEIVED: &str = "pushgate_bytes_received_total";
     /// Counter: bytes written to clients.
@@ -151,6 +162,8 @@ pub mod names {
 
 /// Reads one value from a reactor's counters.
 type Read = fn(&ReactorStats) -> u64;
+/// Reads one cell of a per-label array of counters.
+type ReadAt = fn(&ReactorStats, usize) -> u64;
 
 fn sum(reactors: &[ReactorHandle], f: impl Fn(&ReactorStats) -> u64) -> u64 {
     reactors.iter().map(|r| f(r.stats())).sum()
@@ -386,7 +399,7 @@ fn reactors(src: &Sources, out: &mut Families) {
         (CONNECTIONS, "Open client sockets.", |s| s.connections.get()),
         (
             CONNECTIONS_UPGRADED,
-            "Upgraded WebSocket connections.",
+            "Upgraded WebSocket connections, open /sse streams and parked polls.",
             |s| s.upgraded.get(),
         ),
         (
@@ -468,10 +481,69 @@ fn reactors(src: &Sources, out: &mut Families) {
     out.family(
         HANDSHAKES,
         COUNTER,
-        "WebSocket upgrades by result (ok, or the HTTP status refused with).",
+        "WebSocket upgrades and /sse, /poll, /send requests by result (ok, or the HTTP status refused with).",
         "result",
         std::iter::once(("ok".to_owned(), sum(reactors, |s| s.handshakes_ok.get())))
             .chain(rejected),
+    );
+    let by_transport: [(&str, &str, MetricType, ReadAt); 3] = [
+        (
+            TRANSPORT_CONNECTIONS,
+            "Open connections of users by transport (ws, sse, poll).",
+            GAUGE,
+            |s, i| s.transport_connections[i].get(),
+        ),
+        (
+            TRANSPORT_OPENED,
+            "Connections of users opened by transport (upgraded, streaming, parked).",
+            COUNTER,
+            |s, i| s.transport_opened[i].get(),
+        ),
+        (
+            TRANSPORT_DELIVERED,
+            "Messages queued to connections by transport.",
+            COUNTER,
+            |s, i| s.transport_delivered[i].get(),
+        ),
+    ];
+    for (name, help, kind, f) in by_transport {
+        out.family(
+            name,
+            kind,
+            help,
+            "transport",
+            TRANSPORTS
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (*t, reactors.iter().map(|r| f(r.stats(), i)).sum())),
+        );
+    }
+    out.family(
+        HTTP_SEND,
+        COUNTER,
+        "POST /send requests read and answered, by HTTP status.",
+        "status",
+        SEND_STATUSES.iter().enumerate().map(|(i, status)| {
+            (
+                status.to_string(),
+                sum(reactors, |s| s.send_answers[i].get()),
+            )
+        }),
+    );
+    out.family(
+        POLL_ANSWERS,
+        COUNTER,
+        "Long polls answered: with messages, or empty at the poll timeout or a close.",
+        "result",
+        POLL_RESULTS.iter().enumerate().map(|(i, r)| {
+            (
+                *r,
+                reactors
+                    .iter()
+                    .map(|x| x.stats().poll_answers[i].get())
+                    .sum(),
+            )
+        }),
     );
     let timeouts: [(&str, Read); 3] = [
         ("handshake", |s| s.handshake_timeouts.get()),
@@ -581,12 +653,15 @@ fn tls_part(src: &Sources, out: &mut Families) {
             "result",
             [("ok", ok), ("failed", failed)],
         );
-        out.single(
-            TLS_CERT_NOT_AFTER,
-            GAUGE,
-            "When the certificate served expires, in seconds since the Unix epoch.",
-            tls.not_after().max(0) as u64,
-        );
+        // Absent (rather than 0, which would read as long expired) when unreadable.
+        if let Some(not_after) = tls.not_after() {
+            out.single(
+                TLS_CERT_NOT_AFTER,
+                GAUGE,
+                "When the certificate served expires, in seconds since the Unix epoch.",
+                not_after.max(0) as u64,
+            );
+        }
     }
 }
 

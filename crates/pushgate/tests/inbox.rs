@@ -43,6 +43,14 @@ impl Hooks for Report {
     fn on_close(&mut self, conn: ConnRef) {
         let _ = self.0.send(Seen::Closed(conn));
     }
+    fn send(
+        &mut self,
+        _uid: &str,
+        _to: &[String],
+        _data: &bytes::Bytes,
+    ) -> Result<(), session::client_protocol::RequestError> {
+        Ok(())
+    }
 }
 
 fn config() -> ReactorConfig {
@@ -257,6 +265,14 @@ impl Hooks for Stall {
         let _ = self.release.recv_timeout(Duration::from_secs(30));
     }
     fn on_close(&mut self, _conn: ConnRef) {}
+    fn send(
+        &mut self,
+        _uid: &str,
+        _to: &[String],
+        _data: &bytes::Bytes,
+    ) -> Result<(), session::client_protocol::RequestError> {
+        Ok(())
+    }
 }
 
 fn stalled(config: ReactorConfig) -> (Server, Client, ConnRef, mpsc::Sender<()>) {

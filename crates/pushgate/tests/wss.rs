@@ -270,3 +270,67 @@ fn bad_files_at_start_stop_the_node_with_a_reason_and_an_expired_one_warns() {
         .any(|l| l.contains("the TLS certificate is expired")));
     assert!(gw.metric("pushgate_tls_cert_not_after_seconds") < 1_700_000_000.0);
 }
+
+fn python(args: &[&str]) -> std::process::Child {
+    Command::new("python3")
+        .arg(script())
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 (run scripts/install-test-deps.sh)")
+}
+
+#[test]
+fn a_protocol_error_closes_with_its_code_then_close_notify_before_the_fin() {
+    let pki = TestPki::new("protoerr", "pushgate-test");
+    let gw = start(&pki, &[]);
+    let ca = pki.ca.display().to_string();
+    let out = python(&["protoerr", &gw.client_addr.to_string(), &ca])
+        .wait_with_output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.contains("close 1002"), "{out}");
+    assert!(
+        out.contains("tls close_notify"),
+        "the stream was truncated: {out}"
+    );
+}
+
+#[test]
+fn a_slow_wss_reader_is_closed_with_1013_and_counted() {
+    let pki = TestPki::new("slow", "pushgate-test");
+    let gw = start(
+        &pki,
+        &[
+            "--history-size",
+            "0",
+            "--max-outbound-bytes",
+            "65536",
+            "--close-timeout",
+            "10",
+        ],
+    );
+    let ca = pki.ca.display().to_string();
+    let mut reader = python(&["stall", &gw.client_addr.to_string(), &ca, "slow-user", "2"]);
+    let mut lines = BufReader::new(reader.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    // More than the kernel's socket buffers take (loopback autotunes them to megabytes).
+    let big = "x".repeat(60_000);
+    for i in 0..400 {
+        let body = serde_json::json!({"to": ["slow-user"], "data": {"i": i, "pad": big}});
+        let (status, resp) = post(gw.control_addr, "/v1/push", &body.to_string(), None);
+        assert_eq!(status, 200, "{resp}");
+        if gw.metric("pushgate_slow_consumer_closes_total") > 0.0 {
+            break;
+        }
+    }
+    assert!(gw.eventually(Duration::from_secs(3), |g| g
+        .metric("pushgate_slow_consumer_closes_total")
+        == 1.0));
+    let verdict = lines.next().unwrap().unwrap();
+    assert_eq!(verdict, "closed 1013", "the reader saw {verdict}");
+    assert!(reader.wait().unwrap().success());
+    assert!(gw.eventually(Duration::from_secs(3), |g| g
+        .metric_sum("pushgate_connections")
+        == 0.0));
+}

@@ -54,6 +54,8 @@ pub struct ReactorConfig {
     pub io_uring_buffer_size: usize,
     /// Serve `wss://` only: every client connection starts with a TLS handshake.
     pub tls: Option<crate::tls::TlsAcceptor>,
+    /// Ciphertext a connection may hold before its TLS handshake is done.
+    pub tls_max_handshake_bytes: usize,
 }
 
 impl Default for ReactorConfig {
@@ -81,6 +83,7 @@ impl Default for ReactorConfig {
             io_uring_buffers: 64,
             io_uring_buffer_size: 4096,
             tls: None,
+            tls_max_handshake_bytes: crate::tls::stream::DEFAULT_MAX_HANDSHAKE_BYTES,
         }
     }
 }

@@ -25,7 +25,7 @@ use crossbeam_channel::Receiver;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 use protocol::CloseCode;
-use session::{CloseKind, Codecs, ConnId, Ctx, Effects, Event, Session, TransmitKind};
+use session::{CloseKind, Codecs, ConnId, Ctx, Effects, Event, Session, TransmitKind, Transport};
 use slab::Slab;
 use socket2::SockRef;
 
@@ -85,12 +85,32 @@ pub(crate) struct Conn<I> {
     /// Writing was shut down after a protocol error.
     write_shut: bool,
     gauge: Gauge,
-    /// Upgraded on `/ws` (broadcasts go to these, not to `/echo`).
+    /// A connection of a user: `/ws`, `/sse` or `/poll` (broadcasts go to these, not to
+    /// `/echo`).
     push_endpoint: bool,
+    /// How deliveries reach it (meaningful with `push_endpoint`).
+    transport: Transport,
     /// Listed in `Reactor::partial_order`.
     partial_listed: bool,
     /// Given frames this turn and listed in `Reactor::dirty`, to be written at its end.
     dirty: bool,
+}
+
+impl<I> Conn<I> {
+    /// Queues TLS close_notify, once, on a TLS connection whose handshake is done and
+    /// whose TLS has not failed: true when it was queued.
+    fn queue_close_notify(&mut self) -> bool {
+        let (Some(tls), false) = (self.tls.as_deref_mut(), self.tls_closed) else {
+            return false;
+        };
+        self.tls_closed = true;
+        let mut notify = Vec::new();
+        if tls.is_handshaking() || tls.close(&mut notify).is_err() {
+            return false;
+        }
+        self.out.push_sealed(Bytes::from(notify));
+        true
+    }
 }
 
 /// A reactor thread's state, over the driver `D` that moves its bytes.
@@ -544,18 +564,41 @@ impl<D: Driver> Reactor<D> {
                 stats.count_rejected(status.code());
                 self.set_gauge(key, Gauge::Neither);
             }
-            Event::Opened { uid, device, since } => {
+            Event::Opened {
+                uid,
+                device,
+                since,
+                transport,
+            } => {
                 stats.handshakes_ok.add(1);
+                stats.transport_opened[transport.index()].add(1);
+                stats.transport_connections[transport.index()].add(1);
                 self.set_gauge(key, Gauge::Upgraded);
                 if let Some(c) = self.conns.get_mut(key) {
                     c.push_endpoint = true;
+                    c.transport = transport;
                 }
                 if let Some(c) = cref {
                     let mut welcome = self.hooks.open(c, &uid, device.as_deref(), since);
-                    trim_replay(&mut welcome, &self.config.outbound);
+                    // A poll answers with the oldest of the replay and leaves the rest
+                    // for the next poll; the others queue the newest.
+                    match transport {
+                        Transport::Ws => trim_replay(&mut welcome, &self.config.outbound, 0),
+                        Transport::Sse => {
+                            trim_replay(&mut welcome, &self.config.outbound, SSE_EVENT_OVERHEAD)
+                        }
+                        Transport::Poll => {}
+                    }
                     self.with_session(key, |s, cx, fx| s.welcome(&uid, welcome, cx, fx));
                 }
             }
+            Event::HttpSend { uid, to, data } => {
+                stats.messages_in.add(1);
+                let result = self.hooks.send(&uid, &to, &data);
+                self.with_session(key, |s, cx, fx| s.send_answered(result, cx, fx));
+            }
+            Event::SendAnswered(status) => stats.count_send_answer(status),
+            Event::PollAnswered(messages) => stats.poll_answers[usize::from(messages)].add(1),
             Event::EchoOpened => {
                 stats.handshakes_ok.add(1);
                 self.set_gauge(key, Gauge::Upgraded);
@@ -638,7 +681,13 @@ impl<D: Driver> Reactor<D> {
         };
         match self.io.write(key, conn, now) {
             Ok(n) => self.stats.bytes_out.add(n as u64),
-            Err(_) => {
+            Err(e) => {
+                let tls = e
+                    .get_ref()
+                    .and_then(|e| e.downcast_ref::<crate::tls::TlsError>());
+                if let Some(e) = tls {
+                    crate::tls::count_failure(&self.stats, false, e);
+                }
                 self.remove(key, false);
                 return;
             }
@@ -655,19 +704,18 @@ impl<D: Driver> Reactor<D> {
         if !conn.out.is_empty() {
             return;
         }
+        if !(conn.close_after_flush || conn.write_shut) {
+            return;
+        }
+        // The peer learns the stream ended here, not by truncation: close_notify goes
+        // before the FIN (the next call, once it is out, sends that).
+        if conn.queue_close_notify() {
+            self.flush(key);
+            return;
+        }
         if conn.close_after_flush {
-            if let (Some(tls), false) = (conn.tls.as_deref_mut(), conn.tls_closed) {
-                // The peer learns the stream ended here, not by truncation.
-                conn.tls_closed = true;
-                let mut notify = Vec::new();
-                if !tls.is_handshaking() && tls.close(&mut notify).is_ok() {
-                    conn.out.push_sealed(Bytes::from(notify));
-                    self.flush(key);
-                    return;
-                }
-            }
             self.remove(key, false);
-        } else if conn.write_shut {
+        } else {
             let _ = conn.stream.shutdown(Shutdown::Write);
         }
     }
@@ -717,6 +765,13 @@ impl<D: Driver> Reactor<D> {
             .conns
             .get(key)
             .is_some_and(|c| c.gauge == Gauge::Upgraded);
+        if let Some(c) = self
+            .conns
+            .get(key)
+            .filter(|c| c.push_endpoint && was_upgraded)
+        {
+            self.stats.transport_connections[c.transport.index()].sub(1);
+        }
         self.set_gauge(key, Gauge::Neither);
         let conn = self.conns.remove(key);
         if let Some((id, _)) = conn.timer {
@@ -745,23 +800,29 @@ impl<D: Driver> Reactor<D> {
     }
 }
 
+/// Most an event is longer than the frame of the same message: `id: <20 digits>\n`,
+/// `data: `, the blank line.
+const SSE_EVENT_OVERHEAD: usize = 4 + 20 + 1 + 6 + 2;
+
 /// Keeps the replay behind a `welcome` within the connection's outbound queue, with room
 /// for the `welcome` and an `error`: past that the connection would be closed as a slow
 /// consumer before it read anything, and again on every reconnect. The newest messages
 /// are kept, so the client's view runs without a gap into the live ones, and the welcome
 /// says `recovered: false` (the client resyncs the older part from its backend).
-fn trim_replay(welcome: &mut session::Welcome, limits: &crate::OutboundLimits) {
+/// `extra` is what each message grows by on its way to the connection (an event's `id:`
+/// and `data:` lines against a frame's header).
+fn trim_replay(welcome: &mut session::Welcome, limits: &crate::OutboundLimits, extra: usize) {
     /// Room kept for the `welcome` and an `error` frame.
     const RESERVED_BYTES: usize = 2048;
     let max_messages = limits.max_messages.saturating_sub(2);
     let max_bytes = limits.max_bytes.saturating_sub(RESERVED_BYTES);
     let (mut n, mut bytes) = (0, 0);
     for frame in welcome.replay.iter().rev() {
-        if n + 1 > max_messages || bytes + frame.len() > max_bytes {
+        if n + 1 > max_messages || bytes + frame.len() + extra > max_bytes {
             break;
         }
         n += 1;
-        bytes += frame.len();
+        bytes += frame.len() + extra;
     }
     let drop = welcome.replay.len() - n;
     if drop > 0 {

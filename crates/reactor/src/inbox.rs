@@ -78,6 +78,15 @@ pub trait Hooks: Send {
     fn on_session_event(&mut self, conn: ConnRef, event: session::Event);
     /// A `/ws` connection that was open has gone.
     fn on_close(&mut self, conn: ConnRef);
+    /// A `POST /send` from `uid` (no connection of the user: the request is the whole
+    /// exchange): delivers `data` to `to` as a `/ws` client's `send` would, and says
+    /// whether it was taken.
+    fn send(
+        &mut self,
+        uid: &str,
+        to: &[String],
+        data: &bytes::Bytes,
+    ) -> Result<(), session::client_protocol::RequestError>;
 }
 
 impl Command {

@@ -25,9 +25,9 @@ use crate::tls::{TlsError, TlsStream};
 
 /// Most slices handed to one `writev`.
 const MAX_IOVECS: usize = 64;
-/// Plaintext sealed at once, at most (and at least one frame): what is sealed is no
-/// longer counted against the limits, so the batch bounds the ciphertext a slow reader
-/// can hold besides them.
+/// Plaintext sealed at once, at most: what is sealed is no longer counted against the
+/// limits (nor discarded from a slow consumer), so the batch bounds the ciphertext a
+/// connection can hold besides them; a larger frame is sealed a batch at a time.
 const SEAL_BATCH: usize = 64 * 1024;
 
 /// The queue limit was reached: the consumer is too slow.
@@ -52,8 +52,7 @@ pub struct Outbound {
     /// TLS output in the order it was made — records of sealed frames, handshake flights,
     /// alerts — written before any plaintext is sealed. Control and data frames of such a
     /// queue go out only sealed.
-    #[allow(clippy::box_collection)] // One pointer per plain connection, not 32 bytes.
-    sealed: Option<Box<VecDeque<Bytes>>>,
+    sealed: Option<Box<Sealing>>,
     /// Pings, handshake bytes and at most one pong (a newer pong replaces a waiting one).
     control: VecDeque<Bytes>,
     data: VecDeque<Bytes>,
@@ -64,6 +63,17 @@ pub struct Outbound {
     in_flight: usize,
     in_flight_data: usize,
     in_flight_data_bytes: usize,
+}
+
+/// What a TLS connection's queue holds besides plaintext frames.
+#[derive(Debug, Default)]
+struct Sealing {
+    /// TLS output in the order it was made.
+    records: VecDeque<Bytes>,
+    /// The unsealed rest of a frame larger than a batch (a reference to the shared frame,
+    /// not a copy): sealed before anything else, since no frame may start inside another,
+    /// and kept by a slow consumer's discard for the same reason.
+    rest: Option<Bytes>,
 }
 
 /// A frame taken for an asynchronous send, and where it came from.
@@ -96,7 +106,10 @@ impl Outbound {
     /// Nothing left to write.
     pub fn is_empty(&self) -> bool {
         self.current.is_none()
-            && self.sealed.as_ref().is_none_or(|q| q.is_empty())
+            && self
+                .sealed
+                .as_ref()
+                .is_none_or(|s| s.records.is_empty() && s.rest.is_none())
             && self.control.is_empty()
             && self.data.is_empty()
             && self.in_flight == 0
@@ -105,7 +118,10 @@ impl Outbound {
     /// Whether frames wait that no send has taken yet.
     pub fn has_unsent(&self) -> bool {
         self.current.is_some()
-            || self.sealed.as_ref().is_some_and(|q| !q.is_empty())
+            || self
+                .sealed
+                .as_ref()
+                .is_some_and(|s| !s.records.is_empty() || s.rest.is_some())
             || !self.control.is_empty()
             || !self.data.is_empty()
     }
@@ -119,39 +135,49 @@ impl Outbound {
     pub fn queued_bytes(&self) -> usize {
         self.data_bytes
             + self.current.as_ref().map_or(0, Bytes::len)
-            + self
-                .sealed
-                .iter()
-                .flat_map(|q| q.iter())
-                .map(Bytes::len)
-                .sum::<usize>()
+            + self.sealed.as_ref().map_or(0, |s| {
+                s.records.iter().map(Bytes::len).sum::<usize>()
+                    + s.rest.as_ref().map_or(0, Bytes::len)
+            })
             + self.control.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    /// Ciphertext waiting (a TLS connection's sealed records, the one being written
+    /// included): at most about one batch, whatever the frames' sizes.
+    pub fn sealed_bytes(&self) -> usize {
+        self.sealed.as_ref().map_or(0, |s| {
+            self.current.as_ref().map_or(0, Bytes::len)
+                + s.records.iter().map(Bytes::len).sum::<usize>()
+        })
     }
 
     /// Queues TLS output that is not a sealed frame (a handshake flight, a ticket, an
     /// alert, close_notify), behind the ciphertext already made.
     pub fn push_sealed(&mut self, ciphertext: Bytes) {
         match self.sealed.as_deref_mut() {
-            Some(q) if !ciphertext.is_empty() => q.push_back(ciphertext),
+            Some(s) if !ciphertext.is_empty() => s.records.push_back(ciphertext),
             _ => debug_assert!(ciphertext.is_empty(), "ciphertext for a plain connection"),
         }
     }
 
-    /// Encrypts the next batch of frames (control first, as [`Outbound::flush`] orders
-    /// them), once the ciphertext made before has gone: frames stay plaintext, counted
-    /// and discardable, for as long as the socket is not taking them.
+    /// Encrypts the next batch — the rest of a frame cut by the last batch, then control
+    /// frames, then data, as [`Outbound::flush`] orders them — once the ciphertext made
+    /// before has gone: frames stay plaintext, counted and discardable, for as long as
+    /// the socket is not taking them, and a frame larger than a batch is sealed a batch
+    /// at a time.
     pub fn seal(&mut self, tls: &mut TlsStream) -> Result<(), TlsError> {
-        if self.current.is_some()
-            || self.sealed.as_ref().is_none_or(|q| !q.is_empty())
-            || self.in_flight > 0
-            || (self.control.is_empty() && self.data.is_empty())
-        {
+        let Some(sealing) = self.sealed.as_deref_mut() else {
+            return Ok(());
+        };
+        if self.current.is_some() || !sealing.records.is_empty() || self.in_flight > 0 {
             return Ok(());
         }
         let mut out = Vec::new();
         let (mut plain, mut frames) = (0, 0);
         while plain < SEAL_BATCH && frames < MAX_IOVECS {
-            let frame = if let Some(f) = self.control.pop_front() {
+            let mut frame = if let Some(f) = sealing.rest.take() {
+                f
+            } else if let Some(f) = self.control.pop_front() {
                 f
             } else if let Some(f) = self.data.pop_front() {
                 self.data_bytes -= f.len();
@@ -159,11 +185,19 @@ impl Outbound {
             } else {
                 break;
             };
+            let room = SEAL_BATCH - plain;
+            if frame.len() > room {
+                let head = frame.split_to(room);
+                sealing.rest = Some(frame);
+                frame = head;
+            }
             tls.write_plain(&frame, &mut out)?;
             plain += frame.len();
             frames += 1;
         }
-        self.push_sealed(Bytes::from(out));
+        if !out.is_empty() {
+            sealing.records.push_back(Bytes::from(out));
+        }
         Ok(())
     }
 
@@ -267,7 +301,7 @@ impl Outbound {
             .then_some(self.control.iter().chain(self.data.iter()));
         self.current
             .iter()
-            .chain(self.sealed.iter().flat_map(|q| q.iter()))
+            .chain(self.sealed.iter().flat_map(|s| s.records.iter()))
             .chain(plain.into_iter().flatten())
     }
 
@@ -281,7 +315,7 @@ impl Outbound {
         while into.len() < max {
             let (bytes, from) = if let Some(f) = self.current.take() {
                 (f, From::Current)
-            } else if let Some(f) = self.sealed.as_mut().and_then(|q| q.pop_front()) {
+            } else if let Some(f) = self.sealed.as_mut().and_then(|s| s.records.pop_front()) {
                 (f, From::Sealed)
             } else if self.sealed.is_some() {
                 break;
@@ -332,8 +366,8 @@ impl Outbound {
             match f.from {
                 From::Current => self.current = Some(f.bytes),
                 From::Sealed => {
-                    if let Some(q) = self.sealed.as_mut() {
-                        q.push_front(f.bytes);
+                    if let Some(s) = self.sealed.as_mut() {
+                        s.records.push_front(f.bytes);
                     }
                 }
                 From::Control => self.control.push_front(f.bytes),
@@ -351,7 +385,7 @@ impl Outbound {
             let next = self
                 .current
                 .take()
-                .or_else(|| self.sealed.as_mut().and_then(|q| q.pop_front()));
+                .or_else(|| self.sealed.as_mut().and_then(|s| s.records.pop_front()));
             let mut frame = match next {
                 Some(f) => f,
                 None if self.sealed.is_some() => return,

@@ -75,7 +75,14 @@ pub const SERVICE_EVICT_REASONS: [&str; 4] =
     ["full", "fd_limit", "first_request_timeout", "idle_timeout"];
 
 /// HTTP statuses an upgrade can be refused with, in a fixed order for the counters.
-pub const REJECT_STATUSES: [u16; 8] = [400, 401, 403, 404, 426, 429, 431, 503];
+pub const REJECT_STATUSES: [u16; 11] = [400, 401, 403, 404, 405, 411, 413, 426, 429, 431, 503];
+
+/// How a user's connections take messages, in a fixed order for the counters (indexed by
+/// `session::Transport::index`).
+pub const TRANSPORTS: [&str; 3] = ["ws", "sse", "poll"];
+
+/// How a long poll was answered, in a fixed order for the counters.
+pub const POLL_RESULTS: [&str; 2] = ["timeout", "messages"];
 
 /// Why a TLS connection failed, in a fixed order for the counters: its first bytes were
 /// not TLS (plain HTTP on the `wss://` port, say); the handshake failed (no shared
@@ -100,7 +107,17 @@ pub struct ReactorStats {
     /// Upgrades completed.
     pub handshakes_ok: Cell,
     /// Upgrades refused, by status (index into [`REJECT_STATUSES`]).
-    pub rejected: [Cell; 8],
+    pub rejected: [Cell; 11],
+    /// Gauge: open connections of users, by transport ([`TRANSPORTS`]).
+    pub transport_connections: [Cell; 3],
+    /// Connections of users opened, by transport.
+    pub transport_opened: [Cell; 3],
+    /// Messages queued to connections, by transport.
+    pub transport_delivered: [Cell; 3],
+    /// `POST /send` answers, by status (`session::fallback::SEND_STATUSES`).
+    pub send_answers: [Cell; 4],
+    /// Long polls answered, by [`POLL_RESULTS`].
+    pub poll_answers: [Cell; 2],
     /// Bytes read from clients.
     pub bytes_in: Cell,
     /// Bytes written to clients.
@@ -167,6 +184,16 @@ impl ReactorStats {
     pub fn count_rejected(&self, status: u16) {
         if let Some(i) = REJECT_STATUSES.iter().position(|&s| s == status) {
             self.rejected[i].add(1);
+        }
+    }
+
+    /// Counts a `POST /send` answer.
+    pub fn count_send_answer(&self, status: u16) {
+        if let Some(i) = session::fallback::SEND_STATUSES
+            .iter()
+            .position(|&s| s == status)
+        {
+            self.send_answers[i].add(1);
         }
     }
 

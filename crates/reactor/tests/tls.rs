@@ -406,3 +406,142 @@ fn junk_handshake_records_fail_cleanly_whole_or_split() {
         }
     }
 }
+
+fn handshaken(tag: &str) -> (Pki, ClientConnection, TlsStream) {
+    let p = pki(tag, "localhost");
+    let acceptor = TlsAcceptor::new(p.files.clone()).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client =
+        ClientConnection::new(client_config(&p.cert_der, &rustls::version::TLS13), name).unwrap();
+    let mut server = acceptor.accept().unwrap();
+    pump(&mut client, &mut server, &mut BytesMut::new());
+    (p, client, server)
+}
+
+/// A frame far larger than a sealing batch is sealed a batch at a time: the ciphertext a
+/// slow reader can hold stays near one batch (frames waiting unsealed are shared
+/// references, counted by the limits and discardable), and a slow consumer's discard
+/// keeps the frame whole on the wire.
+#[test]
+fn a_large_frame_is_sealed_a_batch_at_a_time_and_a_discard_keeps_it_whole() {
+    use bytes::Bytes;
+    use reactor::outbound::Outbound;
+    use reactor::OutboundLimits;
+    let limits = OutboundLimits {
+        max_bytes: 4 << 20,
+        max_messages: 1000,
+    };
+    let (_p, mut client, mut server) = handshaken("batches");
+    let mut q = Outbound::sealing();
+    let big = Bytes::from((0..600_000u32).map(|i| i as u8).collect::<Vec<_>>());
+    q.push_data(big.clone(), &limits).unwrap();
+    q.push_data(Bytes::from_static(b"dropped"), &limits)
+        .unwrap();
+    let mut sock = Socket {
+        wire: Vec::new(),
+        budget: 1000,
+    };
+    q.flush(Some(&mut server), &mut sock).unwrap();
+    let most = q.sealed_bytes();
+    assert!(most > 0 && most <= 70 * 1024, "{most} bytes sealed at once");
+    // A slow consumer: queued data goes, the frame under way does not, the close follows.
+    q.discard_data();
+    q.push_close(Bytes::from_static(b"CLOSE"));
+    let mut rounds = 0;
+    while !q.is_empty() {
+        sock.budget = 7_000;
+        q.flush(Some(&mut server), &mut sock).unwrap();
+        assert!(q.sealed_bytes() <= 70 * 1024);
+        rounds += 1;
+        assert!(rounds < 1_000, "the queue does not drain");
+    }
+    let got = client_decrypts(&mut client, &sock.wire);
+    assert!(
+        got == [&big[..], b"CLOSE"].concat(),
+        "the frame was cut or reordered"
+    );
+}
+
+/// The completion-based driver's path: sealed records taken for a send, written short,
+/// given back, with frames queued meanwhile.
+#[test]
+fn sealed_records_survive_short_asynchronous_sends_in_order() {
+    use bytes::Bytes;
+    use reactor::outbound::Outbound;
+    use reactor::OutboundLimits;
+    let limits = OutboundLimits {
+        max_bytes: 1 << 20,
+        max_messages: 1000,
+    };
+    let (_p, mut client, mut server) = handshaken("async");
+    let mut q = Outbound::sealing();
+    let mut want = Vec::new();
+    let mut wire = Vec::new();
+    for round in 0..50u32 {
+        let frame = Bytes::from(format!("frame {round};").repeat(1 + round as usize * 40));
+        want.extend_from_slice(&frame);
+        q.push_data(frame, &limits).unwrap();
+        if round % 7 == 0 {
+            q.push_control(Bytes::from(format!("ctl {round};")));
+        }
+        q.seal(&mut server).unwrap();
+        let mut taken = Vec::new();
+        q.take_for_send(&mut taken, 8);
+        assert!(
+            !taken.is_empty() || !q.has_unsent(),
+            "a sealing queue with work gave nothing to send"
+        );
+        let all: Vec<u8> = taken.iter().flat_map(|f| f.bytes.to_vec()).collect();
+        // Write a third of what was taken (a short send).
+        let n = all.len() / 3;
+        wire.extend_from_slice(&all[..n]);
+        q.finish_send(&mut taken, n);
+    }
+    while !q.is_empty() {
+        q.seal(&mut server).unwrap();
+        let mut taken = Vec::new();
+        q.take_for_send(&mut taken, 8);
+        let all: Vec<u8> = taken.iter().flat_map(|f| f.bytes.to_vec()).collect();
+        wire.extend_from_slice(&all);
+        q.finish_send(&mut taken, all.len());
+    }
+    let got = String::from_utf8(client_decrypts(&mut client, &wire)).unwrap();
+    // Control frames jump ahead at batch boundaries; data keeps its order.
+    let data: String = got
+        .split(';')
+        .filter(|s| s.starts_with("frame"))
+        .map(|s| format!("{s};"))
+        .collect();
+    assert_eq!(data.as_bytes(), &want[..]);
+    assert_eq!(got.matches("ctl").count(), 8);
+}
+
+/// A handshake message that never completes cannot make a connection buffer more than
+/// its limit (it is failed instead).
+#[test]
+fn a_handshake_past_its_limit_fails_the_connection() {
+    let p = pki("hslimit", "localhost");
+    let acceptor = TlsAcceptor::new(p.files.clone()).unwrap();
+    let mut server = acceptor.accept().unwrap();
+    server.limit_handshake(4096);
+    // A client hello claiming 60 000 bytes, sent in full records of junk.
+    let mut first = vec![0x01, 0x00, 0xea, 0x60];
+    first.resize(16 * 1024, 0x41);
+    let record = |payload: &[u8]| {
+        let mut r = vec![0x16, 0x03, 0x01];
+        r.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        r.extend_from_slice(payload);
+        r
+    };
+    let mut plain = BytesMut::new();
+    let mut out = Vec::new();
+    let result = server.read_tls(&record(&first), &mut plain, &mut out);
+    assert!(
+        matches!(result, Err(reactor::tls::TlsError::HandshakeTooLarge(4096))),
+        "{result:?}"
+    );
+    assert_eq!(server.buffered(), 0, "the buffer is freed");
+    // With the default limit a real client hello still gets through.
+    let (_p, _client, server) = handshaken("hslimit-ok");
+    assert!(!server.is_handshaking());
+}

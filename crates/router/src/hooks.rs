@@ -109,16 +109,9 @@ impl RouterHooks {
                 }
             }
             ClientRequest::Send { to, data } => {
-                // `from` is the sender's authenticated ID, never anything the client said.
-                let outcome = self.router.send_from_client(&to, &info.uid, &data).outcome;
-                self.stats
-                    .count_dropped("offline", outcome.offline_users as u64);
-                if outcome.refused > 0 {
-                    self.reply(conn, "unavailable", "node saturated; retry later");
-                } else if let Err(e) = outcome.bus {
-                    // Delivered here only; the sender learns so rather than assuming.
-                    self.stats.count_dropped("bus", to.len() as u64);
-                    self.reply(conn, "unavailable", e.as_str());
+                let uid = Arc::clone(&info.uid);
+                if let Err(e) = self.client_send(&uid, &to, &data) {
+                    self.reply(conn, e.code, e.message);
                 }
             }
             ClientRequest::Join { room, since } => {
@@ -142,6 +135,31 @@ impl RouterHooks {
                 }
             }
             ClientRequest::Ping => {}
+        }
+    }
+
+    /// A client's `send` from `uid` (`/ws` or `POST /send`): delivers it, and says why
+    /// not when it was not taken.
+    fn client_send(&self, uid: &str, to: &[String], data: &[u8]) -> Result<(), RequestError> {
+        // `from` is the sender's authenticated ID, never anything the client said.
+        // On a clustered node this does not wait for the stores (a reactor must not).
+        let outcome = self.router.send_from_client(to, uid, data).outcome;
+        self.stats
+            .count_dropped("offline", outcome.offline_users as u64);
+        if outcome.refused > 0 {
+            Err(RequestError {
+                code: "unavailable",
+                message: "node saturated; retry later",
+            })
+        } else if let Err(e) = outcome.bus {
+            // Delivered here only; the sender learns so rather than assuming.
+            self.stats.count_dropped("bus", to.len() as u64);
+            Err(RequestError {
+                code: "unavailable",
+                message: e.as_str(),
+            })
+        } else {
+            Ok(())
         }
     }
 
@@ -191,6 +209,11 @@ impl Hooks for RouterHooks {
             }
             self.on_request(conn, request);
         }
+    }
+
+    fn send(&mut self, uid: &str, to: &[String], data: &bytes::Bytes) -> Result<(), RequestError> {
+        self.stats.client_sends.add(1);
+        self.client_send(uid, to, data)
     }
 
     fn on_close(&mut self, conn: ConnRef) {

@@ -66,6 +66,8 @@ pub struct SessionConfig {
     pub client_rate: u32,
     /// Most users one client `send` may name.
     pub max_recipients: usize,
+    /// How long a `GET /poll` is held open before it is answered with no messages.
+    pub poll_timeout: Duration,
 }
 
 /// Rate-limited requests in a row after which the connection is closed with 1008
@@ -90,6 +92,7 @@ impl Default for SessionConfig {
             reconnect: ReconnectAdvice::default(),
             client_rate: 50,
             max_recipients: 100,
+            poll_timeout: Duration::from_secs(25),
         }
     }
 }

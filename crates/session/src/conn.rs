@@ -6,6 +6,12 @@
 //!     │               │  └─peer's close: answer 1000───────────────────────► Closed
 //!     └─error status──┴─protocol error: close code, shut down writing─► Closing (discard)
 //! ```
+//! The fallback transports leave the WebSocket path at the request head (see
+//! [`crate::fallback`]): `GET /sse` becomes a [`Phase::Sse`] stream, `GET /poll` a
+//! [`Phase::Poll`] parked until a message or its timeout, `POST /send` a [`Phase::Send`]
+//! that reads its body, is answered, and returns to [`Phase::Handshake`] for the next
+//! request on a keep-alive connection.
+//!
 //! Timers are derived from two instants and need no bookkeeping on reads: while open,
 //! reading only moves `since`; the driver's single timer fires at the old deadline, finds
 //! nothing due, and is re-armed at [`Session::next_deadline`].
@@ -24,6 +30,7 @@ use crate::auth::{authenticate, AuthError, RoomGrant};
 use crate::client_protocol::{self, ClientRequest};
 use crate::config::{SessionConfig, MAX_RATE_LIMITED_IN_A_ROW};
 use crate::effects::{CloseKind, Effects, Event, TransmitKind};
+use crate::fallback::{self, Transport};
 use crate::messages;
 
 /// Compression contexts shared by all connections of a reactor: with no context takeover
@@ -79,6 +86,38 @@ struct HandshakeState {
     parser: RequestParser,
     /// Admission control's verdict, answered once the request is read.
     reject: Option<Status>,
+    /// A keep-alive `/send` connection's rate limit, carried to its next request.
+    rate: Option<RateLimit>,
+}
+
+/// An open `/sse` stream. `Session::since` is when the last heartbeat was due: the client
+/// sends nothing after its request, so there is no silence to measure.
+#[derive(Debug)]
+struct Stream {
+    token_expires: Option<Instant>,
+}
+
+/// A parked `/poll`.
+#[derive(Debug)]
+struct Parked {
+    /// When it is answered with no messages.
+    deadline: Instant,
+    /// The user's latest seq when it was parked (the router's `welcome.seq`).
+    seq: Option<u64>,
+    /// The request's `Origin`, for the answer's CORS header.
+    origin: Option<Box<[u8]>>,
+}
+
+/// A `POST /send` whose body is being read, then answered.
+#[derive(Debug)]
+struct SendBody {
+    uid: String,
+    /// `Content-Length`.
+    need: usize,
+    body: BytesMut,
+    keep_alive: bool,
+    origin: Option<Box<[u8]>>,
+    rate: RateLimit,
 }
 
 /// Codecs of a connection that negotiated context takeover (never with the defaults).
@@ -161,6 +200,9 @@ struct Closing {
 enum Phase {
     Handshake(Box<HandshakeState>),
     Open(Open),
+    Sse(Stream),
+    Poll(Box<Parked>),
+    Send(Box<SendBody>),
     Closing(Closing),
     Closed,
 }
@@ -216,14 +258,15 @@ impl Session {
             phase: Phase::Handshake(Box::new(HandshakeState {
                 parser: RequestParser::new(config.max_header_bytes),
                 reject,
+                rate: None,
             })),
             since: now,
         }
     }
 
-    /// Upgraded and not closing.
+    /// Upgraded (or streaming, or parked) and not closing: takes deliveries.
     pub fn is_open(&self) -> bool {
-        matches!(self.phase, Phase::Open(_))
+        matches!(self.phase, Phase::Open(_) | Phase::Sse(_) | Phase::Poll(_))
     }
 
     /// Still in the upgrade handshake.
@@ -231,10 +274,15 @@ impl Session {
         matches!(self.phase, Phase::Handshake(_))
     }
 
-    /// Still handshaking with part of a request received: an honest client sends its
-    /// request in one go, so one that stops midway is dribbling (or very slow).
+    /// Still handshaking with part of a request received (a `/send` body included): an
+    /// honest client sends its request in one go, so one that stops midway is dribbling
+    /// (or very slow).
     pub fn handshake_partial(&self) -> bool {
-        matches!(&self.phase, Phase::Handshake(hs) if hs.parser.buffered() > 0)
+        match &self.phase {
+            Phase::Handshake(hs) => hs.parser.buffered() > 0,
+            Phase::Send(send) => send.body.len() < send.need,
+            _ => false,
+        }
     }
 
     /// Finished: the driver closes the socket once its queue is flushed.
@@ -268,7 +316,8 @@ impl Session {
                     Ok(None) => {}
                     Ok(Some(req)) => {
                         let reject = hs.reject;
-                        self.upgrade(req, reject, cx, fx);
+                        let rate = hs.rate.take();
+                        self.upgrade(req, reject, rate, cx, fx);
                     }
                     Err(e) => self.refuse(e.status(), &e.to_string(), fx),
                 }
@@ -277,6 +326,9 @@ impl Session {
                 self.since = cx.now;
                 self.read_frames(input, cx, fx);
             }
+            Phase::Send(_) => self.read_body(input, cx, fx),
+            // Nothing a client sends after an `/sse` or `/poll` request means anything.
+            Phase::Sse(_) | Phase::Poll(_) => input.clear(),
             Phase::Closing(_) => self.read_while_closing(input, cx, fx),
             Phase::Closed => input.clear(),
         }
@@ -293,11 +345,31 @@ impl Session {
         let now = cx.now;
         let config = cx.config;
         match &mut self.phase {
-            Phase::Handshake(_) => {
+            // A `/send` body is read within the handshake timeout too (slowloris).
+            Phase::Handshake(_) | Phase::Send(_) => {
                 if now >= self.since + config.handshake_timeout {
                     fx.events.push(Event::HandshakeTimeout);
                     self.phase = Phase::Closed;
                     fx.close = Some(CloseKind::Graceful);
+                }
+            }
+            Phase::Sse(stream) => {
+                if config.close_on_token_expiry && stream.token_expires.is_some_and(|t| now >= t) {
+                    fx.events.push(Event::TokenExpired);
+                    self.close(CloseCode::POLICY, "token expired", cx, fx);
+                } else if now >= self.since + config.heartbeat {
+                    self.since = now;
+                    fx.events.push(Event::HeartbeatSent);
+                    fx.send(
+                        TransmitKind::Control,
+                        Bytes::from_static(fallback::SSE_HEARTBEAT),
+                    );
+                }
+            }
+            Phase::Poll(p) => {
+                if now >= p.deadline {
+                    let seq = p.seq;
+                    self.answer_poll(fallback::poll_body([], seq), false, fx);
                 }
             }
             Phase::Open(open) => {
@@ -337,7 +409,17 @@ impl Session {
                     deflate: open.deflate.is_some(),
                 });
             }
-            Phase::Handshake(_) => fx.close = Some(CloseKind::Graceful),
+            Phase::Sse(_) => {
+                fx.send(TransmitKind::Close, fallback::sse_close(code.0, reason));
+                fx.close = Some(CloseKind::Graceful);
+            }
+            // A parked poll is answered rather than cut: the client polls again.
+            Phase::Poll(p) => {
+                let seq = p.seq;
+                self.phase = Phase::Poll(p);
+                self.answer_poll(fallback::poll_body([], seq), false, fx);
+            }
+            Phase::Handshake(_) | Phase::Send(_) => fx.close = Some(CloseKind::Graceful),
             other @ Phase::Closing(_) => self.phase = other,
             Phase::Closed => fx.close = Some(CloseKind::Graceful),
         }
@@ -346,7 +428,15 @@ impl Session {
     /// When the driver's timer should next fire.
     pub fn next_deadline(&self, config: &SessionConfig) -> Option<Instant> {
         match &self.phase {
-            Phase::Handshake(_) => Some(self.since + config.handshake_timeout),
+            Phase::Handshake(_) | Phase::Send(_) => Some(self.since + config.handshake_timeout),
+            Phase::Sse(stream) => {
+                let beat = self.since + config.heartbeat;
+                match stream.token_expires {
+                    Some(t) if config.close_on_token_expiry => Some(beat.min(t)),
+                    _ => Some(beat),
+                }
+            }
+            Phase::Poll(p) => Some(p.deadline),
             Phase::Open(o) => {
                 let silence = if o.ping_outstanding {
                     self.since + config.idle_timeout
@@ -367,9 +457,12 @@ impl Session {
     /// this when it hands [`Event::Opened`] to the router), then the router's replay of
     /// retained messages and, if the resume point was refused, an `error`.
     pub fn welcome(&mut self, uid: &str, w: messages::Welcome, cx: &mut Ctx<'_>, fx: &mut Effects) {
-        if !self.is_open() {
-            return;
+        match self.phase {
+            Phase::Open(_) | Phase::Sse(_) => {}
+            Phase::Poll(_) => return self.poll_opened(w, cx, fx),
+            _ => return,
         }
+        let sse = matches!(self.phase, Phase::Sse(_));
         let welcome = messages::welcome(
             &cx.conn_id.to_string(),
             uid,
@@ -378,6 +471,19 @@ impl Session {
             w.seq,
             w.recovered,
         );
+        if sse {
+            // The same JSON as `/ws` sends, as events; the replay's carry their seq as `id`.
+            for frame in std::iter::once(welcome).chain(w.replay) {
+                if let Some(event) = fallback::sse_from_frame(&frame) {
+                    fx.send(TransmitKind::Data, event);
+                }
+            }
+            if let Some(e) = w.error {
+                let event = fallback::sse_event(&client_protocol::error_json(e), None);
+                fx.send(TransmitKind::Data, event);
+            }
+            return;
+        }
         fx.send(TransmitKind::Data, welcome);
         for frame in w.replay {
             fx.send(TransmitKind::Data, frame);
@@ -386,6 +492,192 @@ impl Session {
             let f = self.data_frame(OpCode::Text, &client_protocol::error_json(e), cx.codecs);
             fx.send(TransmitKind::Data, f);
         }
+    }
+
+    /// A parked poll the router registered: answered at once with the retained messages
+    /// after its `since` (the oldest first, up to the message-size limit: the rest comes
+    /// with the next poll, so none is skipped), else left parked for the next delivery.
+    fn poll_opened(&mut self, w: messages::Welcome, cx: &mut Ctx<'_>, fx: &mut Effects) {
+        let Phase::Poll(p) = &mut self.phase else {
+            return;
+        };
+        p.seq = w.seq;
+        if let Some(e) = w.error {
+            if e.code == client_protocol::HISTORY_DISABLED.code {
+                // `since` means nothing on a node without history.
+                let origin = p.origin.take();
+                fx.events.push(Event::BadRequest);
+                fx.send(
+                    TransmitKind::Handshake,
+                    fallback::json_response(
+                        400,
+                        &client_protocol::error_json(e),
+                        false,
+                        origin.as_deref(),
+                    ),
+                );
+                self.phase = Phase::Closed;
+                fx.close = Some(CloseKind::Graceful);
+            } else {
+                // `since` past the latest (the node lost its history): the client
+                // continues from the latest seq.
+                self.answer_poll(fallback::poll_body([], w.seq), false, fx);
+            }
+            return;
+        }
+        if w.replay.is_empty() {
+            return;
+        }
+        let limit = cx.config.decoder.max_message_size;
+        let mut taken = Vec::new();
+        let mut bytes = 0;
+        for json in w.replay.iter().filter_map(|f| fallback::frame_payload(f)) {
+            if !taken.is_empty() && bytes + json.len() > limit {
+                break;
+            }
+            bytes += json.len() + 1;
+            taken.push(json);
+        }
+        let seq = if taken.len() == w.replay.len() {
+            w.seq
+        } else {
+            taken.last().and_then(|j| fallback::msg_seq(j)).or(w.seq)
+        };
+        let any = !taken.is_empty();
+        self.answer_poll(fallback::poll_body(taken, seq), any, fx);
+    }
+
+    /// A message for a parked poll: answers it.
+    pub fn poll_deliver(&mut self, frame: &[u8], fx: &mut Effects) {
+        let Phase::Poll(p) = &self.phase else {
+            return;
+        };
+        let Some(json) = fallback::frame_payload(frame) else {
+            return;
+        };
+        // A broadcast carries no seq: the client resumes from where it was parked.
+        let seq = fallback::msg_seq(json).or(p.seq);
+        self.answer_poll(fallback::poll_body([json], seq), true, fx);
+    }
+
+    /// Answers a parked poll and ends the connection.
+    fn answer_poll(&mut self, body: Vec<u8>, messages: bool, fx: &mut Effects) {
+        let origin = match &mut self.phase {
+            Phase::Poll(p) => p.origin.take(),
+            _ => None,
+        };
+        fx.events.push(Event::PollAnswered(messages));
+        fx.send(
+            TransmitKind::Handshake,
+            fallback::json_response(200, &body, false, origin.as_deref()),
+        );
+        self.phase = Phase::Closed;
+        fx.close = Some(CloseKind::Graceful);
+    }
+
+    /// The router's verdict on a `POST /send` ([`Event::HttpSend`]): answers it.
+    pub fn send_answered(
+        &mut self,
+        result: Result<(), client_protocol::RequestError>,
+        cx: &mut Ctx<'_>,
+        fx: &mut Effects,
+    ) {
+        if !matches!(self.phase, Phase::Send(_)) {
+            return;
+        }
+        match result {
+            Ok(()) => self.answer_send(200, fallback::SENT_JSON, true, cx, fx),
+            Err(e) => {
+                let status = if e.code == "unavailable" { 503 } else { 400 };
+                self.answer_send(status, &client_protocol::error_json(e), true, cx, fx);
+            }
+        }
+    }
+
+    /// Reads a `POST /send` body; once whole, parses and rate-limits it.
+    fn read_body(&mut self, input: &mut BytesMut, cx: &mut Ctx<'_>, fx: &mut Effects) {
+        let Phase::Send(send) = &mut self.phase else {
+            input.clear();
+            return;
+        };
+        if send.body.len() < send.need {
+            let n = (send.need - send.body.len()).min(input.len());
+            send.body.extend_from_slice(&input.split_to(n));
+        }
+        if send.body.len() < send.need {
+            return;
+        }
+        // Bytes past the body are a pipelined request. Taking them would answer one
+        // request from inside the answer to the previous one; instead the connection
+        // closes after this answer, and the client sends the rest again (RFC 9112 §9.3.2).
+        if !input.is_empty() {
+            input.clear();
+            send.keep_alive = false;
+        }
+        let parsed = client_protocol::parse(&send.body, cx.config.max_recipients);
+        send.body = BytesMut::new();
+        match parsed {
+            Ok(_) if !send.rate.take(cx.now, cx.config.client_rate) => {
+                let close = send.rate.refused_in_a_row >= MAX_RATE_LIMITED_IN_A_ROW;
+                fx.events.push(Event::RateLimited);
+                if close {
+                    fx.events.push(Event::TooManyRateLimited);
+                }
+                let body = client_protocol::error_json(client_protocol::RATE_LIMITED);
+                self.answer_send(429, &body, !close, cx, fx);
+            }
+            Ok(ClientRequest::Send { to, data }) => {
+                // The driver asks the router and calls `send_answered`.
+                fx.events.push(Event::HttpSend {
+                    uid: send.uid.clone(),
+                    to,
+                    data,
+                });
+            }
+            Ok(_) => {
+                fx.events.push(Event::BadRequest);
+                let body = client_protocol::error_json(client_protocol::RequestError {
+                    code: "bad_request",
+                    message: "POST /send takes one \"send\" request",
+                });
+                self.answer_send(400, &body, true, cx, fx);
+            }
+            Err(e) => {
+                fx.events.push(Event::BadRequest);
+                self.answer_send(400, &client_protocol::error_json(e), true, cx, fx);
+            }
+        }
+    }
+
+    /// Answers a `POST /send`; on a keep-alive connection, reads the next request.
+    fn answer_send(
+        &mut self,
+        status: u16,
+        body: &[u8],
+        may_keep: bool,
+        cx: &mut Ctx<'_>,
+        fx: &mut Effects,
+    ) {
+        let Phase::Send(send) = std::mem::replace(&mut self.phase, Phase::Closed) else {
+            return;
+        };
+        let send = *send;
+        let keep_alive = may_keep && send.keep_alive;
+        fx.events.push(Event::SendAnswered(status));
+        fx.send(
+            TransmitKind::Handshake,
+            fallback::json_response(status, body, keep_alive, send.origin.as_deref()),
+        );
+        if !keep_alive {
+            fx.close = Some(CloseKind::Graceful);
+            return;
+        }
+        self.phase = Phase::Handshake(Box::new(HandshakeState {
+            parser: RequestParser::new(cx.config.max_header_bytes),
+            reject: None,
+            rate: Some(send.rate),
+        }));
+        self.since = cx.now;
     }
 
     /// Encodes a data frame for this connection, compressed when deflate was negotiated.
@@ -422,6 +714,7 @@ impl Session {
         &mut self,
         req: Request,
         reject: Option<Status>,
+        rate: Option<RateLimit>,
         cx: &mut Ctx<'_>,
         fx: &mut Effects,
     ) {
@@ -431,6 +724,7 @@ impl Session {
         let endpoint = match req.path() {
             "/ws" => Endpoint::Push,
             "/echo" if cx.config.echo => Endpoint::Echo,
+            "/sse" | "/poll" | "/send" => return self.open_fallback(req, rate, cx, fx),
             _ => return self.refuse(Status::NotFound, "no such endpoint", fx),
         };
         let upgrade = match validate(&req) {
@@ -469,6 +763,7 @@ impl Session {
                         uid: id.uid,
                         device: id.device,
                         since,
+                        transport: Transport::Ws,
                     }
                 }
                 Err(
@@ -523,6 +818,154 @@ impl Session {
         if !rest.is_empty() {
             self.read_frames(&mut rest, cx, fx);
         }
+    }
+
+    /// `GET /sse`, `GET /poll`, `POST /send`: the same origin check, identity and
+    /// resume point as `/ws`, then a response instead of an upgrade.
+    fn open_fallback(
+        &mut self,
+        req: Request,
+        rate: Option<RateLimit>,
+        cx: &mut Ctx<'_>,
+        fx: &mut Effects,
+    ) {
+        let path = req.path();
+        let origin = req.header("origin");
+        if let (Some(allowed), Some(o)) = (&cx.config.allowed_origins, origin) {
+            if !allowed.iter().any(|a| a.as_bytes() == o) {
+                return self.refuse(Status::Forbidden, "origin not allowed", fx);
+            }
+        }
+        if req.method() == "OPTIONS" {
+            // A browser's CORS preflight, before a `/send` with `Authorization` or a JSON
+            // content type from another origin.
+            fx.send(
+                TransmitKind::Handshake,
+                Bytes::from(fallback::preflight_response(origin)),
+            );
+            self.phase = Phase::Closed;
+            fx.close = Some(CloseKind::Graceful);
+            return;
+        }
+        let method = if path == "/send" { "POST" } else { "GET" };
+        if req.method() != method {
+            return self.refuse(
+                Status::MethodNotAllowed,
+                "wrong method for this endpoint",
+                fx,
+            );
+        }
+        let id = match authenticate(&cx.config.auth, &req, SystemTime::now()) {
+            Ok(id) => id,
+            Err(e) => return self.refuse(Status::Unauthorized, &e.to_string(), fx),
+        };
+        let origin: Option<Box<[u8]>> = origin.map(Box::from);
+        if path == "/send" {
+            return self.start_send(&req, id.uid, origin, rate, cx, fx);
+        }
+        // An `EventSource` reconnecting sends the id of the last event it saw; that
+        // resumes like `since`, and overrides the `since` of the URL it reconnects to.
+        let last_event_id = (path == "/sse")
+            .then(|| req.header("last-event-id"))
+            .flatten()
+            .filter(|v| !v.is_empty());
+        let since = match last_event_id {
+            Some(v) => std::str::from_utf8(v).ok().map(|v| v.trim().parse::<u64>()),
+            None => req.query_param("since").map(|s| s.parse::<u64>()),
+        };
+        let since = match since {
+            None => None,
+            Some(Ok(n)) => Some(n),
+            Some(Err(_)) => {
+                return self.refuse(
+                    Status::BadRequest,
+                    "since must be a non-negative integer",
+                    fx,
+                )
+            }
+        };
+        let transport = if path == "/sse" {
+            fx.send(
+                TransmitKind::Handshake,
+                Bytes::from(fallback::sse_head(
+                    origin.as_deref(),
+                    cx.config.reconnect.base_ms,
+                )),
+            );
+            self.phase = Phase::Sse(Stream {
+                token_expires: id.expires_in.and_then(|d| cx.now.checked_add(d)),
+            });
+            Transport::Sse
+        } else {
+            self.phase = Phase::Poll(Box::new(Parked {
+                deadline: cx.now + cx.config.poll_timeout,
+                seq: None,
+                origin,
+            }));
+            Transport::Poll
+        };
+        self.since = cx.now;
+        fx.events.push(Event::Opened {
+            uid: id.uid,
+            device: id.device,
+            since,
+            transport,
+        });
+    }
+
+    /// Starts reading a `POST /send` body: `Content-Length` only, at most the
+    /// message-size limit.
+    fn start_send(
+        &mut self,
+        req: &Request,
+        uid: String,
+        origin: Option<Box<[u8]>>,
+        rate: Option<RateLimit>,
+        cx: &mut Ctx<'_>,
+        fx: &mut Effects,
+    ) {
+        if req.header("transfer-encoding").is_some() {
+            return self.refuse(Status::LengthRequired, "send a Content-Length body", fx);
+        }
+        let need = match req
+            .header("content-length")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            Some(n) => n,
+            None => return self.refuse(Status::LengthRequired, "send a Content-Length body", fx),
+        };
+        if need > cx.config.decoder.max_message_size {
+            return self.refuse(
+                Status::PayloadTooLarge,
+                "body over the message size limit",
+                fx,
+            );
+        }
+        let connection = req.header("connection").unwrap_or_default();
+        let keep_alive = req.minor_version() == 1
+            && !connection
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        if req
+            .header("expect")
+            .is_some_and(|e| e.trim_ascii().eq_ignore_ascii_case(b"100-continue"))
+        {
+            fx.send(
+                TransmitKind::Handshake,
+                Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"),
+            );
+        }
+        self.phase = Phase::Send(Box::new(SendBody {
+            uid,
+            need,
+            body: BytesMut::with_capacity(need.min(64 * 1024)),
+            keep_alive,
+            origin,
+            rate: rate.unwrap_or_else(|| RateLimit::new(cx.now, cx.config.client_rate)),
+        }));
+        let mut rest = BytesMut::from(&req.trailing()[..]);
+        self.read_body(&mut rest, cx, fx);
     }
 
     fn read_frames(&mut self, input: &mut BytesMut, cx: &mut Ctx<'_>, fx: &mut Effects) {

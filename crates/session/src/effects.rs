@@ -37,7 +37,7 @@ pub struct Transmit {
 pub enum Event {
     /// The upgrade was refused with this status (counted by reason).
     Rejected(Status),
-    /// A `/ws` connection was upgraded for this user.
+    /// A connection of this user opened: `/ws` upgraded, `/sse` streaming, `/poll` parked.
     Opened {
         /// Authenticated user ID.
         uid: String,
@@ -45,7 +45,24 @@ pub enum Event {
         device: Option<String>,
         /// `?since=`: the last seq the client holds, to resume after.
         since: Option<u64>,
+        /// How messages reach it.
+        transport: crate::fallback::Transport,
     },
+    /// A `POST /send` was read: the router is to deliver it, and the driver hands the
+    /// outcome back to [`crate::Session::send_answered`].
+    HttpSend {
+        /// The sender's authenticated ID.
+        uid: String,
+        /// Recipient user IDs.
+        to: Vec<String>,
+        /// The `data` value, serialized JSON.
+        data: bytes::Bytes,
+    },
+    /// A `POST /send` was answered with this status (200, 400, 429, 503).
+    SendAnswered(u16),
+    /// A long poll was answered: with messages (`true`) or empty at its timeout or a
+    /// server-side close (`false`).
+    PollAnswered(bool),
     /// A `/echo` connection was upgraded.
     EchoOpened,
     /// A well-formed request from a `/ws` client, for the router.

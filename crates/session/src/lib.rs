@@ -8,6 +8,7 @@
 //!   connections.
 //! - [`conn`]: the state machine ([`Session`]) a reactor keeps per connection.
 //! - [`effects`]: what a call on a session asks the driver to do.
+//! - [`fallback`]: the bytes of `/sse`, `/poll` and `/send` (events, poll answers).
 //! - [`messages`]: the JSON the server sends (`welcome`, ...).
 //!
 //! A driver calls the `handle_*` methods, then applies the [`Effects`] in order: queue
@@ -20,6 +21,7 @@ pub mod client_protocol;
 pub mod config;
 pub mod conn;
 pub mod effects;
+pub mod fallback;
 pub mod messages;
 
 pub use auth::{AuthMode, JwtAuth};
@@ -27,4 +29,5 @@ pub use client_protocol::ClientRequest;
 pub use config::{ReconnectAdvice, SessionConfig};
 pub use conn::{Codecs, ConnId, Ctx, Session};
 pub use effects::{CloseKind, Effects, Event, Transmit, TransmitKind};
+pub use fallback::Transport;
 pub use messages::Welcome;

@@ -49,6 +49,12 @@ pub enum Status {
     Forbidden,
     /// 404: no such endpoint.
     NotFound,
+    /// 405: the endpoint exists but not for this method (`GET /send`).
+    MethodNotAllowed,
+    /// 411: a request body without `Content-Length` (chunked bodies are not taken).
+    LengthRequired,
+    /// 413: a request body past the message-size limit.
+    PayloadTooLarge,
     /// 426: unsupported WebSocket version.
     UpgradeRequired,
     /// 429: too many connections from this address.
@@ -67,6 +73,9 @@ impl Status {
             Status::Unauthorized => 401,
             Status::Forbidden => 403,
             Status::NotFound => 404,
+            Status::MethodNotAllowed => 405,
+            Status::LengthRequired => 411,
+            Status::PayloadTooLarge => 413,
             Status::UpgradeRequired => 426,
             Status::TooManyRequests => 429,
             Status::HeaderFieldsTooLarge => 431,
@@ -81,6 +90,9 @@ impl Status {
             Status::Unauthorized => "Unauthorized",
             Status::Forbidden => "Forbidden",
             Status::NotFound => "Not Found",
+            Status::MethodNotAllowed => "Method Not Allowed",
+            Status::LengthRequired => "Length Required",
+            Status::PayloadTooLarge => "Payload Too Large",
             Status::UpgradeRequired => "Upgrade Required",
             Status::TooManyRequests => "Too Many Requests",
             Status::HeaderFieldsTooLarge => "Request Header Fields Too Large",
@@ -94,6 +106,7 @@ impl Status {
             // RFC 6455 §4.4: name the versions we speak.
             Status::UpgradeRequired => "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n",
             Status::Unauthorized => "WWW-Authenticate: Bearer\r\n",
+            Status::MethodNotAllowed => "Allow: GET, POST\r\n",
             // Ask clients to wait before reconnecting; they add their own jitter.
             Status::TooManyRequests | Status::ServiceUnavailable => "Retry-After: 5\r\n",
             _ => "",
@@ -155,6 +168,9 @@ mod tests {
             Status::Unauthorized,
             Status::Forbidden,
             Status::NotFound,
+            Status::MethodNotAllowed,
+            Status::LengthRequired,
+            Status::PayloadTooLarge,
             Status::UpgradeRequired,
             Status::TooManyRequests,
             Status::HeaderFieldsTooLarge,

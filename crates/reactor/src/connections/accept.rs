@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
-use session::Session;
+use session::{Session, Transport};
 
 use super::{Conn, Gauge, Reactor};
 use crate::admission::Verdict;
@@ -98,7 +98,10 @@ impl<D: Driver> Reactor<D> {
             _ => None,
         };
         let tls = match self.config.tls.as_ref().map(|t| t.accept()).transpose() {
-            Ok(tls) => tls.map(Box::new),
+            Ok(tls) => tls.map(|mut t| {
+                t.limit_handshake(self.config.tls_max_handshake_bytes);
+                Box::new(t)
+            }),
             Err(e) => {
                 tracing::warn!(error = %e, "TLS state for a new connection");
                 self.admission.release(ip, verdict);
@@ -126,6 +129,7 @@ impl<D: Driver> Reactor<D> {
             write_shut: false,
             gauge: Gauge::Handshaking,
             push_endpoint: false,
+            transport: Transport::Ws,
             partial_listed: false,
             dirty: false,
         };

@@ -1,11 +1,13 @@
 //! Work from the inbox: pushes and broadcasts queued on connections (compressed once per
-//! window size), closes; and the turn's writes, one per connection.
+//! window size, turned into a Server-Sent Event once for `/sse` connections, answering
+//! a parked `/poll`), closes; and the turn's writes, one per connection.
 
 use std::time::Instant;
 
 use bytes::Bytes;
 use crossbeam_channel::TryRecvError;
 use session::conn::{MIN_WINDOW_BITS, WINDOW_SIZES};
+use session::Transport;
 
 use super::Reactor;
 use crate::driver::Driver;
@@ -36,7 +38,7 @@ impl<D: Driver> Reactor<D> {
                 targets,
                 received,
             } => {
-                let mut compressed = Compressed::default();
+                let mut compressed = Forms::default();
                 for t in targets {
                     match self.resolve(t) {
                         Some(key) => self.deliver(key, &frame, &mut compressed),
@@ -54,7 +56,7 @@ impl<D: Driver> Reactor<D> {
                         .filter(|(_, c)| c.push_endpoint && c.session.is_open())
                         .map(|(k, _)| k),
                 );
-                let mut compressed = Compressed::default();
+                let mut compressed = Forms::default();
                 for &key in &keys {
                     self.deliver(key, &frame, &mut compressed);
                 }
@@ -85,7 +87,7 @@ impl<D: Driver> Reactor<D> {
     /// negotiated permessage-deflate and the payload is worth compressing, compressed at
     /// most once per command and window size, and shared by every such recipient on this
     /// reactor.
-    pub(super) fn deliver(&mut self, key: usize, frame: &Bytes, compressed: &mut Compressed) {
+    pub(super) fn deliver(&mut self, key: usize, frame: &Bytes, forms: &mut Forms) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
@@ -93,14 +95,32 @@ impl<D: Driver> Reactor<D> {
             self.stats.count_dropped("gone", 1);
             return;
         }
-        let bytes = match conn.session.compress_window() {
-            Some(bits) if frame.len() >= self.config.compress_min_bytes => {
-                let slot = usize::from(bits.clamp(MIN_WINDOW_BITS, 15) - MIN_WINDOW_BITS);
-                compressed[slot]
-                    .get_or_insert_with(|| compress_frame(frame, self.codecs.deflater(bits)))
-                    .clone()
+        let transport = conn.transport;
+        let bytes = match transport {
+            Transport::Poll => {
+                self.stats.delivered.add(1);
+                self.stats.transport_delivered[transport.index()].add(1);
+                self.with_session(key, |s, _, fx| s.poll_deliver(frame, fx));
+                return;
             }
-            _ => frame.clone(),
+            Transport::Sse => match &forms.sse {
+                Some(e) => e.clone(),
+                None => {
+                    let Some(e) = session::fallback::sse_from_frame(frame) else {
+                        return;
+                    };
+                    forms.sse.insert(e).clone()
+                }
+            },
+            Transport::Ws => match conn.session.compress_window() {
+                Some(bits) if frame.len() >= self.config.compress_min_bytes => {
+                    let slot = usize::from(bits.clamp(MIN_WINDOW_BITS, 15) - MIN_WINDOW_BITS);
+                    forms.compressed[slot]
+                        .get_or_insert_with(|| compress_frame(frame, self.codecs.deflater(bits)))
+                        .clone()
+                }
+                _ => frame.clone(),
+            },
         };
         // Writes are batched to the end of the turn; a queue filled by this turn's pushes
         // is written now rather than counted against the consumer.
@@ -121,6 +141,7 @@ impl<D: Driver> Reactor<D> {
         }
         self.stats.frames_out.add(1);
         self.stats.delivered.add(1);
+        self.stats.transport_delivered[transport.index()].add(1);
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(key);
@@ -150,8 +171,13 @@ impl<D: Driver> Reactor<D> {
     }
 }
 
-/// A push compressed for each server window size in use, made on first need.
-type Compressed = [Option<Bytes>; WINDOW_SIZES];
+/// The forms of one push other than its frame, each made on first need and shared by the
+/// reactor's recipients: compressed for each server window size in use, and as an event.
+#[derive(Default)]
+pub(super) struct Forms {
+    compressed: [Option<Bytes>; WINDOW_SIZES],
+    sse: Option<Bytes>,
+}
 
 /// The same message as `frame` (a final, unmasked server frame), compressed.
 fn compress_frame(frame: &Bytes, deflater: &mut protocol::deflate::Deflater) -> Bytes {

@@ -698,8 +698,8 @@ impl Reactor<Uring> {
                 continue;
             }
             if let Some(tls) = conn.tls.as_deref_mut() {
-                if conn.out.seal(tls).is_err() {
-                    failed.push(key);
+                if let Err(e) = conn.out.seal(tls) {
+                    failed.push((key, e));
                     continue;
                 }
             }
@@ -738,7 +738,8 @@ impl Reactor<Uring> {
         }
         self.io.to_send = to_send;
         self.io.to_send.clear();
-        for key in failed {
+        for (key, e) in failed {
+            crate::tls::count_failure(self.stats(), false, &e);
             self.remove(key, false);
         }
     }

@@ -71,7 +71,9 @@ pub struct TlsAcceptor {
 /// What `/metrics` shows of the certificate served and of reloads.
 #[derive(Debug, Default)]
 struct Status {
-    /// The leaf certificate's notAfter, in seconds since the Unix epoch.
+    /// The served leaf certificate's validity, in seconds since the Unix epoch (0, 0 when
+    /// it could not be read).
+    not_before: AtomicI64,
     not_after: AtomicI64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
@@ -103,9 +105,9 @@ impl TlsAcceptor {
         provider: Arc<CryptoProvider>,
         ticketer: Arc<dyn ProducesTickets>,
     ) -> Result<TlsAcceptor, TlsConfigError> {
-        let (config, not_after) = build(&files, &provider, &ticketer)?;
+        let (config, validity) = build(&files, &provider, &ticketer)?;
         let status = Status::default();
-        status.not_after.store(not_after, Ordering::Relaxed);
+        status.set_validity(validity);
         Ok(TlsAcceptor {
             files,
             provider,
@@ -119,9 +121,9 @@ impl TlsAcceptor {
     /// the old one stays in service and the reason is returned. Counted either way.
     pub fn reload(&self) -> Result<(), TlsConfigError> {
         match build(&self.files, &self.provider, &self.ticketer) {
-            Ok((config, not_after)) => {
+            Ok((config, validity)) => {
                 *self.current.write() = config;
-                self.status.not_after.store(not_after, Ordering::Relaxed);
+                self.status.set_validity(validity);
                 self.status.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
@@ -132,9 +134,10 @@ impl TlsAcceptor {
         }
     }
 
-    /// When the certificate served stops being valid, in seconds since the Unix epoch.
-    pub fn not_after(&self) -> i64 {
-        self.status.not_after.load(Ordering::Relaxed)
+    /// When the certificate served stops being valid, in seconds since the Unix epoch;
+    /// `None` when its validity could not be read.
+    pub fn not_after(&self) -> Option<i64> {
+        Some(self.status.not_after.load(Ordering::Relaxed)).filter(|&t| t != 0)
     }
 
     /// Reloads that succeeded and that failed.
@@ -148,9 +151,16 @@ impl TlsAcceptor {
     /// Why the certificate served is not valid now (expired, not yet valid), if it is not:
     /// rustls does not check its own certificate, and clients will refuse it.
     pub fn validity_problem(&self) -> Option<String> {
-        let pem = std::fs::read(&self.files.cert).ok()?;
-        let leaf = CertificateDer::pem_slice_iter(&pem).next()?.ok()?;
-        validity_problem(&leaf, unix_now())
+        let not_before = self.status.not_before.load(Ordering::Relaxed);
+        let not_after = self.not_after()?;
+        let now = unix_now();
+        if now > not_after {
+            Some(format!("expired {} s ago", now - not_after))
+        } else if now < not_before {
+            Some(format!("not valid for another {} s", not_before - now))
+        } else {
+            None
+        }
     }
 
     /// The files served.
@@ -172,31 +182,31 @@ fn unix_now() -> i64 {
 }
 
 /// The leaf's validity period, in seconds since the Unix epoch.
-fn validity(leaf: &CertificateDer<'_>) -> Option<(i64, i64)> {
+fn validity(leaf: &CertificateDer<'_>) -> Option<Validity> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
     let v = cert.validity();
     Some((v.not_before.timestamp(), v.not_after.timestamp()))
 }
 
-fn validity_problem(leaf: &CertificateDer<'_>, now: i64) -> Option<String> {
-    let (not_before, not_after) = validity(leaf)?;
-    if now > not_after {
-        Some(format!("expired {} s ago", now - not_after))
-    } else if now < not_before {
-        Some(format!("not valid for another {} s", not_before - now))
-    } else {
-        None
+/// A certificate's notBefore and notAfter, in seconds since the Unix epoch.
+type Validity = (i64, i64);
+
+impl Status {
+    fn set_validity(&self, validity: Option<Validity>) {
+        let (not_before, not_after) = validity.unwrap_or((0, 0));
+        self.not_before.store(not_before, Ordering::Relaxed);
+        self.not_after.store(not_after, Ordering::Relaxed);
     }
 }
 
-/// The configuration, and the leaf certificate's notAfter (0 if it cannot be read).
+/// The configuration, and the leaf certificate's validity (if it can be read).
 fn build(
     files: &TlsFiles,
     provider: &Arc<CryptoProvider>,
     ticketer: &Arc<dyn ProducesTickets>,
-) -> Result<(Arc<ServerConfig>, i64), TlsConfigError> {
+) -> Result<(Arc<ServerConfig>, Option<Validity>), TlsConfigError> {
     let certs = read_certs(&files.cert)?;
-    let not_after = validity(&certs[0]).map_or(0, |(_, after)| after);
+    let validity = validity(&certs[0]);
     let key = read_key(&files.key)?;
     let rustls_error = |source| TlsConfigError::Rustls {
         cert: files.cert.clone(),
@@ -214,7 +224,7 @@ fn build(
     // cache would cost memory per client for as long as it is kept.
     config.ticketer = Arc::clone(ticketer);
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    Ok((Arc::new(config), not_after))
+    Ok((Arc::new(config), validity))
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, TlsConfigError> {

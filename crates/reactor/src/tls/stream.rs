@@ -30,6 +30,9 @@ pub enum TlsError {
     /// rustls panicked on this connection's bytes (contained to the connection).
     #[error("TLS: rustls panicked")]
     Panicked,
+    /// The peer's handshake would need more buffered bytes than allowed.
+    #[error("TLS: handshake larger than {0} bytes")]
+    HandshakeTooLarge(usize),
 }
 
 /// The TLS state of one connection.
@@ -40,7 +43,13 @@ pub struct TlsStream {
     peer_closed: bool,
     /// An error (or a panic inside rustls) ended the connection.
     failed: bool,
+    /// Most ciphertext held while the handshake is under way.
+    max_handshake_bytes: usize,
 }
+
+/// What a handshake may hold by default: one full record. Real client hellos, even with
+/// post-quantum key shares, are a few kilobytes.
+pub const DEFAULT_MAX_HANDSHAKE_BYTES: usize = 16 * 1024 + 5;
 
 impl std::fmt::Debug for TlsStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,7 +79,14 @@ impl TlsStream {
             incoming: Vec::new(),
             peer_closed: false,
             failed: false,
+            max_handshake_bytes: DEFAULT_MAX_HANDSHAKE_BYTES,
         })
+    }
+
+    /// Bounds the ciphertext held until the handshake is done (the part of a handshake
+    /// message rustls waits to complete): past it the connection fails.
+    pub fn limit_handshake(&mut self, bytes: usize) {
+        self.max_handshake_bytes = bytes;
     }
 
     /// Takes ciphertext read from the socket: appends the plaintext it carried to `plain`
@@ -92,6 +108,14 @@ impl TlsStream {
             }
             result
         });
+        let result = match result {
+            Ok(_)
+                if self.conn.is_handshaking() && self.incoming.len() > self.max_handshake_bytes =>
+            {
+                Err(TlsError::HandshakeTooLarge(self.max_handshake_bytes))
+            }
+            other => other,
+        };
         if result.is_err() {
             self.failed = true;
             self.incoming = Vec::new();
@@ -144,25 +168,48 @@ impl TlsStream {
         }
     }
 
-    /// Runs the state machine over the buffered ciphertext until it needs more.
+    /// Runs the state machine over the buffered ciphertext until it needs more, then
+    /// drops what rustls consumed (once: many small records in one read would otherwise
+    /// move the rest of the buffer once each).
     fn process(&mut self, plain: &mut BytesMut, out: &mut Vec<u8>) -> Result<Stop, TlsError> {
+        let mut consumed = 0;
+        let result = self.process_from(&mut consumed, plain, out);
+        // rustls's deframer counts on the records it consumed being gone, error or not.
+        self.incoming.drain(..consumed.min(self.incoming.len()));
+        result
+    }
+
+    fn process_from(
+        &mut self,
+        consumed: &mut usize,
+        plain: &mut BytesMut,
+        out: &mut Vec<u8>,
+    ) -> Result<Stop, TlsError> {
         loop {
-            let status = self.conn.process_tls_records(&mut self.incoming);
+            let status = self
+                .conn
+                .process_tls_records(&mut self.incoming[*consumed..]);
             let mut discard = status.discard;
             let state = match status.state {
                 Ok(state) => state,
                 Err(e) => {
-                    // rustls's deframer counts on the records it consumed being gone.
-                    self.incoming.drain(..discard.min(self.incoming.len()));
+                    *consumed += discard;
                     return Err(e.into());
                 }
             };
             let stop = match state {
                 ConnectionState::ReadTraffic(mut traffic) => {
                     while let Some(record) = traffic.next_record() {
-                        let record = record?;
-                        plain.extend_from_slice(record.payload);
-                        discard += record.discard;
+                        match record {
+                            Ok(record) => {
+                                plain.extend_from_slice(record.payload);
+                                discard += record.discard;
+                            }
+                            Err(e) => {
+                                *consumed += discard;
+                                return Err(e.into());
+                            }
+                        }
                     }
                     None
                 }
@@ -197,7 +244,7 @@ impl TlsStream {
                 // that we do not know how to drive ends the connection rather than spin.
                 _ => return Err(TlsError::Encrypt("unexpected TLS state".to_owned())),
             };
-            self.incoming.drain(..discard);
+            *consumed += discard;
             if let Some(stop) = stop {
                 // With a full record left but input still buffered, rustls says so by
                 // returning ReadTraffic again; `NeedInput`/`Idle` mean the rest is partial.
