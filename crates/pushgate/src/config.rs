@@ -285,8 +285,8 @@ pub struct Keys {
     #[arg(long, env = "PUSHGATE_LOG_JSON")]
     pub log_json: Option<bool>,
     /// Messages retained per user and per room for resume and offline delivery; 0 turns
-    /// history (seqs, resume, acks, idempotent pushes) off. With --nats, users' messages
-    /// are kept in NATS JetStream (rooms and acks: single node only) [default: 100].
+    /// history (seqs, resume, acks, idempotent pushes) off. With --nats, they are kept in
+    /// NATS JetStream (the server needs -js) [default: 100].
     #[arg(long, env = "PUSHGATE_HISTORY_SIZE")]
     pub history_size: Option<usize>,
     /// Seconds a retained message is kept (also how long a push ID is remembered)
