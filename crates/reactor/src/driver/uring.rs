@@ -141,6 +141,9 @@ pub(crate) struct Uring {
     slots: Vec<Box<SendSlot>>,
     closing: HashMap<u32, Closing>,
     cqes: Vec<(u64, i32, u32)>,
+    /// Completions taken from the ring ahead of the turn's reap (while looking for one
+    /// send's, see [`Uring::take_send_completion`]), handled first by the next reap.
+    early: Vec<(u64, i32, u32)>,
 }
 
 impl std::fmt::Debug for Uring {
@@ -226,6 +229,7 @@ impl Uring {
             slots: Vec::new(),
             closing: HashMap::new(),
             cqes: Vec::new(),
+            early: Vec::new(),
         })
     }
 
@@ -323,6 +327,60 @@ impl Uring {
         }
     }
 
+    /// Looks in the completion queue for the in-flight send of `conn` (at `key`): if it is
+    /// there, applies it as `Reactor::on_send` would and returns the bytes it wrote;
+    /// every other completion seen is kept, in order, for the next reap. An error the send
+    /// reports is returned (the connection is then removed).
+    fn take_send_completion(
+        &mut self,
+        key: usize,
+        conn: &mut Conn<UringConn>,
+    ) -> io::Result<Option<usize>> {
+        let want = user_data(OP_SEND, key, conn.generation);
+        let mut found = None;
+        for attempt in 0..2 {
+            if attempt == 1 {
+                if found.is_some() {
+                    break;
+                }
+                // A send that completed in the kernel's task work is posted only once this
+                // thread enters the kernel (the ring runs with COOP_TASKRUN): one
+                // `io_uring_enter`, which submits nothing new that was not due anyway.
+                let _ = self.ring.submit();
+            }
+            for c in self.ring.completion() {
+                let cqe = (c.user_data(), c.result(), c.flags());
+                if found.is_none() && cqe.0 == want {
+                    found = Some(cqe.1);
+                } else {
+                    self.early.push(cqe);
+                }
+            }
+        }
+        let Some(res) = found else {
+            return Ok(None);
+        };
+        let Some(mut slot) = conn.io.send.take() else {
+            return Ok(None);
+        };
+        let result = match res {
+            n if n > 0 => {
+                conn.out.finish_send(&mut slot.frames, n as usize);
+                Ok(Some(n as usize))
+            }
+            n if n == -libc::EAGAIN || n == -libc::EINTR => {
+                conn.out.finish_send(&mut slot.frames, 0);
+                Ok(Some(0))
+            }
+            n => {
+                conn.out.finish_send(&mut slot.frames, 0);
+                Err(io::Error::from_raw_os_error(-n))
+            }
+        };
+        self.recycle_slot(slot);
+        result
+    }
+
     fn recycle_slot(&mut self, mut slot: Box<SendSlot>) {
         slot.frames.clear();
         slot.iov.clear();
@@ -378,14 +436,25 @@ impl Driver for Uring {
     }
 
     fn write(&mut self, key: usize, conn: &mut Conn<UringConn>, now: bool) -> io::Result<usize> {
-        if conn.io.send.is_some() {
-            // Its completion sends the rest.
-            return Ok(0);
-        }
         let mut written = 0;
+        if conn.io.send.is_some() {
+            if !now {
+                // Its completion sends the rest.
+                return Ok(0);
+            }
+            // The queue is full mid-turn (a burst of pushes to one connection) while a send
+            // is in flight: that send has often completed already (a send the socket has
+            // room for completes as it is submitted), its completion waiting in the ring
+            // for the next reap. Taken now, it makes room instead of the burst being
+            // refused as a slow consumer.
+            match self.take_send_completion(key, conn)? {
+                Some(n) => written = n,
+                None => return Ok(0),
+            }
+        }
         if now {
             // The queue is full mid-turn: what the socket takes now makes room.
-            written = conn
+            written += conn
                 .out
                 .flush(conn.tls.as_deref_mut(), &mut DontWait(&conn.stream))?;
         }
@@ -447,7 +516,8 @@ impl Reactor<Uring> {
         loop {
             // As in the epoll loop: asleep from here, so senders must wake us.
             self.inbox_shared().notified.store(false, Ordering::SeqCst);
-            let timeout = self.poll_timeout(false);
+            // Completions taken early are waiting already: no sleep before they are handled.
+            let timeout = self.poll_timeout(!self.io.early.is_empty());
             self.start_sends();
             self.io.wait(timeout)?;
             self.inbox_shared().notified.store(true, Ordering::SeqCst);
@@ -467,6 +537,7 @@ impl Reactor<Uring> {
         let mut cqes = std::mem::take(&mut self.io.cqes);
         for _ in 0..BATCHES_PER_TURN {
             cqes.clear();
+            cqes.append(&mut self.io.early);
             cqes.extend(
                 self.io
                     .ring
@@ -751,15 +822,18 @@ impl Reactor<Uring> {
         let until = Instant::now() + EXIT_WAIT;
         while !self.io.closing.is_empty() {
             let now = Instant::now();
-            if now >= until || self.io.wait(Some(until - now)).is_err() {
+            if self.io.early.is_empty()
+                && (now >= until || self.io.wait(Some(until - now)).is_err())
+            {
                 break;
             }
-            let cqes: Vec<_> = self
-                .io
-                .ring
-                .completion()
-                .map(|c| (c.user_data(), c.result(), c.flags()))
-                .collect();
+            let mut cqes = std::mem::take(&mut self.io.early);
+            cqes.extend(
+                self.io
+                    .ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
             for (ud, res, flags) in cqes {
                 let (op, key, generation) = split_user_data(ud);
                 match op {
