@@ -648,3 +648,46 @@ fn users_and_rooms_in_one_push_reach_each_connection_once() {
     assert_eq!(got_w.len(), 1, "{got_w:?}");
     assert_eq!(got_w[0]["room"], "r2");
 }
+
+/// A JetStream that stops answering (here the whole server, frozen by SIGSTOP, before the
+/// bus gives up on it) costs a reactor one full wait, not one per push: the first push
+/// waits for its store and gets 503, the next ones get 503 at once; once JetStream
+/// answers again, pushes are stored and answered as before.
+#[test]
+fn a_frozen_jetstream_stalls_a_reactor_once_not_per_push() {
+    let js = Js::start();
+    let gw = node(&js.nats.url(), "stall", &["--bus-ping-timeout", "30"]);
+    let body = json!({"to": ["frozen-user"], "data": "x"}).to_string();
+    assert_eq!(post(gw.control_addr, "/v1/push", &body, None).0, 200);
+    js.nats.pause();
+    let t = Instant::now();
+    let (status, _) = post(gw.control_addr, "/v1/push", &body, None);
+    let first = t.elapsed();
+    assert_eq!(status, 503);
+    assert!(first >= Duration::from_secs(2), "{first:?}");
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (status, _) = post(gw.control_addr, "/v1/push", &body, None);
+        assert_eq!(status, 503);
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    js.nats.resume();
+    assert!(
+        gw.eventually(Duration::from_secs(10), |g| post(
+            g.control_addr,
+            "/v1/push",
+            &body,
+            None
+        )
+        .0 == 200),
+        "pushes never recovered"
+    );
+    // Answered in time again: a push waits for its store as before.
+    let t = Instant::now();
+    assert_eq!(post(gw.control_addr, "/v1/push", &body, None).0, 200);
+    assert!(t.elapsed() < Duration::from_secs(1));
+}

@@ -4,7 +4,7 @@
 //! device acks kept there (docs/BUS.md, "History in a cluster").
 
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,9 +37,44 @@ pub(super) struct Clustered {
     pub(super) fills_rx: parking_lot::Mutex<Option<crossbeam_channel::Receiver<FillJob>>>,
     pub(super) id_prefix: u32,
     pub(super) next_id: AtomicU64,
+    /// A wait on JetStream timed out and none has been answered in time since: the
+    /// reactors wait at most [`STALLED_WAIT`] (see [`Clustered::wait`]).
+    pub(super) stalled: AtomicBool,
 }
 
+/// What a reactor waits on JetStream while it is stalled: enough for a healthy server on
+/// the same network to answer, so the first answer in time ends the stall.
+const STALLED_WAIT: Duration = Duration::from_millis(50);
+
 impl Clustered {
+    /// How long a reactor may wait on JetStream now: `limit` normally; once a wait timed
+    /// out, [`STALLED_WAIT`] until JetStream answers in time again, so a frozen JetStream
+    /// (a lost quorum, a stopped server the bus has not yet given up on) stalls each
+    /// reactor once, not once per push or connection.
+    pub(super) fn wait(&self, limit: Duration) -> Duration {
+        if self.stalled.load(Ordering::Relaxed) {
+            limit.min(STALLED_WAIT)
+        } else {
+            limit
+        }
+    }
+
+    /// Records whether a wait on JetStream was answered in time.
+    pub(super) fn answered<T, E>(&self, result: &Result<T, E>) -> bool {
+        let late = result.is_err();
+        if self.stalled.swap(late, Ordering::Relaxed) != late {
+            if late {
+                tracing::warn!(
+                    "JetStream did not answer in time: history reads and stores wait at most {} ms until it does",
+                    STALLED_WAIT.as_millis()
+                );
+            } else {
+                tracing::info!("JetStream answers again");
+            }
+        }
+        !late
+    }
+
     /// Hands `job` to the fill thread; false past [`MAX_FILLS`] waiting.
     fn queue_fill(&self, job: FillJob) -> bool {
         if self.queued.fetch_add(1, Ordering::Relaxed) >= MAX_FILLS {
@@ -89,6 +124,7 @@ impl Router {
             fills_rx: parking_lot::Mutex::new(Some(rx)),
             id_prefix: foldhash::fast::RandomState::default().hash_one(1u8) as u32,
             next_id: AtomicU64::new(1),
+            stalled: AtomicBool::new(false),
         });
         self
     }
@@ -269,7 +305,7 @@ impl Router {
             // The client may have seen seqs on another node that this one has not
             // delivered yet (its live copy is a few ms behind): wait, not registered
             // (nothing reaches the connection live meanwhile), until this node has.
-            let deadline = Instant::now() + REPLAY_TIMEOUT;
+            let deadline = Instant::now() + c.wait(REPLAY_TIMEOUT);
             while c
                 .users
                 .lock(uid)
@@ -291,8 +327,8 @@ impl Router {
         let latest = match known {
             Some(l) => l,
             None => {
-                let got = c.bus.latest(Kind::User, uid, REPLAY_TIMEOUT);
-                if got.is_err() {
+                let got = c.bus.latest(Kind::User, uid, c.wait(REPLAY_TIMEOUT));
+                if !c.answered(&got) {
                     c.stats.replay_failures.add(1);
                     error = Some(HISTORY_UNAVAILABLE);
                 }
@@ -324,7 +360,8 @@ impl Router {
         if let Some(since) = since.filter(|s| *s > latest) {
             // Past what this node delivered: in the future only if past the stream's
             // latest too (else this node is behind: the client resyncs).
-            let stored = c.bus.latest(Kind::User, uid, REPLAY_TIMEOUT);
+            let stored = c.bus.latest(Kind::User, uid, c.wait(REPLAY_TIMEOUT));
+            c.answered(&stored);
             let behind = matches!(stored, Ok(Some(m)) if m.seq >= since);
             let w = Welcome {
                 seq: Some(latest),
@@ -343,7 +380,9 @@ impl Router {
             Some(s) => s,
             None => {
                 let device = device.unwrap_or(DEFAULT_DEVICE);
-                match c.bus.last_ack(uid, device, REPLAY_TIMEOUT) {
+                let ack = c.bus.last_ack(uid, device, c.wait(REPLAY_TIMEOUT));
+                c.answered(&ack);
+                match ack {
                     Ok(ack) => ack.unwrap_or(0).min(latest),
                     Err(_) => {
                         c.stats.replay_failures.add(1);
@@ -392,10 +431,16 @@ impl Router {
         if from >= upto {
             return Ok((Vec::new(), true));
         }
-        match c
-            .bus
-            .fetch_after(Kind::User, uid, from, upto, c.config.size, REPLAY_TIMEOUT)
-        {
+        let fetched = c.bus.fetch_after(
+            Kind::User,
+            uid,
+            from,
+            upto,
+            c.config.size,
+            c.wait(REPLAY_TIMEOUT),
+        );
+        c.answered(&fetched);
+        match fetched {
             Ok(msgs) => {
                 // The retained messages are a suffix of the user's chain: nothing is
                 // missing when the first one follows the resume point.
@@ -545,9 +590,13 @@ impl Router {
         let known = c.rooms.lock(room).get(room).and_then(UserSeq::last);
         let mut upto = match known {
             Some(l) => l,
-            None => match c.bus.latest(Kind::Room, room, REPLAY_TIMEOUT) {
-                Ok(m) => m.map_or(0, |m| m.seq),
+            None => match c.bus.latest(Kind::Room, room, c.wait(REPLAY_TIMEOUT)) {
+                Ok(m) => {
+                    c.answered(&Ok::<(), ()>(()));
+                    m.map_or(0, |m| m.seq)
+                }
                 Err(_) => {
+                    c.answered(&Err::<(), ()>(()));
                     c.stats.replay_failures.add(1);
                     return failed(HISTORY_UNAVAILABLE);
                 }
@@ -562,10 +611,16 @@ impl Router {
         // Each round catches up with what the node delivered meanwhile; a room that
         // busy is given up on after a few.
         for _ in 0..4 {
-            match c
-                .bus
-                .fetch_after(Kind::Room, room, from, upto, c.config.size, REPLAY_TIMEOUT)
-            {
+            let fetched = c.bus.fetch_after(
+                Kind::Room,
+                room,
+                from,
+                upto,
+                c.config.size,
+                c.wait(REPLAY_TIMEOUT),
+            );
+            c.answered(&fetched);
+            match fetched {
                 Ok(msgs) => {
                     if recovered.is_none() {
                         recovered =
@@ -677,10 +732,18 @@ impl Router {
         }
         let mut seqs = Vec::with_capacity(users.len());
         if wait {
-            let deadline = Instant::now() + STORE_WAIT;
+            let deadline = Instant::now() + c.wait(STORE_WAIT);
             for (kind, to, rx) in waiting {
                 let left = deadline.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left) {
+                let got = rx.recv_timeout(left);
+                // Not stored, whether the bus thread gave up on JetStream's answer first
+                // or this wait did: the next pushes do not wait as long.
+                c.answered(
+                    &got.as_ref()
+                        .map_err(|_| ())
+                        .and_then(|r| r.as_ref().map_err(|_| ())),
+                );
+                match got {
                     Ok(Ok(ok)) if kind == Kind::User => seqs.push((to.to_owned(), ok.seq)),
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => bus = Err(e),
