@@ -37,8 +37,19 @@ def common_name(cert):
     return "?"
 
 
+def open_ws(uri, ca):
+    # A handshake that times out is tried again: websockets' sync client sometimes never
+    # sends its request over TLS (see client.py's connect).
+    for attempt in range(3):
+        try:
+            return connect(uri, ssl=context(ca), open_timeout=4)
+        except TimeoutError:
+            if attempt == 2:
+                raise
+
+
 def subscribe(addr, ca, uid, n):
-    with connect(f"wss://{addr}/ws?uid={uid}", ssl=context(ca)) as ws:
+    with open_ws(f"wss://{addr}/ws?uid={uid}", ca) as ws:
         welcome = json.loads(ws.recv(timeout=5))
         assert welcome["type"] == "welcome", welcome
         cn = common_name(ws.socket.getpeercert())
