@@ -7,7 +7,7 @@ mod common;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Client, Gateway, Read_};
+use common::{slow_socket, Client, Gateway, Read_};
 use protocol::{CloseCode, Message, OpCode};
 
 #[test]
@@ -19,10 +19,7 @@ fn slow_consumer_is_closed_1013_and_others_are_unaffected() {
         "64",
     ]);
     // A client that sends echo requests but never reads: the replies pile up.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&gw.client_addr.into()).unwrap();
-    let mut slow = Client::connect_with(socket.into(), "/echo", "");
+    let mut slow = Client::connect_with(slow_socket(gw.client_addr), "/echo", "");
     let mut good = Client::connect(gw.client_addr, "/echo");
     let payload = vec![b'x'; 16 * 1024];
     slow.stream

@@ -9,26 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::nats::{free_port, CuttingProxy, NatsServer};
+use common::nats::{free_port, node, start_node, CuttingProxy, NatsServer};
 use common::{push_ok, received, Client, Gateway};
 use serde_json::{json, Value};
-
-/// A node that must become ready on `nats`.
-fn node(nats: &str, id: &str, extra: &[&str]) -> Gateway {
-    let gw = start(nats, id, extra);
-    assert!(
-        gw.eventually(Duration::from_secs(10), |g| g.control_get("/readyz").0
-            == 200),
-        "node {id} never became ready"
-    );
-    gw
-}
-
-fn start(nats: &str, id: &str, extra: &[&str]) -> Gateway {
-    let mut args = vec!["--nats", nats, "--node-id", id, "--reactors", "2"];
-    args.extend_from_slice(extra);
-    Gateway::start(&args)
-}
 
 fn ws(gw: &Gateway, uid: &str) -> Client {
     let mut c = Client::connect(gw.client_addr, &format!("/ws?uid={uid}"));
@@ -159,7 +142,7 @@ fn tls_to_nats_with_a_private_ca() {
         &["--nats-tls-ca", &ca],
     );
     // Not trusting the CA (the system's roots): never connected, never ready.
-    let untrusting = start(&url, "c", &[]);
+    let untrusting = start_node(&url, "c", &[]);
     let mut bob = ws(&b, "bob");
     subscribed(&b, 2);
     subscribed(&a, 1);
@@ -187,7 +170,7 @@ fn credentials_in_the_url() {
     let port = free_port();
     let _nats = NatsServer::start_with(port, &["--auth", "s3cret"]);
     let a = node(&format!("nats://s3cret@127.0.0.1:{port}"), "a", &[]);
-    let wrong = start(&format!("nats://guess@127.0.0.1:{port}"), "w", &[]);
+    let wrong = start_node(&format!("nats://guess@127.0.0.1:{port}"), "w", &[]);
     let mut alice = ws(&a, "alice");
     subscribed(&a, 2);
     let upport = free_port();

@@ -6,21 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::nats::{free_port, NatsServer};
+use common::nats::{free_port, node, NatsServer};
 use common::{post, push_ok, received, Client, Gateway};
 use serde_json::{json, Value};
-
-fn node(nats: &str, id: &str, extra: &[&str]) -> Gateway {
-    let mut args = vec!["--nats", nats, "--node-id", id, "--reactors", "2"];
-    args.extend_from_slice(extra);
-    let gw = Gateway::start(&args);
-    assert!(
-        gw.eventually(Duration::from_secs(10), |g| g.control_get("/readyz").0
-            == 200),
-        "node {id} never became ready"
-    );
-    gw
-}
 
 fn ws(gw: &Gateway, uid: &str) -> Client {
     let q: String = url_escape(uid);

@@ -15,7 +15,6 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::tls::TestPki;
-use common::Gateway;
 
 const LIMIT_ARGS: [&str; 2] = ["--max-message-size", "100000"];
 
@@ -24,9 +23,7 @@ fn dir() -> PathBuf {
 }
 
 fn run_client(program: &str, script: &str, tls: Option<&TestPki>) {
-    let mut args: Vec<String> = LIMIT_ARGS.iter().map(|a| a.to_string()).collect();
-    args.extend(tls.iter().flat_map(|p| p.args()));
-    let gw = Gateway::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let gw = common::tls::gateway(tls, &LIMIT_ARGS);
     let mut cmd = Command::new(program);
     if let Some(p) = tls {
         cmd.env("PUSHGATE_WSS_CA", &p.ca);
@@ -155,9 +152,7 @@ fn headless_chromium_over_wss() {
 }
 
 fn chromium(tls: Option<&TestPki>) {
-    let mut args: Vec<String> = LIMIT_ARGS.iter().map(|a| a.to_string()).collect();
-    args.extend(tls.iter().flat_map(|p| p.args()));
-    let gw = Gateway::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let gw = common::tls::gateway(tls, &LIMIT_ARGS);
     let (port, results) = page_server();
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let profile =

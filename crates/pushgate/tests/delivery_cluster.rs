@@ -42,14 +42,7 @@ impl Drop for Js {
 
 /// A node with history on JetStream, ready (bus connected and stream made).
 fn node(nats: &str, id: &str, extra: &[&str]) -> Gateway {
-    let mut args = vec!["--nats", nats, "--node-id", id, "--reactors", "2"];
-    args.extend_from_slice(extra);
-    let gw = Gateway::start(&args);
-    assert!(
-        gw.eventually(Duration::from_secs(10), |g| g.control_get("/readyz").0
-            == 200),
-        "node {id} never became ready"
-    );
+    let gw = common::nats::node(nats, id, extra);
     history_ready(&gw);
     gw
 }

@@ -62,8 +62,7 @@ fn exported(gw: &Gateway) -> BTreeSet<String> {
 fn dashboard_and_alerts_use_only_exported_metrics() {
     // With TLS, so the families only a wss:// node exports are there too.
     let pki = common::tls::TestPki::new("deploy", "pushgate-test");
-    let args = pki.args();
-    let gw = Gateway::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let gw = pki.gateway(&[]);
     let have = exported(&gw);
     assert!(have.contains("pushgate_push_latency_seconds"), "{have:?}");
     let dashboard = read("deploy/grafana/pushgate-dashboard.json");

@@ -260,8 +260,7 @@ fn curl_receives_pushes_as_events() {
 #[test]
 fn curl_streams_and_sends_over_https() {
     let pki = common::tls::TestPki::new("sse", "pushgate-test");
-    let args = pki.args();
-    let gw = Gateway::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let gw = pki.gateway(&[]);
     let base = format!("https://127.0.0.1:{}", gw.client_addr.port());
     let ca = pki.ca.display().to_string();
     let mut curl = Command::new("curl")
@@ -449,10 +448,7 @@ fn a_slow_stream_reader_is_closed_and_counted() {
         "--max-outbound-messages",
         "64",
     ]);
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&gw.client_addr.into()).unwrap();
-    let mut slow = Sse::open_on(socket.into(), "/sse?uid=slow", "");
+    let mut slow = Sse::open_on(common::slow_socket(gw.client_addr), "/sse?uid=slow", "");
     slow.next_event(Duration::from_secs(5)).unwrap();
     let mut good = Sse::open(gw.client_addr, "/sse?uid=good", "");
     good.next_event(Duration::from_secs(5)).unwrap();

@@ -8,24 +8,15 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::nats::NatsServer;
+use common::nats::{node, NatsServer};
 use common::{post, Client, Gateway, Read_};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn node(nats: &str, id: &str) -> Gateway {
-    let gw = Gateway::start(&["--nats", nats, "--node-id", id, "--reactors", "2"]);
-    assert!(
-        gw.eventually(WAIT, |g| g.control_get("/readyz").0 == 200),
-        "node {id} never became ready"
-    );
-    gw
-}
-
 /// Starts three nodes and waits until each has heard the other two.
 fn cluster(nats: &NatsServer) -> [Gateway; 3] {
-    let nodes = ["n1", "n2", "n3"].map(|id| node(&nats.url(), id));
+    let nodes = ["n1", "n2", "n3"].map(|id| node(&nats.url(), id, &[]));
     for gw in &nodes {
         assert!(
             gw.eventually(WAIT, |g| g.metric("pushgate_cluster_peers") == 2.0),

@@ -20,12 +20,6 @@ fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/wss.py")
 }
 
-fn start(pki: &TestPki, extra: &[&str]) -> Gateway {
-    let mut args: Vec<String> = pki.args().to_vec();
-    args.extend(extra.iter().map(|a| a.to_string()));
-    Gateway::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
 fn probe(addr: SocketAddr, pki: &TestPki) -> String {
     let out = Command::new("python3")
         .arg(script())
@@ -54,7 +48,7 @@ fn hup(gw: &Gateway) {
 #[test]
 fn pushes_reach_a_wss_client_through_a_certificate_reload() {
     let pki = TestPki::new("reload", "pushgate-first");
-    let gw = start(&pki, &["--history-size", "0"]);
+    let gw = pki.gateway(&["--history-size", "0"]);
     const PUSHES: usize = 300;
     let mut sub = Command::new("python3")
         .arg(script())
@@ -100,7 +94,7 @@ fn pushes_reach_a_wss_client_through_a_certificate_reload() {
 #[test]
 fn both_versions_alpn_and_ticket_resumption() {
     let pki = TestPki::new("versions", "pushgate-test");
-    let gw = start(&pki, &[]);
+    let gw = pki.gateway(&[]);
     let out = probe(gw.client_addr, &pki);
     assert!(out.contains("v12 ok TLSv1.2"), "{out}");
     assert!(out.contains("v13 ok TLSv1.3"), "{out}");
@@ -140,7 +134,7 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
 #[test]
 fn plain_http_truncated_and_silent_handshakes_cost_a_counter_each() {
     let pki = TestPki::new("bad", "pushgate-test");
-    let gw = start(&pki, &["--handshake-timeout", "1"]);
+    let gw = pki.gateway(&["--handshake-timeout", "1"]);
     // Plain HTTP on the TLS port: an alert, then the connection is closed.
     let mut s = TcpStream::connect(gw.client_addr).unwrap();
     s.write_all(b"GET /ws?uid=a HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -188,7 +182,7 @@ fn plain_http_truncated_and_silent_handshakes_cost_a_counter_each() {
 #[test]
 fn a_flood_of_garbage_hellos_leaves_real_clients_served() {
     let pki = TestPki::new("flood", "pushgate-test");
-    let gw = start(&pki, &[]);
+    let gw = pki.gateway(&[]);
     const FLOOD: usize = 300;
     let addr = gw.client_addr;
     let flood = std::thread::spawn(move || {
@@ -261,7 +255,7 @@ fn bad_files_at_start_stop_the_node_with_a_reason_and_an_expired_one_warns() {
     assert!(reason.contains("TLS"), "{reason}");
     // An expired certificate starts (clients decide), with a warning and the gauge.
     pki.issue(&pki.cert, &pki.key, "pushgate-expired", true);
-    let gw = start(&pki, &[]);
+    let gw = pki.gateway(&[]);
     assert!(gw
         .log
         .lock()
@@ -283,7 +277,7 @@ fn python(args: &[&str]) -> std::process::Child {
 #[test]
 fn a_protocol_error_closes_with_its_code_then_close_notify_before_the_fin() {
     let pki = TestPki::new("protoerr", "pushgate-test");
-    let gw = start(&pki, &[]);
+    let gw = pki.gateway(&[]);
     let ca = pki.ca.display().to_string();
     let out = python(&["protoerr", &gw.client_addr.to_string(), &ca])
         .wait_with_output()
@@ -299,17 +293,14 @@ fn a_protocol_error_closes_with_its_code_then_close_notify_before_the_fin() {
 #[test]
 fn a_slow_wss_reader_is_closed_with_1013_and_counted() {
     let pki = TestPki::new("slow", "pushgate-test");
-    let gw = start(
-        &pki,
-        &[
-            "--history-size",
-            "0",
-            "--max-outbound-bytes",
-            "65536",
-            "--close-timeout",
-            "10",
-        ],
-    );
+    let gw = pki.gateway(&[
+        "--history-size",
+        "0",
+        "--max-outbound-bytes",
+        "65536",
+        "--close-timeout",
+        "10",
+    ]);
     let ca = pki.ca.display().to_string();
     let mut reader = python(&["stall", &gw.client_addr.to_string(), &ca, "slow-user", "2"]);
     let mut lines = BufReader::new(reader.stdout.take().unwrap()).lines();

@@ -84,7 +84,12 @@ fn pump(client: &mut ClientConnection, server: &mut TlsStream, server_plain: &mu
 fn client_reads(client: &mut ClientConnection, server: &mut TlsStream, plain: &[u8]) -> Vec<u8> {
     let mut records = Vec::new();
     server.write_plain(plain, &mut records).unwrap();
-    let mut rd = &records[..];
+    client_decrypts(client, &records)
+}
+
+/// What the client reads from the ciphertext `wire`.
+fn client_decrypts(client: &mut ClientConnection, wire: &[u8]) -> Vec<u8> {
+    let mut rd = wire;
     let mut got = Vec::new();
     while !rd.is_empty() {
         client.read_tls(&mut rd).unwrap();
@@ -294,25 +299,6 @@ impl Write for Socket {
     }
 }
 
-fn client_decrypts(client: &mut ClientConnection, wire: &[u8]) -> Vec<u8> {
-    let mut rd = wire;
-    let mut got = Vec::new();
-    while !rd.is_empty() {
-        client.read_tls(&mut rd).unwrap();
-        client.process_new_packets().unwrap();
-        let mut buf = [0u8; 65536];
-        loop {
-            match client.reader().read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => panic!("{e}"),
-            }
-        }
-    }
-    got
-}
-
 #[test]
 fn a_sealing_queue_never_writes_plaintext_and_keeps_the_order_through_short_writes() {
     use bytes::Bytes;
@@ -322,14 +308,7 @@ fn a_sealing_queue_never_writes_plaintext_and_keeps_the_order_through_short_writ
         max_bytes: 1 << 20,
         max_messages: 1000,
     };
-    let p = pki("sealing", "localhost");
-    let acceptor = TlsAcceptor::new(p.files.clone()).unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let mut client =
-        ClientConnection::new(client_config(&p.cert_der, &rustls::version::TLS13), name).unwrap();
-    let mut server = acceptor.accept().unwrap();
-    let mut plain = BytesMut::new();
-    pump(&mut client, &mut server, &mut plain);
+    let (_p, mut client, mut server) = handshaken("sealing");
     let mut q = Outbound::sealing();
     q.push_data(Bytes::from_static(b"first;"), &limits).unwrap();
     // Without its TLS state the queue writes nothing at all.

@@ -235,6 +235,15 @@ pub fn upgrade_request(path: &str, extra: &str) -> String {
     )
 }
 
+/// A connection with a 4 KiB receive buffer, for a client that stops reading: what the
+/// server sends piles up in the server's queue, not in the kernel.
+pub fn slow_socket(addr: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    socket.into()
+}
+
 /// A blocking WebSocket client.
 pub struct Client {
     pub stream: TcpStream,

@@ -288,3 +288,21 @@ impl Drop for CuttingProxy {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// A gateway node on the bus at `nats` (2 reactors), with `extra` arguments, not waited for.
+pub fn start_node(nats: &str, id: &str, extra: &[&str]) -> super::Gateway {
+    let mut args = vec!["--nats", nats, "--node-id", id, "--reactors", "2"];
+    args.extend_from_slice(extra);
+    super::Gateway::start(&args)
+}
+
+/// [`start_node`], once it is ready (`/readyz` 200: connected to the bus).
+pub fn node(nats: &str, id: &str, extra: &[&str]) -> super::Gateway {
+    let gw = start_node(nats, id, extra);
+    assert!(
+        gw.eventually(Duration::from_secs(10), |g| g.control_get("/readyz").0
+            == 200),
+        "node {id} never became ready"
+    );
+    gw
+}

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
+use super::Gateway;
+
 /// A CA and the files a gateway is started with.
 pub struct TestPki {
     pub dir: PathBuf,
@@ -63,14 +65,21 @@ impl TestPki {
         std::fs::rename(&tmp, key).unwrap();
     }
 
-    /// The arguments that make a gateway serve this leaf.
-    pub fn args(&self) -> [String; 4] {
-        [
-            "--tls-cert".to_owned(),
-            self.cert.display().to_string(),
-            "--tls-key".to_owned(),
-            self.key.display().to_string(),
-        ]
+    /// A gateway serving this leaf (wss:// only), with `extra` arguments.
+    pub fn gateway(&self, extra: &[&str]) -> Gateway {
+        let cert = self.cert.display().to_string();
+        let key = self.key.display().to_string();
+        let mut args = vec!["--tls-cert", &cert, "--tls-key", &key];
+        args.extend_from_slice(extra);
+        Gateway::start(&args)
+    }
+}
+
+/// A gateway with `extra` arguments, serving `tls`'s leaf when given.
+pub fn gateway(tls: Option<&TestPki>, extra: &[&str]) -> Gateway {
+    match tls {
+        Some(p) => p.gateway(extra),
+        None => Gateway::start(extra),
     }
 }
 

@@ -65,18 +65,19 @@ def subscribe(addr, ca, uid, n):
         print(f"got {got}", flush=True)
 
 
-def upgrade(tls_sock, host):
-    # A complete /echo upgrade, so a TLS 1.3 server's tickets have arrived before we stop.
+def upgrade(tls_sock, host, path="/echo"):
+    """A complete upgrade on `path` (on /echo, a TLS 1.3 server's tickets have arrived
+    before we stop). The head is read a byte at a time: frames behind it stay unread."""
     tls_sock.sendall(
         (
-            f"GET /echo HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
     )
     head = b""
     while b"\r\n\r\n" not in head:
-        chunk = tls_sock.recv(4096)
+        chunk = tls_sock.recv(1)
         if not chunk:
             break
         head += chunk
@@ -114,20 +115,7 @@ def raw_upgrade(addr, ca, path, rcvbuf=None):
     raw.settimeout(10)
     raw.connect((host, int(port)))
     s = context(ca).wrap_socket(raw, server_hostname=host, suppress_ragged_eofs=False)
-    s.sendall(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = s.recv(1)
-        if not chunk:
-            break
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 101"), head[:80]
+    upgrade(s, host, path)
     return s
 
 
