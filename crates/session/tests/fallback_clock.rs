@@ -3,84 +3,17 @@
 //! slow bodies. No sockets, no sleeping.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // In tests a failed unwrap is a failed test.
 
-use std::time::{Duration, Instant};
+mod common;
 
-use bytes::{Bytes, BytesMut};
+use std::time::Duration;
+
+use bytes::Bytes;
 use session::client_protocol::{msg_frame_seq, RequestError};
-use session::{
-    CloseKind, Codecs, ConnId, Ctx, Effects, Event, Session, SessionConfig, TransmitKind,
-    Transport, Welcome,
-};
 
-struct Harness {
-    config: SessionConfig,
-    codecs: Codecs,
-    session: Session,
-    now: Instant,
-    fx: Effects,
-}
+use common::Harness;
+use session::{CloseKind, Event, SessionConfig, TransmitKind, Transport, Welcome};
 
 impl Harness {
-    fn new(config: SessionConfig) -> Self {
-        let now = Instant::now();
-        Harness {
-            codecs: Codecs::new(&config),
-            session: Session::new(now, None, &config),
-            config,
-            now,
-            fx: Effects::default(),
-        }
-    }
-
-    /// Runs `f` on the session with a fresh effects sink.
-    fn call(&mut self, f: impl FnOnce(&mut Session, &mut Ctx<'_>, &mut Effects)) {
-        let mut fx = std::mem::take(&mut self.fx);
-        fx.clear();
-        let mut session = std::mem::replace(
-            &mut self.session,
-            Session::new(self.now, None, &self.config),
-        );
-        let mut cx = Ctx {
-            config: &self.config,
-            codecs: &mut self.codecs,
-            now: self.now,
-            conn_id: ConnId {
-                reactor: 0,
-                slot: 1,
-                generation: 1,
-            },
-        };
-        f(&mut session, &mut cx, &mut fx);
-        self.session = session;
-        self.fx = fx;
-    }
-
-    fn input(&mut self, bytes: &[u8]) {
-        let mut input = BytesMut::from(bytes);
-        self.call(|s, cx, fx| s.handle_input(&mut input, cx, fx));
-    }
-
-    /// Moves the clock on and fires the timer if it is due.
-    fn advance(&mut self, by: Duration) {
-        self.now += by;
-        let due = self
-            .session
-            .next_deadline(&self.config)
-            .is_some_and(|d| d <= self.now);
-        if due {
-            self.call(|s, cx, fx| s.handle_timeout(cx, fx));
-        } else {
-            self.fx.clear();
-        }
-    }
-
-    fn deadline_in(&self) -> Duration {
-        self.session
-            .next_deadline(&self.config)
-            .expect("a deadline")
-            .saturating_duration_since(self.now)
-    }
-
     /// Everything written by the last call, as text.
     fn written(&self) -> String {
         self.fx

@@ -2,15 +2,16 @@
 //! Each test moves `now` by hand and checks what the session asks its driver to do.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // In tests a failed unwrap is a failed test.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use protocol::frame::client_message;
 use protocol::{CloseCode, Decoder, DecoderConfig, Message, OpCode, Role};
-use session::{
-    AuthMode, CloseKind, Codecs, ConnId, Ctx, Effects, Event, JwtAuth, Session, SessionConfig,
-    TransmitKind,
-};
+use session::{AuthMode, CloseKind, Event, JwtAuth, SessionConfig, TransmitKind};
+
+use common::Harness;
 
 const KEY: [u8; 4] = [1, 2, 3, 4];
 
@@ -24,27 +25,7 @@ fn config() -> SessionConfig {
     }
 }
 
-/// A session, its driver's shared state and a virtual clock.
-struct Harness {
-    config: SessionConfig,
-    codecs: Codecs,
-    session: Session,
-    now: Instant,
-    fx: Effects,
-}
-
 impl Harness {
-    fn new(config: SessionConfig) -> Self {
-        let now = Instant::now();
-        Harness {
-            codecs: Codecs::new(&config),
-            session: Session::new(now, None, &config),
-            config,
-            now,
-            fx: Effects::default(),
-        }
-    }
-
     /// An upgraded `/ws` connection for `alice` (dev mode), or with `query` appended.
     fn open(config: SessionConfig, query: &str) -> Self {
         let mut h = Harness::new(config);
@@ -60,61 +41,8 @@ impl Harness {
         h
     }
 
-    fn cx(&mut self) -> Ctx<'_> {
-        Ctx {
-            config: &self.config,
-            codecs: &mut self.codecs,
-            now: self.now,
-            conn_id: ConnId {
-                reactor: 0,
-                slot: 1,
-                generation: 1,
-            },
-        }
-    }
-
-    fn input(&mut self, bytes: &[u8]) {
-        let mut fx = std::mem::take(&mut self.fx);
-        fx.clear();
-        let mut input = BytesMut::from(bytes);
-        let mut session = std::mem::replace(
-            &mut self.session,
-            Session::new(self.now, None, &self.config),
-        );
-        session.handle_input(&mut input, &mut self.cx(), &mut fx);
-        self.session = session;
-        self.fx = fx;
-    }
-
     fn send_text(&mut self, text: &str) {
         self.input(&client_message(OpCode::Text, text.as_bytes(), KEY));
-    }
-
-    /// Moves the clock to `at` after the start and fires the timer if it is due.
-    fn advance(&mut self, by: Duration) {
-        self.now += by;
-        let mut fx = std::mem::take(&mut self.fx);
-        fx.clear();
-        let due = self
-            .session
-            .next_deadline(&self.config)
-            .is_some_and(|d| d <= self.now);
-        if due {
-            let mut session = std::mem::replace(
-                &mut self.session,
-                Session::new(self.now, None, &self.config),
-            );
-            session.handle_timeout(&mut self.cx(), &mut fx);
-            self.session = session;
-        }
-        self.fx = fx;
-    }
-
-    fn deadline_in(&self) -> Duration {
-        self.session
-            .next_deadline(&self.config)
-            .expect("a deadline")
-            .saturating_duration_since(self.now)
     }
 
     /// The frames sent by the last call, decoded.
@@ -191,10 +119,7 @@ fn any_input_postpones_the_heartbeat() {
 #[test]
 fn answering_the_close_handshake_in_time_is_graceful() {
     let mut h = Harness::open(config(), "uid=alice");
-    let mut fx = Effects::default();
-    let mut session = std::mem::replace(&mut h.session, Session::new(h.now, None, &h.config));
-    session.close(CloseCode::GOING_AWAY, "bye", &mut h.cx(), &mut fx);
-    h.session = session;
+    h.call(|s, cx, fx| s.close(CloseCode::GOING_AWAY, "bye", cx, fx));
     h.advance(Duration::from_secs(4));
     h.input(&client_message(OpCode::Close, &1000u16.to_be_bytes(), KEY));
     assert_eq!(h.fx.close, Some(CloseKind::Graceful));
