@@ -45,7 +45,7 @@ port=$(free_port)
 cport=$(free_port)
 bus=(--nats "nats://127.0.0.1:$nats_port")
 if [ "${NO_BUS:-0}" = 1 ]; then bus=(); fi
-"$gw_bin" --listen "127.0.0.1:$port" --control "127.0.0.1:$cport" --reactors 2 \
+"$gw_bin" --dev --listen "127.0.0.1:$port" --control "127.0.0.1:$cport" --reactors 2 \
   --heartbeat 300 --idle-timeout 600 --max-pending-handshakes 4096 --shutdown-drain 1 \
   "${bus[@]}" --node-id churn "${gw_extra[@]}" >"$logs/gw.log" 2>&1 &
 gw=$!

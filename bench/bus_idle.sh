@@ -29,7 +29,7 @@ measure() {
   local label=$1 bin=$2; shift 2
   local p c pid out
   p=$(free_port); c=$(free_port)
-  "$bin" --listen "127.0.0.1:$p" --control "127.0.0.1:$c" --heartbeat 300 --idle-timeout 600 \
+  "$bin" --dev --listen "127.0.0.1:$p" --control "127.0.0.1:$c" --heartbeat 300 --idle-timeout 600 \
     --max-pending-handshakes 4096 --shutdown-drain 1 "$@" >"$logs/$label.log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do curl -sf "127.0.0.1:$c/readyz" >/dev/null && break; sleep 0.1; done

@@ -32,7 +32,7 @@ start_node() {
   local p c bus=(--nats "nats://127.0.0.1:$nats_port")
   if [ "${1:-}" = --alone ]; then bus=(); shift; fi
   p=$(free_port); c=$(free_port)
-  "${PUSHGATE_BIN:-./target/release/pushgate}" --listen "127.0.0.1:$p" --control "127.0.0.1:$c" \
+  "${PUSHGATE_BIN:-./target/release/pushgate}" --dev --listen "127.0.0.1:$p" --control "127.0.0.1:$c" \
     --heartbeat 300 --idle-timeout 600 --max-pending-handshakes 4096 --shutdown-drain 1 \
     --node-id "$name" "${bus[@]}" "$@" >"$logs/$name.log" 2>&1 &
   pids+=($!)

@@ -54,7 +54,7 @@ start_servers() {
     [[ $servers == *" $s "* ]] || continue
     local io=epoll; [[ $s == pushgate-uring ]] && io=io-uring
     port[$s]=$(free_port); api[$s]=$(free_port)
-    ./target/release/pushgate --listen "127.0.0.1:${port[$s]}" --control "127.0.0.1:${api[$s]}" \
+    ./target/release/pushgate --dev --listen "127.0.0.1:${port[$s]}" --control "127.0.0.1:${api[$s]}" \
       --io "$io" --reactors 2 --heartbeat 300 --idle-timeout 600 --max-pending-handshakes 4096 \
       --control-first-request-timeout 60 --shutdown-drain 1 >"$run_dir/$s.log" 2>&1 &
     pids+=($!); srv_pids[$s]=$!

@@ -15,7 +15,7 @@ cport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); p
 log=$(mktemp)
 # A first-request timeout longer than the run, so only eviction frees slots (the default
 # 5 s would also close the idle sockets, which would flatter the result).
-./target/release/pushgate --listen 127.0.0.1:0 --control "127.0.0.1:$cport" \
+./target/release/pushgate --dev --listen 127.0.0.1:0 --control "127.0.0.1:$cport" \
   --control-first-request-timeout 600 --max-body-bytes 1048576 >"$log" 2>&1 &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log"' EXIT

@@ -26,7 +26,7 @@ trap '[ -n "$pid" ] && kill -TERM $pid 2>/dev/null; wait 2>/dev/null; rm -f "$lo
 start_gateway() {
   port=$(free_port)
   cport=$(free_port)
-  ./target/release/pushgate --listen "127.0.0.1:$port" --control "127.0.0.1:$cport" \
+  ./target/release/pushgate --dev --listen "127.0.0.1:$port" --control "127.0.0.1:$cport" \
     --heartbeat 300 --idle-timeout 600 --poll-timeout 600 --max-pending-handshakes 4096 \
     >"$log" 2>&1 &
   pid=$!

@@ -5,7 +5,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 port=$(free_port)
 cport=$(free_port)
 gateway_log=$(mktemp)
-./target/release/pushgate --listen "127.0.0.1:$port" --control "127.0.0.1:$cport" \
+./target/release/pushgate --dev --listen "127.0.0.1:$port" --control "127.0.0.1:$cport" \
   --heartbeat 300 --idle-timeout 600 --max-pending-handshakes 4096 >"$gateway_log" 2>&1 &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$gateway_log"' EXIT

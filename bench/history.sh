@@ -17,7 +17,7 @@ start() { # name, extra args...; sets ${name}_port ${name}_cport ${name}_pid
   local name=$1; shift
   local p c log
   p=$(free_port); c=$(free_port); log=$(mktemp)
-  ./target/release/pushgate --listen "127.0.0.1:$p" --control "127.0.0.1:$c" \
+  ./target/release/pushgate --dev --listen "127.0.0.1:$p" --control "127.0.0.1:$c" \
     --heartbeat 300 --idle-timeout 600 --max-pending-handshakes 4096 "$@" >"$log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do grep -q "pushgate started" "$log" && break; sleep 0.1; done

@@ -40,7 +40,7 @@ start_node() { # NAME NATS_PORT PREFIX EXTRA...: sets ${NAME}_port ${NAME}_cport
   local name=$1 np=$2 prefix=$3; shift 3
   local p c
   p=$(free_port); c=$(free_port)
-  ./target/release/pushgate --listen "127.0.0.1:$p" --control "127.0.0.1:$c" \
+  ./target/release/pushgate --dev --listen "127.0.0.1:$p" --control "127.0.0.1:$c" \
     --heartbeat 300 --idle-timeout 600 --max-pending-handshakes 4096 --shutdown-drain 1 \
     --node-id "$name" --nats "nats://127.0.0.1:$np" --bus-prefix "$prefix" "$@" \
     >"$tmp/$name.log" 2>&1 &

@@ -30,7 +30,7 @@ for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null &&
 start_node() {
   local name=$1 p c
   p=$(free_port); c=$(free_port)
-  ./target/release/pushgate --listen "127.0.0.1:$p" --control "127.0.0.1:$c" \
+  ./target/release/pushgate --dev --listen "127.0.0.1:$p" --control "127.0.0.1:$c" \
     --heartbeat 300 --idle-timeout 600 --max-pending-handshakes 4096 --shutdown-drain 1 \
     --node-id "$name" --nats "nats://127.0.0.1:$nats_port" >"$logs/$name.log" 2>&1 &
   pids+=($!)

@@ -96,7 +96,7 @@ start_node() {
   local name=$1 p c bus=()
   [ "${2:-}" = --alone ] || bus=(--nats "nats://127.0.0.1:$nats_port")
   p=$(free_port); c=$(free_port)
-  ./target/release/pushgate --listen "127.0.0.1:$p" --control "127.0.0.1:$c" \
+  ./target/release/pushgate --dev --listen "127.0.0.1:$p" --control "127.0.0.1:$c" \
     --reactors "$reactors" --heartbeat 1800 --idle-timeout 3600 \
     --max-pending-handshakes 4096 --shutdown-drain 1 --node-id "$name" \
     "${bus[@]}" "${extra_node_args[@]}" >"$logs/$name.log" 2>&1 &

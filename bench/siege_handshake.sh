@@ -14,7 +14,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 port=$(free_port)
 cport=$(free_port)
 log=$(mktemp)
-./target/release/pushgate --listen "127.0.0.1:$port" --control "127.0.0.1:$cport" >"$log" 2>&1 &
+./target/release/pushgate --dev --listen "127.0.0.1:$port" --control "127.0.0.1:$cport" >"$log" 2>&1 &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log"' EXIT
 for _ in $(seq 100); do grep -q "pushgate started" "$log" && break; sleep 0.1; done

@@ -22,7 +22,7 @@ trap cleanup EXIT
 for io in epoll io-uring; do
   for scen in fanout echo; do
     port=$(free_port); api=$(free_port)
-    ./target/release/pushgate --listen "127.0.0.1:$port" --control "127.0.0.1:$api" --io "$io" \
+    ./target/release/pushgate --dev --listen "127.0.0.1:$port" --control "127.0.0.1:$api" --io "$io" \
       --reactors 2 --heartbeat 300 --idle-timeout 600 --control-first-request-timeout 60 \
       --shutdown-drain 1 >"$out/$io.$scen.log" 2>&1 &
     gw=$!

@@ -29,7 +29,7 @@ start_gateway() {
   port=$(free_port); cport=$(free_port)
   local tls=()
   [ "$1" = tls ] && tls=(--tls-cert "$dir/cert.pem" --tls-key "$dir/key.pem")
-  ./target/release/pushgate --listen "127.0.0.1:$port" --control "127.0.0.1:$cport" \
+  ./target/release/pushgate --dev --listen "127.0.0.1:$port" --control "127.0.0.1:$cport" \
     --reactors 2 --heartbeat 300 --idle-timeout 600 --max-pending-handshakes 4096 \
     --history-size 0 --shutdown-drain 1 "${tls[@]}" >"$dir/gw.log" 2>&1 &
   gw_pid=$!

@@ -65,8 +65,10 @@ pub mod default {
 
 /// pushgate: a WebSocket push gateway for instant messaging.
 ///
-/// With no arguments it runs a single node with embedded defaults: in-process routing,
-/// dev auth (`?uid=` trusted), `/echo` on.
+/// It needs a JWT key (--jwt-secret or --jwt-public-key) to start, and an API key
+/// (--api-key) when the control listener is beyond loopback. `pushgate --dev` runs a
+/// single development node with embedded defaults instead: in-process routing, `?uid=`
+/// trusted, `/echo` on.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 pub struct Cli {
@@ -169,7 +171,15 @@ pub struct Keys {
     /// Most users one /v1/presence query may name, at most 1000 [default: 100].
     #[arg(long, env = "PUSHGATE_PRESENCE_MAX_UIDS")]
     pub presence_max_uids: Option<usize>,
-    /// Serve the /echo endpoint [default: true].
+    /// Development mode, the only way to start without a JWT key (then `?uid=` is trusted
+    /// as the user ID), to leave the API key unset on a control listener beyond loopback,
+    /// and to serve /echo without authentication. Never on a reachable node
+    /// [default: false].
+    #[arg(long, env = "PUSHGATE_DEV", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub dev: Option<bool>,
+    /// Serve the /echo endpoint; outside --dev it takes the same auth as /ws
+    /// [default: true with --dev, else false].
     #[arg(long, env = "PUSHGATE_ECHO")]
     pub echo: Option<bool>,
     /// Accept permessage-deflate (without context takeover) [default: true].
@@ -196,7 +206,8 @@ pub struct Keys {
     /// Malformed client requests tolerated before closing with 1008 [default: 10].
     #[arg(long, env = "PUSHGATE_MAX_BAD_REQUESTS")]
     pub max_bad_requests: Option<u32>,
-    /// Bearer key required on the server API [default: none].
+    /// Bearer key required on the server API; without it a control listener beyond
+    /// loopback refuses to start unless --dev [default: none].
     #[arg(long, env = "PUSHGATE_API_KEY")]
     pub api_key: Option<String>,
     /// Largest server API request body in bytes, 413 past it [default: the message size
@@ -360,6 +371,8 @@ pub struct Settings {
     pub capacity_from_fd_limit: bool,
     /// This node's name.
     pub node_id: String,
+    /// Development mode (`--dev`).
+    pub dev: bool,
     /// Bearer key for the server API.
     pub api_key: Option<String>,
     /// Server API body limit.
@@ -432,6 +445,11 @@ impl Settings {
             Some(a) => a,
             None => default::CONTROL.parse()?,
         };
+        let dev = pick!(dev, false);
+        let api_key = k.api_key.clone().filter(|k| !k.is_empty());
+        if api_key.is_none() && !dev && !control.ip().is_loopback() {
+            bail!("{}", refusal::open_control(control));
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let reactors = pick!(reactors, cores);
         if reactors == 0 || reactors > 1024 {
@@ -470,8 +488,8 @@ impl Settings {
                 enabled: pick!(deflate, true),
                 ..DeflateConfig::default()
             },
-            echo: pick!(echo, true),
-            auth: auth_mode(&k)?,
+            echo: pick!(echo, dev),
+            auth: auth_mode(&k, dev)?,
             allowed_origins: k.allowed_origins.as_ref().map(|list| {
                 list.split(',')
                     .map(|o| o.trim().to_owned())
@@ -580,7 +598,8 @@ impl Settings {
                 Some(id) => id,
                 None => default_node_id(),
             },
-            api_key: k.api_key.clone().filter(|k| !k.is_empty()),
+            dev,
+            api_key,
             max_body_bytes: pick!(
                 max_body_bytes,
                 max_message_size.saturating_add(default::BODY_ENVELOPE)
@@ -646,8 +665,28 @@ impl Settings {
     }
 }
 
-/// JWT verification from a secret or a public key; dev mode when neither is set.
-fn auth_mode(k: &Keys) -> anyhow::Result<AuthMode> {
+/// Why a node refuses to start unsafe: one line each, naming the flags that fix it.
+pub mod refusal {
+    use std::net::SocketAddr;
+
+    /// Neither a JWT key nor `--dev`.
+    pub const NO_JWT_KEY: &str = "no JWT key: set --jwt-secret (PUSHGATE_JWT_SECRET) or \
+        --jwt-public-key (PUSHGATE_JWT_PUBLIC_KEY), or pass --dev (PUSHGATE_DEV=true) to \
+        trust ?uid= on a development node";
+
+    /// A control listener beyond loopback with no API key and no `--dev`.
+    pub fn open_control(control: SocketAddr) -> String {
+        format!(
+            "the control listener {control} is not on loopback and has no API key: set \
+             --api-key (PUSHGATE_API_KEY), listen on 127.0.0.1 with --control, or pass --dev \
+             (PUSHGATE_DEV=true) on a development node"
+        )
+    }
+}
+
+/// JWT verification from a secret or a public key; with neither, `?uid=` is trusted in
+/// dev mode and the node refuses to start otherwise.
+fn auth_mode(k: &Keys, dev: bool) -> anyhow::Result<AuthMode> {
     let leeway = Duration::from_secs(k.jwt_leeway.unwrap_or(30));
     let secret = k.jwt_secret.clone().filter(|s| !s.is_empty());
     let key_file = k.jwt_public_key.clone();
@@ -667,7 +706,8 @@ fn auth_mode(k: &Keys) -> anyhow::Result<AuthMode> {
             };
             Ok(AuthMode::Jwt(auth.with_leeway(leeway)))
         }
-        (None, None) => Ok(AuthMode::Dev),
+        (None, None) if dev => Ok(AuthMode::Dev),
+        (None, None) => bail!("{}", refusal::NO_JWT_KEY),
     }
 }
 
@@ -686,9 +726,79 @@ mod tests {
         Cli::try_parse_from(std::iter::once("pushgate").chain(args.iter().copied())).unwrap()
     }
 
+    /// A development node: most tests here are about other keys.
+    fn dev(args: &[&str]) -> Cli {
+        Cli::try_parse_from(
+            ["pushgate", "--dev"]
+                .into_iter()
+                .chain(args.iter().copied()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn without_a_jwt_key_only_dev_mode_starts() {
+        let err = format!("{:#}", Settings::resolve(&cli(&[]), 100).unwrap_err());
+        assert_eq!(err, refusal::NO_JWT_KEY);
+        for flag in ["--jwt-secret", "--jwt-public-key", "--dev"] {
+            assert!(err.contains(flag), "{err}");
+        }
+        assert!(!err.contains('\n'), "one line: {err}");
+        let s = Settings::resolve(&dev(&[]), 100).unwrap();
+        assert!(s.dev && matches!(s.reactor.session.auth, AuthMode::Dev));
+        assert!(s.reactor.session.echo, "dev mode serves /echo");
+        // --dev takes an optional value; the file key and PUSHGATE_DEV say the same.
+        assert!(Settings::resolve(&cli(&["--dev", "false"]), 100).is_err());
+        assert!(Settings::resolve(&cli(&["--dev=1"]), 100).unwrap().dev);
+        let dir = std::env::temp_dir().join(format!("pushgate-dev-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.toml");
+        std::fs::write(&path, "dev = true\n").unwrap();
+        assert!(
+            Settings::resolve(&cli(&["--config", path.to_str().unwrap()]), 100)
+                .unwrap()
+                .dev
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn with_a_jwt_key_echo_is_off_unless_enabled() {
+        let s = Settings::resolve(&cli(&["--jwt-secret", "k"]), 100).unwrap();
+        assert!(!s.dev && matches!(s.reactor.session.auth, AuthMode::Jwt(_)));
+        assert!(!s.reactor.session.echo);
+        let on = Settings::resolve(&cli(&["--jwt-secret", "k", "--echo", "true"]), 100).unwrap();
+        assert!(on.reactor.session.echo);
+        // With --dev a key still decides /ws: dev mode only allows what is otherwise refused.
+        let both = Settings::resolve(&dev(&["--jwt-secret", "k"]), 100).unwrap();
+        assert!(matches!(both.reactor.session.auth, AuthMode::Jwt(_)));
+    }
+
+    #[test]
+    fn a_control_listener_beyond_loopback_needs_an_api_key() {
+        let jwt = ["--jwt-secret", "k"];
+        for control in ["0.0.0.0:8081", "10.1.2.3:8081", "[::]:8081"] {
+            let args = [&jwt[..], &["--control", control]].concat();
+            let err = format!("{:#}", Settings::resolve(&cli(&args), 100).unwrap_err());
+            assert_eq!(err, refusal::open_control(control.parse().unwrap()));
+            assert!(err.contains("--api-key") && err.contains("--dev"), "{err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+            let keyed = [&args[..], &["--api-key", "a"]].concat();
+            assert!(Settings::resolve(&cli(&keyed), 100).is_ok(), "{control}");
+            assert!(Settings::resolve(&dev(&args), 100).is_ok(), "{control}");
+        }
+        for control in ["127.0.0.1:8081", "127.0.0.2:9", "[::1]:8081"] {
+            let args = [&jwt[..], &["--control", control]].concat();
+            assert!(Settings::resolve(&cli(&args), 100).is_ok(), "{control}");
+        }
+        // An empty key is no key.
+        let empty = [&jwt[..], &["--control", "0.0.0.0:1", "--api-key", ""]].concat();
+        assert!(Settings::resolve(&cli(&empty), 100).is_err());
+    }
+
     #[test]
     fn defaults_follow_the_contract() {
-        let s = Settings::resolve(&cli(&[]), 20_000).unwrap();
+        let s = Settings::resolve(&dev(&[]), 20_000).unwrap();
         assert_eq!(s.reactor.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(s.control.to_string(), "127.0.0.1:8081");
         assert_eq!(s.reactor.session.handshake_timeout, Duration::from_secs(10));
@@ -699,7 +809,7 @@ mod tests {
         assert!(s.capacity_from_fd_limit);
         assert!(s.reactor.session.echo);
         assert!(s.node_id.ends_with(&format!("-{}", std::process::id())));
-        let named = Settings::resolve(&cli(&["--node-id", "edge-7"]), 100).unwrap();
+        let named = Settings::resolve(&dev(&["--node-id", "edge-7"]), 100).unwrap();
         assert_eq!(named.node_id, "edge-7");
     }
 
@@ -714,7 +824,7 @@ mod tests {
         )
         .unwrap();
         let p = path.to_str().unwrap();
-        let s = Settings::resolve(&cli(&["--config", p, "--heartbeat", "3"]), 20_000).unwrap();
+        let s = Settings::resolve(&dev(&["--config", p, "--heartbeat", "3"]), 20_000).unwrap();
         assert_eq!(s.reactor.session.heartbeat, Duration::from_secs(3));
         assert_eq!(s.reactor.session.idle_timeout, Duration::from_millis(7500));
         assert_eq!(s.reactor.max_connections, 100);
@@ -726,7 +836,7 @@ mod tests {
     #[test]
     fn control_limits_from_defaults_file_and_flags() {
         let limits = |s: Settings| s.reactor.service.unwrap().limits;
-        let d = limits(Settings::resolve(&cli(&[]), 100).unwrap());
+        let d = limits(Settings::resolve(&dev(&[]), 100).unwrap());
         assert_eq!(
             (d.max_connections, d.idle_timeout, d.first_request_timeout),
             (1024, Duration::from_secs(60), Duration::from_secs(5))
@@ -740,13 +850,13 @@ mod tests {
         )
         .unwrap();
         let p = path.to_str().unwrap();
-        let f = limits(Settings::resolve(&cli(&["--config", p]), 100).unwrap());
+        let f = limits(Settings::resolve(&dev(&["--config", p]), 100).unwrap());
         assert_eq!(
             (f.max_connections, f.idle_timeout, f.first_request_timeout),
             (10, Duration::from_secs(7), Duration::from_millis(500))
         );
         let over = limits(
-            Settings::resolve(&cli(&["--config", p, "--control-max-clients", "3"]), 100).unwrap(),
+            Settings::resolve(&dev(&["--config", p, "--control-max-clients", "3"]), 100).unwrap(),
         );
         assert_eq!(over.max_connections, 3);
         std::fs::remove_dir_all(&dir).ok();
@@ -755,13 +865,13 @@ mod tests {
             "--control-idle-timeout=0",
             "--control-first-request-timeout=-1",
         ] {
-            assert!(Settings::resolve(&cli(&[bad]), 100).is_err(), "{bad}");
+            assert!(Settings::resolve(&dev(&[bad]), 100).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn history_keys_from_defaults_file_flags_and_environment() {
-        let d = Settings::resolve(&cli(&[]), 100).unwrap().history;
+        let d = Settings::resolve(&dev(&[]), 100).unwrap().history;
         assert_eq!(
             (d.size, d.ttl, d.max_bytes),
             (100, Duration::from_secs(300), default::HISTORY_MAX_BYTES)
@@ -775,22 +885,22 @@ mod tests {
         )
         .unwrap();
         let p = path.to_str().unwrap();
-        let f = Settings::resolve(&cli(&["--config", p]), 100)
+        let f = Settings::resolve(&dev(&["--config", p]), 100)
             .unwrap()
             .history;
         assert_eq!(
             (f.size, f.ttl, f.max_bytes),
             (7, Duration::from_millis(2500), 4096)
         );
-        let o = Settings::resolve(&cli(&["--config", p, "--history-size", "0"]), 100)
+        let o = Settings::resolve(&dev(&["--config", p, "--history-size", "0"]), 100)
             .unwrap()
             .history;
         assert_eq!((o.size, o.max_bytes), (0, 4096));
         std::fs::remove_dir_all(&dir).ok();
-        assert!(Settings::resolve(&cli(&["--history-ttl", "0"]), 100).is_err());
+        assert!(Settings::resolve(&dev(&["--history-ttl", "0"]), 100).is_err());
         let nats = ["--nats", "nats://127.0.0.1:4222"];
         let bus = |extra: &[&str]| {
-            Settings::resolve(&cli(&[&nats[..], extra].concat()), 100).map(|s| s.bus.unwrap())
+            Settings::resolve(&dev(&[&nats[..], extra].concat()), 100).map(|s| s.bus.unwrap())
         };
         assert_eq!(bus(&[]).unwrap().history_replicas, 1);
         assert_eq!(
@@ -845,17 +955,17 @@ mod tests {
         let path = dir.join("p.toml");
         std::fs::write(&path, "heartbeat = \"soon\"\n").unwrap();
         let p = path.to_str().unwrap();
-        let err = Settings::resolve(&cli(&["--config", p]), 100).unwrap_err();
+        let err = Settings::resolve(&dev(&["--config", p]), 100).unwrap_err();
         assert!(format!("{err:#}").contains("p.toml"), "{err:#}");
         // A flag replaces the file's value before it is read, as it would a good one.
-        let s = Settings::resolve(&cli(&["--config", p, "--heartbeat", "3"]), 100).unwrap();
+        let s = Settings::resolve(&dev(&["--config", p, "--heartbeat", "3"]), 100).unwrap();
         assert_eq!(s.reactor.session.heartbeat, Duration::from_secs(3));
         std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
     fn operator_keys_from_defaults_file_flags_and_environment() {
-        let d = Settings::resolve(&cli(&[]), 100).unwrap();
+        let d = Settings::resolve(&dev(&[]), 100).unwrap();
         assert_eq!(d.max_conns_per_user, 16);
         assert_eq!(d.operator.presence_timeout, Duration::from_millis(80));
         assert_eq!(d.operator.presence_max_uids, 100);
@@ -868,12 +978,12 @@ mod tests {
         )
         .unwrap();
         let p = path.to_str().unwrap();
-        let f = Settings::resolve(&cli(&["--config", p]), 100).unwrap();
+        let f = Settings::resolve(&dev(&["--config", p]), 100).unwrap();
         assert_eq!(f.max_conns_per_user, 4);
         assert_eq!(f.operator.presence_timeout, Duration::from_millis(250));
         assert_eq!(f.operator.presence_max_uids, 9);
         let o =
-            Settings::resolve(&cli(&["--config", p, "--max-conns-per-user", "1"]), 100).unwrap();
+            Settings::resolve(&dev(&["--config", p, "--max-conns-per-user", "1"]), 100).unwrap();
         assert_eq!(o.max_conns_per_user, 1);
         std::fs::remove_dir_all(&dir).ok();
         for bad in [
@@ -883,7 +993,7 @@ mod tests {
             "--presence-max-uids=0",
             "--presence-max-uids=1001",
         ] {
-            assert!(Settings::resolve(&cli(&[bad]), 100).is_err(), "{bad}");
+            assert!(Settings::resolve(&dev(&[bad]), 100).is_err(), "{bad}");
         }
         let help = <Cli as clap::CommandFactory>::command()
             .render_long_help()
@@ -899,15 +1009,15 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused() {
-        assert!(Settings::resolve(&cli(&["--heartbeat=-1"]), 100).is_err());
-        assert!(Settings::resolve(&cli(&["--heartbeat", "0"]), 100).is_err());
-        assert!(Settings::resolve(&cli(&["--reactors", "0"]), 100).is_err());
+        assert!(Settings::resolve(&dev(&["--heartbeat=-1"]), 100).is_err());
+        assert!(Settings::resolve(&dev(&["--heartbeat", "0"]), 100).is_err());
+        assert!(Settings::resolve(&dev(&["--reactors", "0"]), 100).is_err());
         assert!(Cli::try_parse_from(["pushgate", "--listen", "nope"]).is_err());
         let dir = std::env::temp_dir().join(format!("pushgate-config-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("p.toml");
         std::fs::write(&path, "no_such_key = 1\n").unwrap();
-        assert!(Settings::resolve(&cli(&["--config", path.to_str().unwrap()]), 100).is_err());
+        assert!(Settings::resolve(&dev(&["--config", path.to_str().unwrap()]), 100).is_err());
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -118,12 +118,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         },
         |_| Some(Box::new(service.clone())),
     )
-    .with_context(|| {
-        format!(
-            "starting the client listener on {} and the control listener on {}",
-            settings.reactor.listen, settings.control
-        )
-    })?;
+    .context("starting the listeners")?;
     // The router knows the reactors before the first client is accepted: a push or an
     // error reply to that client has somewhere to go.
     router.attach(server.reactors().to_vec());
@@ -163,10 +158,19 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         .context("the control listener was not bound")?;
 
     let dev = matches!(settings.reactor.session.auth, AuthMode::Dev);
-    if dev {
+    if settings.dev {
         tracing::warn!(
-            "DEV MODE: no JWT secret or key configured; /ws trusts ?uid= as the user ID. \
-             Do not expose this node."
+            "DEV MODE (--dev){}{}. Do not expose this node.",
+            if dev {
+                ": /ws trusts ?uid= as the user ID, /echo needs no auth"
+            } else {
+                ""
+            },
+            if settings.api_key.is_none() {
+                "; the control API has no key"
+            } else {
+                ""
+            }
         );
     }
     if settings.api_key.is_none() {
@@ -180,6 +184,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         open_files_limit = fd_limit,
         capacity_from = if settings.capacity_from_fd_limit { "open-files limit" } else { "configuration" },
         mode = if dev { "dev" } else { "jwt" },
+        dev = settings.dev,
         echo = settings.reactor.session.echo,
         node = %node_id,
         bus = settings.bus.as_ref().map_or("in-process", |b| b.url.as_str()),

@@ -11,7 +11,7 @@ use serde_json::json;
 
 #[test]
 fn api_key_is_required_when_configured() {
-    let gw = Gateway::start(&["--api-key", "s3cret"]);
+    let gw = Gateway::dev(&["--api-key", "s3cret"]);
     let body = r#"{"to":["u"],"data":1}"#;
     assert_eq!(post(gw.control_addr, "/v1/push", body, None).0, 401);
     assert_eq!(
@@ -41,7 +41,7 @@ fn api_key_is_required_when_configured() {
 
 #[test]
 fn bad_input_gets_a_json_error_and_the_listener_keeps_serving() {
-    let gw = Gateway::start(&["--max-body-bytes", "1000"]);
+    let gw = Gateway::dev(&["--max-body-bytes", "1000"]);
     let a = gw.control_addr;
     let cases: [(&str, &str, u16); 8] = [
         ("/v1/push", "{not json", 400),
@@ -89,7 +89,7 @@ fn bad_input_gets_a_json_error_and_the_listener_keeps_serving() {
 
 #[test]
 fn pushes_pipeline_on_one_keep_alive_connection() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let mut c = Client::connect(gw.client_addr, "/ws?uid=p");
     c.recv_json();
     assert!(gw.eventually(std::time::Duration::from_secs(3), |g| g
@@ -116,7 +116,7 @@ fn pushes_pipeline_on_one_keep_alive_connection() {
 
 #[test]
 fn metric_names_after_traffic() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let mut c = Client::connect(gw.client_addr, "/ws?uid=m");
     c.recv_json();
     assert!(gw.eventually(std::time::Duration::from_secs(3), |g| g
@@ -166,7 +166,7 @@ fn metric_names_after_traffic() {
 fn a_long_pipeline_is_answered_in_full() {
     // Thousands of pipelined requests written while responses are read: the listener must
     // keep reading under output backpressure (edge-triggered readiness is not repeated).
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let mut s = std::net::TcpStream::connect(gw.control_addr).unwrap();
     let mut writer = s.try_clone().unwrap();
     let n = 5000;
@@ -196,7 +196,7 @@ fn a_long_pipeline_is_answered_in_full() {
 /// keep-alive connection.
 #[test]
 fn chunked_pushes_and_expect_continue_are_served() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let mut alice = Client::connect(gw.client_addr, "/ws?uid=alice");
     assert_eq!(alice.recv_json()["type"], "welcome");
     let mut s = std::net::TcpStream::connect(gw.control_addr).unwrap();

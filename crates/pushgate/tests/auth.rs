@@ -156,7 +156,7 @@ fn rs256_and_es256_public_keys() {
 
 #[test]
 fn origin_allowlist() {
-    let gw = Gateway::start(&[
+    let gw = Gateway::dev(&[
         "--allowed-origins",
         "https://app.example, https://m.example",
     ]);
@@ -246,7 +246,7 @@ fn the_rooms_claim_limits_joins() {
     let t = claims(serde_json::json!("general"));
     assert_eq!(status(&gw, &format!("/ws?token={t}"), ""), 401);
     // Dev mode allows any room.
-    let dev = Gateway::start(&[]);
+    let dev = Gateway::dev(&[]);
     let mut c = Client::connect(dev.client_addr, "/ws?uid=erin");
     c.recv_json();
     assert_rooms_granted(&dev, &mut c, &["x", "y*"], &[]);

@@ -12,7 +12,7 @@ use protocol::{CloseCode, Message, OpCode};
 
 #[test]
 fn slow_consumer_is_closed_1013_and_others_are_unaffected() {
-    let gw = Gateway::start(&[
+    let gw = Gateway::dev(&[
         "--max-outbound-bytes",
         "65536",
         "--max-outbound-messages",
@@ -57,7 +57,7 @@ fn slow_consumer_is_closed_1013_and_others_are_unaffected() {
 
 #[test]
 fn at_the_pending_handshake_bound_the_oldest_handshake_is_evicted() {
-    let gw = Gateway::start(&[
+    let gw = Gateway::dev(&[
         "--reactors",
         "1",
         "--max-pending-handshakes",
@@ -101,7 +101,7 @@ fn at_the_pending_handshake_bound_the_oldest_handshake_is_evicted() {
 #[test]
 fn a_reconnect_storm_is_admitted_without_evicting_anyone() {
     use std::io::{Read, Write};
-    let gw = Gateway::start(&["--reactors", "1", "--max-pending-handshakes", "16"]);
+    let gw = Gateway::dev(&["--reactors", "1", "--max-pending-handshakes", "16"]);
     let request = common::upgrade_request("/ws?uid=storm", "");
     let mut storm: Vec<TcpStream> = (0..600u32)
         .map(|i| {
@@ -128,7 +128,7 @@ fn a_reconnect_storm_is_admitted_without_evicting_anyone() {
 #[test]
 fn slow_handshakes_never_lock_out_honest_clients() {
     use std::io::Write;
-    let gw = Gateway::start(&["--reactors", "2", "--max-pending-handshakes", "256"]);
+    let gw = Gateway::dev(&["--reactors", "2", "--max-pending-handshakes", "256"]);
     let mut slow = Vec::new();
     for i in 0..2_500u32 {
         let source = [127, 0, 1 + (i / 250) as u8, 2 + (i % 250) as u8];
@@ -160,7 +160,7 @@ fn slow_handshakes_never_lock_out_honest_clients() {
 
 #[test]
 fn accept_rate_limit_paces_a_burst() {
-    let gw = Gateway::start(&["--reactors", "1", "--max-accept-rate", "20"]);
+    let gw = Gateway::dev(&["--reactors", "1", "--max-accept-rate", "20"]);
     let start = Instant::now();
     // 30 connections at 20 per second (burst 3): at least ~1.3 s.
     let clients: Vec<Client> = (0..30)

@@ -44,7 +44,7 @@ fn inflate(payload: &[u8], bits: u8) -> Result<Vec<u8>, String> {
 /// size, on the same reactor, get the same push, each inflatable within its window.
 #[test]
 fn pushes_are_compressed_within_each_connections_window() {
-    let gw = Gateway::start(&["--reactors", "1"]);
+    let gw = Gateway::dev(&["--reactors", "1"]);
     let mut clients: Vec<(u8, Client)> = (9..=15u8)
         .map(|bits| {
             let stream = std::net::TcpStream::connect(gw.client_addr).unwrap();
@@ -83,7 +83,7 @@ fn pushes_are_compressed_within_each_connections_window() {
 /// 1 MiB push and a 1 MiB echo are delivered.
 #[test]
 fn a_message_at_the_size_limit_is_delivered_with_the_defaults() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let mut c = Client::connect(gw.client_addr, "/ws?uid=big");
     c.recv_json();
     let data = "x".repeat(1024 * 1024);
@@ -118,7 +118,7 @@ fn hs256(sub: &str, exp: u64) -> String {
 /// in the session and panicked the reactor thread, which stopped the node.
 #[test]
 fn a_token_expiring_in_the_far_future_does_not_stop_the_node() {
-    let gw = Gateway::start(&["--jwt-secret", "s3cret", "--reactors", "1"]);
+    let gw = Gateway::dev(&["--jwt-secret", "s3cret", "--reactors", "1"]);
     for exp in [u64::MAX, u64::MAX - 30, i64::MAX as u64] {
         let mut c = Client::connect(gw.client_addr, &format!("/ws?token={}", hs256("far", exp)));
         assert_eq!(c.recv_json()["uid"], "far");
@@ -144,7 +144,7 @@ fn a_token_expiring_in_the_far_future_does_not_stop_the_node() {
 /// `--max-recipients` users.
 #[test]
 fn client_requests_are_rate_limited_and_recipients_capped() {
-    let gw = Gateway::start(&["--client-rate", "20", "--max-recipients", "5"]);
+    let gw = Gateway::dev(&["--client-rate", "20", "--max-recipients", "5"]);
     let mut c = Client::connect(gw.client_addr, "/ws?uid=chatty");
     c.recv_json();
     c.send_text(r#"{"type":"send","to":["a","b","c","d","e","f"],"data":1}"#);
@@ -202,7 +202,7 @@ fn cpu_time(pid: u32) -> Duration {
 /// the close timeout ran out: a core spent on nothing during every shutdown.
 #[test]
 fn the_shutdown_drain_sleeps_while_peers_take_their_time() {
-    let mut gw = Gateway::start(&[
+    let mut gw = Gateway::dev(&[
         "--reactors",
         "1",
         "--shutdown-drain",

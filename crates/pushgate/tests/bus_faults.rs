@@ -153,7 +153,13 @@ fn tls_to_nats_with_a_private_ca() {
     // A CA file that is not one is refused at start.
     std::fs::write(dir.join("junk.pem"), "not a certificate").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_pushgate"))
-        .args(["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"])
+        .args([
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--control",
+            "127.0.0.1:0",
+        ])
         .args(["--nats", &url, "--nats-tls-ca", &path("junk.pem")])
         .output()
         .unwrap();

@@ -226,7 +226,7 @@ fn sigterm_exits_promptly_with_the_bus_down() {
 fn nats_down_at_start_then_up() {
     let port = free_port();
     let url = format!("nats://127.0.0.1:{port}");
-    let gw = Gateway::start(&["--nats", &url, "--node-id", "lonely"]);
+    let gw = Gateway::dev(&["--nats", &url, "--node-id", "lonely"]);
     // Serving, routing locally, not ready.
     assert_eq!(gw.control_get("/healthz").0, 200);
     let (status, body) = gw.control_get("/readyz");
@@ -422,7 +422,13 @@ fn bad_bus_settings_are_refused_at_start() {
         (&["--bus-ping-timeout", "inf"][..], "bus_ping_timeout"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
-            .args(["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"])
+            .args([
+                "--dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--control",
+                "127.0.0.1:0",
+            ])
             .args(["--nats", "nats://127.0.0.1:1"])
             .args(args)
             .output()

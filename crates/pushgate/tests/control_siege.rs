@@ -65,7 +65,7 @@ fn two_thousand_idle_connections_do_not_lock_out_health_metrics_or_push() {
     // The test holds 2 000 sockets; the gateway, another process, holds its own.
     pushgate::limits::raise_nofile().unwrap();
     // A first-request timeout longer than the test, so only eviction can free a slot.
-    let gw = Gateway::start(&["--control-first-request-timeout", "300"]);
+    let gw = Gateway::dev(&["--control-first-request-timeout", "300"]);
     let addr = gw.control_addr;
     let opened = Instant::now();
     // 500 per source address keeps each (source, destination) pair far from the
@@ -106,7 +106,7 @@ fn two_thousand_idle_connections_do_not_lock_out_health_metrics_or_push() {
 fn a_full_table_evicts_silent_then_idle_connections_never_a_request_in_progress() {
     // One reactor: the bound is shared out per reactor, and which reactor the kernel
     // hands each connection to would otherwise decide who is evicted.
-    let gw = Gateway::start(&[
+    let gw = Gateway::dev(&[
         "--reactors",
         "1",
         "--control-max-clients",
@@ -160,7 +160,7 @@ fn a_full_table_evicts_silent_then_idle_connections_never_a_request_in_progress(
 
 #[test]
 fn a_connection_that_sends_no_request_is_closed_after_the_first_request_timeout() {
-    let gw = Gateway::start(&[
+    let gw = Gateway::dev(&[
         "--control-first-request-timeout",
         "0.5",
         "--control-idle-timeout",
@@ -238,7 +238,7 @@ fn exchange(addr: SocketAddr, raw: &[u8]) -> (String, bool) {
 
 #[test]
 fn conflicting_content_lengths_get_400_and_close_instead_of_hanging() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let addr = gw.control_addr;
     let push = r#"{"to":["nobody"],"data":1}"#;
     let n = push.len();
@@ -286,7 +286,7 @@ fn conflicting_content_lengths_get_400_and_close_instead_of_hanging() {
 #[test]
 fn an_oversized_body_gets_a_readable_413_before_the_close() {
     let limit = 1024 * 1024;
-    let gw = Gateway::start(&["--max-body-bytes", &limit.to_string()]);
+    let gw = Gateway::dev(&["--max-body-bytes", &limit.to_string()]);
     let body = format!(r#"{{"to":["u"],"data":"{}"}}"#, "x".repeat(2 * limit));
     let request = format!(
         "POST /v1/push HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
@@ -327,7 +327,7 @@ fn an_oversized_body_gets_a_readable_413_before_the_close() {
 /// client reads — even though it sends nothing more. Unfixed resumption would stall here.
 #[test]
 fn pipelined_requests_pause_at_the_output_bound_and_are_all_answered() {
-    let gw = Gateway::start(&["--reactors", "1"]);
+    let gw = Gateway::dev(&["--reactors", "1"]);
     let one = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
     let mut s = TcpStream::connect(gw.control_addr).unwrap();
     s.write_all(one.repeat(2_000).as_bytes()).unwrap();

@@ -34,7 +34,7 @@ fn seq(m: &Value) -> u64 {
 
 #[test]
 fn pushes_carry_seq_and_id_rooms_their_own_seq_broadcasts_neither() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let (mut a, w) = ws(&gw, "uid=alice");
     assert_eq!(w["seq"], 0, "no message yet: {w}");
     assert_eq!(w["recovered"], true);
@@ -92,7 +92,7 @@ fn pushes_carry_seq_and_id_rooms_their_own_seq_broadcasts_neither() {
 #[test]
 fn reconnecting_with_since_mid_stream_loses_and_repeats_nothing() {
     const N: u64 = 1000;
-    let gw = Gateway::start(&["--history-size", "5000"]);
+    let gw = Gateway::dev(&["--history-size", "5000"]);
     let (mut c, _) = ws(&gw, "uid=alice");
     users_online(&gw, 1.0);
     let control = gw.control_addr;
@@ -157,7 +157,7 @@ fn reconnecting_with_since_mid_stream_loses_and_repeats_nothing() {
 
 #[test]
 fn history_overflow_says_recovered_false() {
-    let gw = Gateway::start(&["--history-size", "5"]);
+    let gw = Gateway::dev(&["--history-size", "5"]);
     for i in 0..12 {
         push(&gw, json!({"to": ["alice"], "data": i}));
     }
@@ -173,7 +173,7 @@ fn history_overflow_says_recovered_false() {
 
 #[test]
 fn an_ack_is_where_the_device_resumes_without_since() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let (mut phone, _) = ws(&gw, "uid=alice&device=phone");
     users_online(&gw, 1.0);
     for i in 0..5 {
@@ -212,7 +212,7 @@ fn an_ack_is_where_the_device_resumes_without_since() {
 
 #[test]
 fn offline_users_are_listed_and_get_the_message_when_they_come() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let (mut carol, _) = ws(&gw, "uid=carol");
     users_online(&gw, 1.0);
     let r = push(
@@ -238,7 +238,7 @@ fn offline_users_are_listed_and_get_the_message_when_they_come() {
 
 #[test]
 fn a_retried_push_with_the_same_id_is_delivered_once() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let (mut a, _) = ws(&gw, "uid=alice");
     users_online(&gw, 1.0);
     let body = json!({"to": ["alice"], "data": "once", "id": "order-42"});
@@ -266,7 +266,7 @@ fn a_retried_push_with_the_same_id_is_delivered_once() {
 #[test]
 fn retained_bytes_stay_under_history_max_bytes() {
     let cap = 256 * 1024;
-    let gw = Gateway::start(&["--history-max-bytes", &cap.to_string()]);
+    let gw = Gateway::dev(&["--history-max-bytes", &cap.to_string()]);
     let blob = "x".repeat(1000);
     let mut peak = 0.0f64;
     for i in 0..1500 {
@@ -285,7 +285,7 @@ fn retained_bytes_stay_under_history_max_bytes() {
 
 #[test]
 fn bad_resume_points_and_acks_get_clear_answers_and_hurt_nobody() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let (mut bob, _) = ws(&gw, "uid=bob");
     // `since` not a number: refused before the upgrade.
     for bad in ["abc", "-1", "1.5", ""] {
@@ -349,7 +349,7 @@ fn bad_resume_points_and_acks_get_clear_answers_and_hurt_nobody() {
 
 #[test]
 fn with_history_off_resume_and_ack_say_so() {
-    let gw = Gateway::start(&["--history-size", "0"]);
+    let gw = Gateway::dev(&["--history-size", "0"]);
     let (mut bob, w) = ws(&gw, "uid=bob");
     assert!(w.get("seq").is_none(), "{w}");
     let (mut a, _) = ws(&gw, "uid=alice&since=3");
@@ -374,7 +374,7 @@ fn with_history_off_resume_and_ack_say_so() {
 /// to the newest messages that fit, and the welcome says the rest was not recovered.
 #[test]
 fn a_replay_larger_than_the_outbound_queue_keeps_the_newest_and_says_so() {
-    let gw = Gateway::start(&["--max-outbound-messages", "10"]);
+    let gw = Gateway::dev(&["--max-outbound-messages", "10"]);
     for i in 0..50 {
         push(&gw, json!({"to": ["alice"], "data": i}));
     }
@@ -394,7 +394,7 @@ fn a_replay_larger_than_the_outbound_queue_keeps_the_newest_and_says_so() {
 
 #[test]
 fn joining_a_room_with_since_replays_what_the_room_retained() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let (mut a, _) = ws(&gw, "uid=alice");
     a.send_text(r#"{"type":"join","room":"r"}"#);
     assert!(

@@ -296,7 +296,7 @@ fn a_retried_push_id_is_delivered_once() {
 #[test]
 fn without_jetstream_delivery_is_live_only() {
     let nats = NatsServer::start();
-    let gw = Gateway::start(&["--nats", &nats.url(), "--node-id", "a"]);
+    let gw = Gateway::dev(&["--nats", &nats.url(), "--node-id", "a"]);
     assert!(gw.eventually(Duration::from_secs(10), |g| logged(
         g,
         "no history stream; live delivery only"
@@ -442,7 +442,7 @@ fn a_copy_missed_while_away_arrives_after_the_reconnect() {
 fn jetstream_arriving_later_turns_history_on() {
     let port = free_port();
     let mut plain = NatsServer::start_with(port, &[]);
-    let gw = Gateway::start(&["--nats", &plain.url(), "--node-id", "a"]);
+    let gw = Gateway::dev(&["--nats", &plain.url(), "--node-id", "a"]);
     assert!(gw.eventually(Duration::from_secs(10), |g| logged(g, "no history stream")));
     let (mut c, w) = ws(&gw, "later", "");
     assert!(w.get("seq").is_none(), "{w}");

@@ -14,7 +14,7 @@ use protocol::{CloseCode, FrameHeader, Message, OpCode};
 
 #[test]
 fn echoes_text_and_binary_of_every_length_class() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let mut c = Client::connect(gw.client_addr, "/echo");
     for len in [0usize, 1, 125, 126, 65535, 65536] {
         let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
@@ -28,7 +28,7 @@ fn echoes_text_and_binary_of_every_length_class() {
 
 #[test]
 fn fragments_with_interleaved_ping() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let mut c = Client::connect(gw.client_addr, "/echo");
     c.send_fragment(OpCode::Text, false, b"frag");
     c.send(OpCode::Ping, b"mid");
@@ -40,7 +40,7 @@ fn fragments_with_interleaved_ping() {
 
 #[test]
 fn close_handshake_answers_1000_and_ends_tcp() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let mut c = Client::connect(gw.client_addr, "/echo");
     c.send_close(4001);
     assert_eq!(c.expect_close(Duration::from_secs(5)), CloseCode::NORMAL);
@@ -51,7 +51,7 @@ fn close_handshake_answers_1000_and_ends_tcp() {
 }
 
 fn expect_failure(args: &[&str], frames: &[u8], want: CloseCode) -> Gateway {
-    let gw = Gateway::start(args);
+    let gw = Gateway::dev(args);
     let mut bad = Client::connect(gw.client_addr, "/echo");
     let mut good = Client::connect(gw.client_addr, "/echo");
     bad.send_raw(frames);
@@ -128,7 +128,7 @@ fn oversize_frame_and_message_are_1009() {
 
 #[test]
 fn permessage_deflate_both_ways() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let mut c = Client::connect_with(
         std::net::TcpStream::connect(gw.client_addr).unwrap(),
         "/echo",
@@ -186,7 +186,7 @@ fn compressed_frame_without_negotiation_is_1002() {
 
 #[test]
 fn abrupt_disconnect_is_cleaned_up() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let c = Client::connect(gw.client_addr, "/echo");
     let mut d = Client::connect(gw.client_addr, "/echo");
     assert!(gw.eventually(Duration::from_secs(2), |g| g

@@ -209,7 +209,7 @@ fn send_on(s: &mut TcpStream, target: &str, body: &str) -> (u16, String, Value) 
 
 #[test]
 fn curl_receives_pushes_as_events() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let mut curl = Command::new("curl")
         .args(["-sN", "--max-time", "20"])
         .arg(format!("http://{}/sse?uid=alice", gw.client_addr))
@@ -302,7 +302,7 @@ fn curl_streams_and_sends_over_https() {
 
 #[test]
 fn stream_resumes_with_last_event_id_and_sends_heartbeats() {
-    let gw = Gateway::start(&["--heartbeat", "0.3"]);
+    let gw = Gateway::dev(&["--heartbeat", "0.3"]);
     let mut sse = Sse::open(gw.client_addr, "/sse?uid=bob", "");
     assert_eq!(sse.status, 200);
     assert!(sse.head.contains("Content-Type: text/event-stream"));
@@ -380,7 +380,7 @@ fn stream_resumes_with_last_event_id_and_sends_heartbeats() {
 
 #[test]
 fn a_stream_is_a_connection_of_its_user() {
-    let gw = Gateway::start(&["--max-conns-per-user", "2"]);
+    let gw = Gateway::dev(&["--max-conns-per-user", "2"]);
     let mut sse = Sse::open(gw.client_addr, "/sse?uid=carol&device=phone", "");
     sse.next_event(Duration::from_secs(5)).unwrap();
     let mut ws = Client::connect(gw.client_addr, "/ws?uid=carol&device=laptop");
@@ -442,7 +442,7 @@ fn a_stream_is_a_connection_of_its_user() {
 
 #[test]
 fn a_slow_stream_reader_is_closed_and_counted() {
-    let gw = Gateway::start(&[
+    let gw = Gateway::dev(&[
         "--max-outbound-bytes",
         "65536",
         "--max-outbound-messages",
@@ -476,7 +476,7 @@ fn a_slow_stream_reader_is_closed_and_counted() {
 
 #[test]
 fn a_long_poll_loop_loses_nothing_across_1000_pushes() {
-    let gw = Gateway::start(&["--poll-timeout", "2"]);
+    let gw = Gateway::dev(&["--poll-timeout", "2"]);
     let addr = gw.client_addr;
     let control = gw.control_addr;
     const N: u64 = 1000;
@@ -527,7 +527,7 @@ fn a_long_poll_loop_loses_nothing_across_1000_pushes() {
 
 #[test]
 fn a_parked_poll_is_a_connection_of_its_user_and_times_out_empty() {
-    let gw = Gateway::start(&["--poll-timeout", "0.5"]);
+    let gw = Gateway::dev(&["--poll-timeout", "0.5"]);
     // Nothing after `since`: answered empty at the timeout, with the latest seq.
     let start = Instant::now();
     let v = poll(gw.client_addr, "/poll?uid=erin&since=0");
@@ -569,7 +569,7 @@ fn a_parked_poll_is_a_connection_of_its_user_and_times_out_empty() {
 
 #[test]
 fn http_send_reaches_a_ws_user_with_keep_alive_and_rate_limit() {
-    let gw = Gateway::start(&["--client-rate", "1"]);
+    let gw = Gateway::dev(&["--client-rate", "1"]);
     let mut bob = Client::connect(gw.client_addr, "/ws?uid=bob");
     bob.recv_json();
     let mut s = TcpStream::connect(gw.client_addr).unwrap();
@@ -618,7 +618,7 @@ fn hs256(sub: &str, exp_in: u64) -> String {
 
 #[test]
 fn tokens_origins_and_expiry_as_on_ws() {
-    let gw = Gateway::start(&[
+    let gw = Gateway::dev(&[
         "--jwt-secret",
         "topsecret",
         "--jwt-leeway",
@@ -687,7 +687,7 @@ fn tokens_origins_and_expiry_as_on_ws() {
 
 #[test]
 fn curl_sends_with_expect_continue() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let mut bob = Client::connect(gw.client_addr, "/ws?uid=bob");
     bob.recv_json();
     // curl waits for `100 Continue` before the body (here longer than its whole budget).
@@ -707,7 +707,7 @@ fn curl_sends_with_expect_continue() {
 
 #[test]
 fn bad_input_gets_its_status_and_counter() {
-    let gw = Gateway::start(&["--max-message-size", "1000"]);
+    let gw = Gateway::dev(&["--max-message-size", "1000"]);
     let a = gw.client_addr;
     let cases: [(&str, u16); 8] = [
         ("GET /sse HTTP/1.1\r\nHost: x\r\n\r\n", 401),
@@ -749,7 +749,7 @@ fn bad_input_gets_its_status_and_counter() {
         );
     }
     // A body sent slower than the handshake timeout allows is cut (slowloris).
-    let gw = Gateway::start(&["--handshake-timeout", "0.5"]);
+    let gw = Gateway::dev(&["--handshake-timeout", "0.5"]);
     let mut s = TcpStream::connect(gw.client_addr).unwrap();
     s.write_all(b"POST /send?uid=u HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
         .unwrap();
@@ -765,7 +765,7 @@ fn bad_input_gets_its_status_and_counter() {
 
 #[test]
 fn streams_and_polls_follow_admission_limits_and_drain() {
-    let gw = Gateway::start(&["--max-connections-per-ip", "1", "--shutdown-drain", "0.5"]);
+    let gw = Gateway::dev(&["--max-connections-per-ip", "1", "--shutdown-drain", "0.5"]);
     let mut sse = Sse::open(gw.client_addr, "/sse?uid=f", "");
     sse.next_event(Duration::from_secs(5)).unwrap();
     let (status, _) = get(gw.client_addr, "/poll?uid=f", "");
@@ -822,7 +822,7 @@ fn page_server(page: String) -> (u16, mpsc::Receiver<String>) {
 /// what was pushed meanwhile exactly once.
 #[test]
 fn chromium_event_source_receives_and_resumes() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let page = format!(
         r#"<!doctype html><script>
 const seen = [];

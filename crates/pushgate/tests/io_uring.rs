@@ -13,7 +13,7 @@ use protocol::{Message, OpCode};
 #[test]
 fn metrics_name_the_backend_chosen_with_io() {
     for (flag, name) in [("epoll", "epoll"), ("io-uring", "io_uring")] {
-        let gw = Gateway::start(&["--io", flag]);
+        let gw = Gateway::dev(&["--io", flag]);
         assert_eq!(
             gw.metric(&format!("pushgate_io_backend{{backend=\"{name}\"}}")),
             1.0
@@ -28,6 +28,7 @@ fn metrics_name_the_backend_chosen_with_io() {
 fn an_unknown_backend_is_refused_at_start() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
         .args([
+            "--dev",
             "--io",
             "kqueue",
             "--listen",
@@ -45,7 +46,7 @@ fn an_unknown_backend_is_refused_at_start() {
 /// the ring empty (`ENOBUFS`), are re-armed, and every byte still arrives in order.
 #[test]
 fn receives_recover_when_every_buffer_is_taken() {
-    let gw = Gateway::start(&[
+    let gw = Gateway::dev(&[
         "--io",
         "io-uring",
         "--io-uring-buffers",
@@ -85,7 +86,7 @@ fn rss_bytes(pid: u32) -> u64 {
 
 /// Resident memory per idle upgraded connection on one backend.
 fn idle_rss_per_connection(backend: &str, n: usize) -> f64 {
-    let gw = Gateway::start(&["--io", backend, "--reactors", "2"]);
+    let gw = Gateway::dev(&["--io", backend, "--reactors", "2"]);
     // Warm up: touch the reactors' shared memory first (slabs; on io_uring every buffer of
     // the receive ring, which the kernel takes in turn), so what follows is per connection.
     let mut warm: Vec<Client> = (0..64)
@@ -176,6 +177,7 @@ fn out_of_descriptors_accepting_backs_off_and_recovers() {
             .arg("--nofile=96:96")
             .arg(env!("CARGO_BIN_EXE_pushgate"))
             .args([
+                "--dev",
                 "--listen",
                 &client.to_string(),
                 "--control",

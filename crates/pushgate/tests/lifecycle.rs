@@ -10,7 +10,7 @@ use protocol::CloseCode;
 
 #[test]
 fn health_readiness_and_metrics() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     assert_eq!(gw.control_get("/healthz").0, 200);
     assert_eq!(gw.control_get("/readyz").0, 200);
     let (status, body) = gw.control_get("/metrics");
@@ -47,7 +47,7 @@ fn health_readiness_and_metrics() {
 
 #[test]
 fn control_listener_keeps_alive_and_pipelines() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(gw.control_addr).unwrap();
     s.write_all(b"GET /healthz HTTP/1.1\r\n\r\nGET /readyz HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
@@ -59,7 +59,7 @@ fn control_listener_keeps_alive_and_pipelines() {
 
 #[test]
 fn sigterm_drains_with_1001_spread_over_the_window_then_exits() {
-    let mut gw = Gateway::start(&["--shutdown-drain", "1.5"]);
+    let mut gw = Gateway::dev(&["--shutdown-drain", "1.5"]);
     let mut clients: Vec<Client> = (0..12)
         .map(|i| Client::connect(gw.client_addr, &format!("/ws?uid=u{i}")))
         .collect();
@@ -90,7 +90,7 @@ fn sigterm_drains_with_1001_spread_over_the_window_then_exits() {
 
 #[test]
 fn sigterm_with_no_connections_exits_promptly() {
-    let mut gw = Gateway::start(&["--shutdown-drain", "5"]);
+    let mut gw = Gateway::dev(&["--shutdown-drain", "5"]);
     gw.terminate();
     let start = Instant::now();
     assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0));

@@ -41,7 +41,7 @@ fn devices(v: &Value, uid: &str) -> Vec<String> {
 
 #[test]
 fn presence_lists_the_local_connections_of_each_user() {
-    let gw = Gateway::start(&["--node-id", "solo", "--reactors", "2"]);
+    let gw = Gateway::dev(&["--node-id", "solo", "--reactors", "2"]);
     let _a = ws(&gw, "uid=alice&device=phone");
     let _b = ws(&gw, "uid=alice");
     let _c = ws(&gw, "uid=b%20ob&device=web");
@@ -90,14 +90,14 @@ fn presence_lists_the_local_connections_of_each_user() {
 
 #[test]
 fn presence_max_uids_is_configurable() {
-    let gw = Gateway::start(&["--presence-max-uids", "2"]);
+    let gw = Gateway::dev(&["--presence-max-uids", "2"]);
     assert_eq!(presence(&gw, "uid=a&uid=b").0, 200);
     assert_eq!(presence(&gw, "uid=a&uid=b&uid=c").0, 400);
 }
 
 #[test]
 fn operator_routes_need_the_api_key() {
-    let gw = Gateway::start(&["--api-key", "k3y"]);
+    let gw = Gateway::dev(&["--api-key", "k3y"]);
     let _a = ws(&gw, "uid=alice");
     assert_eq!(presence(&gw, "uid=alice").0, 401);
     let get = |auth: &str| {
@@ -121,7 +121,7 @@ fn operator_routes_need_the_api_key() {
 
 #[test]
 fn disconnect_closes_with_the_code_and_reason_given() {
-    let gw = Gateway::start(&["--reactors", "2"]);
+    let gw = Gateway::dev(&["--reactors", "2"]);
     let mut phone = ws(&gw, "uid=alice&device=phone");
     let mut web = ws(&gw, "uid=alice&device=web");
     let mut bob = ws(&gw, "uid=bob");
@@ -169,7 +169,7 @@ fn disconnect_closes_with_the_code_and_reason_given() {
 
 #[test]
 fn disconnect_refuses_bad_codes_and_bodies() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let mut alice = ws(&gw, "uid=alice");
     users_online(&gw, 1.0);
     let long = format!(
@@ -214,7 +214,7 @@ fn disconnect_refuses_bad_codes_and_bodies() {
 #[test]
 fn the_per_user_cap_closes_the_oldest_with_4008() {
     // No history: a new connection gets no replay of the push below.
-    let gw = Gateway::start(&[
+    let gw = Gateway::dev(&[
         "--max-conns-per-user",
         "3",
         "--reactors",
@@ -262,7 +262,7 @@ fn the_per_user_cap_closes_the_oldest_with_4008() {
 
 #[test]
 fn a_reconnect_of_the_same_device_replaces_its_connection() {
-    let gw = Gateway::start(&["--max-conns-per-user", "2"]);
+    let gw = Gateway::dev(&["--max-conns-per-user", "2"]);
     let mut phone = ws(&gw, "uid=u&device=phone");
     let mut web = ws(&gw, "uid=u&device=web");
     users_online(&gw, 1.0);
@@ -300,7 +300,13 @@ fn a_reconnect_of_the_same_device_replaces_its_connection() {
 #[test]
 fn max_conns_per_user_must_be_positive() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
-        .args(["--max-conns-per-user", "0", "--listen", "127.0.0.1:0"])
+        .args([
+            "--dev",
+            "--max-conns-per-user",
+            "0",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

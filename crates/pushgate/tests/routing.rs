@@ -24,7 +24,7 @@ fn push(gw: &Gateway, body: Value) {
 
 #[test]
 fn a_push_reaches_every_device_of_the_user_and_nobody_else() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let mut phone = ws(&gw, "alice");
     let mut laptop = ws(&gw, "alice");
     let mut bob = ws(&gw, "bob");
@@ -54,7 +54,7 @@ fn a_push_reaches_every_device_of_the_user_and_nobody_else() {
 
 #[test]
 fn client_send_carries_the_authenticated_sender() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let mut alice = ws(&gw, "alice");
     let mut bob = ws(&gw, "bob");
     let mut carol = ws(&gw, "carol");
@@ -82,7 +82,7 @@ fn client_send_carries_the_authenticated_sender() {
 
 #[test]
 fn rooms_join_push_leave() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let mut alice = ws(&gw, "alice");
     let mut bob = ws(&gw, "bob");
     let mut carol = ws(&gw, "carol");
@@ -124,7 +124,7 @@ fn rooms_join_push_leave() {
 
 #[test]
 fn broadcast_reaches_every_ws_connection_once() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let mut clients: Vec<Client> = (0..6).map(|i| ws(&gw, &format!("u{}", i % 3))).collect();
     let mut echo = Client::connect(gw.client_addr, "/echo");
     users_online(&gw, 3.0);
@@ -148,7 +148,7 @@ fn broadcast_reaches_every_ws_connection_once() {
 
 #[test]
 fn app_ping_and_malformed_requests() {
-    let gw = Gateway::start(&["--max-bad-requests", "2"]);
+    let gw = Gateway::dev(&["--max-bad-requests", "2"]);
     let mut c = ws(&gw, "alice");
     c.send_text(r#"{"type":"ping"}"#);
     assert_eq!(c.recv_json(), json!({"type": "pong"}));
@@ -172,7 +172,7 @@ fn app_ping_and_malformed_requests() {
 
 #[test]
 fn compressed_push_to_a_deflate_client() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let mut plain = ws(&gw, "alice");
     let mut z = Client::connect_with(
         std::net::TcpStream::connect(gw.client_addr).unwrap(),
@@ -202,7 +202,7 @@ fn compressed_push_to_a_deflate_client() {
 
 #[test]
 fn messages_nobody_asked_for_are_ignored() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let mut a = ws(&gw, "a");
     // Unknown fields are fine; the request still works.
     a.send_text(r#"{"type":"ping","extra":{"nested":true}}"#);

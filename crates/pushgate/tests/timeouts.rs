@@ -12,7 +12,7 @@ use protocol::{CloseCode, Message, OpCode};
 
 #[test]
 fn slow_handshake_is_cut_off() {
-    let gw = Gateway::start(&["--handshake-timeout", "1"]);
+    let gw = Gateway::dev(&["--handshake-timeout", "1"]);
     let mut s = TcpStream::connect(gw.client_addr).unwrap();
     let start = Instant::now();
     // A slowloris: a byte at a time, never finishing.
@@ -34,7 +34,7 @@ fn slow_handshake_is_cut_off() {
 
 #[test]
 fn silent_connection_is_pinged_then_closed_1001() {
-    let gw = Gateway::start(&["--heartbeat", "1", "--idle-timeout", "2.5"]);
+    let gw = Gateway::dev(&["--heartbeat", "1", "--idle-timeout", "2.5"]);
     let mut c = Client::connect(gw.client_addr, "/echo");
     let start = Instant::now();
     assert_eq!(
@@ -64,7 +64,7 @@ fn silent_connection_is_pinged_then_closed_1001() {
 
 #[test]
 fn answering_pings_keeps_a_connection_alive() {
-    let gw = Gateway::start(&["--heartbeat", "0.5", "--idle-timeout", "1.2"]);
+    let gw = Gateway::dev(&["--heartbeat", "0.5", "--idle-timeout", "1.2"]);
     let mut c = Client::connect(gw.client_addr, "/echo");
     let start = Instant::now();
     let mut pings = 0;
@@ -86,7 +86,7 @@ fn answering_pings_keeps_a_connection_alive() {
 
 #[test]
 fn peer_that_never_answers_our_close_is_dropped() {
-    let gw = Gateway::start(&[
+    let gw = Gateway::dev(&[
         "--heartbeat",
         "0.3",
         "--idle-timeout",

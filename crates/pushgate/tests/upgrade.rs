@@ -10,7 +10,7 @@ use common::{connect_from, http, upgrade_request, Client, Gateway};
 
 #[test]
 fn ws_upgrade_sends_welcome() {
-    let gw = Gateway::start(&["--heartbeat", "7"]);
+    let gw = Gateway::dev(&["--heartbeat", "7"]);
     let mut c = Client::connect(gw.client_addr, "/ws?uid=alice%20b&device=phone");
     assert!(
         c.response
@@ -30,7 +30,7 @@ fn ws_upgrade_sends_welcome() {
 
 #[test]
 fn refusals_get_the_right_status_and_are_counted() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let a = gw.client_addr;
     let cases = [
         (upgrade_request("/nope", ""), 404),
@@ -71,7 +71,7 @@ fn refusals_get_the_right_status_and_are_counted() {
 
 #[test]
 fn version_refusal_names_the_supported_version() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let mut s = TcpStream::connect(gw.client_addr).unwrap();
     use std::io::{Read, Write};
     s.write_all(
@@ -88,7 +88,7 @@ fn version_refusal_names_the_supported_version() {
 
 #[test]
 fn oversize_request_head_gets_431() {
-    let gw = Gateway::start(&["--max-header-bytes", "1024"]);
+    let gw = Gateway::dev(&["--max-header-bytes", "1024"]);
     let big = format!("X-Filler: {}\r\n", "a".repeat(2000));
     let (status, _) = http(gw.client_addr, &upgrade_request("/echo", &big));
     assert_eq!(status, 431);
@@ -102,7 +102,7 @@ fn oversize_request_head_gets_431() {
 
 #[test]
 fn past_max_connections_upgrades_get_503() {
-    let gw = Gateway::start(&["--max-connections", "2"]);
+    let gw = Gateway::dev(&["--max-connections", "2"]);
     let _a = Client::connect(gw.client_addr, "/echo");
     let _b = Client::connect(gw.client_addr, "/echo");
     let (c, status) = Client::try_connect(TcpStream::connect(gw.client_addr).unwrap(), "/echo", "");
@@ -118,7 +118,7 @@ fn past_max_connections_upgrades_get_503() {
 
 #[test]
 fn per_address_limit_gets_429() {
-    let gw = Gateway::start(&["--max-connections-per-ip", "2"]);
+    let gw = Gateway::dev(&["--max-connections-per-ip", "2"]);
     let a = gw.client_addr;
     let _x = Client::connect_with(connect_from([127, 0, 0, 2], a), "/echo", "");
     let _y = Client::connect_with(connect_from([127, 0, 0, 2], a), "/echo", "");
@@ -131,7 +131,7 @@ fn per_address_limit_gets_429() {
 
 #[test]
 fn frames_sent_right_behind_the_request_are_served() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let mut bytes = upgrade_request("/echo", "").into_bytes();
     bytes.extend_from_slice(&protocol::frame::client_message(
         protocol::OpCode::Text,

@@ -219,7 +219,13 @@ fn a_flood_of_garbage_hellos_leaves_real_clients_served() {
 
 fn start_fails(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_pushgate"))
-        .args(["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"])
+        .args([
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--control",
+            "127.0.0.1:0",
+        ])
         .args(args)
         .output()
         .unwrap();

@@ -65,10 +65,15 @@ impl Server {
     ) -> io::Result<Server> {
         let n = config.reactors.max(1);
         let backend = config.io.resolve()?;
-        let (listeners, local_addr) = bind_group(config.listen, n, config.backlog)?;
+        let named = |what: &'static str, addr: SocketAddr| {
+            move |e: io::Error| io::Error::new(e.kind(), format!("{what} {addr}: {e}"))
+        };
+        let (listeners, local_addr) = bind_group(config.listen, n, config.backlog)
+            .map_err(named("client listener", config.listen))?;
         let (mut service_listeners, service_addr) = match &config.service {
             Some(s) => {
-                let (l, addr) = bind_group(s.listen, n, config.backlog)?;
+                let (l, addr) = bind_group(s.listen, n, config.backlog)
+                    .map_err(named("control listener", s.listen))?;
                 (l.into_iter().map(Some).collect(), Some(addr))
             }
             None => (Vec::new(), None),

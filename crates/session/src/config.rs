@@ -49,7 +49,7 @@ pub struct SessionConfig {
     pub decoder: DecoderConfig,
     /// permessage-deflate policy.
     pub deflate: DeflateConfig,
-    /// Serve `/echo`.
+    /// Serve `/echo`: to anyone with [`AuthMode::Dev`], else with `/ws`'s credentials.
     pub echo: bool,
     /// Identity on `/ws`.
     pub auth: AuthMode,

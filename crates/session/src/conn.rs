@@ -26,7 +26,7 @@ use protocol::handshake::{
 };
 use protocol::{CloseCode, Decoder, Message, OpCode};
 
-use crate::auth::{authenticate, AuthError, RoomGrant};
+use crate::auth::{authenticate, AuthError, AuthMode, RoomGrant};
 use crate::client_protocol::{self, ClientRequest};
 use crate::config::{SessionConfig, MAX_RATE_LIMITED_IN_A_ROW};
 use crate::effects::{CloseKind, Effects, Event, TransmitKind};
@@ -739,7 +739,14 @@ impl Session {
         let mut token_expires = None;
         let mut rooms = None;
         let opened = match endpoint {
-            Endpoint::Echo => Event::EchoOpened,
+            // Development nodes echo for anyone; otherwise /echo takes /ws's credentials.
+            Endpoint::Echo => match &cx.config.auth {
+                AuthMode::Dev => Event::EchoOpened,
+                AuthMode::Jwt(_) => match authenticate(&cx.config.auth, &req, SystemTime::now()) {
+                    Ok(_) => Event::EchoOpened,
+                    Err(e) => return self.refuse(Status::Unauthorized, &e.to_string(), fx),
+                },
+            },
             Endpoint::Push => match authenticate(&cx.config.auth, &req, SystemTime::now()) {
                 Ok(id) => {
                     let since = match req.query_param("since") {

@@ -24,17 +24,30 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts the binary with JSON logs on free ports, plus `args`.
+    /// A development node (`--dev`: `?uid=` trusted, `/echo` open, no API key needed):
+    /// [`Gateway::start`] with `--dev` before `args`.
+    pub fn dev(args: &[&str]) -> Gateway {
+        Gateway::start(&[&["--dev"], args].concat())
+    }
+
+    /// Starts the binary with JSON logs on free ports, plus `args`. Without `--dev` the
+    /// node needs a JWT key among them.
     pub fn start(args: &[&str]) -> Gateway {
+        Gateway::start_env(args, &[])
+    }
+
+    /// [`Gateway::start`] with environment variables set for the process.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        // Free loopback ports, unless `args` name the listeners.
+        let mut own = vec!["--log-json", "true"];
+        for flag in ["--listen", "--control"] {
+            if !args.contains(&flag) {
+                own.extend([flag, "127.0.0.1:0"]);
+            }
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_pushgate"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--control",
-                "127.0.0.1:0",
-                "--log-json",
-                "true",
-            ])
+            .envs(env.iter().copied())
+            .args(own)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -289,11 +289,12 @@ impl Drop for CuttingProxy {
     }
 }
 
-/// A gateway node on the bus at `nats` (2 reactors), with `extra` arguments, not waited for.
+/// A development gateway node on the bus at `nats` (2 reactors), with `extra` arguments,
+/// not waited for.
 pub fn start_node(nats: &str, id: &str, extra: &[&str]) -> super::Gateway {
     let mut args = vec!["--nats", nats, "--node-id", id, "--reactors", "2"];
     args.extend_from_slice(extra);
-    super::Gateway::start(&args)
+    super::Gateway::dev(&args)
 }
 
 /// [`start_node`], once it is ready (`/readyz` 200: connected to the bus).

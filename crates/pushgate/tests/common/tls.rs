@@ -71,7 +71,7 @@ impl TestPki {
         let key = self.key.display().to_string();
         let mut args = vec!["--tls-cert", &cert, "--tls-key", &key];
         args.extend_from_slice(extra);
-        Gateway::start(&args)
+        Gateway::dev(&args)
     }
 }
 
@@ -79,7 +79,7 @@ impl TestPki {
 pub fn gateway(tls: Option<&TestPki>, extra: &[&str]) -> Gateway {
     match tls {
         Some(p) => p.gateway(extra),
-        None => Gateway::start(extra),
+        None => Gateway::dev(extra),
     }
 }
 
