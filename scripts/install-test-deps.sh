@@ -33,6 +33,15 @@ if ! nats-server --version 2>/dev/null | grep -q "v$nats_version"; then
   nats-server --version | grep -q "v$nats_version" || { echo "nats-server $nats_version is not first on PATH" >&2; exit 1; }
 fi
 
+# kubernetes-validate (PyPI) for the deploy tests: validates deploy/k8s against the
+# Kubernetes schemas it bundles, so the tests need no network (PyYAML comes with it and
+# parses the manifests for the cross-file checks).
+if ! kubernetes-validate --version 2>/dev/null | grep -q "1.37.0"; then
+  echo "installing kubernetes-validate from PyPI"
+  python3 -m pip install -q --disable-pip-version-check "kubernetes-validate==1.37.0"
+  hash -r
+fi
+
 # Python websockets (PyPI), the first independent client.
 if ! python3 -c 'import websockets.sync.client' 2>/dev/null; then
   echo "installing websockets from PyPI"

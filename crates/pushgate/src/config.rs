@@ -447,9 +447,6 @@ impl Settings {
         };
         let dev = pick!(dev, false);
         let api_key = k.api_key.clone().filter(|k| !k.is_empty());
-        if api_key.is_none() && !dev && !control.ip().is_loopback() {
-            bail!("{}", refusal::open_control(control));
-        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let reactors = pick!(reactors, cores);
         if reactors == 0 || reactors > 1024 {
@@ -585,6 +582,9 @@ impl Settings {
                 },
             }),
         };
+        if api_key.is_none() && !dev && !control.ip().is_loopback() {
+            bail!("{}", refusal::open_control(control));
+        }
         Ok(Settings {
             reactor,
             control,
