@@ -19,8 +19,10 @@
 # DIR/state as it is made, and only that is removed; nothing else on the host is touched.
 # DIR/state (KEY=value lines, readable by `source`) tells scripts, such as chaos tests,
 # every address, port, URL, namespace and PID:
-#   RUN NAME DIR BRIDGE HOST_ADDR API_KEY UP_PID READY
+#   RUN DIR BRIDGE HOST_ADDR API_KEY UP_PID READY STOPPED CREATED_{NS,LINK,BRIDGE}
 #   NATS_<i>_{NS,ADDR,URL,MONITOR,PID}  GATEWAY_<i>_{NS,ADDR,WS,CONTROL,PID}  (i = 1..3)
+# A key set again (a PID after `start`) counts by its last line. DIR also holds each
+# node's log (<node>.log), configuration and command line (<node>.cmd).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,7 +36,7 @@ monitor_port=8222
 die() { echo "local-cluster: $*" >&2; exit 1; }
 
 usage() {
-  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
   exit 2
 }
 

@@ -382,6 +382,11 @@ fn kubernetes_files_agree() {
         conf.contains("server_name: $POD_NAME"),
         "JetStream needs unique names"
     );
+    // The NATS release the tests run (major.minor).
+    let tested = value_after(&read("scripts/install-test-deps.sh"), "nats_version=");
+    let minor = tested.rsplit_once('.').map_or(tested.as_str(), |(m, _)| m);
+    let image = pod["containers"][0]["image"].as_str().unwrap();
+    assert_eq!(image, format!("nats:{minor}-alpine"));
     // The pid file nats.conf writes is the one preStop signals, on a writable volume.
     let pid_file = value_after(&conf, "pid_file:");
     let pre_stop = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"].to_string();

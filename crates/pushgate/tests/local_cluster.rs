@@ -205,6 +205,27 @@ fn push_across_hosts_and_resume_after_losing_a_node() {
     );
     drop(bob);
 
+    // Node 3 started again (as a drill would) serves the whole history.
+    cluster.script(&["start", cluster.dir.to_str().unwrap(), "g3"]);
+    let g3 = cluster.addr("GATEWAY_3_ADDR", 8081);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Ready, and with the history stream found (or its welcome would carry no seq).
+    let metrics = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    while std::net::TcpStream::connect(g3).is_err()
+        || !common::http(g3, metrics)
+            .1
+            .contains("\npushgate_history_cluster_ready 1")
+    {
+        assert!(Instant::now() < deadline, "g3 did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut bob = Client::connect(cluster.addr("GATEWAY_3_ADDR", 8080), "/ws?uid=bob&since=0");
+    let welcome = msg(&mut bob);
+    assert_eq!(welcome["seq"].as_u64(), Some(2), "{welcome}");
+    let replay: Vec<_> = (0..2).map(|_| msg(&mut bob)["data"].clone()).collect();
+    assert_eq!(replay, [json!("one"), json!("two")]);
+    drop(bob);
+
     // stop removes every namespace, link and process it made.
     cluster.stop();
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
