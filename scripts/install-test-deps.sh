@@ -5,10 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: headless Chromium for the browser conformance test, and the checkers
-# the deploy tests run on deploy/: promtool (package prometheus; its server is not
-# started) and systemd-analyze (package systemd).
-apt_packages=(chromium prometheus systemd)
+# Debian packages: headless Chromium for the browser conformance test, the checkers the
+# deploy tests run on deploy/: promtool (package prometheus; its server is not started)
+# and systemd-analyze (package systemd), and what deploy/local-cluster.sh (and its test)
+# uses: ip netns (iproute2) and curl.
+apt_packages=(chromium prometheus systemd iproute2 curl)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
