@@ -74,15 +74,18 @@ fn protocol_doc() -> String {
 /// The `code` of every `error` reply the gateway can build.
 fn error_codes() -> BTreeSet<String> {
     let mut codes = BTreeSet::new();
-    for dir in ["crates/session/src", "crates/router/src", "crates/pushgate/src"] {
+    for dir in [
+        "crates/session/src",
+        "crates/router/src",
+        "crates/pushgate/src",
+    ] {
         for (_, text) in sources(dir) {
             for marker in ["err(", "code: "] {
                 codes.extend(
                     quoted_after(&text, marker)
                         .into_iter()
                         .filter(|c| {
-                            !c.is_empty()
-                                && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                            !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
                         })
                         .map(str::to_owned),
                 );
@@ -202,5 +205,8 @@ fn nothing_points_outside_the_repository() {
     }
     // This file names the pattern it looks for.
     offenders.retain(|f| !f.ends_with("protocol_doc.rs"));
-    assert!(offenders.is_empty(), "point outside the repository: {offenders:?}");
+    assert!(
+        offenders.is_empty(),
+        "point outside the repository: {offenders:?}"
+    );
 }
