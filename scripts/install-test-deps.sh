@@ -46,6 +46,14 @@ if [ ! -d "$conformance/node_modules/ws" ]; then
   npm ci --prefix "$conformance" --no-audit --no-fund --loglevel=error
 fi
 
+# The TypeScript client's dev dependencies (typescript to build it, ws for Node), pinned
+# by its committed lock file; crates/pushgate/tests/js_client.rs builds it with tsc.
+client_js=clients/js
+if [ ! -x "$client_js/node_modules/.bin/tsc" ] || [ ! -d "$client_js/node_modules/ws" ]; then
+  echo "installing the JS client's dev dependencies from npm"
+  npm ci --prefix "$client_js" --no-audit --no-fund --loglevel=error
+fi
+
 # clippy and rustfmt for the checks CI runs beside the tests.
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt

@@ -1,0 +1,91 @@
+// What the gateway tests share: the gateway the Rust test started (environment), tokens
+// minted by `pushgate token`, pushes through the server API, and waiting.
+import { execFileSync } from "node:child_process";
+
+export const env = {
+  client: need("PUSHGATE_CLIENT"), // host:port of the client listener
+  control: need("PUSHGATE_CONTROL"), // host:port of the control listener
+  bin: need("PUSHGATE_BIN"),
+  secret: need("PUSHGATE_SECRET"),
+};
+
+function need(name) {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set: run through cargo test -p pushgate --test js_client`);
+  return v;
+}
+
+export function target(hostPort = env.client) {
+  const [host, port] = hostPort.split(":");
+  return { host, port: Number(port) };
+}
+
+/** An HS256 token from `pushgate token`. */
+export function mint(sub, ttl = 3600, bin = env.bin, secret = env.secret) {
+  return execFileSync(bin, ["token", "--secret", secret, "--sub", sub, "--ttl", String(ttl)], {
+    encoding: "utf8",
+  }).trim();
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+export async function waitFor(cond, what, ms = 15000) {
+  const until = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+/** POSTs to the control API; a 503 or 504 is retried with the same body (same `id`). */
+export async function api(path, body, control = env.control) {
+  for (let i = 0; ; i++) {
+    const res = await fetch(`http://${control}${path}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const answer = await res.json();
+    if (res.status === 200) return answer;
+    if ((res.status === 503 || res.status === 504) && i < 50) {
+      await sleep(20);
+      continue;
+    }
+    throw new Error(`${path} answered ${res.status}: ${JSON.stringify(answer)}`);
+  }
+}
+
+/**
+ * Pushes `{n}` to `uid` every `everyMs`, n = 1, 2, ..., each with its own `id` so a
+ * retried push is delivered once. `stop()` resolves to the last n pushed.
+ */
+export function pusher(uid, everyMs = 20, control = env.control) {
+  let n = 0;
+  let running = true;
+  const done = (async () => {
+    while (running) {
+      n++;
+      await api("/v1/push", { to: [uid], id: `${uid}-${n}`, data: { n } }, control);
+      await sleep(everyMs);
+    }
+    return n;
+  })();
+  return {
+    get count() {
+      return n;
+    },
+    stop() {
+      running = false;
+      return done;
+    },
+  };
+}
+
+/** Checks that `got` is exactly 1..last, once each, in order. */
+export function exactlyOnceInOrder(got, last) {
+  const dup = got.find((n, i) => got.indexOf(n) !== i);
+  if (dup !== undefined) return `duplicate ${dup}`;
+  for (let i = 0; i < got.length; i++) if (got[i] !== i + 1) return `at ${i}: ${got[i]}, expected ${i + 1}`;
+  if (got.length !== last) return `${got.length} of ${last} received`;
+  return null;
+}
