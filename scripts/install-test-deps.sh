@@ -39,6 +39,14 @@ if ! python3 -c 'import websockets.sync.client' 2>/dev/null; then
   python3 -m pip install -q --disable-pip-version-check 'websockets==17.4'
 fi
 
+# The OpenAPI 3.1 validators that crates/pushgate/tests/openapi.rs checks the control
+# listener's answers with (PyPI; they work offline: the spec has no remote references).
+if ! python3 -c 'import openapi_spec_validator, openapi_schema_validator, yaml' 2>/dev/null; then
+  echo "installing openapi-spec-validator and openapi-schema-validator from PyPI"
+  python3 -m pip install -q --disable-pip-version-check \
+    'openapi-spec-validator==0.9.0' 'openapi-schema-validator==0.9.0' 'PyYAML==6.0.3'
+fi
+
 # Node ws (npm), the second, pinned by the committed lock file.
 conformance=crates/pushgate/tests/conformance
 if [ ! -d "$conformance/node_modules/ws" ]; then

@@ -7,6 +7,7 @@ export const env = {
   control: need("PUSHGATE_CONTROL"), // host:port of the control listener
   bin: need("PUSHGATE_BIN"),
   secret: need("PUSHGATE_SECRET"),
+  apiKey: need("PUSHGATE_API_KEY"),
 };
 
 function need(name) {
@@ -42,7 +43,7 @@ export async function api(path, body, control = env.control) {
   for (let i = 0; ; i++) {
     const res = await fetch(`http://${control}${path}`, {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${env.apiKey}` },
       body: JSON.stringify(body),
     });
     const answer = await res.json();

@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use common::Gateway;
 
 const SECRET: &str = "js-client-test-secret";
+const API_KEY: &str = "js-client-test-key";
 
 pub fn js_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../clients/js")
@@ -49,6 +50,8 @@ fn gateway() -> Gateway {
     Gateway::start(&[
         "--jwt-secret",
         SECRET,
+        "--api-key",
+        API_KEY,
         "--jwt-leeway",
         "0",
         "--reconnect-base-ms",
@@ -91,6 +94,7 @@ fn base_env(gw: &Gateway) -> Vec<(&'static str, String)> {
         ("PUSHGATE_CONTROL", gw.control_addr.to_string()),
         ("PUSHGATE_BIN", env!("CARGO_BIN_EXE_pushgate").to_owned()),
         ("PUSHGATE_SECRET", SECRET.to_owned()),
+        ("PUSHGATE_API_KEY", API_KEY.to_owned()),
     ]
 }
 
