@@ -42,7 +42,7 @@ export async function startProxy(target, { blockWebSocket = false, blockSse = fa
         ]);
       }
       stats.forwarded++;
-      const upstream = net.connect(target.port, target.host);
+      const upstream = net.connect(proxy.target.port, proxy.target.host);
       const pair = { client, upstream };
       pairs.add(pair);
       upstream.on("error", () => client.destroy());
@@ -62,7 +62,9 @@ export async function startProxy(target, { blockWebSocket = false, blockSse = fa
     client.on("data", onData);
   });
   await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return {
+  const proxy = {
+    /** Where new connections go; change it to move clients (with `cut()`), as a load balancer would. */
+    target,
     port: server.address().port,
     url: `http://127.0.0.1:${server.address().port}`,
     stats,
@@ -83,4 +85,5 @@ export async function startProxy(target, { blockWebSocket = false, blockSse = fa
       return new Promise((resolve) => server.close(resolve));
     },
   };
+  return proxy;
 }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
+use common::nats::{free_port, NatsServer};
 use common::Gateway;
 
 const SECRET: &str = "js-client-test-secret";
@@ -103,4 +104,65 @@ fn node_client_against_a_gateway() {
     build_client();
     let gw = gateway();
     node_test("test/node.test.mjs", &base_env(&gw));
+}
+
+/// A JetStream server with its own store directory (removed on drop).
+struct Js {
+    nats: NatsServer,
+    dir: PathBuf,
+}
+
+impl Js {
+    fn start() -> Js {
+        let dir = std::env::temp_dir().join(format!("pushgate-js-client-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let nats = NatsServer::start_with(free_port(), &["-js", "-sd", dir.to_str().unwrap()]);
+        Js { nats, dir }
+    }
+}
+
+impl Drop for Js {
+    fn drop(&mut self) {
+        self.nats.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A cluster node with history on JetStream, once its stream is ready.
+fn cluster_node(nats: &str, id: &str) -> Gateway {
+    let gw = common::nats::node(
+        nats,
+        id,
+        &[
+            "--jwt-secret",
+            SECRET,
+            "--api-key",
+            API_KEY,
+            "--reconnect-base-ms",
+            "50",
+            "--reconnect-cap-ms",
+            "400",
+        ],
+    );
+    let ready = gw.eventually(std::time::Duration::from_secs(10), |g| {
+        g.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("history stream ready on JetStream"))
+    });
+    assert!(ready, "node {id}: no history stream");
+    gw
+}
+
+#[test]
+fn node_client_moves_between_cluster_nodes() {
+    build_client();
+    let js = Js::start();
+    let a = cluster_node(&js.nats.url(), "js-a");
+    let b = cluster_node(&js.nats.url(), "js-b");
+    let mut envs = base_env(&a);
+    envs.push(("PUSHGATE_CLIENT_B", b.client_addr.to_string()));
+    envs.push(("PUSHGATE_CONTROL_B", b.control_addr.to_string()));
+    node_test("test/cluster.test.mjs", &envs);
 }
