@@ -271,7 +271,8 @@ export class PushgateClient {
   private get fetchImpl(): typeof fetch {
     const f = this.opts.fetch ?? globalThis.fetch;
     if (!f) throw new Error("no fetch: pass options.fetch");
-    return f;
+    // A browser's fetch must be called on the window, not on this client.
+    return (input, init) => f.call(globalThis, input, init);
   }
 
   private openWs(epoch: number, token: string | null): void {
@@ -309,8 +310,8 @@ export class PushgateClient {
         signal: abort.signal,
         cache: "no-store",
       });
-    } catch {
-      return this.lost(epoch, { reason: "fetch failed" });
+    } catch (e) {
+      return this.lost(epoch, { reason: `fetch failed: ${String(e)}` });
     }
     if (res.status !== 200 || !res.body) {
       return this.lost(epoch, { status: res.status, reason: await res.text().catch(() => "") });
@@ -352,8 +353,8 @@ export class PushgateClient {
           signal: abort.signal,
           cache: "no-store",
         });
-      } catch {
-        return this.lost(epoch, { reason: "fetch failed" });
+      } catch (e) {
+        return this.lost(epoch, { reason: `fetch failed: ${String(e)}` });
       }
       if (res.status !== 200) {
         return this.lost(epoch, { status: res.status, reason: await res.text().catch(() => "") });

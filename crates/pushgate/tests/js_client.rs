@@ -156,6 +156,13 @@ fn cluster_node(nats: &str, id: &str) -> Gateway {
 }
 
 #[test]
+fn chromium_client_against_a_gateway() {
+    build_client();
+    let gw = gateway();
+    node_test("test/browser.test.mjs", &base_env(&gw));
+}
+
+#[test]
 fn node_client_moves_between_cluster_nodes() {
     build_client();
     let js = Js::start();
