@@ -3,6 +3,7 @@
 //! (kicks and TCP resets through a proxy), WebSocket and SSE refused by a proxy, a token
 //! expiring mid-session — each checking that every message arrives exactly once, in order.
 //! The npm packages come from `scripts/install-test-deps.sh` (`npm ci` in `clients/js`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // In tests a failed unwrap is a failed test.
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! (openapi-spec-validator and openapi-schema-validator from PyPI, installed by
 //! scripts/install-test-deps.sh). The served routes are read from the control listener's
 //! source (`src/control/routes.rs`), so a route added there without the spec fails here.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // In tests a failed unwrap is a failed test.
 
 mod common;
 
