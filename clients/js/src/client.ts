@@ -400,7 +400,6 @@ export class PushgateClient {
         } else if (m.recovered === false) {
           this.emit("gap", { seq: this.lastSeq, reset: false });
         }
-        if (typeof m.seq === "number" && this.lastSeq === null) this.lastSeq = m.seq;
         this.emit("welcome", m);
         this.opened(epoch);
         return;
