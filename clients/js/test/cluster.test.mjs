@@ -1,11 +1,13 @@
 // The client in a 2-node cluster with history on JetStream (started by
 // crates/pushgate/tests/js_client.rs): moved from node A to node B and back, as a load
-// balancer would move it, it resumes on the other node with no gap and no duplicate.
+// balancer would move it, it resumes on the other node with no gap and no duplicate — in
+// Node and in headless Chromium.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import WebSocket from "ws";
 
 import { PushgateClient } from "../dist/index.js";
+import { inBrowser } from "./browser/harness.mjs";
 import { startProxy } from "./proxy.mjs";
 import { exactlyOnceInOrder, mint, pusher, sleep, target, waitFor } from "./harness.mjs";
 
@@ -42,4 +44,23 @@ test("a client moved between nodes resumes with no gap or duplicate", async (t) 
   await sleep(300);
   assert.equal(exactlyOnceInOrder(got, last), null, `received ${JSON.stringify(got)}`);
   assert.ok(welcomes.length >= 5, `welcomes ${welcomes.length}`);
+});
+
+test("Chromium: a client moved between nodes resumes with no gap or duplicate", async (t) => {
+  await inBrowser(
+    t,
+    "move",
+    {},
+    async (page, proxy) => {
+      for (let move = 1; move <= 4; move++) {
+        await sleep(300);
+        const opens = page.opens;
+        proxy.target = nodes[move % 2];
+        proxy.cut();
+        await waitFor(() => page.opens > opens && page.state === "open", `reconnect on the other node (${move})`);
+      }
+      await sleep(300);
+    },
+    { gateway: process.env.PUSHGATE_CLIENT, control: controls[0] },
+  );
 });
