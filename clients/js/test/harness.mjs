@@ -90,3 +90,44 @@ export function exactlyOnceInOrder(got, last) {
   if (got.length !== last) return `${got.length} of ${last} received`;
   return null;
 }
+
+/**
+ * Starts a gateway of its own (the test's binary, JWT auth, fast backoff) on free ports;
+ * resolves once it logged its addresses. `stop()` kills it (SIGKILL: a crash).
+ */
+export async function startGateway(extra = []) {
+  const { spawn } = await import("node:child_process");
+  const { createInterface } = await import("node:readline");
+  const child = spawn(
+    env.bin,
+    [
+      "--listen", "127.0.0.1:0",
+      "--control", "127.0.0.1:0",
+      "--log-json", "true",
+      "--jwt-secret", env.secret,
+      "--api-key", env.apiKey,
+      "--reconnect-base-ms", "50",
+      "--reconnect-cap-ms", "400",
+      ...extra,
+    ],
+    { stdio: ["ignore", "pipe", "inherit"] },
+  );
+  const exited = new Promise((r) => child.on("exit", r));
+  const started = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("gateway did not start")), 20000);
+    createInterface({ input: child.stdout }).on("line", (line) => {
+      if (!line.includes("pushgate started")) return;
+      clearTimeout(timer);
+      resolve(JSON.parse(line).fields);
+    });
+    child.on("exit", (code) => reject(new Error(`gateway exited with ${code}`)));
+  });
+  return {
+    client: started.listen,
+    control: started.control,
+    async stop() {
+      child.kill("SIGKILL");
+      await exited;
+    },
+  };
+}

@@ -6,7 +6,7 @@ import WebSocket from "ws";
 
 import { PushgateClient } from "../dist/index.js";
 import { startProxy } from "./proxy.mjs";
-import { env, exactlyOnceInOrder, mint, pusher, sleep, target, waitFor, api } from "./harness.mjs";
+import { env, exactlyOnceInOrder, mint, pusher, sleep, startGateway, target, waitFor, api } from "./harness.mjs";
 
 const run = `${process.pid}`;
 
@@ -147,4 +147,34 @@ test("a token expiring mid-session is refreshed through getToken() without loss"
   });
   c.close();
   assert.ok(minted >= 3, `getToken called ${minted} times`);
+});
+
+test("a restarted gateway (history lost): the client starts over from its seqs, nothing dropped", async (t) => {
+  const uid = `restart-${run}`;
+  let gw = await startGateway();
+  const proxy = await startProxy(target(gw.client));
+  const { c, got } = client(uid, proxy.url);
+  const gaps = [];
+  c.on("gap", (g) => gaps.push(g));
+  t.after(async () => {
+    c.close();
+    await proxy.close();
+    await gw.stop();
+  });
+  c.connect();
+  await waitFor(() => c.state === "open", "open");
+  for (let n = 1; n <= 10; n++) await api("/v1/push", { to: [uid], data: { n } }, gw.control);
+  await waitFor(() => got.length >= 10, "10 messages before the restart");
+  await gw.stop();
+  await waitFor(() => c.state !== "open", "the connection lost");
+  gw = await startGateway();
+  proxy.target = target(gw.client);
+  const opens = c.opens;
+  await waitFor(() => c.opens > opens && c.state === "open", "reconnected to the new gateway");
+  // The new gateway's seqs start again at 1: without the reset they would look like duplicates.
+  for (let n = 11; n <= 20; n++) await api("/v1/push", { to: [uid], data: { n } }, gw.control);
+  await waitFor(() => got.length >= 20, `20 messages (have ${got.length})`);
+  await sleep(100);
+  assert.equal(exactlyOnceInOrder(got, 20), null, `received ${JSON.stringify(got)}`);
+  assert.ok(gaps.some((g) => g.reset), `gaps ${JSON.stringify(gaps)}`);
 });
