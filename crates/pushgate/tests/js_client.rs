@@ -1,8 +1,10 @@
-//! The TypeScript client (`clients/js`) against a real gateway: built with `tsc`, then its
-//! tests run in Node (`node --test`) with this gateway's addresses — forced disconnects
-//! (kicks and TCP resets through a proxy), WebSocket and SSE refused by a proxy, a token
-//! expiring mid-session — each checking that every message arrives exactly once, in order.
-//! The npm packages come from `scripts/install-test-deps.sh` (`npm ci` in `clients/js`).
+//! The TypeScript client (`clients/js`) against real gateways: built with `tsc`, then its
+//! tests run with `node --test`, in Node and in headless Chromium, with these gateways'
+//! addresses — forced disconnects (kicks and TCP resets through a proxy), WebSocket and SSE
+//! refused by a proxy, a token expiring mid-session, a restarted gateway, and a client moved
+//! between two cluster nodes with JetStream history — each checking that every message
+//! arrives exactly once, in order. The npm packages come from
+//! `scripts/install-test-deps.sh` (`npm ci` in `clients/js`).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // In tests a failed unwrap is a failed test.
 
 mod common;
@@ -65,9 +67,9 @@ fn gateway() -> Gateway {
     ])
 }
 
-/// Runs `node --test <file>` in `clients/js` with the gateway's addresses; fails with
+/// Runs `node --test <files>` in `clients/js` with the gateway's addresses; fails with
 /// node's report when any test fails.
-fn node_test(file: &str, envs: &[(&str, String)]) {
+fn node_test(files: &[&str], envs: &[(&str, String)]) {
     let out = Command::new("node")
         // A failed test may leave a client reconnecting: the runner must still exit.
         .args([
@@ -75,8 +77,8 @@ fn node_test(file: &str, envs: &[(&str, String)]) {
             "--test-reporter=spec",
             "--test-timeout=90000",
             "--test-force-exit",
-            file,
         ])
+        .args(files)
         .current_dir(js_dir())
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
@@ -87,7 +89,10 @@ fn node_test(file: &str, envs: &[(&str, String)]) {
         String::from_utf8_lossy(&out.stderr)
     );
     println!("{report}");
-    assert!(out.status.success(), "node --test {file} failed:\n{report}");
+    assert!(
+        out.status.success(),
+        "node --test {files:?} failed:\n{report}"
+    );
 }
 
 fn base_env(gw: &Gateway) -> Vec<(&'static str, String)> {
@@ -104,7 +109,10 @@ fn base_env(gw: &Gateway) -> Vec<(&'static str, String)> {
 fn node_client_against_a_gateway() {
     build_client();
     let gw = gateway();
-    node_test("test/node.test.mjs", &base_env(&gw));
+    node_test(
+        &["test/unit.test.mjs", "test/node.test.mjs"],
+        &base_env(&gw),
+    );
 }
 
 /// A JetStream server with its own store directory (removed on drop).
@@ -160,7 +168,7 @@ fn cluster_node(nats: &str, id: &str) -> Gateway {
 fn chromium_client_against_a_gateway() {
     build_client();
     let gw = gateway();
-    node_test("test/browser.test.mjs", &base_env(&gw));
+    node_test(&["test/browser.test.mjs"], &base_env(&gw));
 }
 
 #[test]
@@ -172,5 +180,5 @@ fn node_client_moves_between_cluster_nodes() {
     let mut envs = base_env(&a);
     envs.push(("PUSHGATE_CLIENT_B", b.client_addr.to_string()));
     envs.push(("PUSHGATE_CONTROL_B", b.control_addr.to_string()));
-    node_test("test/cluster.test.mjs", &envs);
+    node_test(&["test/cluster.test.mjs"], &envs);
 }
