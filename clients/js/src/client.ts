@@ -141,6 +141,10 @@ export class PushgateClient {
   private ackTimer: ReturnType<typeof setTimeout> | null = null;
   private ackedSeq = 0;
   private loaded = false;
+  /** The last `welcome`'s seq and `recovered`, until what follows it settles them. */
+  private verdict: { seq: number | undefined; recovered: boolean | undefined } | null = null;
+  /** Resumes refused in a row because the history store was unavailable. */
+  private resumeRetries = 0;
 
   constructor(opts: ClientOptions) {
     this.opts = opts;
@@ -389,17 +393,16 @@ export class PushgateClient {
 
   private receive(epoch: number, m: ServerMessage): void {
     if (epoch !== this.epoch) return;
+    if (m.type !== "welcome" && this.verdict && this.settle(epoch, m)) return;
     switch (m.type) {
       case "welcome": {
         this.uid = m.uid;
         this.advice = { ...DEFAULT_ADVICE, ...m.reconnect, ...this.opts.reconnect };
         this.heartbeatMs = Math.max(1, m.heartbeat) * 1000;
-        if (typeof m.seq === "number" && this.lastSeq !== null && m.seq < this.lastSeq) {
-          // The gateway's history is behind what we saw: it lost it (a restarted node).
-          this.resetSeq(m.seq);
-        } else if (m.recovered === false) {
-          this.emit("gap", { seq: this.lastSeq, reset: false });
-        }
+        // What the resume point came to is known from what follows: an `error` about it
+        // comes right behind the welcome (before any replayed message).
+        this.verdict = { seq: m.seq, recovered: m.recovered };
+        this.later(() => this.settle(epoch, null), 200);
         this.emit("welcome", m);
         this.opened(epoch);
         return;
@@ -449,6 +452,30 @@ export class PushgateClient {
     });
   }
 
+  /**
+   * Settles the resume point of the last `welcome` on the message after it (`null`: none
+   * came). Returns true when the message was the verdict and is handled.
+   */
+  private settle(epoch: number, next: ServerMessage | null): boolean {
+    const v = this.verdict;
+    if (!v || epoch !== this.epoch) return false;
+    this.verdict = null;
+    if (next?.type === "error" && next.code === "bad_since") {
+      // `since` past the gateway's latest seq: it lost its history (a restarted node).
+      if (typeof v.seq === "number") this.resetSeq(v.seq);
+      return true;
+    }
+    if (next?.type === "error" && next.code === "unavailable") {
+      // The node could not reach the history store: try the resume again, later.
+      this.resumeRetries++;
+      this.lost(epoch, { reason: next.message });
+      return true;
+    }
+    this.resumeRetries = 0;
+    if (v.recovered === false) this.emit("gap", { seq: this.lastSeq, reset: false });
+    return false;
+  }
+
   private resetSeq(seq: number): void {
     this.lastSeq = seq;
     this.processedSeq = seq;
@@ -493,6 +520,7 @@ export class PushgateClient {
   private lost(epoch: number, loss: Loss): void {
     if (epoch !== this.epoch || this.stopped) return;
     this.epoch++;
+    this.verdict = null;
     const wasOpen = this.openedThisAttempt;
     this.teardown();
     this.emit("disconnect", { transport: this.transport, ...loss });
@@ -519,7 +547,7 @@ export class PushgateClient {
       return;
     }
     if (!wasOpen && loss.status !== 401) this.transportIndex = 0;
-    const delay = backoffDelay(this.advice, wasOpen ? 0 : this.failures);
+    const delay = backoffDelay(this.advice, wasOpen ? this.resumeRetries : this.failures);
     if (!wasOpen) this.failures++;
     this.later(() => void this.attempt(), delay);
   }
