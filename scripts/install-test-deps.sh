@@ -49,11 +49,27 @@ if ! python3 -c 'import websockets.sync.client' 2>/dev/null; then
   python3 -m pip install -q --disable-pip-version-check 'websockets==17.4'
 fi
 
+# The OpenAPI 3.1 validators that crates/pushgate/tests/openapi.rs checks the control
+# listener's answers with (PyPI; they work offline: the spec has no remote references).
+if ! python3 -c 'import openapi_spec_validator, openapi_schema_validator, yaml' 2>/dev/null; then
+  echo "installing openapi-spec-validator and openapi-schema-validator from PyPI"
+  python3 -m pip install -q --disable-pip-version-check \
+    'openapi-spec-validator==0.9.0' 'openapi-schema-validator==0.9.0' 'PyYAML==6.0.3'
+fi
+
 # Node ws (npm), the second, pinned by the committed lock file.
 conformance=crates/pushgate/tests/conformance
 if [ ! -d "$conformance/node_modules/ws" ]; then
   echo "installing ws from npm"
   npm ci --prefix "$conformance" --no-audit --no-fund --loglevel=error
+fi
+
+# The TypeScript client's dev dependencies (typescript to build it, ws for Node), pinned
+# by its committed lock file; crates/pushgate/tests/js_client.rs builds it with tsc.
+client_js=clients/js
+if [ ! -x "$client_js/node_modules/.bin/tsc" ] || [ ! -d "$client_js/node_modules/ws" ]; then
+  echo "installing the JS client's dev dependencies from npm"
+  npm ci --prefix "$client_js" --no-audit --no-fund --loglevel=error
 fi
 
 # clippy and rustfmt for the checks CI runs beside the tests.

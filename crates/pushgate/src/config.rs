@@ -1,6 +1,6 @@
 //! Configuration: command-line flags, each also read from `PUSHGATE_<NAME>`, over an
 //! optional TOML file (`--config`), over the defaults. Every key and default is listed by
-//! `pushgate --help` and in shared/CONTRACT.md.
+//! `pushgate --help`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

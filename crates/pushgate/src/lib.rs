@@ -5,3 +5,4 @@ pub mod config;
 pub mod control;
 pub mod limits;
 pub mod metrics;
+pub mod token;

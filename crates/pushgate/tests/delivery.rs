@@ -1,4 +1,4 @@
-//! Delivery on a single node (shared/CONTRACT.md, "Delivery"): seqs and IDs, resume with
+//! Delivery on a single node (docs/PROTOCOL.md, "Delivery"): seqs and IDs, resume with
 //! `since` while pushes keep coming, history overflow, acks, offline users, idempotent
 //! pushes, the byte bound, and every bad input answered without harm to anyone else.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // In tests a failed unwrap is a failed test.

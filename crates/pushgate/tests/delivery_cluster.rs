@@ -1,5 +1,5 @@
 //! Delivery with seqs, resume and recovery across nodes, history in a real
-//! `nats-server -js` (shared/CONTRACT.md "Delivery"; docs/BUS.md "History in a cluster").
+//! `nats-server -js` (docs/PROTOCOL.md "Delivery"; docs/BUS.md "History in a cluster").
 #![allow(clippy::unwrap_used, clippy::expect_used)] // In tests a failed unwrap is a failed test.
 
 mod common;

@@ -1,5 +1,5 @@
 //! The fallback transports on the client listener: `GET /sse`, `GET /poll`, `POST /send`
-//! (shared/CONTRACT.md, "Fallback transports"), against `curl`, headless Chromium's
+//! (docs/PROTOCOL.md, "Fallback transports"), against `curl`, headless Chromium's
 //! `EventSource` and raw HTTP clients: delivery, resume, presence and kicks, limits and
 //! the statuses and counters of bad input.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // In tests a failed unwrap is a failed test.

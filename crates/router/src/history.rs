@@ -1,4 +1,4 @@
-//! Retained messages per user and per room (shared/CONTRACT.md, "Delivery"): the last
+//! Retained messages per user and per room (docs/PROTOCOL.md, "Delivery"): the last
 //! `size` message frames of each stream, each kept `ttl`, and at most `max_bytes` in all.
 //!
 //! Streams are split into shards by a hash of the ID, each behind one mutex. The router

@@ -75,7 +75,7 @@ pub struct Opened {
     pub replayed_from: u64,
 }
 
-/// Close code for a connection displaced by the per-user cap (shared/CONTRACT.md).
+/// Close code for a connection displaced by the per-user cap (docs/PROTOCOL.md, "Close codes").
 pub const CLOSE_USER_CAP: CloseCode = CloseCode(4008);
 
 /// Connections the router closed: by the per-user cap and by disconnect requests.

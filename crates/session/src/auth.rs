@@ -101,7 +101,7 @@ pub struct Identity {
 }
 
 /// The JWT `rooms` claim: room names, where a trailing `*` grants every room starting
-/// with what precedes it (shared/CONTRACT.md, "Presence, kick, authorization").
+/// with what precedes it (docs/PROTOCOL.md, "Identity and auth").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomGrant {
     patterns: Box<[Box<str>]>,

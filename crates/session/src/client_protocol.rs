@@ -1,4 +1,4 @@
-//! Requests a `/ws` client sends (shared/CONTRACT.md, "Client protocol"), parsed with
+//! Requests a `/ws` client sends (docs/PROTOCOL.md), parsed with
 //! simd-json, and the JSON the server answers with.
 
 use bytes::Bytes;

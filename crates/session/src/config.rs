@@ -71,7 +71,7 @@ pub struct SessionConfig {
 }
 
 /// Rate-limited requests in a row after which the connection is closed with 1008
-/// (shared/CONTRACT.md, "Presence, kick, authorization").
+/// (docs/PROTOCOL.md, "Limits").
 pub const MAX_RATE_LIMITED_IN_A_ROW: u32 = 10;
 
 impl Default for SessionConfig {

@@ -1,4 +1,4 @@
-//! The bytes of the fallback transports (shared/CONTRACT.md, "Fallback transports"):
+//! The bytes of the fallback transports (docs/PROTOCOL.md, "Fallback transports"):
 //! a delivered frame turned into a Server-Sent Event or a long-poll answer, and the HTTP
 //! responses of `/sse`, `/poll` and `/send`.
 //!

@@ -1,4 +1,4 @@
-//! JSON messages the server sends (shared/CONTRACT.md, "Client protocol").
+//! JSON messages the server sends (docs/PROTOCOL.md).
 
 use bytes::Bytes;
 use protocol::frame::{FrameBuilder, OpCode};

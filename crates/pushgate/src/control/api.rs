@@ -1,4 +1,4 @@
-//! The server API: `POST /v1/push` and `POST /v1/broadcast` (shared/CONTRACT.md,
+//! The server API: `POST /v1/push` and `POST /v1/broadcast` (docs/API.md,
 //! "Server API"). Bodies are parsed with simd-json; every refusal is a JSON error and the
 //! listener keeps serving.
 

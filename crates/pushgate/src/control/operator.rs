@@ -1,4 +1,4 @@
-//! The operator routes (shared/CONTRACT.md, "Presence, kick, authorization"):
+//! The operator routes (docs/API.md):
 //!
 //! - `GET /v1/presence?uid=u1&uid=u2`: every connection of those users in the cluster,
 //!   this node's from its registry and the others' over the bus, waiting for them at most

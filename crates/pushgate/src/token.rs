@@ -1,0 +1,186 @@
+//! `pushgate token`: mints an HS256 client token for development, tests and the example,
+//! with the claims the gateway reads (docs/PROTOCOL.md, "Identity and auth"): `sub`, `exp`
+//! and optionally `rooms`. Production tokens come from the application's own backend.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use jsonwebtoken::{encode, EncodingKey, Header};
+use serde::Serialize;
+use session::auth::MAX_ID_LEN;
+
+/// Prints an HS256 token for a pushgate node started with the same `--jwt-secret`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pushgate token",
+    about = "Print an HS256 client token (for development and tests)"
+)]
+pub struct TokenArgs {
+    /// The node's --jwt-secret.
+    #[arg(long, env = "PUSHGATE_JWT_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// The user ID (claim `sub`), 1 to 256 bytes.
+    #[arg(long)]
+    pub sub: String,
+    /// Comma-separated rooms the token may join (claim `rooms`; a trailing `*` is a
+    /// prefix) [default: no claim, any room].
+    #[arg(long, value_delimiter = ',')]
+    pub rooms: Option<Vec<String>>,
+    /// Seconds the token stays valid (claim `exp`).
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rooms: Option<&'a [String]>,
+}
+
+/// Why no token was minted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenError {
+    /// `sub` empty or over [`MAX_ID_LEN`] bytes: the gateway would refuse the token.
+    BadSub,
+    /// An empty secret would let anyone mint tokens.
+    EmptySecret,
+    /// A zero TTL makes a token that is expired when minted.
+    ZeroTtl,
+    /// Encoding failed (not expected with HS256).
+    Encode(String),
+}
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenError::BadSub => write!(f, "--sub must be 1 to {MAX_ID_LEN} bytes"),
+            TokenError::EmptySecret => f.write_str("--secret must not be empty"),
+            TokenError::ZeroTtl => f.write_str("--ttl must be at least 1 second"),
+            TokenError::Encode(e) => write!(f, "cannot encode the token: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TokenError {}
+
+/// An HS256 token for `sub`, valid `ttl` from `now`.
+pub fn mint(
+    secret: &[u8],
+    sub: &str,
+    rooms: Option<&[String]>,
+    ttl: Duration,
+    now: SystemTime,
+) -> Result<String, TokenError> {
+    if sub.is_empty() || sub.len() > MAX_ID_LEN {
+        return Err(TokenError::BadSub);
+    }
+    if secret.is_empty() {
+        return Err(TokenError::EmptySecret);
+    }
+    if ttl.is_zero() {
+        return Err(TokenError::ZeroTtl);
+    }
+    let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let claims = Claims {
+        sub,
+        exp: now.saturating_add(ttl.as_secs()),
+        rooms,
+    };
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .map_err(|e| TokenError::Encode(e.to_string()))
+}
+
+/// Runs `pushgate token ARGS`; `args` starts with the subcommand's name.
+pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let args = TokenArgs::parse_from(args);
+    match mint(
+        args.secret.as_bytes(),
+        &args.sub,
+        args.rooms.as_deref(),
+        Duration::from_secs(args.ttl),
+        SystemTime::now(),
+    ) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pushgate token: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Read {
+        sub: String,
+        exp: u64,
+        rooms: Option<Vec<String>>,
+    }
+
+    fn read(token: &str, secret: &[u8]) -> Result<Read, jsonwebtoken::errors::Error> {
+        let mut v = Validation::new(Algorithm::HS256);
+        v.leeway = 0;
+        decode::<Read>(token, &DecodingKey::from_secret(secret), &v).map(|d| d.claims)
+    }
+
+    #[test]
+    fn claims_and_signature() {
+        let now = SystemTime::now();
+        let rooms = ["lobby".to_owned(), "team-*".to_owned()];
+        let t = mint(
+            b"s3cret",
+            "alice",
+            Some(&rooms),
+            Duration::from_secs(60),
+            now,
+        )
+        .unwrap();
+        let c = read(&t, b"s3cret").unwrap();
+        let secs = now.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!((c.sub.as_str(), c.exp), ("alice", secs + 60));
+        assert_eq!(c.rooms.as_deref(), Some(&rooms[..]));
+        assert!(read(&t, b"other").is_err(), "signed with the secret");
+        let t = mint(b"s", "bob", None, Duration::from_secs(1), now).unwrap();
+        assert_eq!(read(&t, b"s").unwrap().rooms, None, "no claim: any room");
+    }
+
+    #[test]
+    fn refuses_what_the_gateway_would_refuse() {
+        let now = SystemTime::now();
+        let ttl = Duration::from_secs(1);
+        assert_eq!(mint(b"s", "", None, ttl, now), Err(TokenError::BadSub));
+        let long = "u".repeat(MAX_ID_LEN + 1);
+        assert_eq!(mint(b"s", &long, None, ttl, now), Err(TokenError::BadSub));
+        assert_eq!(mint(b"", "a", None, ttl, now), Err(TokenError::EmptySecret));
+        assert_eq!(
+            mint(b"s", "a", None, Duration::ZERO, now),
+            Err(TokenError::ZeroTtl)
+        );
+    }
+
+    #[test]
+    fn parses_the_flags() {
+        let a = TokenArgs::try_parse_from([
+            "token", "--secret", "k", "--sub", "u1", "--rooms", "a,b*", "--ttl", "5",
+        ])
+        .unwrap();
+        assert_eq!(
+            (a.sub.as_str(), a.rooms.unwrap(), a.ttl),
+            ("u1", vec!["a".to_owned(), "b*".to_owned()], 5)
+        );
+    }
+}
