@@ -33,6 +33,8 @@ pub mod default {
     pub const MAX_MESSAGE_SIZE: usize = 1024 * 1024;
     pub const MAX_OUTBOUND_BYTES: usize = 256 * 1024;
     pub const MAX_OUTBOUND_MESSAGES: usize = 256;
+    /// One pong per ping for a client pinging in bursts (Autobahn 2.10 sends ten).
+    pub const MAX_PENDING_PONGS: usize = 16;
     /// Per reactor; far above what a healthy reactor ever holds (it drains 1 024 a turn).
     pub const INBOX_DEPTH: usize = 65_536;
     pub const INBOX_BYTES: usize = 64 * 1024 * 1024;
@@ -146,6 +148,10 @@ pub struct Keys {
     /// Messages queued to one connection before it is closed with 1013 [default: 256].
     #[arg(long, env = "PUSHGATE_MAX_OUTBOUND_MESSAGES")]
     pub max_outbound_messages: Option<usize>,
+    /// Pongs waiting to be sent to one connection; past it a ping's pong replaces the
+    /// newest waiting one (RFC 6455 §5.5.3), 1 to 1024 [default: 16].
+    #[arg(long, env = "PUSHGATE_MAX_PENDING_PONGS")]
+    pub max_pending_pongs: Option<usize>,
     /// Per reactor: commands waiting in its inbox before pushes get 503 [default: 65536].
     #[arg(long, env = "PUSHGATE_INBOX_DEPTH")]
     pub inbox_depth: Option<usize>,
@@ -515,6 +521,10 @@ impl Settings {
             outbound: OutboundLimits {
                 max_bytes: pick!(max_outbound_bytes, default::MAX_OUTBOUND_BYTES),
                 max_messages: pick!(max_outbound_messages, default::MAX_OUTBOUND_MESSAGES),
+                max_pending_pongs: match pick!(max_pending_pongs, default::MAX_PENDING_PONGS) {
+                    n @ 1..=1024 => n,
+                    n => bail!("max_pending_pongs must be between 1 and 1024, got {n}"),
+                },
             },
             inbox_depth: pick!(inbox_depth, default::INBOX_DEPTH).max(1),
             inbox_bytes: pick!(inbox_bytes, default::INBOX_BYTES).max(1),
@@ -902,6 +912,17 @@ mod tests {
         assert!(Settings::resolve(&cli(&["--heartbeat=-1"]), 100).is_err());
         assert!(Settings::resolve(&cli(&["--heartbeat", "0"]), 100).is_err());
         assert!(Settings::resolve(&cli(&["--reactors", "0"]), 100).is_err());
+        assert!(Settings::resolve(&cli(&["--max-pending-pongs", "0"]), 100).is_err());
+        assert!(Settings::resolve(&cli(&["--max-pending-pongs", "1025"]), 100).is_err());
+        let pongs = |a: &[&str]| {
+            Settings::resolve(&cli(a), 100)
+                .unwrap()
+                .reactor
+                .outbound
+                .max_pending_pongs
+        };
+        assert_eq!(pongs(&[]), 16);
+        assert_eq!(pongs(&["--max-pending-pongs", "1"]), 1);
         assert!(Cli::try_parse_from(["pushgate", "--listen", "nope"]).is_err());
         let dir = std::env::temp_dir().join(format!("pushgate-config-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -90,7 +90,9 @@ enum Framing {
 
 /// Takes the next complete request from the front of `buf`.
 pub fn next_request(buf: &mut BytesMut, max_body: usize) -> Result<Next, ParseError> {
-    let Some(head_len) = find_head_end(&buf[..buf.len().min(MAX_HEAD)]) else {
+    let head_end = protocol::handshake::head_end(&buf[..buf.len().min(MAX_HEAD)], 0)
+        .map_err(|_| ParseError::Malformed)?;
+    let Some(head_len) = head_end else {
         return if buf.len() >= MAX_HEAD {
             Err(ParseError::HeadTooLarge)
         } else {
@@ -449,6 +451,19 @@ mod tests {
         // HTTP/1.0 clients never wait for a 100.
         let old = "POST / HTTP/1.0\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n";
         assert_eq!(parse(old), Ok(Next::Incomplete));
+    }
+
+    #[test]
+    fn bare_line_feeds_are_refused_before_the_head_ends() {
+        for raw in [
+            "GET /healthz HTTP/1.1\nHost: x",
+            "GET /healthz HTTP/1.1\r\nHost: x\n",
+            "GET /healthz HTTP/1.1\r\nHost: x\r\n\n",
+            "POST / HTTP/1.1\r\nContent-Length: 2\nX: y\r\n\r\n{}",
+        ] {
+            assert_eq!(parse(raw), Err(ParseError::Malformed), "{raw:?}");
+        }
+        assert_eq!(ParseError::Malformed.status().0, 400);
     }
 
     #[test]

@@ -1,0 +1,123 @@
+//! Issue 31, the second outside attack run: what an attacker could still do to the
+//! listeners — bare LF line endings left hanging, pings answered by one pong, a `nbf`
+//! ignored, TLS counters missing before TLS, pipelined `POST /send` not served, a
+//! connection flood evicting honest control requests.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // In tests a failed unwrap is a failed test.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::Gateway;
+
+/// Sends `raw` on a fresh connection and reads until the server closes or `limit` passes:
+/// (what was read, how long it took).
+fn answer_within(addr: SocketAddr, raw: &[u8], limit: Duration) -> (String, Duration) {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(limit)).unwrap();
+    s.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    (String::from_utf8_lossy(&out).into_owned(), start.elapsed())
+}
+
+#[test]
+fn bare_lf_line_endings_get_400_at_once_on_both_listeners() {
+    // Timeouts far longer than the test waits: only a refusal can answer in time.
+    let gw = Gateway::start(&[
+        "--handshake-timeout",
+        "60",
+        "--control-first-request-timeout",
+        "60",
+    ]);
+    let upgrade =
+        "GET /ws?uid=a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let healthz = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let push = "POST /v1/push HTTP/1.1\r\nHost: x\r\nContent-Length: 26\r\n\r\n{\"to\":[\"u\"],\"data\":\"x\"} ";
+    let cases = [
+        (gw.client_addr, upgrade.replace("\r\n", "\n")),
+        (gw.client_addr, upgrade.replacen("\r\n", "\n", 2)),
+        (gw.client_addr, upgrade.replace("\r\n\r\n", "\r\n\n")),
+        (gw.control_addr, healthz.replace("\r\n", "\n")),
+        (gw.control_addr, healthz.replacen("\r\n", "\n", 1)),
+        (gw.control_addr, healthz.replace("\r\n\r\n", "\r\n\n")),
+        (gw.control_addr, push.replace("Host: x\r\n", "Host: x\n")),
+    ];
+    for (addr, raw) in &cases {
+        let (resp, took) = answer_within(*addr, raw.as_bytes(), Duration::from_secs(3));
+        assert!(resp.starts_with("HTTP/1.1 400"), "{raw:?} got {resp:?}");
+        assert!(
+            took < Duration::from_secs(2),
+            "{raw:?} answered after {took:?}"
+        );
+    }
+    assert_eq!(
+        gw.metric("pushgate_push_requests_total{endpoint=\"push\",status=\"200\"}"),
+        0.0
+    );
+    // The same requests with CRLF throughout are served.
+    let (resp, _) = answer_within(gw.control_addr, healthz.as_bytes(), Duration::from_secs(3));
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp:?}");
+    let (c, status) = common::Client::try_connect_raw(
+        TcpStream::connect(gw.client_addr).unwrap(),
+        upgrade.as_bytes(),
+    );
+    assert_eq!(status, 101, "{}", c.response);
+}
+
+#[test]
+fn ten_pings_in_a_row_get_ten_pongs_and_a_flood_stays_bounded() {
+    use bytes::Bytes;
+    use protocol::frame::client_message;
+    use protocol::{Message, OpCode};
+    let gw = Gateway::start(&[]);
+    // Autobahn 2.10: ten pings with distinct payloads in one write, each answered.
+    let mut c = common::Client::connect(gw.client_addr, "/ws?uid=pinger");
+    let _welcome = c.recv_json();
+    let burst: Vec<u8> = (0..10u8)
+        .flat_map(|i| client_message(OpCode::Ping, &[b'p', i], [1, 2, 3, 4]).to_vec())
+        .collect();
+    c.send_raw(&burst);
+    for i in 0..10u8 {
+        assert_eq!(
+            c.recv(),
+            Message::Pong(Bytes::from(vec![b'p', i])),
+            "pong {i}"
+        );
+    }
+    common::nothing_for(&mut c, 200);
+
+    // Past the bound (16 waiting) the newest replaces the last waiting one: a client
+    // that pings without reading costs at most that many pongs, and the latest ping is
+    // still answered.
+    let mut slow =
+        common::Client::connect_with(common::slow_socket(gw.client_addr), "/ws?uid=flooder", "");
+    let _welcome = slow.recv_json();
+    let flood: Vec<u8> = (0..20_000u32)
+        .flat_map(|i| client_message(OpCode::Ping, &i.to_be_bytes(), [1, 2, 3, 4]).to_vec())
+        .collect();
+    slow.send_raw(&flood);
+    let mut pongs = Vec::new();
+    loop {
+        match slow.read(Duration::from_millis(500)) {
+            common::Read_::Msg(Message::Pong(p)) => pongs.push(p),
+            common::Read_::Timeout => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        pongs.last().map(|p| p.to_vec()),
+        Some(19_999u32.to_be_bytes().to_vec()),
+        "the latest ping answered"
+    );
+    assert!(
+        pongs.len() < 20_000,
+        "{} pongs for 20 000 pings",
+        pongs.len()
+    );
+    assert!(pongs.windows(2).all(|w| w[0] < w[1]), "pongs in order");
+}
