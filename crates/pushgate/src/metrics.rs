@@ -198,16 +198,16 @@ impl Metrics {
     /// A registry holding one collector per part of the node.
     pub fn new(sources: Sources) -> anyhow::Result<Metrics> {
         let registry = Registry::new();
-        let parts: [(&'static str, Build); 6] = [
+        let parts: [(&'static str, Build); 7] = [
             ("reactors", reactors),
             ("inboxes", inboxes),
             ("control", control),
             ("router", router_part),
             ("bus", bus),
             ("operator", operator_part),
+            ("tls", tls_part),
         ];
-        let tls: Option<(&'static str, Build)> = sources.tls.is_some().then_some(("tls", tls_part));
-        for (name, build) in parts.into_iter().chain(tls) {
+        for (name, build) in parts {
             let collector = SumAtScrape::new(name, sources.clone(), build)?;
             registry.register(Box::new(collector))?;
         }
@@ -620,7 +620,9 @@ fn inboxes(src: &Sources, out: &mut Families) {
     );
 }
 
-/// The client listener's TLS (only when it serves `wss://`).
+/// The client listener's TLS. The counters are there, at 0, on a node that does not serve
+/// `wss://` (yet): dashboards and alerts written for them see a value, not a gap. Only the
+/// certificate's expiry is absent without a certificate (0 would read as long expired).
 fn tls_part(src: &Sources, out: &mut Families) {
     use names::*;
     let reactors = src.reactors.as_slice();
@@ -644,15 +646,15 @@ fn tls_part(src: &Sources, out: &mut Families) {
             .enumerate()
             .map(|(i, c)| (c, sum(reactors, |s| s.tls_failures[i].get()))),
     );
+    let (ok, failed) = src.tls.as_ref().map_or((0, 0), |tls| tls.reloads());
+    out.family(
+        TLS_RELOADS,
+        COUNTER,
+        "Certificate reloads on SIGHUP, by result; a failed one keeps the previous pair.",
+        "result",
+        [("ok", ok), ("failed", failed)],
+    );
     if let Some(tls) = &src.tls {
-        let (ok, failed) = tls.reloads();
-        out.family(
-            TLS_RELOADS,
-            COUNTER,
-            "Certificate reloads on SIGHUP, by result; a failed one keeps the previous pair.",
-            "result",
-            [("ok", ok), ("failed", failed)],
-        );
         // Absent (rather than 0, which would read as long expired) when unreadable.
         if let Some(not_after) = tls.not_after() {
             out.single(

@@ -121,3 +121,65 @@ fn ten_pings_in_a_row_get_ten_pongs_and_a_flood_stays_bounded() {
     );
     assert!(pongs.windows(2).all(|w| w[0] < w[1]), "pongs in order");
 }
+
+#[test]
+fn tls_counters_are_exported_at_zero_before_tls_is_configured() {
+    let gw = Gateway::start(&[]);
+    for sample in [
+        r#"pushgate_tls_handshakes_total{kind="full"}"#,
+        r#"pushgate_tls_handshakes_total{kind="resumed"}"#,
+        r#"pushgate_tls_failures_total{cause="not_tls"}"#,
+        r#"pushgate_tls_failures_total{cause="handshake"}"#,
+        r#"pushgate_tls_failures_total{cause="truncated"}"#,
+        r#"pushgate_tls_failures_total{cause="record"}"#,
+        r#"pushgate_tls_reloads_total{result="ok"}"#,
+        r#"pushgate_tls_reloads_total{result="failed"}"#,
+    ] {
+        assert_eq!(gw.metric(sample), 0.0, "{sample}");
+    }
+    // No certificate, no expiry: 0 would read as long expired.
+    let (_, body) = gw.control_get("/metrics");
+    assert!(
+        !body.contains("pushgate_tls_cert_not_after_seconds"),
+        "{body}"
+    );
+}
+
+#[test]
+fn pipelined_sends_on_one_connection_are_answered_in_order() {
+    let gw = Gateway::start(&[]);
+    let mut bob = common::Client::connect(gw.client_addr, "/ws?uid=bob");
+    let _welcome = bob.recv_json();
+    common::users_online(&gw, 1.0);
+    let request = |i: u32| {
+        let body = format!(r#"{{"type":"send","to":["bob"],"data":{i}}}"#);
+        format!(
+            "POST /send?uid=alice HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let all: String = (0..3).map(request).collect();
+    let mut s = TcpStream::connect(gw.client_addr).unwrap();
+    s.write_all(all.as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while String::from_utf8_lossy(&got)
+        .matches("{\"ok\":true}")
+        .count()
+        < 3
+    {
+        match s.read(&mut chunk) {
+            Ok(n) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            other => panic!(
+                "{other:?} after {:?}",
+                String::from_utf8_lossy(&got).into_owned()
+            ),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
+    assert!(!text.contains("Connection: close"), "{text}");
+    let data = common::received(&mut bob, 300);
+    assert_eq!(data, [0, 1, 2].map(serde_json::Value::from), "in order");
+}
