@@ -33,5 +33,5 @@ pub use driver::IoBackend;
 pub use inbox::{Command, ConnRef, Hooks, InboxError, ReactorHandle, INBOX_DROP_REASONS};
 pub use outbound::OutboundLimits;
 pub use server::Server;
-pub use service::{Flow, Service, ServiceConfig, ServiceLimits};
+pub use service::{ConnState, Flow, Service, ServiceConfig, ServiceLimits};
 pub use stats::ReactorStats;

@@ -33,6 +33,11 @@ pub enum Flow {
     Close,
 }
 
+/// What a [`Service`] keeps for one connection between calls (a parser's progress through
+/// a request still arriving, so that it is not parsed again from the start on every read).
+/// Opaque to the reactor: `None` when the connection is accepted, dropped with it.
+pub type ConnState = Option<Box<dyn std::any::Any + Send>>;
+
 /// Answers requests. One per reactor; called on the reactor's thread, so it must not
 /// block.
 pub trait Service: Send {
@@ -40,7 +45,16 @@ pub trait Service: Send {
     /// bytes it used, until it has added `room` bytes of answers (then [`Flow::Paused`]); a
     /// partial request stays in `input` for the next call. `eof` says the peer will send
     /// nothing more. The room bounds what a client that pipelines without reading costs.
-    fn serve(&mut self, input: &mut BytesMut, out: &mut Vec<u8>, room: usize, eof: bool) -> Flow;
+    /// `state` is this connection's, kept between calls; between them the reactor only
+    /// appends to `input`.
+    fn serve(
+        &mut self,
+        state: &mut ConnState,
+        input: &mut BytesMut,
+        out: &mut Vec<u8>,
+        room: usize,
+        eof: bool,
+    ) -> Flow;
 }
 
 /// Limits of the service listener, per reactor.
@@ -107,6 +121,8 @@ enum Phase {
 struct Conn {
     stream: TcpStream,
     input: BytesMut,
+    /// The service's own state for this connection.
+    state: ConnState,
     output: Vec<u8>,
     /// Written so far of `output`.
     written: usize,
@@ -250,6 +266,7 @@ impl ServiceConns {
         entry.insert(Conn {
             stream,
             input: BytesMut::new(),
+            state: None,
             output: Vec::new(),
             written: 0,
             phase: Phase::Open,
@@ -417,7 +434,9 @@ impl ServiceConns {
             .max_pending_output
             .saturating_sub(pending)
             .max(1);
-        let flow = self.service.serve(&mut c.input, &mut c.output, room, eof);
+        let flow = self
+            .service
+            .serve(&mut c.state, &mut c.input, &mut c.output, room, eof);
         c.paused = flow == Flow::Paused;
         if c.output.len() > before {
             c.answered = true;
@@ -426,6 +445,7 @@ impl ServiceConns {
         if flow == Flow::Close || eof {
             c.phase = Phase::Closing;
             c.input = BytesMut::new();
+            c.state = None;
         }
     }
 
