@@ -212,6 +212,10 @@ pub struct Keys {
     /// Control connections held; one more evicts the idlest [default: 1024].
     #[arg(long, env = "PUSHGATE_CONTROL_MAX_CLIENTS")]
     pub control_max_clients: Option<usize>,
+    /// Control connections one client address may hold; past it a new one gets 429 and is
+    /// closed; 0 = no limit [default: 0].
+    #[arg(long, env = "PUSHGATE_CONTROL_MAX_CLIENTS_PER_IP")]
+    pub control_max_clients_per_ip: Option<u32>,
     /// Seconds a control connection may sit silent between requests [default: 60].
     #[arg(long, env = "PUSHGATE_CONTROL_IDLE_TIMEOUT")]
     pub control_idle_timeout: Option<f64>,
@@ -573,6 +577,7 @@ impl Settings {
                             default::CONTROL_FIRST_REQUEST_TIMEOUT
                         ),
                     )?,
+                    max_connections_per_ip: pick!(control_max_clients_per_ip, 0),
                     ..ServiceLimits::default()
                 },
             }),
@@ -759,6 +764,10 @@ mod tests {
             Settings::resolve(&cli(&["--config", p, "--control-max-clients", "3"]), 100).unwrap(),
         );
         assert_eq!(over.max_connections, 3);
+        assert_eq!(d.max_connections_per_ip, 0);
+        let per_ip =
+            limits(Settings::resolve(&cli(&["--control-max-clients-per-ip", "8"]), 100).unwrap());
+        assert_eq!(per_ip.max_connections_per_ip, 8);
         std::fs::remove_dir_all(&dir).ok();
         for bad in [
             "--control-max-clients=0",

@@ -14,6 +14,7 @@
 //! - [`stats`]: per-reactor counters, summed at scrape.
 //! - [`config`]: every limit, with its default.
 
+mod address_limit;
 pub mod admission;
 mod clock;
 pub mod config;
