@@ -307,6 +307,11 @@ pub struct Keys {
     /// [default: 268435456].
     #[arg(long, env = "PUSHGATE_HISTORY_MAX_BYTES")]
     pub history_max_bytes: Option<usize>,
+    /// Bytes the IDs and answers of idempotent pushes (`"id"`) may take on a single node;
+    /// a push's ID is remembered for --history-ttl while they fit, about 300 B each
+    /// (past it the oldest are forgotten early and counted) [default: 536870912].
+    #[arg(long, env = "PUSHGATE_IDEMPOTENCY_MAX_BYTES")]
+    pub idempotency_max_bytes: Option<usize>,
     /// With --nats: copies of the JetStream history stream, 1 to 5; more than 1 needs a
     /// JetStream cluster of at least that many servers [default: 1].
     #[arg(long, env = "PUSHGATE_HISTORY_REPLICAS")]
@@ -656,6 +661,10 @@ impl Settings {
                 size: pick!(history_size, default::HISTORY_SIZE),
                 ttl: secs("history_ttl", pick!(history_ttl, default::HISTORY_TTL))?,
                 max_bytes: pick!(history_max_bytes, default::HISTORY_MAX_BYTES),
+                idempotency_max_bytes: pick!(
+                    idempotency_max_bytes,
+                    router::idempotency::DEFAULT_MAX_BYTES
+                ),
             },
         })
     }
@@ -805,6 +814,14 @@ mod tests {
             .unwrap()
             .history;
         assert_eq!((o.size, o.max_bytes), (0, 4096));
+        assert_eq!(
+            d.idempotency_max_bytes,
+            router::idempotency::DEFAULT_MAX_BYTES
+        );
+        let i = Settings::resolve(&cli(&["--idempotency-max-bytes", "1000000"]), 100)
+            .unwrap()
+            .history;
+        assert_eq!(i.idempotency_max_bytes, 1_000_000);
         std::fs::remove_dir_all(&dir).ok();
         assert!(Settings::resolve(&cli(&["--history-ttl", "0"]), 100).is_err());
         let nats = ["--nats", "nats://127.0.0.1:4222"];

@@ -90,6 +90,10 @@ pub mod names {
         "pushgate_io_uring_recv_buffers_exhausted_total";
     /// Counter: TLS handshakes completed, by kind.
     pub const TLS_HANDSHAKES: &str = "pushgate_tls_handshakes_total";
+    /// Counter: push IDs forgotten before the TTL for lack of memory.
+    pub const IDEMPOTENCY_EVICTED: &str = "pushgate_idempotency_evicted_total";
+    /// Gauge: bytes held by remembered push IDs and answers.
+    pub const IDEMPOTENCY_BYTES: &str = "pushgate_idempotency_bytes";
     /// Counter: TLS connections failed, by cause.
     pub const TLS_FAILURES: &str = "pushgate_tls_failures_total";
     /// Counter: certificate reloads, by result.
@@ -737,6 +741,19 @@ fn router_part(src: &Sources, out: &mut Families) {
         GAUGE,
         "1 while this clustered node keeps history in JetStream (seqs, resume).",
         u64::from(src.router.bus().stats().is_some() && src.router.keeps_history()),
+    );
+    let (evicted, held) = src.router.idempotency_stats();
+    out.single(
+        IDEMPOTENCY_EVICTED,
+        COUNTER,
+        "Push IDs forgotten before --history-ttl because --idempotency-max-bytes was full: a retry of one would be delivered again.",
+        evicted,
+    );
+    out.single(
+        IDEMPOTENCY_BYTES,
+        GAUGE,
+        "Bytes held by the IDs and answers of idempotent pushes (single node).",
+        held as u64,
     );
     // Zeros on a single node, like the bus's: dashboards work unchanged in a cluster.
     let none = router::cluster_history::ClusterHistoryStats::default();
