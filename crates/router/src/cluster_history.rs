@@ -8,6 +8,22 @@
 //! it: a copy at or below it is a duplicate; one whose `prev` is past it means something
 //! is missing, fetched from the stream (a "fill") before anything later is delivered.
 //!
+//! A live copy's seq and prev are the publisher's word: backends may publish on the same
+//! subjects (docs/BUS.md, "What a backend may send"). So a copy advances the user's last
+//! seq only where it can stand in the chain — right after the last one delivered, or once
+//! the stream itself returned it — and one that cannot is dropped and counted
+//! (`unplaceable`), never made the point later messages are measured from:
+//! - `prev >= seq` is no link of any chain;
+//! - a copy past the last seq whose `prev` is below it would skip a link delivered here;
+//! - a gap is fetched up to the held copy itself, and the copies the stream does not
+//!   return are dropped, so a forged `prev` or seq cannot move the last seq;
+//! - a copy at or below the last seq that names the same `prev` as the last one delivered
+//!   forks the chain: one of the two is not in the stream, so the last seq goes back to
+//!   that `prev` and the stream is asked what follows it.
+//! A forged copy that continues the chain (right `prev`, any seq) is delivered once, like
+//! any message a backend publishes; the next real message forks from it and repairs the
+//! chain.
+//!
 //! The entry lives while the user has a connection here. Its shard's lock is held while
 //! frames are handed to the reactors, so one user's frames enter each inbox in order, and
 //! while a connection registers, so that it gets every message after the entry's last
@@ -49,6 +65,9 @@ pub struct UserSeq<F = Bytes> {
     start_on_next: bool,
     /// A fill is under way.
     filling: bool,
+    /// The `prev` of the copy that set `last` live (not through a fill): a later copy
+    /// naming it too forks the chain.
+    last_prev: Option<u64>,
     /// Messages held back: seq → (prev, frame).
     held: BTreeMap<u64, (u64, F)>,
 }
@@ -60,6 +79,7 @@ impl<F> Default for UserSeq<F> {
             started: None,
             start_on_next: false,
             filling: false,
+            last_prev: None,
             held: BTreeMap::new(),
         }
     }
@@ -76,6 +96,8 @@ pub struct Step<F = Bytes> {
     pub duplicates: u64,
     /// Held messages dropped past [`MAX_HELD`].
     pub overflow: u64,
+    /// Copies that cannot stand in the chain, dropped.
+    pub unplaceable: u64,
 }
 
 impl<F> Default for Step<F> {
@@ -85,6 +107,7 @@ impl<F> Default for Step<F> {
             fill: None,
             duplicates: 0,
             overflow: 0,
+            unplaceable: 0,
         }
     }
 }
@@ -112,6 +135,29 @@ impl<F> UserSeq<F> {
     /// A live message.
     pub fn live(&mut self, seq: u64, prev: u64, frame: F) -> Step<F> {
         let mut step = Step::default();
+        if prev >= seq {
+            step.unplaceable += 1;
+            return step;
+        }
+        if let Some(last) = self.last {
+            let forks = seq != last && self.last_prev == Some(prev);
+            if forks && !self.filling {
+                // Two copies after the same link: ask the stream which is in the chain.
+                // (Not filling, nothing is held: it was all delivered.)
+                self.last = Some(prev);
+                self.last_prev = None;
+                self.held.insert(seq, (prev, frame));
+                self.filling = true;
+                step.fill = Some((prev, seq));
+                // One of the two is not in the chain: counted once here.
+                step.unplaceable += 1;
+                return step;
+            }
+            if seq > last && prev < last {
+                step.unplaceable += 1;
+                return step;
+            }
+        }
         if self.last.is_none() && self.start_on_next {
             self.last = Some(prev);
             self.started = Some(prev);
@@ -149,19 +195,38 @@ impl<F> UserSeq<F> {
 
     /// A fill ended: the messages of the gap that the stream still had (in order; `Err`
     /// if the fetch failed). Whatever it did not return is skipped.
+    ///
+    /// A gap reaches up to a held copy, so the stream's answer says whether that copy is in
+    /// the chain: held copies up to the gap's end that it did not return are dropped
+    /// (forged, or expired meanwhile) rather than believed. When the fetch failed, the held
+    /// copy that asked is delivered after the gap unchecked (the stream is not answering;
+    /// live delivery goes on).
     pub fn filled(&mut self, gap: Gap, fetched: Result<Vec<(u64, F)>, ()>) -> Step<F> {
         let mut step = Step::default();
         self.filling = false;
         let Some(last) = self.last.as_mut() else {
             return step;
         };
-        for (seq, frame) in fetched.unwrap_or_default() {
-            if seq > *last && seq <= gap.1 {
-                *last = seq;
-                step.frames.push(frame);
+        self.last_prev = None;
+        match fetched {
+            Ok(messages) => {
+                for (seq, frame) in messages {
+                    if seq > *last && seq <= gap.1 {
+                        *last = seq;
+                        step.frames.push(frame);
+                    }
+                }
+                let before = self.held.len();
+                let upto = gap.1;
+                let at = *last;
+                self.held.retain(|&s, _| s > upto || s <= at);
+                step.unplaceable += (before - self.held.len()) as u64;
+            }
+            Err(()) => {
+                let asked = self.held.get(&gap.1).map_or(gap.1, |(prev, _)| *prev);
+                *last = (*last).max(asked.min(gap.1));
             }
         }
-        *last = (*last).max(gap.1);
         self.drain(&mut step);
         step
     }
@@ -180,13 +245,19 @@ impl<F> UserSeq<F> {
             if seq <= *last {
                 entry.remove();
                 step.duplicates += 1;
-            } else if prev <= *last {
+            } else if prev == *last {
                 let (_, frame) = entry.remove();
                 *last = seq;
+                self.last_prev = Some(prev);
                 step.frames.push(frame);
+            } else if prev < *last {
+                // It would skip the link delivered last.
+                entry.remove();
+                step.unplaceable += 1;
             } else {
+                // Fetched up to the held copy itself: the stream vouches for it or not.
                 self.filling = true;
-                step.fill = Some((*last, prev));
+                step.fill = Some((*last, seq));
                 return;
             }
         }
@@ -206,6 +277,28 @@ pub struct ClusterHistoryStats {
     pub replay_failures: Counter,
     /// Held messages dropped past [`MAX_HELD`].
     pub overflow: Counter,
+    /// Live copies that could not stand in the chain (a forged or corrupt seq), dropped.
+    pub unplaceable: Counter,
+}
+
+/// Counts live copies of `id`'s chain that could not stand in it, and logs them: the
+/// first, then at each power of two, so a flood of forged copies costs a few lines.
+pub fn count_unplaceable(stats: &ClusterHistoryStats, kind: Kind, id: &str, n: u64) {
+    if n == 0 {
+        return;
+    }
+    let before = stats.unplaceable.get();
+    stats.unplaceable.add(n);
+    let after = before + n;
+    if before == 0 || (before + 1..=after).any(u64::is_power_of_two) {
+        tracing::warn!(
+            kind = ?kind,
+            id,
+            total = after,
+            "bus copies with a seq that cannot stand in the stream's chain dropped \
+             (forged or corrupt Pushgate-Seq/Pushgate-Prev; see docs/BUS.md)"
+        );
+    }
 }
 
 /// One shard of the per-user (or per-room) table.
@@ -289,16 +382,20 @@ mod tests {
         assert_eq!(tags(&u.live(5, 3, f(5))), ["5"]);
         let d = u.live(5, 3, f(5));
         assert_eq!((d.frames.len(), d.duplicates), (0, 1));
-        // 9 follows 7, which has not arrived: held, and 5..7 fetched.
+        // 9 follows 7, which has not arrived: held, and 5..9 fetched (9 itself too: the
+        // stream vouches for it).
         let s = u.live(9, 7, f(9));
-        assert_eq!((s.frames.len(), s.fill), (0, Some((5, 7))));
+        assert_eq!((s.frames.len(), s.fill), (0, Some((5, 9))));
         // 12 follows 9: held behind the fill, no second fill.
         assert_eq!(u.live(12, 9, f(12)), Step::default());
         // 7 arrives live meanwhile: held too.
         assert!(u.live(7, 5, f(7)).frames.is_empty());
-        let s = u.filled((5, 7), Ok(vec![(7, f(7))]));
+        let s = u.filled((5, 9), Ok(vec![(7, f(7)), (9, f(9))]));
         assert_eq!(tags(&s), ["7", "9", "12"]);
-        assert_eq!(s.duplicates, 1, "the held copy of 7 came with the fill too");
+        assert_eq!(
+            s.duplicates, 2,
+            "the held copies of 7 and 9 came with the fill too"
+        );
         assert_eq!(u.last(), Some(12));
     }
 
@@ -307,8 +404,8 @@ mod tests {
         let mut u = UserSeq::default();
         u.start(Some(0));
         let s = u.live(10, 8, f(10));
-        assert_eq!(s.fill, Some((0, 8)));
-        let s = u.filled((0, 8), Err(()));
+        assert_eq!(s.fill, Some((0, 10)));
+        let s = u.filled((0, 10), Err(()));
         assert_eq!(tags(&s), ["10"]);
         assert_eq!(u.last(), Some(10));
     }
@@ -345,7 +442,83 @@ mod tests {
         }
         assert_eq!(overflow, 10);
         let s = u.start(Some(0));
-        // The first ten were dropped: fetched by a fill.
-        assert_eq!(s.fill, Some((0, 10)));
+        // The first ten were dropped: fetched by a fill (up to the first held).
+        assert_eq!(s.fill, Some((0, 11)));
+    }
+
+    /// Issue 31: one bus message with `Pushgate-Seq: 18446744073709551615` made every
+    /// later message of the user a "duplicate". Whatever its `prev`, it either stands in
+    /// the chain once (and the next real message repairs it) or is dropped and counted;
+    /// the user's later messages are delivered.
+    #[test]
+    fn a_forged_seq_never_silences_later_messages() {
+        const POISON: u64 = u64::MAX;
+        for forged_prev in [0, 2, 3, 4, 5, 6, 1_000, POISON - 1, POISON] {
+            let mut u = UserSeq::default();
+            u.start(Some(3));
+            assert_eq!(tags(&u.live(5, 3, f(5))), ["5"]);
+            let mut s = u.live(POISON, forged_prev, f(POISON));
+            let mut unplaceable = s.unplaceable;
+            let mut delivered = tags(&s);
+            // What the stream holds of the user (its answer to a fill).
+            let stream = |gap: Gap, seqs: &[u64]| {
+                Ok(seqs
+                    .iter()
+                    .filter(|&&q| q > gap.0 && q <= gap.1)
+                    .map(|&q| (q, f(q)))
+                    .collect())
+            };
+            if let Some(gap) = s.fill {
+                s = u.filled(gap, stream(gap, &[5]));
+                unplaceable += s.unplaceable;
+                delivered.extend(tags(&s));
+            }
+            // The next real message, and the one after it.
+            let mut s = u.live(8, 5, f(8));
+            if let Some(gap) = s.fill {
+                s = u.filled(gap, stream(gap, &[5, 8]));
+            }
+            unplaceable += s.unplaceable;
+            delivered.extend(tags(&s));
+            let s = u.live(10, 8, f(10));
+            delivered.extend(tags(&s));
+            assert_eq!(u.last(), Some(10), "prev {forged_prev}");
+            let real: Vec<&String> = delivered
+                .iter()
+                .filter(|t| *t != "18446744073709551615")
+                .collect();
+            // 5 again at most once (a fork re-read from the stream), then 8 and 10.
+            let after_5: Vec<&str> = real
+                .iter()
+                .map(|t| t.as_str())
+                .filter(|t| *t != "5")
+                .collect();
+            assert_eq!(after_5, ["8", "10"], "prev {forged_prev}: {delivered:?}");
+            assert!(real.len() <= 3, "prev {forged_prev}: {delivered:?}");
+            // Delivered once as any backend's message would be, or dropped and counted.
+            assert!(
+                delivered.contains(&POISON.to_string()) || unplaceable >= 1,
+                "prev {forged_prev}: {delivered:?}, {unplaceable} unplaceable"
+            );
+        }
+    }
+
+    #[test]
+    fn copies_that_cannot_stand_in_the_chain_are_dropped_and_counted() {
+        let mut u = UserSeq::default();
+        u.start(Some(10));
+        // prev not below seq.
+        assert_eq!(u.live(12, 12, f(12)).unplaceable, 1);
+        assert_eq!(u.live(12, 20, f(12)).unplaceable, 1);
+        // Past the last seq, but skipping it.
+        assert_eq!(tags(&u.live(11, 10, f(11))), ["11"]);
+        assert_eq!(u.live(15, 9, f(15)).unplaceable, 1);
+        assert_eq!(u.last(), Some(11));
+        // A gap whose held copy the stream does not have: dropped at the fill.
+        let s = u.live(30, 20, f(30));
+        assert_eq!(s.fill, Some((11, 30)));
+        let s = u.filled((11, 30), Ok(vec![(14, f(14))]));
+        assert_eq!((tags(&s), s.unplaceable), (vec!["14".to_owned()], 1));
+        assert_eq!(u.last(), Some(14));
     }
 }

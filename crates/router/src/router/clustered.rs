@@ -16,6 +16,7 @@ use session::Welcome;
 use super::{dedup_strs, Delivered, Opened, PushOutcome, Router, DEFAULT_DEVICE};
 use crate::bus::jetstream::{self, StoredMsg};
 use crate::bus::{BusError, Kind, NatsBus, StoreJob, StoreOk};
+use crate::cluster_history::count_unplaceable;
 use crate::cluster_history::{
     ClusterHistoryStats, FillJob, Gap, RoomFrame, Step, UserSeq, UserSeqs,
 };
@@ -209,6 +210,7 @@ impl Router {
         loop {
             c.stats.duplicates.add(step.duplicates);
             c.stats.overflow.add(step.overflow);
+            count_unplaceable(&c.stats, Kind::User, uid, step.unplaceable);
             if !step.frames.is_empty() {
                 let mut targets = Vec::new();
                 self.registry.user_connections(uid, &mut targets);
@@ -496,6 +498,7 @@ impl Router {
         loop {
             c.stats.duplicates.add(step.duplicates);
             c.stats.overflow.add(step.overflow);
+            count_unplaceable(&c.stats, Kind::Room, room, step.unplaceable);
             if !step.frames.is_empty() {
                 let mut members = Vec::new();
                 self.registry.room_connections(room, &mut members);
