@@ -931,12 +931,13 @@ fn operator_part(src: &Sources, out: &mut Families) {
     out.family(
         BUS_CONTROL_RECEIVED,
         COUNTER,
-        "Control messages from other nodes: presence (queries answered), disconnect (requests carried out), invalid (dropped).",
+        "Control messages from other nodes: presence (queries answered), disconnect (requests carried out), invalid (dropped), bad_reply (presence queries whose reply subject was not a control inbox: not answered).",
         "kind",
         [
             ("presence", ctl.queries_answered.get()),
             ("disconnect", ctl.disconnects_received.get()),
             ("invalid", ctl.invalid.get()),
+            ("bad_reply", ctl.bad_reply.get()),
         ],
     );
 }
