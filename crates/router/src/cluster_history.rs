@@ -20,6 +20,7 @@
 //! - a copy at or below the last seq that names the same `prev` as the last one delivered
 //!   forks the chain: one of the two is not in the stream, so the last seq goes back to
 //!   that `prev` and the stream is asked what follows it.
+//!
 //! A forged copy that continues the chain (right `prev`, any seq) is delivered once, like
 //! any message a backend publishes; the next real message forks from it and repairs the
 //! chain.
