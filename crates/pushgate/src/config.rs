@@ -33,6 +33,8 @@ pub mod default {
     pub const MAX_MESSAGE_SIZE: usize = 1024 * 1024;
     pub const MAX_OUTBOUND_BYTES: usize = 256 * 1024;
     pub const MAX_OUTBOUND_MESSAGES: usize = 256;
+    /// One pong per ping for a client pinging in bursts (Autobahn 2.10 sends ten).
+    pub const MAX_PENDING_PONGS: usize = 16;
     /// Per reactor; far above what a healthy reactor ever holds (it drains 1 024 a turn).
     pub const INBOX_DEPTH: usize = 65_536;
     pub const INBOX_BYTES: usize = 64 * 1024 * 1024;
@@ -148,6 +150,10 @@ pub struct Keys {
     /// Messages queued to one connection before it is closed with 1013 [default: 256].
     #[arg(long, env = "PUSHGATE_MAX_OUTBOUND_MESSAGES")]
     pub max_outbound_messages: Option<usize>,
+    /// Pongs waiting to be sent to one connection; past it a ping's pong replaces the
+    /// newest waiting one (RFC 6455 §5.5.3), 1 to 1024 [default: 16].
+    #[arg(long, env = "PUSHGATE_MAX_PENDING_PONGS")]
+    pub max_pending_pongs: Option<usize>,
     /// Per reactor: commands waiting in its inbox before pushes get 503 [default: 65536].
     #[arg(long, env = "PUSHGATE_INBOX_DEPTH")]
     pub inbox_depth: Option<usize>,
@@ -217,6 +223,10 @@ pub struct Keys {
     /// Control connections held; one more evicts the idlest [default: 1024].
     #[arg(long, env = "PUSHGATE_CONTROL_MAX_CLIENTS")]
     pub control_max_clients: Option<usize>,
+    /// Control connections one client address may hold; past it a new one gets 429 and is
+    /// closed; 0 = no limit [default: 0].
+    #[arg(long, env = "PUSHGATE_CONTROL_MAX_CLIENTS_PER_IP")]
+    pub control_max_clients_per_ip: Option<u32>,
     /// Seconds a control connection may sit silent between requests [default: 60].
     #[arg(long, env = "PUSHGATE_CONTROL_IDLE_TIMEOUT")]
     pub control_idle_timeout: Option<f64>,
@@ -308,6 +318,11 @@ pub struct Keys {
     /// [default: 268435456].
     #[arg(long, env = "PUSHGATE_HISTORY_MAX_BYTES")]
     pub history_max_bytes: Option<usize>,
+    /// Bytes the IDs and answers of idempotent pushes (`"id"`) may take on a single node;
+    /// a push's ID is remembered for --history-ttl while they fit, about 300 B each
+    /// (past it the oldest are forgotten early and counted) [default: 536870912].
+    #[arg(long, env = "PUSHGATE_IDEMPOTENCY_MAX_BYTES")]
+    pub idempotency_max_bytes: Option<usize>,
     /// With --nats: copies of the JetStream history stream, 1 to 5; more than 1 needs a
     /// JetStream cluster of at least that many servers [default: 1].
     #[arg(long, env = "PUSHGATE_HISTORY_REPLICAS")]
@@ -530,6 +545,10 @@ impl Settings {
             outbound: OutboundLimits {
                 max_bytes: pick!(max_outbound_bytes, default::MAX_OUTBOUND_BYTES),
                 max_messages: pick!(max_outbound_messages, default::MAX_OUTBOUND_MESSAGES),
+                max_pending_pongs: match pick!(max_pending_pongs, default::MAX_PENDING_PONGS) {
+                    n @ 1..=1024 => n,
+                    n => bail!("max_pending_pongs must be between 1 and 1024, got {n}"),
+                },
             },
             inbox_depth: pick!(inbox_depth, default::INBOX_DEPTH).max(1),
             inbox_bytes: pick!(inbox_bytes, default::INBOX_BYTES).max(1),
@@ -578,6 +597,7 @@ impl Settings {
                             default::CONTROL_FIRST_REQUEST_TIMEOUT
                         ),
                     )?,
+                    max_connections_per_ip: pick!(control_max_clients_per_ip, 0),
                     ..ServiceLimits::default()
                 },
             }),
@@ -660,6 +680,10 @@ impl Settings {
                 size: pick!(history_size, default::HISTORY_SIZE),
                 ttl: secs("history_ttl", pick!(history_ttl, default::HISTORY_TTL))?,
                 max_bytes: pick!(history_max_bytes, default::HISTORY_MAX_BYTES),
+                idempotency_max_bytes: pick!(
+                    idempotency_max_bytes,
+                    router::idempotency::DEFAULT_MAX_BYTES
+                ),
             },
         })
     }
@@ -859,6 +883,10 @@ mod tests {
             Settings::resolve(&dev(&["--config", p, "--control-max-clients", "3"]), 100).unwrap(),
         );
         assert_eq!(over.max_connections, 3);
+        assert_eq!(d.max_connections_per_ip, 0);
+        let per_ip =
+            limits(Settings::resolve(&dev(&["--control-max-clients-per-ip", "8"]), 100).unwrap());
+        assert_eq!(per_ip.max_connections_per_ip, 8);
         std::fs::remove_dir_all(&dir).ok();
         for bad in [
             "--control-max-clients=0",
@@ -896,6 +924,14 @@ mod tests {
             .unwrap()
             .history;
         assert_eq!((o.size, o.max_bytes), (0, 4096));
+        assert_eq!(
+            d.idempotency_max_bytes,
+            router::idempotency::DEFAULT_MAX_BYTES
+        );
+        let i = Settings::resolve(&dev(&["--idempotency-max-bytes", "1000000"]), 100)
+            .unwrap()
+            .history;
+        assert_eq!(i.idempotency_max_bytes, 1_000_000);
         std::fs::remove_dir_all(&dir).ok();
         assert!(Settings::resolve(&dev(&["--history-ttl", "0"]), 100).is_err());
         let nats = ["--nats", "nats://127.0.0.1:4222"];
@@ -1012,6 +1048,17 @@ mod tests {
         assert!(Settings::resolve(&dev(&["--heartbeat=-1"]), 100).is_err());
         assert!(Settings::resolve(&dev(&["--heartbeat", "0"]), 100).is_err());
         assert!(Settings::resolve(&dev(&["--reactors", "0"]), 100).is_err());
+        assert!(Settings::resolve(&dev(&["--max-pending-pongs", "0"]), 100).is_err());
+        assert!(Settings::resolve(&dev(&["--max-pending-pongs", "1025"]), 100).is_err());
+        let pongs = |a: &[&str]| {
+            Settings::resolve(&dev(a), 100)
+                .unwrap()
+                .reactor
+                .outbound
+                .max_pending_pongs
+        };
+        assert_eq!(pongs(&[]), 16);
+        assert_eq!(pongs(&["--max-pending-pongs", "1"]), 1);
         assert!(Cli::try_parse_from(["pushgate", "--listen", "nope"]).is_err());
         let dir = std::env::temp_dir().join(format!("pushgate-config-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -90,6 +90,10 @@ pub mod names {
         "pushgate_io_uring_recv_buffers_exhausted_total";
     /// Counter: TLS handshakes completed, by kind.
     pub const TLS_HANDSHAKES: &str = "pushgate_tls_handshakes_total";
+    /// Counter: push IDs forgotten before the TTL for lack of memory.
+    pub const IDEMPOTENCY_EVICTED: &str = "pushgate_idempotency_evicted_total";
+    /// Gauge: bytes held by remembered push IDs and answers.
+    pub const IDEMPOTENCY_BYTES: &str = "pushgate_idempotency_bytes";
     /// Counter: TLS connections failed, by cause.
     pub const TLS_FAILURES: &str = "pushgate_tls_failures_total";
     /// Counter: certificate reloads, by result.
@@ -198,16 +202,16 @@ impl Metrics {
     /// A registry holding one collector per part of the node.
     pub fn new(sources: Sources) -> anyhow::Result<Metrics> {
         let registry = Registry::new();
-        let parts: [(&'static str, Build); 6] = [
+        let parts: [(&'static str, Build); 7] = [
             ("reactors", reactors),
             ("inboxes", inboxes),
             ("control", control),
             ("router", router_part),
             ("bus", bus),
             ("operator", operator_part),
+            ("tls", tls_part),
         ];
-        let tls: Option<(&'static str, Build)> = sources.tls.is_some().then_some(("tls", tls_part));
-        for (name, build) in parts.into_iter().chain(tls) {
+        for (name, build) in parts {
             let collector = SumAtScrape::new(name, sources.clone(), build)?;
             registry.register(Box::new(collector))?;
         }
@@ -620,7 +624,9 @@ fn inboxes(src: &Sources, out: &mut Families) {
     );
 }
 
-/// The client listener's TLS (only when it serves `wss://`).
+/// The client listener's TLS. The counters are there, at 0, on a node that does not serve
+/// `wss://` (yet): dashboards and alerts written for them see a value, not a gap. Only the
+/// certificate's expiry is absent without a certificate (0 would read as long expired).
 fn tls_part(src: &Sources, out: &mut Families) {
     use names::*;
     let reactors = src.reactors.as_slice();
@@ -644,15 +650,15 @@ fn tls_part(src: &Sources, out: &mut Families) {
             .enumerate()
             .map(|(i, c)| (c, sum(reactors, |s| s.tls_failures[i].get()))),
     );
+    let (ok, failed) = src.tls.as_ref().map_or((0, 0), |tls| tls.reloads());
+    out.family(
+        TLS_RELOADS,
+        COUNTER,
+        "Certificate reloads on SIGHUP, by result; a failed one keeps the previous pair.",
+        "result",
+        [("ok", ok), ("failed", failed)],
+    );
     if let Some(tls) = &src.tls {
-        let (ok, failed) = tls.reloads();
-        out.family(
-            TLS_RELOADS,
-            COUNTER,
-            "Certificate reloads on SIGHUP, by result; a failed one keeps the previous pair.",
-            "result",
-            [("ok", ok), ("failed", failed)],
-        );
         // Absent (rather than 0, which would read as long expired) when unreadable.
         if let Some(not_after) = tls.not_after() {
             out.single(
@@ -736,6 +742,19 @@ fn router_part(src: &Sources, out: &mut Families) {
         "1 while this clustered node keeps history in JetStream (seqs, resume).",
         u64::from(src.router.bus().stats().is_some() && src.router.keeps_history()),
     );
+    let (evicted, held) = src.router.idempotency_stats();
+    out.single(
+        IDEMPOTENCY_EVICTED,
+        COUNTER,
+        "Push IDs forgotten before --history-ttl because --idempotency-max-bytes was full: a retry of one would be delivered again.",
+        evicted,
+    );
+    out.single(
+        IDEMPOTENCY_BYTES,
+        GAUGE,
+        "Bytes held by the IDs and answers of idempotent pushes (single node).",
+        held as u64,
+    );
     // Zeros on a single node, like the bus's: dashboards work unchanged in a cluster.
     let none = router::cluster_history::ClusterHistoryStats::default();
     let h = src.router.cluster_history_stats().unwrap_or(&none);
@@ -743,7 +762,7 @@ fn router_part(src: &Sources, out: &mut Families) {
         out.family(
             HISTORY_CLUSTER_EVENTS,
             COUNTER,
-            "Clustered history: live copies dropped as duplicates, gaps fetched from the stream (fill), gaps it could not fill in time (fill_failure), replays that failed (replay_failure), held messages dropped past the bound (overflow).",
+            "Clustered history: live copies dropped as duplicates, gaps fetched from the stream (fill), gaps it could not fill in time (fill_failure), replays that failed (replay_failure), held messages dropped past the bound (overflow), live copies whose seq cannot stand in the stream's chain (unplaceable, dropped).",
             "event",
             [
                 ("duplicate", h.duplicates.get()),
@@ -751,6 +770,7 @@ fn router_part(src: &Sources, out: &mut Families) {
                 ("fill_failure", h.fill_failures.get()),
                 ("replay_failure", h.replay_failures.get()),
                 ("overflow", h.overflow.get()),
+                ("unplaceable", h.unplaceable.get()),
             ],
         );
     }
@@ -911,12 +931,13 @@ fn operator_part(src: &Sources, out: &mut Families) {
     out.family(
         BUS_CONTROL_RECEIVED,
         COUNTER,
-        "Control messages from other nodes: presence (queries answered), disconnect (requests carried out), invalid (dropped).",
+        "Control messages from other nodes: presence (queries answered), disconnect (requests carried out), invalid (dropped), bad_reply (presence queries whose reply subject was not a control inbox: not answered).",
         "kind",
         [
             ("presence", ctl.queries_answered.get()),
             ("disconnect", ctl.disconnects_received.get()),
             ("invalid", ctl.invalid.get()),
+            ("bad_reply", ctl.bad_reply.get()),
         ],
     );
 }

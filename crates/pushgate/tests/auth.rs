@@ -251,3 +251,24 @@ fn the_rooms_claim_limits_joins() {
     c.recv_json();
     assert_rooms_granted(&dev, &mut c, &["x", "y*"], &[]);
 }
+
+/// Issue 31: `nbf` was not checked, so a token issued for later worked at once.
+#[test]
+fn a_token_before_its_nbf_gets_401_and_within_the_leeway_connects() {
+    let gw = Gateway::start(&["--jwt-secret", "k", "--jwt-leeway", "30"]);
+    let token = |nbf: u64| {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "later", "exp": now() + 7200, "nbf": nbf}),
+            &EncodingKey::from_secret(b"k"),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        status(&gw, &format!("/ws?token={}", token(now() + 3600)), ""),
+        401
+    );
+    let mut c = Client::connect(gw.client_addr, &format!("/ws?token={}", token(now() + 5)));
+    assert_eq!(c.recv_json()["uid"], "later");
+    assert_eq!(gw.metric("pushgate_handshakes_total{result=\"401\"}"), 1.0);
+}

@@ -131,8 +131,10 @@ fn a_full_table_evicts_silent_then_idle_connections_never_a_request_in_progress(
     let mut b = TcpStream::connect(addr).unwrap();
     b.write_all(format!("{push_head}{}", &push[..10]).as_bytes())
         .unwrap();
-    // C: never sends anything.
+    // C: never sends anything, past the grace a new connection gets for its request to
+    // follow the connect.
     let mut c = TcpStream::connect(addr).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
 
     // D fills the table past its size: the silent C goes, though A is idler.
     let mut d = TcpStream::connect(addr).unwrap();

@@ -684,3 +684,60 @@ fn a_frozen_jetstream_stalls_a_reactor_once_not_per_push() {
     assert_eq!(post(gw.control_addr, "/v1/push", &body, None).0, 200);
     assert!(t.elapsed() < Duration::from_secs(1));
 }
+
+/// Issue 31: one message a backend published on a user's subject with
+/// `Pushgate-Seq: 18446744073709551615` made the node drop every later push to the user
+/// (as duplicates) while `/v1/push` answered 200. Now it is placed against the stream's
+/// chain: the later pushes arrive, in order, and what could not be placed is counted.
+#[test]
+fn a_forged_seq_on_the_bus_does_not_silence_a_user() {
+    let mut js = Js::start();
+    let a = node(&js.nats.url(), "a", &[]);
+    let (mut c, _) = ws(&a, "victim", "");
+    subscribed(&a, 2);
+    let first = push(&a, json!({"to": ["victim"], "data": 0}));
+    let got = messages(&mut c, 1, Duration::from_secs(2));
+    assert_eq!(got.len(), 1, "{got:?}");
+    let last = first["seq"]["victim"].as_u64().unwrap();
+    let mut backend = js.nats.client();
+    let poison = u64::MAX.to_string();
+    let mut forge = |seq: &str, prev: &str| {
+        backend.publish_with_headers(
+            "pushgate.user.victim",
+            &[("Pushgate-Seq", seq), ("Pushgate-Prev", prev)],
+            br#"{"type":"msg","data":"forged"}"#,
+        );
+    };
+    // One copy straight to the end, one in a gap, one skipping the last link, and a
+    // chain of two: a plausible next seq, then the end.
+    for prev in [last.to_string(), (last + 1).to_string(), "0".to_owned()] {
+        forge(&poison, &prev);
+    }
+    let near = (last + 50).to_string();
+    forge(&near, &last.to_string());
+    forge(&poison, &near);
+    for i in 1..=3 {
+        push(&a, json!({"to": ["victim"], "data": i}));
+    }
+    let got = messages(&mut c, 8, Duration::from_secs(3));
+    // Real messages: each once, in order (the first was delivered before the forgeries).
+    let real: Vec<&Value> = got.iter().filter(|m| m["data"] != "forged").collect();
+    let data: Vec<&Value> = real.iter().map(|m| &m["data"]).collect();
+    assert_eq!(data, [&json!(1), &json!(2), &json!(3)], "{got:?}");
+    assert!(strictly_increasing(
+        &real
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    ));
+    assert!(
+        got.len() - real.len() <= 2,
+        "forged copies that continue the chain are delivered once each: {got:?}"
+    );
+    assert!(
+        a.metric("pushgate_history_cluster_events_total{event=\"unplaceable\"}") >= 1.0,
+        "counted"
+    );
+    drop(js.nats.client());
+    js.nats.kill();
+}

@@ -242,3 +242,39 @@ fn a_device_reconnecting_to_another_node_replaces_its_old_connection() {
         1.0
     );
 }
+
+/// Issue 31: a presence query whose reply subject was `pushgate.all` made the node
+/// broadcast its presence answer to every client. Requests are answered only on control
+/// inboxes; the others are counted and not answered.
+#[test]
+fn a_presence_query_is_never_answered_on_a_delivery_subject() {
+    let nats = NatsServer::start();
+    // Two nodes: each answers, and the other's answer would come back as a broadcast.
+    let gw = node(&nats.url(), "n1", &[]);
+    let other = node(&nats.url(), "n2", &[]);
+    for g in [&gw, &other] {
+        assert!(g.eventually(WAIT, |g| g.metric("pushgate_cluster_peers") == 1.0));
+    }
+    let mut alice = ws(&gw, "uid=alice");
+    assert!(gw.eventually(WAIT, |g| g.metric("pushgate_bus_subscriptions") >= 2.0));
+    let mut backend = nats.client();
+    let query = br#"{"node":"attacker","uids":["alice"]}"#;
+    for reply in [
+        "pushgate.all",
+        "pushgate.user.alice",
+        "pushgate.ctl.reply.>",
+    ] {
+        backend.request("pushgate.ctl.presence", reply, query);
+    }
+    match alice.read(Duration::from_millis(700)) {
+        Read_::Timeout => {}
+        other => panic!("the client got {other:?}"),
+    }
+    assert!(gw.eventually(WAIT, |g| g
+        .metric("pushgate_bus_control_received_total{kind=\"bad_reply\"}")
+        == 3.0));
+    assert_eq!(
+        gw.metric("pushgate_bus_control_received_total{kind=\"presence\"}"),
+        0.0
+    );
+}

@@ -72,6 +72,7 @@ impl Default for ReactorConfig {
             outbound: OutboundLimits {
                 max_bytes: 256 * 1024,
                 max_messages: 256,
+                max_pending_pongs: 16,
             },
             inbox_depth: 65_536,
             inbox_bytes: 64 * 1024 * 1024,

@@ -517,7 +517,7 @@ impl<D: Driver> Reactor<D> {
                     TransmitKind::Handshake | TransmitKind::Control => {
                         conn.out.push_control(t.bytes)
                     }
-                    TransmitKind::Pong => conn.out.push_pong(t.bytes),
+                    TransmitKind::Pong => conn.out.push_pong(t.bytes, &self.config.outbound),
                     TransmitKind::Close => conn.out.push_close(t.bytes),
                     TransmitKind::Data => {
                         if conn.out.push_data(t.bytes, &self.config.outbound).is_err() {

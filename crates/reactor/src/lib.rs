@@ -14,6 +14,7 @@
 //! - [`stats`]: per-reactor counters, summed at scrape.
 //! - [`config`]: every limit, with its default.
 
+mod address_limit;
 pub mod admission;
 mod clock;
 pub mod config;
@@ -33,5 +34,5 @@ pub use driver::IoBackend;
 pub use inbox::{Command, ConnRef, Hooks, InboxError, ReactorHandle, INBOX_DROP_REASONS};
 pub use outbound::OutboundLimits;
 pub use server::Server;
-pub use service::{Flow, Service, ServiceConfig, ServiceLimits};
+pub use service::{ConnState, Flow, Service, ServiceConfig, ServiceLimits};
 pub use stats::ReactorStats;

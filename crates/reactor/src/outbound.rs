@@ -3,8 +3,11 @@
 //! Frames are shared `Bytes` (a push encoded once is queued by reference on every
 //! recipient). Control frames wait in their own queue and go out at the next frame
 //! boundary, ahead of queued data, and never count against the limit: a connection busy
-//! receiving must still answer pings and receive its close frame. Only the latest pong is
-//! kept (RFC 6455 §5.5.3), so a peer that pings and never reads costs one frame.
+//! receiving must still answer pings and receive its close frame. Pongs not yet sent are
+//! bounded: up to [`OutboundLimits::max_pending_pongs`] wait, one per ping (clients and the
+//! Autobahn suite count them), and past that the newest replaces the last waiting one
+//! (RFC 6455 §5.5.3 allows answering only the latest ping), so a peer that pings and never
+//! reads costs that many small frames.
 //!
 //! The limits bound the backlog, not the message: one message of any size the server
 //! permits is accepted onto an empty queue, as nginx and uWebSockets do, so a push up to
@@ -41,6 +44,8 @@ pub struct OutboundLimits {
     pub max_bytes: usize,
     /// Queued data frames allowed.
     pub max_messages: usize,
+    /// Pongs waiting to be sent; a ping past them replaces the newest waiting pong.
+    pub max_pending_pongs: usize,
 }
 
 /// The queue. Empty, it holds no heap memory.
@@ -53,7 +58,7 @@ pub struct Outbound {
     /// alerts — written before any plaintext is sealed. Control and data frames of such a
     /// queue go out only sealed.
     sealed: Option<Box<Sealing>>,
-    /// Pings, handshake bytes and at most one pong (a newer pong replaces a waiting one).
+    /// Pings, handshake bytes and at most `max_pending_pongs` pongs.
     control: VecDeque<Bytes>,
     data: VecDeque<Bytes>,
     data_bytes: usize,
@@ -206,12 +211,15 @@ impl Outbound {
         self.control.push_back(frame);
     }
 
-    /// Queues a pong, replacing one still waiting (a pong not yet started). Kept in the
-    /// control queue, told apart by its opcode, so an idle connection pays for no slot.
-    pub fn push_pong(&mut self, frame: Bytes) {
-        match self.control.iter_mut().find(|f| is_pong(f)) {
-            Some(waiting) => *waiting = frame,
-            None => self.control.push_back(frame),
+    /// Queues a pong behind those waiting; with `limits.max_pending_pongs` already
+    /// waiting (none started), it replaces the newest of them instead. Kept in the control
+    /// queue, told apart by opcode, so an idle connection pays for no slot.
+    pub fn push_pong(&mut self, frame: Bytes, limits: &OutboundLimits) {
+        let waiting = self.control.iter().filter(|f| is_pong(f)).count();
+        if waiting < limits.max_pending_pongs.max(1) {
+            self.control.push_back(frame);
+        } else if let Some(newest) = self.control.iter_mut().rev().find(|f| is_pong(f)) {
+            *newest = frame;
         }
     }
 
@@ -445,6 +453,7 @@ mod tests {
     const LIMITS: OutboundLimits = OutboundLimits {
         max_bytes: 100,
         max_messages: 3,
+        max_pending_pongs: 4,
     };
 
     #[test]
@@ -510,7 +519,27 @@ mod tests {
     }
 
     #[test]
-    fn a_ping_flood_keeps_one_pong() {
+    fn each_ping_gets_its_pong_up_to_the_bound() {
+        use protocol::frame::server_frame;
+        use protocol::OpCode;
+        let mut q = Outbound::default();
+        let pongs: Vec<Bytes> = (0..LIMITS.max_pending_pongs as u32)
+            .map(|i| server_frame(OpCode::Pong, &i.to_be_bytes()))
+            .collect();
+        for p in &pongs {
+            q.push_pong(p.clone(), &LIMITS);
+        }
+        let mut w = Trickle {
+            out: Vec::new(),
+            per_call: 1000,
+            budget: 1000,
+        };
+        q.flush(None, &mut w).unwrap();
+        assert_eq!(w.out, pongs.concat(), "one pong per ping, in order");
+    }
+
+    #[test]
+    fn a_ping_flood_keeps_the_bound_of_pongs_the_newest_last() {
         use protocol::frame::server_frame;
         use protocol::OpCode;
         let mut q = Outbound::default();
@@ -518,20 +547,25 @@ mod tests {
         let ping = server_frame(OpCode::Ping, b"hb");
         q.push_control(ping.clone());
         for i in 0..10_000u32 {
-            q.push_pong(server_frame(OpCode::Pong, &i.to_be_bytes()));
+            q.push_pong(server_frame(OpCode::Pong, &i.to_be_bytes()), &LIMITS);
         }
-        let last = server_frame(OpCode::Pong, &9_999u32.to_be_bytes());
-        assert_eq!(q.queued_bytes(), 2 + ping.len() + last.len());
+        let pong = |i: u32| server_frame(OpCode::Pong, &i.to_be_bytes());
+        let kept = LIMITS.max_pending_pongs as u32;
+        let mut want = vec![ping.clone()];
+        want.extend((0..kept - 1).map(pong));
+        want.push(pong(9_999));
+        want.push(Bytes::from_static(b"DD"));
+        assert_eq!(q.queued_bytes(), want.iter().map(Bytes::len).sum::<usize>());
         let mut w = Trickle {
             out: Vec::new(),
             per_call: 100,
-            budget: 100,
+            budget: 1000,
         };
         q.flush(None, &mut w).unwrap();
         assert_eq!(
             w.out,
-            [&ping[..], &last[..], b"DD"].concat(),
-            "the ping stays"
+            want.concat(),
+            "the ping stays; the newest pong is last"
         );
     }
 
@@ -594,7 +628,7 @@ mod tests {
             Err(Overflow)
         );
         // A pong arrives during the send, which stops halfway through A.
-        q.push_pong(Bytes::from_static(b"pp"));
+        q.push_pong(Bytes::from_static(b"pp"), &LIMITS);
         q.finish_send(&mut taken, 2);
         assert!(!q.is_sending());
         let mut out = b"AA".to_vec();

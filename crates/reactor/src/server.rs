@@ -83,6 +83,12 @@ impl Server {
             config.max_connections,
             config.max_connections_per_ip,
         ));
+        let service_per_ip = Arc::new(crate::address_limit::AddressLimit::new(
+            config
+                .service
+                .as_ref()
+                .map_or(0, |s| s.limits.max_connections_per_ip),
+        ));
         let config = Arc::new(config);
         let mut handles = Vec::with_capacity(n);
         let mut ready = Vec::with_capacity(n);
@@ -97,7 +103,9 @@ impl Server {
                         max_connections: sc.limits.max_connections.div_ceil(n).max(1),
                         ..sc.limits
                     };
-                    services(id).map(|s| ServiceConns::new(l, s, limits, SERVICE_BASE))
+                    services(id).map(|s| {
+                        ServiceConns::new(l, s, limits, SERVICE_BASE, Arc::clone(&service_per_ip))
+                    })
                 }
                 _ => None,
             };

@@ -33,6 +33,11 @@ pub enum Flow {
     Close,
 }
 
+/// What a [`Service`] keeps for one connection between calls (a parser's progress through
+/// a request still arriving, so that it is not parsed again from the start on every read).
+/// Opaque to the reactor: `None` when the connection is accepted, dropped with it.
+pub type ConnState = Option<Box<dyn std::any::Any + Send>>;
+
 /// Answers requests. One per reactor; called on the reactor's thread, so it must not
 /// block.
 pub trait Service: Send {
@@ -40,7 +45,16 @@ pub trait Service: Send {
     /// bytes it used, until it has added `room` bytes of answers (then [`Flow::Paused`]); a
     /// partial request stays in `input` for the next call. `eof` says the peer will send
     /// nothing more. The room bounds what a client that pipelines without reading costs.
-    fn serve(&mut self, input: &mut BytesMut, out: &mut Vec<u8>, room: usize, eof: bool) -> Flow;
+    /// `state` is this connection's, kept between calls; between them the reactor only
+    /// appends to `input`.
+    fn serve(
+        &mut self,
+        state: &mut ConnState,
+        input: &mut BytesMut,
+        out: &mut Vec<u8>,
+        room: usize,
+        eof: bool,
+    ) -> Flow;
 }
 
 /// Limits of the service listener, per reactor.
@@ -56,6 +70,9 @@ pub struct ServiceLimits {
     /// Answers buffered for one connection before its requests stop being read: a client
     /// that pipelines without reading is slowed down, not buffered without bound.
     pub max_pending_output: usize,
+    /// Connections one client address may hold (over all reactors); past it a new one is
+    /// answered 429 and closed, so one source cannot fill the table. 0 for no limit.
+    pub max_connections_per_ip: u32,
 }
 
 impl Default for ServiceLimits {
@@ -65,6 +82,7 @@ impl Default for ServiceLimits {
             idle_timeout: Duration::from_secs(60),
             first_request_timeout: Duration::from_secs(5),
             max_pending_output: 1024 * 1024,
+            max_connections_per_ip: 0,
         }
     }
 }
@@ -93,6 +111,11 @@ const ENFILE: i32 = 23;
 /// that the client reads the answer instead of a reset (nginx's lingering close).
 const LINGER: Duration = Duration::from_secs(2);
 
+/// How long a new connection may be silent and still count as a request on its way: an
+/// honest client's request follows its connect by about a round trip, and a flood of
+/// connections that each send a byte must not evict it in that moment.
+const SILENT_GRACE: Duration = Duration::from_millis(100);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Reading requests.
@@ -107,6 +130,8 @@ enum Phase {
 struct Conn {
     stream: TcpStream,
     input: BytesMut,
+    /// The service's own state for this connection.
+    state: ConnState,
     output: Vec<u8>,
     /// Written so far of `output`.
     written: usize,
@@ -118,6 +143,8 @@ struct Conn {
     paused: bool,
     last_active: Instant,
     timer: Option<(TimerId, u64)>,
+    /// The client's address, when it holds a place under the per-address limit.
+    ip: Option<std::net::IpAddr>,
 }
 
 /// The service connections of one reactor.
@@ -132,6 +159,8 @@ pub(crate) struct ServiceConns {
     again: Vec<usize>,
     /// When to try `accept` again: the accept budget ran out, or descriptors did.
     accept_retry_at: Option<Instant>,
+    /// Connections per client address, shared by the reactors.
+    per_ip: std::sync::Arc<crate::address_limit::AddressLimit>,
 }
 
 impl std::fmt::Debug for ServiceConns {
@@ -148,6 +177,7 @@ impl ServiceConns {
         service: Box<dyn Service>,
         limits: ServiceLimits,
         base: usize,
+        per_ip: std::sync::Arc<crate::address_limit::AddressLimit>,
     ) -> Self {
         ServiceConns {
             listener,
@@ -157,6 +187,7 @@ impl ServiceConns {
             base,
             again: Vec::new(),
             accept_retry_at: None,
+            per_ip,
         }
     }
 
@@ -195,7 +226,9 @@ impl ServiceConns {
         let mut evicted_for_fd = false;
         for _ in 0..ACCEPTS_PER_TURN {
             match self.listener.accept() {
-                Ok((stream, _)) => self.on_accept(stream, registry, wheel, ticks, stats),
+                Ok((stream, peer)) => {
+                    self.on_accept(stream, peer.ip(), registry, wheel, ticks, stats)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -207,7 +240,7 @@ impl ServiceConns {
                     let out_of_fds = matches!(e.raw_os_error(), Some(EMFILE | ENFILE));
                     if out_of_fds
                         && !evicted_for_fd
-                        && self.evict_idlest_up_to(registry, wheel, stats, "fd_limit", 2)
+                        && self.evict_idlest_up_to(registry, wheel, ticks, stats, "fd_limit", 2)
                     {
                         evicted_for_fd = true;
                         continue;
@@ -226,13 +259,26 @@ impl ServiceConns {
     fn on_accept(
         &mut self,
         mut stream: TcpStream,
+        ip: std::net::IpAddr,
         registry: &Registry,
         wheel: &mut Wheel<usize>,
         ticks: &Ticks,
         stats: &ReactorStats,
     ) {
+        if !self.per_ip.take(ip) {
+            // Told why, best effort (a fresh socket takes a small answer), then closed.
+            stats.count_service_evicted("per_ip");
+            let answer = protocol::handshake::error_response(
+                protocol::handshake::Status::TooManyRequests,
+                "too many connections from this address",
+            );
+            let _ = stream.write(&answer);
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+        let ip = (self.limits.max_connections_per_ip > 0).then_some(ip);
         if self.conns.len() >= self.limits.max_connections.max(1) {
-            self.evict_idlest(registry, wheel, stats, "full");
+            self.evict_idlest(registry, wheel, ticks, stats, "full");
         }
         let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
@@ -245,11 +291,15 @@ impl ServiceConns {
             )
             .is_err()
         {
+            if let Some(ip) = ip {
+                self.per_ip.release(ip);
+            }
             return;
         }
         entry.insert(Conn {
             stream,
             input: BytesMut::new(),
+            state: None,
             output: Vec::new(),
             written: 0,
             phase: Phase::Open,
@@ -257,6 +307,7 @@ impl ServiceConns {
             paused: false,
             last_active: ticks.now(),
             timer: None,
+            ip,
         });
         stats.service_accepted.add(1);
         stats.service_connections.add(1);
@@ -273,10 +324,11 @@ impl ServiceConns {
         &mut self,
         registry: &Registry,
         wheel: &mut Wheel<usize>,
+        ticks: &Ticks,
         stats: &ReactorStats,
         reason: &str,
     ) -> bool {
-        self.evict_idlest_up_to(registry, wheel, stats, reason, u8::MAX)
+        self.evict_idlest_up_to(registry, wheel, ticks, stats, reason, u8::MAX)
     }
 
     /// [`Self::evict_idlest`] among connections of [`eviction_rank`] at most `max_rank`.
@@ -284,15 +336,17 @@ impl ServiceConns {
         &mut self,
         registry: &Registry,
         wheel: &mut Wheel<usize>,
+        ticks: &Ticks,
         stats: &ReactorStats,
         reason: &str,
         max_rank: u8,
     ) -> bool {
+        let now = ticks.now();
         let victim = self
             .conns
             .iter()
-            .filter(|(_, c)| eviction_rank(c) <= max_rank)
-            .min_by_key(|(_, c)| (eviction_rank(c), c.last_active))
+            .filter(|(_, c)| eviction_rank(c, now) <= max_rank)
+            .min_by_key(|(_, c)| (eviction_rank(c, now), c.last_active))
             .map(|(k, _)| k);
         match victim {
             Some(key) => {
@@ -417,7 +471,9 @@ impl ServiceConns {
             .max_pending_output
             .saturating_sub(pending)
             .max(1);
-        let flow = self.service.serve(&mut c.input, &mut c.output, room, eof);
+        let flow = self
+            .service
+            .serve(&mut c.state, &mut c.input, &mut c.output, room, eof);
         c.paused = flow == Flow::Paused;
         if c.output.len() > before {
             c.answered = true;
@@ -426,6 +482,7 @@ impl ServiceConns {
         if flow == Flow::Close || eof {
             c.phase = Phase::Closing;
             c.input = BytesMut::new();
+            c.state = None;
         }
     }
 
@@ -483,6 +540,9 @@ impl ServiceConns {
     ) {
         if let Some(mut c) = self.conns.try_remove(key) {
             stats.service_connections.sub(1);
+            if let Some(ip) = c.ip {
+                self.per_ip.release(ip);
+            }
             if let Some((id, _)) = c.timer {
                 wheel.cancel(id);
             }
@@ -493,13 +553,22 @@ impl ServiceConns {
 
 /// Which connection goes first when room is needed: one done but for its lingering close,
 /// then one that never sent a byte, then an idle keep-alive one; one with a request in
-/// progress or an answer still being written only when nothing else is left.
-fn eviction_rank(c: &Conn) -> u8 {
+/// progress or an answer still being written only when nothing else is left, the one that
+/// has waited longest first. A connection accepted within [`SILENT_GRACE`] whose request
+/// has not arrived yet counts as one in progress, not as silent: under a flood of
+/// connections that each send a byte, it is the newest, so it stays.
+fn eviction_rank(c: &Conn, now: Instant) -> u8 {
     let writing = c.written < c.output.len();
     match c.phase {
         Phase::Closing if writing => 3,
         Phase::Closing | Phase::Lingering => 0,
-        Phase::Open if !c.answered && c.input.is_empty() => 1,
+        Phase::Open if !c.answered && c.input.is_empty() => {
+            if now.saturating_duration_since(c.last_active) < SILENT_GRACE {
+                3
+            } else {
+                1
+            }
+        }
         Phase::Open if c.input.is_empty() && c.written == c.output.len() => 2,
         Phase::Open => 3,
     }

@@ -71,8 +71,13 @@ pub const DROP_REASONS: [&str; 5] = ["offline", "gone", "slow_consumer", "room_l
 /// done with it, for the counters: the table was full and a new connection needed the
 /// slot; `accept` ran out of descriptors and a slot was freed to retry it; no complete
 /// first request in time; silent past the idle timeout between requests.
-pub const SERVICE_EVICT_REASONS: [&str; 4] =
-    ["full", "fd_limit", "first_request_timeout", "idle_timeout"];
+pub const SERVICE_EVICT_REASONS: [&str; 5] = [
+    "full",
+    "fd_limit",
+    "first_request_timeout",
+    "idle_timeout",
+    "per_ip",
+];
 
 /// HTTP statuses an upgrade can be refused with, in a fixed order for the counters.
 pub const REJECT_STATUSES: [u16; 11] = [400, 401, 403, 404, 405, 411, 413, 426, 429, 431, 503];
@@ -176,7 +181,7 @@ pub struct ReactorStats {
     /// Gauge: open service connections.
     pub service_connections: Cell,
     /// Service connections closed by the server, by reason ([`SERVICE_EVICT_REASONS`]).
-    pub service_evicted: [Cell; 4],
+    pub service_evicted: [Cell; 5],
 }
 
 impl ReactorStats {

@@ -307,6 +307,7 @@ fn a_sealing_queue_never_writes_plaintext_and_keeps_the_order_through_short_writ
     let limits = OutboundLimits {
         max_bytes: 1 << 20,
         max_messages: 1000,
+        max_pending_pongs: 16,
     };
     let (_p, mut client, mut server) = handshaken("sealing");
     let mut q = Outbound::sealing();
@@ -409,6 +410,7 @@ fn a_large_frame_is_sealed_a_batch_at_a_time_and_a_discard_keeps_it_whole() {
     let limits = OutboundLimits {
         max_bytes: 4 << 20,
         max_messages: 1000,
+        max_pending_pongs: 16,
     };
     let (_p, mut client, mut server) = handshaken("batches");
     let mut q = Outbound::sealing();
@@ -451,6 +453,7 @@ fn sealed_records_survive_short_asynchronous_sends_in_order() {
     let limits = OutboundLimits {
         max_bytes: 1 << 20,
         max_messages: 1000,
+        max_pending_pongs: 16,
     };
     let (_p, mut client, mut server) = handshaken("async");
     let mut q = Outbound::sealing();

@@ -29,6 +29,7 @@ fn main() {
         size: per_user,
         ttl: Duration::from_secs(3600),
         max_bytes: usize::MAX / 2,
+        ..HistoryConfig::default()
     });
     let names: Vec<String> = (0..users).map(|u| format!("user-{u}")).collect();
     let frame = Bytes::from(vec![b'x'; payload]);

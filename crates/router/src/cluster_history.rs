@@ -8,6 +8,23 @@
 //! it: a copy at or below it is a duplicate; one whose `prev` is past it means something
 //! is missing, fetched from the stream (a "fill") before anything later is delivered.
 //!
+//! A live copy's seq and prev are the publisher's word: backends may publish on the same
+//! subjects (docs/BUS.md, "What a backend may send"). So a copy advances the user's last
+//! seq only where it can stand in the chain — right after the last one delivered, or once
+//! the stream itself returned it — and one that cannot is dropped and counted
+//! (`unplaceable`), never made the point later messages are measured from:
+//! - `prev >= seq` is no link of any chain;
+//! - a copy past the last seq whose `prev` is below it would skip a link delivered here;
+//! - a gap is fetched up to the held copy itself, and the copies the stream does not
+//!   return are dropped, so a forged `prev` or seq cannot move the last seq;
+//! - a copy at or below the last seq that names the same `prev` as the last one delivered
+//!   forks the chain: one of the two is not in the stream, so the last seq goes back to
+//!   that `prev` and the stream is asked what follows it.
+//!
+//! A forged copy that continues the chain (right `prev`, any seq) is delivered once, like
+//! any message a backend publishes; the next real message forks from it and repairs the
+//! chain.
+//!
 //! The entry lives while the user has a connection here. Its shard's lock is held while
 //! frames are handed to the reactors, so one user's frames enter each inbox in order, and
 //! while a connection registers, so that it gets every message after the entry's last
@@ -32,6 +49,12 @@ const SHARDS: usize = 64;
 /// stream by the fill its absence causes.
 pub const MAX_HELD: usize = 1024;
 
+/// How far past the highest seq the stream has vouched for to this node a live copy's seq
+/// may be and still be placed on its word: beyond it, the stream is asked first. A forged
+/// chain of copies can then shadow the user's real seqs only up to this many stream
+/// messages ahead of what the node has seen, not up to `u64::MAX`.
+pub const SEQ_ALLOWANCE: u64 = 1 << 16;
+
 /// A range of seqs to fetch from the stream: after `.0`, up to `.1`.
 pub type Gap = (u64, u64);
 
@@ -49,6 +72,14 @@ pub struct UserSeq<F = Bytes> {
     start_on_next: bool,
     /// A fill is under way.
     filling: bool,
+    /// The `prev` of the copy that set `last` live (not through a fill): a later copy
+    /// naming it too forks the chain.
+    last_prev: Option<u64>,
+    /// Copies with a seq past this are placed only once the stream returned them.
+    ceiling: u64,
+    /// The last seq before a fork rolled it back: if the stream returns it, it was
+    /// delivered already.
+    forked_from: Option<u64>,
     /// Messages held back: seq → (prev, frame).
     held: BTreeMap<u64, (u64, F)>,
 }
@@ -60,6 +91,9 @@ impl<F> Default for UserSeq<F> {
             started: None,
             start_on_next: false,
             filling: false,
+            last_prev: None,
+            ceiling: u64::MAX,
+            forked_from: None,
             held: BTreeMap::new(),
         }
     }
@@ -76,6 +110,8 @@ pub struct Step<F = Bytes> {
     pub duplicates: u64,
     /// Held messages dropped past [`MAX_HELD`].
     pub overflow: u64,
+    /// Copies that cannot stand in the chain, dropped.
+    pub unplaceable: u64,
 }
 
 impl<F> Default for Step<F> {
@@ -85,6 +121,7 @@ impl<F> Default for Step<F> {
             fill: None,
             duplicates: 0,
             overflow: 0,
+            unplaceable: 0,
         }
     }
 }
@@ -109,9 +146,38 @@ impl<F> UserSeq<F> {
         self.started
     }
 
+    /// The highest seq a live copy may have to be placed without asking the stream.
+    pub fn set_ceiling(&mut self, ceiling: u64) {
+        self.ceiling = ceiling;
+    }
+
     /// A live message.
     pub fn live(&mut self, seq: u64, prev: u64, frame: F) -> Step<F> {
         let mut step = Step::default();
+        if prev >= seq {
+            step.unplaceable += 1;
+            return step;
+        }
+        if let Some(last) = self.last {
+            let forks = seq != last && self.last_prev == Some(prev);
+            if forks && !self.filling {
+                // Two copies after the same link: ask the stream which is in the chain.
+                // (Not filling, nothing is held: it was all delivered.)
+                self.forked_from = Some(last);
+                self.last = Some(prev);
+                self.last_prev = None;
+                self.held.insert(seq, (prev, frame));
+                self.filling = true;
+                step.fill = Some((prev, seq));
+                // One of the two is not in the chain: counted once here.
+                step.unplaceable += 1;
+                return step;
+            }
+            if seq > last && prev < last {
+                step.unplaceable += 1;
+                return step;
+            }
+        }
         if self.last.is_none() && self.start_on_next {
             self.last = Some(prev);
             self.started = Some(prev);
@@ -149,19 +215,47 @@ impl<F> UserSeq<F> {
 
     /// A fill ended: the messages of the gap that the stream still had (in order; `Err`
     /// if the fetch failed). Whatever it did not return is skipped.
+    ///
+    /// A gap reaches up to a held copy, so the stream's answer says whether that copy is in
+    /// the chain: held copies up to the gap's end that it did not return are dropped
+    /// (forged, or expired meanwhile) rather than believed. When the fetch failed, the held
+    /// copy that asked is delivered after the gap unchecked (the stream is not answering;
+    /// live delivery goes on).
     pub fn filled(&mut self, gap: Gap, fetched: Result<Vec<(u64, F)>, ()>) -> Step<F> {
         let mut step = Step::default();
         self.filling = false;
+        let delivered = self.forked_from.take();
         let Some(last) = self.last.as_mut() else {
             return step;
         };
-        for (seq, frame) in fetched.unwrap_or_default() {
-            if seq > *last && seq <= gap.1 {
-                *last = seq;
-                step.frames.push(frame);
+        match fetched {
+            Ok(messages) => {
+                for (seq, frame) in messages {
+                    if seq > *last && seq <= gap.1 {
+                        // From the stream: nothing forks from it.
+                        *last = seq;
+                        self.last_prev = None;
+                        if Some(seq) != delivered {
+                            step.frames.push(frame);
+                        }
+                    }
+                }
+                let before = self.held.len();
+                let upto = gap.1;
+                let at = *last;
+                self.held.retain(|&s, _| s > upto || s <= at);
+                step.unplaceable += (before - self.held.len()) as u64;
+            }
+            Err(()) => {
+                if let Some((prev, frame)) = self.held.remove(&gap.1) {
+                    if gap.1 > *last {
+                        *last = gap.1;
+                        self.last_prev = Some(prev);
+                        step.frames.push(frame);
+                    }
+                }
             }
         }
-        *last = (*last).max(gap.1);
         self.drain(&mut step);
         step
     }
@@ -180,13 +274,24 @@ impl<F> UserSeq<F> {
             if seq <= *last {
                 entry.remove();
                 step.duplicates += 1;
-            } else if prev <= *last {
+            } else if prev == *last && seq > self.ceiling {
+                // Far past anything the stream vouched for: its word first.
+                self.filling = true;
+                step.fill = Some((*last, seq));
+                return;
+            } else if prev == *last {
                 let (_, frame) = entry.remove();
                 *last = seq;
+                self.last_prev = Some(prev);
                 step.frames.push(frame);
+            } else if prev < *last {
+                // It would skip the link delivered last.
+                entry.remove();
+                step.unplaceable += 1;
             } else {
+                // Fetched up to the held copy itself: the stream vouches for it or not.
                 self.filling = true;
-                step.fill = Some((*last, prev));
+                step.fill = Some((*last, seq));
                 return;
             }
         }
@@ -206,6 +311,28 @@ pub struct ClusterHistoryStats {
     pub replay_failures: Counter,
     /// Held messages dropped past [`MAX_HELD`].
     pub overflow: Counter,
+    /// Live copies that could not stand in the chain (a forged or corrupt seq), dropped.
+    pub unplaceable: Counter,
+}
+
+/// Counts live copies of `id`'s chain that could not stand in it, and logs them: the
+/// first, then at each power of two, so a flood of forged copies costs a few lines.
+pub fn count_unplaceable(stats: &ClusterHistoryStats, kind: Kind, id: &str, n: u64) {
+    if n == 0 {
+        return;
+    }
+    let before = stats.unplaceable.get();
+    stats.unplaceable.add(n);
+    let after = before + n;
+    if before == 0 || (before + 1..=after).any(u64::is_power_of_two) {
+        tracing::warn!(
+            kind = ?kind,
+            id,
+            total = after,
+            "bus copies with a seq that cannot stand in the stream's chain dropped \
+             (forged or corrupt Pushgate-Seq/Pushgate-Prev; see docs/BUS.md)"
+        );
+    }
 }
 
 /// One shard of the per-user (or per-room) table.
@@ -238,6 +365,8 @@ pub struct RoomFrame {
 pub struct UserSeqs<F = Bytes> {
     shards: Box<[Mutex<Shard<F>>]>,
     pick: RandomState,
+    /// The highest seq the stream itself gave this node (its stores' acks, fills, reads).
+    vouched: std::sync::atomic::AtomicU64,
 }
 
 impl<F> Default for UserSeqs<F> {
@@ -245,11 +374,26 @@ impl<F> Default for UserSeqs<F> {
         UserSeqs {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             pick: RandomState::default(),
+            vouched: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
 
 impl<F> UserSeqs<F> {
+    /// A seq the stream itself gave this node.
+    pub fn vouch(&self, seq: u64) {
+        self.vouched
+            .fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The highest seq a live copy may carry to be placed on its word
+    /// ([`SEQ_ALLOWANCE`] past the highest the stream vouched for).
+    pub fn ceiling(&self) -> u64 {
+        self.vouched
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_add(SEQ_ALLOWANCE)
+    }
+
     /// Locks the shard of `uid`.
     pub fn lock(&self, uid: &str) -> MutexGuard<'_, Shard<F>> {
         let i = self.pick.hash_one(uid) as usize & (SHARDS - 1);
@@ -289,16 +433,20 @@ mod tests {
         assert_eq!(tags(&u.live(5, 3, f(5))), ["5"]);
         let d = u.live(5, 3, f(5));
         assert_eq!((d.frames.len(), d.duplicates), (0, 1));
-        // 9 follows 7, which has not arrived: held, and 5..7 fetched.
+        // 9 follows 7, which has not arrived: held, and 5..9 fetched (9 itself too: the
+        // stream vouches for it).
         let s = u.live(9, 7, f(9));
-        assert_eq!((s.frames.len(), s.fill), (0, Some((5, 7))));
+        assert_eq!((s.frames.len(), s.fill), (0, Some((5, 9))));
         // 12 follows 9: held behind the fill, no second fill.
         assert_eq!(u.live(12, 9, f(12)), Step::default());
         // 7 arrives live meanwhile: held too.
         assert!(u.live(7, 5, f(7)).frames.is_empty());
-        let s = u.filled((5, 7), Ok(vec![(7, f(7))]));
+        let s = u.filled((5, 9), Ok(vec![(7, f(7)), (9, f(9))]));
         assert_eq!(tags(&s), ["7", "9", "12"]);
-        assert_eq!(s.duplicates, 1, "the held copy of 7 came with the fill too");
+        assert_eq!(
+            s.duplicates, 2,
+            "the held copies of 7 and 9 came with the fill too"
+        );
         assert_eq!(u.last(), Some(12));
     }
 
@@ -307,8 +455,8 @@ mod tests {
         let mut u = UserSeq::default();
         u.start(Some(0));
         let s = u.live(10, 8, f(10));
-        assert_eq!(s.fill, Some((0, 8)));
-        let s = u.filled((0, 8), Err(()));
+        assert_eq!(s.fill, Some((0, 10)));
+        let s = u.filled((0, 10), Err(()));
         assert_eq!(tags(&s), ["10"]);
         assert_eq!(u.last(), Some(10));
     }
@@ -345,7 +493,119 @@ mod tests {
         }
         assert_eq!(overflow, 10);
         let s = u.start(Some(0));
-        // The first ten were dropped: fetched by a fill.
-        assert_eq!(s.fill, Some((0, 10)));
+        // The first ten were dropped: fetched by a fill (up to the first held).
+        assert_eq!(s.fill, Some((0, 11)));
+    }
+
+    /// Issue 31: one bus message with `Pushgate-Seq: 18446744073709551615` made every
+    /// later message of the user a "duplicate". Whatever its `prev`, it either stands in
+    /// the chain once (and the next real message repairs it) or is dropped and counted;
+    /// the user's later messages are delivered.
+    #[test]
+    fn a_forged_seq_never_silences_later_messages() {
+        const POISON: u64 = u64::MAX;
+        for forged_prev in [0, 2, 3, 4, 5, 6, 1_000, POISON - 1, POISON] {
+            let mut u = UserSeq::default();
+            u.start(Some(3));
+            assert_eq!(tags(&u.live(5, 3, f(5))), ["5"]);
+            let mut s = u.live(POISON, forged_prev, f(POISON));
+            let mut unplaceable = s.unplaceable;
+            let mut delivered = tags(&s);
+            // What the stream holds of the user (its answer to a fill).
+            let stream = |gap: Gap, seqs: &[u64]| {
+                Ok(seqs
+                    .iter()
+                    .filter(|&&q| q > gap.0 && q <= gap.1)
+                    .map(|&q| (q, f(q)))
+                    .collect())
+            };
+            if let Some(gap) = s.fill {
+                s = u.filled(gap, stream(gap, &[5]));
+                unplaceable += s.unplaceable;
+                delivered.extend(tags(&s));
+            }
+            // The next real message, and the one after it.
+            let mut s = u.live(8, 5, f(8));
+            if let Some(gap) = s.fill {
+                s = u.filled(gap, stream(gap, &[5, 8]));
+            }
+            unplaceable += s.unplaceable;
+            delivered.extend(tags(&s));
+            let s = u.live(10, 8, f(10));
+            delivered.extend(tags(&s));
+            assert_eq!(u.last(), Some(10), "prev {forged_prev}");
+            let real: Vec<&String> = delivered
+                .iter()
+                .filter(|t| *t != "18446744073709551615")
+                .collect();
+            // Each real message once (a fork re-reads from the stream, but not what was
+            // delivered at the fork).
+            assert_eq!(real, ["8", "10"], "prev {forged_prev}: {delivered:?}");
+            // Delivered once as any backend's message would be, or dropped and counted.
+            assert!(
+                delivered.contains(&POISON.to_string()) || unplaceable >= 1,
+                "prev {forged_prev}: {delivered:?}, {unplaceable} unplaceable"
+            );
+        }
+    }
+
+    #[test]
+    fn copies_that_cannot_stand_in_the_chain_are_dropped_and_counted() {
+        let mut u = UserSeq::default();
+        u.start(Some(10));
+        // prev not below seq.
+        assert_eq!(u.live(12, 12, f(12)).unplaceable, 1);
+        assert_eq!(u.live(12, 20, f(12)).unplaceable, 1);
+        // Past the last seq, but skipping it.
+        assert_eq!(tags(&u.live(11, 10, f(11))), ["11"]);
+        assert_eq!(u.live(15, 9, f(15)).unplaceable, 1);
+        assert_eq!(u.last(), Some(11));
+        // A gap whose held copy the stream does not have: dropped at the fill.
+        let s = u.live(30, 20, f(30));
+        assert_eq!(s.fill, Some((11, 30)));
+        let s = u.filled((11, 30), Ok(vec![(14, f(14))]));
+        assert_eq!((tags(&s), s.unplaceable), (vec!["14".to_owned()], 1));
+        assert_eq!(u.last(), Some(14));
+    }
+
+    /// A forged chain of two copies (the first continuing the chain, the second with a
+    /// seq far ahead) is stopped at the ceiling: the stream is asked, and the real
+    /// messages after it are delivered.
+    #[test]
+    fn a_forged_chain_cannot_run_past_the_ceiling() {
+        let mut u = UserSeq::default();
+        u.start(Some(100));
+        u.set_ceiling(100 + SEQ_ALLOWANCE);
+        assert_eq!(tags(&u.live(110, 100, f(110))), ["110"]);
+        // Forged: continues from 110, then jumps to u64::MAX.
+        assert_eq!(tags(&u.live(120, 110, f(120))), ["120"]);
+        let s = u.live(u64::MAX, 120, f(u64::MAX));
+        assert_eq!((s.frames.len(), s.fill), (0, Some((120, u64::MAX))));
+        // The stream has 130 after 120 (real, prev 110 — what the node could not know).
+        let s = u.filled((120, u64::MAX), Ok(vec![(130, f(130))]));
+        assert_eq!((tags(&s), s.unplaceable), (vec!["130".to_owned()], 1));
+        assert_eq!(tags(&u.live(140, 130, f(140))), ["140"]);
+        assert_eq!(u.last(), Some(140));
+        // The same chain before the real message is stored: the stream has nothing after
+        // 150 yet, so the forged 160 stays the last seq; the real 155 forks from it.
+        let mut v = UserSeq::default();
+        v.start(Some(150));
+        v.set_ceiling(150 + SEQ_ALLOWANCE);
+        assert_eq!(tags(&v.live(160, 150, f(160))), ["160"]);
+        let s = v.live(u64::MAX, 160, f(0));
+        assert_eq!(s.fill, Some((160, u64::MAX)));
+        assert_eq!(v.filled((160, u64::MAX), Ok(vec![])).unplaceable, 1);
+        let s = v.live(155, 150, f(155));
+        assert_eq!(s.fill, Some((150, 155)), "a fork from 150");
+        assert_eq!(
+            tags(&v.filled((150, 155), Ok(vec![(155, f(155))]))),
+            ["155"]
+        );
+        assert_eq!(tags(&v.live(157, 155, f(157))), ["157"]);
+        // A fill that fails delivers the copy that asked, once, and moves on.
+        let s = u.live(u64::MAX - 1, 140, f(7));
+        assert_eq!(s.fill, Some((140, u64::MAX - 1)));
+        let s = u.filled((140, u64::MAX - 1), Err(()));
+        assert_eq!(tags(&s), ["7"]);
     }
 }

@@ -46,6 +46,8 @@ pub struct HistoryConfig {
     pub ttl: Duration,
     /// Bytes retained in all (frames plus bookkeeping), split evenly over the shards.
     pub max_bytes: usize,
+    /// Bytes the IDs and answers of idempotent pushes may take (single node).
+    pub idempotency_max_bytes: usize,
 }
 
 impl Default for HistoryConfig {
@@ -54,6 +56,7 @@ impl Default for HistoryConfig {
             size: 100,
             ttl: Duration::from_secs(300),
             max_bytes: 256 * 1024 * 1024,
+            idempotency_max_bytes: crate::idempotency::DEFAULT_MAX_BYTES,
         }
     }
 }
@@ -340,6 +343,7 @@ mod tests {
             size,
             ttl: Duration::from_secs(ttl),
             max_bytes,
+            ..HistoryConfig::default()
         }
     }
 

@@ -2,10 +2,12 @@
 //! history TTL, so that a retry is answered the same and delivered nothing.
 //!
 //! Sharded by a hash of the ID; a push with an ID holds its shard's lock while it is
-//! carried out, so two concurrent pushes with the same ID deliver once. Bounded: per
-//! shard at most [`PER_SHARD`] IDs and [`MAX_BYTES`]` / 32` bytes of IDs and answers (the
-//! oldest go first; an answer names every recipient, so a push to many users is large),
-//! and each for the TTL.
+//! carried out, so two concurrent pushes with the same ID deliver once. Bounded by memory,
+//! not by a count: IDs and answers take at most `max_bytes` (`--idempotency-max-bytes`),
+//! [`cost`] each, split evenly over the shards, each kept for the TTL. The window is the
+//! TTL only while fewer pushes with an ID arrive within it than that memory holds
+//! ([`Idempotency::capacity`]); past it the oldest go first, and each one forgotten before
+//! its TTL is counted ([`Idempotency::evicted_early`]): its retry would be delivered again.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
@@ -16,15 +18,23 @@ use bytes::Bytes;
 use foldhash::fast::RandomState;
 use parking_lot::Mutex;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 const SHARDS: usize = 32;
-/// IDs remembered per shard: 131 072 in all.
-pub const PER_SHARD: usize = 4096;
-/// Bytes of IDs and answers remembered in all.
-pub const MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Default bound on the memory of remembered IDs and answers: at a typical
+/// [`TYPICAL_COST`] it holds about 1.8 million IDs, the 300 s TTL at 6 000 pushes a second
+/// with an ID — above the ~5 000 a second a node with history on measured on 2 cores
+/// (bench/RESULTS.md, docs/OPERATIONS.md "History and resume").
+pub const DEFAULT_MAX_BYTES: usize = 512 * 1024 * 1024;
+/// What one entry costs besides its ID and answer: the shared ID's allocation, its map
+/// slot (with the map's spare capacity) and its place in the expiry queue.
+const ENTRY_OVERHEAD: usize = 160;
+/// A push to one user with a 36-byte ID: the ID, a ~100-byte answer and the overhead.
+pub const TYPICAL_COST: usize = 36 + 100 + ENTRY_OVERHEAD;
 
 /// What one remembered answer costs.
 fn cost(id: &str, answer: &Bytes) -> usize {
-    id.len() + answer.len() + 96
+    id.len() + answer.len() + ENTRY_OVERHEAD
 }
 
 #[derive(Debug, Default)]
@@ -40,16 +50,38 @@ pub struct Idempotency {
     shards: Box<[Mutex<Shard>]>,
     pick: RandomState,
     ttl: Duration,
+    /// Bytes per shard.
+    shard_bytes: usize,
+    /// IDs forgotten before their TTL for lack of room.
+    evicted_early: AtomicU64,
 }
 
 impl Idempotency {
-    /// Remembers answers for `ttl`.
-    pub fn new(ttl: Duration) -> Self {
+    /// Remembers answers for `ttl`, in at most `max_bytes`.
+    pub fn new(ttl: Duration, max_bytes: usize) -> Self {
         Idempotency {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             pick: RandomState::default(),
             ttl,
+            shard_bytes: max_bytes / SHARDS,
+            evicted_early: AtomicU64::new(0),
         }
+    }
+
+    /// IDs of [`TYPICAL_COST`] the memory holds: the window is the TTL while fewer pushes
+    /// with an ID than this arrive within it.
+    pub fn capacity(&self) -> usize {
+        self.shard_bytes * SHARDS / TYPICAL_COST
+    }
+
+    /// IDs forgotten before their TTL to stay within the memory bound.
+    pub fn evicted_early(&self) -> u64 {
+        self.evicted_early.load(Ordering::Relaxed)
+    }
+
+    /// Bytes held by remembered IDs and answers.
+    pub fn bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().bytes).sum()
     }
 
     /// The answer already given for `id`, or `push()`'s, remembered when it is `Ok`.
@@ -62,11 +94,21 @@ impl Idempotency {
     ) -> Result<(Bytes, bool), E> {
         let mut shard = self.shards[self.pick.hash_one(id) as usize & (SHARDS - 1)].lock();
         while let Some((at, key)) = shard.order.front() {
-            if *at + self.ttl > now
-                && shard.order.len() <= PER_SHARD
-                && shard.bytes <= MAX_BYTES / SHARDS
-            {
+            let live = *at + self.ttl > now;
+            if live && shard.bytes <= self.shard_bytes {
                 break;
+            }
+            if live {
+                let first = self.evicted_early.fetch_add(1, Ordering::Relaxed) == 0;
+                if first {
+                    tracing::warn!(
+                        capacity = self.capacity(),
+                        ttl_secs = self.ttl.as_secs(),
+                        "push IDs forgotten before their TTL: more pushes with an ID than \
+                         idempotency_max_bytes holds; a retry of one would be delivered again \
+                         (counted in pushgate_idempotency_evicted_total)"
+                    );
+                }
             }
             let key = Arc::clone(key);
             shard.order.pop_front();
@@ -92,7 +134,7 @@ mod tests {
 
     #[test]
     fn a_retry_gets_the_first_answer_until_the_ttl() {
-        let d = Idempotency::new(Duration::from_secs(10));
+        let d = Idempotency::new(Duration::from_secs(10), DEFAULT_MAX_BYTES);
         let t = Instant::now();
         let ok = |b: &'static str| move || Ok::<_, ()>(Bytes::from(b));
         assert_eq!(d.once("x", t, ok("1")), Ok((Bytes::from("1"), false)));
@@ -105,20 +147,52 @@ mod tests {
         assert_eq!(d.once("x", later, ok("5")), Ok((Bytes::from("5"), false)));
     }
 
+    /// Issue 31: a count bound (131 072 IDs) forgot IDs within the TTL at ~440 pushes a
+    /// second. Bounded by memory, the window holds the TTL at the rate the memory allows,
+    /// and what it cannot hold is counted.
     #[test]
-    fn ids_are_bounded() {
-        let d = Idempotency::new(Duration::from_secs(1000));
-        let t = Instant::now();
-        for i in 0..SHARDS * PER_SHARD * 2 {
-            let _ = d.once(&i.to_string(), t, || Ok::<_, ()>(Bytes::new()));
+    fn the_window_holds_the_ttl_at_its_capacity_and_counts_what_it_cannot() {
+        let ttl = Duration::from_secs(300);
+        let answer = Bytes::from(vec![b'a'; 100]);
+        let id = |i: usize| format!("{i:036}");
+        // 440 pushes a second for the whole TTL: 132 000 IDs, past the old count bound.
+        let rate = 440;
+        let n = rate * 300;
+        let max_bytes = 2 * n * (36 + 100 + ENTRY_OVERHEAD);
+        let d = Idempotency::new(ttl, max_bytes);
+        assert!(d.capacity() >= n, "{}", d.capacity());
+        let t0 = Instant::now();
+        let at = |i: usize| t0 + Duration::from_millis((i * 1000 / rate) as u64);
+        for i in 0..n {
+            let _ = d.once(&id(i), at(i), || Ok::<_, ()>(answer.clone()));
         }
-        let held: usize = d.shards.iter().map(|s| s.lock().answers.len()).sum();
-        assert!(held <= SHARDS * (PER_SHARD + 1), "{held}");
+        // A retry of the first, just within its TTL, is still a retry.
+        let last = at(n - 1);
+        let retry = d.once(&id(0), last, || Ok::<_, ()>(Bytes::from("again")));
+        assert_eq!(retry, Ok((answer.clone(), true)));
+        assert_eq!(d.evicted_early(), 0);
+        assert!(d.bytes() <= max_bytes);
+
+        // A quarter of the memory: the oldest go before their TTL, and are counted.
+        let small = Idempotency::new(ttl, max_bytes / 4);
+        for i in 0..n {
+            let _ = small.once(&id(i), at(i), || Ok::<_, ()>(answer.clone()));
+        }
+        assert!(small.bytes() <= max_bytes / 4 + SHARDS * (36 + 100 + ENTRY_OVERHEAD));
+        let forgotten = small.evicted_early();
+        assert!(forgotten as usize >= n / 3, "{forgotten}");
+        let retry = small.once(&id(0), last, || Ok::<_, ()>(Bytes::from("again")));
+        assert_eq!(retry, Ok((Bytes::from("again"), false)));
+        // Expired ones are not counted as early.
+        let later = last + ttl + Duration::from_secs(1);
+        let _ = d.once("late", later, || Ok::<_, ()>(Bytes::new()));
+        assert_eq!(d.evicted_early(), 0);
     }
 
     #[test]
     fn answer_bytes_are_bounded() {
-        let d = Idempotency::new(Duration::from_secs(1000));
+        const MAX_BYTES: usize = 64 * 1024 * 1024;
+        let d = Idempotency::new(Duration::from_secs(1000), MAX_BYTES);
         let t = Instant::now();
         let big = Bytes::from(vec![b'x'; 64 * 1024]);
         for i in 0..4 * MAX_BYTES / big.len() {

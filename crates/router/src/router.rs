@@ -246,7 +246,16 @@ impl Router {
         self.history = (config.size > 0 && !self.is_clustered()).then(|| Histories {
             users: History::new(half),
             rooms: History::new(half),
-            pushes: Idempotency::new(config.ttl),
+            pushes: {
+                let pushes = Idempotency::new(config.ttl, config.idempotency_max_bytes);
+                tracing::info!(
+                    ids = pushes.capacity(),
+                    per_second = pushes.capacity() as u64 / config.ttl.as_secs().max(1),
+                    ttl_secs = config.ttl.as_secs(),
+                    "idempotent pushes: the window holds the TTL up to this many pushes with an ID"
+                );
+                pushes
+            },
             id_prefix: foldhash::fast::RandomState::default().hash_one(0u8) as u32,
             next_id: AtomicU64::new(1),
         });
@@ -256,6 +265,19 @@ impl Router {
     /// Whether this node keeps history (single node, or clustered with the stream there).
     pub fn keeps_history(&self) -> bool {
         self.history.is_some() || self.clustered().is_some()
+    }
+
+    /// The idempotency window (single node with history): IDs forgotten before their
+    /// TTL for lack of memory, and bytes held.
+    pub fn idempotency_stats(&self) -> (u64, usize) {
+        self.history
+            .as_ref()
+            .map_or((0, 0), |h| (h.pushes.evicted_early(), h.pushes.bytes()))
+    }
+
+    /// IDs the idempotency window holds in its memory (0 without it).
+    pub fn idempotency_capacity(&self) -> usize {
+        self.history.as_ref().map_or(0, |h| h.pushes.capacity())
     }
 
     /// Bytes retained by the users' and rooms' histories.

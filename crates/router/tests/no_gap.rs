@@ -42,6 +42,7 @@ fn replay_then_live_has_no_gap_and_no_duplicate_under_concurrent_pushes() {
         size: 100_000,
         ttl: Duration::from_secs(300),
         max_bytes: usize::MAX,
+        ..HistoryConfig::default()
     }));
     router.attach(vec![handle]);
     let pushed = Arc::new(AtomicU64::new(0));

@@ -79,7 +79,7 @@ impl JwtAuth {
         })
     }
 
-    /// Clock skew tolerated on `exp` (default 30 s).
+    /// Clock skew tolerated on `exp` and `nbf` (default 30 s).
     pub fn with_leeway(mut self, leeway: Duration) -> Self {
         self.leeway = leeway;
         self
@@ -136,6 +136,9 @@ pub enum AuthError {
     /// Past `exp`.
     #[error("token expired")]
     Expired,
+    /// Before `nbf` (RFC 7519 §4.1.5), beyond the leeway.
+    #[error("token not yet valid")]
+    NotYetValid,
     /// An ID longer than [`MAX_ID_LEN`].
     #[error("ID too long")]
     TooLong,
@@ -181,9 +184,13 @@ pub fn authenticate(
             let mut validation = Validation::new(jwt.algorithm);
             validation.leeway = jwt.leeway.as_secs();
             validation.validate_exp = true;
+            // A token issued for later is refused until then, with the same leeway for
+            // clock skew as `exp`.
+            validation.validate_nbf = true;
             let data =
                 decode::<Claims>(&token, &jwt.key, &validation).map_err(|e| match e.kind() {
                     jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                    jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                     _ => AuthError::Invalid,
                 })?;
             if data.claims.sub.is_empty() {
@@ -217,6 +224,47 @@ fn bearer(req: &Request) -> Option<String> {
     req.query_param("token")
         .filter(|t| !t.is_empty())
         .map(|t| t.into_owned())
+}
+
+#[cfg(test)]
+mod nbf_tests {
+    use super::*;
+    use bytes::Bytes;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    fn request(claims: serde_json::Value) -> Request {
+        let token = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"k"),
+        )
+        .unwrap_or_default();
+        let head = format!("GET /ws?token={token} HTTP/1.1\r\nHost: x\r\n\r\n");
+        Request::parse(Bytes::from(head), Bytes::new()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_token_before_its_nbf_is_refused_beyond_the_leeway() {
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mode = AuthMode::Jwt(JwtAuth::hs256(b"k").with_leeway(Duration::from_secs(30)));
+        let auth = |nbf: u64| {
+            authenticate(
+                &mode,
+                &request(serde_json::json!({"sub": "a", "exp": secs + 3600, "nbf": nbf})),
+                now,
+            )
+        };
+        assert_eq!(auth(secs + 3600), Err(AuthError::NotYetValid));
+        assert_eq!(auth(secs + 120), Err(AuthError::NotYetValid));
+        // Within the leeway, now, or in the past: valid.
+        for nbf in [secs + 10, secs, secs - 3600] {
+            assert_eq!(auth(nbf).map(|i| i.uid), Ok("a".to_owned()), "nbf {nbf}");
+        }
+        // No nbf: valid, as before.
+        let none = request(serde_json::json!({"sub": "a", "exp": secs + 3600}));
+        assert!(authenticate(&mode, &none, now).is_ok());
+    }
 }
 
 #[cfg(test)]

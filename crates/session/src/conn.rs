@@ -88,6 +88,8 @@ struct HandshakeState {
     reject: Option<Status>,
     /// A keep-alive `/send` connection's rate limit, carried to its next request.
     rate: Option<RateLimit>,
+    /// Requests answered so far from the bytes of one read (pipelined behind a `/send`).
+    pipelined: u8,
 }
 
 /// An open `/sse` stream. `Session::since` is when the last heartbeat was due: the client
@@ -118,7 +120,21 @@ struct SendBody {
     keep_alive: bool,
     origin: Option<Box<[u8]>>,
     rate: RateLimit,
+    /// Requests answered before this one from the same read.
+    pipelined: u8,
+    /// Bytes after the body: the next request(s), answered after this one.
+    next: BytesMut,
 }
+
+/// What a keep-alive connection carries from one request to the next: its rate limit, and
+/// how many requests of the current read were answered (bounding pipelining).
+type Carried = (Option<RateLimit>, u8);
+
+/// Requests answered from the bytes of one read behind a `POST /send`, each in order
+/// (RFC 9112 §9.3.2); past it the connection closes after the last answer and the client
+/// sends the rest again. Each is answered within the call that read them, so this bounds
+/// that call's work and depth.
+const MAX_PIPELINED: u8 = 16;
 
 /// Codecs of a connection that negotiated context takeover (never with the defaults).
 #[derive(Debug)]
@@ -259,6 +275,7 @@ impl Session {
                 parser: RequestParser::new(config.max_header_bytes),
                 reject,
                 rate: None,
+                pipelined: 0,
             })),
             since: now,
         }
@@ -317,7 +334,8 @@ impl Session {
                     Ok(Some(req)) => {
                         let reject = hs.reject;
                         let rate = hs.rate.take();
-                        self.upgrade(req, reject, rate, cx, fx);
+                        let pipelined = hs.pipelined;
+                        self.upgrade(req, reject, (rate, pipelined), cx, fx);
                     }
                     Err(e) => self.refuse(e.status(), &e.to_string(), fx),
                 }
@@ -607,12 +625,9 @@ impl Session {
         if send.body.len() < send.need {
             return;
         }
-        // Bytes past the body are a pipelined request. Taking them would answer one
-        // request from inside the answer to the previous one; instead the connection
-        // closes after this answer, and the client sends the rest again (RFC 9112 §9.3.2).
+        // Bytes past the body are the next request(s): read once this one is answered.
         if !input.is_empty() {
-            input.clear();
-            send.keep_alive = false;
+            send.next = input.split();
         }
         let parsed = client_protocol::parse(&send.body, cx.config.max_recipients);
         send.body = BytesMut::new();
@@ -661,8 +676,9 @@ impl Session {
         let Phase::Send(send) = std::mem::replace(&mut self.phase, Phase::Closed) else {
             return;
         };
-        let send = *send;
-        let keep_alive = may_keep && send.keep_alive;
+        let mut send = *send;
+        let more = !send.next.is_empty();
+        let keep_alive = may_keep && send.keep_alive && !(more && send.pipelined >= MAX_PIPELINED);
         fx.events.push(Event::SendAnswered(status));
         fx.send(
             TransmitKind::Handshake,
@@ -676,8 +692,12 @@ impl Session {
             parser: RequestParser::new(cx.config.max_header_bytes),
             reject: None,
             rate: Some(send.rate),
+            pipelined: if more { send.pipelined + 1 } else { 0 },
         }));
         self.since = cx.now;
+        if more {
+            self.handle_input(&mut send.next, cx, fx);
+        }
     }
 
     /// Encodes a data frame for this connection, compressed when deflate was negotiated.
@@ -714,7 +734,7 @@ impl Session {
         &mut self,
         req: Request,
         reject: Option<Status>,
-        rate: Option<RateLimit>,
+        carried: Carried,
         cx: &mut Ctx<'_>,
         fx: &mut Effects,
     ) {
@@ -724,7 +744,7 @@ impl Session {
         let endpoint = match req.path() {
             "/ws" => Endpoint::Push,
             "/echo" if cx.config.echo => Endpoint::Echo,
-            "/sse" | "/poll" | "/send" => return self.open_fallback(req, rate, cx, fx),
+            "/sse" | "/poll" | "/send" => return self.open_fallback(req, carried, cx, fx),
             _ => return self.refuse(Status::NotFound, "no such endpoint", fx),
         };
         let upgrade = match validate(&req) {
@@ -777,6 +797,7 @@ impl Session {
                     e @ (AuthError::Missing
                     | AuthError::Invalid
                     | AuthError::Expired
+                    | AuthError::NotYetValid
                     | AuthError::TooLong),
                 ) => return self.refuse(Status::Unauthorized, &e.to_string(), fx),
             },
@@ -832,7 +853,7 @@ impl Session {
     fn open_fallback(
         &mut self,
         req: Request,
-        rate: Option<RateLimit>,
+        carried: Carried,
         cx: &mut Ctx<'_>,
         fx: &mut Effects,
     ) {
@@ -868,7 +889,7 @@ impl Session {
         };
         let origin: Option<Box<[u8]>> = origin.map(Box::from);
         if path == "/send" {
-            return self.start_send(&req, id.uid, origin, rate, cx, fx);
+            return self.start_send(&req, id.uid, origin, carried, cx, fx);
         }
         // An `EventSource` reconnecting sends the id of the last event it saw; that
         // resumes like `since`, and overrides the `since` of the URL it reconnects to.
@@ -927,7 +948,7 @@ impl Session {
         req: &Request,
         uid: String,
         origin: Option<Box<[u8]>>,
-        rate: Option<RateLimit>,
+        (rate, pipelined): Carried,
         cx: &mut Ctx<'_>,
         fx: &mut Effects,
     ) {
@@ -970,6 +991,8 @@ impl Session {
             keep_alive,
             origin,
             rate: rate.unwrap_or_else(|| RateLimit::new(cx.now, cx.config.client_rate)),
+            pipelined,
+            next: BytesMut::new(),
         }));
         let mut rest = BytesMut::from(&req.trailing()[..]);
         self.read_body(&mut rest, cx, fx);

@@ -199,11 +199,65 @@ fn send_keeps_the_connection_for_the_next_request() {
         )
     });
     assert_eq!(h.fx.events, [Event::SendAnswered(503)]);
-    // Two requests in one read: the first is answered and the connection closes.
+    // Two requests in one read: both are answered, in order, and the connection stays.
     let twice = format!("{request}{request}");
     h.input(twice.as_bytes());
     assert_eq!(h.fx.events.len(), 1);
     h.call(|s, cx, fx| s.send_answered(Ok(()), cx, fx));
+    assert!(
+        matches!(
+            &h.fx.events[..],
+            [Event::SendAnswered(200), Event::HttpSend { .. }]
+        ),
+        "{:?}",
+        h.fx.events
+    );
+    assert!(
+        !h.written().contains("Connection: close"),
+        "{}",
+        h.written()
+    );
+    h.call(|s, cx, fx| s.send_answered(Ok(()), cx, fx));
+    assert_eq!(h.fx.events, [Event::SendAnswered(200)]);
+    assert_eq!(h.fx.close, None);
+    assert!(h.session.is_handshaking());
+}
+
+/// Issue 31: pipelined `POST /send` requests were not served (the connection closed after
+/// the first). They are answered in order, up to a bound per read; past it the last
+/// answer says `Connection: close` and the client sends the rest again.
+#[test]
+fn pipelined_sends_are_answered_in_order_up_to_the_bound() {
+    let mut h = Harness::new(SessionConfig {
+        client_rate: 0,
+        ..config()
+    });
+    let request = |i: usize| {
+        let body = format!(r#"{{"type":"send","to":["b"],"data":{i}}}"#);
+        format!(
+            "POST /send?uid=a HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let all: String = (0..40).map(request).collect();
+    h.input(all.as_bytes());
+    let mut answered = 0;
+    loop {
+        let data = h.fx.events.iter().find_map(|e| match e {
+            Event::HttpSend { data, .. } => Some(data.clone()),
+            _ => None,
+        });
+        let Some(data) = data else { break };
+        assert_eq!(
+            &data[..],
+            answered.to_string().as_bytes(),
+            "answered in order"
+        );
+        h.call(|s, cx, fx| s.send_answered(Ok(()), cx, fx));
+        answered += 1;
+        assert!(h.written().starts_with("HTTP/1.1 200"), "{}", h.written());
+    }
+    assert_eq!(answered, 17, "the first and 16 pipelined behind it");
     assert!(h.written().contains("Connection: close\r\n"));
     assert_eq!(h.fx.close, Some(CloseKind::Graceful));
 }

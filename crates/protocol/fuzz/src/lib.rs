@@ -57,6 +57,11 @@ pub fn handshake(data: &[u8]) {
             "consumed + rest != input"
         );
         assert!(req.head().len() <= limit);
+        let head = req.head();
+        assert!(
+            (0..head.len()).all(|i| head[i] != b'\n' || (i > 0 && head[i - 1] == b'\r')),
+            "a head with a bare LF was accepted"
+        );
         if let Ok(up) = validate(&req) {
             assert_eq!(up.accept.len(), 28);
         }

@@ -5,6 +5,6 @@ mod request;
 mod response;
 mod validate;
 
-pub use request::{Request, RequestParser, DEFAULT_MAX_HEADER_BYTES, MAX_HEADERS};
+pub use request::{head_end, Request, RequestParser, DEFAULT_MAX_HEADER_BYTES, MAX_HEADERS};
 pub use response::{accept_key, error_response, switching_protocols, Status};
 pub use validate::{validate, Upgrade};

@@ -3,6 +3,12 @@
 //! Bytes are appended as they arrive; the parse runs once, when the blank line that ends
 //! the head has been seen (found by scanning only the new bytes), so a request dribbled in
 //! one byte at a time costs linear work. The head is bounded by a byte limit (431 past it).
+//!
+//! Line endings are CRLF only. RFC 9112 §2.2 lets a recipient accept a bare LF, but
+//! httparse accepts it in some places and not others, and the head's end is found by its
+//! CRLF CRLF: a head with bare LFs would wait for a blank line that never comes, and one
+//! mixing both would be read by rules a proxy in front may not share. A bare LF anywhere in
+//! the head is refused (400) as soon as it arrives, by the one scan both listeners use.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -50,7 +56,7 @@ impl RequestParser {
         // could start the terminator) are searched.
         let limit = self.buf.len().min(self.max_bytes);
         let from = self.scanned.saturating_sub(3).min(limit);
-        if let Some(end) = find_head_end(&self.buf[from..limit]).map(|e| from + e) {
+        if let Some(end) = head_end(&self.buf[..limit], from)? {
             let trailing = self.buf.split_off(end).freeze();
             let head = std::mem::take(&mut self.buf).freeze();
             self.scanned = 0;
@@ -64,9 +70,26 @@ impl RequestParser {
     }
 }
 
-/// Offset just past the first "\r\n\r\n" in `buf`.
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+/// Offset just past the blank line that ends the head at the front of `buf`, searching
+/// from `from` (bytes before it were searched by an earlier call; a terminator may start
+/// up to 3 bytes before it). `Ok(None)`: not there yet. A line feed not preceded by a
+/// carriage return before the end is [`HandshakeError::Malformed`].
+pub fn head_end(buf: &[u8], from: usize) -> Result<Option<usize>, HandshakeError> {
+    let mut at = from;
+    while let Some(lf) = buf
+        .get(at..)
+        .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+    {
+        let lf = at + lf;
+        if lf == 0 || buf[lf - 1] != b'\r' {
+            return Err(HandshakeError::Malformed);
+        }
+        if lf >= 3 && &buf[lf - 3..lf - 1] == b"\r\n" {
+            return Ok(Some(lf + 1));
+        }
+        at = lf + 1;
+    }
+    Ok(None)
 }
 
 /// A parsed request head. Every string is a range into one shared buffer.
@@ -83,6 +106,10 @@ pub struct Request {
 impl Request {
     /// Parses a complete head (ending in a blank line).
     pub fn parse(head: Bytes, trailing: Bytes) -> Result<Request, HandshakeError> {
+        // The same line-ending rule as the incremental parser, for heads found elsewhere.
+        if head_end(&head, 0)? != Some(head.len()) {
+            return Err(HandshakeError::Malformed);
+        }
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut fields);
         match req.parse(&head) {
@@ -237,6 +264,60 @@ mod tests {
             RequestParser::new(exact.len() - 1).feed(exact).unwrap_err(),
             HandshakeError::HeadersTooLarge
         );
+    }
+
+    #[test]
+    fn bare_line_feeds_are_refused_as_soon_as_they_arrive() {
+        // All bare LF, a mix, a bare LF ending the head, one leading the request.
+        for raw in [
+            &b"GET /ws HTTP/1.1\nHost: x\n\n"[..],
+            b"GET /ws HTTP/1.1\r\nHost: x\nUpgrade: websocket\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nHost: x\r\n\n",
+            b"GET /ws HTTP/1.1\nHost: x\r\n\r\n",
+            b"\nGET /ws HTTP/1.1\r\n\r\n",
+        ] {
+            let first_lf = raw.iter().position(|&b| b == b'\n').unwrap();
+            let bare = (0..raw.len())
+                .find(|&i| raw[i] == b'\n' && (i == 0 || raw[i - 1] != b'\r'))
+                .unwrap();
+            assert!(bare >= first_lf);
+            // Byte by byte: nothing is said until the bare LF, which is refused at once,
+            // without waiting for a blank line (or a timeout).
+            let mut p = RequestParser::new(DEFAULT_MAX_HEADER_BYTES);
+            for (i, b) in raw.iter().enumerate() {
+                let r = p.feed(std::slice::from_ref(b));
+                if i < bare {
+                    assert_eq!(r, Ok(None), "{raw:?} at {i}");
+                } else {
+                    assert_eq!(r, Err(HandshakeError::Malformed), "{raw:?} at {i}");
+                    break;
+                }
+            }
+            let whole = RequestParser::new(DEFAULT_MAX_HEADER_BYTES).feed(raw);
+            assert_eq!(whole, Err(HandshakeError::Malformed), "{raw:?}");
+            assert_eq!(
+                Request::parse(Bytes::copy_from_slice(raw), Bytes::new()),
+                Err(HandshakeError::Malformed),
+                "{raw:?}"
+            );
+            assert_eq!(HandshakeError::Malformed.status().code(), 400);
+        }
+        // A bare LF after the head belongs to whatever follows it (frames), not the head.
+        let mut data = REQ.to_vec();
+        data.extend_from_slice(b"\n\n");
+        let req = RequestParser::new(1024).feed(&data).unwrap().unwrap();
+        assert_eq!(&req.trailing()[..], b"\n\n");
+    }
+
+    #[test]
+    fn head_end_finds_the_first_blank_line() {
+        assert_eq!(head_end(b"a\r\n\r\nb\r\n\r\n", 0), Ok(Some(5)));
+        assert_eq!(head_end(b"a\r\n\r", 0), Ok(None));
+        assert_eq!(head_end(b"", 0), Ok(None));
+        assert_eq!(head_end(b"a\r\n", 9), Ok(None));
+        // From an offset: the terminator may begin before it.
+        assert_eq!(head_end(b"a\r\n\r\n", 4), Ok(Some(5)));
+        assert_eq!(head_end(b"a\n", 0), Err(HandshakeError::Malformed));
     }
 
     #[test]

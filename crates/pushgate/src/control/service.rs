@@ -4,9 +4,9 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::BytesMut;
-use reactor::{Flow, Service};
+use reactor::{ConnState, Flow, Service};
 
-use super::http::{json_error, next_request, Next, CONTINUE};
+use super::http::{json_error, Next, Reader, CONTINUE};
 use super::routes::ControlState;
 
 /// One reactor's handle on the control routes. The state is set once the reactors are
@@ -24,9 +24,23 @@ impl ControlService {
 }
 
 impl Service for ControlService {
-    fn serve(&mut self, input: &mut BytesMut, out: &mut Vec<u8>, room: usize, eof: bool) -> Flow {
+    fn serve(
+        &mut self,
+        conn: &mut ConnState,
+        input: &mut BytesMut,
+        out: &mut Vec<u8>,
+        room: usize,
+        eof: bool,
+    ) -> Flow {
         let Some(state) = self.state.get() else {
             out.extend_from_slice(&json_error(503, "starting", false));
+            return Flow::Close;
+        };
+        // The connection's request reader, made on its first read.
+        if !conn.as_ref().is_some_and(|c| c.is::<Reader>()) {
+            *conn = Some(Box::new(Reader::default()));
+        }
+        let Some(reader) = conn.as_mut().and_then(|c| c.downcast_mut::<Reader>()) else {
             return Flow::Close;
         };
         let start = out.len();
@@ -34,7 +48,7 @@ impl Service for ControlService {
             if out.len() - start >= room {
                 return Flow::Paused;
             }
-            match next_request(input, state.max_body_bytes) {
+            match reader.next_request(input, state.max_body_bytes) {
                 Ok(Next::Request(req)) => {
                     out.extend_from_slice(&state.handle(&req, true));
                     if !req.keep_alive {

@@ -149,6 +149,15 @@ impl RawNats {
         self.sync();
     }
 
+    /// `PUB subject reply` with `payload`: a request.
+    pub fn request(&mut self, subject: &str, reply: &str, payload: &[u8]) {
+        let mut msg = format!("PUB {subject} {reply} {}\r\n", payload.len()).into_bytes();
+        msg.extend_from_slice(payload);
+        msg.extend_from_slice(b"\r\n");
+        self.stream.write_all(&msg).unwrap();
+        self.sync();
+    }
+
     /// `HPUB subject` with `headers` and `payload`.
     pub fn publish_with_headers(
         &mut self,

@@ -154,6 +154,9 @@ pub struct ControlStats {
     pub disconnects_received: super::stats::Counter,
     /// Presence queries answered for other nodes.
     pub queries_answered: super::stats::Counter,
+    /// Requests whose reply subject was not a control inbox (a delivery subject, say):
+    /// not answered.
+    pub bad_reply: super::stats::Counter,
 }
 
 /// The control state of one node.
@@ -358,7 +361,13 @@ impl Control {
                 Err(_) => self.stats.invalid.add(1),
             }
         } else if subject == self.presence_subject {
+            let ctl_root = self.presence_subject.trim_end_matches("presence");
             match (serde_json::from_slice::<Query>(payload), reply) {
+                (Ok(_), Some(reply))
+                    if !super::reply_subject::is_control_inbox(ctl_root, reply) =>
+                {
+                    self.stats.bad_reply.add(1);
+                }
                 (Ok(q), Some(reply)) => {
                     if self.seen(&q.node, now) {
                         self.announce_soon();
@@ -579,6 +588,29 @@ mod tests {
             c.on_message(&router, subject, None, payload);
         }
         assert_eq!(c.stats().invalid.get(), 5);
+        // Issue 31: a query whose reply subject is a delivery subject (the broadcast,
+        // a user's) made this node publish presence there, to every client.
+        let query = br#"{"node":"n2","uids":["u"]}"#;
+        for reply in ["p.all", "p.user.u", "p.room.r", "p.ctl.reply.>"] {
+            c.on_message(&router, "p.ctl.presence", Some(reply), query);
+        }
+        assert_eq!(c.stats().bad_reply.get(), 4);
+        let published = |c: &Control| {
+            c.take_outgoing(Instant::now(), 100)
+                .into_iter()
+                .filter(|o| o.subject != "p.ctl.node")
+                .collect::<Vec<_>>()
+        };
+        assert!(published(&c).is_empty(), "nothing published");
+        c.on_message(
+            &router,
+            "p.ctl.presence",
+            Some("p.ctl.reply.0000000000000009.3"),
+            query,
+        );
+        let out = published(&c);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].subject, "p.ctl.reply.0000000000000009.3");
         assert_eq!(c.stats().disconnects_received.get(), 0);
         c.on_message(
             &router,

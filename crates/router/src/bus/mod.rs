@@ -31,6 +31,7 @@ pub mod jetstream;
 mod lingering;
 mod liveness;
 mod nats;
+mod reply_subject;
 mod servers;
 pub mod stats;
 pub mod subject;

@@ -945,6 +945,7 @@ impl Worker {
         let now = Instant::now();
         match ack {
             PubAck::Stored { seq, duplicate } => {
+                self.router.vouch(seq);
                 if !duplicate {
                     self.chains.set_last(&uid, Some(seq));
                     self.publish_stored(c, &busy.job, seq, busy.expected);

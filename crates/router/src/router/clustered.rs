@@ -16,6 +16,7 @@ use session::Welcome;
 use super::{dedup_strs, Delivered, Opened, PushOutcome, Router, DEFAULT_DEVICE};
 use crate::bus::jetstream::{self, StoredMsg};
 use crate::bus::{BusError, Kind, NatsBus, StoreJob, StoreOk};
+use crate::cluster_history::count_unplaceable;
 use crate::cluster_history::{
     ClusterHistoryStats, FillJob, Gap, RoomFrame, Step, UserSeq, UserSeqs,
 };
@@ -181,6 +182,16 @@ impl Router {
         self.clustered.as_ref().map(|c| &c.stats)
     }
 
+    /// A seq JetStream itself gave this node (a store's acknowledgement): live copies up
+    /// to [`crate::cluster_history::SEQ_ALLOWANCE`] past the highest are placed on their
+    /// word.
+    pub fn vouch(&self, seq: u64) {
+        if let Some(c) = &self.clustered {
+            c.users.vouch(seq);
+            c.rooms.vouch(seq);
+        }
+    }
+
     /// A stored user message arrived live (from this node's store or another node's):
     /// delivered to the user's connections here in seq order, once. False if this node
     /// keeps no clustered history (the caller delivers it as a plain message).
@@ -198,6 +209,7 @@ impl Router {
                 .or_insert_with(UserSeq::from_next),
             None => return true,
         };
+        u.set_ceiling(c.users.ceiling());
         let step = u.live(seq, prev, frame);
         self.apply(c, uid, u, step);
         true
@@ -209,6 +221,7 @@ impl Router {
         loop {
             c.stats.duplicates.add(step.duplicates);
             c.stats.overflow.add(step.overflow);
+            count_unplaceable(&c.stats, Kind::User, uid, step.unplaceable);
             if !step.frames.is_empty() {
                 let mut targets = Vec::new();
                 self.registry.user_connections(uid, &mut targets);
@@ -256,6 +269,8 @@ impl Router {
         }
         match c.bus.latest(kind, uid, FILL_TIMEOUT) {
             Ok(Some(m)) => {
+                c.users.vouch(m.seq);
+                c.rooms.vouch(m.seq);
                 if last(c).flatten().is_none_or(|l| m.seq > l) {
                     let frame = stored_frame(&m);
                     match kind {
@@ -280,8 +295,15 @@ impl Router {
         let fetched = c
             .bus
             .fetch_after(Kind::User, uid, gap.0, gap.1, c.config.size, FILL_TIMEOUT)
-            .map(|msgs| msgs.iter().map(|m| (m.seq, stored_frame(m))).collect())
+            .map(|msgs| {
+                msgs.iter()
+                    .map(|m| (m.seq, stored_frame(m)))
+                    .collect::<Vec<_>>()
+            })
             .map_err(|_| c.stats.fill_failures.add(1));
+        if let Ok(msgs) = &fetched {
+            msgs.iter().for_each(|(seq, _)| c.users.vouch(*seq));
+        }
         let mut shard = c.users.lock(uid);
         if let Some(u) = shard.get_mut(uid) {
             let step = u.filled(gap, fetched);
@@ -480,6 +502,7 @@ impl Router {
             frame,
             targets: targets.map(Arc::from),
         };
+        u.set_ceiling(c.rooms.ceiling());
         let step = u.live(seq, prev, frame);
         self.apply_room(c, room, u, step);
         true
@@ -496,6 +519,7 @@ impl Router {
         loop {
             c.stats.duplicates.add(step.duplicates);
             c.stats.overflow.add(step.overflow);
+            count_unplaceable(&c.stats, Kind::Room, room, step.unplaceable);
             if !step.frames.is_empty() {
                 let mut members = Vec::new();
                 self.registry.room_connections(room, &mut members);
@@ -550,8 +574,15 @@ impl Router {
         let fetched = c
             .bus
             .fetch_after(Kind::Room, room, gap.0, gap.1, c.config.size, FILL_TIMEOUT)
-            .map(|msgs| msgs.iter().map(|m| (m.seq, room_frame(m))).collect())
+            .map(|msgs| {
+                msgs.iter()
+                    .map(|m| (m.seq, room_frame(m)))
+                    .collect::<Vec<_>>()
+            })
             .map_err(|_| c.stats.fill_failures.add(1));
+        if let Ok(msgs) = &fetched {
+            msgs.iter().for_each(|(seq, _)| c.rooms.vouch(*seq));
+        }
         let mut shard = c.rooms.lock(room);
         if let Some(u) = shard.get_mut(room) {
             let step = u.filled(gap, fetched);
