@@ -27,7 +27,7 @@ fn answer_within(addr: SocketAddr, raw: &[u8], limit: Duration) -> (String, Dura
 #[test]
 fn bare_lf_line_endings_get_400_at_once_on_both_listeners() {
     // Timeouts far longer than the test waits: only a refusal can answer in time.
-    let gw = Gateway::start(&[
+    let gw = Gateway::dev(&[
         "--handshake-timeout",
         "60",
         "--control-first-request-timeout",
@@ -74,7 +74,7 @@ fn ten_pings_in_a_row_get_ten_pongs_and_a_flood_stays_bounded() {
     use bytes::Bytes;
     use protocol::frame::client_message;
     use protocol::{Message, OpCode};
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     // Autobahn 2.10: ten pings with distinct payloads in one write, each answered.
     let mut c = common::Client::connect(gw.client_addr, "/ws?uid=pinger");
     let _welcome = c.recv_json();
@@ -124,7 +124,7 @@ fn ten_pings_in_a_row_get_ten_pongs_and_a_flood_stays_bounded() {
 
 #[test]
 fn tls_counters_are_exported_at_zero_before_tls_is_configured() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     for sample in [
         r#"pushgate_tls_handshakes_total{kind="full"}"#,
         r#"pushgate_tls_handshakes_total{kind="resumed"}"#,
@@ -147,7 +147,7 @@ fn tls_counters_are_exported_at_zero_before_tls_is_configured() {
 
 #[test]
 fn pipelined_sends_on_one_connection_are_answered_in_order() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::dev(&[]);
     let mut bob = common::Client::connect(gw.client_addr, "/ws?uid=bob");
     let _welcome = bob.recv_json();
     common::users_online(&gw, 1.0);
@@ -189,7 +189,7 @@ fn pipelined_sends_on_one_connection_are_answered_in_order() {
 /// silent, was the first evicted by the next connection of a flood.
 #[test]
 fn a_connection_flood_does_not_evict_a_request_just_connected() {
-    let gw = Gateway::start(&[
+    let gw = Gateway::dev(&[
         "--reactors",
         "1",
         "--control-max-clients",
@@ -231,7 +231,7 @@ fn honest_requests_are_answered_through_a_flood_of_one_byte_connections() {
     pushgate::limits::raise_nofile().unwrap();
     // The default table (1 024): larger per reactor than one turn's accepts, so a burst
     // from the backlog cannot cycle through it before a request just connected is read.
-    let gw = Gateway::start(&["--control-first-request-timeout", "300"]);
+    let gw = Gateway::dev(&["--control-first-request-timeout", "300"]);
     let addr = gw.control_addr;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let filled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -285,7 +285,7 @@ fn honest_requests_are_answered_through_a_flood_of_one_byte_connections() {
 
 #[test]
 fn one_address_holds_at_most_its_control_connections() {
-    let gw = Gateway::start(&["--control-max-clients-per-ip", "2"]);
+    let gw = Gateway::dev(&["--control-max-clients-per-ip", "2"]);
     let addr = gw.control_addr;
     let a1 = common::connect_from([127, 0, 3, 2], addr);
     let _a2 = common::connect_from([127, 0, 3, 2], addr);
