@@ -238,7 +238,7 @@ impl<D: Driver> Reactor<D> {
     /// Mid-turn: delivers what the inbox holds and writes the connections it reached, so
     /// a long turn does not hold back what its first events routed.
     pub(crate) fn deliver_now(&mut self) {
-        if !self.inbox.is_empty() {
+        if self.inbox_waiting() {
             self.drain_inbox();
         }
         self.flush_dirty();
@@ -278,7 +278,7 @@ impl<D: Driver> Reactor<D> {
     /// stopped, a drain in progress. True when the reactor may exit.
     pub(crate) fn end_turn(&mut self, now: Instant) -> bool {
         // Commands may arrive faster than wakers are polled; never leave them waiting.
-        if !self.inbox.is_empty() {
+        if self.inbox_waiting() {
             self.drain_inbox();
         }
         self.flush_dirty();
@@ -329,6 +329,15 @@ impl<D: Driver> Reactor<D> {
         }
     }
 
+    /// Whether commands or answers of parked control requests wait.
+    fn inbox_waiting(&self) -> bool {
+        !self.inbox.is_empty()
+            || self
+                .services
+                .as_ref()
+                .is_some_and(ServiceConns::has_answers)
+    }
+
     fn tick_of(&self, t: Instant) -> u64 {
         self.ticks.tick_of(t)
     }
@@ -342,7 +351,10 @@ impl<D: Driver> Reactor<D> {
     pub(crate) fn poll_timeout(&self, ready: bool) -> Option<Duration> {
         // Work already waiting must not sleep until the next unrelated wakeup: the
         // inbox's waker fired once for all of it.
-        let services_again = self.services.as_ref().is_some_and(ServiceConns::has_again);
+        let services_again = self
+            .services
+            .as_ref()
+            .is_some_and(|s| s.has_again() || s.has_answers());
         if ready || !self.inbox.is_empty() || services_again {
             return Some(Duration::ZERO);
         }

@@ -186,6 +186,9 @@ pub struct ReactorHandle {
     pub(crate) stats: Arc<ReactorStats>,
     pub(crate) inbox: Arc<InboxShared>,
     pub(crate) backend: &'static str,
+    /// Answers of parked control requests: unbounded, never refused (see
+    /// `crate::parked`).
+    pub(crate) answers: Sender<crate::parked::Answered>,
 }
 
 impl ReactorHandle {
@@ -210,6 +213,7 @@ impl ReactorHandle {
             stats: Arc::default(),
             inbox: Arc::new(InboxShared::new(usize::MAX)),
             backend: "epoll",
+            answers: crossbeam_channel::unbounded().0,
         };
         Ok((handle, rx, poll))
     }
@@ -264,7 +268,7 @@ impl ReactorHandle {
         let _ = self.waker.wake();
     }
 
-    fn wake(&self) {
+    pub(crate) fn wake(&self) {
         // SeqCst pairs with the reactor clearing the flag before it drains: either the
         // reactor sees this command, or this sender sees the flag cleared and wakes it.
         if !self.inbox.notified.swap(true, Ordering::SeqCst) {

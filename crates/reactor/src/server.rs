@@ -85,6 +85,21 @@ impl Server {
             listeners.into_iter().enumerate().zip(service_listeners)
         {
             let id = i as u16;
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let (tx, rx) = crossbeam_channel::bounded(config.inbox_depth.max(1));
+            let inbox = Arc::new(InboxShared::new(config.inbox_bytes.max(1)));
+            let stats = Arc::new(ReactorStats::default());
+            let (answers_tx, answers_rx) = crossbeam_channel::unbounded();
+            let handle = ReactorHandle {
+                id,
+                tx,
+                waker,
+                stats: Arc::clone(&stats),
+                inbox: Arc::clone(&inbox),
+                backend: backend.name(),
+                answers: answers_tx,
+            };
             let service = match (service_listener, &config.service) {
                 (Some(l), Some(sc)) => {
                     // The node's bound, shared out: SO_REUSEPORT spreads connections evenly.
@@ -92,15 +107,13 @@ impl Server {
                         max_connections: sc.limits.max_connections.div_ceil(n).max(1),
                         ..sc.limits
                     };
-                    services(id).map(|s| ServiceConns::new(l, s, limits, SERVICE_BASE))
+                    services(id).map(|s| {
+                        ServiceConns::new(l, s, limits, SERVICE_BASE)
+                            .with_parking(handle.clone(), answers_rx)
+                    })
                 }
                 _ => None,
             };
-            let poll = Poll::new()?;
-            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-            let (tx, rx) = crossbeam_channel::bounded(config.inbox_depth.max(1));
-            let inbox = Arc::new(InboxShared::new(config.inbox_bytes.max(1)));
-            let stats = Arc::new(ReactorStats::default());
             let hooks = hooks(id, &stats);
             // The same reactor over either driver: only how bytes move differs.
             macro_rules! reactor {
@@ -129,14 +142,7 @@ impl Server {
                     Ready::Epoll(reactor!(Epoll::new(poll, listener)?))
                 }
             });
-            handles.push(ReactorHandle {
-                id,
-                tx,
-                waker,
-                stats,
-                inbox,
-                backend: backend.name(),
-            });
+            handles.push(handle);
         }
         Ok(Server {
             local_addr,

@@ -26,7 +26,7 @@ use session::Welcome;
 mod clustered;
 
 use clustered::Clustered;
-pub use clustered::{HISTORY_UNAVAILABLE, REPLAY_TIMEOUT};
+pub use clustered::{HISTORY_UNAVAILABLE, REPLAY_TIMEOUT, STORE_WAIT};
 
 /// What a push reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +56,10 @@ pub struct Delivered {
     /// Named users with no connection: the message waits in their history.
     pub offline: Vec<String>,
 }
+
+/// Told what a push reached once it is carried out (on a clustered node with history,
+/// on the bus thread once JetStream answered every store): must not block.
+pub type DeliveredDone = Box<dyn FnOnce(Delivered) + Send>;
 
 /// Retained messages of the node (single node only).
 #[derive(Debug)]
@@ -536,6 +540,10 @@ impl Router {
     /// history, each named user's copy carries that user's next seq and the message `id`
     /// (the caller's, else a new one), each room's copy the room's next seq, and every
     /// copy is retained; without, it is [`Router::push`] of one frame.
+    ///
+    /// On a clustered node with history the answer needs JetStream's: this waits for it
+    /// (at most [`STORE_WAIT`]), so it is for tools and tests; a reactor uses
+    /// [`Router::send_then`].
     pub fn send(
         &self,
         users: &[impl AsRef<str>],
@@ -545,17 +553,71 @@ impl Router {
         id: Option<&str>,
         received: Instant,
     ) -> Delivered {
-        if let Some(c) = self.clustered() {
-            return self.send_clustered(
+        if self.push_is_deferred() {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let done: DeliveredDone = Box::new(move |d| {
+                let _ = tx.try_send(d);
+            });
+            self.send_then(users, rooms, from, data, id, received, done);
+            return rx.recv_timeout(STORE_WAIT).unwrap_or_else(|_| Delivered {
+                outcome: PushOutcome {
+                    connections: 0,
+                    offline_users: 0,
+                    refused: 0,
+                    bus: Err(BusError::History),
+                },
+                id: None,
+                seqs: Vec::new(),
+                offline: Vec::new(),
+            });
+        }
+        self.send_now(users, rooms, from, data, id, received)
+    }
+
+    /// Whether a push's answer has to wait for JetStream (a clustered node with history
+    /// ready): then [`Router::send_then`] tells it later.
+    pub fn push_is_deferred(&self) -> bool {
+        self.clustered().is_some()
+    }
+
+    /// [`Router::send`] without waiting: `done` is told what the push reached, here and
+    /// now, or, when the push waits for JetStream, on the bus thread once it answered
+    /// every store (or the bus gave up on it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_then(
+        &self,
+        users: &[impl AsRef<str>],
+        rooms: &[impl AsRef<str>],
+        from: &str,
+        data: &[u8],
+        id: Option<&str>,
+        received: Instant,
+        done: DeliveredDone,
+    ) {
+        match self.clustered() {
+            Some(c) => self.send_clustered(
                 c,
                 &dedup_strs(users),
                 &dedup_strs(rooms),
                 from,
                 data,
                 id,
-                true,
-            );
+                Some(done),
+            ),
+            None => done(self.send_now(users, rooms, from, data, id, received)),
         }
+    }
+
+    /// [`Router::send`] where nothing waits: without history, or with it on this node.
+    fn send_now(
+        &self,
+        users: &[impl AsRef<str>],
+        rooms: &[impl AsRef<str>],
+        from: &str,
+        data: &[u8],
+        id: Option<&str>,
+        received: Instant,
+    ) -> Delivered {
         let Some(h) = &self.history else {
             let frame = Self::msg_frame(from, data);
             return Delivered {

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::time::Instant;
 
-use router::{Delivered, Router};
+use router::{Delivered, DeliveredDone, Router};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use session::auth::MAX_ID_LEN;
@@ -141,6 +141,20 @@ pub fn push(router: &Router, req: &PushRequest<'_>, received: Instant) -> Delive
         req.data.get().as_bytes(),
         req.id.as_deref(),
         received,
+    )
+}
+
+/// Carries out a push without waiting: `done` is told what it reached (at once, or on the
+/// bus thread once JetStream stored it).
+pub fn push_then(router: &Router, req: &PushRequest<'_>, received: Instant, done: DeliveredDone) {
+    router.send_then(
+        &req.to,
+        &req.rooms,
+        &req.from,
+        req.data.get().as_bytes(),
+        req.id.as_deref(),
+        received,
+        done,
     )
 }
 

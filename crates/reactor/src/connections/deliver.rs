@@ -20,6 +20,14 @@ impl<D: Driver> Reactor<D> {
         if let Some(window) = self.inbox_shared.take_drain() {
             self.start_drain(window, Instant::now());
         }
+        if let Some(s) = self.services.as_mut() {
+            s.drain_answers(
+                self.io.registry(),
+                &mut self.wheel,
+                &self.ticks,
+                &self.stats,
+            );
+        }
         for _ in 0..COMMANDS_PER_TURN {
             match self.inbox.try_recv() {
                 Ok(cmd) => {

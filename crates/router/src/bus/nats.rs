@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::conn;
-use super::control::{ClusterPresence, Control, ControlStats, Disconnect};
+use super::control::{Control, ControlStats, Disconnect, PresenceDone};
 use super::interest::Changed;
 use super::jetstream::{self, stream_name, JsConfig, StoredMsg};
 use super::liveness::Liveness;
@@ -70,9 +70,11 @@ pub(super) const JS_READY: u8 = 1;
 /// The server has no JetStream (or refused the stream): live delivery only.
 pub(super) const JS_ABSENT: u8 = 2;
 
+/// Told a store's outcome, on the bus thread: must not block.
+pub type StoreDone = Box<dyn FnOnce(Result<StoreOk, BusError>) + Send>;
+
 /// A user message to store in the history stream; once JetStream has stored it, the bus
 /// thread delivers it here and publishes it live with its seq.
-#[derive(Debug)]
 pub struct StoreJob {
     /// A user's or a room's message.
     pub kind: Kind,
@@ -86,8 +88,18 @@ pub struct StoreJob {
     /// `Pushgate-Targets` lists them (a connection reached through a listed user or an
     /// earlier listed room gets it from there).
     pub targets: Option<String>,
-    /// Told the outcome, if anyone waits for it.
-    pub done: Option<Sender<Result<StoreOk, BusError>>>,
+    /// Told the outcome (on the bus thread), if anyone wants it.
+    pub done: Option<StoreDone>,
+}
+
+impl std::fmt::Debug for StoreJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreJob")
+            .field("kind", &self.kind)
+            .field("id", &self.id)
+            .field("msg_id", &self.msg_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StoreJob {
@@ -566,13 +578,13 @@ impl ClusterBus for NatsBus {
         Some(&self.shared.stats)
     }
 
-    fn presence(&self, uids: &[String], deadline: Instant) -> Result<ClusterPresence, BusError> {
+    fn presence(&self, uids: &[String], deadline: Instant, done: PresenceDone) {
         if !self.shared.is_ready() {
-            return Err(BusError::Disconnected);
+            return done(Err(BusError::Disconnected));
         }
         self.shared
             .control
-            .ask_presence(uids, deadline, || self.shared.wake.notify_one())
+            .ask_presence(uids, deadline, || self.shared.wake.notify_one(), done)
     }
 
     fn disconnect(&self, req: &Disconnect) -> Result<(), BusError> {

@@ -235,6 +235,7 @@ impl Worker {
                 let open = conn::open(&server, &options);
                 tokio::pin!(open);
                 loop {
+                    let queries = self.queries_deadline();
                     tokio::select! {
                         r = &mut open => break Some(r),
                         () = self.shared.wake.notified() => {
@@ -242,7 +243,9 @@ impl Worker {
                                 break None;
                             }
                         }
+                        () = tokio::time::sleep_until(queries) => {}
                     }
+                    self.shared.control.expire_queries(Instant::now());
                 }
             };
             match opened {
@@ -279,10 +282,22 @@ impl Worker {
             if self.stopping() {
                 return false;
             }
+            let queries = self.queries_deadline();
             tokio::select! {
                 () = tokio::time::sleep_until(until) => return true,
                 () = self.shared.wake.notified() => {}
+                () = tokio::time::sleep_until(queries) => {}
             }
+            self.shared.control.expire_queries(Instant::now());
+        }
+    }
+
+    /// When the earliest presence query ends (far off when none waits): the bus thread
+    /// wakes then, not at its next tick, so a query is answered at its deadline.
+    fn queries_deadline(&self) -> tokio::time::Instant {
+        match self.shared.control.next_deadline() {
+            Some(d) => tokio::time::Instant::from_std(d),
+            None => tokio::time::Instant::now() + Duration::from_secs(3600),
         }
     }
 
@@ -376,6 +391,7 @@ impl Worker {
                 more |= self.expire_leaving(&mut c);
             }
             self.expire_requests(now, false);
+            self.shared.control.expire_queries(now);
             self.expire_stores(&mut c, now);
             self.probe(&mut c, now);
             self.confirm_catch_up();
@@ -393,6 +409,7 @@ impl Worker {
             if c.rbuf.capacity() - c.rbuf.len() < READ_CHUNK / 4 {
                 c.rbuf.reserve(READ_CHUNK);
             }
+            let queries = self.queries_deadline();
             let event = tokio::select! {
                 r = c.reader.read_buf(&mut c.rbuf) => Event::Read(r),
                 w = async {
@@ -404,6 +421,7 @@ impl Worker {
                 }, if to_write || flush => Event::Wrote(w),
                 () = self.shared.wake.notified() => Event::Wake,
                 _ = tick.tick() => Event::Wake,
+                () = tokio::time::sleep_until(queries) => Event::Wake,
                 () = tokio::task::yield_now(), if more => Event::Wake,
             };
             match event {
@@ -1108,10 +1126,10 @@ impl Worker {
     }
 }
 
-/// Tells a store's waiter (if any) how it went.
+/// Tells a store's owner (if any) how it went.
 fn finish(job: StoreJob, result: Result<StoreOk, BusError>) {
     if let Some(done) = job.done {
-        let _ = done.try_send(result);
+        done(result);
     }
 }
 

@@ -13,7 +13,7 @@ use reactor::ConnRef;
 use session::client_protocol::{self as cp, RequestError};
 use session::Welcome;
 
-use super::{dedup_strs, Delivered, Opened, PushOutcome, Router, DEFAULT_DEVICE};
+use super::{dedup_strs, Delivered, DeliveredDone, Opened, PushOutcome, Router, DEFAULT_DEVICE};
 use crate::bus::jetstream::{self, StoredMsg};
 use crate::bus::{BusError, Kind, NatsBus, StoreJob, StoreOk};
 use crate::cluster_history::{
@@ -96,7 +96,7 @@ const FILL_TIMEOUT: Duration = Duration::from_secs(2);
 /// message.
 const MAX_FILLS: usize = 1 << 18;
 /// A push waits this long for JetStream to store it (its answer, or a 503).
-const STORE_WAIT: Duration = Duration::from_millis(2500);
+pub const STORE_WAIT: Duration = Duration::from_millis(2500);
 
 /// The reply when the history stream could not be read in time.
 pub const HISTORY_UNAVAILABLE: RequestError = RequestError {
@@ -660,8 +660,9 @@ impl Router {
     }
 
     /// A message from `from` to `users` and `rooms` on a clustered node, each stored with
-    /// its seq. With `wait` the answer has every user's seq (or the error); a client's
-    /// `send` does not wait (its reactor must not).
+    /// its seq. With `done`, it is told (on the bus thread, or here when nothing could be
+    /// handed to the bus) every user's seq or the error once JetStream answered every
+    /// store; nobody waits for that (a client's `send` does not even ask).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn send_clustered(
         &self,
@@ -671,8 +672,8 @@ impl Router {
         from: &str,
         data: &[u8],
         id: Option<&str>,
-        wait: bool,
-    ) -> Delivered {
+        done: Option<DeliveredDone>,
+    ) {
         let id = match id {
             Some(id) => id.to_owned(),
             None => format!(
@@ -696,8 +697,26 @@ impl Router {
             t
         });
         let user_body = jetstream::stored_body(from, &id, None, data);
-        let mut bus = Ok(());
-        let mut waiting = Vec::with_capacity(users.len() + rooms.len());
+        // Told of every store as JetStream answers it; the last one tells `done`.
+        let gather = done.map(|done| {
+            Arc::new(parking_lot::Mutex::new(Gather {
+                left: users.len() + rooms.len(),
+                delivered: Some(Delivered {
+                    outcome: PushOutcome {
+                        connections: 0,
+                        offline_users: 0,
+                        refused: 0,
+                        bus: Ok(()),
+                    },
+                    id: Some(id.clone()),
+                    seqs: Vec::new(),
+                    offline: Vec::new(),
+                }),
+                seqs: vec![None; users.len()],
+                done: Some(done),
+            }))
+        });
+        let mut slot = 0;
         let recipients = users
             .iter()
             .map(|u| (Kind::User, *u))
@@ -716,61 +735,95 @@ impl Router {
                     targets.clone(),
                 ),
             };
-            let (tx, rx) = crossbeam_channel::bounded::<Result<StoreOk, BusError>>(1);
+            let user = (kind == Kind::User).then(|| (slot, to.to_owned()));
+            slot += usize::from(kind == Kind::User);
             let job = StoreJob {
                 kind,
                 id: Arc::from(to),
                 msg_id,
                 body,
                 targets,
-                done: wait.then_some(tx),
+                done: gather.as_ref().map(|g| {
+                    let g = Arc::clone(g);
+                    Box::new(move |r: Result<StoreOk, BusError>| Gather::stored(&g, user, r))
+                        as crate::bus::StoreDone
+                }),
             };
-            match c.bus.store(job) {
-                Ok(()) => waiting.push((kind, to, rx)),
-                Err(e) => bus = Err(e),
-            }
-        }
-        let mut seqs = Vec::with_capacity(users.len());
-        if wait {
-            let deadline = Instant::now() + c.wait(STORE_WAIT);
-            for (kind, to, rx) in waiting {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let got = rx.recv_timeout(left);
-                // Not stored, whether the bus thread gave up on JetStream's answer first
-                // or this wait did: the next pushes do not wait as long.
-                c.answered(
-                    &got.as_ref()
-                        .map_err(|_| ())
-                        .and_then(|r| r.as_ref().map_err(|_| ())),
-                );
-                match got {
-                    Ok(Ok(ok)) if kind == Kind::User => seqs.push((to.to_owned(), ok.seq)),
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => bus = Err(e),
-                    Err(_) => bus = Err(BusError::History),
+            if let Err(e) = c.bus.store(job) {
+                if let Some(g) = &gather {
+                    Gather::stored(g, None, Err(e));
                 }
             }
         }
-        Delivered {
-            outcome: PushOutcome {
-                connections: 0,
-                offline_users: 0,
-                refused: 0,
-                bus,
-            },
-            id: Some(id),
-            seqs,
-            offline: Vec::new(),
-        }
     }
 
-    /// A client's `send`: like [`Router::send`], except that on a clustered node it does
-    /// not wait for the stores (the caller is a reactor).
+    /// A client's `send`: like [`Router::send`], except that on a clustered node nobody
+    /// is told when the stores are done (the sender learns of its message as its
+    /// recipients do).
     pub fn send_from_client(&self, to: &[impl AsRef<str>], from: &str, data: &[u8]) -> Delivered {
         match self.clustered() {
-            Some(c) => self.send_clustered(c, &dedup_strs(to), &[], from, data, None, false),
+            Some(c) => {
+                self.send_clustered(c, &dedup_strs(to), &[], from, data, None, None);
+                Delivered {
+                    outcome: PushOutcome {
+                        connections: 0,
+                        offline_users: 0,
+                        refused: 0,
+                        bus: Ok(()),
+                    },
+                    id: None,
+                    seqs: Vec::new(),
+                    offline: Vec::new(),
+                }
+            }
             None => self.send(to, &[] as &[&str], from, data, None, Instant::now()),
         }
+    }
+}
+
+/// The stores of one push as JetStream answers them: each user's seq, the first error,
+/// and who is told once the last one is answered.
+struct Gather {
+    left: usize,
+    delivered: Option<Delivered>,
+    /// Each named user's seq, in the order the push named them.
+    seqs: Vec<Option<(String, u64)>>,
+    done: Option<DeliveredDone>,
+}
+
+impl Gather {
+    /// One store answered (`user`: the user it was for and its place among them; a
+    /// room's store names none).
+    fn stored(
+        this: &parking_lot::Mutex<Gather>,
+        user: Option<(usize, String)>,
+        result: Result<StoreOk, BusError>,
+    ) {
+        let mut g = this.lock();
+        match result {
+            Ok(ok) => {
+                if let Some((i, u)) = user {
+                    if let Some(s) = g.seqs.get_mut(i) {
+                        *s = Some((u, ok.seq));
+                    }
+                }
+            }
+            Err(e) => {
+                if let Some(d) = g.delivered.as_mut() {
+                    d.outcome.bus = Err(e);
+                }
+            }
+        }
+        g.left = g.left.saturating_sub(1);
+        if g.left > 0 {
+            return;
+        }
+        let (Some(mut d), Some(done)) = (g.delivered.take(), g.done.take()) else {
+            return;
+        };
+        d.seqs = g.seqs.drain(..).flatten().collect();
+        drop(g);
+        done(d);
     }
 }
 
