@@ -19,8 +19,14 @@ use reactor::{
 struct NoHooks;
 
 impl Hooks for NoHooks {
-    fn open(&mut self, _: ConnRef, _: &str, _: Option<&str>, _: Option<u64>) -> session::Welcome {
-        session::Welcome::default()
+    fn open(
+        &mut self,
+        _: ConnRef,
+        _: &str,
+        _: Option<&str>,
+        _: Option<u64>,
+    ) -> Option<session::Welcome> {
+        Some(session::Welcome::default())
     }
     fn on_session_event(&mut self, _: ConnRef, _: session::Event) {}
     fn on_close(&mut self, _: ConnRef) {}

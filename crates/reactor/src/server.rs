@@ -91,6 +91,7 @@ impl Server {
             let inbox = Arc::new(InboxShared::new(config.inbox_bytes.max(1)));
             let stats = Arc::new(ReactorStats::default());
             let (answers_tx, answers_rx) = crossbeam_channel::unbounded();
+            let (welcomes_tx, welcomes_rx) = crossbeam_channel::unbounded();
             let handle = ReactorHandle {
                 id,
                 tx,
@@ -99,6 +100,7 @@ impl Server {
                 inbox: Arc::clone(&inbox),
                 backend: backend.name(),
                 answers: answers_tx,
+                welcomes: welcomes_tx,
             };
             let service = match (service_listener, &config.service) {
                 (Some(l), Some(sc)) => {
@@ -122,6 +124,7 @@ impl Server {
                         id,
                         $driver,
                         rx,
+                        welcomes_rx,
                         Arc::clone(&inbox),
                         Arc::clone(&config),
                         Arc::clone(&admission),

@@ -177,6 +177,8 @@ pub struct ReactorStats {
     pub service_connections: Cell,
     /// Service connections closed by the server, by reason ([`SERVICE_EVICT_REASONS`]).
     pub service_evicted: [Cell; 4],
+    /// Gauge: connections whose opening is pending (their welcome and replay on the way).
+    pub openings_pending: Cell,
     /// Gauge: service requests parked, waiting for their answer from another thread.
     pub service_parked: Cell,
     /// Parked requests answered 504: their deadline passed first.

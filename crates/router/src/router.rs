@@ -24,6 +24,7 @@ use session::client_protocol::{self as cp, RequestError};
 use session::Welcome;
 
 mod clustered;
+mod openers;
 
 use clustered::Clustered;
 pub use clustered::{HISTORY_UNAVAILABLE, REPLAY_TIMEOUT, STORE_WAIT};
@@ -318,6 +319,11 @@ impl Router {
     pub fn leave(&self, room: &Arc<str>, conn: ConnRef) {
         if let Some(c) = &self.clustered {
             let mut shard = c.rooms.lock(room);
+            let key = (conn, Arc::clone(room));
+            if c.openers.pending.joins.lock().remove(&key) {
+                // Its join had not registered it yet: now it never will.
+                return;
+            }
             if self.registry.leave(room, conn) {
                 shard.remove(&**room);
                 drop(shard);
@@ -340,9 +346,11 @@ impl Router {
         conn: ConnRef,
         device: Option<&str>,
         since: Option<u64>,
-    ) -> (Arc<str>, Welcome, Opened) {
+    ) -> (Arc<str>, Option<Welcome>, Opened) {
         if let Some(c) = self.clustered() {
-            return self.open_clustered(c, uid, conn, device, since);
+            // Pending: the welcome comes through the reactor's welcome queue.
+            let id = self.open_clustered(c, uid, conn, device, since);
+            return (id, None, Opened { replayed_from: 0 });
         }
         let Some(h) = &self.history else {
             let id = self.add_user_on(uid, conn, device);
@@ -350,7 +358,7 @@ impl Router {
                 error: since.map(|_| cp::HISTORY_DISABLED),
                 ..Welcome::default()
             };
-            return (id, w, Opened { replayed_from: 0 });
+            return (id, Some(w), Opened { replayed_from: 0 });
         };
         let mut l = h.users.lock(uid, Instant::now());
         let id = self.add_user_on(uid, conn, device);
@@ -364,7 +372,7 @@ impl Router {
             };
             return (
                 id,
-                w,
+                Some(w),
                 Opened {
                     replayed_from: latest,
                 },
@@ -382,7 +390,7 @@ impl Router {
         };
         (
             id,
-            w,
+            Some(w),
             Opened {
                 replayed_from: from,
             },
@@ -394,6 +402,10 @@ impl Router {
     pub fn close_user(&self, uid: &Arc<str>, conn: ConnRef) {
         if let Some(c) = &self.clustered {
             let mut shard = c.users.lock(uid);
+            if c.openers.pending.opens.lock().remove(&conn) {
+                // Its opening had not registered it yet: now it never will.
+                return;
+            }
             if self.registry.remove_user(uid, conn) {
                 shard.remove(&**uid);
                 drop(shard);
@@ -424,21 +436,8 @@ impl Router {
         opened: Opened,
     ) -> Result<(), RequestError> {
         if let Some(c) = self.clustered() {
-            let latest = c.users.lock(uid).get(uid).and_then(UserSeq::last);
-            let latest = latest.unwrap_or(opened.replayed_from);
-            if since > latest {
-                // As at opening: past the stream's latest too, or this node is behind.
-                let stored = c.bus.latest(Kind::User, uid, REPLAY_TIMEOUT);
-                return Err(match stored {
-                    Ok(Some(m)) if m.seq >= since => HISTORY_UNAVAILABLE,
-                    _ => cp::SINCE_IN_FUTURE,
-                });
-            }
-            let (frames, recovered) = self.replay_clustered(c, uid, since, opened.replayed_from)?;
-            for frame in frames {
-                self.deliver_to(conn, frame);
-            }
-            self.deliver_to(conn, session::messages::resumed(latest, recovered));
+            // Read on an opener; its errors are replied from there.
+            self.resume_later(c, uid, conn, since, opened);
             return Ok(());
         }
         let h = self.history.as_ref().ok_or(cp::HISTORY_DISABLED)?;
@@ -466,7 +465,16 @@ impl Router {
         since: Option<u64>,
     ) -> (Arc<str>, Result<(), RequestError>) {
         if let Some(c) = self.clustered() {
-            return self.join_clustered(c, room, conn, since);
+            let Some(since) = since else {
+                let mut shard = c.rooms.lock(room);
+                let id = self.join(room, conn);
+                shard
+                    .entry(Arc::clone(&id))
+                    .or_insert_with(UserSeq::from_next);
+                return (id, Ok(()));
+            };
+            // Read on an opener; its errors are replied from there.
+            return (self.join_later(c, room, conn, since), Ok(()));
         }
         let (Some(h), Some(since)) = (&self.history, since) else {
             let id = self.join(room, conn);

@@ -21,6 +21,8 @@ use crate::cluster_history::{
 };
 use crate::history::HistoryConfig;
 
+use super::openers::{Job, Openers};
+
 /// History of a clustered node: in JetStream, through the bus; here only what each user
 /// held got last ([`UserSeqs`]).
 #[derive(Debug)]
@@ -38,8 +40,10 @@ pub(super) struct Clustered {
     pub(super) id_prefix: u32,
     pub(super) next_id: AtomicU64,
     /// A wait on JetStream timed out and none has been answered in time since: the
-    /// reactors wait at most [`STALLED_WAIT`] (see [`Clustered::wait`]).
+    /// openers wait at most [`STALLED_WAIT`] (see [`Clustered::wait`]).
     pub(super) stalled: AtomicBool,
+    /// Openings, `resume` and `join` with `since`, read on threads of their own.
+    pub(super) openers: Openers,
 }
 
 /// What a reactor waits on JetStream while it is stalled: enough for a healthy server on
@@ -125,13 +129,21 @@ impl Router {
             id_prefix: foldhash::fast::RandomState::default().hash_one(1u8) as u32,
             next_id: AtomicU64::new(1),
             stalled: AtomicBool::new(false),
+            openers: Openers::default(),
         });
         self
     }
 
-    /// Starts the thread that fetches the gaps in users' live messages from the stream
-    /// (a clustered node with history; once).
+    /// Starts the thread that fetches the gaps in users' live messages from the stream,
+    /// and the openers (a clustered node with history; once).
     pub fn start_history(self: &Arc<Self>) -> std::io::Result<()> {
+        if let Some(rx) = self
+            .clustered
+            .as_ref()
+            .and_then(|c| c.openers.rx.lock().take())
+        {
+            super::openers::start(Arc::downgrade(self), rx)?;
+        }
         let Some(rx) = self
             .clustered
             .as_ref()
@@ -289,10 +301,9 @@ impl Router {
         }
     }
 
-    /// A connection of `uid` opened on a clustered node: registered under the user's
-    /// shard lock (so it gets every message after the user's last seq here live), then
-    /// its replay read from the stream, blocking this reactor for at most
-    /// [`REPLAY_TIMEOUT`] twice.
+    /// A connection of `uid` opened on a clustered node (on its reactor): handed to the
+    /// openers ([`super::openers`]), which register it and send its welcome; the
+    /// reactor waits for nothing.
     pub(super) fn open_clustered(
         &self,
         c: &Clustered,
@@ -300,29 +311,80 @@ impl Router {
         conn: ConnRef,
         device: Option<&str>,
         since: Option<u64>,
-    ) -> (Arc<str>, Welcome, Opened) {
-        if let Some(since) = since {
-            // The client may have seen seqs on another node that this one has not
-            // delivered yet (its live copy is a few ms behind): wait, not registered
-            // (nothing reaches the connection live meanwhile), until this node has.
-            let deadline = Instant::now() + c.wait(REPLAY_TIMEOUT);
-            while c
-                .users
-                .lock(uid)
-                .get(uid)
-                .and_then(UserSeq::last)
-                .is_some_and(|l| l < since)
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+    ) -> Arc<str> {
+        let uid: Arc<str> = Arc::from(uid);
+        c.openers.pending.opens.lock().insert(conn);
+        let _ = c.openers.tx.send(Job::Open {
+            uid: Arc::clone(&uid),
+            conn,
+            device: device.map(Arc::from),
+            since,
+            until: Instant::now() + c.wait(REPLAY_TIMEOUT),
+        });
+        uid
+    }
+
+    /// A `resume` on a clustered node (on its reactor): handed to the openers.
+    pub(super) fn resume_later(
+        &self,
+        c: &Clustered,
+        uid: &str,
+        conn: ConnRef,
+        since: u64,
+        opened: Opened,
+    ) {
+        let _ = c.openers.tx.send(Job::Resume {
+            uid: Arc::from(uid),
+            conn,
+            since,
+            opened,
+        });
+    }
+
+    /// A `join` with `since` on a clustered node (on its reactor): handed to the
+    /// openers, which register the connection in the room with its replay.
+    pub(super) fn join_later(
+        &self,
+        c: &Clustered,
+        room: &str,
+        conn: ConnRef,
+        since: u64,
+    ) -> Arc<str> {
+        let room: Arc<str> = Arc::from(room);
+        c.openers
+            .pending
+            .joins
+            .lock()
+            .insert((conn, Arc::clone(&room)));
+        let _ = c.openers.tx.send(Job::Join {
+            room: Arc::clone(&room),
+            conn,
+            since,
+        });
+        room
+    }
+
+    /// Joins `room` if the join is still pending (not left, connection not closed
+    /// meanwhile); call under the room's shard lock.
+    fn join_if_pending(&self, c: &Clustered, room: &str, conn: ConnRef) -> bool {
+        let key = (conn, Arc::from(room));
+        if !c.openers.pending.joins.lock().remove(&key) {
+            return false;
         }
-        let (id, known) = {
-            let mut shard = c.users.lock(uid);
-            let id = self.add_user_on(uid, conn, device);
-            let u = shard.entry(Arc::clone(&id)).or_default();
-            (id, u.last())
-        };
+        self.join(room, conn);
+        true
+    }
+
+    /// The welcome of a connection of `uid` just registered (on an opener): its replay
+    /// read from the stream (`known`: the user's last seq here when it registered).
+    pub(super) fn open_registered(
+        &self,
+        c: &Clustered,
+        uid: &str,
+        device: Option<&str>,
+        since: Option<u64>,
+        known: Option<u64>,
+    ) -> (Welcome, Opened) {
         let mut error = None;
         let latest = match known {
             Some(l) => l,
@@ -355,7 +417,7 @@ impl Router {
                 error: Some(e),
                 ..Welcome::default()
             };
-            return (id, w, opened);
+            return (w, opened);
         }
         if let Some(since) = since.filter(|s| *s > latest) {
             // Past what this node delivered: in the future only if past the stream's
@@ -373,7 +435,7 @@ impl Router {
                 }),
                 ..Welcome::default()
             };
-            return (id, w, opened);
+            return (w, opened);
         }
         // Without `since`, from the device's last ack (else from the start).
         let from = match since {
@@ -392,7 +454,7 @@ impl Router {
                             error: Some(HISTORY_UNAVAILABLE),
                             ..Welcome::default()
                         };
-                        return (id, w, opened);
+                        return (w, opened);
                     }
                 }
             }
@@ -412,7 +474,6 @@ impl Router {
             },
         };
         (
-            id,
             w,
             Opened {
                 replayed_from: from,
@@ -559,33 +620,28 @@ impl Router {
         }
     }
 
-    /// `conn` joins `room` on a clustered node. With `since`, the room's stored messages
-    /// after it are read (unlocked, blocking this reactor at most [`REPLAY_TIMEOUT`] per
-    /// read) up to the last seq this node delivered to the room; then, under the room's
-    /// lock, the connection is registered and the replay and `joined` go to its inbox,
-    /// so every later room message lands behind them.
+    /// `conn` joins `room` with `since` on a clustered node (on an opener): the room's
+    /// stored messages after it are read (unlocked) up to the last seq this node
+    /// delivered to the room; then, under the room's lock, the connection is registered
+    /// and the replay and `joined` go to its inbox, so every later room message lands
+    /// behind them. Joined in any case (unless left or closed meanwhile); the error says
+    /// why nothing was replayed.
     pub(super) fn join_clustered(
         &self,
         c: &Clustered,
         room: &str,
         conn: ConnRef,
-        since: Option<u64>,
-    ) -> (Arc<str>, Result<(), RequestError>) {
-        let Some(since) = since else {
-            let mut shard = c.rooms.lock(room);
-            let id = self.join(room, conn);
-            shard
-                .entry(Arc::clone(&id))
-                .or_insert_with(UserSeq::from_next);
-            return (id, Ok(()));
-        };
+        since: u64,
+    ) -> Result<(), RequestError> {
         let failed = |e: RequestError| {
             let mut shard = c.rooms.lock(room);
-            let id = self.join(room, conn);
-            shard
-                .entry(Arc::clone(&id))
-                .or_insert_with(UserSeq::from_next);
-            (id, Err(e))
+            if self.join_if_pending(c, room, conn) {
+                shard
+                    .entry(Arc::from(room))
+                    .or_insert_with(UserSeq::from_next);
+                return Err(e);
+            }
+            Ok(())
         };
         let known = c.rooms.lock(room).get(room).and_then(UserSeq::last);
         let mut upto = match known {
@@ -644,19 +700,51 @@ impl Router {
             if last <= upto {
                 // The node delivered up to `last`: what follows reaches the connection
                 // live once it is registered.
+                if !self.join_if_pending(c, room, conn) {
+                    return Ok(());
+                }
                 frames.retain(|m| m.seq <= last);
-                let id = self.join(room, conn);
                 for m in &frames {
                     self.deliver_to(conn, stored_frame(m));
                 }
                 let recovered = recovered.unwrap_or(false);
                 self.deliver_to(conn, session::messages::joined(room, last, recovered));
-                return (id, Ok(()));
+                return Ok(());
             }
             upto = last;
         }
         c.stats.replay_failures.add(1);
         failed(HISTORY_UNAVAILABLE)
+    }
+
+    /// A `resume` on a clustered node (on an opener): replays, through the connection's
+    /// inbox, the stored messages after `since` up to where its opening replay started,
+    /// then `resumed`.
+    pub(super) fn resume_clustered(
+        &self,
+        c: &Clustered,
+        uid: &str,
+        conn: ConnRef,
+        since: u64,
+        opened: Opened,
+    ) -> Result<(), RequestError> {
+        let latest = c.users.lock(uid).get(uid).and_then(UserSeq::last);
+        let latest = latest.unwrap_or(opened.replayed_from);
+        if since > latest {
+            // As at opening: past the stream's latest too, or this node is behind.
+            let stored = c.bus.latest(Kind::User, uid, c.wait(REPLAY_TIMEOUT));
+            c.answered(&stored);
+            return Err(match stored {
+                Ok(Some(m)) if m.seq >= since => HISTORY_UNAVAILABLE,
+                _ => cp::SINCE_IN_FUTURE,
+            });
+        }
+        let (frames, recovered) = self.replay_clustered(c, uid, since, opened.replayed_from)?;
+        for frame in frames {
+            self.deliver_to(conn, frame);
+        }
+        self.deliver_to(conn, session::messages::resumed(latest, recovered));
+        Ok(())
     }
 
     /// A message from `from` to `users` and `rooms` on a clustered node, each stored with
