@@ -30,7 +30,7 @@ use super::jetstream::{
 };
 use super::lingering::{Lingering, RecentPeak};
 use super::nats::{
-    BusMessage, Command, Handler, NatsBus, NatsConfig, ReplyHandler, Shared, Start, StoreJob,
+    BusMessage, Command, Ends, Handler, NatsBus, NatsConfig, ReplyHandler, Shared, Start, StoreJob,
     StoreOk, JS_ABSENT, JS_READY,
 };
 use super::servers::Pool;
@@ -113,8 +113,8 @@ enum End {
 struct Pending {
     deadline: Instant,
     on_reply: ReplyHandler,
-    /// Ends at the first reply.
-    once: bool,
+    /// When it ends besides its deadline.
+    ends: Ends,
 }
 
 pub(super) struct Worker {
@@ -575,13 +575,26 @@ impl Worker {
             payload: m.payload,
             headers: m.headers,
         };
-        if self.requests.get(&n).is_some_and(|p| p.once) {
-            if let Some(mut p) = self.requests.remove(&n) {
-                self.shared.pending_requests.fetch_sub(1, Ordering::Relaxed);
-                (p.on_reply)(Some(&msg));
+        match self.requests.get(&n).map(|p| p.ends) {
+            Some(Ends::First) => {
+                if let Some(mut p) = self.requests.remove(&n) {
+                    self.shared.pending_requests.fetch_sub(1, Ordering::Relaxed);
+                    (p.on_reply)(Some(&msg));
+                }
             }
-        } else if let Some(p) = self.requests.get_mut(&n) {
-            (p.on_reply)(Some(&msg));
+            Some(Ends::Batch) if jetstream::ends_batch(m.headers) => {
+                if let Some(mut p) = self.requests.remove(&n) {
+                    self.shared.pending_requests.fetch_sub(1, Ordering::Relaxed);
+                    (p.on_reply)(Some(&msg));
+                    (p.on_reply)(None);
+                }
+            }
+            Some(_) => {
+                if let Some(p) = self.requests.get_mut(&n) {
+                    (p.on_reply)(Some(&msg));
+                }
+            }
+            None => {}
         }
     }
 
@@ -780,7 +793,7 @@ impl Worker {
                     payload,
                     deadline,
                     mut on_reply,
-                    once,
+                    ends,
                 } => {
                     if deadline <= now {
                         // Waited out in the queue (a reconnect): over before it began.
@@ -797,7 +810,7 @@ impl Worker {
                         Pending {
                             deadline,
                             on_reply,
-                            once,
+                            ends,
                         },
                     );
                 }
@@ -920,7 +933,7 @@ impl Worker {
             Pending {
                 deadline: Instant::now() + SETUP_WINDOW,
                 on_reply,
-                once: true,
+                ends: Ends::First,
             },
         );
     }
