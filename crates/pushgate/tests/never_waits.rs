@@ -149,6 +149,69 @@ fn a_frozen_jetstream_holds_pushes_not_the_reactor() {
     );
 }
 
+#[test]
+fn openings_during_a_frozen_jetstream_hold_no_reactor() {
+    let js = Js::start();
+    let gw = one_reactor_node(&js.nats.url(), "frozen-open", &["--bus-ping-timeout", "30"]);
+    history_ready(&gw);
+    let mut c = Client::connect(gw.client_addr, "/ws?uid=bystander");
+    assert_eq!(c.recv_json()["type"], "welcome");
+    js.nats.pause();
+    let addr = gw.client_addr;
+    let openings: Vec<_> = (0..4)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let mut n = Client::connect(addr, &format!("/ws?uid=new{i}"));
+                (n.recv_json(), t.elapsed())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    reactor_answers_promptly(&gw, &mut c, "openings read a frozen JetStream");
+    for o in openings {
+        // Each gets its welcome once the read gives up: no replay, said so.
+        let (w, took) = o.join().unwrap();
+        assert_eq!(w["type"], "welcome", "{w}");
+        assert_eq!(w["recovered"], false, "{w}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+}
+
+#[test]
+fn a_since_ahead_of_the_node_costs_no_wait() {
+    let js = Js::start();
+    let gw = one_reactor_node(&js.nats.url(), "ahead", &[]);
+    history_ready(&gw);
+    let (status, _) = post(
+        gw.control_addr,
+        "/v1/push",
+        &json!({"to": ["u"], "data": 1}).to_string(),
+        None,
+    );
+    assert_eq!(status, 200);
+    // A connection of the user here: the node's last seq of the user is known, and a
+    // `since` past it is waited for (up to a second) in case the node is behind.
+    let mut c = Client::connect(gw.client_addr, "/ws?uid=u");
+    let w = c.recv_json();
+    assert_eq!(w["type"], "welcome");
+    let addr = gw.client_addr;
+    let ahead: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut n = Client::connect(addr, "/ws?uid=u&since=1000000");
+                n.recv_json()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    reactor_answers_promptly(&gw, &mut c, "openings with a since ahead wait");
+    for a in ahead {
+        let w = a.join().unwrap();
+        assert_eq!(w["type"], "welcome", "{w}");
+    }
+}
+
 /// Announces itself as node `name` on the bus every 500 ms and answers nothing, until
 /// dropped.
 struct SilentPeer(Arc<AtomicBool>);
