@@ -682,3 +682,40 @@ fn a_frozen_jetstream_fails_pushes_after_the_store_timeout() {
     assert_eq!(post(gw.control_addr, "/v1/push", &body, None).0, 200);
     assert!(t.elapsed() < Duration::from_secs(1));
 }
+
+/// Issue 31 (3): with NATS gone a push cannot be stored, but this node's connections
+/// still get it, with its `id` and without a seq, and the answer says what was not done
+/// (503, `"stored":false`, the connections reached), so the caller retries with the same
+/// `id` once the bus is back.
+#[test]
+fn a_nats_outage_delivers_locally_without_a_seq() {
+    let mut js = Js::start();
+    let gw = node(&js.nats.url(), "outage", &[]);
+    let (mut c, _) = ws(&gw, "u", "");
+    let first = push(&gw, json!({"to": ["u"], "data": 1}));
+    assert_eq!(first["seq"]["u"], 1, "{first}");
+    assert_eq!(messages(&mut c, 1, Duration::from_secs(5))[0]["seq"], 1);
+    js.nats.kill();
+    assert!(
+        gw.eventually(Duration::from_secs(10), |g| g.control_get("/readyz").0
+            == 503),
+        "the bus never went down"
+    );
+    let (status, resp) = post(
+        gw.control_addr,
+        "/v1/push",
+        &json!({"to": ["u", "away"], "data": 2, "id": "p2"}).to_string(),
+        None,
+    );
+    assert_eq!(status, 503, "{resp}");
+    let v: Value = serde_json::from_str(&resp).unwrap();
+    assert_eq!(v["stored"], false, "{resp}");
+    assert_eq!(v["id"], "p2", "{resp}");
+    assert_eq!(v["connections"], 1, "{resp}");
+    assert_eq!(v["offline"], json!(["away"]), "{resp}");
+    let got = messages(&mut c, 1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1, "delivered here although not stored");
+    assert_eq!(got[0]["id"], "p2", "{}", got[0]);
+    assert_eq!(got[0]["data"], 2);
+    assert!(got[0].get("seq").is_none(), "no seq: {}", got[0]);
+}

@@ -603,15 +603,18 @@ impl Router {
         done: DeliveredDone,
     ) {
         match self.clustered() {
-            Some(c) => self.send_clustered(
-                c,
-                &dedup_strs(users),
-                &dedup_strs(rooms),
-                from,
-                data,
-                id,
-                Some(done),
-            ),
+            Some(c) => {
+                // Refusals reach `done` too.
+                let _ = self.send_clustered(
+                    c,
+                    &dedup_strs(users),
+                    &dedup_strs(rooms),
+                    from,
+                    data,
+                    id,
+                    Some(done),
+                );
+            }
             None => done(self.send_now(users, rooms, from, data, id, received)),
         }
     }

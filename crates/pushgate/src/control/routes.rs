@@ -148,6 +148,15 @@ impl ControlState {
             received,
             Box::new(move |d| {
                 stats.offline.add(d.outcome.offline_users as u64);
+                if let (Err(BusError::Disconnected), Some(id)) = (d.outcome.bus, &d.id) {
+                    stats.count(0, 503);
+                    return completion.complete(response(
+                        503,
+                        "application/json",
+                        &api::unstored_answer(id, &d),
+                        keep,
+                    ));
+                }
                 let (status, answer) = match saturation_status(d.outcome.refused)
                     .unwrap_or_else(|| bus_status(d.outcome.bus))
                 {

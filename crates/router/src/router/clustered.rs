@@ -750,7 +750,8 @@ impl Router {
     /// A message from `from` to `users` and `rooms` on a clustered node, each stored with
     /// its seq. With `done`, it is told (on the bus thread, or here when nothing could be
     /// handed to the bus) every user's seq or the error once JetStream answered every
-    /// store; nobody waits for that (a client's `send` does not even ask).
+    /// store; nobody waits for that (a client's `send` does not even ask). Returns what
+    /// is known at once: whether every store was handed to the bus.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn send_clustered(
         &self,
@@ -761,7 +762,7 @@ impl Router {
         data: &[u8],
         id: Option<&str>,
         done: Option<DeliveredDone>,
-    ) {
+    ) -> Result<(), BusError> {
         let id = match id {
             Some(id) => id.to_owned(),
             None => format!(
@@ -785,6 +786,15 @@ impl Router {
             t
         });
         let user_body = jetstream::stored_body(from, &id, None, data);
+        if !self.bus.is_ready() {
+            // NATS is gone: nothing can be stored, but this node's connections still get
+            // the message, without a seq (docs/BUS.md, "Failures").
+            let d = self.deliver_unstored(users, rooms, from, &id, data, &user_body);
+            if let Some(done) = done {
+                done(d);
+            }
+            return Err(BusError::Disconnected);
+        }
         // Told of every store as JetStream answers it; the last one tells `done`.
         let gather = done.map(|done| {
             Arc::new(parking_lot::Mutex::new(Gather {
@@ -805,6 +815,7 @@ impl Router {
             }))
         });
         let mut slot = 0;
+        let mut handed = Ok(());
         let recipients = users
             .iter()
             .map(|u| (Kind::User, *u))
@@ -838,11 +849,13 @@ impl Router {
                 }),
             };
             if let Err(e) = c.bus.store(job) {
+                handed = Err(e);
                 if let Some(g) = &gather {
                     Gather::stored(g, None, Err(e));
                 }
             }
         }
+        handed
     }
 
     /// A client's `send`: like [`Router::send`], except that on a clustered node nobody
@@ -851,13 +864,13 @@ impl Router {
     pub fn send_from_client(&self, to: &[impl AsRef<str>], from: &str, data: &[u8]) -> Delivered {
         match self.clustered() {
             Some(c) => {
-                self.send_clustered(c, &dedup_strs(to), &[], from, data, None, None);
+                let bus = self.send_clustered(c, &dedup_strs(to), &[], from, data, None, None);
                 Delivered {
                     outcome: PushOutcome {
                         connections: 0,
                         offline_users: 0,
                         refused: 0,
-                        bus: Ok(()),
+                        bus,
                     },
                     id: None,
                     seqs: Vec::new(),
@@ -865,6 +878,58 @@ impl Router {
                 }
             }
             None => self.send(to, &[] as &[&str], from, data, None, Instant::now()),
+        }
+    }
+}
+
+impl Router {
+    /// A message that could not be stored (NATS is gone), delivered to this node's
+    /// connections as it is: with its `id`, without a seq. Each connection gets it once,
+    /// through the first recipient that names it.
+    fn deliver_unstored(
+        &self,
+        users: &[&str],
+        rooms: &[&str],
+        from: &str,
+        id: &str,
+        data: &[u8],
+        user_body: &[u8],
+    ) -> Delivered {
+        let now = Instant::now();
+        let user_frame = Router::text_frame(user_body);
+        let mut reached = std::collections::HashSet::new();
+        let (mut connections, mut refused) = (0, 0);
+        let mut offline = Vec::new();
+        let mut targets = Vec::new();
+        for uid in users {
+            targets.clear();
+            if !self.registry.user_connections(uid, &mut targets) {
+                offline.push((*uid).to_owned());
+            }
+            targets.retain(|c| reached.insert(*c));
+            let r = self.dispatch(&mut targets, user_frame.clone(), now);
+            refused += r;
+            connections += targets.len() - r;
+        }
+        for room in rooms {
+            targets.clear();
+            self.registry.room_connections(room, &mut targets);
+            targets.retain(|c| reached.insert(*c));
+            let frame = Router::text_frame(&jetstream::stored_body(from, id, Some(room), data));
+            let r = self.dispatch(&mut targets, frame, now);
+            refused += r;
+            connections += targets.len() - r;
+        }
+        Delivered {
+            outcome: PushOutcome {
+                connections,
+                offline_users: offline.len(),
+                refused,
+                bus: Err(BusError::Disconnected),
+            },
+            id: Some(id.to_owned()),
+            seqs: Vec::new(),
+            offline,
         }
     }
 }
