@@ -31,6 +31,7 @@ pub mod names {
     pub const CONNECTIONS: &str = "pushgate_connections";
     /// Gauge: upgraded connections, per reactor.
     pub const CONNECTIONS_UPGRADED: &str = "pushgate_connections_upgraded";
+    pub const OPENINGS_PENDING: &str = "pushgate_openings_pending";
     /// Gauge: handshakes in progress, per reactor.
     pub const HANDSHAKES_IN_PROGRESS: &str = "pushgate_handshakes_in_progress";
     /// Gauge: the connection cap.
@@ -398,7 +399,7 @@ fn reactors(src: &Sources, out: &mut Families) {
             [(r.io_backend(), 1)],
         );
     }
-    let gauges: [(&str, &str, Read); 3] = [
+    let gauges: [(&str, &str, Read); 4] = [
         (CONNECTIONS, "Open client sockets.", |s| s.connections.get()),
         (
             CONNECTIONS_UPGRADED,
@@ -409,6 +410,11 @@ fn reactors(src: &Sources, out: &mut Families) {
             HANDSHAKES_IN_PROGRESS,
             "Connections still in the HTTP upgrade.",
             |s| s.handshaking.get(),
+        ),
+        (
+            OPENINGS_PENDING,
+            "Connections whose welcome and replay are being read from JetStream (a clustered node's openings); what they are delivered meanwhile waits behind the welcome.",
+            |s| s.openings_pending.get(),
         ),
     ];
     for (name, help, f) in gauges {

@@ -46,15 +46,16 @@ pub(super) struct Clustered {
     pub(super) openers: Openers,
 }
 
-/// What a reactor waits on JetStream while it is stalled: enough for a healthy server on
+/// What an opener waits on JetStream while it is stalled: enough for a healthy server on
 /// the same network to answer, so the first answer in time ends the stall.
 const STALLED_WAIT: Duration = Duration::from_millis(50);
 
 impl Clustered {
-    /// How long a reactor may wait on JetStream now: `limit` normally; once a wait timed
-    /// out, [`STALLED_WAIT`] until JetStream answers in time again, so a frozen JetStream
-    /// (a lost quorum, a stopped server the bus has not yet given up on) stalls each
-    /// reactor once, not once per push or connection.
+    /// How long an opener may wait on JetStream now: `limit` normally; once a wait timed
+    /// out, [`STALLED_WAIT`] until JetStream answers in time again, so during a frozen
+    /// JetStream (a lost quorum, a stopped server the bus has not yet given up on) new
+    /// connections get their welcome (`unavailable`) quickly rather than one second
+    /// each.
     pub(super) fn wait(&self, limit: Duration) -> Duration {
         if self.stalled.load(Ordering::Relaxed) {
             limit.min(STALLED_WAIT)
@@ -90,8 +91,8 @@ impl Clustered {
 }
 
 /// How long a connection opening may wait for its user's latest seq, and then for its
-/// replay, each (it blocks its reactor meanwhile; past it the welcome says
-/// `unavailable`).
+/// replay, each (on an opener: its reactor serves everything else; past it the welcome
+/// says `unavailable`).
 pub const REPLAY_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long the fill thread waits for one gap.
 const FILL_TIMEOUT: Duration = Duration::from_secs(2);
