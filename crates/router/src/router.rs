@@ -9,7 +9,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use protocol::frame::{FrameBuilder, OpCode};
 use protocol::CloseCode;
 use reactor::{Command, ConnRef, ReactorHandle};
 
@@ -711,9 +710,7 @@ impl Router {
 
     /// `body` as one unmasked text frame.
     pub fn text_frame(body: &[u8]) -> Bytes {
-        let mut f = FrameBuilder::with_capacity(body.len());
-        f.extend_from_slice(body);
-        f.finish(OpCode::Text, false)
+        crate::bus::inbound::text_frame(body)
     }
 
     /// Delivers `frame` (a text frame holding a message's JSON) to every connection of
@@ -881,4 +878,54 @@ fn dedup_ids(ids: &[impl AsRef<str>]) -> Vec<Arc<str>> {
         .filter(|id| seen.insert(*id))
         .map(Arc::from)
         .collect()
+}
+
+/// The bus hands the router what arrives for its connections through this, and knows
+/// nothing else of it.
+impl crate::bus::Inbound for Router {
+    fn broadcast_local(&self, frame: Bytes, received: Instant) {
+        Router::broadcast_local(self, frame, received);
+    }
+
+    fn deliver_local(
+        &self,
+        users: &[&str],
+        rooms: &[&str],
+        except_users: &[&str],
+        frame: Bytes,
+        received: Instant,
+    ) {
+        Router::deliver_local(self, users, rooms, except_users, frame, received);
+    }
+
+    fn deliver_stored(&self, uid: &str, seq: u64, prev: u64, frame: Bytes) -> bool {
+        Router::deliver_stored(self, uid, seq, prev, frame)
+    }
+
+    fn deliver_stored_room(
+        &self,
+        room: &str,
+        seq: u64,
+        prev: u64,
+        frame: Bytes,
+        targets: Option<&str>,
+    ) -> bool {
+        Router::deliver_stored_room(self, room, seq, prev, frame, targets)
+    }
+
+    fn catch_up(&self, kind: Kind, id: &Arc<str>) {
+        Router::catch_up(self, kind, id);
+    }
+
+    fn holds(&self, kind: Kind, id: &str) -> bool {
+        self.registry.contains(kind, id)
+    }
+
+    fn presence_local(&self, uid: &str, node: &str) -> Vec<PresenceEntry> {
+        Router::presence_local(self, uid, node)
+    }
+
+    fn disconnect_local(&self, req: &Disconnect) -> usize {
+        Router::disconnect_local(self, req)
+    }
 }

@@ -32,8 +32,8 @@ use parking_lot::Mutex;
 use protocol::CloseCode;
 use serde::{Deserialize, Serialize};
 
+use super::inbound::Inbound;
 use super::BusError;
-use crate::router::Router;
 
 /// How often a node announces itself.
 pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
@@ -441,7 +441,13 @@ impl Control {
 
     /// Handles one message on a control subject (called on the bus thread); `reply` is
     /// the message's reply subject.
-    pub fn on_message(&self, router: &Router, subject: &str, reply: Option<&str>, payload: &[u8]) {
+    pub fn on_message(
+        &self,
+        router: &dyn Inbound,
+        subject: &str,
+        reply: Option<&str>,
+        payload: &[u8],
+    ) {
         let now = Instant::now();
         if subject == self.node_subject {
             match serde_json::from_slice::<Announce<'_>>(payload) {
@@ -513,7 +519,7 @@ impl Control {
     }
 
     /// This node's answer to a query for `uids`, cut at [`ANSWER_MAX_BYTES`].
-    fn local_answer(&self, router: &Router, uids: &[String]) -> Answer {
+    fn local_answer(&self, router: &dyn Inbound, uids: &[String]) -> Answer {
         let mut bytes = 0;
         let mut truncated = false;
         let users = uids
@@ -551,6 +557,7 @@ fn json<T: Serialize>(v: &T) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::Router;
 
     fn answer(node: &str, uid_entries: usize) -> Vec<u8> {
         serde_json::to_vec(&Answer {

@@ -26,6 +26,7 @@ mod chains;
 mod conn;
 pub mod control;
 mod dedup;
+pub mod inbound;
 mod interest;
 pub mod jetstream;
 mod lingering;
@@ -46,6 +47,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 pub use control::{ClusterPresence, ControlStats, Disconnect, PresenceDone, PresenceEntry};
+pub use inbound::Inbound;
 pub use jetstream::{JsConfig, StoredMsg};
 pub use nats::{
     BusMessage, Handler, NatsBus, NatsConfig, ReplyHandler, StoreDone, StoreJob, StoreOk,

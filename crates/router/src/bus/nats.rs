@@ -32,7 +32,6 @@ use super::subject::{Kind, Subjects};
 use super::wire;
 use super::worker::Worker;
 use super::{BusError, ClusterBus, Outgoing};
-use crate::router::Router;
 
 /// Settings of the NATS bus.
 #[derive(Debug, Clone)]
@@ -345,7 +344,11 @@ impl NatsBus {
     /// Starts the bus thread, which connects (retrying with backoff for as long as it
     /// takes) and delivers what arrives to `router`'s reactors. `this` is the bus itself,
     /// handed to fixed-subject handlers so that they can answer.
-    pub fn start(this: &Arc<NatsBus>, router: Arc<Router>) -> std::io::Result<()> {
+    pub fn start<R: super::Inbound + 'static>(
+        this: &Arc<NatsBus>,
+        router: Arc<R>,
+    ) -> std::io::Result<()> {
+        let router: Arc<dyn super::Inbound> = router;
         let Some(start) = this.pending.lock().take() else {
             return Ok(());
         };

@@ -24,6 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use super::chains::{Busy, Chains, MAX_ATTEMPTS};
 use super::conn::{self, Info, Stream};
 use super::dedup::RecentIds;
+use super::inbound::{text_frame, Inbound};
 use super::interest::Key;
 use super::jetstream::{
     self, PubAck, HEADER_EXPECTED_LAST, HEADER_MSG_ID, HEADER_PREV, HEADER_SEQ,
@@ -39,7 +40,6 @@ use super::subs::{Subs, Target};
 use super::trim::Trimmer;
 use super::wire::{self, Msg, Op};
 use super::{BusError, Outgoing, HEADER_ID, HEADER_SENT, HEADER_TARGETS};
-use crate::router::Router;
 
 /// Interest changes reconciled per pass before the bus thread looks at publishes again.
 const RECONCILE_BATCH: usize = 1024;
@@ -123,7 +123,7 @@ pub(super) struct Worker {
     rx: Receiver<Command>,
     bus: Arc<NatsBus>,
     shared: Arc<Shared>,
-    router: Arc<Router>,
+    router: Arc<dyn Inbound>,
     pool: Pool,
     options: conn::Options,
     subs: Subs,
@@ -163,7 +163,7 @@ pub(super) struct Worker {
 }
 
 impl Worker {
-    pub(super) fn new(start: Start, bus: Arc<NatsBus>, router: Arc<Router>) -> Self {
+    pub(super) fn new(start: Start, bus: Arc<NatsBus>, router: Arc<dyn Inbound>) -> Self {
         let Start {
             config,
             subjects,
@@ -544,7 +544,7 @@ impl Worker {
             Target::Control(_) => {
                 self.shared
                     .control
-                    .on_message(&self.router, m.subject, m.reply, m.payload);
+                    .on_message(&*self.router, m.subject, m.reply, m.payload);
             }
         }
     }
@@ -636,7 +636,7 @@ impl Worker {
             stats.invalid.add(1);
             return;
         }
-        let frame = Router::text_frame(msg.payload);
+        let frame = text_frame(msg.payload);
         let Some((kind, id)) = on else {
             self.router.broadcast_local(frame, now);
             return;
@@ -664,12 +664,10 @@ impl Worker {
                         return;
                     }
                 }
-                self.router
-                    .deliver_local(&[&**id], &[] as &[&str], &[] as &[&str], frame, now);
+                self.router.deliver_local(&[&**id], &[], &[], frame, now);
             }
             (Kind::Room, None) => {
-                self.router
-                    .deliver_local(&[] as &[&str], &[&**id], &[] as &[&str], frame, now);
+                self.router.deliver_local(&[], &[&**id], &[], frame, now);
             }
             (Kind::Room, Some(targets)) => {
                 // One copy per room of the push arrives; the first delivers to every
@@ -697,8 +695,9 @@ impl Worker {
                         }
                     }
                 }
-                self.router
-                    .deliver_local(&[] as &[&str], &rooms, &users, frame, now);
+                let rooms: Vec<&str> = rooms.iter().map(String::as_str).collect();
+                let users: Vec<&str> = users.iter().map(|u| &**u).collect();
+                self.router.deliver_local(&[], &rooms, &users, frame, now);
             }
         }
     }
@@ -1006,7 +1005,7 @@ impl Worker {
     /// room), and live to the others.
     fn publish_stored(&mut self, c: &mut Conn, job: &StoreJob, seq: u64, prev: u64) {
         let json = jetstream::with_seq(&job.body, seq);
-        let frame = Router::text_frame(&json);
+        let frame = text_frame(&json);
         match job.kind {
             Kind::User => {
                 self.router.deliver_stored(&job.id, seq, prev, frame);
@@ -1079,7 +1078,7 @@ impl Worker {
         }
         let now = Instant::now();
         for key in batch {
-            let wanted = self.router.registry().contains(key.0, &key.1);
+            let wanted = self.router.holds(key.0, &key.1);
             let have = self.subs.sid_of(&key).is_some();
             match (wanted, have) {
                 (true, true) => {
@@ -1118,7 +1117,7 @@ impl Worker {
         let more = due.len() == EXPIRE_BATCH;
         let mut released = 0;
         for key in due {
-            if self.router.registry().contains(key.0, &key.1) {
+            if self.router.holds(key.0, &key.1) {
                 continue;
             }
             if let Some(sid) = self.subs.remove_key(&key) {
