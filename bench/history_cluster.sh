@@ -72,10 +72,15 @@ for run in $(seq "$runs"); do
     on@) api=$A_cport; srv=$B_port; pid=$B_pid; r=$rate ;;
     off@) api=$C_cport; srv=$D_port; pid=$D_pid; r=$rate ;;
     esac
+    # Users of their own per run and mode: a subscriber that connects without `since`
+    # gets its user's retained messages, and those of an earlier run would count as
+    # deliveries (with their old send times).
+    tag="r${run}${mode/@/at}-"
     echo "== history $mode, run $run (subscribers on the other node; rate $r, 0: flat out)"
     ./target/release/pushgate-load fanout --server "127.0.0.1:$srv" --api "127.0.0.1:$api" \
       --subscribers "$subs" --pushes "$pushes" --sources 32 --server-pid "$pid" \
-      --publishers 16 --rate "$r" | tail -1
+      --publishers 16 --rate "$r" --subscribe "/ws?uid=${tag}{user}" \
+      --publish-body "{\"to\":[\"${tag}{user}\"],\"data\":{data}}" | tail -1
   done
 done
 curl -s "127.0.0.1:$B_cport/metrics" | grep -E '^pushgate_history_cluster_events_total' | tr '\n' ' '; echo
