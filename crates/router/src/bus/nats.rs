@@ -576,7 +576,7 @@ impl NatsBus {
     /// One batch direct get, waited for (on an opener or the fill thread, never on a
     /// reactor).
     fn direct_batch(&self, body: String, timeout: Duration) -> Result<Batch, BusError> {
-        if self.history.is_none() {
+        if self.history.is_none() || timeout.is_zero() {
             return Err(BusError::History);
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
@@ -623,7 +623,7 @@ impl NatsBus {
 
     /// One direct get, waited for.
     fn direct_get(&self, body: String, timeout: Duration) -> Result<Option<StoredMsg>, BusError> {
-        if self.history.is_none() {
+        if self.history.is_none() || timeout.is_zero() {
             return Err(BusError::History);
         }
         let (tx, rx) = crossbeam_channel::bounded(1);

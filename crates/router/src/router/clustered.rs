@@ -44,6 +44,8 @@ pub(super) struct Clustered {
     pub(super) stalled: AtomicBool,
     /// Openings, `resume` and `join` with `since`, read on threads of their own.
     pub(super) openers: Openers,
+    /// While stalled: when the next read may probe JetStream (the others fail at once).
+    pub(super) probe_at: parking_lot::Mutex<Instant>,
 }
 
 /// What an opener waits on JetStream while it is stalled: enough for a healthy server on
@@ -56,12 +58,21 @@ impl Clustered {
     /// JetStream (a lost quorum, a stopped server the bus has not yet given up on) new
     /// connections get their welcome (`unavailable`) quickly rather than one second
     /// each.
+    ///
+    /// While stalled only one read per [`STALLED_WAIT`] is made (it finds out whether
+    /// JetStream answers again); the others get no time at all and fail at once, so a
+    /// reconnect storm during a freeze is welcomed (`unavailable`) without waiting.
     pub(super) fn wait(&self, limit: Duration) -> Duration {
-        if self.stalled.load(Ordering::Relaxed) {
-            limit.min(STALLED_WAIT)
-        } else {
-            limit
+        if !self.stalled.load(Ordering::Relaxed) {
+            return limit;
         }
+        let now = Instant::now();
+        let mut at = self.probe_at.lock();
+        if now < *at {
+            return Duration::ZERO;
+        }
+        *at = now + STALLED_WAIT;
+        limit.min(STALLED_WAIT)
     }
 
     /// Records whether a wait on JetStream was answered in time.
@@ -131,6 +142,7 @@ impl Router {
             next_id: AtomicU64::new(1),
             stalled: AtomicBool::new(false),
             openers: Openers::default(),
+            probe_at: parking_lot::Mutex::new(Instant::now()),
         });
         self
     }
