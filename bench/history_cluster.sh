@@ -3,13 +3,15 @@
 # one `nats-server -js` (store in a temporary directory) and release nodes on it: A and B
 # with history on (default size and TTL, prefix `on`), C and D with --history-size 0
 # (prefix `off`), and E like A with --reactors 8. Every push crosses the bus: subscribers
-# on B (or D), pushes through A (or C, or E: "on8"), random single users, measured RUNS
-# times in alternation. A push waits for its PubAck on the reactor that serves the API
-# request, so more reactors keep more pushes in flight: "on8" shows how much.
+# on B (or D), pushes through A (or C, or E: "on8"), random single users from 16
+# keep-alive publishers flat out, then at a fixed RATE pushes/s ("on@", "off@": the p99
+# to compare), measured RUNS times in alternation. A push is parked while JetStream
+# stores it (its reactor serves the rest), so more reactors should change little: "on8"
+# shows it. RSS=0 skips the nats-server memory part.
 # Then nats-server's memory per retained message: a second server, RSS with an empty
 # stream against RSS holding MESSAGES messages, each read after a restart (caches cold:
 # what holding them costs, not what writing them did), beside the store's bytes on disk.
-#   bench/history_cluster.sh [SUBSCRIBERS] [PUSHES] [RUNS] [MESSAGES]
+#   [RATE=5000] [RSS=1] bench/history_cluster.sh [SUBSCRIBERS] [PUSHES] [RUNS] [MESSAGES]
 #   (defaults: 2000, 20000, 3, 30000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +19,7 @@ subs=${1:-2000}
 pushes=${2:-20000}
 runs=${3:-3}
 messages=${4:-30000}
+rate=${RATE:-5000}
 cargo build --release -q -p pushgate -p pushgate-load
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pids=()
@@ -60,19 +63,29 @@ history_ready "$A_cport"
 history_ready "$E_cport"
 
 for run in $(seq "$runs"); do
-  for mode in on off on8; do
+  for mode in on off on8 on@ off@; do
+    r=0
     case $mode in
     on) api=$A_cport; srv=$B_port; pid=$B_pid ;;
     off) api=$C_cport; srv=$D_port; pid=$D_pid ;;
     on8) api=$E_cport; srv=$B_port; pid=$B_pid ;;
+    on@) api=$A_cport; srv=$B_port; pid=$B_pid; r=$rate ;;
+    off@) api=$C_cport; srv=$D_port; pid=$D_pid; r=$rate ;;
     esac
-    echo "== history $mode, run $run (subscribers on the other node)"
+    # Users of their own per run and mode: a subscriber that connects without `since`
+    # gets its user's retained messages, and those of an earlier run would count as
+    # deliveries (with their old send times).
+    tag="r${run}${mode/@/at}-"
+    echo "== history $mode, run $run (subscribers on the other node; rate $r, 0: flat out)"
     ./target/release/pushgate-load fanout --server "127.0.0.1:$srv" --api "127.0.0.1:$api" \
-      --subscribers "$subs" --pushes "$pushes" --sources 32 --server-pid "$pid" | tail -1
+      --subscribers "$subs" --pushes "$pushes" --sources 32 --server-pid "$pid" \
+      --publishers 16 --rate "$r" --subscribe "/ws?uid=${tag}{user}" \
+      --publish-body "{\"to\":[\"${tag}{user}\"],\"data\":{data}}" | tail -1
   done
 done
 curl -s "127.0.0.1:$B_cport/metrics" | grep -E '^pushgate_history_cluster_events_total' | tr '\n' ' '; echo
 
+[ "${RSS:-1}" = 0 ] && exit 0
 rss_port=$(free_port)
 start_rss_nats() {
   nats-server -a 127.0.0.1 -p "$rss_port" -js -sd "$tmp/js2" >>"$tmp/nats2.log" 2>&1 &

@@ -31,6 +31,7 @@ pub mod names {
     pub const CONNECTIONS: &str = "pushgate_connections";
     /// Gauge: upgraded connections, per reactor.
     pub const CONNECTIONS_UPGRADED: &str = "pushgate_connections_upgraded";
+    pub const OPENINGS_PENDING: &str = "pushgate_openings_pending";
     /// Gauge: handshakes in progress, per reactor.
     pub const HANDSHAKES_IN_PROGRESS: &str = "pushgate_handshakes_in_progress";
     /// Gauge: the connection cap.
@@ -75,6 +76,9 @@ pub mod names {
     pub const CONTROL_ACCEPTED: &str = "pushgate_control_connections_accepted_total";
     /// Counter: control connections the server closed, by reason.
     pub const CONTROL_EVICTED: &str = "pushgate_control_evicted_total";
+    pub const CONTROL_PARKED: &str = "pushgate_control_parked";
+    pub const CONTROL_UNANSWERED: &str = "pushgate_control_parked_unanswered_total";
+    pub const CONTROL_LATE_ANSWERS: &str = "pushgate_control_late_answers_total";
     /// Gauge: commands waiting in a reactor's inbox, per reactor.
     pub const INBOX_DEPTH: &str = "pushgate_inbox_depth";
     /// Gauge: bytes held by commands waiting in a reactor's inbox, per reactor.
@@ -399,7 +403,7 @@ fn reactors(src: &Sources, out: &mut Families) {
             [(r.io_backend(), 1)],
         );
     }
-    let gauges: [(&str, &str, Read); 3] = [
+    let gauges: [(&str, &str, Read); 4] = [
         (CONNECTIONS, "Open client sockets.", |s| s.connections.get()),
         (
             CONNECTIONS_UPGRADED,
@@ -410,6 +414,11 @@ fn reactors(src: &Sources, out: &mut Families) {
             HANDSHAKES_IN_PROGRESS,
             "Connections still in the HTTP upgrade.",
             |s| s.handshaking.get(),
+        ),
+        (
+            OPENINGS_PENDING,
+            "Connections whose welcome and replay are being read from JetStream (a clustered node's openings); what they are delivered meanwhile waits behind the welcome.",
+            |s| s.openings_pending.get(),
         ),
     ];
     for (name, help, f) in gauges {
@@ -696,6 +705,28 @@ fn control(src: &Sources, out: &mut Families) {
             .iter()
             .enumerate()
             .map(|(i, r)| (r, sum(reactors, |s| s.service_evicted[i].get()))),
+    );
+    out.single(
+        CONTROL_PARKED,
+        GAUGE,
+        "Control requests parked: waiting for JetStream or the other nodes, their reactor serving the rest meanwhile.",
+        sum(reactors, |s| s.service_parked.get()),
+    );
+    out.family(
+        CONTROL_UNANSWERED,
+        COUNTER,
+        "Parked control requests answered by the reactor itself: timeout (504, past their deadline), dropped (503, their answer was given up).",
+        "reason",
+        [
+            ("timeout", sum(reactors, |s| s.service_parked_timeouts.get())),
+            ("dropped", sum(reactors, |s| s.service_parked_dropped.get())),
+        ],
+    );
+    out.single(
+        CONTROL_LATE_ANSWERS,
+        COUNTER,
+        "Answers of parked control requests that came after their connection closed or their deadline answered them.",
+        sum(reactors, |s| s.service_answers_late.get()),
     );
     let f = out.start(
         PUSH_REQUESTS,

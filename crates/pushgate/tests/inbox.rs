@@ -31,9 +31,9 @@ impl Hooks for Report {
         uid: &str,
         _device: Option<&str>,
         _since: Option<u64>,
-    ) -> session::Welcome {
+    ) -> Option<session::Welcome> {
         let _ = self.0.send(Seen::Open(conn, uid.to_owned()));
-        session::Welcome::default()
+        Some(session::Welcome::default())
     }
     fn on_session_event(&mut self, conn: ConnRef, event: session::Event) {
         if let session::Event::Request(request) = event {
@@ -257,9 +257,9 @@ impl Hooks for Stall {
         _uid: &str,
         _device: Option<&str>,
         _since: Option<u64>,
-    ) -> session::Welcome {
+    ) -> Option<session::Welcome> {
         let _ = self.opened.send(conn);
-        session::Welcome::default()
+        Some(session::Welcome::default())
     }
     fn on_session_event(&mut self, _conn: ConnRef, _event: session::Event) {
         let _ = self.release.recv_timeout(Duration::from_secs(30));

@@ -33,7 +33,7 @@ use crate::admission::{Admission, Verdict};
 use crate::clock::Ticks;
 use crate::config::ReactorConfig;
 use crate::driver::Driver;
-use crate::inbox::{Command, ConnRef, Hooks, InboxShared};
+use crate::inbox::{Command, ConnRef, Hooks, InboxShared, Welcomed};
 use crate::outbound::Outbound;
 use crate::service::ServiceConns;
 use crate::stats::ReactorStats;
@@ -94,6 +94,9 @@ pub(crate) struct Conn<I> {
     partial_listed: bool,
     /// Given frames this turn and listed in `Reactor::dirty`, to be written at its end.
     dirty: bool,
+    /// Its opening is pending: what is delivered waits in `Reactor::opening` until the
+    /// welcome comes.
+    opening: bool,
 }
 
 impl<I> Conn<I> {
@@ -119,6 +122,11 @@ pub(crate) struct Reactor<D: Driver> {
     pub(crate) io: D,
     accept_resume_at: Option<Instant>,
     inbox: Receiver<Command>,
+    /// Welcomes of pending openings.
+    welcomes: Receiver<Welcomed>,
+    /// What pending openings hold, by slab key: out of line, so a connection costs
+    /// nothing for it once open.
+    opening: std::collections::HashMap<usize, deliver::Held>,
     inbox_shared: Arc<InboxShared>,
     /// Connections in the order they were accepted, while they may still be handshaking:
     /// the front is the one to evict when a new connection finds the pending-handshake
@@ -177,6 +185,7 @@ impl<D: Driver> Reactor<D> {
         id: u16,
         io: D,
         inbox: Receiver<Command>,
+        welcomes: Receiver<Welcomed>,
         inbox_shared: Arc<InboxShared>,
         config: Arc<ReactorConfig>,
         admission: Arc<Admission>,
@@ -194,6 +203,8 @@ impl<D: Driver> Reactor<D> {
             io,
             accept_resume_at: None,
             inbox,
+            welcomes,
+            opening: std::collections::HashMap::new(),
             inbox_shared,
             handshake_order: VecDeque::new(),
             partial_order: VecDeque::new(),
@@ -238,7 +249,7 @@ impl<D: Driver> Reactor<D> {
     /// Mid-turn: delivers what the inbox holds and writes the connections it reached, so
     /// a long turn does not hold back what its first events routed.
     pub(crate) fn deliver_now(&mut self) {
-        if !self.inbox.is_empty() {
+        if self.inbox_waiting() {
             self.drain_inbox();
         }
         self.flush_dirty();
@@ -278,7 +289,7 @@ impl<D: Driver> Reactor<D> {
     /// stopped, a drain in progress. True when the reactor may exit.
     pub(crate) fn end_turn(&mut self, now: Instant) -> bool {
         // Commands may arrive faster than wakers are polled; never leave them waiting.
-        if !self.inbox.is_empty() {
+        if self.inbox_waiting() {
             self.drain_inbox();
         }
         self.flush_dirty();
@@ -329,6 +340,16 @@ impl<D: Driver> Reactor<D> {
         }
     }
 
+    /// Whether commands or answers of parked control requests wait.
+    fn inbox_waiting(&self) -> bool {
+        !self.inbox.is_empty()
+            || !self.welcomes.is_empty()
+            || self
+                .services
+                .as_ref()
+                .is_some_and(ServiceConns::has_answers)
+    }
+
     fn tick_of(&self, t: Instant) -> u64 {
         self.ticks.tick_of(t)
     }
@@ -342,8 +363,11 @@ impl<D: Driver> Reactor<D> {
     pub(crate) fn poll_timeout(&self, ready: bool) -> Option<Duration> {
         // Work already waiting must not sleep until the next unrelated wakeup: the
         // inbox's waker fired once for all of it.
-        let services_again = self.services.as_ref().is_some_and(ServiceConns::has_again);
-        if ready || !self.inbox.is_empty() || services_again {
+        let services_again = self
+            .services
+            .as_ref()
+            .is_some_and(|s| s.has_again() || s.has_answers());
+        if ready || self.inbox_waiting() || services_again {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -579,17 +603,16 @@ impl<D: Driver> Reactor<D> {
                     c.transport = transport;
                 }
                 if let Some(c) = cref {
-                    let mut welcome = self.hooks.open(c, &uid, device.as_deref(), since);
-                    // A poll answers with the oldest of the replay and leaves the rest
-                    // for the next poll; the others queue the newest.
-                    match transport {
-                        Transport::Ws => trim_replay(&mut welcome, &self.config.outbound, 0),
-                        Transport::Sse => {
-                            trim_replay(&mut welcome, &self.config.outbound, SSE_EVENT_OVERHEAD)
+                    match self.hooks.open(c, &uid, device.as_deref(), since) {
+                        Some(welcome) => self.welcome(key, &uid, transport, welcome),
+                        None => {
+                            if let Some(conn) = self.conns.get_mut(key) {
+                                conn.opening = true;
+                            }
+                            self.stats.openings_pending.add(1);
+                            self.opening.insert(key, deliver::Held::new(uid));
                         }
-                        Transport::Poll => {}
                     }
-                    self.with_session(key, |s, cx, fx| s.welcome(&uid, welcome, cx, fx));
                 }
             }
             Event::HttpSend { uid, to, data } => {
@@ -635,6 +658,24 @@ impl<D: Driver> Reactor<D> {
             Event::IdleTimeout => stats.idle_timeouts.add(1),
             Event::CloseTimeout => stats.close_timeouts.add(1),
         }
+    }
+
+    /// Queues `welcome` and its replay on the connection.
+    pub(super) fn welcome(
+        &mut self,
+        key: usize,
+        uid: &str,
+        transport: Transport,
+        mut welcome: session::Welcome,
+    ) {
+        // A poll answers with the oldest of the replay and leaves the rest for the next
+        // poll; the others queue the newest.
+        match transport {
+            Transport::Ws => trim_replay(&mut welcome, &self.config.outbound, 0),
+            Transport::Sse => trim_replay(&mut welcome, &self.config.outbound, SSE_EVENT_OVERHEAD),
+            Transport::Poll => {}
+        }
+        self.with_session(key, |s, cx, fx| s.welcome(uid, welcome, cx, fx));
     }
 
     fn set_gauge(&mut self, key: usize, to: Gauge) {
@@ -773,6 +814,9 @@ impl<D: Driver> Reactor<D> {
             self.stats.transport_connections[c.transport.index()].sub(1);
         }
         self.set_gauge(key, Gauge::Neither);
+        if self.opening.remove(&key).is_some() {
+            self.stats.openings_pending.sub(1);
+        }
         let conn = self.conns.remove(key);
         if let Some((id, _)) = conn.timer {
             self.wheel.cancel(id);

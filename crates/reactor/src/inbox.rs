@@ -65,13 +65,21 @@ pub trait Hooks: Send {
     /// go right behind it. The driver queues those on the connection before it takes
     /// anything more from its inbox, so a push that found the connection registered
     /// arrives after them.
+    ///
+    /// `None`: the opening is pending (its replay is read from another node's store);
+    /// the welcome comes later through [`ReactorHandle::welcome`], and until then
+    /// whatever is delivered to the connection is held, within its outbound limits, and
+    /// queued right behind the welcome and its replay.
     fn open(
         &mut self,
         conn: ConnRef,
         uid: &str,
         device: Option<&str>,
         since: Option<u64>,
-    ) -> session::Welcome;
+    ) -> Option<session::Welcome>;
+    /// A pending opening's welcome was queued on `conn`; `opened` is what the welcome's
+    /// sender handed [`ReactorHandle::welcome`].
+    fn welcomed(&mut self, _conn: ConnRef, _opened: u64) {}
     /// A session event the reactor does not act on itself: today a `/ws` client's
     /// well-formed request (`session::Event::Request`), which only the hooks interpret
     /// (and count), so the reactor need not know the client protocol.
@@ -186,6 +194,20 @@ pub struct ReactorHandle {
     pub(crate) stats: Arc<ReactorStats>,
     pub(crate) inbox: Arc<InboxShared>,
     pub(crate) backend: &'static str,
+    /// Answers of parked control requests: unbounded, never refused (see
+    /// `crate::parked`).
+    pub(crate) answers: Sender<crate::parked::Answered>,
+    /// Welcomes of pending openings: unbounded, never refused (bounded by the openings
+    /// pending, one per connection).
+    pub(crate) welcomes: Sender<Welcomed>,
+}
+
+/// A pending opening's welcome on its way to the reactor.
+#[derive(Debug)]
+pub(crate) struct Welcomed {
+    pub(crate) conn: ConnRef,
+    pub(crate) welcome: session::Welcome,
+    pub(crate) opened: u64,
 }
 
 impl ReactorHandle {
@@ -210,6 +232,8 @@ impl ReactorHandle {
             stats: Arc::default(),
             inbox: Arc::new(InboxShared::new(usize::MAX)),
             backend: "epoll",
+            answers: crossbeam_channel::unbounded().0,
+            welcomes: crossbeam_channel::unbounded().0,
         };
         Ok((handle, rx, poll))
     }
@@ -253,6 +277,18 @@ impl ReactorHandle {
         Ok(())
     }
 
+    /// The welcome of a connection whose [`Hooks::open`] was pending: queued on it with
+    /// its replay, then what was held for it; `opened` goes to [`Hooks::welcomed`].
+    /// Never refused, never blocks; a connection gone meanwhile ignores it.
+    pub fn welcome(&self, conn: ConnRef, welcome: session::Welcome, opened: u64) {
+        let _ = self.welcomes.send(Welcomed {
+            conn,
+            welcome,
+            opened,
+        });
+        self.wake();
+    }
+
     /// Asks the reactor to stop accepting and close every connection with 1001, spread
     /// over `window`. Never refused.
     pub fn drain(&self, window: Duration) {
@@ -264,7 +300,7 @@ impl ReactorHandle {
         let _ = self.waker.wake();
     }
 
-    fn wake(&self) {
+    pub(crate) fn wake(&self) {
         // SeqCst pairs with the reactor clearing the flag before it drains: either the
         // reactor sees this command, or this sender sees the flag cleared and wakes it.
         if !self.inbox.notified.swap(true, Ordering::SeqCst) {

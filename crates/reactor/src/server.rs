@@ -96,6 +96,23 @@ impl Server {
             listeners.into_iter().enumerate().zip(service_listeners)
         {
             let id = i as u16;
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let (tx, rx) = crossbeam_channel::bounded(config.inbox_depth.max(1));
+            let inbox = Arc::new(InboxShared::new(config.inbox_bytes.max(1)));
+            let stats = Arc::new(ReactorStats::default());
+            let (answers_tx, answers_rx) = crossbeam_channel::unbounded();
+            let (welcomes_tx, welcomes_rx) = crossbeam_channel::unbounded();
+            let handle = ReactorHandle {
+                id,
+                tx,
+                waker,
+                stats: Arc::clone(&stats),
+                inbox: Arc::clone(&inbox),
+                backend: backend.name(),
+                answers: answers_tx,
+                welcomes: welcomes_tx,
+            };
             let service = match (service_listener, &config.service) {
                 (Some(l), Some(sc)) => {
                     // The node's bound, shared out: SO_REUSEPORT spreads connections evenly.
@@ -105,15 +122,11 @@ impl Server {
                     };
                     services(id).map(|s| {
                         ServiceConns::new(l, s, limits, SERVICE_BASE, Arc::clone(&service_per_ip))
+                            .with_parking(handle.clone(), answers_rx)
                     })
                 }
                 _ => None,
             };
-            let poll = Poll::new()?;
-            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-            let (tx, rx) = crossbeam_channel::bounded(config.inbox_depth.max(1));
-            let inbox = Arc::new(InboxShared::new(config.inbox_bytes.max(1)));
-            let stats = Arc::new(ReactorStats::default());
             let hooks = hooks(id, &stats);
             // The same reactor over either driver: only how bytes move differs.
             macro_rules! reactor {
@@ -122,6 +135,7 @@ impl Server {
                         id,
                         $driver,
                         rx,
+                        welcomes_rx,
                         Arc::clone(&inbox),
                         Arc::clone(&config),
                         Arc::clone(&admission),
@@ -142,14 +156,7 @@ impl Server {
                     Ready::Epoll(reactor!(Epoll::new(poll, listener)?))
                 }
             });
-            handles.push(ReactorHandle {
-                id,
-                tx,
-                waker,
-                stats,
-                inbox,
-                backend: backend.name(),
-            });
+            handles.push(handle);
         }
         Ok(Server {
             local_addr,

@@ -13,11 +13,14 @@ use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use crate::clock::Ticks;
+use crate::inbox::ReactorHandle;
+use crate::parked::{Answered, Parked, Parking, Unanswered};
 use crate::stats::ReactorStats;
 use crate::wheel::{TimerId, Wheel};
 
@@ -39,14 +42,16 @@ pub enum Flow {
 pub type ConnState = Option<Box<dyn std::any::Any + Send>>;
 
 /// Answers requests. One per reactor; called on the reactor's thread, so it must not
-/// block.
+/// block: a request whose answer depends on another thread is parked
+/// ([`Parking::park`]) and answered later through its [`crate::Completion`].
 pub trait Service: Send {
     /// Answers the complete requests at the front of `input` into `out`, removing the
     /// bytes it used, until it has added `room` bytes of answers (then [`Flow::Paused`]); a
     /// partial request stays in `input` for the next call. `eof` says the peer will send
     /// nothing more. The room bounds what a client that pipelines without reading costs.
     /// `state` is this connection's, kept between calls; between them the reactor only
-    /// appends to `input`.
+    /// appends to `input`. A service that parks a request returns at once; it is called
+    /// again for the requests behind it once the parked one is answered.
     fn serve(
         &mut self,
         state: &mut ConnState,
@@ -54,7 +59,13 @@ pub trait Service: Send {
         out: &mut Vec<u8>,
         room: usize,
         eof: bool,
+        parking: &mut Parking<'_>,
     ) -> Flow;
+
+    /// Writes the answer to a parked request that its completion did not answer: `why`
+    /// says whether the completion was dropped or the deadline passed; `keep_alive` is
+    /// what the request was parked with.
+    fn unanswered(&mut self, why: Unanswered, keep_alive: bool, out: &mut Vec<u8>);
 }
 
 /// Limits of the service listener, per reactor.
@@ -145,6 +156,11 @@ struct Conn {
     timer: Option<(TimerId, u64)>,
     /// The client's address, when it holds a place under the per-address limit.
     ip: Option<std::net::IpAddr>,
+    /// A request waiting for its answer from another thread: the connection is read no
+    /// further meanwhile.
+    parked: Option<Parked>,
+    /// The peer's EOF came while a request was parked: acted on once it is answered.
+    eof: bool,
 }
 
 /// The service connections of one reactor.
@@ -161,6 +177,12 @@ pub(crate) struct ServiceConns {
     accept_retry_at: Option<Instant>,
     /// Connections per client address, shared by the reactors.
     per_ip: std::sync::Arc<crate::address_limit::AddressLimit>,
+    /// The reactor's own handle, for the completions of parked requests, and where their
+    /// answers arrive.
+    handle: Option<ReactorHandle>,
+    answers: Option<Receiver<Answered>>,
+    /// The last parking token given (never reused, unlike slab keys).
+    next_token: u64,
 }
 
 impl std::fmt::Debug for ServiceConns {
@@ -188,7 +210,111 @@ impl ServiceConns {
             again: Vec::new(),
             accept_retry_at: None,
             per_ip,
+            handle: None,
+            answers: None,
+            next_token: 0,
         }
+    }
+
+    /// Lets the service park requests: completions answer through `handle`, whose
+    /// answers arrive on `answers`.
+    pub(crate) fn with_parking(
+        mut self,
+        handle: ReactorHandle,
+        answers: Receiver<Answered>,
+    ) -> Self {
+        self.handle = Some(handle);
+        self.answers = Some(answers);
+        self
+    }
+
+    /// Whether answers of parked requests are waiting.
+    pub(crate) fn has_answers(&self) -> bool {
+        self.answers.as_ref().is_some_and(|a| !a.is_empty())
+    }
+
+    /// Writes the answers that arrived for parked requests, and serves what their
+    /// connections sent behind them.
+    pub(crate) fn drain_answers(
+        &mut self,
+        registry: &Registry,
+        wheel: &mut Wheel<usize>,
+        ticks: &Ticks,
+        stats: &ReactorStats,
+    ) {
+        let Some(rx) = self.answers.clone() else {
+            return;
+        };
+        // Bounded per turn by what is there now: answers arriving meanwhile wait for the
+        // next turn rather than starving the rest of this one.
+        for _ in 0..rx.len() {
+            let Ok(a) = rx.try_recv() else {
+                return;
+            };
+            let matches = self
+                .conns
+                .get(a.key)
+                .is_some_and(|c| c.parked.is_some_and(|p| p.token == a.token));
+            if !matches {
+                // Its connection went, or its deadline answered it first.
+                stats.service_answers_late.add(1);
+                continue;
+            }
+            let why = match a.answer {
+                Some(answer) => Ok(answer),
+                None => Err(Unanswered::Dropped),
+            };
+            self.unpark(a.key, why, registry, wheel, ticks, stats);
+        }
+    }
+
+    /// Writes the parked request's answer (or the service's word for why there is none)
+    /// and goes on with the connection: what it sent behind, then reading again.
+    fn unpark(
+        &mut self,
+        key: usize,
+        answer: Result<Vec<u8>, Unanswered>,
+        registry: &Registry,
+        wheel: &mut Wheel<usize>,
+        ticks: &Ticks,
+        stats: &ReactorStats,
+    ) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some(parked) = c.parked.take() else {
+            return;
+        };
+        if c.written == c.output.len() {
+            c.output.clear();
+            c.written = 0;
+        }
+        match answer {
+            Ok(answer) => c.output.extend_from_slice(&answer),
+            Err(why) => {
+                if why == Unanswered::TimedOut {
+                    stats.service_parked_timeouts.add(1);
+                } else {
+                    stats.service_parked_dropped.add(1);
+                }
+                self.service
+                    .unanswered(why, parked.keep_alive, &mut c.output);
+            }
+        }
+        stats.service_parked.sub(1);
+        stats.service_requests.add(1);
+        c.answered = true;
+        c.last_active = ticks.now();
+        if !parked.keep_alive {
+            c.phase = Phase::Closing;
+            c.input = BytesMut::new();
+        } else {
+            // Requests may wait behind the one answered: served before reading more
+            // (the readiness edge may have passed while the connection was not read).
+            c.paused = true;
+        }
+        self.rearm(key, wheel, ticks);
+        self.on_ready(key, true, registry, wheel, ticks, stats);
     }
 
     /// Connections to read again this turn (their budget ran out last time).
@@ -308,6 +434,8 @@ impl ServiceConns {
             last_active: ticks.now(),
             timer: None,
             ip,
+            parked: None,
+            eof: false,
         });
         stats.service_accepted.add(1);
         stats.service_connections.add(1);
@@ -392,6 +520,9 @@ impl ServiceConns {
             }
             let c = match self.conns.get_mut(key) {
                 Some(c) if c.phase == Phase::Closing => return,
+                // Not read while its request waits: what it pipelines behind stays in
+                // the kernel, not in our memory.
+                Some(c) if c.parked.is_some() => return,
                 Some(c) if c.output.len() - c.written > self.limits.max_pending_output => return,
                 Some(c) => c,
                 None => return,
@@ -399,7 +530,8 @@ impl ServiceConns {
             if c.paused && c.phase == Phase::Open {
                 // The client has read enough of its answers: answer what it already sent
                 // before reading more (there may be nothing more to read).
-                self.serve(key, false, stats);
+                let eof = c.eof;
+                self.serve(key, eof, stats);
                 continue;
             }
             reads += 1;
@@ -460,6 +592,10 @@ impl ServiceConns {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
+        if c.parked.is_some() {
+            c.eof |= eof;
+            return;
+        }
         if c.written == c.output.len() {
             c.output.clear();
             c.written = 0;
@@ -471,14 +607,33 @@ impl ServiceConns {
             .max_pending_output
             .saturating_sub(pending)
             .max(1);
-        let flow = self
-            .service
-            .serve(&mut c.state, &mut c.input, &mut c.output, room, eof);
-        c.paused = flow == Flow::Paused;
+        let mut parking = Parking {
+            handle: self.handle.as_ref(),
+            key,
+            next_token: &mut self.next_token,
+            parked: &mut c.parked,
+            now: Instant::now(),
+        };
+        let flow = self.service.serve(
+            &mut c.state,
+            &mut c.input,
+            &mut c.output,
+            room,
+            eof,
+            &mut parking,
+        );
         if c.output.len() > before {
             c.answered = true;
             stats.service_requests.add(1);
         }
+        if c.parked.is_some() {
+            // Whatever it said, nothing more is served until the parked one is answered.
+            stats.service_parked.add(1);
+            c.paused = false;
+            c.eof = eof;
+            return;
+        }
+        c.paused = flow == Flow::Paused;
         if flow == Flow::Close || eof {
             c.phase = Phase::Closing;
             c.input = BytesMut::new();
@@ -499,6 +654,21 @@ impl ServiceConns {
         };
         c.timer = None;
         let (phase, answered) = (c.phase, c.answered);
+        if c.parked.is_some() {
+            if ticks.now() >= deadline(c, &self.limits) {
+                self.unpark(
+                    key,
+                    Err(Unanswered::TimedOut),
+                    registry,
+                    wheel,
+                    ticks,
+                    stats,
+                );
+            } else {
+                self.rearm(key, wheel, ticks);
+            }
+            return;
+        }
         if ticks.now() >= deadline(c, &self.limits) {
             if phase == Phase::Open {
                 stats.count_service_evicted(if answered {
@@ -543,6 +713,10 @@ impl ServiceConns {
             if let Some(ip) = c.ip {
                 self.per_ip.release(ip);
             }
+            if c.parked.is_some() {
+                // Its completion's answer will find nobody.
+                stats.service_parked.sub(1);
+            }
             if let Some((id, _)) = c.timer {
                 wheel.cancel(id);
             }
@@ -554,11 +728,15 @@ impl ServiceConns {
 /// Which connection goes first when room is needed: one done but for its lingering close,
 /// then one that never sent a byte, then an idle keep-alive one; one with a request in
 /// progress or an answer still being written only when nothing else is left, the one that
-/// has waited longest first. A connection accepted within [`SILENT_GRACE`] whose request
+/// has waited longest first, and one whose request is parked (its answer on its way from
+/// another thread) last of all. A connection accepted within [`SILENT_GRACE`] whose request
 /// has not arrived yet counts as one in progress, not as silent: under a flood of
 /// connections that each send a byte, it is the newest, so it stays.
 fn eviction_rank(c: &Conn, now: Instant) -> u8 {
     let writing = c.written < c.output.len();
+    if c.parked.is_some() {
+        return 4;
+    }
     match c.phase {
         Phase::Closing if writing => 3,
         Phase::Closing | Phase::Lingering => 0,
@@ -576,6 +754,9 @@ fn eviction_rank(c: &Conn, now: Instant) -> u8 {
 
 /// When the connection is closed unless it does something.
 fn deadline(c: &Conn, limits: &ServiceLimits) -> Instant {
+    if let Some(p) = c.parked {
+        return p.deadline;
+    }
     let wait = match c.phase {
         Phase::Lingering => LINGER,
         _ if c.answered => limits.idle_timeout,

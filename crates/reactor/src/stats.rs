@@ -182,6 +182,17 @@ pub struct ReactorStats {
     pub service_connections: Cell,
     /// Service connections closed by the server, by reason ([`SERVICE_EVICT_REASONS`]).
     pub service_evicted: [Cell; 5],
+    /// Gauge: connections whose opening is pending (their welcome and replay on the way).
+    pub openings_pending: Cell,
+    /// Gauge: service requests parked, waiting for their answer from another thread.
+    pub service_parked: Cell,
+    /// Parked requests answered 504: their deadline passed first.
+    pub service_parked_timeouts: Cell,
+    /// Parked requests answered 503: their completion was dropped unanswered.
+    pub service_parked_dropped: Cell,
+    /// Answers of parked requests that came after their connection went or their
+    /// deadline answered them.
+    pub service_answers_late: Cell,
 }
 
 impl ReactorStats {

@@ -178,8 +178,10 @@ impl Hooks for RouterHooks {
         uid: &str,
         device: Option<&str>,
         since: Option<u64>,
-    ) -> session::Welcome {
+    ) -> Option<session::Welcome> {
         let (uid, welcome, opened) = self.router.open_user(uid, conn, device, since);
+        // Pending: `welcomed` says where the replay started.
+        let pending = welcome.is_none();
         let i = conn.index as usize;
         if self.conns.len() <= i {
             self.conns.resize_with(i + 1, || None);
@@ -189,7 +191,7 @@ impl Hooks for RouterHooks {
             ConnInfo {
                 uid,
                 rooms: Vec::new(),
-                extra: (device.is_some() || opened.replayed_from != 0).then(|| {
+                extra: (pending || device.is_some() || opened.replayed_from != 0).then(|| {
                     Box::new(ConnExtra {
                         device: device.map(Arc::from),
                         replayed_from: opened.replayed_from,
@@ -199,6 +201,16 @@ impl Hooks for RouterHooks {
             },
         ));
         welcome
+    }
+
+    fn welcomed(&mut self, conn: ConnRef, opened: u64) {
+        let Some(extra) = info_mut(&mut self.conns, conn).and_then(|i| i.extra.as_mut()) else {
+            return;
+        };
+        // A `resume` sent before the welcome came has been answered already.
+        if extra.replayed_from != FIRST_REQUEST_SEEN {
+            extra.replayed_from = opened;
+        }
     }
 
     fn on_session_event(&mut self, conn: ConnRef, event: session::Event) {

@@ -26,4 +26,6 @@ pub use history::HistoryConfig;
 pub use hooks::RouterHooks;
 pub use registry::Registry;
 pub use registry::UserConn;
-pub use router::{CloseStats, Delivered, Opened, PushOutcome, Router, CLOSE_USER_CAP};
+pub use router::{
+    CloseStats, Delivered, DeliveredDone, Opened, PushOutcome, Router, CLOSE_USER_CAP, STORE_WAIT,
+};

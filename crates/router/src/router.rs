@@ -9,7 +9,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use protocol::frame::{FrameBuilder, OpCode};
 use protocol::CloseCode;
 use reactor::{Command, ConnRef, ReactorHandle};
 
@@ -24,9 +23,10 @@ use session::client_protocol::{self as cp, RequestError};
 use session::Welcome;
 
 mod clustered;
+mod openers;
 
 use clustered::Clustered;
-pub use clustered::{HISTORY_UNAVAILABLE, REPLAY_TIMEOUT};
+pub use clustered::{HISTORY_UNAVAILABLE, REPLAY_TIMEOUT, STORE_WAIT};
 
 /// What a push reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +56,10 @@ pub struct Delivered {
     /// Named users with no connection: the message waits in their history.
     pub offline: Vec<String>,
 }
+
+/// Told what a push reached once it is carried out (on a clustered node with history,
+/// on the bus thread once JetStream answered every store): must not block.
+pub type DeliveredDone = Box<dyn FnOnce(Delivered) + Send>;
 
 /// Retained messages of the node (single node only).
 #[derive(Debug)]
@@ -336,6 +340,11 @@ impl Router {
     pub fn leave(&self, room: &Arc<str>, conn: ConnRef) {
         if let Some(c) = &self.clustered {
             let mut shard = c.rooms.lock(room);
+            let key = (conn, Arc::clone(room));
+            if c.openers.pending.joins.lock().remove(&key) {
+                // Its join had not registered it yet: now it never will.
+                return;
+            }
             if self.registry.leave(room, conn) {
                 shard.remove(&**room);
                 drop(shard);
@@ -358,9 +367,11 @@ impl Router {
         conn: ConnRef,
         device: Option<&str>,
         since: Option<u64>,
-    ) -> (Arc<str>, Welcome, Opened) {
+    ) -> (Arc<str>, Option<Welcome>, Opened) {
         if let Some(c) = self.clustered() {
-            return self.open_clustered(c, uid, conn, device, since);
+            // Pending: the welcome comes through the reactor's welcome queue.
+            let id = self.open_clustered(c, uid, conn, device, since);
+            return (id, None, Opened { replayed_from: 0 });
         }
         let Some(h) = &self.history else {
             let id = self.add_user_on(uid, conn, device);
@@ -368,7 +379,7 @@ impl Router {
                 error: since.map(|_| cp::HISTORY_DISABLED),
                 ..Welcome::default()
             };
-            return (id, w, Opened { replayed_from: 0 });
+            return (id, Some(w), Opened { replayed_from: 0 });
         };
         let mut l = h.users.lock(uid, Instant::now());
         let id = self.add_user_on(uid, conn, device);
@@ -382,7 +393,7 @@ impl Router {
             };
             return (
                 id,
-                w,
+                Some(w),
                 Opened {
                     replayed_from: latest,
                 },
@@ -400,7 +411,7 @@ impl Router {
         };
         (
             id,
-            w,
+            Some(w),
             Opened {
                 replayed_from: from,
             },
@@ -412,6 +423,10 @@ impl Router {
     pub fn close_user(&self, uid: &Arc<str>, conn: ConnRef) {
         if let Some(c) = &self.clustered {
             let mut shard = c.users.lock(uid);
+            if c.openers.pending.opens.lock().remove(&conn) {
+                // Its opening had not registered it yet: now it never will.
+                return;
+            }
             if self.registry.remove_user(uid, conn) {
                 shard.remove(&**uid);
                 drop(shard);
@@ -442,21 +457,8 @@ impl Router {
         opened: Opened,
     ) -> Result<(), RequestError> {
         if let Some(c) = self.clustered() {
-            let latest = c.users.lock(uid).get(uid).and_then(UserSeq::last);
-            let latest = latest.unwrap_or(opened.replayed_from);
-            if since > latest {
-                // As at opening: past the stream's latest too, or this node is behind.
-                let stored = c.bus.latest(Kind::User, uid, REPLAY_TIMEOUT);
-                return Err(match stored {
-                    Ok(Some(m)) if m.seq >= since => HISTORY_UNAVAILABLE,
-                    _ => cp::SINCE_IN_FUTURE,
-                });
-            }
-            let (frames, recovered) = self.replay_clustered(c, uid, since, opened.replayed_from)?;
-            for frame in frames {
-                self.deliver_to(conn, frame);
-            }
-            self.deliver_to(conn, session::messages::resumed(latest, recovered));
+            // Read on an opener; its errors are replied from there.
+            self.resume_later(c, uid, conn, since, opened);
             return Ok(());
         }
         let h = self.history.as_ref().ok_or(cp::HISTORY_DISABLED)?;
@@ -484,7 +486,16 @@ impl Router {
         since: Option<u64>,
     ) -> (Arc<str>, Result<(), RequestError>) {
         if let Some(c) = self.clustered() {
-            return self.join_clustered(c, room, conn, since);
+            let Some(since) = since else {
+                let mut shard = c.rooms.lock(room);
+                let id = self.join(room, conn);
+                shard
+                    .entry(Arc::clone(&id))
+                    .or_insert_with(UserSeq::from_next);
+                return (id, Ok(()));
+            };
+            // Read on an opener; its errors are replied from there.
+            return (self.join_later(c, room, conn, since), Ok(()));
         }
         let (Some(h), Some(since)) = (&self.history, since) else {
             let id = self.join(room, conn);
@@ -558,6 +569,10 @@ impl Router {
     /// history, each named user's copy carries that user's next seq and the message `id`
     /// (the caller's, else a new one), each room's copy the room's next seq, and every
     /// copy is retained; without, it is [`Router::push`] of one frame.
+    ///
+    /// On a clustered node with history the answer needs JetStream's: this waits for it
+    /// (at most [`STORE_WAIT`]), so it is for tools and tests; a reactor uses
+    /// [`Router::send_then`].
     pub fn send(
         &self,
         users: &[impl AsRef<str>],
@@ -567,17 +582,74 @@ impl Router {
         id: Option<&str>,
         received: Instant,
     ) -> Delivered {
-        if let Some(c) = self.clustered() {
-            return self.send_clustered(
-                c,
-                &dedup_strs(users),
-                &dedup_strs(rooms),
-                from,
-                data,
-                id,
-                true,
-            );
+        if self.push_is_deferred() {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let done: DeliveredDone = Box::new(move |d| {
+                let _ = tx.try_send(d);
+            });
+            self.send_then(users, rooms, from, data, id, received, done);
+            return rx.recv_timeout(STORE_WAIT).unwrap_or_else(|_| Delivered {
+                outcome: PushOutcome {
+                    connections: 0,
+                    offline_users: 0,
+                    refused: 0,
+                    bus: Err(BusError::History),
+                },
+                id: None,
+                seqs: Vec::new(),
+                offline: Vec::new(),
+            });
         }
+        self.send_now(users, rooms, from, data, id, received)
+    }
+
+    /// Whether a push's answer has to wait for JetStream (a clustered node with history
+    /// ready): then [`Router::send_then`] tells it later.
+    pub fn push_is_deferred(&self) -> bool {
+        self.clustered().is_some()
+    }
+
+    /// [`Router::send`] without waiting: `done` is told what the push reached, here and
+    /// now, or, when the push waits for JetStream, on the bus thread once it answered
+    /// every store (or the bus gave up on it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_then(
+        &self,
+        users: &[impl AsRef<str>],
+        rooms: &[impl AsRef<str>],
+        from: &str,
+        data: &[u8],
+        id: Option<&str>,
+        received: Instant,
+        done: DeliveredDone,
+    ) {
+        match self.clustered() {
+            Some(c) => {
+                // Refusals reach `done` too.
+                let _ = self.send_clustered(
+                    c,
+                    &dedup_strs(users),
+                    &dedup_strs(rooms),
+                    from,
+                    data,
+                    id,
+                    Some(done),
+                );
+            }
+            None => done(self.send_now(users, rooms, from, data, id, received)),
+        }
+    }
+
+    /// [`Router::send`] where nothing waits: without history, or with it on this node.
+    fn send_now(
+        &self,
+        users: &[impl AsRef<str>],
+        rooms: &[impl AsRef<str>],
+        from: &str,
+        data: &[u8],
+        id: Option<&str>,
+        received: Instant,
+    ) -> Delivered {
         let Some(h) = &self.history else {
             let frame = Self::msg_frame(from, data);
             return Delivered {
@@ -660,9 +732,7 @@ impl Router {
 
     /// `body` as one unmasked text frame.
     pub fn text_frame(body: &[u8]) -> Bytes {
-        let mut f = FrameBuilder::with_capacity(body.len());
-        f.extend_from_slice(body);
-        f.finish(OpCode::Text, false)
+        crate::bus::inbound::text_frame(body)
     }
 
     /// Delivers `frame` (a text frame holding a message's JSON) to every connection of
@@ -830,4 +900,58 @@ fn dedup_ids(ids: &[impl AsRef<str>]) -> Vec<Arc<str>> {
         .filter(|id| seen.insert(*id))
         .map(Arc::from)
         .collect()
+}
+
+/// The bus hands the router what arrives for its connections through this, and knows
+/// nothing else of it.
+impl crate::bus::Inbound for Router {
+    fn broadcast_local(&self, frame: Bytes, received: Instant) {
+        Router::broadcast_local(self, frame, received);
+    }
+
+    fn deliver_local(
+        &self,
+        users: &[&str],
+        rooms: &[&str],
+        except_users: &[&str],
+        frame: Bytes,
+        received: Instant,
+    ) {
+        Router::deliver_local(self, users, rooms, except_users, frame, received);
+    }
+
+    fn deliver_stored(&self, uid: &str, seq: u64, prev: u64, frame: Bytes) -> bool {
+        Router::deliver_stored(self, uid, seq, prev, frame)
+    }
+
+    fn vouch(&self, seq: u64) {
+        Router::vouch(self, seq);
+    }
+
+    fn deliver_stored_room(
+        &self,
+        room: &str,
+        seq: u64,
+        prev: u64,
+        frame: Bytes,
+        targets: Option<&str>,
+    ) -> bool {
+        Router::deliver_stored_room(self, room, seq, prev, frame, targets)
+    }
+
+    fn catch_up(&self, kind: Kind, id: &Arc<str>) {
+        Router::catch_up(self, kind, id);
+    }
+
+    fn holds(&self, kind: Kind, id: &str) -> bool {
+        self.registry.contains(kind, id)
+    }
+
+    fn presence_local(&self, uid: &str, node: &str) -> Vec<PresenceEntry> {
+        Router::presence_local(self, uid, node)
+    }
+
+    fn disconnect_local(&self, req: &Disconnect) -> usize {
+        Router::disconnect_local(self, req)
+    }
 }

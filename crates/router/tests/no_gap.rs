@@ -102,6 +102,7 @@ fn replay_then_live_has_no_gap_and_no_duplicate_under_concurrent_pushes() {
     for k in 0..=OPENS {
         let since = pushed.load(Ordering::SeqCst) / 2;
         let (uid, welcome, _) = router.open_user("alice", conn(k), None, Some(since));
+        let welcome = welcome.expect("a single node answers at once");
         assert_eq!(welcome.error, None);
         assert_eq!(welcome.recovered, Some(true));
         let replay: Vec<u64> = welcome.replay.iter().map(seq_of).collect();

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::time::Instant;
 
-use router::{Delivered, Router};
+use router::{Delivered, DeliveredDone, Router};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use session::auth::MAX_ID_LEN;
@@ -142,6 +142,40 @@ pub fn push(router: &Router, req: &PushRequest<'_>, received: Instant) -> Delive
         req.id.as_deref(),
         received,
     )
+}
+
+/// Carries out a push without waiting: `done` is told what it reached (at once, or on the
+/// bus thread once JetStream stored it).
+pub fn push_then(router: &Router, req: &PushRequest<'_>, received: Instant, done: DeliveredDone) {
+    router.send_then(
+        &req.to,
+        &req.rooms,
+        &req.from,
+        req.data.get().as_bytes(),
+        req.id.as_deref(),
+        received,
+        done,
+    )
+}
+
+/// The 503 of a push that NATS being gone kept from being stored: it reached this node's
+/// connections only, without a seq (so no replay and no resume will bring it back, and
+/// offline users will never get it); a retry with the same `id` once the bus is back
+/// stores and delivers it with a seq, and a client that got the first copy knows the
+/// second by its `id`.
+pub fn unstored_answer(id: &str, d: &Delivered) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(
+        br#"{"ok":false,"error":"cluster bus disconnected: delivered to this node's connections only, without a seq, and not stored; retry with the same \"id\" once the bus is back","id":"#,
+    );
+    // Writing JSON into memory cannot fail.
+    let _ = serde_json::to_writer(&mut out, id);
+    out.extend_from_slice(b",\"stored\":false,\"connections\":");
+    out.extend_from_slice(d.outcome.connections.to_string().as_bytes());
+    out.extend_from_slice(b",\"offline\":");
+    let _ = serde_json::to_writer(&mut out, &d.offline);
+    out.push(b'}');
+    out
 }
 
 /// The answer to a successful push: `{"ok":true}`, and with history

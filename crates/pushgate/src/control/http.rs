@@ -460,6 +460,7 @@ pub fn response(status: u16, content_type: &str, body: &[u8], keep_alive: bool) 
         431 => "Request Header Fields Too Large",
         501 => "Not Implemented",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "Error",
     };
     let mut out = format!(

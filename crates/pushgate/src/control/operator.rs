@@ -6,10 +6,11 @@
 //! - `POST /v1/disconnect {"uid":..,"device":..,"code":..,"reason":..}`: closes those
 //!   connections here and asks every other node to, without waiting for them.
 //!
-//! A presence query waits for the other nodes on the reactor thread that serves it: the
-//! wait is bounded by `presence_timeout` (default 80 ms) and only as long as the slowest
-//! live node takes to answer, a millisecond or two when they are all up.
+//! A presence query does not hold the reactor that serves it: the request is parked and
+//! answered once every live node answered or `presence_timeout` (default 80 ms) passed,
+//! the reactor serving everything else meanwhile.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use router::bus::stats::Counter;
@@ -43,44 +44,55 @@ pub struct OperatorStats {
 /// An answer: status and body, or status and error message.
 pub type Answer = (u16, Result<Vec<u8>, &'static str>);
 
-/// `GET /v1/presence` with `query` (the part after `?`).
-pub fn presence(
-    router: &Router,
+/// `GET /v1/presence` with `query` (the part after `?`): `done` is told the answer,
+/// at once or once the other nodes answered (on the bus thread).
+pub fn presence_then(
+    router: &Arc<Router>,
     node: &str,
     limits: &OperatorLimits,
-    stats: &OperatorStats,
+    stats: &Arc<OperatorStats>,
     query: &str,
-) -> Answer {
+    done: Box<dyn FnOnce(Answer) + Send>,
+) {
     let uids = match presence_uids(query, limits.presence_max_uids) {
         Ok(uids) => uids,
         Err(e) => {
             stats.presence[2].add(1);
-            return (400, Err(e));
+            return done((400, Err(e)));
         }
     };
     let deadline = Instant::now() + limits.presence_timeout;
-    let remote = match router.bus().presence(&uids, deadline) {
-        Ok(remote) => remote,
-        Err(e) => {
-            stats.presence[3].add(1);
-            return (503, Err(bus_error(e)));
-        }
-    };
-    stats.presence[usize::from(!remote.partial.is_empty())].add(1);
-    // Local entries after the wait: a connection that closed meanwhile is not listed.
-    let users: Vec<(String, Vec<PresenceEntry>)> = uids
-        .into_iter()
-        .zip(remote.users)
-        .map(|(uid, theirs)| {
-            let mut all = router.presence_local(&uid, node);
-            all.extend(theirs);
-            (uid, all)
-        })
-        .collect();
-    (
-        200,
-        Ok(presence_answer(&users, &remote.partial, remote.truncated)),
-    )
+    let (r, s, node) = (Arc::clone(router), Arc::clone(stats), node.to_owned());
+    let asked = uids.clone();
+    router.bus().presence(
+        &asked,
+        deadline,
+        Box::new(move |remote| {
+            let remote = match remote {
+                Ok(remote) => remote,
+                Err(e) => {
+                    s.presence[3].add(1);
+                    return done((503, Err(bus_error(e))));
+                }
+            };
+            s.presence[usize::from(!remote.partial.is_empty())].add(1);
+            // Local entries after the wait: a connection that closed meanwhile is not
+            // listed.
+            let users: Vec<(String, Vec<PresenceEntry>)> = uids
+                .into_iter()
+                .zip(remote.users)
+                .map(|(uid, theirs)| {
+                    let mut all = r.presence_local(&uid, &node);
+                    all.extend(theirs);
+                    (uid, all)
+                })
+                .collect();
+            done((
+                200,
+                Ok(presence_answer(&users, &remote.partial, remote.truncated)),
+            ))
+        }),
+    );
 }
 
 /// The distinct `uid` parameters of a query, in order.

@@ -1,12 +1,12 @@
 //! What each control path answers.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use reactor::admission::Admission;
-use reactor::ReactorHandle;
+use reactor::{Parking, ReactorHandle};
 use router::bus::stats::Counter;
 use router::{BusError, Router};
 
@@ -18,13 +18,20 @@ use crate::metrics::Metrics;
 /// Server API endpoints, for the request counters.
 pub const API_ENDPOINTS: [&str; 2] = ["push", "broadcast"];
 /// Statuses the API answers with, for the request counters.
-pub const API_STATUSES: [u16; 7] = [200, 400, 401, 404, 405, 413, 503];
+pub const API_STATUSES: [u16; 8] = [200, 400, 401, 404, 405, 413, 503, 504];
+
+/// How long a push parked for JetStream's answers may wait before the reactor answers
+/// 504 itself: past the bus's own store timeout, which normally answers first (503).
+const PUSH_PARK: Duration = router::STORE_WAIT.saturating_add(Duration::from_secs(1));
+/// How long a presence query may be parked past its `presence_timeout` (the bus thread
+/// answers at the timeout; this only bounds a bus thread that stopped).
+const PRESENCE_PARK_SLACK: Duration = Duration::from_secs(1);
 
 /// Counters of the server API.
 #[derive(Debug, Default)]
 pub struct ApiStats {
     /// Requests by endpoint (index into [`API_ENDPOINTS`]) and status (into [`API_STATUSES`]).
-    pub requests: [[Counter; 7]; 2],
+    pub requests: [[Counter; 8]; 2],
     /// Users named in pushes with no connection on this node.
     pub offline: Counter,
 }
@@ -71,8 +78,14 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl ControlState {
-    /// The response to one request.
-    pub fn handle(&self, req: &Request, reactors_running: bool) -> Vec<u8> {
+    /// The response to one request, or `None` when it was parked (a push waiting for
+    /// JetStream, a presence query waiting for the other nodes): its completion answers.
+    pub fn handle(
+        &self,
+        req: &Request,
+        reactors_running: bool,
+        parking: &mut Parking<'_>,
+    ) -> Option<Vec<u8>> {
         let keep = req.keep_alive;
         let endpoint = match req.path.as_str() {
             "/v1/push" => Some(0),
@@ -80,20 +93,118 @@ impl ControlState {
             _ => None,
         };
         if let Some(e) = endpoint {
+            if e == 0 && req.method == "POST" && self.router.push_is_deferred() {
+                return self.push_later(req, parking);
+            }
             let (status, body) = self.api(e, req);
             self.api_stats.count(e, status);
-            return match body {
+            return Some(match body {
                 Ok(body) => response(200, "application/json", &body, keep),
                 Err(msg) => json_error(status, msg, keep),
-            };
+            });
+        }
+        if req.path == "/v1/presence" && req.method == "GET" && self.authorized(req) {
+            return self.presence_later(req, parking);
         }
         if matches!(req.path.as_str(), "/v1/presence" | "/v1/disconnect") {
             let (status, body) = self.operator(req);
-            return match body {
+            return Some(match body {
                 Ok(body) => response(status, "application/json", &body, keep),
                 Err(msg) => json_error(status, msg, keep),
-            };
+            });
         }
+        Some(self.handle_now(req, reactors_running))
+    }
+
+    /// A push on a clustered node with history: answered once JetStream stored it for
+    /// every recipient (or refused, or the bus gave up on it), the reactor serving other
+    /// requests and connections meanwhile.
+    fn push_later(&self, req: &Request, parking: &mut Parking<'_>) -> Option<Vec<u8>> {
+        let keep = req.keep_alive;
+        if !self.authorized(req) {
+            self.api_stats.count(0, 401);
+            return Some(json_error(401, "missing or wrong API key", keep));
+        }
+        let p = match api::parse_push(&req.body) {
+            Ok(p) => p,
+            Err(e) => {
+                self.api_stats.count(0, 400);
+                return Some(json_error(400, e, keep));
+            }
+        };
+        let Some(completion) = parking.park(PUSH_PARK, keep) else {
+            self.api_stats.count(0, 503);
+            return Some(json_error(
+                503,
+                "cannot wait for the history store here",
+                keep,
+            ));
+        };
+        let stats = Arc::clone(&self.api_stats);
+        let received = Instant::now();
+        api::push_then(
+            &self.router,
+            &p,
+            received,
+            Box::new(move |d| {
+                stats.offline.add(d.outcome.offline_users as u64);
+                if let (Err(BusError::Disconnected), Some(id)) = (d.outcome.bus, &d.id) {
+                    stats.count(0, 503);
+                    return completion.complete(response(
+                        503,
+                        "application/json",
+                        &api::unstored_answer(id, &d),
+                        keep,
+                    ));
+                }
+                let (status, answer) = match saturation_status(d.outcome.refused)
+                    .unwrap_or_else(|| bus_status(d.outcome.bus))
+                {
+                    (200, _) => (
+                        200,
+                        response(200, "application/json", &api::push_answer(&d), keep),
+                    ),
+                    (status, Err(e)) => (status, json_error(status, e, keep)),
+                    (status, Ok(())) => (status, json_error(status, "refused", keep)),
+                };
+                stats.count(0, status);
+                completion.complete(answer);
+            }),
+        );
+        None
+    }
+
+    /// `/v1/presence`, answered once the other nodes did (or their time ran out).
+    fn presence_later(&self, req: &Request, parking: &mut Parking<'_>) -> Option<Vec<u8>> {
+        let keep = req.keep_alive;
+        let limits = self.operator_limits;
+        let Some(completion) = parking.park(limits.presence_timeout + PRESENCE_PARK_SLACK, keep)
+        else {
+            return Some(json_error(
+                503,
+                "cannot wait for the other nodes here",
+                keep,
+            ));
+        };
+        operator::presence_then(
+            &self.router,
+            &self.node_id,
+            &limits,
+            &self.operator_stats,
+            req.head.query().unwrap_or(""),
+            Box::new(move |(status, body)| {
+                completion.complete(match body {
+                    Ok(body) => response(status, "application/json", &body, keep),
+                    Err(msg) => json_error(status, msg, keep),
+                })
+            }),
+        );
+        None
+    }
+
+    /// The requests answered at once: health, readiness, metrics, and what is not found.
+    fn handle_now(&self, req: &Request, reactors_running: bool) -> Vec<u8> {
+        let keep = req.keep_alive;
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/healthz") => response(200, "application/json", b"{\"ok\":true}", keep),
             ("GET", "/readyz") => {
@@ -146,13 +257,8 @@ impl ControlState {
             return (401, Err("missing or wrong API key"));
         }
         if presence {
-            operator::presence(
-                &self.router,
-                &self.node_id,
-                &self.operator_limits,
-                &self.operator_stats,
-                req.head.query().unwrap_or(""),
-            )
+            // Served by `presence_later`, which parks; here only when it cannot.
+            (503, Err("cannot wait for the other nodes here"))
         } else {
             operator::disconnect(&self.router, &self.operator_stats, &req.body)
         }

@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::BytesMut;
-use reactor::{ConnState, Flow, Service};
+use reactor::{ConnState, Flow, Parking, Service, Unanswered};
 
 use super::http::{json_error, Next, Reader, CONTINUE};
 use super::routes::ControlState;
@@ -31,6 +31,7 @@ impl Service for ControlService {
         out: &mut Vec<u8>,
         room: usize,
         eof: bool,
+        parking: &mut Parking<'_>,
     ) -> Flow {
         let Some(state) = self.state.get() else {
             out.extend_from_slice(&json_error(503, "starting", false));
@@ -50,7 +51,11 @@ impl Service for ControlService {
             }
             match reader.next_request(input, state.max_body_bytes) {
                 Ok(Next::Request(req)) => {
-                    out.extend_from_slice(&state.handle(&req, true));
+                    match state.handle(&req, true, parking) {
+                        Some(answer) => out.extend_from_slice(&answer),
+                        // Answered later; the requests behind it wait their turn.
+                        None => return Flow::KeepAlive,
+                    }
                     if !req.keep_alive {
                         return Flow::Close;
                     }
@@ -73,4 +78,18 @@ impl Service for ControlService {
             }
         }
     }
+
+    fn unanswered(&mut self, why: Unanswered, keep_alive: bool, out: &mut Vec<u8>) {
+        out.extend_from_slice(&match why {
+            Unanswered::TimedOut => json_error(504, TIMED_OUT, keep_alive),
+            Unanswered::Dropped => json_error(503, DROPPED, keep_alive),
+        });
+    }
 }
+
+/// The 504 of a request parked past its deadline (the bus gives up on JetStream and on
+/// the other nodes before it, so this is a safety net, not the usual answer).
+const TIMED_OUT: &str =
+    "no answer in time from the cluster; the request may still take effect: retry with the same \"id\"";
+/// The 503 of a request whose answer was given up (the bus thread stopped).
+const DROPPED: &str = "the node gave up on this request (shutting down?); retry";

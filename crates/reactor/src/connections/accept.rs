@@ -132,6 +132,7 @@ impl<D: Driver> Reactor<D> {
             transport: Transport::Ws,
             partial_listed: false,
             dirty: false,
+            opening: false,
         };
         if let Err(e) = self.io.add(key, &mut conn) {
             tracing::warn!(error = %e, "register failed");

@@ -11,7 +11,7 @@ use session::Transport;
 
 use super::Reactor;
 use crate::driver::Driver;
-use crate::inbox::{Command, ConnRef};
+use crate::inbox::{Command, ConnRef, Welcomed};
 
 /// Inbox commands handled per loop turn.
 const COMMANDS_PER_TURN: usize = 1024;
@@ -19,6 +19,20 @@ impl<D: Driver> Reactor<D> {
     pub(super) fn drain_inbox(&mut self) {
         if let Some(window) = self.inbox_shared.take_drain() {
             self.start_drain(window, Instant::now());
+        }
+        for _ in 0..self.welcomes.len() {
+            match self.welcomes.try_recv() {
+                Ok(w) => self.on_welcomed(w),
+                Err(_) => break,
+            }
+        }
+        if let Some(s) = self.services.as_mut() {
+            s.drain_answers(
+                self.io.registry(),
+                &mut self.wheel,
+                &self.ticks,
+                &self.stats,
+            );
         }
         for _ in 0..COMMANDS_PER_TURN {
             match self.inbox.try_recv() {
@@ -75,6 +89,30 @@ impl<D: Driver> Reactor<D> {
         }
     }
 
+    /// A pending opening's welcome: queued with its replay, then what was held for the
+    /// connection meanwhile, in the order it came.
+    fn on_welcomed(&mut self, w: Welcomed) {
+        let Some(key) = self.resolve(w.conn) else {
+            return;
+        };
+        let Some(held) = self.opening.remove(&key) else {
+            return;
+        };
+        self.stats.openings_pending.sub(1);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.opening = false;
+        let transport = conn.transport;
+        self.welcome(key, &held.uid, transport, w.welcome);
+        self.hooks.welcomed(w.conn, w.opened);
+        let mut forms = Forms::default();
+        for frame in held.frames {
+            self.deliver(key, &frame, &mut forms);
+        }
+        self.flush(key);
+    }
+
     pub(super) fn resolve(&self, r: ConnRef) -> Option<usize> {
         let key = r.index as usize;
         match self.conns.get(key) {
@@ -94,6 +132,9 @@ impl<D: Driver> Reactor<D> {
         if !conn.session.is_open() {
             self.stats.count_dropped("gone", 1);
             return;
+        }
+        if conn.opening {
+            return self.hold(key, frame);
         }
         let transport = conn.transport;
         let bytes = match transport {
@@ -168,6 +209,58 @@ impl<D: Driver> Reactor<D> {
                     .observe(now.saturating_duration_since(r));
             }
         }
+    }
+}
+
+/// What a connection whose opening is pending was given meanwhile.
+#[derive(Debug)]
+pub(crate) struct Held {
+    uid: String,
+    frames: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl Held {
+    pub(crate) fn new(uid: String) -> Self {
+        Held {
+            uid,
+            frames: Vec::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<D: Driver> Reactor<D> {
+    /// Keeps a frame for a connection whose welcome has not come, within the outbound
+    /// limits (what it would have been allowed to queue): past them it is a slow
+    /// consumer, as it would have been had the frames been queued.
+    fn hold(&mut self, key: usize, frame: &Bytes) {
+        let limits = &self.config.outbound;
+        let Some(held) = self.opening.get_mut(&key) else {
+            return;
+        };
+        if held.frames.len() + 1 > limits.max_messages
+            || held.bytes + frame.len() > limits.max_bytes
+        {
+            self.opening.remove(&key);
+            self.stats.openings_pending.sub(1);
+            if let Some(c) = self.conns.get_mut(key) {
+                c.opening = false;
+            }
+            self.stats.count_dropped("slow_consumer", 1);
+            self.stats.slow_consumer_closes.add(1);
+            self.with_session(key, |s, cx, fx| {
+                s.close(
+                    protocol::CloseCode::TRY_AGAIN_LATER,
+                    "slow consumer",
+                    cx,
+                    fx,
+                )
+            });
+            return;
+        }
+        held.bytes += frame.len();
+        held.frames.push(frame.clone());
     }
 }
 

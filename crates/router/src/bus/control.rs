@@ -10,15 +10,17 @@
 //!   once, so a new node knows the others within a round trip.
 //! - `<prefix>.ctl.presence`: a query, with the reply subject
 //!   `<prefix>.ctl.reply.<boot>.<token>` of the asking process; each node answers once.
-//!   The asker waits until every live node answered or its deadline passed, and names
-//!   the missing ones.
+//!   The query is answered (through a callback, nobody waits) once every live node
+//!   answered or its deadline passed, naming the missing ones, and the nodes lately
+//!   gone silent (see [`NAME_GONE_FOR`]) whose users it therefore cannot list.
 //! - `<prefix>.ctl.disconnect`: close a user's connections (of one device) everywhere;
 //!   no answer.
 //!
 //! This module knows no NATS client: the bus thread subscribes to
 //! [`Control::subscriptions`], hands every message on them to [`Control::on_message`],
-//! and publishes what [`Control::take_outgoing`] returns. Other threads only queue (never
-//! block on the bus), except [`Control::ask_presence`], which waits at most its deadline.
+//! and publishes what [`Control::take_outgoing`] returns, and ends the queries whose
+//! deadline passed ([`Control::expire_queries`], at [`Control::next_deadline`]). Other
+//! threads only queue: nothing here blocks on the bus.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,13 +32,17 @@ use parking_lot::Mutex;
 use protocol::CloseCode;
 use serde::{Deserialize, Serialize};
 
+use super::inbound::Inbound;
 use super::BusError;
-use crate::router::Router;
 
 /// How often a node announces itself.
 pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
 /// A node silent this long is forgotten (three announcements missed, and some slack).
 pub const FORGET_AFTER: Duration = Duration::from_millis(3500);
+/// A node forgotten (gone silent without a word: crashed, cut off, or scaled down) is
+/// named in presence answers' `"partial"` this long after, unless it comes back: its
+/// users may still be connected to it, and an answer must not pretend they are not.
+pub const NAME_GONE_FOR: Duration = Duration::from_secs(300);
 /// Most bytes of connection entries one node puts in a presence answer; past it the
 /// answer says `"truncated":true` (well below NATS's default 1 MiB payload limit).
 pub const ANSWER_MAX_BYTES: usize = 256 * 1024;
@@ -134,6 +140,28 @@ struct Answer {
     truncated: bool,
 }
 
+/// Told a presence query's answers from the other nodes (on the bus thread, or on the
+/// asking thread when nobody is to be waited for): must not block.
+pub type PresenceDone = Box<dyn FnOnce(Result<ClusterPresence, BusError>) + Send>;
+
+/// A presence query waiting for answers.
+struct Gathering {
+    /// Nodes that have not answered yet.
+    expected: Vec<String>,
+    result: ClusterPresence,
+    deadline: Instant,
+    done: PresenceDone,
+}
+
+impl std::fmt::Debug for Gathering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gathering")
+            .field("expected", &self.expected)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A message for the bus thread to publish.
 #[derive(Debug)]
 pub struct ControlOut {
@@ -176,8 +204,10 @@ pub struct Control {
     /// wait, not one per query, until it announces itself again.
     suspect: Mutex<HashSet<String>>,
     next_announce: Mutex<Instant>,
+    /// Nodes forgotten, and when: named in presence answers for [`NAME_GONE_FOR`].
+    gone: Mutex<HashMap<String, Instant>>,
     /// Queries waiting for answers, by token.
-    waiting: Mutex<HashMap<u64, Sender<Answer>>>,
+    waiting: Mutex<HashMap<u64, Gathering>>,
     next_token: AtomicU64,
     tx: Sender<ControlOut>,
     rx: Receiver<ControlOut>,
@@ -197,6 +227,7 @@ impl Control {
             reply_prefix: format!("{prefix}.ctl.reply.{boot:016x}."),
             peers: Mutex::new(HashMap::new()),
             suspect: Mutex::new(HashSet::new()),
+            gone: Mutex::new(HashMap::new()),
             next_announce: Mutex::new(Instant::now()),
             waiting: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
@@ -258,11 +289,35 @@ impl Control {
         }
     }
 
-    /// The other nodes heard from within [`FORGET_AFTER`], sorted; forgets the rest.
+    /// The other nodes heard from within [`FORGET_AFTER`], sorted; forgets the rest
+    /// (remembering them as gone).
     pub fn live_peers(&self, now: Instant) -> Vec<String> {
         let mut peers = self.peers.lock();
-        peers.retain(|_, seen| now.saturating_duration_since(*seen) <= FORGET_AFTER);
+        let mut gone = Vec::new();
+        peers.retain(|name, seen| {
+            let live = now.saturating_duration_since(*seen) <= FORGET_AFTER;
+            if !live {
+                gone.push(name.clone());
+            }
+            live
+        });
         let mut names: Vec<String> = peers.keys().cloned().collect();
+        drop(peers);
+        if !gone.is_empty() {
+            let mut g = self.gone.lock();
+            for name in gone {
+                g.insert(name, now);
+            }
+        }
+        names.sort_unstable();
+        names
+    }
+
+    /// Nodes forgotten within [`NAME_GONE_FOR`], sorted; forgets older ones.
+    pub fn gone_peers(&self, now: Instant) -> Vec<String> {
+        let mut g = self.gone.lock();
+        g.retain(|_, at| now.saturating_duration_since(*at) <= NAME_GONE_FOR);
+        let mut names: Vec<String> = g.keys().cloned().collect();
         names.sort_unstable();
         names
     }
@@ -273,6 +328,7 @@ impl Control {
             return false;
         }
         self.suspect.lock().remove(node);
+        self.gone.lock().remove(node);
         self.peers.lock().insert(node.to_owned(), now).is_none()
     }
 
@@ -285,19 +341,24 @@ impl Control {
         })
     }
 
-    /// Asks every other live node for the connections of `uids` and waits for their
-    /// answers until `deadline`; `wake` tells the bus thread a message is queued.
+    /// Asks every other live node for the connections of `uids`; `done` is told their
+    /// answers once all came or `deadline` passed (on the bus thread, or here when there
+    /// is nobody to wait for or the query could not be queued). `wake` tells the bus
+    /// thread a message is queued.
     pub fn ask_presence(
         &self,
         uids: &[String],
         deadline: Instant,
         wake: impl FnOnce(),
-    ) -> Result<ClusterPresence, BusError> {
-        let mut expected = self.live_peers(Instant::now());
+        done: PresenceDone,
+    ) {
+        let now = Instant::now();
+        let mut expected = self.live_peers(now);
         let mut result = ClusterPresence {
             users: vec![Vec::new(); uids.len()],
             ..ClusterPresence::default()
         };
+        result.partial.extend(self.gone_peers(now));
         {
             let suspect = self.suspect.lock();
             expected.retain(|n| {
@@ -309,13 +370,19 @@ impl Control {
             });
         }
         if expected.is_empty() {
-            return Ok(result);
+            result.partial.sort_unstable();
+            return done(Ok(result));
         }
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        // Room for every expected answer and a few from nodes not known yet; more are
-        // dropped by the bus thread rather than queued without bound.
-        let (tx, rx) = crossbeam_channel::bounded(expected.len() + 4);
-        self.waiting.lock().insert(token, tx);
+        self.waiting.lock().insert(
+            token,
+            Gathering {
+                expected,
+                result,
+                deadline,
+                done,
+            },
+        );
         let query = Query {
             node: self.node.clone(),
             uids: uids.to_vec(),
@@ -326,30 +393,64 @@ impl Control {
             payload: json(&query),
         });
         if let Err(e) = sent {
-            self.waiting.lock().remove(&token);
-            return Err(e);
+            let g = self.waiting.lock().remove(&token);
+            if let Some(g) = g {
+                (g.done)(Err(e));
+            }
+            return;
         }
         wake();
-        while !expected.is_empty() {
-            let Ok(answer) = rx.recv_deadline(deadline) else {
-                break;
-            };
-            expected.retain(|n| *n != answer.node);
-            result.truncated |= answer.truncated;
-            for (mine, theirs) in result.users.iter_mut().zip(answer.users) {
-                mine.extend(theirs);
+    }
+
+    /// When the earliest query waiting for answers ends.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.waiting.lock().values().map(|g| g.deadline).min()
+    }
+
+    /// Ends the queries whose deadline passed, naming the nodes that did not answer.
+    pub fn expire_queries(&self, now: Instant) {
+        let late: Vec<Gathering> = {
+            let mut w = self.waiting.lock();
+            if w.values().all(|g| g.deadline > now) {
+                return;
             }
+            let tokens: Vec<u64> = w
+                .iter()
+                .filter(|(_, g)| g.deadline <= now)
+                .map(|(t, _)| *t)
+                .collect();
+            tokens.iter().filter_map(|t| w.remove(t)).collect()
+        };
+        for g in late {
+            self.finish(g);
         }
-        self.waiting.lock().remove(&token);
+    }
+
+    /// Tells a query's asker what it gathered; the nodes that did not answer are
+    /// suspect from now on.
+    fn finish(&self, g: Gathering) {
+        let Gathering {
+            expected,
+            mut result,
+            done,
+            ..
+        } = g;
         self.suspect.lock().extend(expected.iter().cloned());
         result.partial.extend(expected);
         result.partial.sort_unstable();
-        Ok(result)
+        result.partial.dedup();
+        done(Ok(result));
     }
 
     /// Handles one message on a control subject (called on the bus thread); `reply` is
     /// the message's reply subject.
-    pub fn on_message(&self, router: &Router, subject: &str, reply: Option<&str>, payload: &[u8]) {
+    pub fn on_message(
+        &self,
+        router: &dyn Inbound,
+        subject: &str,
+        reply: Option<&str>,
+        payload: &[u8],
+    ) {
         let now = Instant::now();
         if subject == self.node_subject {
             match serde_json::from_slice::<Announce<'_>>(payload) {
@@ -400,14 +501,34 @@ impl Control {
             };
             self.seen(&answer.node, now);
             // A late answer finds nobody waiting: dropped.
-            if let Some(tx) = self.waiting.lock().get(&token) {
-                let _ = tx.try_send(answer);
+            let complete = {
+                let mut w = self.waiting.lock();
+                let Some(g) = w.get_mut(&token) else {
+                    return;
+                };
+                if !g.expected.contains(&answer.node) {
+                    // A node not known when asked, or a second answer: not counted.
+                    return;
+                }
+                g.expected.retain(|n| *n != answer.node);
+                g.result.truncated |= answer.truncated;
+                for (mine, theirs) in g.result.users.iter_mut().zip(answer.users) {
+                    mine.extend(theirs);
+                }
+                if g.expected.is_empty() {
+                    w.remove(&token)
+                } else {
+                    None
+                }
+            };
+            if let Some(g) = complete {
+                self.finish(g);
             }
         }
     }
 
     /// This node's answer to a query for `uids`, cut at [`ANSWER_MAX_BYTES`].
-    fn local_answer(&self, router: &Router, uids: &[String]) -> Answer {
+    fn local_answer(&self, router: &dyn Inbound, uids: &[String]) -> Answer {
         let mut bytes = 0;
         let mut truncated = false;
         let users = uids
@@ -445,6 +566,7 @@ fn json<T: Serialize>(v: &T) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::Router;
 
     fn answer(node: &str, uid_entries: usize) -> Vec<u8> {
         serde_json::to_vec(&Answer {
@@ -477,9 +599,26 @@ mod tests {
             .is_empty());
     }
 
+    /// A query's answer, delivered to a channel by its callback.
+    fn ask(
+        c: &Control,
+        deadline: Instant,
+    ) -> crossbeam_channel::Receiver<Result<ClusterPresence, BusError>> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        c.ask_presence(
+            &["u1".to_owned()],
+            deadline,
+            || {},
+            Box::new(move |r| {
+                let _ = tx.try_send(r);
+            }),
+        );
+        rx
+    }
+
     #[test]
     fn a_query_collects_answers_and_names_the_silent() {
-        let c = std::sync::Arc::new(Control::new("p", "me", 7));
+        let c = Control::new("p", "me", 7);
         let router = Router::new();
         for n in ["n2", "n3"] {
             c.on_message(
@@ -489,51 +628,66 @@ mod tests {
                 format!(r#"{{"node":"{n}"}}"#).as_bytes(),
             );
         }
-        let c2 = std::sync::Arc::clone(&c);
-        let asker = std::thread::spawn(move || {
-            c2.ask_presence(
-                &["u1".to_owned()],
-                Instant::now() + Duration::from_millis(300),
-                || {},
-            )
-        });
+        let t0 = Instant::now();
+        let got = ask(&c, t0 + Duration::from_millis(300));
         // The query goes out through the queue; answer it as n2 only.
-        let q = loop {
-            let out = c.take_outgoing(Instant::now(), 16);
-            if let Some(q) = out.into_iter().find(|m| m.subject == "p.ctl.presence") {
-                break q;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        };
+        let q = c
+            .take_outgoing(Instant::now(), 16)
+            .into_iter()
+            .find(|m| m.subject == "p.ctl.presence")
+            .unwrap();
         let reply = q.reply.unwrap();
         assert!(reply.starts_with("p.ctl.reply.0000000000000007."));
         c.on_message(&router, &reply, None, &answer("n2", 2));
         c.on_message(&router, &reply, None, b"{}");
-        let got = asker.join().unwrap().unwrap();
+        assert!(got.try_recv().is_err(), "n3 is still awaited");
+        assert_eq!(c.next_deadline(), Some(t0 + Duration::from_millis(300)));
+        // Nothing waits for the deadline: whoever ends queries does, then.
+        c.expire_queries(t0 + Duration::from_millis(299));
+        assert!(got.try_recv().is_err());
+        c.expire_queries(t0 + Duration::from_millis(300));
+        let got = got.try_recv().unwrap().unwrap();
         assert_eq!(got.partial, ["n3"]);
         assert_eq!(got.users.len(), 1);
         assert_eq!(got.users[0].len(), 2);
         assert_eq!(c.stats().invalid.get(), 1);
-        // n3 missed the deadline: the next query names it without waiting for it (and,
-        // n2 being unanswered this time, waits only for n2).
-        let start = Instant::now();
-        let got = c
-            .ask_presence(&["u1".to_owned()], start + Duration::from_millis(50), || {})
+        assert_eq!(c.next_deadline(), None);
+        // n3 missed the deadline: the next query names it without waiting for it, and
+        // is answered as soon as n2 is.
+        let got = ask(&c, Instant::now() + Duration::from_secs(60));
+        let q = c
+            .take_outgoing(Instant::now(), 16)
+            .into_iter()
+            .find(|m| m.subject == "p.ctl.presence")
             .unwrap();
-        assert_eq!(got.partial, ["n2", "n3"]);
-        assert!(start.elapsed() >= Duration::from_millis(50));
-        let got = c
-            .ask_presence(
-                &["u1".to_owned()],
-                Instant::now() + Duration::from_secs(60),
-                || {},
-            )
-            .unwrap();
-        assert_eq!(got.partial, ["n2", "n3"], "neither is waited for again");
+        c.on_message(&router, &q.reply.unwrap(), None, &answer("n2", 1));
+        let got = got.try_recv().unwrap().unwrap();
+        assert_eq!(got.partial, ["n3"], "not waited for again");
         // A late answer finds nobody waiting, and n3 is waited for again.
         c.on_message(&router, &reply, None, &answer("n3", 1));
         assert!(!c.suspect.lock().contains("n3"));
-        assert!(c.suspect.lock().contains("n2"));
+    }
+
+    #[test]
+    fn a_node_gone_silent_is_named_not_forgotten() {
+        let c = Control::new("p", "me", 7);
+        let router = Router::new();
+        c.on_message(&router, "p.ctl.node", None, br#"{"node":"n2"}"#);
+        // Long past FORGET_AFTER: n2 is no longer expected to answer, so nobody is
+        // asked, but its users are not listed either: the answer says so.
+        let later = Instant::now() + FORGET_AFTER + Duration::from_secs(1);
+        assert!(c.live_peers(later).is_empty());
+        let got = ask(&c, Instant::now() + Duration::from_secs(60));
+        let got = got.try_recv().expect("answered at once").unwrap();
+        assert_eq!(got.partial, ["n2"]);
+        // Named for NAME_GONE_FOR, or until it announces itself again.
+        assert!(c
+            .gone_peers(later + NAME_GONE_FOR + Duration::from_secs(1))
+            .is_empty());
+        c.on_message(&router, "p.ctl.node", None, br#"{"node":"n3"}"#);
+        let _ = c.live_peers(later);
+        c.on_message(&router, "p.ctl.node", None, br#"{"node":"n3"}"#);
+        assert!(c.gone_peers(Instant::now()).is_empty());
     }
 
     #[test]

@@ -193,6 +193,19 @@ pub(super) fn direct_answer(
     }))
 }
 
+/// Whether a reply to a batch direct get is its last: the end-of-batch status (204),
+/// an error or "not found", or a message without the batch's `Nats-Num-Pending` header
+/// (a server without batch get answers one message, as to a plain direct get).
+pub(super) fn ends_batch(headers: Option<&[u8]>) -> bool {
+    let Some(h) = headers else {
+        return true;
+    };
+    match wire::status(h) {
+        None | Some(200) => wire::header(h, "Nats-Num-Pending").is_none(),
+        Some(_) => true,
+    }
+}
+
 /// The start every stored body has (what [`with_seq`] inserts the seq after).
 const MSG_START: &[u8] = br#"{"type":"msg","#;
 

@@ -26,6 +26,7 @@ mod chains;
 mod conn;
 pub mod control;
 mod dedup;
+pub mod inbound;
 mod interest;
 pub mod jetstream;
 mod lingering;
@@ -46,10 +47,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-pub use control::{ClusterPresence, ControlStats, Disconnect, PresenceEntry};
+pub use control::{ClusterPresence, ControlStats, Disconnect, PresenceDone, PresenceEntry};
+pub use inbound::Inbound;
 pub use jetstream::{JsConfig, StoredMsg};
 pub use nats::{
-    BusMessage, Handler, NatsBus, NatsConfig, ReplyHandler, StoreJob, StoreOk, MAX_PENDING_REQUESTS,
+    BusMessage, Handler, NatsBus, NatsConfig, ReplyHandler, StoreDone, StoreJob, StoreOk,
+    MAX_PENDING_REQUESTS,
 };
 pub use stats::BusStats;
 pub use subject::{Kind, Subjects};
@@ -112,14 +115,15 @@ pub trait ClusterBus: Send + Sync + Debug {
     fn is_ready(&self) -> bool;
     /// The bus counters, when there is a bus.
     fn stats(&self) -> Option<&BusStats>;
-    /// Asks the other nodes for the connections of `uids` (one list per uid, in order),
-    /// waiting for their answers until `deadline` at most; nodes that did not answer are
-    /// named. A node alone has nobody to ask.
-    fn presence(&self, uids: &[String], _deadline: Instant) -> Result<ClusterPresence, BusError> {
-        Ok(ClusterPresence {
+    /// Asks the other nodes for the connections of `uids` (one list per uid, in order);
+    /// `done` is told their answers once all came or `deadline` passed, naming the nodes
+    /// that did not answer. Nothing waits: `done` runs on the bus thread, or at once when
+    /// there is nobody to ask (a node alone) or the query could not be sent.
+    fn presence(&self, uids: &[String], _deadline: Instant, done: PresenceDone) {
+        done(Ok(ClusterPresence {
             users: vec![Vec::new(); uids.len()],
             ..ClusterPresence::default()
-        })
+        }))
     }
     /// Asks the other nodes to close connections, without waiting.
     fn disconnect(&self, _req: &Disconnect) -> Result<(), BusError> {
@@ -173,8 +177,8 @@ impl<T: ClusterBus + ?Sized> ClusterBus for Arc<T> {
         (**self).stats()
     }
 
-    fn presence(&self, uids: &[String], deadline: Instant) -> Result<ClusterPresence, BusError> {
-        (**self).presence(uids, deadline)
+    fn presence(&self, uids: &[String], deadline: Instant, done: PresenceDone) {
+        (**self).presence(uids, deadline, done)
     }
 
     fn disconnect(&self, req: &Disconnect) -> Result<(), BusError> {

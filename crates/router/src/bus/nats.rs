@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::conn;
-use super::control::{ClusterPresence, Control, ControlStats, Disconnect};
+use super::control::{Control, ControlStats, Disconnect, PresenceDone};
 use super::interest::Changed;
 use super::jetstream::{self, stream_name, JsConfig, StoredMsg};
 use super::liveness::Liveness;
@@ -32,7 +32,6 @@ use super::subject::{Kind, Subjects};
 use super::wire;
 use super::worker::Worker;
 use super::{BusError, ClusterBus, Outgoing};
-use crate::router::Router;
 
 /// Settings of the NATS bus.
 #[derive(Debug, Clone)]
@@ -70,9 +69,11 @@ pub(super) const JS_READY: u8 = 1;
 /// The server has no JetStream (or refused the stream): live delivery only.
 pub(super) const JS_ABSENT: u8 = 2;
 
+/// Told a store's outcome, on the bus thread: must not block.
+pub type StoreDone = Box<dyn FnOnce(Result<StoreOk, BusError>) + Send>;
+
 /// A user message to store in the history stream; once JetStream has stored it, the bus
 /// thread delivers it here and publishes it live with its seq.
-#[derive(Debug)]
 pub struct StoreJob {
     /// A user's or a room's message.
     pub kind: Kind,
@@ -86,8 +87,18 @@ pub struct StoreJob {
     /// `Pushgate-Targets` lists them (a connection reached through a listed user or an
     /// earlier listed room gets it from there).
     pub targets: Option<String>,
-    /// Told the outcome, if anyone waits for it.
-    pub done: Option<Sender<Result<StoreOk, BusError>>>,
+    /// Told the outcome (on the bus thread), if anyone wants it.
+    pub done: Option<StoreDone>,
+}
+
+impl std::fmt::Debug for StoreJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreJob")
+            .field("kind", &self.kind)
+            .field("id", &self.id)
+            .field("msg_id", &self.msg_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StoreJob {
@@ -134,6 +145,48 @@ pub type Handler = Box<dyn Fn(&NatsBus, &BusMessage<'_>) + Send>;
 /// thread; must not block.
 pub type ReplyHandler = Box<dyn FnMut(Option<&BusMessage<'_>>) + Send>;
 
+/// Messages asked for per batch direct get.
+pub(super) const BATCH: usize = 256;
+/// Bytes asked for at most per batch direct get (the server ends the batch there).
+const BATCH_BYTES: usize = 4 << 20;
+
+/// What one batch direct get returned.
+#[derive(Debug, Default)]
+struct Batch {
+    msgs: Vec<StoredMsg>,
+    /// Whether the stream holds more after the last (`None`: the server answered with
+    /// one message and no batch headers: it has no batch get).
+    more: Option<bool>,
+    /// The batch's end came (not its deadline).
+    ended: bool,
+}
+
+impl Batch {
+    /// One reply of the batch.
+    fn take(&mut self, headers: Option<&[u8]>, payload: &[u8]) -> Result<(), String> {
+        if let Some(h) = headers {
+            if wire::status(h) == Some(204) {
+                // End of batch: what is left after it.
+                self.ended = true;
+                self.more = Some(
+                    wire::header(h, "Nats-Num-Pending")
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .is_some_and(|n| n > 0),
+                );
+                return Ok(());
+            }
+        }
+        let ends = jetstream::ends_batch(headers);
+        if let Some(m) = jetstream::direct_answer(headers, payload)? {
+            self.msgs.push(m);
+        }
+        if ends {
+            self.ended = true;
+        }
+        Ok(())
+    }
+}
+
 /// Requests waiting for replies at most; more are refused as [`BusError::QueueFull`].
 pub const MAX_PENDING_REQUESTS: usize = 4096;
 
@@ -156,9 +209,20 @@ pub(super) enum Command {
         payload: Bytes,
         deadline: Instant,
         on_reply: ReplyHandler,
-        /// Over at the first reply (no `None` after it): a JetStream API call.
-        once: bool,
+        ends: Ends,
     },
+}
+
+/// When a request ends besides its deadline (then `None` is handed on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ends {
+    /// Only at its deadline: every reply counts (presence-like fan-in).
+    Window,
+    /// At the first reply, with no `None` after it: a JetStream API call.
+    First,
+    /// At the reply that ends a batch direct get ([`jetstream::ends_batch`]), then
+    /// `None`.
+    Batch,
 }
 
 impl std::fmt::Debug for Command {
@@ -280,7 +344,11 @@ impl NatsBus {
     /// Starts the bus thread, which connects (retrying with backoff for as long as it
     /// takes) and delivers what arrives to `router`'s reactors. `this` is the bus itself,
     /// handed to fixed-subject handlers so that they can answer.
-    pub fn start(this: &Arc<NatsBus>, router: Arc<Router>) -> std::io::Result<()> {
+    pub fn start<R: super::Inbound + 'static>(
+        this: &Arc<NatsBus>,
+        router: Arc<R>,
+    ) -> std::io::Result<()> {
+        let router: Arc<dyn super::Inbound> = router;
         let Some(start) = this.pending.lock().take() else {
             return Ok(());
         };
@@ -361,7 +429,7 @@ impl NatsBus {
         window: Duration,
         on_reply: ReplyHandler,
     ) -> Result<(), BusError> {
-        self.request_with(subject, payload, window, on_reply, false)
+        self.request_with(subject, payload, window, on_reply, Ends::Window)
     }
 
     /// A request with one answer: `on_reply` gets the first reply, or `None` if none
@@ -373,7 +441,7 @@ impl NatsBus {
         window: Duration,
         on_reply: ReplyHandler,
     ) -> Result<(), BusError> {
-        self.request_with(subject, payload, window, on_reply, true)
+        self.request_with(subject, payload, window, on_reply, Ends::First)
     }
 
     fn request_with(
@@ -382,7 +450,7 @@ impl NatsBus {
         payload: Bytes,
         window: Duration,
         on_reply: ReplyHandler,
-        once: bool,
+        ends: Ends,
     ) -> Result<(), BusError> {
         if !wire::valid_subject(subject) {
             return self.refuse(BusError::TooLarge);
@@ -396,7 +464,7 @@ impl NatsBus {
             payload,
             deadline: Instant::now() + window,
             on_reply,
-            once,
+            ends,
         })
     }
 
@@ -459,8 +527,9 @@ impl NatsBus {
     }
 
     /// The stored messages of `uid` with `after < seq <= upto`, in order, at most `max`;
-    /// all of them within `timeout` or an error. One direct get per message (NATS 2.9
-    /// has no batch get).
+    /// all of them within `timeout` or an error. Read [`BATCH`] at a time with a batch
+    /// direct get (NATS ≥ 2.11); a server without it answers each request with one
+    /// message, and the same loop then reads one message per round trip (NATS 2.9).
     pub fn fetch_after(
         &self,
         kind: Kind,
@@ -479,21 +548,82 @@ impl NatsBus {
             if left.is_zero() {
                 return Err(BusError::History);
             }
-            let body = serde_json::json!({ "seq": at + 1, "next_by_subj": subject }).to_string();
-            match self.direct_get(body, left)? {
-                Some(m) if m.seq <= upto => {
-                    at = m.seq;
-                    out.push(m);
+            let want = (max - out.len()).min(BATCH);
+            let body = serde_json::json!({
+                "seq": at + 1,
+                "next_by_subj": subject,
+                "batch": want,
+                "max_bytes": BATCH_BYTES,
+            })
+            .to_string();
+            let got = self.direct_batch(body, left)?;
+            let mut past = got.msgs.is_empty();
+            for m in got.msgs {
+                if m.seq > upto || m.seq <= at || out.len() == max {
+                    past = true;
+                    break;
                 }
-                _ => break,
+                at = m.seq;
+                out.push(m);
+            }
+            if past || got.more == Some(false) {
+                break;
             }
         }
         Ok(out)
     }
 
+    /// One batch direct get, waited for (on an opener or the fill thread, never on a
+    /// reactor).
+    fn direct_batch(&self, body: String, timeout: Duration) -> Result<Batch, BusError> {
+        if self.history.is_none() || timeout.is_zero() {
+            return Err(BusError::History);
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let subject = format!("$JS.API.DIRECT.GET.{}", self.stream);
+        let mut batch = Some(Ok(Batch::default()));
+        self.request_with(
+            &subject,
+            Bytes::from(body),
+            timeout,
+            Box::new(move |m| {
+                let Some(Ok(b)) = batch.as_mut() else {
+                    return;
+                };
+                match m {
+                    Some(m) => {
+                        if let Err(e) = b.take(m.headers, m.payload) {
+                            batch = Some(Err(e));
+                        }
+                    }
+                    None => {
+                        if let Some(done) = batch.take() {
+                            let _ = tx.try_send(done);
+                        }
+                    }
+                }
+                if let Some(Err(_)) = &batch {
+                    if let Some(done) = batch.take() {
+                        let _ = tx.try_send(done);
+                    }
+                }
+            }),
+            Ends::Batch,
+        )?;
+        match rx.recv_timeout(timeout + Duration::from_millis(50)) {
+            Ok(Ok(b)) if b.ended => Ok(b),
+            Ok(Ok(_)) => Err(BusError::History),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cluster bus: batch direct get failed");
+                Err(BusError::History)
+            }
+            Err(_) => Err(BusError::History),
+        }
+    }
+
     /// One direct get, waited for.
     fn direct_get(&self, body: String, timeout: Duration) -> Result<Option<StoredMsg>, BusError> {
-        if self.history.is_none() {
+        if self.history.is_none() || timeout.is_zero() {
             return Err(BusError::History);
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
@@ -566,13 +696,13 @@ impl ClusterBus for NatsBus {
         Some(&self.shared.stats)
     }
 
-    fn presence(&self, uids: &[String], deadline: Instant) -> Result<ClusterPresence, BusError> {
+    fn presence(&self, uids: &[String], deadline: Instant, done: PresenceDone) {
         if !self.shared.is_ready() {
-            return Err(BusError::Disconnected);
+            return done(Err(BusError::Disconnected));
         }
         self.shared
             .control
-            .ask_presence(uids, deadline, || self.shared.wake.notify_one())
+            .ask_presence(uids, deadline, || self.shared.wake.notify_one(), done)
     }
 
     fn disconnect(&self, req: &Disconnect) -> Result<(), BusError> {
@@ -619,6 +749,36 @@ mod tests {
             broadcast: false,
             body: Bytes::from(vec![b' '; len]),
         }
+    }
+
+    #[test]
+    fn batch_answers_and_the_one_message_fallback() {
+        let msg = |seq: u64, pending: Option<u64>| {
+            let p = pending.map_or(String::new(), |n| format!("Nats-Num-Pending: {n}\r\n"));
+            format!("NATS/1.0\r\nNats-Sequence: {seq}\r\nPushgate-Prev: 1\r\n{p}\r\n")
+        };
+        // NATS 2.11+: messages with Nats-Num-Pending, then the end of batch.
+        let mut b = Batch::default();
+        b.take(Some(msg(5, Some(1)).as_bytes()), b"a").unwrap();
+        assert!(!b.ended);
+        b.take(Some(msg(7, Some(3)).as_bytes()), b"b").unwrap();
+        let eob = b"NATS/1.0 204 EOB\r\nNats-Num-Pending: 3\r\nNats-Last-Sequence: 7\r\n\r\n";
+        assert!(jetstream::ends_batch(Some(eob)));
+        b.take(Some(eob), b"").unwrap();
+        assert_eq!(b.msgs.iter().map(|m| m.seq).collect::<Vec<_>>(), [5, 7]);
+        assert_eq!((b.ended, b.more), (true, Some(true)));
+        // NATS 2.9 answers the same request with one plain message: the batch is over,
+        // and whether more follow is not known (the caller asks again from there).
+        let plain = msg(9, None);
+        assert!(jetstream::ends_batch(Some(plain.as_bytes())));
+        let mut b = Batch::default();
+        b.take(Some(plain.as_bytes()), b"c").unwrap();
+        assert_eq!((b.msgs.len(), b.ended, b.more), (1, true, None));
+        // Nothing after the seq asked for.
+        let mut b = Batch::default();
+        b.take(Some(b"NATS/1.0 404 Message Not Found\r\n\r\n"), b"")
+            .unwrap();
+        assert!(b.msgs.is_empty() && b.ended);
     }
 
     #[test]

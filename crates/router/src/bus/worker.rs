@@ -24,13 +24,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use super::chains::{Busy, Chains, MAX_ATTEMPTS};
 use super::conn::{self, Info, Stream};
 use super::dedup::RecentIds;
+use super::inbound::{text_frame, Inbound};
 use super::interest::Key;
 use super::jetstream::{
     self, PubAck, HEADER_EXPECTED_LAST, HEADER_MSG_ID, HEADER_PREV, HEADER_SEQ,
 };
 use super::lingering::{Lingering, RecentPeak};
 use super::nats::{
-    BusMessage, Command, Handler, NatsBus, NatsConfig, ReplyHandler, Shared, Start, StoreJob,
+    BusMessage, Command, Ends, Handler, NatsBus, NatsConfig, ReplyHandler, Shared, Start, StoreJob,
     StoreOk, JS_ABSENT, JS_READY,
 };
 use super::servers::Pool;
@@ -39,7 +40,6 @@ use super::subs::{Subs, Target};
 use super::trim::Trimmer;
 use super::wire::{self, Msg, Op};
 use super::{BusError, Outgoing, HEADER_ID, HEADER_SENT, HEADER_TARGETS};
-use crate::router::Router;
 
 /// Interest changes reconciled per pass before the bus thread looks at publishes again.
 const RECONCILE_BATCH: usize = 1024;
@@ -113,8 +113,8 @@ enum End {
 struct Pending {
     deadline: Instant,
     on_reply: ReplyHandler,
-    /// Ends at the first reply.
-    once: bool,
+    /// When it ends besides its deadline.
+    ends: Ends,
 }
 
 pub(super) struct Worker {
@@ -123,7 +123,7 @@ pub(super) struct Worker {
     rx: Receiver<Command>,
     bus: Arc<NatsBus>,
     shared: Arc<Shared>,
-    router: Arc<Router>,
+    router: Arc<dyn Inbound>,
     pool: Pool,
     options: conn::Options,
     subs: Subs,
@@ -163,7 +163,7 @@ pub(super) struct Worker {
 }
 
 impl Worker {
-    pub(super) fn new(start: Start, bus: Arc<NatsBus>, router: Arc<Router>) -> Self {
+    pub(super) fn new(start: Start, bus: Arc<NatsBus>, router: Arc<dyn Inbound>) -> Self {
         let Start {
             config,
             subjects,
@@ -235,6 +235,7 @@ impl Worker {
                 let open = conn::open(&server, &options);
                 tokio::pin!(open);
                 loop {
+                    let queries = self.queries_deadline();
                     tokio::select! {
                         r = &mut open => break Some(r),
                         () = self.shared.wake.notified() => {
@@ -242,7 +243,9 @@ impl Worker {
                                 break None;
                             }
                         }
+                        () = tokio::time::sleep_until(queries) => {}
                     }
+                    self.shared.control.expire_queries(Instant::now());
                 }
             };
             match opened {
@@ -279,10 +282,22 @@ impl Worker {
             if self.stopping() {
                 return false;
             }
+            let queries = self.queries_deadline();
             tokio::select! {
                 () = tokio::time::sleep_until(until) => return true,
                 () = self.shared.wake.notified() => {}
+                () = tokio::time::sleep_until(queries) => {}
             }
+            self.shared.control.expire_queries(Instant::now());
+        }
+    }
+
+    /// When the earliest presence query ends (far off when none waits): the bus thread
+    /// wakes then, not at its next tick, so a query is answered at its deadline.
+    fn queries_deadline(&self) -> tokio::time::Instant {
+        match self.shared.control.next_deadline() {
+            Some(d) => tokio::time::Instant::from_std(d),
+            None => tokio::time::Instant::now() + Duration::from_secs(3600),
         }
     }
 
@@ -376,6 +391,7 @@ impl Worker {
                 more |= self.expire_leaving(&mut c);
             }
             self.expire_requests(now, false);
+            self.shared.control.expire_queries(now);
             self.expire_stores(&mut c, now);
             self.probe(&mut c, now);
             self.confirm_catch_up();
@@ -393,6 +409,7 @@ impl Worker {
             if c.rbuf.capacity() - c.rbuf.len() < READ_CHUNK / 4 {
                 c.rbuf.reserve(READ_CHUNK);
             }
+            let queries = self.queries_deadline();
             let event = tokio::select! {
                 r = c.reader.read_buf(&mut c.rbuf) => Event::Read(r),
                 w = async {
@@ -404,6 +421,7 @@ impl Worker {
                 }, if to_write || flush => Event::Wrote(w),
                 () = self.shared.wake.notified() => Event::Wake,
                 _ = tick.tick() => Event::Wake,
+                () = tokio::time::sleep_until(queries) => Event::Wake,
                 () = tokio::task::yield_now(), if more => Event::Wake,
             };
             match event {
@@ -526,7 +544,7 @@ impl Worker {
             Target::Control(_) => {
                 self.shared
                     .control
-                    .on_message(&self.router, m.subject, m.reply, m.payload);
+                    .on_message(&*self.router, m.subject, m.reply, m.payload);
             }
         }
     }
@@ -557,13 +575,26 @@ impl Worker {
             payload: m.payload,
             headers: m.headers,
         };
-        if self.requests.get(&n).is_some_and(|p| p.once) {
-            if let Some(mut p) = self.requests.remove(&n) {
-                self.shared.pending_requests.fetch_sub(1, Ordering::Relaxed);
-                (p.on_reply)(Some(&msg));
+        match self.requests.get(&n).map(|p| p.ends) {
+            Some(Ends::First) => {
+                if let Some(mut p) = self.requests.remove(&n) {
+                    self.shared.pending_requests.fetch_sub(1, Ordering::Relaxed);
+                    (p.on_reply)(Some(&msg));
+                }
             }
-        } else if let Some(p) = self.requests.get_mut(&n) {
-            (p.on_reply)(Some(&msg));
+            Some(Ends::Batch) if jetstream::ends_batch(m.headers) => {
+                if let Some(mut p) = self.requests.remove(&n) {
+                    self.shared.pending_requests.fetch_sub(1, Ordering::Relaxed);
+                    (p.on_reply)(Some(&msg));
+                    (p.on_reply)(None);
+                }
+            }
+            Some(_) => {
+                if let Some(p) = self.requests.get_mut(&n) {
+                    (p.on_reply)(Some(&msg));
+                }
+            }
+            None => {}
         }
     }
 
@@ -605,7 +636,7 @@ impl Worker {
             stats.invalid.add(1);
             return;
         }
-        let frame = Router::text_frame(msg.payload);
+        let frame = text_frame(msg.payload);
         let Some((kind, id)) = on else {
             self.router.broadcast_local(frame, now);
             return;
@@ -633,12 +664,10 @@ impl Worker {
                         return;
                     }
                 }
-                self.router
-                    .deliver_local(&[&**id], &[] as &[&str], &[] as &[&str], frame, now);
+                self.router.deliver_local(&[&**id], &[], &[], frame, now);
             }
             (Kind::Room, None) => {
-                self.router
-                    .deliver_local(&[] as &[&str], &[&**id], &[] as &[&str], frame, now);
+                self.router.deliver_local(&[], &[&**id], &[], frame, now);
             }
             (Kind::Room, Some(targets)) => {
                 // One copy per room of the push arrives; the first delivers to every
@@ -666,8 +695,9 @@ impl Worker {
                         }
                     }
                 }
-                self.router
-                    .deliver_local(&[] as &[&str], &rooms, &users, frame, now);
+                let rooms: Vec<&str> = rooms.iter().map(String::as_str).collect();
+                let users: Vec<&str> = users.iter().map(|u| &**u).collect();
+                self.router.deliver_local(&[], &rooms, &users, frame, now);
             }
         }
     }
@@ -762,7 +792,7 @@ impl Worker {
                     payload,
                     deadline,
                     mut on_reply,
-                    once,
+                    ends,
                 } => {
                     if deadline <= now {
                         // Waited out in the queue (a reconnect): over before it began.
@@ -779,7 +809,7 @@ impl Worker {
                         Pending {
                             deadline,
                             on_reply,
-                            once,
+                            ends,
                         },
                     );
                 }
@@ -902,7 +932,7 @@ impl Worker {
             Pending {
                 deadline: Instant::now() + SETUP_WINDOW,
                 on_reply,
-                once: true,
+                ends: Ends::First,
             },
         );
     }
@@ -976,7 +1006,7 @@ impl Worker {
     /// room), and live to the others.
     fn publish_stored(&mut self, c: &mut Conn, job: &StoreJob, seq: u64, prev: u64) {
         let json = jetstream::with_seq(&job.body, seq);
-        let frame = Router::text_frame(&json);
+        let frame = text_frame(&json);
         match job.kind {
             Kind::User => {
                 self.router.deliver_stored(&job.id, seq, prev, frame);
@@ -1049,7 +1079,7 @@ impl Worker {
         }
         let now = Instant::now();
         for key in batch {
-            let wanted = self.router.registry().contains(key.0, &key.1);
+            let wanted = self.router.holds(key.0, &key.1);
             let have = self.subs.sid_of(&key).is_some();
             match (wanted, have) {
                 (true, true) => {
@@ -1088,7 +1118,7 @@ impl Worker {
         let more = due.len() == EXPIRE_BATCH;
         let mut released = 0;
         for key in due {
-            if self.router.registry().contains(key.0, &key.1) {
+            if self.router.holds(key.0, &key.1) {
                 continue;
             }
             if let Some(sid) = self.subs.remove_key(&key) {
@@ -1109,10 +1139,10 @@ impl Worker {
     }
 }
 
-/// Tells a store's waiter (if any) how it went.
+/// Tells a store's owner (if any) how it went.
 fn finish(job: StoreJob, result: Result<StoreOk, BusError>) {
     if let Some(done) = job.done {
-        let _ = done.try_send(result);
+        done(result);
     }
 }
 

@@ -13,7 +13,7 @@ use reactor::ConnRef;
 use session::client_protocol::{self as cp, RequestError};
 use session::Welcome;
 
-use super::{dedup_strs, Delivered, Opened, PushOutcome, Router, DEFAULT_DEVICE};
+use super::{dedup_strs, Delivered, DeliveredDone, Opened, PushOutcome, Router, DEFAULT_DEVICE};
 use crate::bus::jetstream::{self, StoredMsg};
 use crate::bus::{BusError, Kind, NatsBus, StoreJob, StoreOk};
 use crate::cluster_history::count_unplaceable;
@@ -21,6 +21,8 @@ use crate::cluster_history::{
     ClusterHistoryStats, FillJob, Gap, RoomFrame, Step, UserSeq, UserSeqs,
 };
 use crate::history::HistoryConfig;
+
+use super::openers::{Job, Openers};
 
 /// History of a clustered node: in JetStream, through the bus; here only what each user
 /// held got last ([`UserSeqs`]).
@@ -39,25 +41,39 @@ pub(super) struct Clustered {
     pub(super) id_prefix: u32,
     pub(super) next_id: AtomicU64,
     /// A wait on JetStream timed out and none has been answered in time since: the
-    /// reactors wait at most [`STALLED_WAIT`] (see [`Clustered::wait`]).
+    /// openers wait at most [`STALLED_WAIT`] (see [`Clustered::wait`]).
     pub(super) stalled: AtomicBool,
+    /// Openings, `resume` and `join` with `since`, read on threads of their own.
+    pub(super) openers: Openers,
+    /// While stalled: when the next read may probe JetStream (the others fail at once).
+    pub(super) probe_at: parking_lot::Mutex<Instant>,
 }
 
-/// What a reactor waits on JetStream while it is stalled: enough for a healthy server on
+/// What an opener waits on JetStream while it is stalled: enough for a healthy server on
 /// the same network to answer, so the first answer in time ends the stall.
 const STALLED_WAIT: Duration = Duration::from_millis(50);
 
 impl Clustered {
-    /// How long a reactor may wait on JetStream now: `limit` normally; once a wait timed
-    /// out, [`STALLED_WAIT`] until JetStream answers in time again, so a frozen JetStream
-    /// (a lost quorum, a stopped server the bus has not yet given up on) stalls each
-    /// reactor once, not once per push or connection.
+    /// How long an opener may wait on JetStream now: `limit` normally; once a wait timed
+    /// out, [`STALLED_WAIT`] until JetStream answers in time again, so during a frozen
+    /// JetStream (a lost quorum, a stopped server the bus has not yet given up on) new
+    /// connections get their welcome (`unavailable`) quickly rather than one second
+    /// each.
+    ///
+    /// While stalled only one read per [`STALLED_WAIT`] is made (it finds out whether
+    /// JetStream answers again); the others get no time at all and fail at once, so a
+    /// reconnect storm during a freeze is welcomed (`unavailable`) without waiting.
     pub(super) fn wait(&self, limit: Duration) -> Duration {
-        if self.stalled.load(Ordering::Relaxed) {
-            limit.min(STALLED_WAIT)
-        } else {
-            limit
+        if !self.stalled.load(Ordering::Relaxed) {
+            return limit;
         }
+        let now = Instant::now();
+        let mut at = self.probe_at.lock();
+        if now < *at {
+            return Duration::ZERO;
+        }
+        *at = now + STALLED_WAIT;
+        limit.min(STALLED_WAIT)
     }
 
     /// Records whether a wait on JetStream was answered in time.
@@ -87,8 +103,8 @@ impl Clustered {
 }
 
 /// How long a connection opening may wait for its user's latest seq, and then for its
-/// replay, each (it blocks its reactor meanwhile; past it the welcome says
-/// `unavailable`).
+/// replay, each (on an opener: its reactor serves everything else; past it the welcome
+/// says `unavailable`).
 pub const REPLAY_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long the fill thread waits for one gap.
 const FILL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -97,7 +113,7 @@ const FILL_TIMEOUT: Duration = Duration::from_secs(2);
 /// message.
 const MAX_FILLS: usize = 1 << 18;
 /// A push waits this long for JetStream to store it (its answer, or a 503).
-const STORE_WAIT: Duration = Duration::from_millis(2500);
+pub const STORE_WAIT: Duration = Duration::from_millis(2500);
 
 /// The reply when the history stream could not be read in time.
 pub const HISTORY_UNAVAILABLE: RequestError = RequestError {
@@ -126,13 +142,22 @@ impl Router {
             id_prefix: foldhash::fast::RandomState::default().hash_one(1u8) as u32,
             next_id: AtomicU64::new(1),
             stalled: AtomicBool::new(false),
+            openers: Openers::default(),
+            probe_at: parking_lot::Mutex::new(Instant::now()),
         });
         self
     }
 
-    /// Starts the thread that fetches the gaps in users' live messages from the stream
-    /// (a clustered node with history; once).
+    /// Starts the thread that fetches the gaps in users' live messages from the stream,
+    /// and the openers (a clustered node with history; once).
     pub fn start_history(self: &Arc<Self>) -> std::io::Result<()> {
+        if let Some(rx) = self
+            .clustered
+            .as_ref()
+            .and_then(|c| c.openers.rx.lock().take())
+        {
+            super::openers::start(Arc::downgrade(self), rx)?;
+        }
         let Some(rx) = self
             .clustered
             .as_ref()
@@ -311,10 +336,9 @@ impl Router {
         }
     }
 
-    /// A connection of `uid` opened on a clustered node: registered under the user's
-    /// shard lock (so it gets every message after the user's last seq here live), then
-    /// its replay read from the stream, blocking this reactor for at most
-    /// [`REPLAY_TIMEOUT`] twice.
+    /// A connection of `uid` opened on a clustered node (on its reactor): handed to the
+    /// openers ([`super::openers`]), which register it and send its welcome; the
+    /// reactor waits for nothing.
     pub(super) fn open_clustered(
         &self,
         c: &Clustered,
@@ -322,29 +346,80 @@ impl Router {
         conn: ConnRef,
         device: Option<&str>,
         since: Option<u64>,
-    ) -> (Arc<str>, Welcome, Opened) {
-        if let Some(since) = since {
-            // The client may have seen seqs on another node that this one has not
-            // delivered yet (its live copy is a few ms behind): wait, not registered
-            // (nothing reaches the connection live meanwhile), until this node has.
-            let deadline = Instant::now() + c.wait(REPLAY_TIMEOUT);
-            while c
-                .users
-                .lock(uid)
-                .get(uid)
-                .and_then(UserSeq::last)
-                .is_some_and(|l| l < since)
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+    ) -> Arc<str> {
+        let uid: Arc<str> = Arc::from(uid);
+        c.openers.pending.opens.lock().insert(conn);
+        let _ = c.openers.tx.send(Job::Open {
+            uid: Arc::clone(&uid),
+            conn,
+            device: device.map(Arc::from),
+            since,
+            until: Instant::now() + c.wait(REPLAY_TIMEOUT),
+        });
+        uid
+    }
+
+    /// A `resume` on a clustered node (on its reactor): handed to the openers.
+    pub(super) fn resume_later(
+        &self,
+        c: &Clustered,
+        uid: &str,
+        conn: ConnRef,
+        since: u64,
+        opened: Opened,
+    ) {
+        let _ = c.openers.tx.send(Job::Resume {
+            uid: Arc::from(uid),
+            conn,
+            since,
+            opened,
+        });
+    }
+
+    /// A `join` with `since` on a clustered node (on its reactor): handed to the
+    /// openers, which register the connection in the room with its replay.
+    pub(super) fn join_later(
+        &self,
+        c: &Clustered,
+        room: &str,
+        conn: ConnRef,
+        since: u64,
+    ) -> Arc<str> {
+        let room: Arc<str> = Arc::from(room);
+        c.openers
+            .pending
+            .joins
+            .lock()
+            .insert((conn, Arc::clone(&room)));
+        let _ = c.openers.tx.send(Job::Join {
+            room: Arc::clone(&room),
+            conn,
+            since,
+        });
+        room
+    }
+
+    /// Joins `room` if the join is still pending (not left, connection not closed
+    /// meanwhile); call under the room's shard lock.
+    fn join_if_pending(&self, c: &Clustered, room: &str, conn: ConnRef) -> bool {
+        let key = (conn, Arc::from(room));
+        if !c.openers.pending.joins.lock().remove(&key) {
+            return false;
         }
-        let (id, known) = {
-            let mut shard = c.users.lock(uid);
-            let id = self.add_user_on(uid, conn, device);
-            let u = shard.entry(Arc::clone(&id)).or_default();
-            (id, u.last())
-        };
+        self.join(room, conn);
+        true
+    }
+
+    /// The welcome of a connection of `uid` just registered (on an opener): its replay
+    /// read from the stream (`known`: the user's last seq here when it registered).
+    pub(super) fn open_registered(
+        &self,
+        c: &Clustered,
+        uid: &str,
+        device: Option<&str>,
+        since: Option<u64>,
+        known: Option<u64>,
+    ) -> (Welcome, Opened) {
         let mut error = None;
         let latest = match known {
             Some(l) => l,
@@ -377,7 +452,7 @@ impl Router {
                 error: Some(e),
                 ..Welcome::default()
             };
-            return (id, w, opened);
+            return (w, opened);
         }
         if let Some(since) = since.filter(|s| *s > latest) {
             // Past what this node delivered: in the future only if past the stream's
@@ -395,7 +470,7 @@ impl Router {
                 }),
                 ..Welcome::default()
             };
-            return (id, w, opened);
+            return (w, opened);
         }
         // Without `since`, from the device's last ack (else from the start).
         let from = match since {
@@ -414,7 +489,7 @@ impl Router {
                             error: Some(HISTORY_UNAVAILABLE),
                             ..Welcome::default()
                         };
-                        return (id, w, opened);
+                        return (w, opened);
                     }
                 }
             }
@@ -434,7 +509,6 @@ impl Router {
             },
         };
         (
-            id,
             w,
             Opened {
                 replayed_from: from,
@@ -590,33 +664,28 @@ impl Router {
         }
     }
 
-    /// `conn` joins `room` on a clustered node. With `since`, the room's stored messages
-    /// after it are read (unlocked, blocking this reactor at most [`REPLAY_TIMEOUT`] per
-    /// read) up to the last seq this node delivered to the room; then, under the room's
-    /// lock, the connection is registered and the replay and `joined` go to its inbox,
-    /// so every later room message lands behind them.
+    /// `conn` joins `room` with `since` on a clustered node (on an opener): the room's
+    /// stored messages after it are read (unlocked) up to the last seq this node
+    /// delivered to the room; then, under the room's lock, the connection is registered
+    /// and the replay and `joined` go to its inbox, so every later room message lands
+    /// behind them. Joined in any case (unless left or closed meanwhile); the error says
+    /// why nothing was replayed.
     pub(super) fn join_clustered(
         &self,
         c: &Clustered,
         room: &str,
         conn: ConnRef,
-        since: Option<u64>,
-    ) -> (Arc<str>, Result<(), RequestError>) {
-        let Some(since) = since else {
-            let mut shard = c.rooms.lock(room);
-            let id = self.join(room, conn);
-            shard
-                .entry(Arc::clone(&id))
-                .or_insert_with(UserSeq::from_next);
-            return (id, Ok(()));
-        };
+        since: u64,
+    ) -> Result<(), RequestError> {
         let failed = |e: RequestError| {
             let mut shard = c.rooms.lock(room);
-            let id = self.join(room, conn);
-            shard
-                .entry(Arc::clone(&id))
-                .or_insert_with(UserSeq::from_next);
-            (id, Err(e))
+            if self.join_if_pending(c, room, conn) {
+                shard
+                    .entry(Arc::from(room))
+                    .or_insert_with(UserSeq::from_next);
+                return Err(e);
+            }
+            Ok(())
         };
         let known = c.rooms.lock(room).get(room).and_then(UserSeq::last);
         let mut upto = match known {
@@ -675,14 +744,16 @@ impl Router {
             if last <= upto {
                 // The node delivered up to `last`: what follows reaches the connection
                 // live once it is registered.
+                if !self.join_if_pending(c, room, conn) {
+                    return Ok(());
+                }
                 frames.retain(|m| m.seq <= last);
-                let id = self.join(room, conn);
                 for m in &frames {
                     self.deliver_to(conn, stored_frame(m));
                 }
                 let recovered = recovered.unwrap_or(false);
                 self.deliver_to(conn, session::messages::joined(room, last, recovered));
-                return (id, Ok(()));
+                return Ok(());
             }
             upto = last;
         }
@@ -690,9 +761,41 @@ impl Router {
         failed(HISTORY_UNAVAILABLE)
     }
 
+    /// A `resume` on a clustered node (on an opener): replays, through the connection's
+    /// inbox, the stored messages after `since` up to where its opening replay started,
+    /// then `resumed`.
+    pub(super) fn resume_clustered(
+        &self,
+        c: &Clustered,
+        uid: &str,
+        conn: ConnRef,
+        since: u64,
+        opened: Opened,
+    ) -> Result<(), RequestError> {
+        let latest = c.users.lock(uid).get(uid).and_then(UserSeq::last);
+        let latest = latest.unwrap_or(opened.replayed_from);
+        if since > latest {
+            // As at opening: past the stream's latest too, or this node is behind.
+            let stored = c.bus.latest(Kind::User, uid, c.wait(REPLAY_TIMEOUT));
+            c.answered(&stored);
+            return Err(match stored {
+                Ok(Some(m)) if m.seq >= since => HISTORY_UNAVAILABLE,
+                _ => cp::SINCE_IN_FUTURE,
+            });
+        }
+        let (frames, recovered) = self.replay_clustered(c, uid, since, opened.replayed_from)?;
+        for frame in frames {
+            self.deliver_to(conn, frame);
+        }
+        self.deliver_to(conn, session::messages::resumed(latest, recovered));
+        Ok(())
+    }
+
     /// A message from `from` to `users` and `rooms` on a clustered node, each stored with
-    /// its seq. With `wait` the answer has every user's seq (or the error); a client's
-    /// `send` does not wait (its reactor must not).
+    /// its seq. With `done`, it is told (on the bus thread, or here when nothing could be
+    /// handed to the bus) every user's seq or the error once JetStream answered every
+    /// store; nobody waits for that (a client's `send` does not even ask). Returns what
+    /// is known at once: whether every store was handed to the bus.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn send_clustered(
         &self,
@@ -702,8 +805,8 @@ impl Router {
         from: &str,
         data: &[u8],
         id: Option<&str>,
-        wait: bool,
-    ) -> Delivered {
+        done: Option<DeliveredDone>,
+    ) -> Result<(), BusError> {
         let id = match id {
             Some(id) => id.to_owned(),
             None => format!(
@@ -727,8 +830,36 @@ impl Router {
             t
         });
         let user_body = jetstream::stored_body(from, &id, None, data);
-        let mut bus = Ok(());
-        let mut waiting = Vec::with_capacity(users.len() + rooms.len());
+        if !self.bus.is_ready() {
+            // NATS is gone: nothing can be stored, but this node's connections still get
+            // the message, without a seq (docs/BUS.md, "Failures").
+            let d = self.deliver_unstored(users, rooms, from, &id, data, &user_body);
+            if let Some(done) = done {
+                done(d);
+            }
+            return Err(BusError::Disconnected);
+        }
+        // Told of every store as JetStream answers it; the last one tells `done`.
+        let gather = done.map(|done| {
+            Arc::new(parking_lot::Mutex::new(Gather {
+                left: users.len() + rooms.len(),
+                delivered: Some(Delivered {
+                    outcome: PushOutcome {
+                        connections: 0,
+                        offline_users: 0,
+                        refused: 0,
+                        bus: Ok(()),
+                    },
+                    id: Some(id.clone()),
+                    seqs: Vec::new(),
+                    offline: Vec::new(),
+                }),
+                seqs: vec![None; users.len()],
+                done: Some(done),
+            }))
+        });
+        let mut slot = 0;
+        let mut handed = Ok(());
         let recipients = users
             .iter()
             .map(|u| (Kind::User, *u))
@@ -747,61 +878,149 @@ impl Router {
                     targets.clone(),
                 ),
             };
-            let (tx, rx) = crossbeam_channel::bounded::<Result<StoreOk, BusError>>(1);
+            let user = (kind == Kind::User).then(|| (slot, to.to_owned()));
+            slot += usize::from(kind == Kind::User);
             let job = StoreJob {
                 kind,
                 id: Arc::from(to),
                 msg_id,
                 body,
                 targets,
-                done: wait.then_some(tx),
+                done: gather.as_ref().map(|g| {
+                    let g = Arc::clone(g);
+                    Box::new(move |r: Result<StoreOk, BusError>| Gather::stored(&g, user, r))
+                        as crate::bus::StoreDone
+                }),
             };
-            match c.bus.store(job) {
-                Ok(()) => waiting.push((kind, to, rx)),
-                Err(e) => bus = Err(e),
-            }
-        }
-        let mut seqs = Vec::with_capacity(users.len());
-        if wait {
-            let deadline = Instant::now() + c.wait(STORE_WAIT);
-            for (kind, to, rx) in waiting {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let got = rx.recv_timeout(left);
-                // Not stored, whether the bus thread gave up on JetStream's answer first
-                // or this wait did: the next pushes do not wait as long.
-                c.answered(
-                    &got.as_ref()
-                        .map_err(|_| ())
-                        .and_then(|r| r.as_ref().map_err(|_| ())),
-                );
-                match got {
-                    Ok(Ok(ok)) if kind == Kind::User => seqs.push((to.to_owned(), ok.seq)),
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => bus = Err(e),
-                    Err(_) => bus = Err(BusError::History),
+            if let Err(e) = c.bus.store(job) {
+                handed = Err(e);
+                if let Some(g) = &gather {
+                    Gather::stored(g, None, Err(e));
                 }
             }
         }
-        Delivered {
-            outcome: PushOutcome {
-                connections: 0,
-                offline_users: 0,
-                refused: 0,
-                bus,
-            },
-            id: Some(id),
-            seqs,
-            offline: Vec::new(),
-        }
+        handed
     }
 
-    /// A client's `send`: like [`Router::send`], except that on a clustered node it does
-    /// not wait for the stores (the caller is a reactor).
+    /// A client's `send`: like [`Router::send`], except that on a clustered node nobody
+    /// is told when the stores are done (the sender learns of its message as its
+    /// recipients do).
     pub fn send_from_client(&self, to: &[impl AsRef<str>], from: &str, data: &[u8]) -> Delivered {
         match self.clustered() {
-            Some(c) => self.send_clustered(c, &dedup_strs(to), &[], from, data, None, false),
+            Some(c) => {
+                let bus = self.send_clustered(c, &dedup_strs(to), &[], from, data, None, None);
+                Delivered {
+                    outcome: PushOutcome {
+                        connections: 0,
+                        offline_users: 0,
+                        refused: 0,
+                        bus,
+                    },
+                    id: None,
+                    seqs: Vec::new(),
+                    offline: Vec::new(),
+                }
+            }
             None => self.send(to, &[] as &[&str], from, data, None, Instant::now()),
         }
+    }
+}
+
+impl Router {
+    /// A message that could not be stored (NATS is gone), delivered to this node's
+    /// connections as it is: with its `id`, without a seq. Each connection gets it once,
+    /// through the first recipient that names it.
+    fn deliver_unstored(
+        &self,
+        users: &[&str],
+        rooms: &[&str],
+        from: &str,
+        id: &str,
+        data: &[u8],
+        user_body: &[u8],
+    ) -> Delivered {
+        let now = Instant::now();
+        let user_frame = Router::text_frame(user_body);
+        let mut reached = std::collections::HashSet::new();
+        let (mut connections, mut refused) = (0, 0);
+        let mut offline = Vec::new();
+        let mut targets = Vec::new();
+        for uid in users {
+            targets.clear();
+            if !self.registry.user_connections(uid, &mut targets) {
+                offline.push((*uid).to_owned());
+            }
+            targets.retain(|c| reached.insert(*c));
+            let r = self.dispatch(&mut targets, user_frame.clone(), now);
+            refused += r;
+            connections += targets.len() - r;
+        }
+        for room in rooms {
+            targets.clear();
+            self.registry.room_connections(room, &mut targets);
+            targets.retain(|c| reached.insert(*c));
+            let frame = Router::text_frame(&jetstream::stored_body(from, id, Some(room), data));
+            let r = self.dispatch(&mut targets, frame, now);
+            refused += r;
+            connections += targets.len() - r;
+        }
+        Delivered {
+            outcome: PushOutcome {
+                connections,
+                offline_users: offline.len(),
+                refused,
+                bus: Err(BusError::Disconnected),
+            },
+            id: Some(id.to_owned()),
+            seqs: Vec::new(),
+            offline,
+        }
+    }
+}
+
+/// The stores of one push as JetStream answers them: each user's seq, the first error,
+/// and who is told once the last one is answered.
+struct Gather {
+    left: usize,
+    delivered: Option<Delivered>,
+    /// Each named user's seq, in the order the push named them.
+    seqs: Vec<Option<(String, u64)>>,
+    done: Option<DeliveredDone>,
+}
+
+impl Gather {
+    /// One store answered (`user`: the user it was for and its place among them; a
+    /// room's store names none).
+    fn stored(
+        this: &parking_lot::Mutex<Gather>,
+        user: Option<(usize, String)>,
+        result: Result<StoreOk, BusError>,
+    ) {
+        let mut g = this.lock();
+        match result {
+            Ok(ok) => {
+                if let Some((i, u)) = user {
+                    if let Some(s) = g.seqs.get_mut(i) {
+                        *s = Some((u, ok.seq));
+                    }
+                }
+            }
+            Err(e) => {
+                if let Some(d) = g.delivered.as_mut() {
+                    d.outcome.bus = Err(e);
+                }
+            }
+        }
+        g.left = g.left.saturating_sub(1);
+        if g.left > 0 {
+            return;
+        }
+        let (Some(mut d), Some(done)) = (g.delivered.take(), g.done.take()) else {
+            return;
+        };
+        d.seqs = g.seqs.drain(..).flatten().collect();
+        drop(g);
+        done(d);
     }
 }
 
