@@ -143,6 +143,11 @@ export class PushgateClient {
   private loaded = false;
   /** The last `welcome`'s seq and `recovered`, until what follows it settles them. */
   private verdict: { seq: number | undefined; recovered: boolean | undefined } | null = null;
+  /**
+   * IDs of user messages that came without a seq (a cluster node whose bus was down
+   * delivered them unstored): their stored retry, with a seq, is not handed over again.
+   */
+  private readonly unstored = new Set<string>();
   /** Resumes refused in a row because the history store was unavailable. */
   private resumeRetries = 0;
 
@@ -436,8 +441,9 @@ export class PushgateClient {
       }
     }
     const userSeq = typeof m.seq === "number" && typeof m.room !== "string" ? m.seq : null;
+    const repeat = this.seenUnstored(m);
     this.handling = this.handling.then(async () => {
-      for (const fn of [...this.listeners.message]) {
+      for (const fn of repeat ? [] : [...this.listeners.message]) {
         try {
           await fn(m);
         } catch (e) {
@@ -450,6 +456,21 @@ export class PushgateClient {
         if (this.opts.autoAck !== false) this.scheduleAck();
       }
     });
+  }
+
+  /**
+   * Whether `m` is the stored retry of a user message already handed over without a seq;
+   * remembers the IDs of those (the last 1 024).
+   */
+  private seenUnstored(m: Message): boolean {
+    if (typeof m.room === "string" || typeof m.id !== "string") return false;
+    if (typeof m.seq === "number") return this.unstored.delete(m.id);
+    this.unstored.add(m.id);
+    if (this.unstored.size > 1024) {
+      const oldest = this.unstored.values().next().value;
+      if (oldest !== undefined) this.unstored.delete(oldest);
+    }
+    return false;
   }
 
   /**
