@@ -368,20 +368,23 @@ export class PushgateClient {
       if (res.status !== 200) {
         return this.lost(epoch, { status: res.status, reason: await res.text().catch(() => "") });
       }
-      let body: { messages?: unknown[]; seq?: number | null };
+      let body: { messages?: unknown; seq?: unknown };
       try {
         body = (await res.json()) as typeof body;
       } catch {
         return this.lost(epoch, { reason: "bad poll answer" });
       }
+      if (!body || typeof body !== "object" || (body.messages !== undefined && !Array.isArray(body.messages))) {
+        return this.lost(epoch, { reason: "bad poll answer" });
+      }
       if (epoch !== this.epoch) return;
       this.lastHeard = Date.now();
       if (!this.openedThisAttempt) this.opened(epoch);
-      const messages = body.messages ?? [];
+      const messages = (body.messages ?? []) as unknown[];
       if (typeof body.seq === "number" && this.lastSeq !== null && body.seq < this.lastSeq && messages.length === 0) {
         this.resetSeq(body.seq);
       }
-      for (const m of messages) this.receive(epoch, m as ServerMessage);
+      for (const m of messages) if (m && typeof m === "object") this.receive(epoch, m as ServerMessage);
       if (typeof body.seq === "number" && (this.lastSeq === null || body.seq > this.lastSeq)) {
         this.lastSeq = body.seq;
       }
@@ -402,8 +405,8 @@ export class PushgateClient {
     switch (m.type) {
       case "welcome": {
         this.uid = m.uid;
-        this.advice = { ...DEFAULT_ADVICE, ...m.reconnect, ...this.opts.reconnect };
-        this.heartbeatMs = Math.max(1, m.heartbeat) * 1000;
+        this.advice = saneAdvice({ ...DEFAULT_ADVICE, ...m.reconnect, ...this.opts.reconnect });
+        this.heartbeatMs = between(m.heartbeat, 1, 3600, 25) * 1000;
         // What the resume point came to is known from what follows: an `error` about it
         // comes right behind the welcome (before any replayed message).
         this.verdict = { seq: m.seq, recovered: m.recovered };
@@ -415,7 +418,8 @@ export class PushgateClient {
       case "msg":
         return this.deliver(m);
       case "joined":
-        this.rooms.set(m.room, m.seq);
+        if (typeof m.room !== "string" || !this.rooms.has(m.room)) return;
+        this.rooms.set(m.room, typeof m.seq === "number" ? m.seq : null);
         if (!m.recovered) this.emit("gap", { seq: null, reset: false });
         return;
       case "resumed":
@@ -690,6 +694,25 @@ export class PushgateClient {
     this.timers.add(t);
     return t;
   }
+}
+
+/** `v` when it is a number within `[lo, hi]`, else `fallback`: a server's word is not trusted with timers. */
+function between(v: unknown, lo: number, hi: number, fallback: number): number {
+  return typeof v === "number" && Number.isFinite(v) ? Math.min(Math.max(v, lo), hi) : fallback;
+}
+
+/**
+ * A backoff whose every field is a number in range: a timer fed NaN or 2^31 ms fires at
+ * once, and a base under 50 ms would let a server make its clients reconnect in a loop.
+ */
+function saneAdvice(a: ReconnectAdvice): ReconnectAdvice {
+  const cap = between(a.cap_ms, 50, 3_600_000, DEFAULT_ADVICE.cap_ms);
+  return {
+    base_ms: between(a.base_ms, 50, cap, DEFAULT_ADVICE.base_ms),
+    factor: between(a.factor, 1, 10, DEFAULT_ADVICE.factor),
+    jitter: between(a.jitter, 0, 1, DEFAULT_ADVICE.jitter),
+    cap_ms: cap,
+  };
 }
 
 function safeJson(text: string): unknown {

@@ -1,5 +1,6 @@
 // The client's pure parts: the backoff and the event-stream parser.
 import assert from "node:assert/strict";
+import { createServer } from "node:http";
 import { test } from "node:test";
 
 import { backoffDelay, DEFAULT_ADVICE, PushgateClient, SseParser } from "../dist/index.js";
@@ -76,4 +77,81 @@ test("a message first delivered without a seq is not handed over again with one"
   client.close();
   assert.deepEqual(got, [2, 3, 4]);
   assert.equal(client.lastSeq, 4, "the stored copy still moves the resume point");
+});
+
+// A hostile or broken server must never throw out of the application nor make the client
+// spin: each answer below once made it do one or the other.
+
+/** A server answering every request with `answer(req, res)`, counting requests. */
+async function hostile(answer) {
+  const hits = { n: 0 };
+  const server = createServer((req, res) => {
+    hits.n++;
+    answer(req, res);
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return { url: `http://127.0.0.1:${server.address().port}`, hits, server };
+}
+
+/** Runs a poll-only client against the server for `ms`; returns unhandled rejections. */
+async function against(url, ms, options = {}) {
+  const rejections = [];
+  const onRejection = (e) => rejections.push(e);
+  process.on("unhandledRejection", onRejection);
+  const client = new PushgateClient({ url, uid: "u", transports: ["poll"], reconnect: { base_ms: 50, cap_ms: 50 }, ...options });
+  const errors = [];
+  client.on("error", (e) => errors.push(e));
+  client.connect();
+  await new Promise((r) => setTimeout(r, ms));
+  client.close();
+  await new Promise((r) => setTimeout(r, 20));
+  process.off("unhandledRejection", onRejection);
+  return { rejections, errors, client };
+}
+
+test("poll answers of the wrong shape neither throw out of the client nor stop it", async () => {
+  for (const body of ["null", "5", '{"messages":5,"seq":1}', '{"messages":[null,7,"x"],"seq":1}', '{"messages":[{"type":"joined"}]}']) {
+    const { url, hits, server } = await hostile((req, res) => {
+      res.writeHead(200, { "Content-Type": "application/json" });
+      res.end(body);
+    });
+    const { rejections } = await against(url, 300);
+    server.close();
+    assert.deepEqual(rejections.map(String), [], `answer ${body}`);
+    assert.ok(hits.n >= 1, `answer ${body}: polled`);
+  }
+});
+
+test("a welcome with an absurd heartbeat or backoff does not make the client spin", async () => {
+  const welcomes = [
+    { heartbeat: "soon" },
+    { heartbeat: 1e12 },
+    { reconnect: { base_ms: "x", factor: null, jitter: 5, cap_ms: -1 } },
+    { reconnect: { base_ms: 0, cap_ms: 0 } },
+  ];
+  for (const extra of welcomes) {
+    // SSE: a welcome, then the stream ends; a sane client waits its backoff before the next.
+    const { url, hits, server } = await hostile((req, res) => {
+      res.writeHead(200, { "Content-Type": "text/event-stream" });
+      res.end(`data: ${JSON.stringify({ type: "welcome", conn: "c", uid: "u", heartbeat: 25, ...extra })}\n\n`);
+    });
+    const timers = [];
+    const real = globalThis.setTimeout;
+    globalThis.setTimeout = (fn, ms, ...a) => {
+      timers.push(ms);
+      return real(fn, ms, ...a);
+    };
+    let rejections;
+    try {
+      ({ rejections } = await against(url, 400, { transports: ["sse"], reconnect: undefined }));
+    } finally {
+      globalThis.setTimeout = real;
+      server.close();
+    }
+    assert.deepEqual(rejections.map(String), [], JSON.stringify(extra));
+    // At least 25 ms apart (a 50 ms base, jittered by a half at most).
+    assert.ok(hits.n <= 20, `${JSON.stringify(extra)}: ${hits.n} connections in 400 ms`);
+    const bad = timers.filter((ms) => !(Number.isFinite(ms) && ms >= 0 && ms <= 2 ** 31 - 1));
+    assert.deepEqual(bad, [], `${JSON.stringify(extra)}: timer delays`);
+  }
 });

@@ -15,6 +15,7 @@ use session::auth::MAX_ID_LEN;
 #[derive(Debug, Parser)]
 #[command(
     name = "pushgate token",
+    bin_name = "pushgate token",
     about = "Print an HS256 client token (for development and tests)"
 )]
 pub struct TokenArgs {
@@ -46,6 +47,9 @@ struct Claims<'a> {
 pub enum TokenError {
     /// `sub` empty or over [`MAX_ID_LEN`] bytes: the gateway would refuse the token.
     BadSub,
+    /// A room in `--rooms` empty (`--rooms ''`, `a,,b`) or over [`MAX_ID_LEN`] bytes: it
+    /// would grant no room a client can name.
+    BadRoom,
     /// An empty secret would let anyone mint tokens.
     EmptySecret,
     /// A zero TTL makes a token that is expired when minted.
@@ -58,6 +62,10 @@ impl std::fmt::Display for TokenError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TokenError::BadSub => write!(f, "--sub must be 1 to {MAX_ID_LEN} bytes"),
+            TokenError::BadRoom => write!(
+                f,
+                "each room in --rooms must be 1 to {MAX_ID_LEN} bytes (omit --rooms for any room)"
+            ),
             TokenError::EmptySecret => f.write_str("--secret must not be empty"),
             TokenError::ZeroTtl => f.write_str("--ttl must be at least 1 second"),
             TokenError::Encode(e) => write!(f, "cannot encode the token: {e}"),
@@ -77,6 +85,10 @@ pub fn mint(
 ) -> Result<String, TokenError> {
     if sub.is_empty() || sub.len() > MAX_ID_LEN {
         return Err(TokenError::BadSub);
+    }
+    let bad_room = |r: &String| r.is_empty() || r.len() > MAX_ID_LEN;
+    if rooms.is_some_and(|rooms| rooms.iter().any(bad_room)) {
+        return Err(TokenError::BadRoom);
     }
     if secret.is_empty() {
         return Err(TokenError::EmptySecret);
@@ -101,10 +113,11 @@ pub fn mint(
 /// Runs `pushgate token ARGS`; `args` starts with the subcommand's name.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let args = TokenArgs::parse_from(args);
+    let rooms = args.rooms.as_deref().map(trimmed);
     match mint(
         args.secret.as_bytes(),
         &args.sub,
-        args.rooms.as_deref(),
+        rooms.as_deref(),
         Duration::from_secs(args.ttl),
         SystemTime::now(),
     ) {
@@ -117,6 +130,12 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--rooms 'lobby, team-*'` means `lobby` and `team-*`: a room name never starts or ends
+/// with the space a list is typed with.
+fn trimmed(rooms: &[String]) -> Vec<String> {
+    rooms.iter().map(|r| r.trim().to_owned()).collect()
 }
 
 #[cfg(test)]
@@ -170,6 +189,30 @@ mod tests {
             mint(b"s", "a", None, Duration::ZERO, now),
             Err(TokenError::ZeroTtl)
         );
+        for rooms in [vec![String::new()], vec!["a".into(), String::new()]] {
+            let rooms = Some(&rooms[..]);
+            assert_eq!(mint(b"s", "a", rooms, ttl, now), Err(TokenError::BadRoom));
+        }
+        let long = ["r".repeat(MAX_ID_LEN + 1)];
+        assert_eq!(
+            mint(b"s", "a", Some(&long), ttl, now),
+            Err(TokenError::BadRoom)
+        );
+    }
+
+    #[test]
+    fn a_room_list_typed_with_spaces_names_the_rooms_without_them() {
+        let a = TokenArgs::try_parse_from([
+            "token",
+            "--secret",
+            "k",
+            "--sub",
+            "u",
+            "--rooms",
+            "lobby, team-*",
+        ])
+        .unwrap();
+        assert_eq!(trimmed(&a.rooms.unwrap()), ["lobby", "team-*"]);
     }
 
     #[test]

@@ -46,6 +46,11 @@ fn bare_lf_line_endings_get_400_at_once_on_both_listeners() {
         (gw.control_addr, healthz.replacen("\r\n", "\n", 1)),
         (gw.control_addr, healthz.replace("\r\n\r\n", "\r\n\n")),
         (gw.control_addr, push.replace("Host: x\r\n", "Host: x\n")),
+        // Bare CRs likewise (a head of them never ends with CRLF CRLF).
+        (gw.client_addr, upgrade.replace("\r\n", "\r")),
+        (gw.client_addr, upgrade.replacen("Host: x", "Host: x\ry", 1)),
+        (gw.control_addr, healthz.replace("\r\n", "\r")),
+        (gw.control_addr, push.replace("Host: x\r\n", "Host: x\r")),
     ];
     for (addr, raw) in &cases {
         let (resp, took) = answer_within(*addr, raw.as_bytes(), Duration::from_secs(3));

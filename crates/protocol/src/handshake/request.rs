@@ -73,14 +73,27 @@ impl RequestParser {
 /// Offset just past the blank line that ends the head at the front of `buf`, searching
 /// from `from` (bytes before it were searched by an earlier call; a terminator may start
 /// up to 3 bytes before it). `Ok(None)`: not there yet. A line feed not preceded by a
-/// carriage return before the end is [`HandshakeError::Malformed`].
+/// carriage return, or a carriage return followed by anything but a line feed, before the
+/// end is [`HandshakeError::Malformed`].
 pub fn head_end(buf: &[u8], from: usize) -> Result<Option<usize>, HandshakeError> {
     let mut at = from;
-    while let Some(lf) = buf
+    while let Some(i) = buf
         .get(at..)
-        .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+        .and_then(|rest| rest.iter().position(|&b| b == b'\n' || b == b'\r'))
     {
-        let lf = at + lf;
+        let i = at + i;
+        if buf[i] == b'\r' {
+            // A bare CR (RFC 9112 §2.2) is refused at once like a bare LF; a head of bare
+            // CRs would otherwise wait for its timeout. The next byte may not be here yet.
+            match buf.get(i + 1) {
+                Some(b'\n') | None => {
+                    at = i + 1;
+                    continue;
+                }
+                Some(_) => return Err(HandshakeError::Malformed),
+            }
+        }
+        let lf = i;
         if lf == 0 || buf[lf - 1] != b'\r' {
             return Err(HandshakeError::Malformed);
         }
@@ -264,6 +277,36 @@ mod tests {
             RequestParser::new(exact.len() - 1).feed(exact).unwrap_err(),
             HandshakeError::HeadersTooLarge
         );
+    }
+
+    #[test]
+    fn bare_carriage_returns_are_refused_as_soon_as_they_arrive() {
+        // Bare CRs ending lines, one inside a value, one before the blank line.
+        for raw in [
+            &b"GET /ws HTTP/1.1\rHost: x\r\r"[..],
+            b"GET /ws HTTP/1.1\r\nHost: x\ry\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\r\n",
+        ] {
+            let bare = (0..raw.len() - 1)
+                .find(|&i| raw[i] == b'\r' && raw[i + 1] != b'\n')
+                .unwrap();
+            let mut p = RequestParser::new(DEFAULT_MAX_HEADER_BYTES);
+            for (i, b) in raw.iter().enumerate() {
+                let r = p.feed(std::slice::from_ref(b));
+                if i <= bare {
+                    assert_eq!(r, Ok(None), "{raw:?} at {i}: the CR alone may end a line");
+                } else {
+                    assert_eq!(r, Err(HandshakeError::Malformed), "{raw:?} at {i}");
+                    break;
+                }
+            }
+            let whole = RequestParser::new(DEFAULT_MAX_HEADER_BYTES).feed(raw);
+            assert_eq!(whole, Err(HandshakeError::Malformed), "{raw:?}");
+        }
+        // A CR split from its LF across reads is a line ending.
+        let mut p = RequestParser::new(DEFAULT_MAX_HEADER_BYTES);
+        assert_eq!(p.feed(b"GET /ws HTTP/1.1\r"), Ok(None));
+        assert!(matches!(p.feed(b"\nHost: x\r\n\r\n"), Ok(Some(_))));
     }
 
     #[test]
