@@ -17,6 +17,9 @@ use session::{AuthMode, JwtAuth, ReconnectAdvice, SessionConfig};
 /// Defaults, in one place.
 pub mod default {
     pub const LISTEN: &str = "0.0.0.0:8080";
+    /// A development node trusts `?uid=`: unless told otherwise, only this machine
+    /// reaches it.
+    pub const DEV_LISTEN: &str = "127.0.0.1:8080";
     pub const CONTROL: &str = "127.0.0.1:8081";
     pub const HANDSHAKE_TIMEOUT: f64 = 10.0;
     pub const HEARTBEAT: f64 = 25.0;
@@ -87,7 +90,7 @@ pub struct Cli {
 #[derive(Debug, Default, Clone, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Keys {
-    /// Client listener [default: 0.0.0.0:8080].
+    /// Client listener [default: 0.0.0.0:8080; 127.0.0.1:8080 with --dev].
     #[arg(long, env = "PUSHGATE_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Control listener: metrics, health, server API [default: 127.0.0.1:8081].
@@ -452,15 +455,16 @@ impl Settings {
                 k.$key.clone().unwrap_or($default)
             };
         }
+        let dev = pick!(dev, false);
         let listen = match k.listen {
             Some(a) => a,
+            None if dev => default::DEV_LISTEN.parse()?,
             None => default::LISTEN.parse()?,
         };
         let control = match k.control {
             Some(a) => a,
             None => default::CONTROL.parse()?,
         };
-        let dev = pick!(dev, false);
         let api_key = k.api_key.clone().filter(|k| !k.is_empty());
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let reactors = pick!(reactors, cores);
@@ -823,7 +827,11 @@ mod tests {
     #[test]
     fn defaults_follow_the_contract() {
         let s = Settings::resolve(&dev(&[]), 20_000).unwrap();
-        assert_eq!(s.reactor.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.reactor.listen.to_string(), "127.0.0.1:8080", "a dev node: loopback");
+        let keyed = Settings::resolve(&cli(&["--jwt-secret", "k"]), 20_000).unwrap();
+        assert_eq!(keyed.reactor.listen.to_string(), "0.0.0.0:8080");
+        let told = Settings::resolve(&dev(&["--listen", "0.0.0.0:9000"]), 20_000).unwrap();
+        assert_eq!(told.reactor.listen.to_string(), "0.0.0.0:9000");
         assert_eq!(s.control.to_string(), "127.0.0.1:8081");
         assert_eq!(s.reactor.session.handshake_timeout, Duration::from_secs(10));
         assert_eq!(s.reactor.session.heartbeat, Duration::from_secs(25));
