@@ -48,8 +48,10 @@ pub(crate) struct Args {
     rate: f64,
     #[arg(long, default_value_t = 2)]
     fanout: usize,
-    /// Publisher threads.
-    #[arg(long, default_value_t = 8)]
+    /// Publisher threads, each sending its share of the rate and waiting for each answer
+    /// (0: enough that a push stuck 5 s on a stopped node delays only its thread's share,
+    /// so the rate holds through faults).
+    #[arg(long, default_value_t = 0)]
     publishers: usize,
     /// Rounds of the schedule (every fault kind once per round); at least `--min-secs`
     /// of chaos in all, rounds repeated until then.
@@ -205,7 +207,11 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
                     users: args.users,
                     fanout: args.fanout,
                     rate: args.rate,
-                    threads: args.publishers,
+                    threads: if args.publishers > 0 {
+                        args.publishers
+                    } else {
+                        ((args.rate * 6.0) as usize).clamp(8, 512)
+                    },
                     until_ms: &publish_until,
                     retry_for: Duration::from_secs(30),
                 },
@@ -275,6 +281,18 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         "duplicated": total.duplicated,
         "reordered": total.reordered,
         "unrecovered_resumes": total.unrecovered,
+        "faults": verdict.per_fault.iter().map(|(name, t)| serde_json::json!({
+            "name": name,
+            "clients_affected": t.clients_affected,
+            "reconnects": t.reconnect_ms.len(),
+            "reconnect_p50_ms": check::quantile(&t.reconnect_ms, 0.5),
+            "reconnect_p99_ms": check::quantile(&t.reconnect_ms, 0.99),
+            "reconnect_max_ms": t.reconnect_ms.iter().max().copied().unwrap_or(0),
+            "redelivered_p99_ms": check::quantile(&t.redelivered_ms, 0.99),
+            "lost": t.lost,
+            "duplicated": t.duplicated,
+            "reordered": t.reordered,
+        })).collect::<Vec<_>>(),
         "clients": client_outs.iter().map(|o| o.trim()).collect::<Vec<_>>(),
     });
     let mut md = format!(

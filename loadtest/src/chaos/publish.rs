@@ -62,7 +62,8 @@ fn thread(plan: &Plan<'_>, log: &EventLog, counter: &AtomicU64) -> Published {
     let mut out = Published::default();
     let per_thread = plan.rate / plan.threads.max(1) as f64;
     let gap = Duration::from_secs_f64(1.0 / per_thread.max(0.01));
-    let mut next = Instant::now();
+    // Threads start spread over one gap, not in a burst.
+    let mut next = Instant::now() + gap.mul_f64(fastrand::f64());
     while log.now() < plan.until_ms.load(Ordering::SeqCst) {
         let now = Instant::now();
         if next > now {

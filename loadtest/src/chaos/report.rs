@@ -166,12 +166,14 @@ pub(crate) fn timeline(events: &[Event], out: &Path) -> anyhow::Result<Option<st
     let png = out.join("timeline.png");
     let script = format!(
         "set terminal pngcairo size 1400,900\nset output '{png}'\nset datafile separator ','\n\
-         set multiplot layout 3,1 title 'pushgate chaos run'\nset key outside right\n{marks}\
+         set multiplot layout 3,1 title 'pushgate chaos run'\nset key top left\n\
+         set xrange [0:{last}]\nset lmargin 12\nset rmargin 4\n{marks}\
          set ylabel 'delivered/s'\nplot '{csv}' using 1:2 every ::1 with lines title 'delivered/s'\n\
          set ylabel 'connections'\nplot '{csv}' using 1:3 every ::1 with lines title 'g1', '' using 1:4 every ::1 with lines title 'g2', '' using 1:5 every ::1 with lines title 'g3'\n\
          set ylabel 'latency p99 (ms)'\nset xlabel 'seconds since start'\nset logscale y\nplot '{csv}' using 1:($6 > 0 ? $6 : 1/0) every ::1 with lines title 'p99'\n\
          unset multiplot\n",
         png = png.display(),
+        last = last + 1,
         csv = out.join("timeline.csv").display(),
     );
     std::fs::write(out.join("timeline.gp"), &script)?;
