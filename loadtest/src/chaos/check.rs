@@ -42,6 +42,14 @@ pub(crate) enum Event {
         node: usize,
         recovered: Option<bool>,
     },
+    /// The server sent a device an error (`bad_since`: told to resync, the gap is not
+    /// coming; `unavailable`: the replay was incomplete, the device resumes again).
+    Refused {
+        t: u64,
+        user: String,
+        device: String,
+        code: String,
+    },
     /// A fault was applied at `t` and lifted at `end`.
     Fault { t: u64, end: u64, name: String },
 }
@@ -177,7 +185,7 @@ pub(crate) fn check(events: &[Event], settle: u64) -> Verdict {
             | Event::Welcomed { user, device, .. } => {
                 devices.entry(user).or_default().insert(device);
             }
-            Event::Fault { .. } => {}
+            Event::Fault { .. } | Event::Refused { .. } => {}
         }
     }
     verdict.accepted = accepted.values().map(|m| m.len() as u64).sum();
@@ -199,6 +207,7 @@ pub(crate) fn check(events: &[Event], settle: u64) -> Verdict {
         | Event::Delivered { t, .. }
         | Event::Dropped { t, .. }
         | Event::Welcomed { t, .. }
+        | Event::Refused { t, .. }
         | Event::Fault { t, .. } => *t,
     };
     let mut keys: Vec<_> = per_device.keys().copied().collect();

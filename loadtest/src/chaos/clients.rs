@@ -280,8 +280,15 @@ fn on_text(d: &mut Device, text: &[u8], log: &EventLog) -> u64 {
         }
         // The replay after `welcome` could not be read (history unreachable in time): what
         // came of it is a prefix, so resume later, from there, elsewhere.
-        Some("error") if v["code"] == "unavailable" => {
-            d.gap_pending = true;
+        Some("error") => {
+            let code = v["code"].as_str().unwrap_or_default().to_owned();
+            d.gap_pending |= code == "unavailable";
+            log.write(&Event::Refused {
+                t: log.now(),
+                user: d.user.clone(),
+                device: d.device.clone(),
+                code,
+            });
             0
         }
         // Behind an incomplete replay: not taken, it comes again with the resume.

@@ -264,6 +264,12 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     }
     let verdict = check::check(&events, args.settle_ms);
     let table = report::table(&verdict);
+    let mut refusals: std::collections::BTreeMap<String, u64> = Default::default();
+    for e in &events {
+        if let Event::Refused { code, .. } = e {
+            *refusals.entry(code.clone()).or_default() += 1;
+        }
+    }
     let png = report::timeline(&events, &dir)?;
     let total = verdict.total();
     let summary = serde_json::json!({
@@ -281,6 +287,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         "duplicated": total.duplicated,
         "reordered": total.reordered,
         "unrecovered_resumes": total.unrecovered,
+        "errors_to_devices": refusals,
         "faults": verdict.per_fault.iter().map(|(name, t)| serde_json::json!({
             "name": name,
             "clients_affected": t.clients_affected,
@@ -300,6 +307,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
          every fault, {chaos_secs:.0} s of chaos\n\n{table}\n",
         args.users, args.devices, args.rate, args.fanout
     );
+    md.push_str(&format!("errors sent to devices: {refusals:?}\n\n"));
     for v in verdict.violations.iter().take(50) {
         md.push_str(&format!(
             "- {} at {:.3}s ({}): user {} device {} seq {} id {}\n",

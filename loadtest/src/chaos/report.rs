@@ -85,6 +85,7 @@ pub(crate) fn timeline(events: &[Event], out: &Path) -> anyhow::Result<Option<st
         | Event::Delivered { t, .. }
         | Event::Dropped { t, .. }
         | Event::Welcomed { t, .. }
+        | Event::Refused { t, .. }
         | Event::Fault { t, .. } => *t,
     });
     let mut on: HashMap<(&str, &str), usize> = HashMap::new();
