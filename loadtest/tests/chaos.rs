@@ -90,10 +90,11 @@ fn every_fault_once_loses_duplicates_and_reorders_nothing() {
     assert_eq!(
         (
             &summary["lost"],
+            &summary["not_back"],
             &summary["duplicated"],
             &summary["reordered"]
         ),
-        (&0.into(), &0.into(), &0.into()),
+        (&0.into(), &0.into(), &0.into(), &0.into()),
         "{stdout}"
     );
     assert!(

@@ -60,6 +60,9 @@ pub(crate) struct Tally {
     /// Devices that lost their connection while the fault (or its settling time) lasted.
     pub(crate) clients_affected: u64,
     pub(crate) lost: u64,
+    /// Pushes missing on a device that was not connected at the end of the run: not
+    /// proven lost, but it did not come back in time to get them.
+    pub(crate) not_back: u64,
     pub(crate) duplicated: u64,
     pub(crate) reordered: u64,
     /// Resumes whose welcome said `recovered: false`.
@@ -99,6 +102,7 @@ impl Verdict {
         for (_, t) in &self.per_fault {
             all.clients_affected += t.clients_affected;
             all.lost += t.lost;
+            all.not_back += t.not_back;
             all.duplicated += t.duplicated;
             all.reordered += t.reordered;
             all.unrecovered += t.unrecovered;
@@ -108,10 +112,11 @@ impl Verdict {
         all
     }
 
-    /// Loss, duplication or reordering anywhere.
+    /// No loss, duplication or reordering anywhere, and every device back to get what
+    /// was accepted for it.
     pub(crate) fn clean(&self) -> bool {
         let t = self.total();
-        t.lost == 0 && t.duplicated == 0 && t.reordered == 0
+        t.lost == 0 && t.not_back == 0 && t.duplicated == 0 && t.reordered == 0
     }
 }
 
@@ -286,14 +291,21 @@ pub(crate) fn check(events: &[Event], settle: u64) -> Verdict {
                 _ => {}
             }
         }
-        // Every push accepted for the user must have reached this device.
+        // Every push accepted for the user must have reached this device; one that is
+        // offline at the end may still get it on its next resume.
+        let online = dropped_at.is_none() || welcomed_after_drop;
         if let Some(pushes) = accepted.get(user) {
             for (seq, (id, t)) in pushes {
                 if !seen.contains(seq) {
                     let fault = windows.name(*t).to_owned();
-                    per_fault.entry(fault.clone()).or_default().lost += 1;
+                    let tally = per_fault.entry(fault.clone()).or_default();
+                    if online {
+                        tally.lost += 1;
+                    } else {
+                        tally.not_back += 1;
+                    }
                     violations.push(Violation {
-                        kind: "lost",
+                        kind: if online { "lost" } else { "not back" },
                         user: user.into(),
                         device: device.into(),
                         seq: *seq,
@@ -497,6 +509,22 @@ mod tests {
         assert_eq!(tally(&v, "sigstop").reconnect_ms, vec![35]);
         assert_eq!(tally(&v, "none").reconnect_ms, vec![20]);
         assert_eq!(tally(&v, "later").clients_affected, 0);
+    }
+
+    #[test]
+    fn a_device_offline_at_the_end_is_not_back_rather_than_lost() {
+        let log = vec![
+            welcome(0, "u", "d", true),
+            welcome(0, "u", "e", true),
+            drop_(5, "u", "d"),
+            acc(10, "u", 3, "a"),
+            del(11, "u", "e", 3, "a"),
+        ];
+        let v = check(&log, 0);
+        let t = tally(&v, "none");
+        assert_eq!((t.lost, t.not_back), (0, 1));
+        assert_eq!(v.violations[0].kind, "not back");
+        assert!(!v.clean());
     }
 
     #[test]

@@ -30,8 +30,9 @@ pub(crate) struct Args {
     /// New connections per second at the start.
     #[arg(long, default_value_t = 2000)]
     pub(crate) connect_rate: u64,
-    /// A connection silent this long (no pong, no message) is counted dead.
-    #[arg(long, default_value_t = 3000)]
+    /// A connection silent this long (no pong to the pings sent every second, no
+    /// message) is counted dead; also the longest wait for `welcome`.
+    #[arg(long, default_value_t = 10_000)]
     pub(crate) dead_ms: u64,
     /// The run's epoch (Unix ms) every process's event times count from.
     #[arg(long)]
@@ -219,7 +220,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<(u64, u64)> {
                 None => {}
                 Some(c) => {
                     let silent = now - d.last_heard;
-                    let stuck = !d.welcomed && now - d.opened_at > Duration::from_secs(5);
+                    let stuck = !d.welcomed && now - d.opened_at > dead;
                     if silent > dead || stuck {
                         c.phase = Phase::Failed;
                         drops += u64::from(lose(d, &mut poll, &log));

@@ -284,6 +284,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         "accepted_messages": verdict.accepted,
         "delivered": verdict.delivered,
         "lost": total.lost,
+        "not_back": total.not_back,
         "duplicated": total.duplicated,
         "reordered": total.reordered,
         "unrecovered_resumes": total.unrecovered,
@@ -297,6 +298,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
             "reconnect_max_ms": t.reconnect_ms.iter().max().copied().unwrap_or(0),
             "redelivered_p99_ms": check::quantile(&t.redelivered_ms, 0.99),
             "lost": t.lost,
+            "not_back": t.not_back,
             "duplicated": t.duplicated,
             "reordered": t.reordered,
         })).collect::<Vec<_>>(),
@@ -328,8 +330,9 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     println!("{summary}");
     anyhow::ensure!(
         verdict.clean(),
-        "{} lost, {} duplicated, {} reordered (report: {})",
+        "{} lost, {} missing on devices not back by the end, {} duplicated, {} reordered (report: {})",
         total.lost,
+        total.not_back,
         total.duplicated,
         total.reordered,
         dir.join("report.md").display()

@@ -26,6 +26,7 @@ pub(crate) fn table(v: &Verdict) -> String {
         let all = &mut kinds[i].1;
         all.clients_affected += t.clients_affected;
         all.lost += t.lost;
+        all.not_back += t.not_back;
         all.duplicated += t.duplicated;
         all.reordered += t.reordered;
         all.unrecovered += t.unrecovered;
@@ -39,8 +40,8 @@ pub(crate) fn table(v: &Verdict) -> String {
             .count()
     };
     let mut out = String::from(
-        "| fault | times | clients affected | reconnect p50 / p99 / max (ms) | delivered again p50 / p99 / max (ms) | lost | duplicated | reordered | resumes not recovered |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+        "| fault | times | clients affected | reconnect p50 / p99 / max (ms) | delivered again p50 / p99 / max (ms) | lost | not back by the end | duplicated | reordered | resumes not recovered |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (kind, t) in kinds {
         let q = |v: &[u64]| {
@@ -53,12 +54,13 @@ pub(crate) fn table(v: &Verdict) -> String {
         };
         let _ = writeln!(
             out,
-            "| {kind} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {kind} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             rounds(&kind),
             t.clients_affected,
             q(&t.reconnect_ms),
             q(&t.redelivered_ms),
             t.lost,
+            t.not_back,
             t.duplicated,
             t.reordered,
             t.unrecovered
