@@ -161,6 +161,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<(u64, u64)> {
             }
             if d.gap_pending {
                 d.gap_pending = false;
+                d.attempt += 1;
                 if let Some(c) = d.conn.as_mut() {
                     c.phase = Phase::Failed;
                 }
@@ -261,7 +262,11 @@ fn on_text(d: &mut Device, text: &[u8], log: &EventLog) -> u64 {
     match v["type"].as_str() {
         Some("welcome") => {
             d.welcomed = true;
-            d.attempt = 0;
+            // An incomplete replay (`recovered: false` and `unavailable` behind it) is a
+            // failed attempt: the next one backs off further, as after a refused connect.
+            if v["recovered"].as_bool() != Some(false) {
+                d.attempt = 0;
+            }
             let r = &v["reconnect"];
             let def = Advice::default();
             d.advice = Advice {

@@ -263,7 +263,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         events.extend(log::read(p)?);
     }
     let verdict = check::check(&events, args.settle_ms);
-    let table = report::table(&verdict);
+    let table = report::table(&verdict, &events);
     let mut refusals: std::collections::BTreeMap<String, u64> = Default::default();
     for e in &events {
         if let Event::Refused { code, .. } = e {

@@ -12,7 +12,7 @@ use super::check::{quantile, Event, Tally, Verdict};
 use super::faults::Fault;
 
 /// The markdown table, one row per fault kind (rounds merged) and one for "none".
-pub(crate) fn table(v: &Verdict) -> String {
+pub(crate) fn table(v: &Verdict, events: &[Event]) -> String {
     let mut kinds: Vec<(String, Tally)> = Vec::new();
     for (name, t) in &v.per_fault {
         let kind = Fault::kind(name);
@@ -34,9 +34,9 @@ pub(crate) fn table(v: &Verdict) -> String {
         all.redelivered_ms.extend(&t.redelivered_ms);
     }
     let rounds = |kind: &str| {
-        v.per_fault
+        events
             .iter()
-            .filter(|(n, _)| Fault::kind(n) == kind)
+            .filter(|e| matches!(e, Event::Fault { name, .. } if Fault::kind(name) == kind))
             .count()
     };
     let mut out = String::from(
