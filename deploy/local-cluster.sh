@@ -4,9 +4,13 @@
 # network namespace with its own address, all joined by a bridge, so every connection
 # between them is real TCP between hosts. Needs root, iproute2, curl and nats-server.
 #
-#   deploy/local-cluster.sh up [--dir DIR] [--bin PUSHGATE]
+#   deploy/local-cluster.sh up [--dir DIR] [--bin PUSHGATE] [--load-ns] [--relay LOADTOOL]
 #       brings it up, prints the URLs and the state file, and stays in the foreground:
-#       Ctrl-C (or `stop`) tears everything down.
+#       Ctrl-C (or `stop`) tears everything down. For chaos runs (bench/chaos.sh):
+#       --load-ns adds a namespace for the load tool (LOAD_{NS,ADDR,LINK});
+#       --relay routes every gateway's NATS connections through a fault-injecting relay
+#       (`LOADTOOL relay`) on the host: gateway i reaches NATS j at HOST_ADDR:14000+10i+j,
+#       route index 3(i-1)+(j-1) on its control socket RELAY_CONTROL (RELAY_PID).
 #   deploy/local-cluster.sh stop [DIR]       tears down the cluster whose state is DIR/state
 #   deploy/local-cluster.sh kill DIR NODE [SIGNAL]
 #                                            signals NODE's process (n1..n3 NATS, g1..g3
@@ -20,7 +24,7 @@
 # DIR/state (KEY=value lines, readable by `source`) tells scripts, such as chaos tests,
 # every address, port, URL, namespace and PID:
 #   RUN DIR BRIDGE HOST_ADDR API_KEY UP_PID READY STOPPED CREATED_{NS,LINK,BRIDGE}
-#   NATS_<i>_{NS,ADDR,URL,MONITOR,PID}  GATEWAY_<i>_{NS,ADDR,WS,CONTROL,PID}  (i = 1..3)
+#   NATS_<i>_{NS,ADDR,URL,MONITOR,PID}  GATEWAY_<i>_{NS,ADDR,WS,CONTROL,PID,LINK}  (i = 1..3)
 # A key set again (a PID after `start`) counts by its last line. DIR also holds each
 # node's log (<node>.log), configuration and command line (<node>.cmd).
 set -euo pipefail
@@ -134,7 +138,11 @@ teardown() {
   for link in $(sed -n 's/^CREATED_LINK=//p' "$d/state" | tac); do
     ip link del "$link" 2>/dev/null || true
   done
-  local br
+  local relay br
+  relay=$(state_get RELAY_PID "$d")
+  if [ -n "$relay" ] && grep -q relay "/proc/$relay/cmdline" 2>/dev/null; then
+    kill -KILL "$relay" 2>/dev/null || true
+  fi
   br=$(state_get CREATED_BRIDGE "$d")
   [ -z "$br" ] || ip link del "$br" 2>/dev/null || true
   rm -rf "$d"/n*/jetstream
@@ -144,12 +152,14 @@ teardown() {
 # --- commands ----------------------------------------------------------------------------
 
 up() {
-  local bin=${PUSHGATE_BIN:-}
+  local bin=${PUSHGATE_BIN:-} load_ns= relay_bin=
   dir=
   while [ $# -gt 0 ]; do
     case $1 in
       --dir) dir=$2; shift 2 ;;
       --bin) bin=$2; shift 2 ;;
+      --load-ns) load_ns=1; shift ;;
+      --relay) relay_bin=$2; shift 2 ;;
       *) usage ;;
     esac
   done
@@ -194,6 +204,23 @@ up() {
     add_host "$run-g$i" "$net.$((20 + i))" "${run}g$i"
     urls+=${urls:+,}nats://$net.$((10 + i)):$nats_port
   done
+  if [ -n "$load_ns" ]; then
+    add_host "$run-l1" "$net.31" "${run}l1"
+    state_set LOAD_NS "$run-l1"
+    state_set LOAD_ADDR "$net.31"
+    state_set LOAD_LINK "${run}l1"
+  fi
+  if [ -n "$relay_bin" ]; then
+    local relay_args=(relay --control "$net.254:14000" --latency 2 --jitter 3)
+    for ((i = 1; i <= nodes; i++)); do
+      for ((j = 1; j <= nodes; j++)); do
+        relay_args+=(--route "$net.254:$((14000 + 10 * i + j))=$net.$((10 + j)):$nats_port")
+      done
+    done
+    "$relay_bin" "${relay_args[@]}" >>"$dir/relay.log" 2>&1 </dev/null &
+    state_set RELAY_PID "$!"
+    state_set RELAY_CONTROL "$net.254:14000"
+  fi
 
   # NATS: one JetStream server per namespace, routes to the others.
   for ((i = 1; i <= nodes; i++)); do
@@ -239,8 +266,15 @@ EOF
   # Gateways: one per namespace, every NATS server listed, history replicated 3 times.
   for ((i = 1; i <= nodes; i++)); do
     local addr=$net.$((20 + i))
+    local gateway_urls=$urls
+    if [ -n "$relay_bin" ]; then
+      gateway_urls=
+      for ((j = 1; j <= nodes; j++)); do
+        gateway_urls+=${gateway_urls:+,}nats://$net.254:$((14000 + 10 * i + j))
+      done
+    fi
     gateway_args=(--dev --node-id "g$i" --listen "0.0.0.0:$client_port"
-      --control "0.0.0.0:$control_port" --api-key "$api_key" --nats "$urls"
+      --control "0.0.0.0:$control_port" --api-key "$api_key" --nats "$gateway_urls"
       --history-replicas 3 --reactors 1 --shutdown-drain 1)
     echo "$run-g$i" >"$dir/g$i.ns"
     printf '%s\n' "$bin" "${gateway_args[@]}" >"$dir/g$i.cmd"
@@ -248,6 +282,7 @@ EOF
     state_set "GATEWAY_${i}_ADDR" "$addr"
     state_set "GATEWAY_${i}_WS" "ws://$addr:$client_port/ws"
     state_set "GATEWAY_${i}_CONTROL" "http://$addr:$control_port"
+    state_set "GATEWAY_${i}_LINK" "${run}g$i"
     start_node "g$i"
   done
   for ((i = 1; i <= nodes; i++)); do

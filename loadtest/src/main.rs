@@ -8,11 +8,14 @@
 //! reach every connection), `echo` (closed-loop round trips), `floor` (the CPU cost of one
 //! loopback `send()`, the floor under any server's cost per delivered message), `scale` (a
 //! cluster-sized run over several load processes and nodes, see [`scale`]), `recover` (the time
-//! to get back missed messages with `since`). Server differences are
+//! to get back missed messages with `since`), `chaos` (gateways, NATS servers and links
+//! failing under load on a multi-host rig; nothing accepted may be lost, see [`chaos`]),
+//! `relay` (the fault-injecting TCP relay it uses). Server differences are
 //! templates ([`adapter`]), so the same scenarios run against other servers.
 
 mod adapter;
 mod broadcast;
+mod chaos;
 mod conns;
 mod echo;
 mod fanout;
@@ -20,6 +23,7 @@ mod floor;
 mod procfs;
 mod publisher;
 mod recover;
+mod relay;
 mod scale;
 mod storm;
 mod tls;
@@ -61,6 +65,16 @@ enum Scenario {
     /// U users one after another: connect, miss M pushes, reconnect with `since`; time to
     /// the last replayed message, beside the time to `welcome` with nothing to recover.
     Recover(recover::Args),
+    /// A chaos run on deploy/local-cluster.sh's multi-host rig: devices resuming on any
+    /// node, publishers retrying with idempotent ids, gateways, NATS servers and links
+    /// failing one after another; checks that every push answered 200 reached every
+    /// device exactly once and in order, per fault (see bench/chaos.sh).
+    Chaos(chaos::Args),
+    /// The devices of a chaos run (started by `chaos` in the load namespace).
+    ChaosClients(chaos::clients::Args),
+    /// A fault-injecting TCP relay (latency, jitter, stalls, resets, one-way blackholes)
+    /// controlled through a socket at run time.
+    Relay(relay::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +89,9 @@ fn main() -> anyhow::Result<()> {
         Scenario::Floor(args) => floor::run(&args, fd_limit),
         Scenario::Scale(args) => scale::run(&args, fd_limit),
         Scenario::Recover(args) => recover::run(&args, fd_limit),
+        Scenario::Chaos(args) => chaos::run(&args, fd_limit),
+        Scenario::ChaosClients(args) => chaos::clients::run(&args).map(|_| ()),
+        Scenario::Relay(args) => relay::run(&args),
     }
 }
 

@@ -146,8 +146,13 @@ impl WsConn {
 
     /// Queues a masked text frame and writes as much as the socket takes.
     pub(crate) fn send_text(&mut self, payload: &[u8]) {
+        self.send_frame(OpCode::Text, payload);
+    }
+
+    /// Queues a masked frame of any kind (pings and pongs for liveness checks).
+    pub(crate) fn send_frame(&mut self, op: OpCode, payload: &[u8]) {
         let key = fastrand::u32(..).to_be_bytes();
-        self.write_plain(&client_message(OpCode::Text, payload, key));
+        self.write_plain(&client_message(op, payload, key));
         self.flush();
     }
 
