@@ -266,6 +266,18 @@ impl Router {
         self
     }
 
+    /// Why a request that needs history gets none here: `history_disabled` on a node
+    /// configured without it, `unavailable` on a clustered node whose history stream is
+    /// not there yet (just started, or JetStream not found), which is not a reason for a
+    /// client to give up its resume point.
+    fn no_history(&self) -> RequestError {
+        if self.clustered.is_some() {
+            clustered::HISTORY_UNAVAILABLE
+        } else {
+            cp::HISTORY_DISABLED
+        }
+    }
+
     /// Whether this node keeps history (single node, or clustered with the stream there).
     pub fn keeps_history(&self) -> bool {
         self.history.is_some() || self.clustered().is_some()
@@ -375,8 +387,11 @@ impl Router {
         }
         let Some(h) = &self.history else {
             let id = self.add_user_on(uid, conn, device);
+            // Clustered, a `since` is not lost, only out of reach now (see `no_history`):
+            // the client resumes again later from the same seq.
             let w = Welcome {
-                error: since.map(|_| cp::HISTORY_DISABLED),
+                recovered: since.filter(|_| self.clustered.is_some()).map(|_| false),
+                error: since.map(|_| self.no_history()),
                 ..Welcome::default()
             };
             return (id, Some(w), Opened { replayed_from: 0 });
@@ -461,7 +476,7 @@ impl Router {
             self.resume_later(c, uid, conn, since, opened);
             return Ok(());
         }
-        let h = self.history.as_ref().ok_or(cp::HISTORY_DISABLED)?;
+        let h = self.history.as_ref().ok_or_else(|| self.no_history())?;
         let l = h.users.lock(uid, Instant::now());
         let latest = l.latest(uid);
         if since > latest {
@@ -500,7 +515,7 @@ impl Router {
         let (Some(h), Some(since)) = (&self.history, since) else {
             let id = self.join(room, conn);
             let result = match since {
-                Some(_) => Err(cp::HISTORY_DISABLED),
+                Some(_) => Err(self.no_history()),
                 None => Ok(()),
             };
             return (id, result);
@@ -545,7 +560,7 @@ impl Router {
                     message: "the ack could not be stored; send it again",
                 });
         }
-        let h = self.history.as_ref().ok_or(cp::HISTORY_DISABLED)?;
+        let h = self.history.as_ref().ok_or_else(|| self.no_history())?;
         let mut l = h.users.lock(uid, Instant::now());
         l.ack(uid, device.unwrap_or(DEFAULT_DEVICE), seq)
             .map_err(|_| cp::UNKNOWN_ACK)

@@ -459,7 +459,11 @@ impl Router {
             // latest too (else this node is behind: the client resyncs).
             let stored = c.bus.latest(Kind::User, uid, c.wait(REPLAY_TIMEOUT));
             c.answered(&stored);
-            let behind = matches!(stored, Ok(Some(m)) if m.seq >= since);
+            // Only the stream's own word puts `since` in the future: a read that failed
+            // or timed out says nothing, and a client told `bad_since` would drop a gap it
+            // can still get.
+            let behind = !matches!(stored, Ok(Some(ref m)) if m.seq < since)
+                && !matches!(stored, Ok(None));
             let w = Welcome {
                 seq: Some(latest),
                 recovered: behind.then_some(false),
@@ -779,8 +783,9 @@ impl Router {
             let stored = c.bus.latest(Kind::User, uid, c.wait(REPLAY_TIMEOUT));
             c.answered(&stored);
             return Err(match stored {
-                Ok(Some(m)) if m.seq >= since => HISTORY_UNAVAILABLE,
-                _ => cp::SINCE_IN_FUTURE,
+                Ok(Some(m)) if m.seq < since => cp::SINCE_IN_FUTURE,
+                Ok(None) => cp::SINCE_IN_FUTURE,
+                _ => HISTORY_UNAVAILABLE,
             });
         }
         let (frames, recovered) = self.replay_clustered(c, uid, since, opened.replayed_from)?;
