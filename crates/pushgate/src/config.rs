@@ -827,7 +827,11 @@ mod tests {
     #[test]
     fn defaults_follow_the_contract() {
         let s = Settings::resolve(&dev(&[]), 20_000).unwrap();
-        assert_eq!(s.reactor.listen.to_string(), "127.0.0.1:8080", "a dev node: loopback");
+        assert_eq!(
+            s.reactor.listen.to_string(),
+            "127.0.0.1:8080",
+            "a dev node: loopback"
+        );
         let keyed = Settings::resolve(&cli(&["--jwt-secret", "k"]), 20_000).unwrap();
         assert_eq!(keyed.reactor.listen.to_string(), "0.0.0.0:8080");
         let told = Settings::resolve(&dev(&["--listen", "0.0.0.0:9000"]), 20_000).unwrap();

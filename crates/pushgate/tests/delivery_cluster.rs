@@ -4,41 +4,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::nats::{free_port, NatsServer};
+use common::nats::{free_port, Js, NatsServer};
 use common::{post, Client, Gateway, Read_};
 use protocol::Message;
 use serde_json::{json, Value};
-
-/// A JetStream server with its own store directory (removed on drop).
-struct Js {
-    nats: NatsServer,
-    dir: PathBuf,
-}
-
-impl Js {
-    fn start() -> Js {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "pushgate-js-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let nats = NatsServer::start_with(free_port(), &["-js", "-sd", dir.to_str().unwrap()]);
-        Js { nats, dir }
-    }
-}
-
-impl Drop for Js {
-    fn drop(&mut self) {
-        self.nats.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A node with history on JetStream, ready (bus connected and stream made).
 fn node(nats: &str, id: &str, extra: &[&str]) -> Gateway {
@@ -308,7 +279,10 @@ fn without_jetstream_delivery_is_live_only() {
     assert_eq!(gw.control_get("/readyz").0, 200);
     let (mut c, w) = ws(&gw, "u", "");
     assert!(w.get("seq").is_none(), "{w}");
-    assert!(w.get("recovered").is_none(), "no since, nothing to recover: {w}");
+    assert!(
+        w.get("recovered").is_none(),
+        "no since, nothing to recover: {w}"
+    );
     subscribed(&gw, 2);
     let (status, resp) = post(
         gw.control_addr,

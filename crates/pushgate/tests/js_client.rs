@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::nats::{free_port, NatsServer};
+use common::nats::Js;
 use common::Gateway;
 
 const SECRET: &str = "js-client-test-secret";
@@ -113,28 +113,6 @@ fn node_client_against_a_gateway() {
         &["test/unit.test.mjs", "test/node.test.mjs"],
         &base_env(&gw),
     );
-}
-
-/// A JetStream server with its own store directory (removed on drop).
-struct Js {
-    nats: NatsServer,
-    dir: PathBuf,
-}
-
-impl Js {
-    fn start() -> Js {
-        let dir = std::env::temp_dir().join(format!("pushgate-js-client-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let nats = NatsServer::start_with(free_port(), &["-js", "-sd", dir.to_str().unwrap()]);
-        Js { nats, dir }
-    }
-}
-
-impl Drop for Js {
-    fn drop(&mut self) {
-        self.nats.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// A cluster node with history on JetStream, once its stream is ready.

@@ -9,13 +9,12 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::nats::{free_port, NatsServer};
+use common::nats::{free_port, Js, NatsServer};
 use common::{post, Client, Gateway, Read_};
 use protocol::{Message, OpCode};
 use serde_json::json;
@@ -23,33 +22,6 @@ use serde_json::json;
 /// How long the reactor may take to answer while others wait: far below any wait on
 /// JetStream or a peer (seconds here), with room for a loaded machine.
 const PROMPT: Duration = Duration::from_millis(100);
-
-/// A JetStream server with its own store directory (removed on drop).
-struct Js {
-    nats: NatsServer,
-    dir: PathBuf,
-}
-
-impl Js {
-    fn start() -> Js {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "pushgate-nw-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let nats = NatsServer::start_with(free_port(), &["-js", "-sd", dir.to_str().unwrap()]);
-        Js { nats, dir }
-    }
-}
-
-impl Drop for Js {
-    fn drop(&mut self) {
-        self.nats.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A node with one reactor on the bus at `url`, ready.
 fn one_reactor_node(url: &str, id: &str, extra: &[&str]) -> Gateway {

@@ -1,4 +1,5 @@
-//! A real `nats-server` (Debian's package) on a free port, stopped by PID.
+//! A real `nats-server` (the release scripts/install-test-deps.sh installs) on a free
+//! port, stopped by PID.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -12,6 +13,33 @@ pub struct NatsServer {
     pub port: u16,
     /// Arguments besides the address and port (TLS, auth, cluster, a config file).
     extra: Vec<String>,
+}
+
+/// A JetStream server with its own store directory (removed on drop).
+pub struct Js {
+    pub nats: NatsServer,
+    pub dir: std::path::PathBuf,
+}
+
+impl Js {
+    pub fn start() -> Js {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "pushgate-js-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let nats = NatsServer::start_with(free_port(), &["-js", "-sd", dir.to_str().unwrap()]);
+        Js { nats, dir }
+    }
+}
+
+impl Drop for Js {
+    fn drop(&mut self) {
+        self.nats.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// A port nothing listens on right now.

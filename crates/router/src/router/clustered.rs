@@ -462,8 +462,8 @@ impl Router {
             // Only the stream's own word puts `since` in the future: a read that failed
             // or timed out says nothing, and a client told `bad_since` would drop a gap it
             // can still get.
-            let behind = !matches!(stored, Ok(Some(ref m)) if m.seq < since)
-                && !matches!(stored, Ok(None));
+            let behind =
+                !matches!(stored, Ok(Some(ref m)) if m.seq < since) && !matches!(stored, Ok(None));
             let w = Welcome {
                 seq: Some(latest),
                 recovered: behind.then_some(false),
