@@ -216,6 +216,26 @@ fn regression_a_burst_of_commands_is_drained_without_further_wakeups() {
     let Seen::Open(ref_a, _) = next(&rx) else {
         panic!("expected open")
     };
+    // The client reads while the burst is queued, as a live client does. One that reads
+    // nothing until the end was closed as a slow consumer on io_uring after ~1 850 of
+    // these 3-byte frames in most runs here (its socket stops taking the in-flight send
+    // long before its payload could fill it; see bench/RESULTS.md's open questions),
+    // which is not what this test is about.
+    let reader = std::thread::spawn(move || {
+        // Unfixed, the reactor crawls on (each unrelated wakeup drains one more batch);
+        // fixed, this takes well under a second.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for i in 0..100_000 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match a.read(left) {
+                Read_::Msg(Message::Text(_)) => {}
+                Read_::Msg(m) => return Err(format!("message {i}: {m:?}")),
+                Read_::Eof => return Err(format!("message {i}: EOF")),
+                Read_::Timeout => return Err(format!("message {i} not delivered within 10 s")),
+            }
+        }
+        Ok(a)
+    });
     let frame = server_frame(OpCode::Text, b"n");
     for _ in 0..100_000 {
         assert!(ok(server.reactors()[0].send(Command::Deliver {
@@ -224,16 +244,7 @@ fn regression_a_burst_of_commands_is_drained_without_further_wakeups() {
             received: None,
         })));
     }
-    // Unfixed, the reactor crawls on (each unrelated wakeup drains one more batch); fixed,
-    // this takes well under a second.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    for i in 0..100_000 {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        assert!(
-            matches!(a.read(left), Read_::Msg(_)),
-            "message {i} not delivered within 10 s"
-        );
-    }
+    let a = reader.join().unwrap().unwrap();
     drop(a);
     server.shutdown(Duration::from_millis(100)).unwrap();
 }
