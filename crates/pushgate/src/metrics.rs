@@ -793,7 +793,7 @@ fn router_part(src: &Sources, out: &mut Families) {
         out.family(
             HISTORY_CLUSTER_EVENTS,
             COUNTER,
-            "Clustered history: live copies dropped as duplicates, gaps fetched from the stream (fill), gaps it could not fill in time (fill_failure), replays that failed (replay_failure), held messages dropped past the bound (overflow), live copies whose seq cannot stand in the stream's chain (unplaceable, dropped).",
+            "Clustered history: live copies dropped as duplicates, gaps fetched from the stream (fill), gaps it could not fill in time (fill_failure), replays that failed (replay_failure), held messages dropped past the bound (overflow), live copies whose seq cannot stand in the stream's chain (unplaceable, dropped), catch-ups after a subscription took effect (catch_up).",
             "event",
             [
                 ("duplicate", h.duplicates.get()),
@@ -802,6 +802,7 @@ fn router_part(src: &Sources, out: &mut Families) {
                 ("replay_failure", h.replay_failures.get()),
                 ("overflow", h.overflow.get()),
                 ("unplaceable", h.unplaceable.get()),
+                ("catch_up", h.catch_ups.get()),
             ],
         );
     }

@@ -399,6 +399,13 @@ fn a_copy_missed_while_away_arrives_after_the_reconnect() {
         .as_u64()
         .unwrap();
     assert_eq!(seqs(&messages(&mut c, 1, Duration::from_secs(5))), [first]);
+    // The subscription's own catch-up (on the fill thread) is done first: a copy stored
+    // before it would be delivered by it, not by the reconnect this test is about.
+    let catch_up = "pushgate_history_cluster_events_total{event=\"catch_up\"}";
+    assert!(
+        a.eventually(Duration::from_secs(10), |g| g.metric(catch_up) >= 1.0),
+        "the subscription's catch-up never ran"
+    );
     let mut raw = js.nats.client();
     raw.publish_with_headers(
         "pushgate.h.user.rc",

@@ -313,6 +313,9 @@ pub struct ClusterHistoryStats {
     pub overflow: Counter,
     /// Live copies that could not stand in the chain (a forged or corrupt seq), dropped.
     pub unplaceable: Counter,
+    /// Catch-ups done: a subscription took effect and the stream's latest message for it
+    /// was looked at (what was stored while the node was away is delivered then).
+    pub catch_ups: Counter,
 }
 
 /// Counts live copies of `id`'s chain that could not stand in it, and logs them: the

@@ -292,7 +292,9 @@ impl Router {
         if last(c).is_none() {
             return;
         }
-        match c.bus.latest(kind, uid, FILL_TIMEOUT) {
+        let latest = c.bus.latest(kind, uid, FILL_TIMEOUT);
+        c.stats.catch_ups.add(1);
+        match latest {
             Ok(Some(m)) => {
                 c.users.vouch(m.seq);
                 c.rooms.vouch(m.seq);
