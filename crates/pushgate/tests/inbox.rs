@@ -207,8 +207,16 @@ fn shared_frame_reaches_every_target_once() {
 fn regression_a_burst_of_commands_is_drained_without_further_wakeups() {
     // Found by the fan-out benchmark: the reactor handled a bounded batch of commands per
     // wakeup and then slept with the rest queued until some unrelated event.
+    // The outbound queue may hold the whole burst: its subject is the inbox drain, and a
+    // reader thread descheduled on a busy CI machine let more than the default 256 frames
+    // queue up (closed as a slow consumer at frame 77 760 once).
     let (server, rx) = start_with(ReactorConfig {
         inbox_depth: 200_000,
+        outbound: reactor::OutboundLimits {
+            max_bytes: 64 * 1024 * 1024,
+            max_messages: 200_000,
+            ..config().outbound
+        },
         ..config()
     });
     let mut a = Client::connect(server.local_addr(), "/ws?uid=a");
@@ -219,8 +227,7 @@ fn regression_a_burst_of_commands_is_drained_without_further_wakeups() {
     // The client reads while the burst is queued, as a live client does. One that reads
     // nothing until the end was closed as a slow consumer on io_uring after ~1 850 of
     // these 3-byte frames in most runs here (its socket stops taking the in-flight send
-    // long before its payload could fill it; see bench/RESULTS.md's open questions),
-    // which is not what this test is about.
+    // long before its payload could fill it; see bench/RESULTS.md's open questions).
     let reader = std::thread::spawn(move || {
         // Unfixed, the reactor crawls on (each unrelated wakeup drains one more batch);
         // fixed, this takes well under a second.
