@@ -166,6 +166,12 @@ pub mod names {
     pub const CLUSTER_PEERS: &str = "pushgate_cluster_peers";
     /// Counter: control messages from other nodes by kind.
     pub const BUS_CONTROL_RECEIVED: &str = "pushgate_bus_control_received_total";
+    /// Counter: `/v1/rooms/join` and `/v1/rooms/leave` requests by result.
+    pub const ROOM_REQUESTS: &str = "pushgate_room_requests_total";
+    /// Counter: server-side joins of this node's connections by result.
+    pub const SERVER_ROOM_JOINS: &str = "pushgate_server_room_joins_total";
+    /// Counter: server-side leaves of this node's connections by result.
+    pub const SERVER_ROOM_LEAVES: &str = "pushgate_server_room_leaves_total";
 }
 
 /// Reads one value from a reactor's counters.
@@ -206,13 +212,14 @@ impl Metrics {
     /// A registry holding one collector per part of the node.
     pub fn new(sources: Sources) -> anyhow::Result<Metrics> {
         let registry = Registry::new();
-        let parts: [(&'static str, Build); 7] = [
+        let parts: [(&'static str, Build); 8] = [
             ("reactors", reactors),
             ("inboxes", inboxes),
             ("control", control),
             ("router", router_part),
             ("bus", bus),
             ("operator", operator_part),
+            ("rooms", rooms_part),
             ("tls", tls_part),
         ];
         for (name, build) in parts {
@@ -913,6 +920,39 @@ fn bus(src: &Sources, out: &mut Families) {
     );
 }
 
+/// Server-side room membership: the API's requests and what the connections did.
+fn rooms_part(src: &Sources, out: &mut Families) {
+    use names::*;
+    use router::rooms::{ROOM_REQUEST_RESULTS, ROOM_RESULTS};
+    let rooms = src.router.room_stats();
+    out.family(
+        ROOM_REQUESTS,
+        COUNTER,
+        "/v1/rooms/join and /v1/rooms/leave requests: ok, bad_request, unavailable (bus down: changed on this node only).",
+        "result",
+        ROOM_REQUEST_RESULTS
+            .iter()
+            .zip(&rooms.requests)
+            .map(|(r, c)| (r, c.get())),
+    );
+    for (name, counters, what) in [
+        (
+            SERVER_ROOM_JOINS,
+            &rooms.join,
+            "joins (API and the subs claim)",
+        ),
+        (SERVER_ROOM_LEAVES, &rooms.leave, "leaves"),
+    ] {
+        out.family(
+            name,
+            COUNTER,
+            &format!("Server-side {what} of this node's connections: changed, unchanged (already so), refused (past the rooms one connection may be in), unreached (reactor inbox full)."),
+            "result",
+            ROOM_RESULTS.iter().zip(counters).map(|(r, c)| (r, c.get())),
+        );
+    }
+}
+
 /// Presence, disconnects, the per-user cap and the other nodes.
 fn operator_part(src: &Sources, out: &mut Families) {
     use crate::control::operator::{DISCONNECT_RESULTS, PRESENCE_RESULTS};
@@ -963,11 +1003,12 @@ fn operator_part(src: &Sources, out: &mut Families) {
     out.family(
         BUS_CONTROL_RECEIVED,
         COUNTER,
-        "Control messages from other nodes: presence (queries answered), disconnect (requests carried out), invalid (dropped), bad_reply (presence queries whose reply subject was not a control inbox: not answered).",
+        "Control messages from other nodes: presence (queries answered), disconnect (requests carried out), rooms (server-side room changes carried out), invalid (dropped), bad_reply (presence queries whose reply subject was not a control inbox: not answered).",
         "kind",
         [
             ("presence", ctl.queries_answered.get()),
             ("disconnect", ctl.disconnects_received.get()),
+            ("rooms", ctl.room_changes_received.get()),
             ("invalid", ctl.invalid.get()),
             ("bad_reply", ctl.bad_reply.get()),
         ],

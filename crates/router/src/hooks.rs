@@ -7,6 +7,7 @@ use reactor::{ConnRef, Hooks, ReactorStats};
 use session::client_protocol::RequestError;
 use session::ClientRequest;
 
+use crate::rooms::{Outcome, RoomOp, RoomTask};
 use crate::router::Router;
 
 /// `ConnInfo::replayed_from` after the first request.
@@ -138,6 +139,42 @@ impl RouterHooks {
         }
     }
 
+    /// The server puts `conn` in `room` (the API, or the token's `subs` claim), within
+    /// [`MAX_ROOMS_PER_CONNECTION`]. The client is told with `joined` first, so that the
+    /// room's messages, which can only be dispatched once the registry has the member,
+    /// come after it in the reactor's inbox.
+    /// `None`: the connection is not (or no longer) this reactor's.
+    fn server_join(&mut self, conn: ConnRef, room: &str) -> Option<Outcome> {
+        let info = info_mut(&mut self.conns, conn)?;
+        if info.rooms.iter().any(|r| **r == *room) {
+            return Some(Outcome::Unchanged);
+        }
+        if info.rooms.len() >= MAX_ROOMS_PER_CONNECTION {
+            self.stats.count_dropped("room_limit", 1);
+            return Some(Outcome::Refused);
+        }
+        self.router
+            .deliver_to(conn, session::messages::joined_by_server(room));
+        // Without `since` a join replays nothing and cannot fail.
+        let (room, _) = self.router.join_since(room, conn, None);
+        info.rooms.push(room);
+        Some(Outcome::Changed)
+    }
+
+    /// The server takes `conn` out of `room`; `left` goes after the last of its messages
+    /// already dispatched to the connection.
+    fn server_leave(&mut self, conn: ConnRef, room: &str) -> Option<Outcome> {
+        let info = info_mut(&mut self.conns, conn)?;
+        let Some(i) = info.rooms.iter().position(|r| **r == *room) else {
+            return Some(Outcome::Unchanged);
+        };
+        let room = info.rooms.swap_remove(i);
+        self.router.leave(&room, conn);
+        self.router
+            .deliver_to(conn, session::messages::left_by_server(&room));
+        Some(Outcome::Changed)
+    }
+
     /// A client's `send` from `uid` (`/ws` or `POST /send`): delivers it, and says why
     /// not when it was not taken.
     fn client_send(&self, uid: &str, to: &[String], data: &[u8]) -> Result<(), RequestError> {
@@ -226,6 +263,27 @@ impl Hooks for RouterHooks {
     fn send(&mut self, uid: &str, to: &[String], data: &bytes::Bytes) -> Result<(), RequestError> {
         self.stats.client_sends.add(1);
         self.client_send(uid, to, data)
+    }
+
+    fn subscribe(&mut self, conn: ConnRef, rooms: &[String]) {
+        for room in rooms {
+            if let Some(outcome) = self.server_join(conn, room) {
+                self.router.room_stats().count(RoomOp::Join, outcome);
+            }
+        }
+    }
+
+    fn on_task(&mut self, conn: ConnRef, task: &(dyn std::any::Any + Send + Sync)) {
+        let Some(t) = task.downcast_ref::<RoomTask>() else {
+            return;
+        };
+        let outcome = match t.op {
+            RoomOp::Join => self.server_join(conn, &t.room),
+            RoomOp::Leave => self.server_leave(conn, &t.room),
+        };
+        if let Some(outcome) = outcome {
+            t.done(outcome);
+        }
     }
 
     fn on_close(&mut self, conn: ConnRef) {

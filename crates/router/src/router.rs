@@ -19,6 +19,7 @@ use crate::cluster_history::UserSeq;
 use crate::history::{History, HistoryConfig};
 use crate::idempotency::Idempotency;
 use crate::registry::Registry;
+use crate::rooms::{RoomChange, RoomStats, RoomTally, RoomTask};
 use session::client_protocol::{self as cp, RequestError};
 use session::Welcome;
 
@@ -106,6 +107,7 @@ pub struct Router {
     clustered: Option<Clustered>,
     max_conns_per_user: usize,
     close_stats: CloseStats,
+    room_stats: Arc<RoomStats>,
 }
 
 impl Default for Router {
@@ -130,6 +132,7 @@ impl Router {
             clustered: None,
             max_conns_per_user: usize::MAX,
             close_stats: CloseStats::default(),
+            room_stats: Arc::default(),
         }
     }
 
@@ -197,6 +200,52 @@ impl Router {
         };
         counter.add(closed as u64);
         closed
+    }
+
+    /// Server-side room changes on this node's connections.
+    pub fn room_stats(&self) -> &Arc<RoomStats> {
+        &self.room_stats
+    }
+
+    /// Carries a room change to this node's connections of the user (of the device):
+    /// one [`Command::Task`] per reactor, counted into `tally`, which tells its owner
+    /// once every reactor is done with it. Never waits. Returns the connections found.
+    pub fn change_rooms_local(&self, req: &RoomChange, tally: &Arc<RoomTally>) -> usize {
+        let mut conns = Vec::new();
+        self.registry
+            .user_conns(&req.uid, req.device.as_deref(), None, &mut conns);
+        tally.addressed(conns.len());
+        if conns.is_empty() {
+            return 0;
+        }
+        let task = RoomTask::shared(
+            req.op,
+            &req.room,
+            Arc::clone(tally),
+            Arc::clone(&self.room_stats),
+        );
+        let mut targets: Vec<ConnRef> = conns.iter().map(|c| c.conn).collect();
+        targets.sort_unstable_by_key(|c| c.reactor);
+        let reactors = self.reactors.get().map(Vec::as_slice).unwrap_or_default();
+        let mut rest = targets.as_slice();
+        while let Some(first) = rest.first() {
+            let n = rest
+                .iter()
+                .take_while(|c| c.reactor == first.reactor)
+                .count();
+            let (mine, tail) = rest.split_at(n);
+            let sent = reactors.get(usize::from(first.reactor)).map(|r| {
+                r.send(Command::Task {
+                    targets: mine.to_vec(),
+                    task: Arc::clone(&task),
+                })
+            });
+            if !matches!(sent, Some(Ok(()))) {
+                self.room_stats.unreached(req.op, n);
+            }
+            rest = tail;
+        }
+        conns.len()
     }
 
     /// Registers a connection of `uid` on `device` under the per-user cap, closing what
@@ -968,5 +1017,9 @@ impl crate::bus::Inbound for Router {
 
     fn disconnect_local(&self, req: &Disconnect) -> usize {
         Router::disconnect_local(self, req)
+    }
+
+    fn change_rooms_local(&self, req: &RoomChange) {
+        Router::change_rooms_local(self, req, &RoomTally::new(None));
     }
 }

@@ -106,6 +106,13 @@ impl ControlState {
         if req.path == "/v1/presence" && req.method == "GET" && self.authorized(req) {
             return self.presence_later(req, parking);
         }
+        if let Some(op) = super::rooms::op_of(&req.path) {
+            return match (req.method.as_str(), self.authorized(req)) {
+                ("POST", true) => super::rooms::change(&self.router, op, &req.body, keep, parking),
+                ("POST", false) => Some(json_error(401, "missing or wrong API key", keep)),
+                _ => Some(json_error(405, "method not allowed", keep)),
+            };
+        }
         if matches!(req.path.as_str(), "/v1/presence" | "/v1/disconnect") {
             let (status, body) = self.operator(req);
             return Some(match body {

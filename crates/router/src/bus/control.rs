@@ -15,6 +15,8 @@
 //!   gone silent (see [`NAME_GONE_FOR`]) whose users it therefore cannot list.
 //! - `<prefix>.ctl.disconnect`: close a user's connections (of one device) everywhere;
 //!   no answer.
+//! - `<prefix>.ctl.rooms`: a server-side room change (`POST /v1/rooms/join|leave`) for a
+//!   user's connections everywhere; no answer.
 //!
 //! This module knows no NATS client: the bus thread subscribes to
 //! [`Control::subscriptions`], hands every message on them to [`Control::on_message`],
@@ -180,6 +182,8 @@ pub struct ControlStats {
     pub invalid: super::stats::Counter,
     /// Disconnect requests received from other nodes.
     pub disconnects_received: super::stats::Counter,
+    /// Server-side room changes received from other nodes.
+    pub room_changes_received: super::stats::Counter,
     /// Presence queries answered for other nodes.
     pub queries_answered: super::stats::Counter,
     /// Requests whose reply subject was not a control inbox (a delivery subject, say):
@@ -194,6 +198,7 @@ pub struct Control {
     node_subject: String,
     presence_subject: String,
     disconnect_subject: String,
+    rooms_subject: String,
     /// `<prefix>.ctl.reply.<boot>.`: this process's answers arrive under it.
     reply_prefix: String,
     /// Other nodes by name, and when each was last heard from.
@@ -224,6 +229,7 @@ impl Control {
             node_subject: format!("{prefix}.ctl.node"),
             presence_subject: format!("{prefix}.ctl.presence"),
             disconnect_subject: format!("{prefix}.ctl.disconnect"),
+            rooms_subject: format!("{prefix}.ctl.rooms"),
             reply_prefix: format!("{prefix}.ctl.reply.{boot:016x}."),
             peers: Mutex::new(HashMap::new()),
             suspect: Mutex::new(HashSet::new()),
@@ -243,11 +249,12 @@ impl Control {
     }
 
     /// The subjects the bus thread subscribes to for this module.
-    pub fn subscriptions(&self) -> [String; 4] {
+    pub fn subscriptions(&self) -> [String; 5] {
         [
             self.node_subject.clone(),
             self.presence_subject.clone(),
             self.disconnect_subject.clone(),
+            self.rooms_subject.clone(),
             format!("{}*", self.reply_prefix),
         ]
     }
@@ -336,6 +343,15 @@ impl Control {
     pub fn send_disconnect(&self, req: &Disconnect) -> Result<(), BusError> {
         self.queue(ControlOut {
             subject: self.disconnect_subject.clone(),
+            reply: None,
+            payload: json(req),
+        })
+    }
+
+    /// Queues a server-side room change for every other node.
+    pub fn send_room_change(&self, req: &crate::rooms::RoomChange) -> Result<(), BusError> {
+        self.queue(ControlOut {
+            subject: self.rooms_subject.clone(),
             reply: None,
             payload: json(req),
         })
@@ -488,6 +504,14 @@ impl Control {
                 Ok(d) if d.check().is_ok() => {
                     self.stats.disconnects_received.add(1);
                     router.disconnect_local(&d);
+                }
+                _ => self.stats.invalid.add(1),
+            }
+        } else if subject == self.rooms_subject {
+            match serde_json::from_slice::<crate::rooms::RoomChange>(payload) {
+                Ok(c) if c.check().is_ok() => {
+                    self.stats.room_changes_received.add(1);
+                    router.change_rooms_local(&c);
                 }
                 _ => self.stats.invalid.add(1),
             }

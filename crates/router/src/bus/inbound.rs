@@ -49,6 +49,8 @@ pub trait Inbound: Send + Sync {
     fn presence_local(&self, uid: &str, node: &str) -> Vec<PresenceEntry>;
     /// Closes this node's connections a disconnect names; how many.
     fn disconnect_local(&self, req: &Disconnect) -> usize;
+    /// Carries another node's server-side room change to this node's connections.
+    fn change_rooms_local(&self, req: &crate::rooms::RoomChange);
 }
 
 /// `payload` as one unmasked text frame, as the node's connections get it.

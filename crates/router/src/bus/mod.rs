@@ -129,6 +129,10 @@ pub trait ClusterBus: Send + Sync + Debug {
     fn disconnect(&self, _req: &Disconnect) -> Result<(), BusError> {
         Ok(())
     }
+    /// Asks the other nodes to carry out a server-side room change, without waiting.
+    fn change_rooms(&self, _req: &crate::rooms::RoomChange) -> Result<(), BusError> {
+        Ok(())
+    }
     /// The other nodes alive now.
     fn live_nodes(&self) -> Vec<String> {
         Vec::new()
@@ -183,6 +187,10 @@ impl<T: ClusterBus + ?Sized> ClusterBus for Arc<T> {
 
     fn disconnect(&self, req: &Disconnect) -> Result<(), BusError> {
         (**self).disconnect(req)
+    }
+
+    fn change_rooms(&self, req: &crate::rooms::RoomChange) -> Result<(), BusError> {
+        (**self).change_rooms(req)
     }
 
     fn live_nodes(&self) -> Vec<String> {

@@ -714,6 +714,15 @@ impl ClusterBus for NatsBus {
         Ok(())
     }
 
+    fn change_rooms(&self, req: &crate::rooms::RoomChange) -> Result<(), BusError> {
+        if !self.shared.is_ready() {
+            return Err(BusError::Disconnected);
+        }
+        self.shared.control.send_room_change(req)?;
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
     fn live_nodes(&self) -> Vec<String> {
         self.shared.control.live_peers(Instant::now())
     }
