@@ -22,15 +22,6 @@ use super::http::{json_error, response};
 /// loop turn; this only bounds a reactor that stopped).
 const ROOMS_PARK: Duration = Duration::from_secs(5);
 
-/// The op of a room path, if it is one.
-pub fn op_of(path: &str) -> Option<RoomOp> {
-    match path {
-        "/v1/rooms/join" => Some(RoomOp::Join),
-        "/v1/rooms/leave" => Some(RoomOp::Leave),
-        _ => None,
-    }
-}
-
 /// Serves an authorized `POST` to a room path: `None` when parked (the completion
 /// answers), else the response.
 pub fn change(

@@ -106,7 +106,12 @@ impl ControlState {
         if req.path == "/v1/presence" && req.method == "GET" && self.authorized(req) {
             return self.presence_later(req, parking);
         }
-        if let Some(op) = super::rooms::op_of(&req.path) {
+        let room_op = match req.path.as_str() {
+            "/v1/rooms/join" => Some(router::rooms::RoomOp::Join),
+            "/v1/rooms/leave" => Some(router::rooms::RoomOp::Leave),
+            _ => None,
+        };
+        if let Some(op) = room_op {
             return match (req.method.as_str(), self.authorized(req)) {
                 ("POST", true) => super::rooms::change(&self.router, op, &req.body, keep, parking),
                 ("POST", false) => Some(json_error(401, "missing or wrong API key", keep)),
