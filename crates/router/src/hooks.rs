@@ -217,6 +217,7 @@ impl Hooks for RouterHooks {
         since: Option<u64>,
     ) -> Option<session::Welcome> {
         let (uid, welcome, opened) = self.router.open_user(uid, conn, device, since);
+        self.router.conn_event(&uid, device, conn, true);
         // Pending: `welcomed` says where the replay started.
         let pending = welcome.is_none();
         let i = conn.index as usize;
@@ -296,6 +297,8 @@ impl Hooks for RouterHooks {
                 self.router.leave(room, conn);
             }
             self.router.close_user(&info.uid, conn);
+            let device = info.extra.as_ref().and_then(|e| e.device.as_deref());
+            self.router.conn_event(&info.uid, device, conn, false);
         }
     }
 }

@@ -12,6 +12,8 @@
 //!   itself is in JetStream, `bus::jetstream`).
 //! - [`rooms`]: server-side room membership (the API's joins and leaves, the `subs`
 //!   claim), carried to each connection's reactor.
+//! - [`undelivered`]: deadlines of the messages this node accepted, for the undelivered
+//!   hook.
 //! - [`hooks`]: the per-reactor bookkeeping of which user and rooms each connection has,
 //!   fed by the reactor and feeding the registry.
 
@@ -22,6 +24,7 @@ pub mod hooks;
 pub mod idempotency;
 pub mod registry;
 pub mod rooms;
+pub mod undelivered;
 pub mod router;
 
 pub use bus::{BusError, ClusterBus, InProcess, JsConfig, NatsBus, NatsConfig};

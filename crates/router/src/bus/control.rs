@@ -15,6 +15,10 @@
 //!   gone silent (see [`NAME_GONE_FOR`]) whose users it therefore cannot list.
 //! - `<prefix>.ctl.disconnect`: close a user's connections (of one device) everywhere;
 //!   no answer.
+//! - `<prefix>.h.ack.>` (only on a node with the undelivered hook on): the acks other
+//!   nodes store, so that the node owning a message's deadline learns of them.
+//! - `<prefix>.events` (published, never subscribed): connect, disconnect and undelivered
+//!   events for backends on the bus.
 //! - `<prefix>.ctl.rooms`: a server-side room change (`POST /v1/rooms/join|leave`) for a
 //!   user's connections everywhere; no answer.
 //!
@@ -199,6 +203,11 @@ pub struct Control {
     presence_subject: String,
     disconnect_subject: String,
     rooms_subject: String,
+    /// `<prefix>.h.ack.`: acks stored by the nodes, under it.
+    acks_prefix: String,
+    /// Subscribe to the acks (the undelivered hook is on).
+    watch_acks: std::sync::atomic::AtomicBool,
+    events_subject: String,
     /// `<prefix>.ctl.reply.<boot>.`: this process's answers arrive under it.
     reply_prefix: String,
     /// Other nodes by name, and when each was last heard from.
@@ -230,6 +239,9 @@ impl Control {
             presence_subject: format!("{prefix}.ctl.presence"),
             disconnect_subject: format!("{prefix}.ctl.disconnect"),
             rooms_subject: format!("{prefix}.ctl.rooms"),
+            acks_prefix: format!("{prefix}.h.ack."),
+            watch_acks: std::sync::atomic::AtomicBool::new(false),
+            events_subject: format!("{prefix}.events"),
             reply_prefix: format!("{prefix}.ctl.reply.{boot:016x}."),
             peers: Mutex::new(HashMap::new()),
             suspect: Mutex::new(HashSet::new()),
@@ -249,14 +261,33 @@ impl Control {
     }
 
     /// The subjects the bus thread subscribes to for this module.
-    pub fn subscriptions(&self) -> [String; 5] {
-        [
+    pub fn subscriptions(&self) -> Vec<String> {
+        let mut subjects = vec![
             self.node_subject.clone(),
             self.presence_subject.clone(),
             self.disconnect_subject.clone(),
             self.rooms_subject.clone(),
             format!("{}*", self.reply_prefix),
-        ]
+        ];
+        if self.watch_acks.load(Ordering::Relaxed) {
+            subjects.push(format!("{}>", self.acks_prefix));
+        }
+        subjects
+    }
+
+    /// Subscribes to the acks the nodes store (the undelivered hook): to be called
+    /// before the bus thread starts.
+    pub fn watch_acks(&self) {
+        self.watch_acks.store(true, Ordering::Relaxed);
+    }
+
+    /// Queues an event for `<prefix>.events`.
+    pub fn send_event(&self, payload: Bytes) -> Result<(), BusError> {
+        self.queue(ControlOut {
+            subject: self.events_subject.clone(),
+            reply: None,
+            payload,
+        })
     }
 
     /// What to publish now: queued messages, and an announcement when one is due.
@@ -505,6 +536,18 @@ impl Control {
                     self.stats.disconnects_received.add(1);
                     router.disconnect_local(&d);
                 }
+                _ => self.stats.invalid.add(1),
+            }
+        } else if let Some(rest) = subject.strip_prefix(&self.acks_prefix) {
+            // `<user>.<device>`, each encoded without dots; the payload is the seq.
+            let uid = rest
+                .split_once('.')
+                .and_then(|(u, _)| super::subject::decode_id(u));
+            let seq = std::str::from_utf8(payload)
+                .ok()
+                .and_then(|p| p.trim().parse::<u64>().ok());
+            match (uid, seq) {
+                (Some(uid), Some(seq)) => router.acked_elsewhere(&uid, seq),
                 _ => self.stats.invalid.add(1),
             }
         } else if subject == self.rooms_subject {

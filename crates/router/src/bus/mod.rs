@@ -133,6 +133,11 @@ pub trait ClusterBus: Send + Sync + Debug {
     fn change_rooms(&self, _req: &crate::rooms::RoomChange) -> Result<(), BusError> {
         Ok(())
     }
+    /// Publishes an event (JSON) on `<prefix>.events`, without waiting; a node alone has
+    /// no bus to publish it on.
+    fn publish_event(&self, _payload: Bytes) -> Result<(), BusError> {
+        Err(BusError::Disconnected)
+    }
     /// The other nodes alive now.
     fn live_nodes(&self) -> Vec<String> {
         Vec::new()
@@ -191,6 +196,10 @@ impl<T: ClusterBus + ?Sized> ClusterBus for Arc<T> {
 
     fn change_rooms(&self, req: &crate::rooms::RoomChange) -> Result<(), BusError> {
         (**self).change_rooms(req)
+    }
+
+    fn publish_event(&self, payload: Bytes) -> Result<(), BusError> {
+        (**self).publish_event(payload)
     }
 
     fn live_nodes(&self) -> Vec<String> {
