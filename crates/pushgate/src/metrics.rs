@@ -172,6 +172,14 @@ pub mod names {
     pub const SERVER_ROOM_JOINS: &str = "pushgate_server_room_joins_total";
     /// Counter: server-side leaves of this node's connections by result.
     pub const SERVER_ROOM_LEAVES: &str = "pushgate_server_room_leaves_total";
+    /// Counter: messages given an undelivered deadline, and how each ended.
+    pub const UNDELIVERED: &str = "pushgate_undelivered_total";
+    /// Gauge: messages waiting for their undelivered deadline.
+    pub const UNDELIVERED_PENDING: &str = "pushgate_undelivered_pending";
+    /// Counter: webhook events by result.
+    pub const WEBHOOK_EVENTS: &str = "pushgate_webhook_events_total";
+    /// Counter: webhook attempts that failed and were retried.
+    pub const WEBHOOK_RETRIES: &str = "pushgate_webhook_retries_total";
 }
 
 /// Reads one value from a reactor's counters.
@@ -200,6 +208,8 @@ pub struct Sources {
     pub tls: Option<reactor::tls::TlsAcceptor>,
     /// This node's name.
     pub node_id: String,
+    /// The webhook's counters, when it is on.
+    pub webhook: Option<Arc<crate::webhook::WebhookStats>>,
 }
 
 /// The node's metrics registry.
@@ -212,7 +222,7 @@ impl Metrics {
     /// A registry holding one collector per part of the node.
     pub fn new(sources: Sources) -> anyhow::Result<Metrics> {
         let registry = Registry::new();
-        let parts: [(&'static str, Build); 8] = [
+        let parts: [(&'static str, Build); 9] = [
             ("reactors", reactors),
             ("inboxes", inboxes),
             ("control", control),
@@ -220,6 +230,7 @@ impl Metrics {
             ("bus", bus),
             ("operator", operator_part),
             ("rooms", rooms_part),
+            ("events", events_part),
             ("tls", tls_part),
         ];
         for (name, build) in parts {
@@ -917,6 +928,52 @@ fn bus(src: &Sources, out: &mut Families) {
         BUS_LATENCY,
         "Publish on any node (by its clock) to delivery handed to the reactors here.",
         std::iter::once(&stats.latency),
+    );
+}
+
+/// The undelivered hook and its webhook.
+fn events_part(src: &Sources, out: &mut Families) {
+    use names::*;
+    use router::undelivered::UNDELIVERED_RESULTS;
+    let none = router::undelivered::UndeliveredStats::default();
+    let d = src.router.undelivered();
+    let u = d.map_or(&none, |d| d.stats());
+    out.family(
+        UNDELIVERED,
+        COUNTER,
+        "User messages accepted here given an undelivered deadline (tracked), and how each ended: acked in time, notified (no device acked: a notice went out), dropped (--undelivered-max-pending deadlines were pending).",
+        "result",
+        UNDELIVERED_RESULTS.iter().zip([
+            u.tracked.get(),
+            u.acked.get(),
+            u.notified.get(),
+            u.dropped.get(),
+        ]),
+    );
+    out.single(
+        UNDELIVERED_PENDING,
+        GAUGE,
+        "Messages waiting for their undelivered deadline.",
+        d.map_or(0, |d| d.pending() as u64),
+    );
+    let none = crate::webhook::WebhookStats::default();
+    let w = src.webhook.as_deref().unwrap_or(&none);
+    out.family(
+        WEBHOOK_EVENTS,
+        COUNTER,
+        "Webhook events: sent (answered 2xx), failed (every retry failed), dropped (the queue was full).",
+        "result",
+        [
+            ("sent", w.sent.get()),
+            ("failed", w.failed.get()),
+            ("dropped", w.dropped.get()),
+        ],
+    );
+    out.single(
+        WEBHOOK_RETRIES,
+        COUNTER,
+        "Webhook attempts that failed and were retried (exponential backoff).",
+        w.retries.get(),
     );
 }
 

@@ -24,8 +24,8 @@ pub mod hooks;
 pub mod idempotency;
 pub mod registry;
 pub mod rooms;
-pub mod undelivered;
 pub mod router;
+pub mod undelivered;
 
 pub use bus::{BusError, ClusterBus, InProcess, JsConfig, NatsBus, NatsConfig};
 pub use history::HistoryConfig;

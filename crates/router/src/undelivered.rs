@@ -244,7 +244,9 @@ mod tests {
             }]
         );
         assert_eq!((&*due[1].0, due[1].1[0].seq), ("bob", 7));
-        assert!(d.take_due(Instant::now() + Duration::from_secs(2)).is_empty());
+        assert!(d
+            .take_due(Instant::now() + Duration::from_secs(2))
+            .is_empty());
         assert_eq!(
             (d.stats.acked.get(), d.stats.notified.get()),
             (1, 2),
