@@ -730,9 +730,12 @@ impl Settings {
                 },
             },
             events: EventSettings {
-                undelivered_after: match pick!(undelivered_after, 0.0) {
-                    v if v == 0.0 => None,
-                    v => Some(secs("undelivered_after", v)?),
+                undelivered_after: {
+                    let v = pick!(undelivered_after, 0.0);
+                    // 0 turns the hook off; anything else is a deadline.
+                    (v != 0.0)
+                        .then(|| secs("undelivered_after", v))
+                        .transpose()?
                 },
                 undelivered_max_pending: pick!(undelivered_max_pending, 1_000_000).max(1),
                 webhook: match k.webhook_url.clone().filter(|u| !u.is_empty()) {
