@@ -317,6 +317,44 @@ mod tests {
     }
 
     #[test]
+    fn server_joins_respect_the_room_limit_and_are_tallied() {
+        use crate::rooms::{RoomTally, RoomTask};
+        let router = Arc::new(Router::new());
+        let mut h = RouterHooks::new(Arc::clone(&router), Arc::default());
+        let _ = h.open(c(1, 1), "eve", None, None);
+        let subs: Vec<String> = (0..MAX_ROOMS_PER_CONNECTION)
+            .map(|i| format!("r{i}"))
+            .collect();
+        h.subscribe(c(1, 1), &subs);
+        assert_eq!(router.registry().rooms(), MAX_ROOMS_PER_CONNECTION);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let run = |h: &mut RouterHooks, op, room: &str| {
+            let tx = tx.clone();
+            let tally = RoomTally::new(Some(Box::new(move |counts| {
+                let _ = tx.send(counts);
+            })));
+            tally.addressed(2);
+            let task = RoomTask::shared(op, room, tally, Arc::clone(router.room_stats()));
+            // A stale reference is not reached; the live one is.
+            h.on_task(c(1, 0), &*task);
+            h.on_task(c(1, 1), &*task);
+        };
+        run(&mut h, RoomOp::Join, "one-more");
+        let got = rx.try_recv().unwrap();
+        assert_eq!((got.refused, got.unreached), (1, 1));
+        run(&mut h, RoomOp::Leave, "r0");
+        assert_eq!(rx.try_recv().unwrap().changed, 1);
+        run(&mut h, RoomOp::Join, "one-more");
+        assert_eq!(rx.try_recv().unwrap().changed, 1);
+        run(&mut h, RoomOp::Join, "one-more");
+        assert_eq!(rx.try_recv().unwrap().unchanged, 1);
+        assert!(router.registry().contains(Kind::Room, "one-more"));
+        assert!(!router.registry().contains(Kind::Room, "r0"));
+        h.on_close(c(1, 1));
+        assert_eq!(router.registry().rooms(), 0, "every room left at close");
+    }
+
+    #[test]
     fn stale_references_leave_the_slot_alone() {
         let router = Arc::new(Router::new());
         let mut h = RouterHooks::new(Arc::clone(&router), Arc::default());
