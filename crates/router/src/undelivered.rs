@@ -76,7 +76,6 @@ struct User {
 struct State {
     queue: VecDeque<Pending>,
     users: HashMap<Arc<str>, User>,
-    stopped: bool,
 }
 
 /// The deadlines of the messages this node accepted.
@@ -183,16 +182,13 @@ impl Deadlines {
         out
     }
 
-    /// Runs the deadlines until [`Deadlines::stop`], handing notices to `sink`.
+    /// Runs the deadlines for the life of the process, handing notices to `sink`.
     pub fn run(&self, sink: &dyn EventSink) {
         loop {
             for (uid, messages) in self.take_due(Instant::now()) {
                 sink.undelivered(&uid, messages);
             }
             let mut s = self.state.lock();
-            if s.stopped {
-                return;
-            }
             let until = s
                 .queue
                 .front()
@@ -212,12 +208,6 @@ impl Deadlines {
         std::thread::Builder::new()
             .name("pushgate-undelivered".into())
             .spawn(move || me.run(&*sink))
-    }
-
-    /// Ends [`Deadlines::run`].
-    pub fn stop(&self) {
-        self.state.lock().stopped = true;
-        self.wake.notify_one();
     }
 }
 
