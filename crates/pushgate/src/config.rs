@@ -180,6 +180,40 @@ pub struct Keys {
     /// Most users one /v1/presence query may name, at most 1000 [default: 100].
     #[arg(long, env = "PUSHGATE_PRESENCE_MAX_UIDS")]
     pub presence_max_uids: Option<usize>,
+    /// Seconds after which a message to a user that none of the user's devices acked
+    /// is reported to the backend (webhook and bus events); needs history. 0 = off
+    /// [default: 0].
+    #[arg(long, env = "PUSHGATE_UNDELIVERED_AFTER")]
+    pub undelivered_after: Option<f64>,
+    /// Messages waiting for their undelivered deadline, at most; past it a message is
+    /// not tracked (counted as dropped) [default: 1000000].
+    #[arg(long, env = "PUSHGATE_UNDELIVERED_MAX_PENDING")]
+    pub undelivered_max_pending: Option<usize>,
+    /// http:// URL the undelivered notices are POSTed to [default: none].
+    #[arg(long, env = "PUSHGATE_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// Key of the HMAC-SHA256 signature of each webhook body (required with
+    /// --webhook-url).
+    #[arg(long, env = "PUSHGATE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Webhook events waiting to be sent, at most; past it they are dropped
+    /// [default: 10000].
+    #[arg(long, env = "PUSHGATE_WEBHOOK_QUEUE")]
+    pub webhook_queue: Option<usize>,
+    /// Events per webhook request, at most [default: 100].
+    #[arg(long, env = "PUSHGATE_WEBHOOK_BATCH")]
+    pub webhook_batch: Option<usize>,
+    /// Seconds one webhook attempt may take (connect, send, answer) [default: 5].
+    #[arg(long, env = "PUSHGATE_WEBHOOK_TIMEOUT")]
+    pub webhook_timeout: Option<f64>,
+    /// Retries of a failed webhook request, with exponential backoff from 0.2 s
+    /// [default: 5].
+    #[arg(long, env = "PUSHGATE_WEBHOOK_RETRIES")]
+    pub webhook_retries: Option<u32>,
+    /// Publish connect, disconnect and undelivered events on <bus_prefix>.events
+    /// [default: false].
+    #[arg(long, env = "PUSHGATE_BUS_EVENTS")]
+    pub bus_events: Option<bool>,
     /// Development mode, the only way to start without a JWT key (then `?uid=` is trusted
     /// as the user ID), to leave the API key unset on a control listener beyond loopback,
     /// and to serve /echo without authentication. Never on a reachable node
@@ -405,6 +439,21 @@ pub struct Settings {
     pub max_conns_per_user: usize,
     /// Bounds of `/v1/presence`.
     pub operator: crate::control::OperatorLimits,
+    /// The undelivered hook and the events, when on.
+    pub events: EventSettings,
+}
+
+/// The undelivered hook and the node's events.
+#[derive(Debug, Clone)]
+pub struct EventSettings {
+    /// Deadline of a message (`None`: the hook is off).
+    pub undelivered_after: Option<Duration>,
+    /// Deadlines pending, at most.
+    pub undelivered_max_pending: usize,
+    /// The webhook, when configured.
+    pub webhook: Option<crate::webhook::WebhookConfig>,
+    /// Publish events on `<prefix>.events`.
+    pub bus_events: bool,
 }
 
 fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -679,6 +728,31 @@ impl Settings {
                     n @ 1..=1000 => n,
                     n => bail!("presence_max_uids must be between 1 and 1000, got {n}"),
                 },
+            },
+            events: EventSettings {
+                undelivered_after: {
+                    let v = pick!(undelivered_after, 0.0);
+                    // 0 turns the hook off; anything else is a deadline.
+                    (v != 0.0)
+                        .then(|| secs("undelivered_after", v))
+                        .transpose()?
+                },
+                undelivered_max_pending: pick!(undelivered_max_pending, 1_000_000).max(1),
+                webhook: match k.webhook_url.clone().filter(|u| !u.is_empty()) {
+                    None => None,
+                    Some(url) => Some(crate::webhook::WebhookConfig {
+                        url,
+                        secret: match k.webhook_secret.clone().filter(|s| !s.is_empty()) {
+                            Some(s) => s,
+                            None => bail!("webhook_url needs webhook_secret (the body's HMAC key)"),
+                        },
+                        queue: pick!(webhook_queue, 10_000).max(1),
+                        batch: pick!(webhook_batch, 100).clamp(1, 10_000),
+                        timeout: secs("webhook_timeout", pick!(webhook_timeout, 5.0))?,
+                        retries: pick!(webhook_retries, 5),
+                    }),
+                },
+                bus_events: pick!(bus_events, false),
             },
             history: router::HistoryConfig {
                 size: pick!(history_size, default::HISTORY_SIZE),

@@ -6,3 +6,4 @@ pub mod control;
 pub mod limits;
 pub mod metrics;
 pub mod token;
+pub mod webhook;

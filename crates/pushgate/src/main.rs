@@ -65,6 +65,56 @@ fn reload_tls(tls: Option<&reactor::tls::TlsAcceptor>) {
     }
 }
 
+/// The undelivered hook (its deadlines' thread, the webhook's) and the bus events, as
+/// configured; returns the webhook's counters. Before the bus thread starts: the acks'
+/// subscription is among its first.
+fn start_events(
+    settings: &Settings,
+    router: &Arc<Router>,
+    nats: Option<&NatsBus>,
+    node_id: &str,
+) -> anyhow::Result<Option<Arc<pushgate::webhook::WebhookStats>>> {
+    use pushgate::webhook::{Events, Webhook};
+    let ev = &settings.events;
+    if ev.undelivered_after.is_none() && !ev.bus_events {
+        if ev.webhook.is_some() {
+            tracing::warn!(
+                "webhook_url is set but undelivered_after is not: nothing will be posted"
+            );
+        }
+        return Ok(None);
+    }
+    let webhook = match (&ev.webhook, ev.undelivered_after) {
+        (Some(w), Some(_)) => Some(Webhook::start(w.clone(), node_id.to_owned())?),
+        _ => None,
+    };
+    let stats = webhook.as_ref().map(|w| Arc::clone(w.stats()));
+    let events = Arc::new(Events {
+        webhook,
+        router: Arc::downgrade(router),
+        bus_events: ev.bus_events && nats.is_some(),
+        node: node_id.to_owned(),
+        bus_dropped: Default::default(),
+    });
+    if ev.bus_events && nats.is_some() {
+        router.set_conn_events(Arc::clone(&events) as _);
+    }
+    if let Some(after) = ev.undelivered_after {
+        if settings.history.size == 0 {
+            anyhow::bail!("undelivered_after needs history (history_size > 0): acks are per seq");
+        }
+        let deadlines = router::undelivered::Deadlines::new(after, ev.undelivered_max_pending);
+        router.set_undelivered(Arc::clone(&deadlines));
+        deadlines
+            .start(events)
+            .context("starting the undelivered hook thread")?;
+        if let Some(bus) = nats {
+            bus.watch_acks();
+        }
+    }
+    Ok(stats)
+}
+
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let fd_limit = limits::raise_nofile().context("raising the open-files limit")?;
     let settings = Settings::resolve(cli, fd_limit)?;
@@ -106,6 +156,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         .with_max_conns_per_user(settings.max_conns_per_user),
     );
+    let webhook_stats = start_events(&settings, &router, nats.as_deref(), &node_id)?;
     let hooks_router = Arc::clone(&router);
     // The reactors serve the control listener too; its routes need the reactors' handles,
     // so they get the state once the reactors are bound.
@@ -135,6 +186,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         operator: Arc::clone(&operator_stats),
         tls: tls.clone(),
         node_id: node_id.clone(),
+        webhook: webhook_stats,
     })
     .context("registering the metrics")?;
     let _ = control_state.set(Arc::new(ControlState {

@@ -166,6 +166,20 @@ pub mod names {
     pub const CLUSTER_PEERS: &str = "pushgate_cluster_peers";
     /// Counter: control messages from other nodes by kind.
     pub const BUS_CONTROL_RECEIVED: &str = "pushgate_bus_control_received_total";
+    /// Counter: `/v1/rooms/join` and `/v1/rooms/leave` requests by result.
+    pub const ROOM_REQUESTS: &str = "pushgate_room_requests_total";
+    /// Counter: server-side joins of this node's connections by result.
+    pub const SERVER_ROOM_JOINS: &str = "pushgate_server_room_joins_total";
+    /// Counter: server-side leaves of this node's connections by result.
+    pub const SERVER_ROOM_LEAVES: &str = "pushgate_server_room_leaves_total";
+    /// Counter: messages given an undelivered deadline, and how each ended.
+    pub const UNDELIVERED: &str = "pushgate_undelivered_total";
+    /// Gauge: messages waiting for their undelivered deadline.
+    pub const UNDELIVERED_PENDING: &str = "pushgate_undelivered_pending";
+    /// Counter: webhook events by result.
+    pub const WEBHOOK_EVENTS: &str = "pushgate_webhook_events_total";
+    /// Counter: webhook attempts that failed and were retried.
+    pub const WEBHOOK_RETRIES: &str = "pushgate_webhook_retries_total";
 }
 
 /// Reads one value from a reactor's counters.
@@ -194,6 +208,8 @@ pub struct Sources {
     pub tls: Option<reactor::tls::TlsAcceptor>,
     /// This node's name.
     pub node_id: String,
+    /// The webhook's counters, when it is on.
+    pub webhook: Option<Arc<crate::webhook::WebhookStats>>,
 }
 
 /// The node's metrics registry.
@@ -206,13 +222,15 @@ impl Metrics {
     /// A registry holding one collector per part of the node.
     pub fn new(sources: Sources) -> anyhow::Result<Metrics> {
         let registry = Registry::new();
-        let parts: [(&'static str, Build); 7] = [
+        let parts: [(&'static str, Build); 9] = [
             ("reactors", reactors),
             ("inboxes", inboxes),
             ("control", control),
             ("router", router_part),
             ("bus", bus),
             ("operator", operator_part),
+            ("rooms", rooms_part),
+            ("events", events_part),
             ("tls", tls_part),
         ];
         for (name, build) in parts {
@@ -913,6 +931,85 @@ fn bus(src: &Sources, out: &mut Families) {
     );
 }
 
+/// The undelivered hook and its webhook.
+fn events_part(src: &Sources, out: &mut Families) {
+    use names::*;
+    use router::undelivered::UNDELIVERED_RESULTS;
+    let none = router::undelivered::UndeliveredStats::default();
+    let d = src.router.undelivered();
+    let u = d.map_or(&none, |d| d.stats());
+    out.family(
+        UNDELIVERED,
+        COUNTER,
+        "User messages accepted here given an undelivered deadline (tracked), and how each ended: acked in time, notified (no device acked: a notice went out), dropped (--undelivered-max-pending deadlines were pending).",
+        "result",
+        UNDELIVERED_RESULTS.iter().zip([
+            u.tracked.get(),
+            u.acked.get(),
+            u.notified.get(),
+            u.dropped.get(),
+        ]),
+    );
+    out.single(
+        UNDELIVERED_PENDING,
+        GAUGE,
+        "Messages waiting for their undelivered deadline.",
+        d.map_or(0, |d| d.pending() as u64),
+    );
+    let none = crate::webhook::WebhookStats::default();
+    let w = src.webhook.as_deref().unwrap_or(&none);
+    out.family(
+        WEBHOOK_EVENTS,
+        COUNTER,
+        "Webhook events: sent (answered 2xx), failed (every retry failed), dropped (the queue was full).",
+        "result",
+        [
+            ("sent", w.sent.get()),
+            ("failed", w.failed.get()),
+            ("dropped", w.dropped.get()),
+        ],
+    );
+    out.single(
+        WEBHOOK_RETRIES,
+        COUNTER,
+        "Webhook attempts that failed and were retried (exponential backoff).",
+        w.retries.get(),
+    );
+}
+
+/// Server-side room membership: the API's requests and what the connections did.
+fn rooms_part(src: &Sources, out: &mut Families) {
+    use names::*;
+    use router::rooms::{ROOM_REQUEST_RESULTS, ROOM_RESULTS};
+    let rooms = src.router.room_stats();
+    out.family(
+        ROOM_REQUESTS,
+        COUNTER,
+        "/v1/rooms/join and /v1/rooms/leave requests: ok, bad_request, unavailable (bus down: changed on this node only).",
+        "result",
+        ROOM_REQUEST_RESULTS
+            .iter()
+            .zip(&rooms.requests)
+            .map(|(r, c)| (r, c.get())),
+    );
+    for (name, counters, what) in [
+        (
+            SERVER_ROOM_JOINS,
+            &rooms.join,
+            "joins (API and the subs claim)",
+        ),
+        (SERVER_ROOM_LEAVES, &rooms.leave, "leaves"),
+    ] {
+        out.family(
+            name,
+            COUNTER,
+            &format!("Server-side {what} of this node's connections: changed, unchanged (already so), refused (past the rooms one connection may be in), unreached (reactor inbox full)."),
+            "result",
+            ROOM_RESULTS.iter().zip(counters).map(|(r, c)| (r, c.get())),
+        );
+    }
+}
+
 /// Presence, disconnects, the per-user cap and the other nodes.
 fn operator_part(src: &Sources, out: &mut Families) {
     use crate::control::operator::{DISCONNECT_RESULTS, PRESENCE_RESULTS};
@@ -963,11 +1060,12 @@ fn operator_part(src: &Sources, out: &mut Families) {
     out.family(
         BUS_CONTROL_RECEIVED,
         COUNTER,
-        "Control messages from other nodes: presence (queries answered), disconnect (requests carried out), invalid (dropped), bad_reply (presence queries whose reply subject was not a control inbox: not answered).",
+        "Control messages from other nodes: presence (queries answered), disconnect (requests carried out), rooms (server-side room changes carried out), invalid (dropped), bad_reply (presence queries whose reply subject was not a control inbox: not answered).",
         "kind",
         [
             ("presence", ctl.queries_answered.get()),
             ("disconnect", ctl.disconnects_received.get()),
+            ("rooms", ctl.room_changes_received.get()),
             ("invalid", ctl.invalid.get()),
             ("bad_reply", ctl.bad_reply.get()),
         ],

@@ -1,6 +1,6 @@
 //! `pushgate token`: mints an HS256 client token for development, tests and the example,
 //! with the claims the gateway reads (docs/PROTOCOL.md, "Identity and auth"): `sub`, `exp`
-//! and optionally `rooms`. Production tokens come from the application's own backend.
+//! and optionally `rooms` and `subs`. Production tokens come from the application's own backend.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde::Serialize;
-use session::auth::MAX_ID_LEN;
+use session::auth::{MAX_ID_LEN, MAX_SUBS};
 
 /// Prints an HS256 token for a pushgate node started with the same `--jwt-secret`.
 #[derive(Debug, Parser)]
@@ -29,6 +29,10 @@ pub struct TokenArgs {
     /// prefix) [default: no claim, any room].
     #[arg(long, value_delimiter = ',')]
     pub rooms: Option<Vec<String>>,
+    /// Comma-separated rooms the connection joins when it opens (claim `subs`; at most
+    /// 256, exact names) [default: no claim].
+    #[arg(long, value_delimiter = ',')]
+    pub subs: Option<Vec<String>>,
     /// Seconds the token stays valid (claim `exp`).
     #[arg(long, default_value_t = 3600)]
     pub ttl: u64,
@@ -40,6 +44,8 @@ struct Claims<'a> {
     exp: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     rooms: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    subs: &'a [String],
 }
 
 /// Why no token was minted.
@@ -50,6 +56,9 @@ pub enum TokenError {
     /// A room in `--rooms` empty (`--rooms ''`, `a,,b`) or over [`MAX_ID_LEN`] bytes: it
     /// would grant no room a client can name.
     BadRoom,
+    /// A room in `--subs` empty or over [`MAX_ID_LEN`] bytes, or more than
+    /// [`MAX_SUBS`] of them: the gateway would refuse the token.
+    BadSubs,
     /// An empty secret would let anyone mint tokens.
     EmptySecret,
     /// A zero TTL makes a token that is expired when minted.
@@ -65,6 +74,10 @@ impl std::fmt::Display for TokenError {
             TokenError::BadRoom => write!(
                 f,
                 "each room in --rooms must be 1 to {MAX_ID_LEN} bytes (omit --rooms for any room)"
+            ),
+            TokenError::BadSubs => write!(
+                f,
+                "--subs must name at most {MAX_SUBS} rooms of 1 to {MAX_ID_LEN} bytes each"
             ),
             TokenError::EmptySecret => f.write_str("--secret must not be empty"),
             TokenError::ZeroTtl => f.write_str("--ttl must be at least 1 second"),
@@ -83,6 +96,21 @@ pub fn mint(
     ttl: Duration,
     now: SystemTime,
 ) -> Result<String, TokenError> {
+    mint_with_subs(secret, sub, rooms, &[], ttl, now)
+}
+
+/// [`mint`] with a `subs` claim (left out when empty): rooms joined at connect.
+pub fn mint_with_subs(
+    secret: &[u8],
+    sub: &str,
+    rooms: Option<&[String]>,
+    subs: &[String],
+    ttl: Duration,
+    now: SystemTime,
+) -> Result<String, TokenError> {
+    if subs.len() > MAX_SUBS || subs.iter().any(|r| r.is_empty() || r.len() > MAX_ID_LEN) {
+        return Err(TokenError::BadSubs);
+    }
     if sub.is_empty() || sub.len() > MAX_ID_LEN {
         return Err(TokenError::BadSub);
     }
@@ -101,6 +129,7 @@ pub fn mint(
         sub,
         exp: now.saturating_add(ttl.as_secs()),
         rooms,
+        subs,
     };
     encode(
         &Header::default(),
@@ -114,10 +143,12 @@ pub fn mint(
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let args = TokenArgs::parse_from(args);
     let rooms = args.rooms.as_deref().map(trimmed);
-    match mint(
+    let subs = args.subs.as_deref().map(trimmed).unwrap_or_default();
+    match mint_with_subs(
         args.secret.as_bytes(),
         &args.sub,
         rooms.as_deref(),
+        &subs,
         Duration::from_secs(args.ttl),
         SystemTime::now(),
     ) {
@@ -148,6 +179,8 @@ mod tests {
         sub: String,
         exp: u64,
         rooms: Option<Vec<String>>,
+        #[serde(default)]
+        subs: Option<Vec<String>>,
     }
 
     fn read(token: &str, secret: &[u8]) -> Result<Read, jsonwebtoken::errors::Error> {
@@ -175,6 +208,31 @@ mod tests {
         assert!(read(&t, b"other").is_err(), "signed with the secret");
         let t = mint(b"s", "bob", None, Duration::from_secs(1), now).unwrap();
         assert_eq!(read(&t, b"s").unwrap().rooms, None, "no claim: any room");
+        assert_eq!(read(&t, b"s").unwrap().subs, None, "no subs: no claim");
+        let subs = ["news".to_owned(), "team-1".to_owned()];
+        let t = mint_with_subs(b"s", "bob", None, &subs, Duration::from_secs(1), now).unwrap();
+        assert_eq!(read(&t, b"s").unwrap().subs.as_deref(), Some(&subs[..]));
+    }
+
+    #[test]
+    fn refuses_subs_the_gateway_would_refuse() {
+        let now = SystemTime::now();
+        let ttl = Duration::from_secs(1);
+        let too_many: Vec<String> = (0..=MAX_SUBS).map(|i| format!("r{i}")).collect();
+        for subs in [
+            vec![String::new()],
+            vec!["r".repeat(MAX_ID_LEN + 1)],
+            too_many,
+        ] {
+            assert_eq!(
+                mint_with_subs(b"s", "a", None, &subs, ttl, now),
+                Err(TokenError::BadSubs)
+            );
+        }
+        let a =
+            TokenArgs::try_parse_from(["token", "--secret", "k", "--sub", "u", "--subs", "a, b"])
+                .unwrap();
+        assert_eq!(trimmed(&a.subs.unwrap()), ["a", "b"]);
     }
 
     #[test]

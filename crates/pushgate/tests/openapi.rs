@@ -225,6 +225,50 @@ fn every_answer_matches_the_openapi_spec() {
     r.ask("GET", "/v1/presence", "?uid=alice", "", b"", 401);
     r.ask("POST", "/v1/presence", "?uid=alice", AUTH, b"", 405);
 
+    // POST /v1/rooms/join and /v1/rooms/leave
+    let j = r.ask(
+        "POST",
+        "/v1/rooms/join",
+        "",
+        &both,
+        br#"{"uid":"alice","room":"team"}"#,
+        200,
+    );
+    assert_eq!(j["joined"], 1, "{j}");
+    // Behind the messages pushed to alice above.
+    let mut seen = alice.recv_json();
+    while seen["type"] == "msg" {
+        seen = alice.recv_json();
+    }
+    assert_eq!(seen["type"], "joined", "{seen}");
+    let l = r.ask(
+        "POST",
+        "/v1/rooms/leave",
+        "",
+        &both,
+        br#"{"uid":"alice","room":"team","device":"phone"}"#,
+        200,
+    );
+    assert_eq!(l["left"], 1, "{l}");
+    assert_eq!(alice.recv_json()["type"], "left");
+    r.ask(
+        "POST",
+        "/v1/rooms/join",
+        "",
+        &both,
+        br#"{"uid":"alice"}"#,
+        400,
+    );
+    r.ask(
+        "POST",
+        "/v1/rooms/leave",
+        "",
+        json,
+        br#"{"uid":"a","room":"r"}"#,
+        401,
+    );
+    r.ask("GET", "/v1/rooms/join", "", AUTH, b"", 405);
+
     // POST /v1/disconnect
     r.ask(
         "POST",
@@ -271,7 +315,7 @@ fn every_answer_matches_the_openapi_spec() {
     assert_eq!(v["ok"], false);
 
     let routes = served_routes();
-    for known in ["/v1/push", "/v1/disconnect", "/metrics"] {
+    for known in ["/v1/push", "/v1/disconnect", "/v1/rooms/join", "/metrics"] {
         assert!(
             routes.iter().any(|r| r == known),
             "scan missed {known}: {routes:?}"

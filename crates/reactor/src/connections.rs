@@ -593,6 +593,7 @@ impl<D: Driver> Reactor<D> {
                 device,
                 since,
                 transport,
+                subs,
             } => {
                 stats.handshakes_ok.add(1);
                 stats.transport_opened[transport.index()].add(1);
@@ -612,6 +613,9 @@ impl<D: Driver> Reactor<D> {
                             self.stats.openings_pending.add(1);
                             self.opening.insert(key, deliver::Held::new(uid));
                         }
+                    }
+                    if !subs.is_empty() {
+                        self.hooks.subscribe(c, &subs);
                     }
                 }
             }

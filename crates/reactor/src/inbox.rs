@@ -55,6 +55,15 @@ pub enum Command {
         /// is cut at a character boundary).
         reason: Cow<'static, str>,
     },
+    /// Hand each of these connections to [`Hooks::on_task`] with `task`: work on a
+    /// connection's state that lives with the hooks on the reactor's thread (a room
+    /// joined or left by the server API). The reactor does not look inside `task`.
+    Task {
+        /// Connections on this reactor.
+        targets: Vec<ConnRef>,
+        /// What to do, as the hooks understand it; shared by every target.
+        task: Arc<dyn std::any::Any + Send + Sync>,
+    },
 }
 
 /// What a reactor reports about its `/ws` connections. Called on the reactor's thread:
@@ -86,6 +95,11 @@ pub trait Hooks: Send {
     fn on_session_event(&mut self, conn: ConnRef, event: session::Event);
     /// A `/ws` connection that was open has gone.
     fn on_close(&mut self, conn: ConnRef);
+    /// A `/ws` connection just opened (right after [`Hooks::open`]) with a token whose
+    /// `subs` claim names these rooms: the hooks join it to them.
+    fn subscribe(&mut self, _conn: ConnRef, _rooms: &[String]) {}
+    /// A [`Command::Task`] for `conn`, which is open on this reactor.
+    fn on_task(&mut self, _conn: ConnRef, _task: &(dyn std::any::Any + Send + Sync)) {}
     /// A `POST /send` from `uid` (no connection of the user: the request is the whole
     /// exchange): delivers `data` to `to` as a `/ws` client's `send` would, and says
     /// whether it was taken.
@@ -112,6 +126,7 @@ impl Command {
                 Cow::Borrowed(_) => OVERHEAD,
                 Cow::Owned(r) => OVERHEAD + r.len(),
             },
+            Command::Task { targets, .. } => OVERHEAD + std::mem::size_of_val(targets.as_slice()),
         }
     }
 }

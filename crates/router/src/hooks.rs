@@ -7,6 +7,7 @@ use reactor::{ConnRef, Hooks, ReactorStats};
 use session::client_protocol::RequestError;
 use session::ClientRequest;
 
+use crate::rooms::{Outcome, RoomOp, RoomTask};
 use crate::router::Router;
 
 /// `ConnInfo::replayed_from` after the first request.
@@ -138,6 +139,42 @@ impl RouterHooks {
         }
     }
 
+    /// The server puts `conn` in `room` (the API, or the token's `subs` claim), within
+    /// [`MAX_ROOMS_PER_CONNECTION`]. The client is told with `joined` first, so that the
+    /// room's messages, which can only be dispatched once the registry has the member,
+    /// come after it in the reactor's inbox.
+    /// `None`: the connection is not (or no longer) this reactor's.
+    fn server_join(&mut self, conn: ConnRef, room: &str) -> Option<Outcome> {
+        let info = info_mut(&mut self.conns, conn)?;
+        if info.rooms.iter().any(|r| **r == *room) {
+            return Some(Outcome::Unchanged);
+        }
+        if info.rooms.len() >= MAX_ROOMS_PER_CONNECTION {
+            self.stats.count_dropped("room_limit", 1);
+            return Some(Outcome::Refused);
+        }
+        self.router
+            .deliver_to(conn, session::messages::joined_by_server(room));
+        // Without `since` a join replays nothing and cannot fail.
+        let (room, _) = self.router.join_since(room, conn, None);
+        info.rooms.push(room);
+        Some(Outcome::Changed)
+    }
+
+    /// The server takes `conn` out of `room`; `left` goes after the last of its messages
+    /// already dispatched to the connection.
+    fn server_leave(&mut self, conn: ConnRef, room: &str) -> Option<Outcome> {
+        let info = info_mut(&mut self.conns, conn)?;
+        let Some(i) = info.rooms.iter().position(|r| **r == *room) else {
+            return Some(Outcome::Unchanged);
+        };
+        let room = info.rooms.swap_remove(i);
+        self.router.leave(&room, conn);
+        self.router
+            .deliver_to(conn, session::messages::left_by_server(&room));
+        Some(Outcome::Changed)
+    }
+
     /// A client's `send` from `uid` (`/ws` or `POST /send`): delivers it, and says why
     /// not when it was not taken.
     fn client_send(&self, uid: &str, to: &[String], data: &[u8]) -> Result<(), RequestError> {
@@ -180,6 +217,7 @@ impl Hooks for RouterHooks {
         since: Option<u64>,
     ) -> Option<session::Welcome> {
         let (uid, welcome, opened) = self.router.open_user(uid, conn, device, since);
+        self.router.conn_event(&uid, device, conn, true);
         // Pending: `welcomed` says where the replay started.
         let pending = welcome.is_none();
         let i = conn.index as usize;
@@ -228,6 +266,27 @@ impl Hooks for RouterHooks {
         self.client_send(uid, to, data)
     }
 
+    fn subscribe(&mut self, conn: ConnRef, rooms: &[String]) {
+        for room in rooms {
+            if let Some(outcome) = self.server_join(conn, room) {
+                self.router.room_stats().count(RoomOp::Join, outcome);
+            }
+        }
+    }
+
+    fn on_task(&mut self, conn: ConnRef, task: &(dyn std::any::Any + Send + Sync)) {
+        let Some(t) = task.downcast_ref::<RoomTask>() else {
+            return;
+        };
+        let outcome = match t.op {
+            RoomOp::Join => self.server_join(conn, &t.room),
+            RoomOp::Leave => self.server_leave(conn, &t.room),
+        };
+        if let Some(outcome) = outcome {
+            t.done(outcome);
+        }
+    }
+
     fn on_close(&mut self, conn: ConnRef) {
         let slot = self.conns.get_mut(conn.index as usize);
         let live = slot
@@ -238,6 +297,8 @@ impl Hooks for RouterHooks {
                 self.router.leave(room, conn);
             }
             self.router.close_user(&info.uid, conn);
+            let device = info.extra.as_ref().and_then(|e| e.device.as_deref());
+            self.router.conn_event(&info.uid, device, conn, false);
         }
     }
 }
@@ -253,6 +314,44 @@ mod tests {
             index,
             generation,
         }
+    }
+
+    #[test]
+    fn server_joins_respect_the_room_limit_and_are_tallied() {
+        use crate::rooms::{RoomTally, RoomTask};
+        let router = Arc::new(Router::new());
+        let mut h = RouterHooks::new(Arc::clone(&router), Arc::default());
+        let _ = h.open(c(1, 1), "eve", None, None);
+        let subs: Vec<String> = (0..MAX_ROOMS_PER_CONNECTION)
+            .map(|i| format!("r{i}"))
+            .collect();
+        h.subscribe(c(1, 1), &subs);
+        assert_eq!(router.registry().rooms(), MAX_ROOMS_PER_CONNECTION);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let run = |h: &mut RouterHooks, op, room: &str| {
+            let tx = tx.clone();
+            let tally = RoomTally::new(Some(Box::new(move |counts| {
+                let _ = tx.send(counts);
+            })));
+            tally.addressed(2);
+            let task = RoomTask::shared(op, room, tally, Arc::clone(router.room_stats()));
+            // A stale reference is not reached; the live one is.
+            h.on_task(c(1, 0), &*task);
+            h.on_task(c(1, 1), &*task);
+        };
+        run(&mut h, RoomOp::Join, "one-more");
+        let got = rx.try_recv().unwrap();
+        assert_eq!((got.refused, got.unreached), (1, 1));
+        run(&mut h, RoomOp::Leave, "r0");
+        assert_eq!(rx.try_recv().unwrap().changed, 1);
+        run(&mut h, RoomOp::Join, "one-more");
+        assert_eq!(rx.try_recv().unwrap().changed, 1);
+        run(&mut h, RoomOp::Join, "one-more");
+        assert_eq!(rx.try_recv().unwrap().unchanged, 1);
+        assert!(router.registry().contains(Kind::Room, "one-more"));
+        assert!(!router.registry().contains(Kind::Room, "r0"));
+        h.on_close(c(1, 1));
+        assert_eq!(router.registry().rooms(), 0, "every room left at close");
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //!   (single node); [`idempotency`]: answers of pushes by the caller's ID;
 //!   [`cluster_history`]: per user, the last seq this clustered node delivered (history
 //!   itself is in JetStream, `bus::jetstream`).
+//! - [`rooms`]: server-side room membership (the API's joins and leaves, the `subs`
+//!   claim), carried to each connection's reactor.
+//! - [`undelivered`]: deadlines of the messages this node accepted, for the undelivered
+//!   hook.
 //! - [`hooks`]: the per-reactor bookkeeping of which user and rooms each connection has,
 //!   fed by the reactor and feeding the registry.
 
@@ -19,7 +23,9 @@ pub mod history;
 pub mod hooks;
 pub mod idempotency;
 pub mod registry;
+pub mod rooms;
 pub mod router;
+pub mod undelivered;
 
 pub use bus::{BusError, ClusterBus, InProcess, JsConfig, NatsBus, NatsConfig};
 pub use history::HistoryConfig;

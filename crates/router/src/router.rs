@@ -19,6 +19,8 @@ use crate::cluster_history::UserSeq;
 use crate::history::{History, HistoryConfig};
 use crate::idempotency::Idempotency;
 use crate::registry::Registry;
+use crate::rooms::{RoomChange, RoomStats, RoomTally, RoomTask};
+use crate::undelivered::{Deadlines, EventSink};
 use session::client_protocol::{self as cp, RequestError};
 use session::Welcome;
 
@@ -106,6 +108,11 @@ pub struct Router {
     clustered: Option<Clustered>,
     max_conns_per_user: usize,
     close_stats: CloseStats,
+    room_stats: Arc<RoomStats>,
+    /// The undelivered hook's deadlines, when it is on.
+    undelivered: OnceLock<Arc<Deadlines>>,
+    /// Where connect and disconnect events go, when anywhere.
+    conn_events: OnceLock<Arc<dyn EventSink>>,
 }
 
 impl Default for Router {
@@ -130,6 +137,9 @@ impl Router {
             clustered: None,
             max_conns_per_user: usize::MAX,
             close_stats: CloseStats::default(),
+            room_stats: Arc::default(),
+            undelivered: OnceLock::new(),
+            conn_events: OnceLock::new(),
         }
     }
 
@@ -197,6 +207,83 @@ impl Router {
         };
         counter.add(closed as u64);
         closed
+    }
+
+    /// Gives every user message this node accepts from now on a deadline in `d` (the
+    /// undelivered hook); set once.
+    pub fn set_undelivered(&self, d: Arc<Deadlines>) {
+        let _ = self.undelivered.set(d);
+    }
+
+    /// The undelivered hook's deadlines, when it is on.
+    pub fn undelivered(&self) -> Option<&Arc<Deadlines>> {
+        self.undelivered.get()
+    }
+
+    /// Tells `sink` of every connection opened and closed from now on; set once.
+    pub fn set_conn_events(&self, sink: Arc<dyn EventSink>) {
+        let _ = self.conn_events.set(sink);
+    }
+
+    /// A connection opened or closed, for the connect and disconnect events.
+    pub fn conn_event(&self, uid: &str, device: Option<&str>, conn: ConnRef, opened: bool) {
+        if let Some(sink) = self.conn_events.get() {
+            let name = format!("{}.{}.{}", conn.reactor, conn.index, conn.generation);
+            sink.connection(uid, device, &name, opened);
+        }
+    }
+
+    /// A device of `uid` acknowledged up to `seq`, here or on another node.
+    pub fn acked(&self, uid: &str, seq: u64) {
+        if let Some(d) = self.undelivered.get() {
+            d.acked(uid, seq);
+        }
+    }
+
+    /// Server-side room changes on this node's connections.
+    pub fn room_stats(&self) -> &Arc<RoomStats> {
+        &self.room_stats
+    }
+
+    /// Carries a room change to this node's connections of the user (of the device):
+    /// one [`Command::Task`] per reactor, counted into `tally`, which tells its owner
+    /// once every reactor is done with it. Never waits. Returns the connections found.
+    pub fn change_rooms_local(&self, req: &RoomChange, tally: &Arc<RoomTally>) -> usize {
+        let mut conns = Vec::new();
+        self.registry
+            .user_conns(&req.uid, req.device.as_deref(), None, &mut conns);
+        tally.addressed(conns.len());
+        if conns.is_empty() {
+            return 0;
+        }
+        let task = RoomTask::shared(
+            req.op,
+            &req.room,
+            Arc::clone(tally),
+            Arc::clone(&self.room_stats),
+        );
+        let mut targets: Vec<ConnRef> = conns.iter().map(|c| c.conn).collect();
+        targets.sort_unstable_by_key(|c| c.reactor);
+        let reactors = self.reactors.get().map(Vec::as_slice).unwrap_or_default();
+        let mut rest = targets.as_slice();
+        while let Some(first) = rest.first() {
+            let n = rest
+                .iter()
+                .take_while(|c| c.reactor == first.reactor)
+                .count();
+            let (mine, tail) = rest.split_at(n);
+            let sent = reactors.get(usize::from(first.reactor)).map(|r| {
+                r.send(Command::Task {
+                    targets: mine.to_vec(),
+                    task: Arc::clone(&task),
+                })
+            });
+            if !matches!(sent, Some(Ok(()))) {
+                self.room_stats.unreached(req.op, n);
+            }
+            rest = tail;
+        }
+        conns.len()
     }
 
     /// Registers a connection of `uid` on `device` under the per-user cap, closing what
@@ -552,18 +639,22 @@ impl Router {
             if latest.is_none_or(|l| seq > l) {
                 return Err(cp::UNKNOWN_ACK);
             }
-            return c
-                .bus
+            c.bus
                 .store_ack(uid, device.unwrap_or(DEFAULT_DEVICE), seq)
                 .map_err(|_| RequestError {
                     code: "unavailable",
                     message: "the ack could not be stored; send it again",
-                });
+                })?;
+            self.acked(uid, seq);
+            return Ok(());
         }
         let h = self.history.as_ref().ok_or_else(|| self.no_history())?;
         let mut l = h.users.lock(uid, Instant::now());
         l.ack(uid, device.unwrap_or(DEFAULT_DEVICE), seq)
-            .map_err(|_| cp::UNKNOWN_ACK)
+            .map_err(|_| cp::UNKNOWN_ACK)?;
+        drop(l);
+        self.acked(uid, seq);
+        Ok(())
     }
 
     /// Carries out a push with the caller's `key` once: a retry within the history TTL
@@ -696,6 +787,9 @@ impl Router {
             let mut l = h.users.lock(uid, now);
             let online = self.registry.user_connections(uid, &mut targets);
             let (seq, frame) = l.append(uid, |seq| cp::msg_frame_seq(from, &id, None, seq, data));
+            if let Some(d) = self.undelivered.get() {
+                d.track(uid, &id, seq);
+            }
             if online {
                 l.pin(uid, true);
             }
@@ -968,5 +1062,13 @@ impl crate::bus::Inbound for Router {
 
     fn disconnect_local(&self, req: &Disconnect) -> usize {
         Router::disconnect_local(self, req)
+    }
+
+    fn change_rooms_local(&self, req: &RoomChange) {
+        Router::change_rooms_local(self, req, &RoomTally::new(None));
+    }
+
+    fn acked_elsewhere(&self, uid: &str, seq: u64) {
+        Router::acked(self, uid, seq);
     }
 }

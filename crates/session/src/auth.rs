@@ -98,6 +98,9 @@ pub struct Identity {
     /// The rooms the token lets the connection join; `None` for any (dev mode, or a
     /// token without a `rooms` claim).
     pub rooms: Option<RoomGrant>,
+    /// The rooms the token's `subs` claim joins the connection to when it opens (the
+    /// server's choice, not limited by `rooms`); empty without the claim.
+    pub subs: Vec<String>,
 }
 
 /// The JWT `rooms` claim: room names, where a trailing `*` grants every room starting
@@ -151,7 +154,15 @@ struct Claims {
     /// Absent: any room. A claim that is not a list of strings makes the token invalid.
     #[serde(default)]
     rooms: Option<Vec<String>>,
+    /// Rooms joined at connect. A claim that is not a list of strings, or names a room
+    /// that is empty or longer than [`MAX_ID_LEN`], makes the token invalid.
+    #[serde(default)]
+    subs: Vec<String>,
 }
+
+/// Most rooms a `subs` claim may name (a longer list makes the token invalid): as many
+/// as one connection may be in.
+pub const MAX_SUBS: usize = 256;
 
 /// Authenticates an upgrade request.
 pub fn authenticate(
@@ -177,6 +188,7 @@ pub fn authenticate(
                 device,
                 expires_in: None,
                 rooms: None,
+                subs: Vec::new(),
             }
         }
         AuthMode::Jwt(jwt) => {
@@ -196,6 +208,10 @@ pub fn authenticate(
             if data.claims.sub.is_empty() {
                 return Err(AuthError::Invalid);
             }
+            let subs = &data.claims.subs;
+            if subs.len() > MAX_SUBS || subs.iter().any(|r| r.is_empty() || r.len() > MAX_ID_LEN) {
+                return Err(AuthError::Invalid);
+            }
             let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let valid_until = data.claims.exp.saturating_add(jwt.leeway.as_secs());
             Identity {
@@ -203,6 +219,7 @@ pub fn authenticate(
                 device,
                 expires_in: Some(Duration::from_secs(valid_until.saturating_sub(now_secs))),
                 rooms: data.claims.rooms.map(|r| RoomGrant::new(&r)),
+                subs: data.claims.subs,
             }
         }
     };

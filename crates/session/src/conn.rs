@@ -791,6 +791,7 @@ impl Session {
                         device: id.device,
                         since,
                         transport: Transport::Ws,
+                        subs: id.subs,
                     }
                 }
                 Err(
@@ -938,6 +939,7 @@ impl Session {
             device: id.device,
             since,
             transport,
+            subs: id.subs,
         });
     }
 

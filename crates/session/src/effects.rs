@@ -47,6 +47,8 @@ pub enum Event {
         since: Option<u64>,
         /// How messages reach it.
         transport: crate::fallback::Transport,
+        /// Rooms the token's `subs` claim joins it to.
+        subs: Vec<String>,
     },
     /// A `POST /send` was read: the router is to deliver it, and the driver hands the
     /// outcome back to [`crate::Session::send_answered`].

@@ -60,6 +60,18 @@ pub fn joined(room: &str, seq: u64, recovered: bool) -> Bytes {
     )
 }
 
+/// `{"type":"joined","room":...,"by":"server"}`: the server API (or the token's `subs`
+/// claim) put the connection in the room.
+pub fn joined_by_server(room: &str) -> Bytes {
+    text_frame(&serde_json::json!({"type": "joined", "room": room, "by": "server"}))
+}
+
+/// `{"type":"left","room":...,"by":"server"}`: the server API took the connection out of
+/// the room; nothing more of it comes after this message.
+pub fn left_by_server(room: &str) -> Bytes {
+    text_frame(&serde_json::json!({"type": "left", "room": room, "by": "server"}))
+}
+
 /// `{"type":"resumed","seq":N,"recovered":bool}`, the answer to a `resume` request, sent
 /// right behind the replayed messages.
 pub fn resumed(seq: u64, recovered: bool) -> Bytes {

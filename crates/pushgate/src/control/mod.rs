@@ -5,6 +5,7 @@
 pub mod api;
 pub mod http;
 pub mod operator;
+pub mod rooms;
 mod routes;
 mod service;
 

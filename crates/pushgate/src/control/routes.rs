@@ -106,6 +106,18 @@ impl ControlState {
         if req.path == "/v1/presence" && req.method == "GET" && self.authorized(req) {
             return self.presence_later(req, parking);
         }
+        let room_op = match req.path.as_str() {
+            "/v1/rooms/join" => Some(router::rooms::RoomOp::Join),
+            "/v1/rooms/leave" => Some(router::rooms::RoomOp::Leave),
+            _ => None,
+        };
+        if let Some(op) = room_op {
+            return match (req.method.as_str(), self.authorized(req)) {
+                ("POST", true) => super::rooms::change(&self.router, op, &req.body, keep, parking),
+                ("POST", false) => Some(json_error(401, "missing or wrong API key", keep)),
+                _ => Some(json_error(405, "method not allowed", keep)),
+            };
+        }
         if matches!(req.path.as_str(), "/v1/presence" | "/v1/disconnect") {
             let (status, body) = self.operator(req);
             return Some(match body {

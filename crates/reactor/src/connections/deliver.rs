@@ -86,6 +86,17 @@ impl<D: Driver> Reactor<D> {
                     self.with_session(key, |s, cx, fx| s.close(code, &reason, cx, fx));
                 }
             }
+            Command::Task { targets, task } => {
+                for t in targets {
+                    let open = self
+                        .resolve(t)
+                        .and_then(|key| self.conns.get(key))
+                        .is_some_and(|c| c.push_endpoint && c.session.is_open());
+                    if open {
+                        self.hooks.on_task(t, &*task);
+                    }
+                }
+            }
         }
     }
 

@@ -15,6 +15,12 @@
 //!   gone silent (see [`NAME_GONE_FOR`]) whose users it therefore cannot list.
 //! - `<prefix>.ctl.disconnect`: close a user's connections (of one device) everywhere;
 //!   no answer.
+//! - `<prefix>.h.ack.>` (only on a node with the undelivered hook on): the acks other
+//!   nodes store, so that the node owning a message's deadline learns of them.
+//! - `<prefix>.events` (published, never subscribed): connect, disconnect and undelivered
+//!   events for backends on the bus.
+//! - `<prefix>.ctl.rooms`: a server-side room change (`POST /v1/rooms/join|leave`) for a
+//!   user's connections everywhere; no answer.
 //!
 //! This module knows no NATS client: the bus thread subscribes to
 //! [`Control::subscriptions`], hands every message on them to [`Control::on_message`],
@@ -180,6 +186,8 @@ pub struct ControlStats {
     pub invalid: super::stats::Counter,
     /// Disconnect requests received from other nodes.
     pub disconnects_received: super::stats::Counter,
+    /// Server-side room changes received from other nodes.
+    pub room_changes_received: super::stats::Counter,
     /// Presence queries answered for other nodes.
     pub queries_answered: super::stats::Counter,
     /// Requests whose reply subject was not a control inbox (a delivery subject, say):
@@ -194,6 +202,12 @@ pub struct Control {
     node_subject: String,
     presence_subject: String,
     disconnect_subject: String,
+    rooms_subject: String,
+    /// `<prefix>.h.ack.`: acks stored by the nodes, under it.
+    acks_prefix: String,
+    /// Subscribe to the acks (the undelivered hook is on).
+    watch_acks: std::sync::atomic::AtomicBool,
+    events_subject: String,
     /// `<prefix>.ctl.reply.<boot>.`: this process's answers arrive under it.
     reply_prefix: String,
     /// Other nodes by name, and when each was last heard from.
@@ -224,6 +238,10 @@ impl Control {
             node_subject: format!("{prefix}.ctl.node"),
             presence_subject: format!("{prefix}.ctl.presence"),
             disconnect_subject: format!("{prefix}.ctl.disconnect"),
+            rooms_subject: format!("{prefix}.ctl.rooms"),
+            acks_prefix: format!("{prefix}.h.ack."),
+            watch_acks: std::sync::atomic::AtomicBool::new(false),
+            events_subject: format!("{prefix}.events"),
             reply_prefix: format!("{prefix}.ctl.reply.{boot:016x}."),
             peers: Mutex::new(HashMap::new()),
             suspect: Mutex::new(HashSet::new()),
@@ -243,13 +261,33 @@ impl Control {
     }
 
     /// The subjects the bus thread subscribes to for this module.
-    pub fn subscriptions(&self) -> [String; 4] {
-        [
+    pub fn subscriptions(&self) -> Vec<String> {
+        let mut subjects = vec![
             self.node_subject.clone(),
             self.presence_subject.clone(),
             self.disconnect_subject.clone(),
+            self.rooms_subject.clone(),
             format!("{}*", self.reply_prefix),
-        ]
+        ];
+        if self.watch_acks.load(Ordering::Relaxed) {
+            subjects.push(format!("{}>", self.acks_prefix));
+        }
+        subjects
+    }
+
+    /// Subscribes to the acks the nodes store (the undelivered hook): to be called
+    /// before the bus thread starts.
+    pub fn watch_acks(&self) {
+        self.watch_acks.store(true, Ordering::Relaxed);
+    }
+
+    /// Queues an event for `<prefix>.events`.
+    pub fn send_event(&self, payload: Bytes) -> Result<(), BusError> {
+        self.queue(ControlOut {
+            subject: self.events_subject.clone(),
+            reply: None,
+            payload,
+        })
     }
 
     /// What to publish now: queued messages, and an announcement when one is due.
@@ -336,6 +374,15 @@ impl Control {
     pub fn send_disconnect(&self, req: &Disconnect) -> Result<(), BusError> {
         self.queue(ControlOut {
             subject: self.disconnect_subject.clone(),
+            reply: None,
+            payload: json(req),
+        })
+    }
+
+    /// Queues a server-side room change for every other node.
+    pub fn send_room_change(&self, req: &crate::rooms::RoomChange) -> Result<(), BusError> {
+        self.queue(ControlOut {
+            subject: self.rooms_subject.clone(),
             reply: None,
             payload: json(req),
         })
@@ -488,6 +535,26 @@ impl Control {
                 Ok(d) if d.check().is_ok() => {
                     self.stats.disconnects_received.add(1);
                     router.disconnect_local(&d);
+                }
+                _ => self.stats.invalid.add(1),
+            }
+        } else if let Some(rest) = subject.strip_prefix(&self.acks_prefix) {
+            // `<user>.<device>`, each encoded without dots; the payload is the seq.
+            let uid = rest
+                .split_once('.')
+                .and_then(|(u, _)| super::subject::decode_id(u));
+            let seq = std::str::from_utf8(payload)
+                .ok()
+                .and_then(|p| p.trim().parse::<u64>().ok());
+            match (uid, seq) {
+                (Some(uid), Some(seq)) => router.acked_elsewhere(&uid, seq),
+                _ => self.stats.invalid.add(1),
+            }
+        } else if subject == self.rooms_subject {
+            match serde_json::from_slice::<crate::rooms::RoomChange>(payload) {
+                Ok(c) if c.check().is_ok() => {
+                    self.stats.room_changes_received.add(1);
+                    router.change_rooms_local(&c);
                 }
                 _ => self.stats.invalid.add(1),
             }

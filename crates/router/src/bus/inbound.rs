@@ -49,6 +49,10 @@ pub trait Inbound: Send + Sync {
     fn presence_local(&self, uid: &str, node: &str) -> Vec<PresenceEntry>;
     /// Closes this node's connections a disconnect names; how many.
     fn disconnect_local(&self, req: &Disconnect) -> usize;
+    /// Carries another node's server-side room change to this node's connections.
+    fn change_rooms_local(&self, req: &crate::rooms::RoomChange);
+    /// A device of `uid` acknowledged up to `seq` on another node (an ack it stored).
+    fn acked_elsewhere(&self, uid: &str, seq: u64);
 }
 
 /// `payload` as one unmasked text frame, as the node's connections get it.

@@ -129,6 +129,15 @@ pub trait ClusterBus: Send + Sync + Debug {
     fn disconnect(&self, _req: &Disconnect) -> Result<(), BusError> {
         Ok(())
     }
+    /// Asks the other nodes to carry out a server-side room change, without waiting.
+    fn change_rooms(&self, _req: &crate::rooms::RoomChange) -> Result<(), BusError> {
+        Ok(())
+    }
+    /// Publishes an event (JSON) on `<prefix>.events`, without waiting; a node alone has
+    /// no bus to publish it on.
+    fn publish_event(&self, _payload: Bytes) -> Result<(), BusError> {
+        Err(BusError::Disconnected)
+    }
     /// The other nodes alive now.
     fn live_nodes(&self) -> Vec<String> {
         Vec::new()
@@ -183,6 +192,14 @@ impl<T: ClusterBus + ?Sized> ClusterBus for Arc<T> {
 
     fn disconnect(&self, req: &Disconnect) -> Result<(), BusError> {
         (**self).disconnect(req)
+    }
+
+    fn change_rooms(&self, req: &crate::rooms::RoomChange) -> Result<(), BusError> {
+        (**self).change_rooms(req)
+    }
+
+    fn publish_event(&self, payload: Bytes) -> Result<(), BusError> {
+        (**self).publish_event(payload)
     }
 
     fn live_nodes(&self) -> Vec<String> {

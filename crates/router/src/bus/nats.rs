@@ -502,6 +502,12 @@ impl NatsBus {
         self.direct_get(body, timeout)
     }
 
+    /// Subscribes to the acks every node stores, for the undelivered hook's deadlines:
+    /// call before [`NatsBus::start`].
+    pub fn watch_acks(&self) {
+        self.shared.control.watch_acks();
+    }
+
     /// Stores `seq` as the last ack of `uid`'s `device` (the stream keeps it within the
     /// history TTL; no answer is waited for).
     pub fn store_ack(&self, uid: &str, device: &str, seq: u64) -> Result<(), BusError> {
@@ -710,6 +716,24 @@ impl ClusterBus for NatsBus {
             return Err(BusError::Disconnected);
         }
         self.shared.control.send_disconnect(req)?;
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    fn publish_event(&self, payload: Bytes) -> Result<(), BusError> {
+        if !self.shared.is_ready() {
+            return Err(BusError::Disconnected);
+        }
+        self.shared.control.send_event(payload)?;
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    fn change_rooms(&self, req: &crate::rooms::RoomChange) -> Result<(), BusError> {
+        if !self.shared.is_ready() {
+            return Err(BusError::Disconnected);
+        }
+        self.shared.control.send_room_change(req)?;
         self.shared.wake.notify_one();
         Ok(())
     }

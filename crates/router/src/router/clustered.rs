@@ -887,17 +887,32 @@ impl Router {
             };
             let user = (kind == Kind::User).then(|| (slot, to.to_owned()));
             slot += usize::from(kind == Kind::User);
+            // This node accepted the message: it owns the user's undelivered deadline,
+            // from the seq JetStream gave it.
+            let deadline = match (kind, self.undelivered()) {
+                (Kind::User, Some(d)) => Some((Arc::clone(d), to.to_owned(), id.clone())),
+                _ => None,
+            };
+            let g = gather.as_ref().map(Arc::clone);
+            let done = (g.is_some() || deadline.is_some()).then(|| {
+                Box::new(move |r: Result<StoreOk, BusError>| {
+                    if let (Some((d, uid, id)), Ok(ok)) = (&deadline, &r) {
+                        if !ok.duplicate {
+                            d.track(uid, id, ok.seq);
+                        }
+                    }
+                    if let Some(g) = &g {
+                        Gather::stored(g, user, r);
+                    }
+                }) as crate::bus::StoreDone
+            });
             let job = StoreJob {
                 kind,
                 id: Arc::from(to),
                 msg_id,
                 body,
                 targets,
-                done: gather.as_ref().map(|g| {
-                    let g = Arc::clone(g);
-                    Box::new(move |r: Result<StoreOk, BusError>| Gather::stored(&g, user, r))
-                        as crate::bus::StoreDone
-                }),
+                done,
             };
             if let Err(e) = c.bus.store(job) {
                 handed = Err(e);
