@@ -364,13 +364,31 @@ fn departed_users_linger_within_the_bound() {
         subscribed(&gw, 3);
     }
     // The latest departure still lingers: gone and back within the delay costs nothing.
-    let changes = gw.metric("pushgate_bus_interest_changes_total");
+    let changes = settled_interest_changes(&gw);
     online.clear();
     no_connections(&gw);
     online.push(ws(&gw, "u5"));
     online.push(ws(&gw, "u4"));
     subscribed(&gw, 3);
-    assert_eq!(gw.metric("pushgate_bus_interest_changes_total"), changes);
+    assert_eq!(settled_interest_changes(&gw), changes);
+}
+
+/// The interest-change count once the bus thread has done every change it had: the
+/// subscription gauge alone does not say so, since a departure followed by an arrival
+/// leaves it where it was while the two changes are still on their way.
+fn settled_interest_changes(gw: &Gateway) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut last = gw.metric("pushgate_bus_interest_changes_total");
+    loop {
+        // Several bus ticks (50 ms) with nothing changed.
+        std::thread::sleep(Duration::from_millis(500));
+        let now = gw.metric("pushgate_bus_interest_changes_total");
+        if now == last {
+            return now;
+        }
+        assert!(std::time::Instant::now() < deadline, "interest never settled");
+        last = now;
+    }
 }
 
 /// Issue 19: with nats-server frozen by SIGSTOP the TCP connection stays up, and the node
