@@ -28,6 +28,14 @@ fn ws(gw: &Gateway, uid: &str) -> Client {
     c
 }
 
+/// Joins `room`; requests are handled in order, so once the pong is back the join is in
+/// place.
+fn join(c: &mut Client, room: &str) {
+    c.send_text(&format!(r#"{{"type":"join","room":"{room}"}}"#));
+    c.send_text(r#"{"type":"ping"}"#);
+    assert_eq!(c.recv_json()["type"], "pong");
+}
+
 /// Messages (whole JSON) until `n` arrived or `limit` passed.
 fn messages(c: &mut Client, n: usize, limit: Duration) -> Vec<Value> {
     let deadline = Instant::now() + limit;
@@ -162,8 +170,7 @@ fn batch_results_per_item_mixed_good_and_bad() {
     let gw = Gateway::dev(&ROOMY);
     let mut u1 = ws(&gw, "u1");
     let mut member = ws(&gw, "m1");
-    member.send_text(r#"{"type":"join","room":"lobby"}"#);
-    assert_eq!(member.recv_json()["type"], "joined");
+    join(&mut member, "lobby");
     let body = json!([
         {"to": ["u1"], "id": "b-1", "data": {"n": 1}},
         {"to": ["u1"]},
@@ -327,8 +334,7 @@ fn history_single_node_has_what_the_clients_saw() {
     let gw = Gateway::dev(&["--history-read-max", "50"]);
     let mut u1 = ws(&gw, "u1");
     let mut m1 = ws(&gw, "m1");
-    m1.send_text(r#"{"type":"join","room":"r1"}"#);
-    assert_eq!(m1.recv_json()["type"], "joined");
+    join(&mut m1, "r1");
     for i in 0..5 {
         let (status, _) = post(
             gw.control_addr,
