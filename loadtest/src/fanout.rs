@@ -114,7 +114,15 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
             })
         };
         std::thread::spawn(move || {
-            publisher::run(api, &how, requests, rate as f64, key.as_deref(), &make, &sent)
+            publisher::run(
+                api,
+                &how,
+                requests,
+                rate as f64,
+                key.as_deref(),
+                &make,
+                &sent,
+            )
         })
     };
 

@@ -116,8 +116,8 @@ fn read_response(s: &mut TcpStream) -> (u16, Vec<(String, String)>, Vec<u8>) {
             let want = rest.len() + 1;
             fill(&mut rest, want);
         };
-        let size = usize::from_str_radix(std::str::from_utf8(&rest[at..line_end]).unwrap(), 16)
-            .unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&rest[at..line_end]).unwrap(), 16).unwrap();
         at = line_end + 2;
         fill(&mut rest, at + size + 2);
         if size == 0 {
@@ -356,7 +356,10 @@ fn history_single_node_has_what_the_clients_saw() {
     let (status, h) = history(&gw, "uid=u1");
     assert_eq!(status, 200, "{h}");
     assert_eq!(h["messages"], Value::Array(seen.clone()), "{h}");
-    assert_eq!((h["more"].as_bool(), h["complete"].as_bool()), (Some(false), Some(true)));
+    assert_eq!(
+        (h["more"].as_bool(), h["complete"].as_bool()),
+        (Some(false), Some(true))
+    );
     let since = seen[1]["seq"].as_u64().unwrap();
     let (status, h) = history(&gw, &format!("uid=u1&since={since}&limit=2"));
     assert_eq!(status, 200, "{h}");
@@ -371,11 +374,20 @@ fn history_single_node_has_what_the_clients_saw() {
     // A user nobody pushed to has an empty history.
     let (status, h) = history(&gw, "uid=nobody");
     assert_eq!((status, h["messages"].clone()), (200, json!([])), "{h}");
-    for bad in ["", "uid=u1&room=r1", "uid=u1&since=x", "uid=u1&limit=0", "uid=u1&limit=51"] {
+    for bad in [
+        "",
+        "uid=u1&room=r1",
+        "uid=u1&since=x",
+        "uid=u1&limit=0",
+        "uid=u1&limit=51",
+    ] {
         let (status, h) = history(&gw, bad);
         assert_eq!(status, 400, "{bad}: {h}");
     }
-    assert_eq!(gw.metric(r#"pushgate_history_reads_total{result="ok"}"#), 4.0);
+    assert_eq!(
+        gw.metric(r#"pushgate_history_reads_total{result="ok"}"#),
+        4.0
+    );
     assert_eq!(
         gw.metric(r#"pushgate_history_reads_total{result="bad_request"}"#),
         5.0
@@ -389,13 +401,21 @@ fn history_is_404_on_a_node_that_keeps_none() {
     let gw = Gateway::dev(&["--history-size", "0"]);
     let (status, h) = history(&gw, "uid=u1");
     assert_eq!(status, 404, "{h}");
-    assert_eq!(gw.metric(r#"pushgate_history_reads_total{result="off"}"#), 1.0);
+    assert_eq!(
+        gw.metric(r#"pushgate_history_reads_total{result="off"}"#),
+        1.0
+    );
 }
 
 #[test]
 fn the_new_routes_take_the_api_key() {
     let gw = Gateway::dev(&["--api-key", "k"]);
-    let (status, _) = post(gw.control_addr, "/v1/batch", r#"[{"to":["u"],"data":1}]"#, None);
+    let (status, _) = post(
+        gw.control_addr,
+        "/v1/batch",
+        r#"[{"to":["u"],"data":1}]"#,
+        None,
+    );
     assert_eq!(status, 401);
     let (status, resp) = post(
         gw.control_addr,

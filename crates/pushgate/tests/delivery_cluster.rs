@@ -803,7 +803,10 @@ fn a_batch_through_one_node_reaches_the_other_with_its_seqs() {
     assert_eq!(got[0]["id"], "cb-1");
     assert_eq!(got[0]["seq"], r[0]["seq"]["u1"], "{v}");
     assert_eq!(got[1]["seq"], r[2]["seq"]["u1"], "{v}");
-    assert_eq!(messages(&mut m, 1, Duration::from_secs(15))[0]["data"], "room");
+    assert_eq!(
+        messages(&mut m, 1, Duration::from_secs(15))[0]["data"],
+        "room"
+    );
     // The streaming form, parked the same way: one line per push, in order.
     let lines = "{\"to\":[\"u1\"],\"data\":3}\n{\"to\":[\"u1\"],\"data\":4}\n";
     let (status, text) = common::http(
@@ -848,12 +851,18 @@ fn history_reads_in_a_cluster_match_what_the_client_saw() {
         let (status, h) = history(gw, "uid=hu");
         assert_eq!(status, 200, "{h}");
         assert_eq!(h["messages"], Value::Array(seen.clone()), "{h}");
-        assert_eq!((h["more"].as_bool(), h["complete"].as_bool()), (Some(false), Some(true)));
+        assert_eq!(
+            (h["more"].as_bool(), h["complete"].as_bool()),
+            (Some(false), Some(true))
+        );
         let since = seen[1]["seq"].as_u64().unwrap();
         let (status, h) = history(gw, &format!("uid=hu&since={since}&limit=2"));
         assert_eq!(status, 200, "{h}");
         assert_eq!(h["messages"], json!([seen[2], seen[3]]), "{h}");
-        assert_eq!((h["more"].as_bool(), &h["last"]), (Some(true), &seen[3]["seq"]));
+        assert_eq!(
+            (h["more"].as_bool(), &h["last"]),
+            (Some(true), &seen[3]["seq"])
+        );
         let (status, h) = history(gw, "room=hr");
         assert_eq!(status, 200, "{h}");
         assert_eq!(h["messages"], Value::Array(room_seen.clone()), "{h}");

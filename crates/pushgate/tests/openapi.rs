@@ -288,8 +288,22 @@ fn every_answer_matches_the_openapi_spec() {
         b"{\"to\":[\"alice\"],\"data\":5}\n{\"to\":[\"alice\"],\"data\":6}\nnope\n",
         200,
     );
-    r.ask("POST", "/v1/batch", "", &both, br#"{"to":["a"],"data":1}"#, 400);
-    r.ask("POST", "/v1/batch", "", json, br#"[{"to":["a"],"data":1}]"#, 401);
+    r.ask(
+        "POST",
+        "/v1/batch",
+        "",
+        &both,
+        br#"{"to":["a"],"data":1}"#,
+        400,
+    );
+    r.ask(
+        "POST",
+        "/v1/batch",
+        "",
+        json,
+        br#"[{"to":["a"],"data":1}]"#,
+        401,
+    );
     r.ask("GET", "/v1/batch", "", AUTH, b"", 405);
     let six = format!("[{}]", vec![r#"{"to":["a"],"data":1}"#; 6].join(","));
     r.ask("POST", "/v1/batch", "", &both, six.as_bytes(), 413);

@@ -20,8 +20,8 @@ use serde_json::value::RawValue;
 
 use super::api;
 use super::http::{chunk, chunked_head, error_body, json_error, response, Request, LAST_CHUNK};
-use super::routes::{deferred_answer, ApiStats, ControlState, API_STATUSES, PUSH_PARK};
 pub(super) use super::routes::BATCH_PATH as PATH;
+use super::routes::{deferred_answer, ApiStats, ControlState, API_STATUSES, PUSH_PARK};
 
 /// Index of `/v1/batch` in the request counters' endpoints.
 const ENDPOINT: usize = 2;
@@ -70,10 +70,7 @@ pub(super) fn serve(
         Ok(items) => items,
         Err(Refusal::TooMany) => {
             stats.batch_refused[0].add(1);
-            return refuse(
-                413,
-                "too many pushes in one batch (see --batch-max-items)",
-            );
+            return refuse(413, "too many pushes in one batch (see --batch-max-items)");
         }
         Err(Refusal::Bad(e)) => return refuse(400, e),
     };
@@ -83,10 +80,7 @@ pub(super) fn serve(
         .iter()
         .map(|raw| {
             if raw.len() > max_item {
-                return Err((
-                    413,
-                    error_body("push larger than --max-body-bytes"),
-                ));
+                return Err((413, error_body("push larger than --max-body-bytes")));
             }
             api::parse_push(raw).map_err(|e| (400, error_body(e)))
         })
@@ -379,7 +373,10 @@ mod tests {
     #[test]
     fn answers_are_json_with_one_result_per_push() {
         let outcomes = vec![
-            (200, br#"{"ok":true,"id":"m1","seq":{"u":1},"offline":[]}"#.to_vec()),
+            (
+                200,
+                br#"{"ok":true,"id":"m1","seq":{"u":1},"offline":[]}"#.to_vec(),
+            ),
             (400, error_body("missing \"data\"")),
             (200, br#"{"ok":true}"#.to_vec()),
         ];
@@ -401,7 +398,10 @@ mod tests {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         assert_eq!(lines.len(), 3);
-        assert_eq!((lines[1]["i"].as_u64(), lines[1]["status"].as_u64()), (Some(1), Some(400)));
+        assert_eq!(
+            (lines[1]["i"].as_u64(), lines[1]["status"].as_u64()),
+            (Some(1), Some(400))
+        );
         assert_eq!(lines[2]["ok"], true);
     }
 }

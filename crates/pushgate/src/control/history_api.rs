@@ -58,7 +58,13 @@ pub(super) fn serve(
     let completion = if state.router.history_is_deferred() {
         match parking.park(READ_PARK, keep) {
             Some(c) => Some(c),
-            None => return Some(json_error(503, "cannot wait for the history store here", keep)),
+            None => {
+                return Some(json_error(
+                    503,
+                    "cannot wait for the history store here",
+                    keep,
+                ))
+            }
         }
     } else {
         None
@@ -134,11 +140,7 @@ fn answer(
         Ok(page) => page,
         Err(HistoryReadError::Off) => {
             stats.history_reads[2].add(1);
-            return json_error(
-                404,
-                "this node keeps no history (--history-size 0)",
-                keep,
-            );
+            return json_error(404, "this node keeps no history (--history-size 0)", keep);
         }
         Err(HistoryReadError::Unavailable) => {
             stats.history_reads[3].add(1);

@@ -201,6 +201,10 @@ impl Reader {
         buf: &mut BytesMut,
         limit: impl Fn(&str) -> BodyLimit,
     ) -> Result<Next, ParseError> {
+        if self.pending.is_none() {
+            // A new request: its refusal, before its head is parsed, names no route.
+            self.last_path.clear();
+        }
         let result = self.advance(buf, limit);
         if !matches!(result, Ok(Next::Incomplete | Next::Continue)) {
             // A request taken, or the input refused: the next starts from nothing.

@@ -53,14 +53,7 @@ impl Router {
     /// The retained messages of a user (`Kind::User`) or a room after seq `since`, at
     /// most `limit`, told to `done`: here and now on a single node, from an opener
     /// thread on a clustered one.
-    pub fn history_then(
-        &self,
-        kind: Kind,
-        id: &str,
-        since: u64,
-        limit: usize,
-        done: HistoryDone,
-    ) {
+    pub fn history_then(&self, kind: Kind, id: &str, since: u64, limit: usize, done: HistoryDone) {
         if let Some(h) = &self.history {
             let history = match kind {
                 Kind::User => &h.users,
@@ -194,7 +187,14 @@ mod tests {
             ..crate::HistoryConfig::default()
         });
         for i in 0..5 {
-            r.send(&["u"], &[] as &[&str], "s", format!("{i}").as_bytes(), None, Instant::now());
+            r.send(
+                &["u"],
+                &[] as &[&str],
+                "s",
+                format!("{i}").as_bytes(),
+                None,
+                Instant::now(),
+            );
         }
         let (tx, rx) = std::sync::mpsc::channel();
         r.history_then(
@@ -209,7 +209,11 @@ mod tests {
         let seqs: Vec<u64> = p
             .messages
             .iter()
-            .map(|m| serde_json::from_slice::<serde_json::Value>(m).unwrap()["seq"].as_u64().unwrap())
+            .map(|m| {
+                serde_json::from_slice::<serde_json::Value>(m).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
             .collect();
         assert_eq!(seqs, [2, 3]);
         let (tx, rx) = std::sync::mpsc::channel();
