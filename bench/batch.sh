@@ -8,6 +8,7 @@
 #   bench/batch.sh [SUBSCRIBERS] [PUSHES] [BATCH]   (defaults: 2000, 100000, 100)
 #   RUNS=3 bench/batch.sh                           (default 2)
 set -euo pipefail
+set -f  # the push templates hold brackets, never a glob
 cd "$(dirname "$0")/.."
 subs=${1:-2000}
 pushes=${2:-100000}
@@ -34,14 +35,19 @@ for p in $gport $tport; do
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
 done
 common=(--subscribers "$subs" --pushes "$pushes" --rate 0 --sources 32 --publishers 16)
+# Users of their own for each pushgate run: a user who reconnects is replayed what an
+# earlier run left unacknowledged in its history, which is not this run's work.
+users() { echo --subscribe "/ws?uid=$1-{user}" --publish-body "{\"to\":[\"$1-{user}\"],\"data\":{data}}"; }
 for run in $(seq "$runs"); do
   echo "== run $run: pushgate, one push per request"
+  # shellcheck disable=SC2046  # the templates hold no spaces
   "$load" fanout "${common[@]}" --server "127.0.0.1:$gport" --api "127.0.0.1:$gapi" \
-    --server-pid "$gpid" | tee "$out/single.$run.txt"
+    --server-pid "$gpid" $(users "s$run") | tee "$out/single.$run.txt"
   sleep 2
   echo "== run $run: pushgate, $batch pushes per request"
+  # shellcheck disable=SC2046
   "$load" fanout "${common[@]}" --server "127.0.0.1:$gport" --api "127.0.0.1:$gapi" \
-    --server-pid "$gpid" --batch "$batch" | tee "$out/batch.$run.txt"
+    --server-pid "$gpid" --batch "$batch" $(users "b$run") | tee "$out/batch.$run.txt"
   sleep 2
   echo "== run $run: tokio peer, one push per request"
   "$load" fanout "${common[@]}" --server "127.0.0.1:$tport" --api "127.0.0.1:$tapi" \
