@@ -293,6 +293,9 @@ fn without_jetstream_delivery_is_live_only() {
     assert_eq!((status, resp.as_str()), (200, "{\"ok\":true}"));
     let got = messages(&mut c, 1, Duration::from_secs(5));
     assert!(got[0].get("seq").is_none());
+    // Issue 28: the history API says the store is unavailable, not that there is none.
+    let (status, h) = history(&gw, "uid=u");
+    assert_eq!(status, 503, "{h}");
     let (mut c2, w2) = ws(&gw, "u", "&since=3");
     assert_eq!(w2["recovered"], false, "{w2}");
     assert_eq!(c2.recv_json()["code"], "unavailable");

@@ -35,9 +35,10 @@ pub struct HistoryPage {
 /// Why a history read got no page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HistoryReadError {
-    /// This node keeps no history.
+    /// This node keeps no history (`--history-size 0`).
     Off,
-    /// JetStream did not answer in time, or too many reads are waiting for it.
+    /// JetStream is not there, did not answer in time, or too many reads are waiting
+    /// for it.
     Unavailable,
 }
 
@@ -77,7 +78,12 @@ impl Router {
             }));
         }
         let Some(c) = self.clustered() else {
-            return done(Err(HistoryReadError::Off));
+            // Clustered with history, JetStream not (yet) there: unavailable, not off.
+            return done(Err(if self.clustered.is_some() {
+                HistoryReadError::Unavailable
+            } else {
+                HistoryReadError::Off
+            }));
         };
         let queued = &c.openers.history_reads;
         if queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED_READS {
