@@ -305,7 +305,7 @@ fn every_answer_matches_the_openapi_spec() {
         401,
     );
     r.ask("GET", "/v1/batch", "", AUTH, b"", 405);
-    let six = format!("[{}]", vec![r#"{"to":["a"],"data":1}"#; 6].join(","));
+    let six = format!("[{}]", [r#"{"to":["a"],"data":1}"#; 6].join(","));
     r.ask("POST", "/v1/batch", "", &both, six.as_bytes(), 413);
 
     // GET /v1/history

@@ -62,10 +62,7 @@ pub(super) fn serve(
     if !state.authorized(req) {
         return refuse(401, "missing or wrong API key");
     }
-    let ndjson = req
-        .head
-        .header("content-type")
-        .is_some_and(|v| is_ndjson(v));
+    let ndjson = req.head.header("content-type").is_some_and(is_ndjson);
     let items = match split(&req.body, ndjson, state.batch_limits.max_items) {
         Ok(items) => items,
         Err(Refusal::TooMany) => {

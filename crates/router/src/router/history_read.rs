@@ -65,12 +65,7 @@ impl Router {
             let r = l.replay(id, since, latest);
             drop(l);
             let more = r.frames.len() > limit;
-            let messages = r
-                .frames
-                .iter()
-                .take(limit)
-                .map(|f| frame_payload(f))
-                .collect();
+            let messages = r.frames.iter().take(limit).map(frame_payload).collect();
             return done(Ok(HistoryPage {
                 messages,
                 more,
