@@ -294,7 +294,9 @@ fn ndjson_streaming_batch_of_10000_pushes() {
         let got = messages(&mut u1, N - 10, Duration::from_secs(120));
         (u1, got)
     });
-    let (status, results) = ndjson_batch(gw.control_addr, &lines, 250);
+    // Two lines a chunk: 5 000 chunks, past the 4 096 a single push's body may have (a
+    // streaming client may send a chunk per line; a batch may have --batch-max-items).
+    let (status, results) = ndjson_batch(gw.control_addr, &lines, 2);
     assert_eq!(status, 200);
     assert_eq!(results.len(), N);
     let mut last_seq = 0;
