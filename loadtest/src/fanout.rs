@@ -1,5 +1,5 @@
 //! `fanout`: N subscribers, M pushes through `POST /v1/push` to random single users, at a
-//! set rate or flat out. Each push carries its send time; latency is measured on arrival
+//! set rate or flat out; with `--batch K`, K pushes per `POST /v1/batch` request instead. Each push carries its send time; latency is measured on arrival
 //! (client and server share this host's clock) into an HDR histogram.
 
 use std::net::SocketAddr;
@@ -30,6 +30,14 @@ pub(crate) struct Args {
     /// How pushes reach the API.
     #[command(flatten)]
     publishers: publisher::Publishers,
+    /// Pushes per request: above 1, each request is a JSON array of that many pushes
+    /// (each as `--publish-body` makes it) POSTed to `--batch-path` (pushgate's batch
+    /// API); `--rate` then counts requests.
+    #[arg(long, default_value_t = 1)]
+    batch: u64,
+    /// Where batches go.
+    #[arg(long, default_value = "/v1/batch")]
+    batch_path: String,
     /// Storm: this many extra users (s0, s1, ...) connect within a second, drop and
     /// reconnect within a second, then leave, while the pushes go on (0: no storm).
     #[arg(long, default_value_t = 0)]
@@ -63,6 +71,8 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     );
 
     let sent = Arc::new(AtomicU64::new(0));
+    let batch = args.batch.max(1);
+    let requests = args.pushes.div_ceil(batch);
     let cpu = procfs::CpuMeter::start(&args.common.server_pid);
     // On a small machine the tool competes with the server for cores; its own CPU says how
     // much of the machine the server could have had.
@@ -78,16 +88,41 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         );
         let key = args.common.api_key.clone();
         let t = args.common.templates.clone();
-        let make: publisher::MakeRequest = Arc::new(move |i| {
+        let batch_path = args.batch_path.clone();
+        let one = move |i: u64| {
             let user = format!("u{}", fastrand::usize(..subs));
             let data = format!(r#"{{"ts":{},"seq":{i}}}"#, now_micros());
             (
                 fill(&t.publish, &user, ""),
                 fill(&t.publish_body, &user, &data),
             )
-        });
+        };
+        let make: publisher::MakeRequest = if batch == 1 {
+            Arc::new(one)
+        } else {
+            Arc::new(move |r| {
+                let first = r * batch;
+                let mut body = String::from("[");
+                for i in first..(first + batch).min(pushes) {
+                    if i > first {
+                        body.push(',');
+                    }
+                    body.push_str(&one(i).1);
+                }
+                body.push(']');
+                (batch_path.clone(), body)
+            })
+        };
         std::thread::spawn(move || {
-            publisher::run(api, &how, pushes, rate as f64, key.as_deref(), &make, &sent)
+            publisher::run(
+                api,
+                &how,
+                requests,
+                rate as f64,
+                key.as_deref(),
+                &make,
+                &sent,
+            )
         })
     };
 
@@ -169,7 +204,8 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         secs: publish_secs,
         failed: errors,
     } = pub_result?;
-    let sent = sent.load(Ordering::Relaxed);
+    let requests_sent = sent.load(Ordering::Relaxed);
+    let sent = (requests_sent * batch).min(args.pushes);
     let lost = sent.saturating_sub(received);
     let rate = received as f64 / elapsed.max(1e-9);
     println!(
@@ -220,6 +256,8 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         "client_fd_limit": fd_limit,
         "subscribers": args.common.subscribers,
         "pushes_sent": sent,
+        "requests_sent": requests_sent,
+        "batch": batch,
         "delivered": received,
         "lost": lost,
         "api_errors": errors,

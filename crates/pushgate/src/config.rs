@@ -47,6 +47,9 @@ pub mod default {
     /// Below the contract's 100 ms for a whole presence answer, with room for the rest.
     pub const PRESENCE_TIMEOUT: f64 = 0.08;
     pub const PRESENCE_MAX_UIDS: usize = 100;
+    pub const BATCH_MAX_ITEMS: usize = 10_000;
+    pub const BATCH_MAX_BYTES: usize = 8 * 1024 * 1024;
+    pub const HISTORY_READ_MAX: usize = 1000;
     /// Room for the JSON around a push's `data` on top of the message limit, so that the
     /// API body limit admits any message the connections may receive.
     pub const BODY_ENVELOPE: usize = 64 * 1024;
@@ -214,6 +217,17 @@ pub struct Keys {
     /// [default: false].
     #[arg(long, env = "PUSHGATE_BUS_EVENTS")]
     pub bus_events: Option<bool>,
+    /// Most pushes one /v1/batch request may carry, 413 past it [default: 10000].
+    #[arg(long, env = "PUSHGATE_BATCH_MAX_ITEMS")]
+    pub batch_max_items: Option<usize>,
+    /// Largest /v1/batch request body in bytes, 413 past it; each push in it is also
+    /// bound by --max-body-bytes [default: 8388608].
+    #[arg(long, env = "PUSHGATE_BATCH_MAX_BYTES")]
+    pub batch_max_bytes: Option<usize>,
+    /// Most messages one /v1/history read may ask for (`limit`), at most 10000
+    /// [default: 1000].
+    #[arg(long, env = "PUSHGATE_HISTORY_READ_MAX")]
+    pub history_read_max: Option<usize>,
     /// Development mode, the only way to start without a JWT key (then `?uid=` is trusted
     /// as the user ID), to leave the API key unset on a control listener beyond loopback,
     /// and to serve /echo without authentication. Never on a reachable node
@@ -439,6 +453,10 @@ pub struct Settings {
     pub max_conns_per_user: usize,
     /// Bounds of `/v1/presence`.
     pub operator: crate::control::OperatorLimits,
+    /// Bounds of `/v1/batch`.
+    pub batch: crate::control::BatchLimits,
+    /// Most messages one `/v1/history` read returns.
+    pub history_read_max: usize,
     /// The undelivered hook and the events, when on.
     pub events: EventSettings,
 }
@@ -753,6 +771,17 @@ impl Settings {
                     }),
                 },
                 bus_events: pick!(bus_events, false),
+            },
+            batch: crate::control::BatchLimits {
+                max_items: match pick!(batch_max_items, default::BATCH_MAX_ITEMS) {
+                    0 => bail!("batch_max_items must be at least 1"),
+                    n => n,
+                },
+                max_bytes: pick!(batch_max_bytes, default::BATCH_MAX_BYTES).max(64),
+            },
+            history_read_max: match pick!(history_read_max, default::HISTORY_READ_MAX) {
+                n @ 1..=10_000 => n,
+                n => bail!("history_read_max must be between 1 and 10000, got {n}"),
             },
             history: router::HistoryConfig {
                 size: pick!(history_size, default::HISTORY_SIZE),
@@ -1114,6 +1143,9 @@ mod tests {
             "--presence-timeout=6",
             "--presence-max-uids=0",
             "--presence-max-uids=1001",
+            "--batch-max-items=0",
+            "--history-read-max=0",
+            "--history-read-max=10001",
         ] {
             assert!(Settings::resolve(&dev(&[bad]), 100).is_err(), "{bad}");
         }
@@ -1124,6 +1156,9 @@ mod tests {
             "PUSHGATE_MAX_CONNS_PER_USER",
             "PUSHGATE_PRESENCE_TIMEOUT",
             "PUSHGATE_PRESENCE_MAX_UIDS",
+            "PUSHGATE_BATCH_MAX_ITEMS",
+            "PUSHGATE_BATCH_MAX_BYTES",
+            "PUSHGATE_HISTORY_READ_MAX",
         ] {
             assert!(help.contains(env), "{env}");
         }

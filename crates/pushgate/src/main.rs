@@ -200,6 +200,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         metrics,
         operator_limits: settings.operator,
         operator_stats,
+        batch_limits: settings.batch,
+        history_max_limit: settings.history_read_max,
     }));
     server.run().context("starting the reactor threads")?;
     if let Some(bus) = &nats {

@@ -120,6 +120,12 @@ pub mod names {
     pub const MESSAGES_DROPPED: &str = "pushgate_messages_dropped_total";
     /// Counter: server API requests by endpoint and status.
     pub const PUSH_REQUESTS: &str = "pushgate_push_requests_total";
+    /// Counter: pushes carried in /v1/batch requests, by their own status.
+    pub const BATCH_ITEMS: &str = "pushgate_batch_items_total";
+    /// Counter: /v1/batch requests refused whole (413), by the limit they broke.
+    pub const BATCH_REFUSED: &str = "pushgate_batch_refused_total";
+    /// Counter: /v1/history reads by result.
+    pub const HISTORY_READS: &str = "pushgate_history_reads_total";
     /// Histogram: push receipt to frame handed to the kernel.
     pub const PUSH_LATENCY: &str = "pushgate_push_latency_seconds";
     /// Counter: client requests by type.
@@ -761,6 +767,36 @@ fn control(src: &Sources, out: &mut Families) {
             f.mut_metric().push(sample(COUNTER, labels, n as f64));
         }
     }
+    out.family(
+        BATCH_ITEMS,
+        COUNTER,
+        "Pushes carried in /v1/batch requests, by the status of their own result.",
+        "status",
+        API_STATUSES
+            .iter()
+            .zip(&src.api.batch_items)
+            .map(|(s, c)| (s, c.get())),
+    );
+    out.family(
+        BATCH_REFUSED,
+        COUNTER,
+        "/v1/batch requests refused whole with 413: items (--batch-max-items), bytes (--batch-max-bytes).",
+        "limit",
+        crate::control::BATCH_LIMITS
+            .iter()
+            .zip(&src.api.batch_refused)
+            .map(|(l, c)| (l, c.get())),
+    );
+    out.family(
+        HISTORY_READS,
+        COUNTER,
+        "/v1/history reads: ok, bad_request, off (no history kept), unavailable (JetStream did not answer, or too many reads waiting).",
+        "result",
+        crate::control::HISTORY_READ_RESULTS
+            .iter()
+            .zip(&src.api.history_reads)
+            .map(|(r, c)| (r, c.get())),
+    );
 }
 
 /// Who is online, the history, and what was not delivered.

@@ -293,6 +293,9 @@ fn without_jetstream_delivery_is_live_only() {
     assert_eq!((status, resp.as_str()), (200, "{\"ok\":true}"));
     let got = messages(&mut c, 1, Duration::from_secs(5));
     assert!(got[0].get("seq").is_none());
+    // Issue 28: the history API says the store is unavailable, not that there is none.
+    let (status, h) = history(&gw, "uid=u");
+    assert_eq!(status, 503, "{h}");
     let (mut c2, w2) = ws(&gw, "u", "&since=3");
     assert_eq!(w2["recovered"], false, "{w2}");
     assert_eq!(c2.recv_json()["code"], "unavailable");
@@ -764,4 +767,120 @@ fn a_nats_outage_delivers_locally_without_a_seq() {
     assert_eq!(got[0]["id"], "p2", "{}", got[0]);
     assert_eq!(got[0]["data"], 2);
     assert!(got[0].get("seq").is_none(), "no seq: {}", got[0]);
+}
+
+fn history(gw: &Gateway, query: &str) -> (u16, Value) {
+    let (status, body) = gw.control_get(&format!("/v1/history?{query}"));
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}")),
+    )
+}
+
+/// Issue 28: a batch through one node, parked for JetStream and answered once every push
+/// of it completed, reaches a client on the other node with the seqs its results gave; a
+/// bad push among them gets its own 400 and the others are delivered.
+#[test]
+fn a_batch_through_one_node_reaches_the_other_with_its_seqs() {
+    let js = Js::start();
+    let a = node(&js.nats.url(), "a", &[]);
+    let b = node(&js.nats.url(), "b", &[]);
+    let (mut c, _) = ws(&a, "u1", "");
+    let (mut m, _) = ws(&a, "m1", "");
+    join(&mut m, "br", None);
+    subscribed(&a, 4);
+    let body = json!([
+        {"to": ["u1"], "id": "cb-1", "data": 1},
+        {"to": ["u1"]},
+        {"to": ["u1"], "data": 2},
+        {"rooms": ["br"], "data": "room"},
+    ]);
+    let (status, resp) = post(b.control_addr, "/v1/batch", &body.to_string(), None);
+    assert_eq!(status, 200, "{resp}");
+    let v: Value = serde_json::from_str(&resp).unwrap();
+    let r = v["results"].as_array().unwrap();
+    let statuses: Vec<u64> = r.iter().map(|x| x["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [200, 400, 200, 200], "{v}");
+    let got = messages(&mut c, 2, Duration::from_secs(15));
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0]["id"], "cb-1");
+    assert_eq!(got[0]["seq"], r[0]["seq"]["u1"], "{v}");
+    assert_eq!(got[1]["seq"], r[2]["seq"]["u1"], "{v}");
+    assert_eq!(
+        messages(&mut m, 1, Duration::from_secs(15))[0]["data"],
+        "room"
+    );
+    // The streaming form, parked the same way: one line per push, in order.
+    let lines = "{\"to\":[\"u1\"],\"data\":3}\n{\"to\":[\"u1\"],\"data\":4}\n";
+    let (status, text) = common::http(
+        b.control_addr,
+        &format!(
+            "POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{lines}",
+            lines.len()
+        ),
+    );
+    assert_eq!(status, 200, "{text}");
+    let got = messages(&mut c, 2, Duration::from_secs(15));
+    let data: Vec<u64> = got.iter().map(|m| m["data"].as_u64().unwrap()).collect();
+    assert_eq!(data, [3, 4]);
+    for (i, m) in got.iter().enumerate() {
+        let seq = format!("\"i\":{i},\"status\":200,\"ok\":true,\"id\":");
+        assert!(text.contains(&seq), "{text}");
+        assert!(text.contains(&format!("\"u1\":{}", m["seq"])), "{text}");
+    }
+}
+
+/// Issue 28: `GET /v1/history` on either node of a cluster has exactly what the client
+/// saw (same ids, same seqs), pages with `since` and `limit`, reads rooms too; with
+/// JetStream frozen a read is answered 503 while the node serves on.
+#[test]
+fn history_reads_in_a_cluster_match_what_the_client_saw() {
+    let js = Js::start();
+    let a = node(&js.nats.url(), "a", &["--bus-ping-timeout", "30"]);
+    let b = node(&js.nats.url(), "b", &["--bus-ping-timeout", "30"]);
+    let (mut c, _) = ws(&a, "hu", "");
+    let (mut m, _) = ws(&b, "hm", "");
+    join(&mut m, "hr", None);
+    subscribed(&a, 2);
+    subscribed(&b, 3);
+    for i in 0..5 {
+        push(&b, json!({"to": ["hu"], "data": {"i": i}}));
+    }
+    push(&a, json!({"rooms": ["hr"], "data": "room"}));
+    let seen = messages(&mut c, 5, Duration::from_secs(15));
+    assert_eq!(seen.len(), 5);
+    let room_seen = messages(&mut m, 1, Duration::from_secs(15));
+    for gw in [&a, &b] {
+        let (status, h) = history(gw, "uid=hu");
+        assert_eq!(status, 200, "{h}");
+        assert_eq!(h["messages"], Value::Array(seen.clone()), "{h}");
+        assert_eq!(
+            (h["more"].as_bool(), h["complete"].as_bool()),
+            (Some(false), Some(true))
+        );
+        let since = seen[1]["seq"].as_u64().unwrap();
+        let (status, h) = history(gw, &format!("uid=hu&since={since}&limit=2"));
+        assert_eq!(status, 200, "{h}");
+        assert_eq!(h["messages"], json!([seen[2], seen[3]]), "{h}");
+        assert_eq!(
+            (h["more"].as_bool(), &h["last"]),
+            (Some(true), &seen[3]["seq"])
+        );
+        let (status, h) = history(gw, "room=hr");
+        assert_eq!(status, 200, "{h}");
+        assert_eq!(h["messages"], Value::Array(room_seen.clone()), "{h}");
+    }
+    assert_eq!(history(&a, "uid=hu&limit=0").0, 400);
+    js.nats.pause();
+    let t = Instant::now();
+    let (status, h) = history(&a, "uid=hu");
+    assert_eq!(status, 503, "{h}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // The node answered other requests meanwhile and still does.
+    assert_eq!(a.control_get("/healthz").0, 200);
+    js.nats.resume();
+    assert_eq!(
+        a.metric(r#"pushgate_history_reads_total{result="unavailable"}"#),
+        1.0
+    );
 }

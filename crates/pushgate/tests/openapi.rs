@@ -56,6 +56,14 @@ fn exchange(addr: SocketAddr, raw: &[u8]) -> (u16, String, String) {
     let _ = s.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
     let status = head
         .split(' ')
         .nth(1)
@@ -69,7 +77,22 @@ fn exchange(addr: SocketAddr, raw: &[u8]) -> (u16, String, String) {
                 .then(|| v.trim().to_owned())
         })
         .unwrap_or_default();
-    (status, content_type, body.to_owned())
+    (status, content_type, body)
+}
+
+/// The body of a chunked answer.
+fn dechunk(mut raw: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = raw.split_once("\r\n").expect("chunk size line");
+        let size = usize::from_str_radix(size, 16).expect("chunk size");
+        if size == 0 {
+            assert_eq!(rest, "\r\n", "nothing after the last chunk");
+            return out;
+        }
+        out.push_str(&rest[..size]);
+        raw = rest[size..].strip_prefix("\r\n").expect("chunk end");
+    }
 }
 
 struct Recorder {
@@ -95,7 +118,17 @@ impl Recorder {
         )
         .into_bytes();
         raw.extend_from_slice(body);
-        self.raw(method, path, &raw, expect)
+        let request_type = headers
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Type: "))
+            .unwrap_or_default();
+        let answer = self.raw(method, path, &raw, expect);
+        // The request too, for the spec's request body schema.
+        if let Some(last) = self.records.last_mut() {
+            last["request"] = String::from_utf8_lossy(body).into_owned().into();
+            last["request_type"] = request_type.into();
+        }
+        answer
     }
 
     fn raw(&mut self, method: &str, path: &str, raw: &[u8], expect: u16) -> serde_json::Value {
@@ -120,6 +153,10 @@ fn every_answer_matches_the_openapi_spec() {
         KEY,
         "--max-body-bytes",
         "4096",
+        "--batch-max-items",
+        "5",
+        "--history-read-max",
+        "10",
     ]);
     // A connected user, so presence lists an entry and a disconnect closes something.
     let token = pushgate::token::mint(
@@ -217,6 +254,68 @@ fn every_answer_matches_the_openapi_spec() {
     );
     r.ask("POST", "/v1/broadcast", "", json, br#"{"data":1}"#, 401);
     r.ask("PUT", "/v1/broadcast", "", &both, br#"{"data":1}"#, 405);
+
+    // POST /v1/batch
+    let b = r.ask(
+        "POST",
+        "/v1/batch",
+        "",
+        &both,
+        br#"[{"to":["alice","bob"],"id":"b-1","data":{"x":3}},{"rooms":["lobby"],"data":4}]"#,
+        200,
+    );
+    assert!(b["results"][0]["seq"]["alice"].as_u64().is_some(), "{b}");
+    // A bad push among good ones: its own 400 result (the request itself is not a
+    // valid batch, so it is not checked against the request schema).
+    let b = r.ask(
+        "POST",
+        "/v1/batch",
+        "",
+        &both,
+        br#"[{"to":["alice"],"data":1},{"to":["alice"]}]"#,
+        200,
+    );
+    assert_eq!(b["results"][1]["status"], 400, "{b}");
+    if let Some(last) = r.records.last_mut() {
+        last.as_object_mut().unwrap().remove("request");
+    }
+    let ndjson = format!("{AUTH}Content-Type: application/x-ndjson\r\n");
+    r.ask(
+        "POST",
+        "/v1/batch",
+        "",
+        &ndjson,
+        b"{\"to\":[\"alice\"],\"data\":5}\n{\"to\":[\"alice\"],\"data\":6}\nnope\n",
+        200,
+    );
+    r.ask(
+        "POST",
+        "/v1/batch",
+        "",
+        &both,
+        br#"{"to":["a"],"data":1}"#,
+        400,
+    );
+    r.ask(
+        "POST",
+        "/v1/batch",
+        "",
+        json,
+        br#"[{"to":["a"],"data":1}]"#,
+        401,
+    );
+    r.ask("GET", "/v1/batch", "", AUTH, b"", 405);
+    let six = format!("[{}]", [r#"{"to":["a"],"data":1}"#; 6].join(","));
+    r.ask("POST", "/v1/batch", "", &both, six.as_bytes(), 413);
+
+    // GET /v1/history
+    let h = r.ask("GET", "/v1/history", "?uid=alice&limit=2", AUTH, b"", 200);
+    assert_eq!(h["messages"].as_array().map(Vec::len), Some(2), "{h}");
+    assert_eq!(h["more"], true, "{h}");
+    r.ask("GET", "/v1/history", "?room=lobby&since=0", AUTH, b"", 200);
+    r.ask("GET", "/v1/history", "?uid=alice&limit=11", AUTH, b"", 400);
+    r.ask("GET", "/v1/history", "?uid=alice", "", b"", 401);
+    r.ask("POST", "/v1/history", "?uid=alice", AUTH, b"", 405);
 
     // GET /v1/presence
     let p = r.ask("GET", "/v1/presence", "?uid=alice&uid=bob", AUTH, b"", 200);

@@ -33,5 +33,6 @@ pub use hooks::RouterHooks;
 pub use registry::Registry;
 pub use registry::UserConn;
 pub use router::{
-    CloseStats, Delivered, DeliveredDone, Opened, PushOutcome, Router, CLOSE_USER_CAP, STORE_WAIT,
+    CloseStats, Delivered, DeliveredDone, HistoryPage, HistoryReadError, Opened, PushOutcome,
+    Router, CLOSE_USER_CAP, REPLAY_TIMEOUT, STORE_WAIT,
 };

@@ -25,10 +25,12 @@ use session::client_protocol::{self as cp, RequestError};
 use session::Welcome;
 
 mod clustered;
+mod history_read;
 mod openers;
 
 use clustered::Clustered;
 pub use clustered::{HISTORY_UNAVAILABLE, REPLAY_TIMEOUT, STORE_WAIT};
+pub use history_read::{HistoryDone, HistoryPage, HistoryReadError, MAX_QUEUED_READS};
 
 /// What a push reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -82,6 +82,26 @@ pub enum Next {
     Continue,
 }
 
+/// What a request's body may hold, chosen from its head (a batch may be larger than a
+/// push).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimit {
+    /// Largest body in bytes (413 past it).
+    pub bytes: usize,
+    /// Most chunks of a chunked body (413 past it).
+    pub chunks: usize,
+}
+
+impl BodyLimit {
+    /// `bytes`, in at most [`MAX_CHUNKS`] chunks.
+    pub fn bytes(bytes: usize) -> Self {
+        BodyLimit {
+            bytes,
+            chunks: MAX_CHUNKS,
+        }
+    }
+}
+
 /// How the body of a request is framed.
 #[derive(Debug, Clone, Copy)]
 enum Framing {
@@ -105,6 +125,8 @@ pub struct Reader {
     pending: Option<Box<Pending>>,
     /// Input bytes looked at so far: the work done, for tests that bound it.
     examined: u64,
+    /// The path of the last head parsed, so that a refusal can be counted per route.
+    last_path: String,
 }
 
 #[derive(Debug)]
@@ -113,6 +135,7 @@ struct Pending {
     head_len: usize,
     framing: Framing,
     chunked: Dechunk,
+    limit: BodyLimit,
 }
 
 /// Progress through a chunked body (RFC 9112 §7.1).
@@ -158,13 +181,31 @@ impl Reader {
         self.examined
     }
 
+    /// The path of the last request head parsed (of a request refused, too).
+    pub fn last_path(&self) -> &str {
+        &self.last_path
+    }
+
     /// Takes the next complete request from the front of `buf`.
     pub fn next_request(
         &mut self,
         buf: &mut BytesMut,
         max_body: usize,
     ) -> Result<Next, ParseError> {
-        let result = self.advance(buf, max_body);
+        self.next_request_limited(buf, |_| BodyLimit::bytes(max_body))
+    }
+
+    /// [`Reader::next_request`] with the body limit chosen from the request's path.
+    pub fn next_request_limited(
+        &mut self,
+        buf: &mut BytesMut,
+        limit: impl Fn(&str) -> BodyLimit,
+    ) -> Result<Next, ParseError> {
+        if self.pending.is_none() {
+            // A new request: its refusal, before its head is parsed, names no route.
+            self.last_path.clear();
+        }
+        let result = self.advance(buf, limit);
         if !matches!(result, Ok(Next::Incomplete | Next::Continue)) {
             // A request taken, or the input refused: the next starts from nothing.
             self.head_scanned = 0;
@@ -173,7 +214,11 @@ impl Reader {
         result
     }
 
-    fn advance(&mut self, buf: &mut BytesMut, max_body: usize) -> Result<Next, ParseError> {
+    fn advance(
+        &mut self,
+        buf: &mut BytesMut,
+        body_limit: impl Fn(&str) -> BodyLimit,
+    ) -> Result<Next, ParseError> {
         if self.pending.is_none() {
             let limit = buf.len().min(MAX_HEAD);
             let from = self.head_scanned.saturating_sub(3).min(limit);
@@ -194,9 +239,12 @@ impl Reader {
                     protocol::HandshakeError::TooManyHeaders => ParseError::HeadTooLarge,
                     _ => ParseError::Malformed,
                 })?;
+            self.last_path.clear();
+            self.last_path.push_str(head.path());
+            let limit = body_limit(head.path());
             let framing = framing(&head)?;
             if let Framing::Length(n) = framing {
-                if n > max_body {
+                if n > limit.bytes {
                     return Err(ParseError::BodyTooLarge);
                 }
             }
@@ -205,6 +253,7 @@ impl Reader {
                 head_len,
                 framing,
                 chunked: Dechunk::default(),
+                limit,
             }));
         }
         let Some(p) = self.pending.as_mut() else {
@@ -214,7 +263,7 @@ impl Reader {
         let consumed = match p.framing {
             Framing::Length(n) if body_bytes.len() < n => return Ok(waiting(&p.head, body_bytes)),
             Framing::Length(n) => n,
-            Framing::Chunked => match p.chunked.decode(body_bytes, max_body, &mut self.examined)? {
+            Framing::Chunked => match p.chunked.decode(body_bytes, p.limit, &mut self.examined)? {
                 Some(consumed) => consumed,
                 None => return Ok(waiting(&p.head, body_bytes)),
             },
@@ -227,6 +276,7 @@ impl Reader {
             head_len,
             framing,
             chunked,
+            ..
         } = *p;
         let mut keep_alive = head.minor_version() >= 1;
         for value in head.header_values("connection") {
@@ -264,9 +314,10 @@ impl Dechunk {
     fn decode(
         &mut self,
         bytes: &[u8],
-        max_body: usize,
+        limit: BodyLimit,
         examined: &mut u64,
     ) -> Result<Option<usize>, ParseError> {
+        let max_body = limit.bytes;
         loop {
             match self.state {
                 ChunkState::Done(consumed) => return Ok(Some(consumed)),
@@ -274,7 +325,7 @@ impl Dechunk {
                     let Some(end) = self.line_end(bytes, MAX_CHUNK_LINE, examined)? else {
                         return Ok(None);
                     };
-                    if self.chunks == MAX_CHUNKS {
+                    if self.chunks == limit.chunks {
                         return Err(ParseError::BodyTooLarge);
                     }
                     self.chunks += 1;
@@ -473,13 +524,40 @@ pub fn response(status: u16, content_type: &str, body: &[u8], keep_alive: bool) 
     out
 }
 
-/// A JSON error body.
+/// A JSON error response.
 pub fn json_error(status: u16, message: &str, keep_alive: bool) -> Vec<u8> {
+    response(status, "application/json", &error_body(message), keep_alive)
+}
+
+/// `{"ok":false,"error":message}`.
+pub fn error_body(message: &str) -> Vec<u8> {
     // Written by hand to keep `ok` first, as the contract shows it; serde_json escapes.
     let message = serde_json::to_string(message).unwrap_or_else(|_| "\"\"".to_owned());
-    let body = format!("{{\"ok\":false,\"error\":{message}}}");
-    response(status, "application/json", body.as_bytes(), keep_alive)
+    format!("{{\"ok\":false,\"error\":{message}}}").into_bytes()
 }
+
+/// The head of a `200` whose body follows in chunks ([`chunk`]), ended by [`LAST_CHUNK`].
+pub fn chunked_head(content_type: &str, keep_alive: bool) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nConnection: {}\r\n\r\n",
+        if keep_alive { "keep-alive" } else { "close" }
+    )
+    .into_bytes()
+}
+
+/// Appends `data` to `out` as one chunk (RFC 9112 §7.1); nothing for empty data, which
+/// would end the body.
+pub fn chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The chunk that ends a chunked body.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 #[cfg(test)]
 mod tests {

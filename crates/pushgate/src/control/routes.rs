@@ -11,18 +11,22 @@ use router::bus::stats::Counter;
 use router::{BusError, Router};
 
 use super::api;
-use super::http::{json_error, response, Request};
+use super::batch::{self, BatchLimits};
+use super::http::{error_body, json_error, response, Request};
 use super::operator::{self, OperatorLimits, OperatorStats};
 use crate::metrics::Metrics;
 
+/// `POST /v1/batch` (served by [`batch`]).
+pub(super) const BATCH_PATH: &str = "/v1/batch";
+
 /// Server API endpoints, for the request counters.
-pub const API_ENDPOINTS: [&str; 2] = ["push", "broadcast"];
+pub const API_ENDPOINTS: [&str; 3] = ["push", "broadcast", "batch"];
 /// Statuses the API answers with, for the request counters.
 pub const API_STATUSES: [u16; 8] = [200, 400, 401, 404, 405, 413, 503, 504];
 
 /// How long a push parked for JetStream's answers may wait before the reactor answers
 /// 504 itself: past the bus's own store timeout, which normally answers first (503).
-const PUSH_PARK: Duration = router::STORE_WAIT.saturating_add(Duration::from_secs(1));
+pub(super) const PUSH_PARK: Duration = router::STORE_WAIT.saturating_add(Duration::from_secs(1));
 /// How long a presence query may be parked past its `presence_timeout` (the bus thread
 /// answers at the timeout; this only bounds a bus thread that stopped).
 const PRESENCE_PARK_SLACK: Duration = Duration::from_secs(1);
@@ -31,13 +35,21 @@ const PRESENCE_PARK_SLACK: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub struct ApiStats {
     /// Requests by endpoint (index into [`API_ENDPOINTS`]) and status (into [`API_STATUSES`]).
-    pub requests: [[Counter; 8]; 2],
+    pub requests: [[Counter; 8]; 3],
     /// Users named in pushes with no connection on this node.
     pub offline: Counter,
+    /// Pushes carried in `/v1/batch` requests, by their own status (into
+    /// [`API_STATUSES`]).
+    pub batch_items: [Counter; 8],
+    /// `/v1/batch` requests refused whole, by the limit they broke (into
+    /// [`batch::BATCH_LIMITS`]).
+    pub batch_refused: [Counter; 2],
+    /// `/v1/history` reads by [`super::history_api::HISTORY_READ_RESULTS`].
+    pub history_reads: [Counter; 4],
 }
 
 impl ApiStats {
-    fn count(&self, endpoint: usize, status: u16) {
+    pub(super) fn count(&self, endpoint: usize, status: u16) {
         if let Some(i) = API_STATUSES.iter().position(|&s| s == status) {
             self.requests[endpoint][i].add(1);
         }
@@ -67,6 +79,10 @@ pub struct ControlState {
     pub operator_limits: OperatorLimits,
     /// Counters of `/v1/presence` and `/v1/disconnect`.
     pub operator_stats: Arc<OperatorStats>,
+    /// Bounds of `/v1/batch`.
+    pub batch_limits: BatchLimits,
+    /// Most messages one `/v1/history` read returns.
+    pub history_max_limit: usize,
 }
 
 /// Compares in constant time (the `subtle` crate, which also keeps the optimiser from
@@ -87,6 +103,12 @@ impl ControlState {
         parking: &mut Parking<'_>,
     ) -> Option<Vec<u8>> {
         let keep = req.keep_alive;
+        if req.path == BATCH_PATH {
+            return batch::serve(self, req, parking);
+        }
+        if req.path == "/v1/history" {
+            return super::history_api::serve(self, req, parking);
+        }
         let endpoint = match req.path.as_str() {
             "/v1/push" => Some(0),
             "/v1/broadcast" => Some(1),
@@ -159,28 +181,9 @@ impl ControlState {
             &p,
             received,
             Box::new(move |d| {
-                stats.offline.add(d.outcome.offline_users as u64);
-                if let (Err(BusError::Disconnected), Some(id)) = (d.outcome.bus, &d.id) {
-                    stats.count(0, 503);
-                    return completion.complete(response(
-                        503,
-                        "application/json",
-                        &api::unstored_answer(id, &d),
-                        keep,
-                    ));
-                }
-                let (status, answer) = match saturation_status(d.outcome.refused)
-                    .unwrap_or_else(|| bus_status(d.outcome.bus))
-                {
-                    (200, _) => (
-                        200,
-                        response(200, "application/json", &api::push_answer(&d), keep),
-                    ),
-                    (status, Err(e)) => (status, json_error(status, e, keep)),
-                    (status, Ok(())) => (status, json_error(status, "refused", keep)),
-                };
+                let (status, body) = deferred_answer(&stats, &d);
                 stats.count(0, status);
-                completion.complete(answer);
+                completion.complete(response(status, "application/json", &body, keep));
             }),
         );
         None
@@ -243,7 +246,7 @@ impl ControlState {
     }
 
     /// Whether the request carries the API key, when one is required.
-    fn authorized(&self, req: &Request) -> bool {
+    pub(super) fn authorized(&self, req: &Request) -> bool {
         let Some(key) = &self.api_key else {
             return true;
         };
@@ -276,6 +279,38 @@ impl ControlState {
         }
     }
 
+    /// A `/v1/batch` request the reader refused before it was complete.
+    pub(super) fn count_batch_refusal(&self, e: super::http::ParseError) {
+        if e == super::http::ParseError::BodyTooLarge {
+            self.api_stats.batch_refused[1].add(1);
+        }
+        self.api_stats.count(2, e.status().0);
+    }
+
+    /// Carries out a push where nothing waits (see [`Router::push_is_deferred`]).
+    pub(super) fn push_now(
+        &self,
+        p: &api::PushRequest<'_>,
+        received: Instant,
+    ) -> (u16, Result<Bytes, &'static str>) {
+        // A retry with the caller's ID gets the first answer; a refused push is not
+        // remembered, so its retry is carried out.
+        let answer = self.router.once(p.id.as_deref(), || {
+            let d = api::push(&self.router, p, received);
+            self.api_stats.offline.add(d.outcome.offline_users as u64);
+            match saturation_status(d.outcome.refused).unwrap_or_else(|| bus_status(d.outcome.bus))
+            {
+                (200, _) => Ok(Bytes::from(api::push_answer(&d))),
+                (status, Err(e)) => Err((status, e)),
+                (status, Ok(())) => Err((status, "refused")),
+            }
+        });
+        match answer {
+            Ok((body, _)) => (200, Ok(body)),
+            Err((status, e)) => (status, Err(e)),
+        }
+    }
+
     /// Serves an API endpoint: (status, Ok or the error message).
     fn api(&self, endpoint: usize, req: &Request) -> (u16, Result<Bytes, &'static str>) {
         if req.method != "POST" {
@@ -287,25 +322,7 @@ impl ControlState {
         let received = Instant::now();
         if endpoint == 0 {
             match api::parse_push(&req.body) {
-                Ok(p) => {
-                    // A retry with the caller's ID gets the first answer; a refused push
-                    // is not remembered, so its retry is carried out.
-                    let answer = self.router.once(p.id.as_deref(), || {
-                        let d = api::push(&self.router, &p, received);
-                        self.api_stats.offline.add(d.outcome.offline_users as u64);
-                        match saturation_status(d.outcome.refused)
-                            .unwrap_or_else(|| bus_status(d.outcome.bus))
-                        {
-                            (200, _) => Ok(Bytes::from(api::push_answer(&d))),
-                            (status, Err(e)) => Err((status, e)),
-                            (status, Ok(())) => Err((status, "refused")),
-                        }
-                    });
-                    match answer {
-                        Ok((body, _)) => (200, Ok(body)),
-                        Err((status, e)) => (status, Err(e)),
-                    }
-                }
+                Ok(p) => self.push_now(&p, received),
                 Err(e) => (400, Err(e)),
             }
         } else {
@@ -328,6 +345,20 @@ impl ControlState {
                 Err(e) => (400, Err(e)),
             }
         }
+    }
+}
+
+/// The status and JSON body of a push carried out by [`api::push_then`] (counted in
+/// `stats`' offline users).
+pub(super) fn deferred_answer(stats: &ApiStats, d: &router::Delivered) -> (u16, Vec<u8>) {
+    stats.offline.add(d.outcome.offline_users as u64);
+    if let (Err(BusError::Disconnected), Some(id)) = (d.outcome.bus, &d.id) {
+        return (503, api::unstored_answer(id, d));
+    }
+    match saturation_status(d.outcome.refused).unwrap_or_else(|| bus_status(d.outcome.bus)) {
+        (200, _) => (200, api::push_answer(d)),
+        (status, Err(e)) => (status, error_body(e)),
+        (status, Ok(())) => (status, error_body("refused")),
     }
 }
 

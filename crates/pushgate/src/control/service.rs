@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::BytesMut;
 use reactor::{ConnState, Flow, Parking, Service, Unanswered};
 
-use super::http::{json_error, Next, Reader, CONTINUE};
+use super::http::{json_error, BodyLimit, Next, Reader, CONTINUE, MAX_CHUNKS};
 use super::routes::ControlState;
 
 /// One reactor's handle on the control routes. The state is set once the reactors are
@@ -45,11 +45,24 @@ impl Service for ControlService {
             return Flow::Close;
         };
         let start = out.len();
+        let batch = state.batch_limits;
+        // A batch may be larger than a push, and a streaming client may send a chunk per
+        // line.
+        let limit = |path: &str| {
+            if path == super::batch::PATH {
+                BodyLimit {
+                    bytes: batch.max_bytes,
+                    chunks: MAX_CHUNKS.max(batch.max_items),
+                }
+            } else {
+                BodyLimit::bytes(state.max_body_bytes)
+            }
+        };
         loop {
             if out.len() - start >= room {
                 return Flow::Paused;
             }
-            match reader.next_request(input, state.max_body_bytes) {
+            match reader.next_request_limited(input, limit) {
                 Ok(Next::Request(req)) => {
                     match state.handle(&req, true, parking) {
                         Some(answer) => out.extend_from_slice(&answer),
@@ -71,6 +84,9 @@ impl Service for ControlService {
                 Ok(Next::Incomplete) => return Flow::KeepAlive,
                 Err(e) => {
                     let (status, msg) = e.status();
+                    if reader.last_path() == super::batch::PATH {
+                        state.count_batch_refusal(e);
+                    }
                     out.extend_from_slice(&json_error(status, msg, false));
                     input.clear();
                     return Flow::Close;

@@ -93,6 +93,21 @@ def main():
         for err in validator.iter_errors(instance):
             problems.append(f"{where}: {err.message} at {list(err.absolute_path)} in {str(instance)[:300]}")
 
+        # A request that was carried out: its body against the operation's request body.
+        request = rec.get("request")
+        if rec["status"] == 200 and request and "requestBody" in op:
+            req_media = (rec.get("request_type") or "application/json").split(";")[0].strip()
+            req_content = op["requestBody"].get("content", {})
+            if req_media not in req_content:
+                problems.append(f"{where}: request content type {req_media!r} not documented")
+                continue
+            req_ptr = pointer("paths", rec["path"], rec["method"].lower(), "requestBody",
+                              "content", req_media, "schema")
+            req_validator = OAS31Validator({"$ref": f"{SPEC_URI}#/{req_ptr}"}, registry=registry)
+            req_instance = json.loads(request) if req_media == "application/json" else request
+            for err in req_validator.iter_errors(req_instance):
+                problems.append(f"{where}: request {err.message} at {list(err.absolute_path)}")
+
     # Every documented path was answered 200 at least once.
     for p in documented:
         if not any(e[0] == p and e[2] == "200" for e in exercised):

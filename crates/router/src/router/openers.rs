@@ -54,6 +54,8 @@ pub(super) enum Job {
         conn: ConnRef,
         since: u64,
     },
+    /// A read of the server API's `GET /v1/history`.
+    History(super::history_read::HistoryJob),
 }
 
 /// Openings and joins handed to the openers and not registered yet.
@@ -69,6 +71,8 @@ pub(super) struct Openers {
     pub(super) tx: Sender<Job>,
     pub(super) rx: Mutex<Option<Receiver<Job>>>,
     pub(super) pending: Pending,
+    /// [`Job::History`] reads queued and not started.
+    pub(super) history_reads: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for Openers {
@@ -78,6 +82,7 @@ impl Default for Openers {
             tx,
             rx: Mutex::new(Some(rx)),
             pending: Pending::default(),
+            history_reads: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 }
@@ -192,6 +197,10 @@ impl Router {
                 if let Err(e) = self.join_clustered(c, &room, conn, since) {
                     self.reply_error(conn, e);
                 }
+                None
+            }
+            Job::History(job) => {
+                self.read_history(job);
                 None
             }
         }
