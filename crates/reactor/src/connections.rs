@@ -43,6 +43,7 @@ use crate::wheel::{TimerId, Wheel};
 mod accept;
 mod deliver;
 mod drain;
+pub(crate) mod flush_budget;
 
 use drain::DrainPlan;
 
@@ -254,6 +255,11 @@ impl<D: Driver> Reactor<D> {
             self.drain_inbox();
         }
         self.flush_dirty();
+    }
+
+    /// Whether commands wait in the inbox (the reactor's own deliveries among them).
+    pub(crate) fn has_commands(&self) -> bool {
+        !self.inbox.is_empty()
     }
 
     /// The turn's start, after the wait: due timers, and the control listener's work

@@ -35,6 +35,7 @@ use mio::{Events, Poll};
 use socket2::SockRef;
 
 use super::Driver;
+use crate::connections::flush_budget::FlushBudget;
 use crate::connections::{Conn, Reactor};
 use crate::outbound::InFlight;
 
@@ -49,8 +50,6 @@ const RING_ENTRIES: u32 = 4096;
 const MAX_FRAMES_PER_SEND: usize = 64;
 /// Accepted sockets held for the admission checks before the accept is cancelled.
 const ACCEPT_QUEUE: usize = 64;
-/// Completions handled between deliveries and writes within one turn.
-const COMPLETIONS_PER_FLUSH: usize = 32;
 /// Batches of completions reaped per turn before timers and the inbox get their turn.
 const BATCHES_PER_TURN: usize = 4;
 /// Send slots kept for reuse.
@@ -523,7 +522,7 @@ impl Reactor<Uring> {
             self.inbox_shared().notified.store(true, Ordering::SeqCst);
             let now = Instant::now();
             self.begin_turn(now, &mut expired);
-            self.reap();
+            self.reap(now);
             if self.end_turn(now) {
                 self.start_sends();
                 self.finish();
@@ -533,7 +532,8 @@ impl Reactor<Uring> {
     }
 
     /// Handles the completions waiting, in batches.
-    fn reap(&mut self) {
+    fn reap(&mut self, now: Instant) {
+        let mut budget = FlushBudget::new(now);
         let mut cqes = std::mem::take(&mut self.io.cqes);
         for _ in 0..BATCHES_PER_TURN {
             cqes.clear();
@@ -547,11 +547,17 @@ impl Reactor<Uring> {
             if cqes.is_empty() {
                 break;
             }
-            for (i, &(ud, res, flags)) in cqes.iter().enumerate() {
-                if i > 0 && i % COMPLETIONS_PER_FLUSH == 0 {
-                    self.deliver_now();
-                }
+            for &(ud, res, flags) in &cqes {
                 self.on_completion(ud, res, flags);
+                // The control listener's requests route pushes; those to our own
+                // connections are sent now, not at the end of the turn. Otherwise every
+                // bounded amount of work (completions or time), what was routed so far
+                // is sent: submitted, not only queued for the wait's submission.
+                let served = split_user_data(ud).0 == OP_POLL && self.has_commands();
+                if served || budget.spent() {
+                    self.send_now();
+                    budget.restart(Instant::now());
+                }
             }
             if !self.io.accepted.is_empty() {
                 self.accept_loop();
@@ -728,6 +734,21 @@ impl Reactor<Uring> {
             }
         }
         self.after_write(key);
+    }
+
+    /// Mid-turn: delivers what the inbox holds and submits the sends, so they start now
+    /// rather than at the turn's end.
+    fn send_now(&mut self) {
+        self.deliver_now();
+        if self.io.to_send.is_empty() {
+            return;
+        }
+        self.start_sends();
+        if let Err(e) = self.io.ring.submit() {
+            if !matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EINTR)) {
+                tracing::warn!(error = %e, "io_uring submit failed");
+            }
+        }
     }
 
     /// Re-arms what ended: receives, the control poll.
