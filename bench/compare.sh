@@ -44,6 +44,8 @@ trap 'stop_servers; rm -rf "$run_dir"' EXIT
 declare -A port api srv_pids extra
 extra[pushgate]=""
 extra[pushgate-uring]=""
+extra[base]=""
+extra[base-uring]=""
 extra[tokio]=""
 extra[nchan]="--subscribe /sub/{user} --publish /pub/{user} --publish-body {data} --broadcast /pub/all --broadcast-body {data} --echo /pubsub/{user}"
 

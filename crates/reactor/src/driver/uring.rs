@@ -534,6 +534,7 @@ impl Reactor<Uring> {
     /// Handles the completions waiting, in batches.
     fn reap(&mut self, now: Instant) {
         let mut budget = FlushBudget::new(now);
+        let mut poll_ready = false;
         let mut cqes = std::mem::take(&mut self.io.cqes);
         for _ in 0..BATCHES_PER_TURN {
             cqes.clear();
@@ -548,17 +549,28 @@ impl Reactor<Uring> {
                 break;
             }
             for &(ud, res, flags) in &cqes {
-                self.on_completion(ud, res, flags);
-                // The control listener's requests route pushes; those to our own
-                // connections are sent now, not at the end of the turn. Otherwise every
-                // bounded amount of work (completions or time), what was routed so far
-                // is sent: submitted, not only queued for the wait's submission.
-                let served = split_user_data(ud).0 == OP_POLL && self.has_commands();
-                if served || budget.spent() {
-                    self.send_now();
-                    budget.restart(Instant::now());
+                if split_user_data(ud).0 == OP_POLL {
+                    // The control listener's sockets are ready. The multishot poll posts a
+                    // completion for every new readiness, so under load the queue holds
+                    // many: they are served once per flush below, not one `epoll_wait`
+                    // each (which made a turn run through a full completion queue in
+                    // hundreds of milliseconds while sends waited to be reaped).
+                    if !cqueue::more(flags) {
+                        self.io.poll_armed = false;
+                    }
+                    poll_ready = true;
+                } else {
+                    self.on_completion(ud, res, flags);
+                }
+                // Every bounded amount of work (completions or time): the control
+                // requests waiting are served, and what was routed so far is sent —
+                // submitted, not only queued for the wait's submission.
+                if budget.spent() {
+                    self.serve_and_send(&mut poll_ready);
                 }
             }
+            self.serve_and_send(&mut poll_ready);
+            budget.restart(Instant::now());
             if !self.io.accepted.is_empty() {
                 self.accept_loop();
             }
@@ -734,6 +746,15 @@ impl Reactor<Uring> {
             }
         }
         self.after_write(key);
+    }
+
+    /// Mid-turn: serves the control listener's ready sockets if `poll_ready` (and clears
+    /// it), then delivers and sends what is routed.
+    fn serve_and_send(&mut self, poll_ready: &mut bool) {
+        if std::mem::take(poll_ready) {
+            self.poll_events();
+        }
+        self.send_now();
     }
 
     /// Mid-turn: delivers what the inbox holds and submits the sends, so they start now
