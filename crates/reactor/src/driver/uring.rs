@@ -552,9 +552,12 @@ impl Reactor<Uring> {
                 if split_user_data(ud).0 == OP_POLL {
                     // The control listener's sockets are ready. The multishot poll posts a
                     // completion for every new readiness, so under load the queue holds
-                    // many: they are served once per flush below, not one `epoll_wait`
-                    // each (which made a turn run through a full completion queue in
-                    // hundreds of milliseconds while sends waited to be reaped).
+                    // many: they are served once per pass over the queue, after the
+                    // batch. Served at each of them (one `epoll_wait` and new sends each),
+                    // the publishers kept the queue full: a pass took hundreds of
+                    // milliseconds, and a connection's next frame waited that long for its
+                    // previous send's completion to be reaped. Served once per pass, a
+                    // long queue slows the publishers until it is short again.
                     if !cqueue::more(flags) {
                         self.io.poll_armed = false;
                     }
@@ -562,11 +565,10 @@ impl Reactor<Uring> {
                 } else {
                     self.on_completion(ud, res, flags);
                 }
-                // Every bounded amount of work (completions or time): the control
-                // requests waiting are served, and what was routed so far is sent —
-                // submitted, not only queued for the wait's submission.
+                // Every bounded amount of work (completions or time), what was routed
+                // so far is sent: submitted, not only queued for the wait's submission.
                 if budget.spent() {
-                    self.serve_and_send(&mut poll_ready);
+                    self.send_now();
                 }
             }
             self.serve_and_send(&mut poll_ready);
