@@ -417,7 +417,7 @@ fn histogram_metric<'a>(
     h.set_sample_count(cumulative + total(&|h| h.buckets[bounds.len()].get()));
     h.set_sample_sum(total(&|h| h.sum_us.get()) as f64 / 1e6);
     let mut m = Metric::default();
-    m.set_label(labels.into());
+    m.set_label(labels);
     m.set_histogram(h);
     m
 }

@@ -10,14 +10,16 @@
 //!   other end of the multishot, re-arms it after the batch of completions that freed
 //!   them.
 //! - Writing: a connection's queue is taken by one send (a single frame) or `sendmsg`
-//!   (several), prepared at the end of the turn for every connection written to, and
-//!   submitted with the turn's wait: one `io_uring_enter` for all of them. The frames stay
+//!   (several), prepared for every connection written to and submitted together: one
+//!   `io_uring_enter` for all of them every 16 completions or 100 µs of a turn
+//!   (`crate::connections::flush_budget`), the rest with the turn's wait. The frames stay
 //!   alive in the connection's send slot until the completion, which puts a short send's
 //!   rest back at the front of the queue.
 //! - Waiting: the timer wheel's next deadline is the wait's timeout (`EXT_ARG`).
 //! - The inbox's waker, the control listener and its connections stay on a `mio::Poll`
 //!   (their code is shared with the epoll backend); the ring watches that epoll set with
-//!   one multishot poll, so the reactor still waits in one place.
+//!   one multishot poll, so the reactor still waits in one place. Its completions are
+//!   served once per pass over the completion queue (see `reap`).
 //! - Closing: a connection removed while the kernel holds requests on its socket has its
 //!   requests cancelled, and the socket is closed once the last completion arrived.
 
