@@ -832,6 +832,14 @@ mod tests {
                 in_words.push(id.to_owned());
                 continue;
             }
+            // A key the environment sets (PUSHGATE_IO in the README's io_uring pass) is not
+            // at its default here.
+            if arg
+                .get_env()
+                .is_some_and(|var| std::env::var_os(var).is_some())
+            {
+                continue;
+            }
             // "0.0.0.0:8080; 127.0.0.1:8080 with --dev", "16389, one full record".
             let value = stated.split([']', ',', ';']).next().unwrap_or_default();
             let flag = format!("--{long}={value}");
@@ -884,9 +892,12 @@ mod tests {
             )
         );
         assert_eq!(
-            (ours.inbox_bytes, ours.compress_min_bytes, ours.io),
-            (lib.inbox_bytes, lib.compress_min_bytes, lib.io)
+            (ours.inbox_bytes, ours.compress_min_bytes),
+            (lib.inbox_bytes, lib.compress_min_bytes)
         );
+        if std::env::var_os("PUSHGATE_IO").is_none() {
+            assert_eq!(ours.io, lib.io);
+        }
         assert_eq!(
             (
                 ours.io_uring_buffers,
