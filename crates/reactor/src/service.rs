@@ -86,15 +86,20 @@ pub struct ServiceLimits {
     pub max_connections_per_ip: u32,
 }
 
+impl ServiceLimits {
+    /// The defaults, which the binary's configuration and `--help` take from here.
+    pub const DEFAULT: ServiceLimits = ServiceLimits {
+        max_connections: 1024,
+        idle_timeout: Duration::from_secs(60),
+        first_request_timeout: Duration::from_secs(5),
+        max_pending_output: 1024 * 1024,
+        max_connections_per_ip: 0,
+    };
+}
+
 impl Default for ServiceLimits {
     fn default() -> Self {
-        ServiceLimits {
-            max_connections: 512,
-            idle_timeout: Duration::from_secs(60),
-            first_request_timeout: Duration::from_secs(5),
-            max_pending_output: 1024 * 1024,
-            max_connections_per_ip: 0,
-        }
+        ServiceLimits::DEFAULT
     }
 }
 
