@@ -17,12 +17,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use hmac::{Hmac, Mac};
 use router::bus::stats::Counter;
 use router::undelivered::{EventSink, Unacked};
 use router::Router;
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 /// The signature header: `sha256=<hex of HMAC-SHA256(secret, body)>`.
 pub const SIGNATURE_HEADER: &str = "X-Pushgate-Signature";
@@ -93,16 +91,12 @@ fn parse_url(url: &str) -> anyhow::Result<Target> {
     })
 }
 
-/// The hex HMAC-SHA256 of `body` under `secret`.
+/// The hex HMAC-SHA256 of `body` under `secret` (aws-lc-rs: the one crypto provider the
+/// binary links, as its TLS does).
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
-    // HMAC takes keys of any length.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
-        Ok(m) => m,
-        Err(_) => return String::new(),
-    };
-    mac.update(body);
-    mac.finalize()
-        .into_bytes()
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
+    aws_lc_rs::hmac::sign(&key, body)
+        .as_ref()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
