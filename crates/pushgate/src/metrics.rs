@@ -164,6 +164,8 @@ pub mod names {
     pub const BUS_LATENCY: &str = "pushgate_bus_latency_seconds";
     /// Counter: `/v1/presence` queries by result.
     pub const PRESENCE_QUERIES: &str = "pushgate_presence_queries_total";
+    /// Counter: `/v1/rooms/presence` queries by result.
+    pub const ROOM_PRESENCE_QUERIES: &str = "pushgate_room_presence_queries_total";
     /// Counter: `/v1/disconnect` requests by result.
     pub const DISCONNECT_REQUESTS: &str = "pushgate_disconnect_requests_total";
     /// Counter: connections the router closed, by reason.
@@ -1059,6 +1061,16 @@ fn operator_part(src: &Sources, out: &mut Families) {
         PRESENCE_RESULTS
             .iter()
             .zip(&ops.presence)
+            .map(|(r, c)| (r, c.get())),
+    );
+    out.family(
+        ROOM_PRESENCE_QUERIES,
+        COUNTER,
+        "/v1/rooms/presence queries: complete, partial (a live node did not answer in time), bad_request, unavailable (bus down).",
+        "result",
+        PRESENCE_RESULTS
+            .iter()
+            .zip(&ops.room_presence)
             .map(|(r, c)| (r, c.get())),
     );
     out.family(

@@ -386,7 +386,10 @@ fn settled_interest_changes(gw: &Gateway) -> f64 {
         if now == last {
             return now;
         }
-        assert!(std::time::Instant::now() < deadline, "interest never settled");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "interest never settled"
+        );
         last = now;
     }
 }
