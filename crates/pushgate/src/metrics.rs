@@ -1108,7 +1108,7 @@ fn operator_part(src: &Sources, out: &mut Families) {
     out.family(
         BUS_CONTROL_RECEIVED,
         COUNTER,
-        "Control messages from other nodes: presence (queries answered), disconnect (requests carried out), rooms (server-side room changes carried out), invalid (dropped), bad_reply (presence queries whose reply subject was not a control inbox: not answered).",
+        "Control messages from other nodes: presence (presence and room presence queries answered), disconnect (requests carried out), rooms (server-side room changes carried out), invalid (dropped), bad_reply (presence queries whose reply subject was not a control inbox: not answered).",
         "kind",
         [
             ("presence", ctl.queries_answered.get()),
