@@ -33,6 +33,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -174,7 +175,7 @@ fn is_zero(n: &usize) -> bool {
 /// Wakes the bus thread when an answer was queued from another thread (a reactor that
 /// finished a room listing).
 #[derive(Default)]
-struct Waker(std::sync::OnceLock<std::sync::Arc<dyn Fn() + Send + Sync>>);
+struct Waker(std::sync::OnceLock<Arc<dyn Fn() + Send + Sync>>);
 
 impl std::fmt::Debug for Waker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -300,7 +301,7 @@ impl Control {
 
     /// How another thread wakes the bus thread to publish what it queued: set once,
     /// by the bus, before it starts.
-    pub fn set_waker(&self, wake: std::sync::Arc<dyn Fn() + Send + Sync>) {
+    pub fn set_waker(&self, wake: Arc<dyn Fn() + Send + Sync>) {
         let _ = self.waker.0.set(wake);
     }
 
@@ -791,6 +792,8 @@ mod tests {
                 uid_entries
             ]],
             truncated: false,
+            connections: 0,
+            members: Vec::new(),
         })
         .unwrap()
     }
@@ -877,6 +880,76 @@ mod tests {
         // A late answer finds nobody waiting, and n3 is waited for again.
         c.on_message(&router, &reply, None, &answer("n3", 1));
         assert!(!c.suspect.lock().contains("n3"));
+    }
+
+    #[test]
+    fn a_room_query_is_answered_by_whoever_finishes_the_listing() {
+        let c = Control::new("p", "me", 7);
+        let woken = Arc::new(AtomicU64::new(0));
+        let w = Arc::clone(&woken);
+        c.set_waker(Arc::new(move || {
+            w.fetch_add(1, Ordering::Relaxed);
+        }));
+        let router = Router::new();
+        c.on_message(&router, "p.ctl.node", None, br#"{"node":"n2"}"#);
+        // Two members here; no reactor runs in this test, so none is listed.
+        for index in [1, 2] {
+            let conn = reactor::ConnRef {
+                reactor: 0,
+                index,
+                generation: 1,
+            };
+            router.registry().join("team", conn);
+        }
+        let (tx, got) = crossbeam_channel::bounded(1);
+        c.ask_room_presence(
+            "team",
+            5,
+            Instant::now() + Duration::from_secs(60),
+            || {},
+            Box::new(move |r| {
+                let _ = tx.try_send(r);
+            }),
+        );
+        let q = c
+            .take_outgoing(Instant::now(), 16)
+            .into_iter()
+            .find(|m| m.subject == "p.ctl.room_presence")
+            .unwrap();
+        let reply = q.reply.unwrap();
+        // This node answers its own query as a peer would.
+        c.on_message(&router, "p.ctl.room_presence", Some(&reply), &q.payload);
+        assert_eq!(woken.load(Ordering::Relaxed), 1, "the bus thread is woken");
+        let a = c
+            .take_outgoing(Instant::now(), 16)
+            .into_iter()
+            .find(|m| m.subject == reply)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&a.payload).unwrap();
+        assert_eq!(
+            (v["node"].as_str(), v["connections"].as_u64()),
+            (Some("me"), Some(2))
+        );
+        // n2's answer, with a member, ends the query.
+        let theirs = br#"{"node":"n2","connections":3,"members":[{"uid":"u","device":"default","node":"n2","conn":"0.1.1"}]}"#;
+        c.on_message(&router, &reply, None, theirs);
+        let r = got.try_recv().unwrap().unwrap();
+        assert_eq!((r.connections, r.members.len()), (3, 1));
+        assert!(r.partial.is_empty());
+        // A query without a room, or answered elsewhere than a control inbox, is not.
+        c.on_message(
+            &router,
+            "p.ctl.room_presence",
+            Some(&reply),
+            br#"{"node":"n2","room":"","limit":1}"#,
+        );
+        c.on_message(
+            &router,
+            "p.ctl.room_presence",
+            Some("p.all"),
+            br#"{"node":"n2","room":"r","limit":1}"#,
+        );
+        assert_eq!((c.stats().invalid.get(), c.stats().bad_reply.get()), (1, 1));
     }
 
     #[test]
