@@ -13,6 +13,10 @@
 #   SERVERS="pushgate tokio" bench/compare.sh       only those servers (default: all four:
 #     pushgate on epoll, pushgate-uring = pushgate --io io-uring, tokio, nchan)
 #   RUNS=2 bench/compare.sh                         runs per scenario and server (default 3)
+#   PUSHGATE_BASE=/tmp/pushgate-old SERVERS="base pushgate tokio" bench/compare.sh
+#     an A/B run: `base` and `base-uring` are that binary (an older build) on epoll and
+#     io_uring, interleaved with this tree's build and the peers
+#   REACTORS=1 bench/compare.sh                     pushgate's reactors (default 2)
 # With 10 000 subscribers and 3 runs the whole script takes about 8 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +44,8 @@ trap 'stop_servers; rm -rf "$run_dir"' EXIT
 declare -A port api srv_pids extra
 extra[pushgate]=""
 extra[pushgate-uring]=""
+extra[base]=""
+extra[base-uring]=""
 extra[tokio]=""
 extra[nchan]="--subscribe /sub/{user} --publish /pub/{user} --publish-body {data} --broadcast /pub/all --broadcast-body {data} --echo /pubsub/{user}"
 
@@ -50,12 +56,13 @@ start_servers() {
   # epoll (`pushgate`) and on io_uring (`pushgate-uring`). The broadcast scenario's 16
   # publishers send their first request up to 8 s after connecting (20 broadcasts at 2/s),
   # past the control listener's 5 s first-request timeout: it is raised here.
-  for s in pushgate pushgate-uring; do
+  for s in pushgate pushgate-uring base base-uring; do
     [[ $servers == *" $s "* ]] || continue
-    local io=epoll; [[ $s == pushgate-uring ]] && io=io-uring
+    local io=epoll; [[ $s == *-uring ]] && io=io-uring
+    local bin=./target/release/pushgate; [[ $s == base* ]] && bin=${PUSHGATE_BASE:?PUSHGATE_BASE names the base binary}
     port[$s]=$(free_port); api[$s]=$(free_port)
-    ./target/release/pushgate --dev --listen "127.0.0.1:${port[$s]}" --control "127.0.0.1:${api[$s]}" \
-      --io "$io" --reactors 2 --heartbeat 300 --idle-timeout 600 --max-pending-handshakes 4096 \
+    "$bin" --dev --listen "127.0.0.1:${port[$s]}" --control "127.0.0.1:${api[$s]}" \
+      --io "$io" --reactors "${REACTORS:-2}" --heartbeat 300 --idle-timeout 600 --max-pending-handshakes 4096 \
       --control-first-request-timeout 60 --shutdown-drain 1 >"$run_dir/$s.log" 2>&1 &
     pids+=($!); srv_pids[$s]=$!
   done
@@ -155,15 +162,19 @@ rows = [
     ("upgrades per second", "idle", lambda j: j["upgrades_per_sec"]),
     ("fan-out flat out, 16 publishers: delivered/s", "fanout_flat", lambda j: j["delivered_per_sec"]),
     ("fan-out flat out: server CPU per push (µs)", "fanout_flat", lambda j: j["server_cpu_us_per_push"]),
+    ("fan-out flat out: p90 latency (ms)", "fanout_flat", lambda j: j["latency_ms"]["p90"]),
     ("fan-out flat out: p99 latency (ms)", "fanout_flat", lambda j: j["latency_ms"]["p99"]),
+    ("fan-out flat out: server CPU per delivery (µs)", "fanout_flat", lambda j: j["server_cpu_us_per_delivered"]),
     ("fan-out flat out: lost", "fanout_flat", lambda j: j["lost"]),
     ("fan-out flat out: load tool CPU (% of one core)", "fanout_flat", lambda j: 100 * j["load_tool_cpu_secs"] / j["elapsed_secs"]),
     ("fan-out flat out, 1 pipelined connection: delivered/s", "fanout_pipelined", lambda j: j["delivered_per_sec"]),
     ("fan-out pipelined: server CPU per push (µs)", "fanout_pipelined", lambda j: j["server_cpu_us_per_push"]),
     ("fan-out at 5 000/s: p50 latency (ms)", "fanout_rate", lambda j: j["latency_ms"]["p50"]),
+    ("fan-out at 5 000/s: p90 latency (ms)", "fanout_rate", lambda j: j["latency_ms"]["p90"]),
     ("fan-out at 5 000/s: p99 latency (ms)", "fanout_rate", lambda j: j["latency_ms"]["p99"]),
     ("fan-out at 5 000/s: server CPU per push (µs)", "fanout_rate", lambda j: j["server_cpu_us_per_push"]),
     ("fan-out at 20 000/s: p50 latency (ms)", "fanout_20k", lambda j: j["latency_ms"]["p50"]),
+    ("fan-out at 20 000/s: p90 latency (ms)", "fanout_20k", lambda j: j["latency_ms"]["p90"]),
     ("fan-out at 20 000/s: p99 latency (ms)", "fanout_20k", lambda j: j["latency_ms"]["p99"]),
     ("fan-out at 20 000/s: server CPU per push (µs)", "fanout_20k", lambda j: j["server_cpu_us_per_push"]),
     ("broadcast to 10k: time to reach all, p50 (ms)", "broadcast", lambda j: j["to_all_ms"]["p50"]),
@@ -174,11 +185,14 @@ rows = [
     ("echo: server CPU per round trip (µs)", "echo", lambda j: j["server_cpu_us_per_round_trip"]),
 ]
 fmt = lambda v: "—" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}" if v else "0")
-peers = [s for s in servers if s not in ("pushgate", "pushgate-uring")]
+peers = [s for s in servers if s not in ("pushgate", "pushgate-uring", "base", "base-uring")]
 head = ["figure"] + [f"{s} (median)" for s in servers]
 both = "pushgate" in servers and "pushgate-uring" in servers
 if both:
     head += ["io_uring / epoll"]
+ab = "pushgate" in servers and "base" in servers
+if ab:
+    head += ["pushgate / base"]
 if "pushgate" in servers:
     head += [f"pushgate / {p}" for p in peers]
 print(f"Medians of {runs} runs each.\n")
@@ -196,6 +210,9 @@ for label, name, f in rows:
     cells = [label] + [fmt(med[s]) for s in servers]
     if both:
         a, b = med["pushgate-uring"], med["pushgate"]
+        cells.append("—" if a is None or not b else f"{a / b:.2f}")
+    if ab:
+        a, b = med["pushgate"], med["base"]
         cells.append("—" if a is None or not b else f"{a / b:.2f}")
     if "pushgate" in servers:
         for p in peers:

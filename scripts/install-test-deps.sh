@@ -72,6 +72,13 @@ if [ ! -x "$client_js/node_modules/.bin/tsc" ] || [ ! -d "$client_js/node_module
   npm ci --prefix "$client_js" --no-audit --no-fund --loglevel=error
 fi
 
+# cargo-nextest, the test runner of the README's command (.config/nextest.toml). Rust
+# machines here ship it; elsewhere it is built from crates.io, once.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest from crates.io"
+  cargo install --locked --quiet cargo-nextest
+fi
+
 # clippy and rustfmt for the checks CI runs beside the tests.
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt

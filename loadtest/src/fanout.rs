@@ -13,7 +13,7 @@ use mio::Events;
 use protocol::Message;
 
 use crate::adapter::{self, fill, now_micros, Subscribers};
-use crate::{procfs, publisher, storm};
+use crate::{procfs, publisher, stages, storm};
 
 /// Arguments of the `fanout` scenario.
 #[derive(Debug, clap::Args)]
@@ -73,6 +73,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
     let sent = Arc::new(AtomicU64::new(0));
     let batch = args.batch.max(1);
     let requests = args.pushes.div_ceil(batch);
+    let scraped_before = stages::scrape(args.common.api);
     let cpu = procfs::CpuMeter::start(&args.common.server_pid);
     // On a small machine the tool competes with the server for cores; its own CPU says how
     // much of the machine the server could have had.
@@ -223,6 +224,15 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
             own_cpu_secs.unwrap_or(0.0)
         );
     }
+    let breakdown = scraped_before.and_then(|before| {
+        Some(stages::breakdown(
+            &before,
+            &stages::scrape(args.common.api)?,
+        ))
+    });
+    if let Some(b) = &breakdown {
+        stages::print(b);
+    }
     let phase_json = |h: &Histogram<u64>| {
         let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
         serde_json::json!({"count": h.len(), "p50": q(0.5), "p99": q(0.99), "max": h.max() as f64 / 1000.0})
@@ -273,6 +283,7 @@ pub(crate) fn run(args: &Args, fd_limit: u64) -> anyhow::Result<()> {
         "server_cpu_us_per_delivered": cpu_per_delivered,
         "latency_ms": adapter::latency_json(&hist),
         "storm": storm_json,
+        "server_stages_ms": breakdown,
     });
     println!("{json}");
     if lost > 0 || errors > 0 {

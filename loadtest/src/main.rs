@@ -25,6 +25,7 @@ mod publisher;
 mod recover;
 mod relay;
 mod scale;
+mod stages;
 mod storm;
 mod tls;
 mod wsclient;

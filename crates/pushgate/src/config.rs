@@ -14,35 +14,59 @@ use reactor::{OutboundLimits, ReactorConfig, ServiceConfig, ServiceLimits};
 use serde::{Deserialize, Serialize};
 use session::{AuthMode, JwtAuth, ReconnectAdvice, SessionConfig};
 
-/// Defaults, in one place.
+/// Defaults, in one place: the libraries' own where they have one (their `Default`
+/// impls read the same constants), the binary's below. Resolving (`Settings::resolve`)
+/// takes them from here, and `--help` states them; a test checks that the stated ones are
+/// the ones in force.
 pub mod default {
+    use reactor::config::default as reactor_default;
+    use reactor::{OutboundLimits, ServiceLimits};
+    use router::HistoryConfig;
+    use session::config::default as session_default;
+    use session::ReconnectAdvice;
+
     pub const LISTEN: &str = "0.0.0.0:8080";
     /// A development node trusts `?uid=`: unless told otherwise, only this machine
     /// reaches it.
     pub const DEV_LISTEN: &str = "127.0.0.1:8080";
     pub const CONTROL: &str = "127.0.0.1:8081";
-    pub const HANDSHAKE_TIMEOUT: f64 = 10.0;
-    pub const HEARTBEAT: f64 = 25.0;
-    pub const POLL_TIMEOUT: f64 = 25.0;
-    pub const IDLE_TIMEOUT: f64 = 60.0;
-    pub const CLOSE_TIMEOUT: f64 = 5.0;
+    pub const HANDSHAKE_TIMEOUT: f64 = session_default::HANDSHAKE_TIMEOUT.as_secs_f64();
+    pub const HEARTBEAT: f64 = session_default::HEARTBEAT.as_secs_f64();
+    pub const POLL_TIMEOUT: f64 = session_default::POLL_TIMEOUT.as_secs_f64();
+    pub const IDLE_TIMEOUT: f64 = session_default::IDLE_TIMEOUT.as_secs_f64();
+    pub const CLOSE_TIMEOUT: f64 = session_default::CLOSE_TIMEOUT.as_secs_f64();
     pub const SHUTDOWN_DRAIN: f64 = 10.0;
-    pub const BACKLOG: i32 = 4096;
-    pub const MAX_PENDING_HANDSHAKES: usize = 1024;
-    pub const HANDSHAKE_PRESSURE_TIMEOUT: f64 = 0.5;
-    pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+    pub const BACKLOG: i32 = reactor_default::BACKLOG;
+    pub const MAX_CONNECTIONS_PER_IP: u32 = reactor_default::MAX_CONNECTIONS_PER_IP;
+    pub const MAX_PENDING_HANDSHAKES: usize = reactor_default::MAX_PENDING_HANDSHAKES;
+    pub const HANDSHAKE_PRESSURE_TIMEOUT: f64 =
+        reactor_default::PRESSURE_HANDSHAKE_TIMEOUT.as_secs_f64();
+    pub const MAX_ACCEPT_RATE: u32 = reactor_default::MAX_ACCEPT_RATE;
+    pub const MAX_HEADER_BYTES: usize = protocol::handshake::DEFAULT_MAX_HEADER_BYTES;
     /// Browsers never fragment, so frames may be as large as messages.
     pub const MAX_FRAME_SIZE: usize = 1024 * 1024;
     pub const MAX_MESSAGE_SIZE: usize = 1024 * 1024;
-    pub const MAX_OUTBOUND_BYTES: usize = 256 * 1024;
-    pub const MAX_OUTBOUND_MESSAGES: usize = 256;
-    /// One pong per ping for a client pinging in bursts (Autobahn 2.10 sends ten).
-    pub const MAX_PENDING_PONGS: usize = 16;
-    /// Per reactor; far above what a healthy reactor ever holds (it drains 1 024 a turn).
-    pub const INBOX_DEPTH: usize = 65_536;
-    pub const INBOX_BYTES: usize = 64 * 1024 * 1024;
-    pub const CLIENT_RATE: u32 = 50;
-    pub const MAX_RECIPIENTS: usize = 100;
+    pub const MAX_OUTBOUND_BYTES: usize = OutboundLimits::DEFAULT.max_bytes;
+    pub const MAX_OUTBOUND_MESSAGES: usize = OutboundLimits::DEFAULT.max_messages;
+    pub const MAX_PENDING_PONGS: usize = OutboundLimits::DEFAULT.max_pending_pongs;
+    pub const INBOX_DEPTH: usize = reactor_default::INBOX_DEPTH;
+    pub const INBOX_BYTES: usize = reactor_default::INBOX_BYTES;
+    pub const COMPRESS_MIN_BYTES: usize = reactor_default::COMPRESS_MIN_BYTES;
+    pub const IO: &str = "auto";
+    pub const IO_URING_BUFFERS: u16 = reactor_default::IO_URING_BUFFERS;
+    pub const IO_URING_BUFFER_SIZE: usize = reactor_default::IO_URING_BUFFER_SIZE;
+    pub const TLS_MAX_HANDSHAKE_BYTES: usize = reactor::tls::stream::DEFAULT_MAX_HANDSHAKE_BYTES;
+    pub const CLIENT_RATE: u32 = session_default::CLIENT_RATE;
+    pub const MAX_RECIPIENTS: usize = session_default::MAX_RECIPIENTS;
+    pub const MAX_BAD_REQUESTS: u32 = session_default::MAX_BAD_REQUESTS;
+    pub const CLOSE_ON_TOKEN_EXPIRY: bool = session_default::CLOSE_ON_TOKEN_EXPIRY;
+    pub const DEFLATE: bool = true;
+    pub const JWT_ALGORITHM: &str = "RS256";
+    pub const JWT_LEEWAY: u64 = 30;
+    pub const RECONNECT_BASE_MS: u64 = ReconnectAdvice::DEFAULT.base_ms;
+    pub const RECONNECT_FACTOR: f64 = ReconnectAdvice::DEFAULT.factor;
+    pub const RECONNECT_JITTER: f64 = ReconnectAdvice::DEFAULT.jitter;
+    pub const RECONNECT_CAP_MS: u64 = ReconnectAdvice::DEFAULT.cap_ms;
     pub const MAX_CONNS_PER_USER: usize = 16;
     /// Below the contract's 100 ms for a whole presence answer, with room for the rest.
     pub const PRESENCE_TIMEOUT: f64 = 0.08;
@@ -60,16 +84,19 @@ pub mod default {
     pub const BUS_PREFIX: &str = "pushgate";
     pub const BUS_QUEUE_DEPTH: usize = 65536;
     pub const BUS_UNSUBSCRIBE_DELAY: f64 = 5.0;
-    pub const CONTROL_MAX_CLIENTS: usize = 1024;
-    pub const CONTROL_IDLE_TIMEOUT: f64 = 60.0;
-    pub const CONTROL_FIRST_REQUEST_TIMEOUT: f64 = 5.0;
+    pub const CONTROL_MAX_CLIENTS: usize = ServiceLimits::DEFAULT.max_connections;
+    pub const CONTROL_MAX_CLIENTS_PER_IP: u32 = ServiceLimits::DEFAULT.max_connections_per_ip;
+    pub const CONTROL_IDLE_TIMEOUT: f64 = ServiceLimits::DEFAULT.idle_timeout.as_secs_f64();
+    pub const CONTROL_FIRST_REQUEST_TIMEOUT: f64 =
+        ServiceLimits::DEFAULT.first_request_timeout.as_secs_f64();
     pub const BUS_PING_TIMEOUT: f64 = 3.0;
     pub const BUS_MAX_LINGERING: usize = 1024;
-    pub const HISTORY_SIZE: usize = 100;
-    pub const HISTORY_TTL: f64 = 300.0;
-    /// About 2 KiB per message at the full 100 for 1 300 users; far below the memory of
-    /// the connections a node holds.
-    pub const HISTORY_MAX_BYTES: usize = 256 * 1024 * 1024;
+    pub const HISTORY_SIZE: usize = HistoryConfig::DEFAULT.size;
+    pub const HISTORY_TTL: f64 = HistoryConfig::DEFAULT.ttl.as_secs_f64();
+    pub const HISTORY_MAX_BYTES: usize = HistoryConfig::DEFAULT.max_bytes;
+    pub const IDEMPOTENCY_MAX_BYTES: usize = HistoryConfig::DEFAULT.idempotency_max_bytes;
+    pub const HISTORY_REPLICAS: usize = 1;
+    pub const LOG_JSON: bool = false;
 }
 
 /// pushgate: a WebSocket push gateway for instant messaging.
@@ -573,7 +600,7 @@ impl Settings {
                 max_message_size,
             },
             deflate: DeflateConfig {
-                enabled: pick!(deflate, true),
+                enabled: pick!(deflate, default::DEFLATE),
                 ..DeflateConfig::default()
             },
             echo: pick!(echo, dev),
@@ -584,13 +611,13 @@ impl Settings {
                     .filter(|o| !o.is_empty())
                     .collect()
             }),
-            close_on_token_expiry: pick!(close_on_token_expiry, true),
-            max_bad_requests: pick!(max_bad_requests, 10),
+            close_on_token_expiry: pick!(close_on_token_expiry, default::CLOSE_ON_TOKEN_EXPIRY),
+            max_bad_requests: pick!(max_bad_requests, default::MAX_BAD_REQUESTS),
             reconnect: ReconnectAdvice {
-                base_ms: pick!(reconnect_base_ms, 1000),
-                factor: pick!(reconnect_factor, 2.0),
-                jitter: pick!(reconnect_jitter, 0.5).clamp(0.0, 1.0),
-                cap_ms: pick!(reconnect_cap_ms, 60_000),
+                base_ms: pick!(reconnect_base_ms, default::RECONNECT_BASE_MS),
+                factor: pick!(reconnect_factor, default::RECONNECT_FACTOR),
+                jitter: pick!(reconnect_jitter, default::RECONNECT_JITTER).clamp(0.0, 1.0),
+                cap_ms: pick!(reconnect_cap_ms, default::RECONNECT_CAP_MS),
             },
             client_rate: pick!(client_rate, default::CLIENT_RATE),
             max_recipients: match pick!(max_recipients, default::MAX_RECIPIENTS) {
@@ -607,7 +634,7 @@ impl Settings {
             reactors,
             backlog: pick!(backlog, default::BACKLOG),
             max_connections,
-            max_connections_per_ip: pick!(max_connections_per_ip, 0),
+            max_connections_per_ip: pick!(max_connections_per_ip, default::MAX_CONNECTIONS_PER_IP),
             max_pending_handshakes: pick!(max_pending_handshakes, default::MAX_PENDING_HANDSHAKES)
                 .max(1),
             pressure_handshake_timeout: secs(
@@ -617,7 +644,7 @@ impl Settings {
                     default::HANDSHAKE_PRESSURE_TIMEOUT
                 ),
             )?,
-            max_accept_rate: pick!(max_accept_rate, 0),
+            max_accept_rate: pick!(max_accept_rate, default::MAX_ACCEPT_RATE),
             outbound: OutboundLimits {
                 max_bytes: pick!(max_outbound_bytes, default::MAX_OUTBOUND_BYTES),
                 max_messages: pick!(max_outbound_messages, default::MAX_OUTBOUND_MESSAGES),
@@ -629,26 +656,26 @@ impl Settings {
             inbox_depth: pick!(inbox_depth, default::INBOX_DEPTH).max(1),
             inbox_bytes: pick!(inbox_bytes, default::INBOX_BYTES).max(1),
             tick: Duration::from_millis(10),
-            compress_min_bytes: pick!(compress_min_bytes, 256),
+            compress_min_bytes: pick!(compress_min_bytes, default::COMPRESS_MIN_BYTES),
             io: {
-                let name = pick!(io, "auto".to_owned());
+                let name = pick!(io, default::IO.to_owned());
                 match reactor::IoBackend::parse(&name) {
                     Some(b) => b,
                     None => bail!("io must be auto, epoll or io-uring, got {name}"),
                 }
             },
-            io_uring_buffers: match pick!(io_uring_buffers, 64) {
+            io_uring_buffers: match pick!(io_uring_buffers, default::IO_URING_BUFFERS) {
                 n if n.is_power_of_two() && n <= 32_768 => n,
                 n => bail!("io_uring_buffers must be a power of two up to 32768, got {n}"),
             },
-            io_uring_buffer_size: match pick!(io_uring_buffer_size, 4096) {
+            io_uring_buffer_size: match pick!(io_uring_buffer_size, default::IO_URING_BUFFER_SIZE) {
                 n @ 64..=1_048_576 => n,
                 n => bail!("io_uring_buffer_size must be between 64 and 1048576, got {n}"),
             },
             tls: tls_acceptor(&k.tls_cert, &k.tls_key)?,
             tls_max_handshake_bytes: match pick!(
                 tls_max_handshake_bytes,
-                reactor::tls::stream::DEFAULT_MAX_HANDSHAKE_BYTES
+                default::TLS_MAX_HANDSHAKE_BYTES
             ) {
                 n @ 1024.. => n,
                 n => bail!("tls_max_handshake_bytes must be at least 1024, got {n}"),
@@ -673,7 +700,10 @@ impl Settings {
                             default::CONTROL_FIRST_REQUEST_TIMEOUT
                         ),
                     )?,
-                    max_connections_per_ip: pick!(control_max_clients_per_ip, 0),
+                    max_connections_per_ip: pick!(
+                        control_max_clients_per_ip,
+                        default::CONTROL_MAX_CLIENTS_PER_IP
+                    ),
                     ..ServiceLimits::default()
                 },
             }),
@@ -725,7 +755,7 @@ impl Settings {
                         ))?,
                         max_lingering: pick!(bus_max_lingering, default::BUS_MAX_LINGERING),
                         history_replicas: {
-                            let r = pick!(history_replicas, 1);
+                            let r = pick!(history_replicas, default::HISTORY_REPLICAS);
                             if !(1..=5).contains(&r) {
                                 bail!("history_replicas must be between 1 and 5, got {r}");
                             }
@@ -734,7 +764,7 @@ impl Settings {
                     })
                 }
             },
-            log_json: pick!(log_json, false),
+            log_json: pick!(log_json, default::LOG_JSON),
             max_conns_per_user: match pick!(max_conns_per_user, default::MAX_CONNS_PER_USER) {
                 0 => bail!("max_conns_per_user must be at least 1"),
                 n => n,
@@ -799,10 +829,7 @@ impl Settings {
                 size: pick!(history_size, default::HISTORY_SIZE),
                 ttl: secs("history_ttl", pick!(history_ttl, default::HISTORY_TTL))?,
                 max_bytes: pick!(history_max_bytes, default::HISTORY_MAX_BYTES),
-                idempotency_max_bytes: pick!(
-                    idempotency_max_bytes,
-                    router::idempotency::DEFAULT_MAX_BYTES
-                ),
+                idempotency_max_bytes: pick!(idempotency_max_bytes, default::IDEMPOTENCY_MAX_BYTES),
             },
         })
     }
@@ -830,7 +857,7 @@ pub mod refusal {
 /// JWT verification from a secret or a public key; with neither, `?uid=` is trusted in
 /// dev mode and the node refuses to start otherwise.
 fn auth_mode(k: &Keys, dev: bool) -> anyhow::Result<AuthMode> {
-    let leeway = Duration::from_secs(k.jwt_leeway.unwrap_or(30));
+    let leeway = Duration::from_secs(k.jwt_leeway.unwrap_or(default::JWT_LEEWAY));
     let secret = k.jwt_secret.clone().filter(|s| !s.is_empty());
     let key_file = k.jwt_public_key.clone();
     match (secret, key_file) {
@@ -841,7 +868,10 @@ fn auth_mode(k: &Keys, dev: bool) -> anyhow::Result<AuthMode> {
         (None, Some(path)) => {
             let pem =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let algorithm = k.jwt_algorithm.clone().unwrap_or_else(|| "RS256".into());
+            let algorithm = k
+                .jwt_algorithm
+                .clone()
+                .unwrap_or_else(|| default::JWT_ALGORITHM.into());
             let auth = match algorithm.to_ascii_uppercase().as_str() {
                 "RS256" => JwtAuth::rs256_pem(&pem)?,
                 "ES256" => JwtAuth::es256_pem(&pem)?,
@@ -877,6 +907,161 @@ mod tests {
                 .chain(args.iter().copied()),
         )
         .unwrap()
+    }
+
+    /// Every default `--help` states is the one in force: giving a key the value its help
+    /// states as default resolves to the same settings as leaving the key out. Defaults
+    /// stated in words (the number of cores, "none") are named here, so that a stated
+    /// value that does not parse fails too.
+    #[test]
+    fn every_default_stated_in_help_is_the_one_in_force() {
+        use clap::CommandFactory;
+        const IN_WORDS: &[&str] = &[
+            "reactors",
+            "max_connections",
+            "echo",
+            "allowed_origins",
+            "api_key",
+            "max_body_bytes",
+            "tls_cert",
+            "tls_key",
+            "node_id",
+            "nats",
+            "nats_tls_ca",
+        ];
+        let resolved = |extra: &[&str]| -> String {
+            let args: Vec<&str> = ["--jwt-secret", "k"].iter().chain(extra).copied().collect();
+            format!("{:?}", Settings::resolve(&cli(&args), 100).unwrap())
+        };
+        let defaults = resolved(&[]);
+        let (mut checked, mut in_words) = (0, Vec::new());
+        for arg in Cli::command().get_arguments() {
+            let (Some(long), id) = (arg.get_long(), arg.get_id().as_str()) else {
+                continue;
+            };
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let Some(stated) = help.split("[default: ").nth(1) else {
+                continue;
+            };
+            if IN_WORDS.contains(&id) {
+                in_words.push(id.to_owned());
+                continue;
+            }
+            // A key the environment sets (PUSHGATE_IO in the README's io_uring pass) is not
+            // at its default here.
+            if arg
+                .get_env()
+                .is_some_and(|var| std::env::var_os(var).is_some())
+            {
+                continue;
+            }
+            // "0.0.0.0:8080; 127.0.0.1:8080 with --dev", "16389, one full record".
+            let value = stated.split([']', ',', ';']).next().unwrap_or_default();
+            let flag = format!("--{long}={value}");
+            assert_eq!(
+                resolved(&[&flag]),
+                defaults,
+                "{flag}: --help states a default that is not the one in force"
+            );
+            checked += 1;
+        }
+        assert_eq!(
+            in_words, IN_WORDS,
+            "a key of IN_WORDS is gone or states no default"
+        );
+        assert!(checked >= 45, "{checked}");
+    }
+
+    /// The libraries' defaults are the binary's: a library used on its own (tests,
+    /// benchmarks, another binary) behaves as the gateway does out of the box.
+    #[test]
+    fn the_libraries_defaults_are_the_binarys() {
+        let s = Settings::resolve(&cli(&["--jwt-secret", "k"]), 100).unwrap();
+        let service = s.reactor.service.unwrap().limits;
+        assert_eq!(service, ServiceLimits::default());
+        assert_eq!(s.reactor.outbound, OutboundLimits::default());
+        let r = ReactorConfig::default();
+        let (ours, lib) = (&s.reactor, &r);
+        assert_eq!(
+            (
+                ours.backlog,
+                ours.max_connections_per_ip,
+                ours.max_pending_handshakes
+            ),
+            (
+                lib.backlog,
+                lib.max_connections_per_ip,
+                lib.max_pending_handshakes
+            )
+        );
+        assert_eq!(
+            (
+                ours.pressure_handshake_timeout,
+                ours.max_accept_rate,
+                ours.inbox_depth
+            ),
+            (
+                lib.pressure_handshake_timeout,
+                lib.max_accept_rate,
+                lib.inbox_depth
+            )
+        );
+        assert_eq!(
+            (ours.inbox_bytes, ours.compress_min_bytes),
+            (lib.inbox_bytes, lib.compress_min_bytes)
+        );
+        if std::env::var_os("PUSHGATE_IO").is_none() {
+            assert_eq!(ours.io, lib.io);
+        }
+        assert_eq!(
+            (
+                ours.io_uring_buffers,
+                ours.io_uring_buffer_size,
+                ours.tls_max_handshake_bytes
+            ),
+            (
+                lib.io_uring_buffers,
+                lib.io_uring_buffer_size,
+                lib.tls_max_handshake_bytes
+            )
+        );
+        let (ours, lib) = (&s.reactor.session, &SessionConfig::default());
+        assert_eq!(
+            format!(
+                "{:?}",
+                (ours.handshake_timeout, ours.heartbeat, ours.idle_timeout)
+            ),
+            format!(
+                "{:?}",
+                (lib.handshake_timeout, lib.heartbeat, lib.idle_timeout)
+            )
+        );
+        assert_eq!(
+            (ours.close_timeout, ours.max_header_bytes, ours.poll_timeout),
+            (lib.close_timeout, lib.max_header_bytes, lib.poll_timeout)
+        );
+        assert_eq!(
+            (
+                ours.close_on_token_expiry,
+                ours.max_bad_requests,
+                ours.client_rate
+            ),
+            (
+                lib.close_on_token_expiry,
+                lib.max_bad_requests,
+                lib.client_rate
+            )
+        );
+        assert_eq!(ours.max_recipients, lib.max_recipients);
+        assert_eq!(
+            format!("{:?}", ours.reconnect),
+            format!("{:?}", lib.reconnect)
+        );
+        assert_eq!(format!("{:?}", ours.deflate), format!("{:?}", lib.deflate));
+        assert_eq!(
+            format!("{:?}", s.history),
+            format!("{:?}", router::HistoryConfig::default())
+        );
     }
 
     #[test]

@@ -15,7 +15,8 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use reactor::admission::Admission;
 use reactor::stats::{
     Histogram, DROP_REASONS, LATENCY_BUCKETS_US, POLL_RESULTS, PROTOCOL_CLOSE_CODES,
-    REJECT_STATUSES, SERVICE_EVICT_REASONS, TLS_FAILURE_CAUSES, TRANSPORTS,
+    REJECT_STATUSES, SERVICE_EVICT_REASONS, STAGES, STAGE_BUCKETS_US, TLS_FAILURE_CAUSES,
+    TRANSPORTS,
 };
 use reactor::{ReactorHandle, ReactorStats, INBOX_DROP_REASONS};
 use router::bus::stats::REFUSE_REASONS;
@@ -128,6 +129,10 @@ pub mod names {
     pub const HISTORY_READS: &str = "pushgate_history_reads_total";
     /// Histogram: push receipt to frame handed to the kernel.
     pub const PUSH_LATENCY: &str = "pushgate_push_latency_seconds";
+    /// Histogram: a push's time in each stage inside the node, by stage.
+    pub const PUSH_STAGE: &str = "pushgate_push_stage_seconds";
+    /// Histogram: how long each reactor loop turn works before it waits again.
+    pub const REACTOR_TURN: &str = "pushgate_reactor_turn_seconds";
     /// Counter: client requests by type.
     pub const CLIENT_REQUESTS: &str = "pushgate_client_requests_total";
     /// Counter: connections closed with 1008.
@@ -390,27 +395,57 @@ impl Families {
         help: &str,
         parts: impl Iterator<Item = &'a Histogram> + Clone,
     ) {
-        let total = |f: &dyn Fn(&Histogram) -> u64| parts.clone().map(f).sum::<u64>();
-        let mut h = HistogramProto::default();
-        let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(LATENCY_BUCKETS_US.len());
-        for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
-            cumulative += total(&|h| h.buckets[i].get());
-            let mut b = Bucket::default();
-            b.set_upper_bound(*bound as f64 / 1e6);
-            b.set_cumulative_count(cumulative);
-            buckets.push(b);
-        }
-        h.set_bucket(buckets);
-        // The +Inf bucket is the count, which the encoder writes from it.
-        h.set_sample_count(cumulative + total(&|h| h.buckets[LATENCY_BUCKETS_US.len()].get()));
-        h.set_sample_sum(total(&|h| h.sum_us.get()) as f64 / 1e6);
-        let mut m = Metric::default();
-        m.set_histogram(h);
+        let m = histogram_metric(&LATENCY_BUCKETS_US, parts, Vec::new());
         self.start(name, MetricType::HISTOGRAM, help)
             .mut_metric()
             .push(m);
     }
+
+    /// A histogram per value of a single bounded label, each summed over its parts.
+    fn histogram_family<'a, P>(
+        &mut self,
+        name: &str,
+        help: &str,
+        key: &str,
+        bounds: &[u64; 14],
+        samples: impl IntoIterator<Item = (String, P)>,
+    ) where
+        P: Iterator<Item = &'a Histogram> + Clone,
+    {
+        let f = self.start(name, MetricType::HISTOGRAM, help);
+        for (value, parts) in samples {
+            f.mut_metric()
+                .push(histogram_metric(bounds, parts, vec![label(key, value)]));
+        }
+    }
+}
+
+/// One histogram sample: buckets `bounds` (microseconds) summed over `parts` and made
+/// cumulative.
+fn histogram_metric<'a>(
+    bounds: &[u64; 14],
+    parts: impl Iterator<Item = &'a Histogram> + Clone,
+    labels: Vec<LabelPair>,
+) -> Metric {
+    let total = |f: &dyn Fn(&Histogram) -> u64| parts.clone().map(f).sum::<u64>();
+    let mut h = HistogramProto::default();
+    let mut cumulative = 0;
+    let mut buckets = Vec::with_capacity(bounds.len());
+    for (i, bound) in bounds.iter().enumerate() {
+        cumulative += total(&|h| h.buckets[i].get());
+        let mut b = Bucket::default();
+        b.set_upper_bound(*bound as f64 / 1e6);
+        b.set_cumulative_count(cumulative);
+        buckets.push(b);
+    }
+    h.set_bucket(buckets);
+    // The +Inf bucket is the count, which the encoder writes from it.
+    h.set_sample_count(cumulative + total(&|h| h.buckets[bounds.len()].get()));
+    h.set_sample_sum(total(&|h| h.sum_us.get()) as f64 / 1e6);
+    let mut m = Metric::default();
+    m.set_label(labels);
+    m.set_histogram(h);
+    m
 }
 
 use MetricType::{COUNTER, GAUGE};
@@ -600,6 +635,28 @@ fn reactors(src: &Sources, out: &mut Families) {
         PUSH_LATENCY,
         "Push receipt to frame handed to the kernel, per reactor batch.",
         reactors.iter().map(|r| &r.stats().push_latency),
+    );
+    out.histogram_family(
+        PUSH_STAGE,
+        "A push's time in each stage inside the node: read (reactor woke with the request ready -> request served), route (served -> delivery queued on the recipient's reactor), handoff_local / handoff_cross (queued by the same reactor / another thread -> taken off the inbox), write (taken -> frame handed to the kernel).",
+        "stage",
+        &STAGE_BUCKETS_US,
+        STAGES
+            .iter()
+            .enumerate()
+            .map(|(i, &stage)| {
+                let parts = reactors.iter().map(move |r| &r.stats().stages[i]);
+                (stage.to_owned(), parts)
+            }),
+    );
+    out.histogram_family(
+        REACTOR_TURN,
+        "How long a reactor loop turn works, from waking to waiting again, per reactor: what a turn does before it writes waits at most this.",
+        "reactor",
+        &STAGE_BUCKETS_US,
+        reactors
+            .iter()
+            .map(|r| (r.id().to_string(), std::iter::once(&r.stats().turn))),
     );
     let requests: [(&str, Read); 6] = [
         ("send", |s| s.client_sends.get()),

@@ -58,31 +58,54 @@ pub struct ReactorConfig {
     pub tls_max_handshake_bytes: usize,
 }
 
+/// The defaults of [`ReactorConfig`]'s plain values, which the binary's configuration and
+/// `--help` take from here.
+pub mod default {
+    use std::time::Duration;
+
+    /// Listen backlog.
+    pub const BACKLOG: i32 = 4096;
+    /// Connections per client address; 0 = no limit.
+    pub const MAX_CONNECTIONS_PER_IP: u32 = 0;
+    /// Per reactor: handshakes in progress at once.
+    pub const MAX_PENDING_HANDSHAKES: usize = 1024;
+    /// A handshake's time while the pending-handshake bound is reached.
+    pub const PRESSURE_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(500);
+    /// Per reactor: connections accepted per second; 0 = no limit.
+    pub const MAX_ACCEPT_RATE: u32 = 0;
+    /// Per reactor; far above what a healthy reactor ever holds (it drains 1 024 a turn).
+    pub const INBOX_DEPTH: usize = 65_536;
+    /// Per reactor: bytes in the inbox.
+    pub const INBOX_BYTES: usize = 64 * 1024 * 1024;
+    /// Pushes smaller than this go uncompressed.
+    pub const COMPRESS_MIN_BYTES: usize = 256;
+    /// io_uring receive buffers per reactor.
+    pub const IO_URING_BUFFERS: u16 = 64;
+    /// io_uring bytes per receive buffer.
+    pub const IO_URING_BUFFER_SIZE: usize = 4096;
+}
+
 impl Default for ReactorConfig {
     fn default() -> Self {
         ReactorConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             reactors: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            backlog: 4096,
+            backlog: default::BACKLOG,
             max_connections: 10_000,
-            max_connections_per_ip: 0,
-            max_pending_handshakes: 1024,
-            pressure_handshake_timeout: Duration::from_millis(500),
-            max_accept_rate: 0,
-            outbound: OutboundLimits {
-                max_bytes: 256 * 1024,
-                max_messages: 256,
-                max_pending_pongs: 16,
-            },
-            inbox_depth: 65_536,
-            inbox_bytes: 64 * 1024 * 1024,
+            max_connections_per_ip: default::MAX_CONNECTIONS_PER_IP,
+            max_pending_handshakes: default::MAX_PENDING_HANDSHAKES,
+            pressure_handshake_timeout: default::PRESSURE_HANDSHAKE_TIMEOUT,
+            max_accept_rate: default::MAX_ACCEPT_RATE,
+            outbound: OutboundLimits::DEFAULT,
+            inbox_depth: default::INBOX_DEPTH,
+            inbox_bytes: default::INBOX_BYTES,
             tick: Duration::from_millis(10),
-            compress_min_bytes: 256,
+            compress_min_bytes: default::COMPRESS_MIN_BYTES,
             session: SessionConfig::default(),
             service: None,
             io: crate::IoBackend::Auto,
-            io_uring_buffers: 64,
-            io_uring_buffer_size: 4096,
+            io_uring_buffers: default::IO_URING_BUFFERS,
+            io_uring_buffer_size: default::IO_URING_BUFFER_SIZE,
             tls: None,
             tls_max_handshake_bytes: crate::tls::stream::DEFAULT_MAX_HANDSHAKE_BYTES,
         }

@@ -33,16 +33,17 @@ use crate::admission::{Admission, Verdict};
 use crate::clock::Ticks;
 use crate::config::ReactorConfig;
 use crate::driver::Driver;
-use crate::inbox::{Command, ConnRef, Hooks, InboxShared, Welcomed};
+use crate::inbox::{ConnRef, Hooks, InboxShared, Queued, Welcomed};
 use crate::outbound::Outbound;
 use crate::service::ServiceConns;
-use crate::stats::ReactorStats;
+use crate::stats::{ReactorStats, STAGE_BUCKETS_US};
 use crate::tls::TlsStream;
 use crate::wheel::{TimerId, Wheel};
 
 mod accept;
 mod deliver;
 mod drain;
+pub(crate) mod flush_budget;
 
 use drain::DrainPlan;
 
@@ -121,7 +122,7 @@ pub(crate) struct Reactor<D: Driver> {
     id: u16,
     pub(crate) io: D,
     accept_resume_at: Option<Instant>,
-    inbox: Receiver<Command>,
+    inbox: Receiver<Queued>,
     /// Welcomes of pending openings.
     welcomes: Receiver<Welcomed>,
     /// What pending openings hold, by slab key: out of line, so a connection costs
@@ -144,8 +145,9 @@ pub(crate) struct Reactor<D: Driver> {
     scratch_keys: Vec<usize>,
     /// Connections given frames this turn, written once each at the turn's end.
     dirty: Vec<usize>,
-    /// When this turn's pushes were received, observed once they are written.
-    received: Vec<Instant>,
+    /// When this turn's pushes were received (if known) and taken off the inbox,
+    /// observed once they are written.
+    received: Vec<(Option<Instant>, Instant)>,
     pub(crate) conns: Slab<Conn<D::ConnIo>>,
     next_generation: u32,
     wheel: Wheel<usize>,
@@ -184,7 +186,7 @@ impl<D: Driver> Reactor<D> {
     pub(crate) fn new(
         id: u16,
         io: D,
-        inbox: Receiver<Command>,
+        inbox: Receiver<Queued>,
         welcomes: Receiver<Welcomed>,
         inbox_shared: Arc<InboxShared>,
         config: Arc<ReactorConfig>,
@@ -255,6 +257,11 @@ impl<D: Driver> Reactor<D> {
         self.flush_dirty();
     }
 
+    /// Whether commands wait in the inbox (the reactor's own deliveries among them).
+    pub(crate) fn has_commands(&self) -> bool {
+        !self.inbox.is_empty()
+    }
+
     /// The turn's start, after the wait: due timers, and the control listener's work
     /// left over from the last turn.
     pub(crate) fn begin_turn(&mut self, now: Instant, expired: &mut Vec<usize>) {
@@ -264,6 +271,7 @@ impl<D: Driver> Reactor<D> {
             self.on_timer(key);
         }
         if let Some(s) = self.services.as_mut() {
+            s.turn_started(now);
             if s.accept_retry_at().is_some_and(|t| now >= t) {
                 s.accept_loop(
                     self.io.registry(),
@@ -304,7 +312,9 @@ impl<D: Driver> Reactor<D> {
         {
             self.accept_loop();
         }
-        self.drain.is_some() && self.advance_drain(now)
+        let exit = self.drain.is_some() && self.advance_drain(now);
+        self.stats.turn.observe_in(&STAGE_BUCKETS_US, now.elapsed());
+        exit
     }
 
     /// An event of the driver's `mio::Poll` that is not a client connection's: the inbox's

@@ -131,6 +131,47 @@ impl Command {
     }
 }
 
+/// A command on its way through an inbox, stamped by its sender for the hand-off stage
+/// of `pushgate_push_stage_seconds`.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub(crate) cmd: Command,
+    /// When it was queued.
+    pub(crate) at: Instant,
+    /// The reactor whose thread queued it; `None` from any other thread.
+    pub(crate) from: Option<u16>,
+}
+
+thread_local! {
+    /// The reactor this thread runs, if it runs one: tells a hand-off within one reactor
+    /// from one across threads.
+    static CURRENT_REACTOR: std::cell::Cell<Option<u16>> = const { std::cell::Cell::new(None) };
+}
+
+/// Marks the calling thread as reactor `id`'s.
+pub(crate) fn set_current_reactor(id: u16) {
+    CURRENT_REACTOR.with(|c| c.set(Some(id)));
+}
+
+/// The receiving side of a [`ReactorHandle::detached`] handle.
+#[derive(Debug)]
+pub struct DetachedInbox(crossbeam_channel::Receiver<Queued>);
+
+impl DetachedInbox {
+    /// The next command, waiting up to `timeout`.
+    pub fn recv_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<Command, crossbeam_channel::RecvTimeoutError> {
+        self.0.recv_timeout(timeout).map(|q| q.cmd)
+    }
+
+    /// The next command, if one waits.
+    pub fn try_recv(&self) -> Result<Command, crossbeam_channel::TryRecvError> {
+        self.0.try_recv().map(|q| q.cmd)
+    }
+}
+
 /// Why a command was not taken; each is counted in `pushgate_inbox_dropped_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum InboxError {
@@ -204,7 +245,7 @@ impl InboxShared {
 #[derive(Debug, Clone)]
 pub struct ReactorHandle {
     pub(crate) id: u16,
-    pub(crate) tx: Sender<Command>,
+    pub(crate) tx: Sender<Queued>,
     pub(crate) waker: Arc<Waker>,
     pub(crate) stats: Arc<ReactorStats>,
     pub(crate) inbox: Arc<InboxShared>,
@@ -232,11 +273,7 @@ impl ReactorHandle {
     pub fn detached(
         id: u16,
         depth: usize,
-    ) -> std::io::Result<(
-        ReactorHandle,
-        crossbeam_channel::Receiver<Command>,
-        mio::Poll,
-    )> {
+    ) -> std::io::Result<(ReactorHandle, DetachedInbox, mio::Poll)> {
         let poll = mio::Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), mio::Token(usize::MAX - 1))?);
         let (tx, rx) = crossbeam_channel::bounded(depth);
@@ -250,7 +287,7 @@ impl ReactorHandle {
             answers: crossbeam_channel::unbounded().0,
             welcomes: crossbeam_channel::unbounded().0,
         };
-        Ok((handle, rx, poll))
+        Ok((handle, DetachedInbox(rx), poll))
     }
 
     /// The reactor's index.
@@ -277,7 +314,12 @@ impl ReactorHandle {
         let result = if held > 0 && held + cost > self.inbox.max_bytes {
             Err(InboxError::Bytes)
         } else {
-            match self.tx.try_send(cmd) {
+            let queued = Queued {
+                cmd,
+                at: Instant::now(),
+                from: CURRENT_REACTOR.with(std::cell::Cell::get),
+            };
+            match self.tx.try_send(queued) {
                 Ok(()) => Ok(()),
                 Err(TrySendError::Full(_)) => Err(InboxError::Depth),
                 Err(TrySendError::Disconnected(_)) => Err(InboxError::Gone),

@@ -32,7 +32,9 @@ pub mod wheel;
 
 pub use config::ReactorConfig;
 pub use driver::IoBackend;
-pub use inbox::{Command, ConnRef, Hooks, InboxError, ReactorHandle, INBOX_DROP_REASONS};
+pub use inbox::{
+    Command, ConnRef, DetachedInbox, Hooks, InboxError, ReactorHandle, INBOX_DROP_REASONS,
+};
 pub use outbound::OutboundLimits;
 pub use parked::{Completion, Parking, Unanswered};
 pub use server::Server;

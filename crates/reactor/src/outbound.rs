@@ -48,6 +48,22 @@ pub struct OutboundLimits {
     pub max_pending_pongs: usize,
 }
 
+impl OutboundLimits {
+    /// The defaults, which the binary's configuration and `--help` take from here.
+    pub const DEFAULT: OutboundLimits = OutboundLimits {
+        max_bytes: 256 * 1024,
+        max_messages: 256,
+        // One pong per ping for a client pinging in bursts (Autobahn 2.10 sends ten).
+        max_pending_pongs: 16,
+    };
+}
+
+impl Default for OutboundLimits {
+    fn default() -> Self {
+        OutboundLimits::DEFAULT
+    }
+}
+
 /// The queue. Empty, it holds no heap memory.
 #[derive(Debug, Default)]
 pub struct Outbound {

@@ -178,9 +178,12 @@ impl Server {
             };
             let thread = std::thread::Builder::new()
                 .name(format!("reactor-{id}"))
-                .spawn(move || match reactor {
-                    Ready::Epoll(r) => r.run(),
-                    Ready::Uring(r) => r.run(),
+                .spawn(move || {
+                    crate::inbox::set_current_reactor(id);
+                    match reactor {
+                        Ready::Epoll(r) => r.run(),
+                        Ready::Uring(r) => r.run(),
+                    }
                 })?;
             self.threads.push(thread);
         }

@@ -86,15 +86,20 @@ pub struct ServiceLimits {
     pub max_connections_per_ip: u32,
 }
 
+impl ServiceLimits {
+    /// The defaults, which the binary's configuration and `--help` take from here.
+    pub const DEFAULT: ServiceLimits = ServiceLimits {
+        max_connections: 1024,
+        idle_timeout: Duration::from_secs(60),
+        first_request_timeout: Duration::from_secs(5),
+        max_pending_output: 1024 * 1024,
+        max_connections_per_ip: 0,
+    };
+}
+
 impl Default for ServiceLimits {
     fn default() -> Self {
-        ServiceLimits {
-            max_connections: 512,
-            idle_timeout: Duration::from_secs(60),
-            first_request_timeout: Duration::from_secs(5),
-            max_pending_output: 1024 * 1024,
-            max_connections_per_ip: 0,
-        }
+        ServiceLimits::DEFAULT
     }
 }
 
@@ -183,6 +188,9 @@ pub(crate) struct ServiceConns {
     answers: Option<Receiver<Answered>>,
     /// The last parking token given (never reused, unlike slab keys).
     next_token: u64,
+    /// When the reactor's current turn began: a request read later in the turn waited
+    /// for the work before it (the `read` stage of `pushgate_push_stage_seconds`).
+    turn_start: Instant,
 }
 
 impl std::fmt::Debug for ServiceConns {
@@ -213,6 +221,7 @@ impl ServiceConns {
             handle: None,
             answers: None,
             next_token: 0,
+            turn_start: Instant::now(),
         }
     }
 
@@ -318,6 +327,11 @@ impl ServiceConns {
     }
 
     /// Connections to read again this turn (their budget ran out last time).
+    /// A turn of the reactor began at `now`.
+    pub(crate) fn turn_started(&mut self, now: Instant) {
+        self.turn_start = now;
+    }
+
     pub(crate) fn take_again(&mut self) -> Vec<usize> {
         std::mem::take(&mut self.again)
     }
@@ -531,7 +545,7 @@ impl ServiceConns {
                 // The client has read enough of its answers: answer what it already sent
                 // before reading more (there may be nothing more to read).
                 let eof = c.eof;
-                self.serve(key, eof, stats);
+                self.serve(key, eof, stats, Instant::now());
                 continue;
             }
             reads += 1;
@@ -541,7 +555,7 @@ impl ServiceConns {
                         return self.remove(key, registry, wheel, stats);
                     }
                     // The client is done sending: answer what is complete, then close.
-                    self.serve(key, true, stats);
+                    self.serve(key, true, stats, Instant::now());
                 }
                 Ok(n) => {
                     if c.phase == Phase::Lingering {
@@ -553,7 +567,12 @@ impl ServiceConns {
                         c.last_active = ticks.now();
                     }
                     c.input.extend_from_slice(&chunk[..n]);
-                    self.serve(key, false, stats);
+                    let now = Instant::now();
+                    stats.observe_stage(
+                        crate::stats::stage::READ,
+                        now.saturating_duration_since(self.turn_start),
+                    );
+                    self.serve(key, false, stats, now);
                     if let Some(c) = self.conns.get_mut(key).filter(|c| c.answered) {
                         c.last_active = ticks.now();
                     }
@@ -588,7 +607,7 @@ impl ServiceConns {
         }
     }
 
-    fn serve(&mut self, key: usize, eof: bool, stats: &ReactorStats) {
+    fn serve(&mut self, key: usize, eof: bool, stats: &ReactorStats, now: Instant) {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
@@ -612,7 +631,7 @@ impl ServiceConns {
             key,
             next_token: &mut self.next_token,
             parked: &mut c.parked,
-            now: Instant::now(),
+            now,
         };
         let flow = self.service.serve(
             &mut c.state,

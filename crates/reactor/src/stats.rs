@@ -50,14 +50,52 @@ pub struct Histogram {
     pub count: Cell,
 }
 
+/// Upper bounds of the per-stage histograms' buckets, in microseconds (+Inf implied):
+/// finer at the bottom than [`LATENCY_BUCKETS_US`], since a stage of a push on an idle
+/// node takes a few microseconds and the tail is what they are there to find.
+pub const STAGE_BUCKETS_US: [u64; 14] = [
+    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000, 1_000_000,
+];
+
+/// Where a push spends its time inside the node, one histogram each
+/// (`pushgate_push_stage_seconds{stage}`), in the order of [`ReactorStats::stages`]:
+/// - `read`: the reactor woke with the request ready → the request read and served
+///   (the work done earlier in the same turn);
+/// - `route`: the request served → its delivery queued on the recipient's reactor
+///   (parsing, routing; the API's clock starts after the request is parsed);
+/// - `handoff_local` / `handoff_cross`: queued → taken off the inbox by the recipient's
+///   reactor, when that is the reactor that routed it / another thread (another reactor,
+///   the bus);
+/// - `write`: taken off the inbox → the frame handed to the kernel (or queued behind
+///   earlier data).
+pub const STAGES: [&str; 5] = ["read", "route", "handoff_local", "handoff_cross", "write"];
+
+/// Index of each stage in [`STAGES`].
+pub mod stage {
+    /// Woke with the request ready → request served.
+    pub const READ: usize = 0;
+    /// Request served → delivery queued.
+    pub const ROUTE: usize = 1;
+    /// Queued by the recipient's own reactor → taken.
+    pub const HANDOFF_LOCAL: usize = 2;
+    /// Queued by another thread → taken.
+    pub const HANDOFF_CROSS: usize = 3;
+    /// Taken → written.
+    pub const WRITE: usize = 4;
+}
+
 impl Histogram {
-    /// Records one observation.
+    /// Records one observation in the push latency buckets ([`LATENCY_BUCKETS_US`]).
     pub fn observe(&self, d: std::time::Duration) {
+        self.observe_in(&LATENCY_BUCKETS_US, d);
+    }
+
+    /// Records one observation in the buckets `bounds` (the same on every call for one
+    /// histogram).
+    #[inline]
+    pub fn observe_in(&self, bounds: &[u64; 14], d: std::time::Duration) {
         let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
-        let i = LATENCY_BUCKETS_US
-            .iter()
-            .position(|&b| us <= b)
-            .unwrap_or(LATENCY_BUCKETS_US.len());
+        let i = bounds.iter().position(|&b| us <= b).unwrap_or(bounds.len());
         self.buckets[i].add(1);
         self.sum_us.add(us);
         self.count.add(1);
@@ -156,6 +194,11 @@ pub struct ReactorStats {
     pub dropped: [Cell; 5],
     /// Push latency: receipt to frame handed to the kernel (or queued behind earlier data).
     pub push_latency: Histogram,
+    /// Push latency by stage ([`STAGES`]), buckets [`STAGE_BUCKETS_US`].
+    pub stages: [Histogram; 5],
+    /// How long one loop turn works, from waking to going back to the wait (buckets
+    /// [`STAGE_BUCKETS_US`]): everything a turn does before it writes waits at most this.
+    pub turn: Histogram,
     /// Client `send` requests.
     pub client_sends: Cell,
     /// Client room joins and leaves.
@@ -196,6 +239,12 @@ pub struct ReactorStats {
 }
 
 impl ReactorStats {
+    /// Records the time a push spent in stage `i` (an index of [`stage`]).
+    #[inline]
+    pub fn observe_stage(&self, i: usize, d: std::time::Duration) {
+        self.stages[i].observe_in(&STAGE_BUCKETS_US, d);
+    }
+
     /// Counts a refused upgrade.
     pub fn count_rejected(&self, status: u16) {
         if let Some(i) = REJECT_STATUSES.iter().position(|&s| s == status) {

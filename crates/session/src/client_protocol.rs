@@ -160,41 +160,144 @@ pub fn error_json(e: RequestError) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// A delivered message as one unmasked text frame: `{"type":"msg","from":...,"data":...}`
-/// with `data` the caller's JSON bytes as they came, written straight into the frame
-/// buffer (one copy of the payload, no re-serialising).
+/// A delivered message: the one encoder of the client `msg` JSON, whichever path delivers
+/// it (a local push, a stored copy replayed, a copy from another node through the bus),
+/// so a client gets the same bytes wherever its message came from. Fields go in this
+/// order: `type`, `from`, `id`, `room`, `seq`, `data`; absent ones are left out.
+#[derive(Debug, Clone, Copy)]
+pub struct Msg<'a> {
+    /// The sender (a user ID or a backend's name).
+    pub from: &'a str,
+    /// The message ID (pushes that are kept in a stream have one).
+    pub id: Option<&'a str>,
+    /// The room a room message went to.
+    pub room: Option<&'a str>,
+    /// Its place in the user's (or, with `room`, the room's) stream.
+    pub seq: Option<u64>,
+    /// The `data` value, serialized JSON as the caller sent it.
+    pub data: &'a [u8],
+}
+
+impl Msg<'_> {
+    /// A message with neither ID nor seq (`send`s and broadcasts).
+    pub fn plain<'a>(from: &'a str, data: &'a [u8]) -> Msg<'a> {
+        Msg {
+            from,
+            id: None,
+            room: None,
+            seq: None,
+            data,
+        }
+    }
+
+    /// Writes the JSON into `out` (`data` copied as it came, never re-serialized).
+    pub fn write_json(&self, out: &mut impl std::io::Write) {
+        // Writing JSON into memory cannot fail.
+        let _ = out.write_all(MSG_FROM);
+        let _ = serde_json::to_writer(&mut *out, self.from);
+        if let Some(id) = self.id {
+            let _ = out.write_all(br#","id":"#);
+            let _ = serde_json::to_writer(&mut *out, id);
+        }
+        if let Some(room) = self.room {
+            let _ = out.write_all(br#","room":"#);
+            let _ = serde_json::to_writer(&mut *out, room);
+        }
+        if let Some(seq) = self.seq {
+            let _ = write!(out, r#","seq":{seq}"#);
+        }
+        let _ = out.write_all(MSG_DATA);
+        let _ = out.write_all(self.data);
+        let _ = out.write_all(b"}");
+    }
+
+    /// The JSON on its own (what a node stores, what the bus carries).
+    pub fn json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len_hint());
+        self.write_json(&mut out);
+        out
+    }
+
+    /// The JSON as one unmasked text frame, written straight into the frame buffer (one
+    /// copy of the payload).
+    pub fn frame(&self) -> Bytes {
+        let mut f = protocol::frame::FrameBuilder::with_capacity(self.len_hint());
+        self.write_json(&mut f);
+        f.finish(protocol::OpCode::Text, false)
+    }
+
+    fn len_hint(&self) -> usize {
+        let extra = self.from.len() + self.id.map_or(0, str::len) + self.room.map_or(0, str::len);
+        self.data.len() + extra + 80
+    }
+}
+
+/// Where every `msg` starts.
+const MSG_FROM: &[u8] = br#"{"type":"msg","from":"#;
+/// What precedes a `msg`'s data.
+const MSG_DATA: &[u8] = br#","data":"#;
+
+/// A `msg` JSON written without its seq (what a node stores before the stream gives it
+/// one) with `"seq":N` put where [`Msg::write_json`] puts it, so a stored copy reads the
+/// same as the message delivered on the node that took it. A body a node did not write
+/// (a backend storing by hand) is returned as it is.
+pub fn msg_json_with_seq(body: &[u8], seq: u64) -> Vec<u8> {
+    let Some(data_at) = msg_data_offset(body) else {
+        return body.to_vec();
+    };
+    let seq = format!(r#","seq":{seq}"#);
+    let mut out = Vec::with_capacity(body.len() + seq.len());
+    out.extend_from_slice(&body[..data_at]);
+    out.extend_from_slice(seq.as_bytes());
+    out.extend_from_slice(&body[data_at..]);
+    out
+}
+
+/// Where `,"data":` starts in a `msg` [`Msg::write_json`] wrote without a seq; `None` for
+/// anything else (a seq already there, another shape).
+fn msg_data_offset(body: &[u8]) -> Option<usize> {
+    let mut rest = skip_json_string(body.strip_prefix(MSG_FROM)?)?;
+    for key in [&br#","id":"#[..], br#","room":"#] {
+        if let Some(value) = rest.strip_prefix(key) {
+            rest = skip_json_string(value)?;
+        }
+    }
+    rest.starts_with(MSG_DATA).then(|| body.len() - rest.len())
+}
+
+/// What follows the JSON string at the start of `s`.
+pub(crate) fn skip_json_string(s: &[u8]) -> Option<&[u8]> {
+    if s.first() != Some(&b'"') {
+        return None;
+    }
+    let mut i = 1;
+    while i < s.len() {
+        match s[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(&s[i + 1..]),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// A delivered message as one unmasked text frame: `{"type":"msg","from":...,"data":...}`.
 pub fn msg_frame(from: &str, data: &[u8]) -> Bytes {
-    use std::io::Write;
-    let mut f = protocol::frame::FrameBuilder::with_capacity(data.len() + from.len() + 40);
-    f.extend_from_slice(br#"{"type":"msg","from":"#);
-    // Writing JSON into memory cannot fail.
-    let _ = serde_json::to_writer(&mut f, from);
-    let _ = f.write_all(br#","data":"#);
-    f.extend_from_slice(data);
-    f.extend_from_slice(b"}");
-    f.finish(protocol::OpCode::Text, false)
+    Msg::plain(from, data).frame()
 }
 
 /// A delivered message with its place in a stream, as one unmasked text frame:
 /// `{"type":"msg","from":...,"id":...,"seq":N,"data":...}`, with `"room":...` before
 /// `seq` for a room message (whose seq is the room's).
 pub fn msg_frame_seq(from: &str, id: &str, room: Option<&str>, seq: u64, data: &[u8]) -> Bytes {
-    use std::io::Write;
-    let extra = from.len() + id.len() + room.map_or(0, str::len);
-    let mut f = protocol::frame::FrameBuilder::with_capacity(data.len() + extra + 80);
-    f.extend_from_slice(br#"{"type":"msg","from":"#);
-    // Writing JSON into memory cannot fail.
-    let _ = serde_json::to_writer(&mut f, from);
-    let _ = f.write_all(br#","id":"#);
-    let _ = serde_json::to_writer(&mut f, id);
-    if let Some(room) = room {
-        let _ = f.write_all(br#","room":"#);
-        let _ = serde_json::to_writer(&mut f, room);
+    Msg {
+        from,
+        id: Some(id),
+        room,
+        seq: Some(seq),
+        data,
     }
-    let _ = write!(f, r#","seq":{seq},"data":"#);
-    f.extend_from_slice(data);
-    f.extend_from_slice(b"}");
-    f.finish(protocol::OpCode::Text, false)
+    .frame()
 }
 
 /// The reply to a `since` or `resume` past the user's latest seq.
@@ -212,19 +315,6 @@ pub const RESUME_NOT_FIRST: RequestError = err(
 );
 /// The reply to an `ack` of a seq this user never had.
 pub const UNKNOWN_ACK: RequestError = err("bad_ack", "no message with this seq was delivered");
-
-/// The body of a delivered message, `{"type":"msg","from":...,"data":...}`, with `data`
-/// already serialized.
-pub fn msg_json(from: &str, data: &[u8]) -> Vec<u8> {
-    let from = serde_json::to_string(from).unwrap_or_else(|_| "\"\"".to_owned());
-    let mut out = Vec::with_capacity(data.len() + from.len() + 32);
-    out.extend_from_slice(br#"{"type":"msg","from":"#);
-    out.extend_from_slice(from.as_bytes());
-    out.extend_from_slice(br#","data":"#);
-    out.extend_from_slice(data);
-    out.push(b'}');
-    out
-}
 
 #[cfg(test)]
 mod tests {
@@ -318,7 +408,7 @@ mod tests {
         let f = msg_frame("a\"b", br#"{"x":[1,2]}"#);
         let (h, n) = protocol::FrameHeader::parse(&f).unwrap().unwrap();
         assert_eq!(h.opcode, protocol::OpCode::Text);
-        assert_eq!(&f[n..], &msg_json("a\"b", br#"{"x":[1,2]}"#)[..]);
+        assert_eq!(&f[n..], &Msg::plain("a\"b", br#"{"x":[1,2]}"#).json()[..]);
     }
 
     #[test]
@@ -362,8 +452,30 @@ mod tests {
     }
 
     #[test]
+    fn a_seq_added_later_goes_where_the_encoder_puts_it() {
+        for room in [None, Some("r\",\"data\":")] {
+            let m = |seq| Msg {
+                from: "\\\"",
+                id: Some(",\"data\":"),
+                room,
+                seq,
+                data: br#"{"data":1}"#,
+            };
+            assert_eq!(msg_json_with_seq(&m(None).json(), 9), m(Some(9)).json());
+        }
+        let unkeyed = Msg::plain("s", b"1").json();
+        assert_eq!(
+            msg_json_with_seq(&unkeyed, 3),
+            br#"{"type":"msg","from":"s","seq":3,"data":1}"#
+        );
+        for foreign in [&b"[1]"[..], br#"{"type":"msg","seq":1,"data":2}"#, b""] {
+            assert_eq!(msg_json_with_seq(foreign, 3), foreign, "left as it is");
+        }
+    }
+
+    #[test]
     fn msg_json_escapes_the_sender() {
-        let m = msg_json("a\"b", br#"{"x":1}"#);
+        let m = Msg::plain("a\"b", br#"{"x":1}"#).json();
         let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
         assert_eq!(
             v,

@@ -21,15 +21,45 @@ pub struct ReconnectAdvice {
     pub cap_ms: u64,
 }
 
+impl ReconnectAdvice {
+    /// The defaults, which the binary's configuration and `--help` take from here.
+    pub const DEFAULT: ReconnectAdvice = ReconnectAdvice {
+        base_ms: 1000,
+        factor: 2.0,
+        jitter: 0.5,
+        cap_ms: 60_000,
+    };
+}
+
 impl Default for ReconnectAdvice {
     fn default() -> Self {
-        ReconnectAdvice {
-            base_ms: 1000,
-            factor: 2.0,
-            jitter: 0.5,
-            cap_ms: 60_000,
-        }
+        ReconnectAdvice::DEFAULT
     }
+}
+
+/// The defaults of [`SessionConfig`]'s plain values, which the binary's configuration and
+/// `--help` take from here.
+pub mod default {
+    use std::time::Duration;
+
+    /// From accept to a complete upgrade request.
+    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Silence before the server pings.
+    pub const HEARTBEAT: Duration = Duration::from_secs(25);
+    /// Silence before the connection is closed with 1001.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Time for the peer's close frame.
+    pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Malformed requests tolerated before 1008.
+    pub const MAX_BAD_REQUESTS: u32 = 10;
+    /// Client requests per second per connection.
+    pub const CLIENT_RATE: u32 = 50;
+    /// Users one `send` may name.
+    pub const MAX_RECIPIENTS: usize = 100;
+    /// How long a `GET /poll` is held open.
+    pub const POLL_TIMEOUT: Duration = Duration::from_secs(25);
+    /// Close a connection when its token expires.
+    pub const CLOSE_ON_TOKEN_EXPIRY: bool = true;
 }
 
 /// Timeouts, limits and endpoints.
@@ -77,22 +107,22 @@ pub const MAX_RATE_LIMITED_IN_A_ROW: u32 = 10;
 impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
-            handshake_timeout: Duration::from_secs(10),
-            heartbeat: Duration::from_secs(25),
-            idle_timeout: Duration::from_secs(60),
-            close_timeout: Duration::from_secs(5),
+            handshake_timeout: default::HANDSHAKE_TIMEOUT,
+            heartbeat: default::HEARTBEAT,
+            idle_timeout: default::IDLE_TIMEOUT,
+            close_timeout: default::CLOSE_TIMEOUT,
             max_header_bytes: protocol::handshake::DEFAULT_MAX_HEADER_BYTES,
             decoder: DecoderConfig::server(),
             deflate: DeflateConfig::default(),
             echo: true,
             auth: AuthMode::Dev,
             allowed_origins: None,
-            close_on_token_expiry: true,
-            max_bad_requests: 10,
-            reconnect: ReconnectAdvice::default(),
-            client_rate: 50,
-            max_recipients: 100,
-            poll_timeout: Duration::from_secs(25),
+            close_on_token_expiry: default::CLOSE_ON_TOKEN_EXPIRY,
+            max_bad_requests: default::MAX_BAD_REQUESTS,
+            reconnect: ReconnectAdvice::DEFAULT,
+            client_rate: default::CLIENT_RATE,
+            max_recipients: default::MAX_RECIPIENTS,
+            poll_timeout: default::POLL_TIMEOUT,
         }
     }
 }

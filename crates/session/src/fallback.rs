@@ -57,28 +57,12 @@ pub fn frame_payload(frame: &[u8]) -> Option<&[u8]> {
 /// parsing the whole message, whose `data` may be large.
 pub fn msg_seq(json: &[u8]) -> Option<u64> {
     let rest = json.strip_prefix(br#"{"type":"msg","from":"#)?;
-    let rest = skip_json_string(rest)?;
+    let rest = crate::client_protocol::skip_json_string(rest)?;
     let rest = rest.strip_prefix(br#","id":"#)?;
-    let rest = skip_json_string(rest)?;
+    let rest = crate::client_protocol::skip_json_string(rest)?;
     let rest = rest.strip_prefix(br#","seq":"#)?;
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
-}
-
-/// What follows a JSON string at the start of `s`.
-fn skip_json_string(s: &[u8]) -> Option<&[u8]> {
-    let mut i = 1;
-    if s.first() != Some(&b'"') {
-        return None;
-    }
-    while i < s.len() {
-        match s[i] {
-            b'\\' => i += 2,
-            b'"' => return Some(&s[i + 1..]),
-            _ => i += 1,
-        }
-    }
-    None
 }
 
 /// One event: `id: <seq>` when given, then the JSON as `data:` lines. JSON a pusher sent

@@ -11,7 +11,8 @@ use session::Transport;
 
 use super::Reactor;
 use crate::driver::Driver;
-use crate::inbox::{Command, ConnRef, Welcomed};
+use crate::inbox::{Command, ConnRef, Queued, Welcomed};
+use crate::stats::stage;
 
 /// Inbox commands handled per loop turn.
 const COMMANDS_PER_TURN: usize = 1024;
@@ -36,16 +37,35 @@ impl<D: Driver> Reactor<D> {
         }
         for _ in 0..COMMANDS_PER_TURN {
             match self.inbox.try_recv() {
-                Ok(cmd) => {
+                Ok(Queued { cmd, at, from }) => {
                     self.inbox_shared.taken(&cmd);
-                    self.on_command(cmd);
+                    let taken = Instant::now();
+                    let handoff = if from == Some(self.id) {
+                        stage::HANDOFF_LOCAL
+                    } else {
+                        stage::HANDOFF_CROSS
+                    };
+                    self.stats
+                        .observe_stage(handoff, taken.saturating_duration_since(at));
+                    if let Command::Deliver {
+                        received: Some(r), ..
+                    }
+                    | Command::Broadcast {
+                        received: Some(r), ..
+                    } = &cmd
+                    {
+                        self.stats
+                            .observe_stage(stage::ROUTE, at.saturating_duration_since(*r));
+                    }
+                    self.on_command(cmd, taken);
                 }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
             }
         }
     }
 
-    pub(super) fn on_command(&mut self, cmd: Command) {
+    /// Carries out a command taken off the inbox at `taken`.
+    pub(super) fn on_command(&mut self, cmd: Command, taken: Instant) {
         match cmd {
             Command::Deliver {
                 frame,
@@ -59,7 +79,7 @@ impl<D: Driver> Reactor<D> {
                         None => self.stats.count_dropped("gone", 1),
                     }
                 }
-                self.received.extend(received);
+                self.received.push((received, taken));
             }
             Command::Broadcast { frame, received } => {
                 let mut keys = std::mem::take(&mut self.scratch_keys);
@@ -75,7 +95,7 @@ impl<D: Driver> Reactor<D> {
                     self.deliver(key, &frame, &mut compressed);
                 }
                 self.scratch_keys = keys;
-                self.received.extend(received);
+                self.received.push((received, taken));
             }
             Command::Close {
                 target,
@@ -214,10 +234,14 @@ impl<D: Driver> Reactor<D> {
         self.dirty.clear();
         if !self.received.is_empty() {
             let now = Instant::now();
-            for r in self.received.drain(..) {
+            for (received, taken) in self.received.drain(..) {
                 self.stats
-                    .push_latency
-                    .observe(now.saturating_duration_since(r));
+                    .observe_stage(stage::WRITE, now.saturating_duration_since(taken));
+                if let Some(r) = received {
+                    self.stats
+                        .push_latency
+                        .observe(now.saturating_duration_since(r));
+                }
             }
         }
     }

@@ -12,14 +12,13 @@ use mio::{Events, Interest, Poll, Token};
 use socket2::SockRef;
 
 use super::Driver;
+use crate::connections::flush_budget::FlushBudget;
 use crate::connections::{Conn, Reactor, LISTENER, SERVICE_BASE, SERVICE_LISTENER, WAKER};
 
 /// Bytes read per `recv`; the buffer is the reactor's, shared by all its connections.
 const READ_CHUNK: usize = 64 * 1024;
 /// Reads per connection per loop turn before others get their turn.
 const READS_PER_TURN: usize = 8;
-/// Ready sockets handled between deliveries and writes within one turn.
-const EVENTS_PER_FLUSH: usize = 32;
 
 /// One reactor's `mio::Poll` and client listener.
 #[derive(Debug)]
@@ -97,21 +96,31 @@ impl Reactor<Epoll> {
             self.inbox_shared().notified.store(true, Ordering::SeqCst);
             let now = Instant::now();
             self.begin_turn(now, &mut expired);
+            // A long turn (hundreds of ready sockets under load) must not hold back what
+            // earlier events routed: deliver and write after a bounded amount of work.
+            let mut budget = FlushBudget::new(now);
             let again = std::mem::take(&mut self.io.again);
             for key in again {
                 self.on_readable(key, true);
-            }
-            for (i, event) in events.iter().enumerate() {
-                // A long turn (hundreds of ready sockets under load) must not hold back
-                // what earlier events routed: deliver and write every few events.
-                if i > 0 && i % EVENTS_PER_FLUSH == 0 {
+                if budget.spent() {
                     self.deliver_now();
                 }
+            }
+            for event in events.iter() {
                 let closed = event.is_read_closed() || event.is_error();
                 match event.token() {
                     LISTENER => self.accept_loop(),
                     token @ (WAKER | SERVICE_LISTENER) => self.on_poll_event(token, closed),
-                    Token(key) if key >= SERVICE_BASE => self.on_poll_event(Token(key), closed),
+                    Token(key) if key >= SERVICE_BASE => {
+                        self.on_poll_event(Token(key), closed);
+                        // The pushes this request routed to our own connections go out
+                        // now, not behind the rest of the turn's sockets.
+                        if self.has_commands() {
+                            self.deliver_now();
+                            budget.restart(Instant::now());
+                            continue;
+                        }
+                    }
                     Token(key) => {
                         if event.is_readable() || closed {
                             // Without a hang-up or error in the event, a short read drained
@@ -122,6 +131,9 @@ impl Reactor<Epoll> {
                             self.flush(key);
                         }
                     }
+                }
+                if budget.spent() {
+                    self.deliver_now();
                 }
             }
             if self.end_turn(now) {

@@ -10,14 +10,16 @@
 //!   other end of the multishot, re-arms it after the batch of completions that freed
 //!   them.
 //! - Writing: a connection's queue is taken by one send (a single frame) or `sendmsg`
-//!   (several), prepared at the end of the turn for every connection written to, and
-//!   submitted with the turn's wait: one `io_uring_enter` for all of them. The frames stay
+//!   (several), prepared for every connection written to and submitted together: one
+//!   `io_uring_enter` for all of them every 16 completions or 100 µs of a turn
+//!   (`crate::connections::flush_budget`), the rest with the turn's wait. The frames stay
 //!   alive in the connection's send slot until the completion, which puts a short send's
 //!   rest back at the front of the queue.
 //! - Waiting: the timer wheel's next deadline is the wait's timeout (`EXT_ARG`).
 //! - The inbox's waker, the control listener and its connections stay on a `mio::Poll`
 //!   (their code is shared with the epoll backend); the ring watches that epoll set with
-//!   one multishot poll, so the reactor still waits in one place.
+//!   one multishot poll, so the reactor still waits in one place. Its completions are
+//!   served once per pass over the completion queue (see `reap`).
 //! - Closing: a connection removed while the kernel holds requests on its socket has its
 //!   requests cancelled, and the socket is closed once the last completion arrived.
 
@@ -35,6 +37,7 @@ use mio::{Events, Poll};
 use socket2::SockRef;
 
 use super::Driver;
+use crate::connections::flush_budget::FlushBudget;
 use crate::connections::{Conn, Reactor};
 use crate::outbound::InFlight;
 
@@ -49,8 +52,6 @@ const RING_ENTRIES: u32 = 4096;
 const MAX_FRAMES_PER_SEND: usize = 64;
 /// Accepted sockets held for the admission checks before the accept is cancelled.
 const ACCEPT_QUEUE: usize = 64;
-/// Completions handled between deliveries and writes within one turn.
-const COMPLETIONS_PER_FLUSH: usize = 32;
 /// Batches of completions reaped per turn before timers and the inbox get their turn.
 const BATCHES_PER_TURN: usize = 4;
 /// Send slots kept for reuse.
@@ -523,7 +524,7 @@ impl Reactor<Uring> {
             self.inbox_shared().notified.store(true, Ordering::SeqCst);
             let now = Instant::now();
             self.begin_turn(now, &mut expired);
-            self.reap();
+            self.reap(now);
             if self.end_turn(now) {
                 self.start_sends();
                 self.finish();
@@ -533,7 +534,9 @@ impl Reactor<Uring> {
     }
 
     /// Handles the completions waiting, in batches.
-    fn reap(&mut self) {
+    fn reap(&mut self, now: Instant) {
+        let mut budget = FlushBudget::new(now);
+        let mut poll_ready = false;
         let mut cqes = std::mem::take(&mut self.io.cqes);
         for _ in 0..BATCHES_PER_TURN {
             cqes.clear();
@@ -547,12 +550,31 @@ impl Reactor<Uring> {
             if cqes.is_empty() {
                 break;
             }
-            for (i, &(ud, res, flags)) in cqes.iter().enumerate() {
-                if i > 0 && i % COMPLETIONS_PER_FLUSH == 0 {
-                    self.deliver_now();
+            for &(ud, res, flags) in &cqes {
+                if split_user_data(ud).0 == OP_POLL {
+                    // The control listener's sockets are ready. The multishot poll posts a
+                    // completion for every new readiness, so under load the queue holds
+                    // many: they are served once per pass over the queue, after the
+                    // batch. Served at each of them (one `epoll_wait` and new sends each),
+                    // the publishers kept the queue full: a pass took hundreds of
+                    // milliseconds, and a connection's next frame waited that long for its
+                    // previous send's completion to be reaped. Served once per pass, a
+                    // long queue slows the publishers until it is short again.
+                    if !cqueue::more(flags) {
+                        self.io.poll_armed = false;
+                    }
+                    poll_ready = true;
+                } else {
+                    self.on_completion(ud, res, flags);
                 }
-                self.on_completion(ud, res, flags);
+                // Every bounded amount of work (completions or time), what was routed
+                // so far is sent: submitted, not only queued for the wait's submission.
+                if budget.spent() {
+                    self.send_now();
+                }
             }
+            self.serve_and_send(&mut poll_ready);
+            budget.restart(Instant::now());
             if !self.io.accepted.is_empty() {
                 self.accept_loop();
             }
@@ -728,6 +750,30 @@ impl Reactor<Uring> {
             }
         }
         self.after_write(key);
+    }
+
+    /// Mid-turn: serves the control listener's ready sockets if `poll_ready` (and clears
+    /// it), then delivers and sends what is routed.
+    fn serve_and_send(&mut self, poll_ready: &mut bool) {
+        if std::mem::take(poll_ready) {
+            self.poll_events();
+        }
+        self.send_now();
+    }
+
+    /// Mid-turn: delivers what the inbox holds and submits the sends, so they start now
+    /// rather than at the turn's end.
+    fn send_now(&mut self) {
+        self.deliver_now();
+        if self.io.to_send.is_empty() {
+            return;
+        }
+        self.start_sends();
+        if let Err(e) = self.io.ring.submit() {
+            if !matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EINTR)) {
+                tracing::warn!(error = %e, "io_uring submit failed");
+            }
+        }
     }
 
     /// Re-arms what ended: receives, the control poll.

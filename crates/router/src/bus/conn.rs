@@ -12,6 +12,8 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use super::servers::{Auth, Server};
 use super::wire::{self, Op};
@@ -100,7 +102,7 @@ impl Options {
                 let pem = std::fs::read(path)
                     .map_err(|e| format!("reading the NATS CA file {path}: {e}"))?;
                 let mut added = 0;
-                for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                for cert in CertificateDer::pem_slice_iter(&pem) {
                     let cert = cert.map_err(|e| format!("NATS CA file {path}: {e}"))?;
                     roots
                         .add(cert)
@@ -114,13 +116,13 @@ impl Options {
             None => {
                 // Unreadable system certificates only matter once a server asks for TLS,
                 // and then the handshake fails with a clear error.
-                for cert in rustls_native_certs::load_native_certs().unwrap_or_default() {
+                for cert in rustls_native_certs::load_native_certs().certs {
                     let _ = roots.add(cert);
                 }
             }
         }
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use session::client_protocol::{msg_json_with_seq, Msg};
 
 use super::wire;
 
@@ -206,42 +207,26 @@ pub(super) fn ends_batch(headers: Option<&[u8]>) -> bool {
     }
 }
 
-/// The start every stored body has (what [`with_seq`] inserts the seq after).
-const MSG_START: &[u8] = br#"{"type":"msg","#;
-
-/// The client JSON of a stored body with its seq: `{"type":"msg","seq":N,...}`. A body
-/// not written by a node (a backend storing by hand) is returned as it is.
+/// The client JSON of a stored body with its seq, byte for byte what the node that took
+/// the message delivered (session's [`msg_json_with_seq`]). A body not written by a node
+/// (a backend storing by hand) is returned as it is.
 pub fn with_seq(body: &[u8], seq: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 24);
-    match body.strip_prefix(MSG_START) {
-        Some(rest) => {
-            out.extend_from_slice(MSG_START);
-            out.extend_from_slice(format!("\"seq\":{seq},").as_bytes());
-            out.extend_from_slice(rest);
-        }
-        None => out.extend_from_slice(body),
-    }
-    out
+    msg_json_with_seq(body, seq)
 }
 
 /// The body a node stores for a user's (or, with `room`, a room's) message: the client
 /// JSON without the seq.
 pub fn stored_body(from: &str, id: &str, room: Option<&str>, data: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(data.len() + from.len() + id.len() + 40);
-    out.extend_from_slice(MSG_START);
-    out.extend_from_slice(b"\"from\":");
-    // Writing JSON into memory cannot fail.
-    let _ = serde_json::to_writer(&mut out, from);
-    out.extend_from_slice(b",\"id\":");
-    let _ = serde_json::to_writer(&mut out, id);
-    if let Some(room) = room {
-        out.extend_from_slice(b",\"room\":");
-        let _ = serde_json::to_writer(&mut out, room);
-    }
-    out.extend_from_slice(b",\"data\":");
-    out.extend_from_slice(data);
-    out.push(b'}');
-    Bytes::from(out)
+    Bytes::from(
+        Msg {
+            from,
+            id: Some(id),
+            room,
+            seq: None,
+            data,
+        }
+        .json(),
+    )
 }
 
 #[cfg(test)]
@@ -294,6 +279,26 @@ mod tests {
             (&r["room"], &r["seq"]),
             (&serde_json::json!("r"), &serde_json::json!(4))
         );
+    }
+
+    /// A message a client gets through the cluster (stored, then given its seq) is byte
+    /// for byte the one a client of a single node gets, for senders, IDs and rooms that
+    /// need escaping and data that holds the keys themselves.
+    #[test]
+    fn a_stored_message_reads_as_the_one_delivered_on_a_single_node() {
+        for (from, id, room, data) in [
+            ("svc", "id1", None, &br#"{"a":1}"#[..]),
+            ("a\",\"data\":\"x", "i\\d", None, br#"{"seq":7,"data":"x"}"#),
+            ("s", "i", Some("r\"oom"), br#","data":1"#),
+            ("\u{e9}\n", "", Some(""), b"null"),
+        ] {
+            let single_node = session::client_protocol::msg_frame_seq(from, id, room, 42, data);
+            let payload = session::fallback::frame_payload(&single_node).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&with_seq(&stored_body(from, id, room, data), 42)),
+                String::from_utf8_lossy(payload),
+            );
+        }
     }
 
     #[test]
