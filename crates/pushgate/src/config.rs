@@ -919,6 +919,7 @@ mod tests {
         const IN_WORDS: &[&str] = &[
             "reactors",
             "max_connections",
+            "webhook_url",
             "echo",
             "allowed_origins",
             "api_key",
