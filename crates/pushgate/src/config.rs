@@ -71,6 +71,7 @@ pub mod default {
     /// Below the contract's 100 ms for a whole presence answer, with room for the rest.
     pub const PRESENCE_TIMEOUT: f64 = 0.08;
     pub const PRESENCE_MAX_UIDS: usize = 100;
+    pub const ROOM_PRESENCE_MAX_LIMIT: usize = 1000;
     pub const BATCH_MAX_ITEMS: usize = 10_000;
     pub const BATCH_MAX_BYTES: usize = 8 * 1024 * 1024;
     pub const HISTORY_READ_MAX: usize = 1000;
@@ -210,6 +211,10 @@ pub struct Keys {
     /// Most users one /v1/presence query may name, at most 1000 [default: 100].
     #[arg(long, env = "PUSHGATE_PRESENCE_MAX_UIDS")]
     pub presence_max_uids: Option<usize>,
+    /// Most members one /v1/rooms/presence query may list (its `limit`), at most
+    /// 10000 [default: 1000].
+    #[arg(long, env = "PUSHGATE_ROOM_PRESENCE_MAX_LIMIT")]
+    pub room_presence_max_limit: Option<usize>,
     /// Seconds after which a message to a user that none of the user's devices acked
     /// is reported to the backend (webhook and bus events); needs history. 0 = off
     /// [default: 0].
@@ -776,6 +781,13 @@ impl Settings {
                     n @ 1..=1000 => n,
                     n => bail!("presence_max_uids must be between 1 and 1000, got {n}"),
                 },
+                room_presence_max_limit: match pick!(
+                    room_presence_max_limit,
+                    default::ROOM_PRESENCE_MAX_LIMIT
+                ) {
+                    n @ 1..=router::room_presence::MAX_LISTED => n,
+                    n => bail!("room_presence_max_limit must be between 1 and 10000, got {n}"),
+                },
             },
             events: EventSettings {
                 undelivered_after: {
@@ -1306,12 +1318,14 @@ mod tests {
         assert_eq!(d.max_conns_per_user, 16);
         assert_eq!(d.operator.presence_timeout, Duration::from_millis(80));
         assert_eq!(d.operator.presence_max_uids, 100);
+        assert_eq!(d.operator.room_presence_max_limit, 1000);
         let dir = std::env::temp_dir().join(format!("pushgate-operator-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("p.toml");
         std::fs::write(
             &path,
-            "max_conns_per_user = 4\npresence_timeout = 0.25\npresence_max_uids = 9\n",
+            "max_conns_per_user = 4\npresence_timeout = 0.25\npresence_max_uids = 9\n\
+             room_presence_max_limit = 7\n",
         )
         .unwrap();
         let p = path.to_str().unwrap();
@@ -1319,6 +1333,7 @@ mod tests {
         assert_eq!(f.max_conns_per_user, 4);
         assert_eq!(f.operator.presence_timeout, Duration::from_millis(250));
         assert_eq!(f.operator.presence_max_uids, 9);
+        assert_eq!(f.operator.room_presence_max_limit, 7);
         let o =
             Settings::resolve(&dev(&["--config", p, "--max-conns-per-user", "1"]), 100).unwrap();
         assert_eq!(o.max_conns_per_user, 1);
@@ -1329,6 +1344,8 @@ mod tests {
             "--presence-timeout=6",
             "--presence-max-uids=0",
             "--presence-max-uids=1001",
+            "--room-presence-max-limit=0",
+            "--room-presence-max-limit=10001",
             "--batch-max-items=0",
             "--history-read-max=0",
             "--history-read-max=10001",
@@ -1342,6 +1359,7 @@ mod tests {
             "PUSHGATE_MAX_CONNS_PER_USER",
             "PUSHGATE_PRESENCE_TIMEOUT",
             "PUSHGATE_PRESENCE_MAX_UIDS",
+            "PUSHGATE_ROOM_PRESENCE_MAX_LIMIT",
             "PUSHGATE_BATCH_MAX_ITEMS",
             "PUSHGATE_BATCH_MAX_BYTES",
             "PUSHGATE_HISTORY_READ_MAX",

@@ -169,6 +169,8 @@ pub mod names {
     pub const BUS_LATENCY: &str = "pushgate_bus_latency_seconds";
     /// Counter: `/v1/presence` queries by result.
     pub const PRESENCE_QUERIES: &str = "pushgate_presence_queries_total";
+    /// Counter: `/v1/rooms/presence` queries by result.
+    pub const ROOM_PRESENCE_QUERIES: &str = "pushgate_room_presence_queries_total";
     /// Counter: `/v1/disconnect` requests by result.
     pub const DISCONNECT_REQUESTS: &str = "pushgate_disconnect_requests_total";
     /// Counter: connections the router closed, by reason.
@@ -1119,6 +1121,16 @@ fn operator_part(src: &Sources, out: &mut Families) {
             .map(|(r, c)| (r, c.get())),
     );
     out.family(
+        ROOM_PRESENCE_QUERIES,
+        COUNTER,
+        "/v1/rooms/presence queries: complete, partial (a live node did not answer in time), bad_request, unavailable (bus down).",
+        "result",
+        PRESENCE_RESULTS
+            .iter()
+            .zip(&ops.room_presence)
+            .map(|(r, c)| (r, c.get())),
+    );
+    out.family(
         DISCONNECT_REQUESTS,
         COUNTER,
         "/v1/disconnect requests: ok, bad_request, unavailable (closed on this node only).",
@@ -1153,7 +1165,7 @@ fn operator_part(src: &Sources, out: &mut Families) {
     out.family(
         BUS_CONTROL_RECEIVED,
         COUNTER,
-        "Control messages from other nodes: presence (queries answered), disconnect (requests carried out), rooms (server-side room changes carried out), invalid (dropped), bad_reply (presence queries whose reply subject was not a control inbox: not answered).",
+        "Control messages from other nodes: presence (presence and room presence queries answered), disconnect (requests carried out), rooms (server-side room changes carried out), invalid (dropped), bad_reply (presence queries whose reply subject was not a control inbox: not answered).",
         "kind",
         [
             ("presence", ctl.queries_answered.get()),

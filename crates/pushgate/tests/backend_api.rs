@@ -427,4 +427,151 @@ fn the_new_routes_take_the_api_key() {
     );
     assert_eq!(status, 200, "{resp}");
     assert_eq!(gw.control_get("/v1/history?uid=u").0, 401);
+    assert_eq!(gw.control_get("/v1/rooms/presence?room=r").0, 401);
+}
+
+fn room_presence(gw: &Gateway, query: &str) -> (u16, Value) {
+    let (status, body) = gw.control_get(&format!("/v1/rooms/presence?{query}"));
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}")),
+    )
+}
+
+/// (uid, device) of each member listed, in the answer's order.
+fn who(v: &Value) -> Vec<(String, String)> {
+    v["members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no members in {v}"))
+        .iter()
+        .map(|m| {
+            assert!(m["node"].as_str().is_some_and(|n| !n.is_empty()), "{v}");
+            (
+                m["uid"].as_str().unwrap().to_owned(),
+                m["device"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn member(uid: &str, device: &str) -> (String, String) {
+    (uid.to_owned(), device.to_owned())
+}
+
+#[test]
+fn room_presence_single_node_lists_counts_and_bounds() {
+    let mut args = ROOMY.to_vec();
+    args.extend(["--room-presence-max-limit", "5"]);
+    let gw = Gateway::dev(&args);
+    let mut phone = Client::connect(gw.client_addr, "/ws?uid=u1&device=phone");
+    assert_eq!(phone.recv_json()["type"], "welcome");
+    let mut web = Client::connect(gw.client_addr, "/ws?uid=u1&device=web");
+    assert_eq!(web.recv_json()["type"], "welcome");
+    let mut u2 = ws(&gw, "u2");
+    let mut outside = ws(&gw, "u3");
+    for c in [&mut phone, &mut web, &mut u2] {
+        join(c, "r");
+    }
+    join(&mut outside, "elsewhere");
+
+    let (status, v) = room_presence(&gw, "room=r");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["room"], "r");
+    assert_eq!(
+        (v["connections"].as_u64(), v["users"].as_u64()),
+        (Some(3), Some(2)),
+        "{v}"
+    );
+    assert_eq!(
+        who(&v),
+        [
+            member("u1", "phone"),
+            member("u1", "web"),
+            member("u2", "default")
+        ]
+    );
+    assert_eq!(v["more"], false);
+    assert!(v.get("partial").is_none(), "{v}");
+
+    // The limit lists fewer and says there are more; the count stays whole.
+    let (status, v) = room_presence(&gw, "room=r&limit=2");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["connections"], 3);
+    assert_eq!(who(&v).len(), 2, "{v}");
+    assert_eq!(v["more"], true);
+    assert!(v.get("users").is_none(), "not every connection listed: {v}");
+
+    // The count alone asks no reactor and lists nobody.
+    let (status, v) = room_presence(&gw, "room=r&count_only=1");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v, json!({"ok": true, "room": "r", "connections": 3}));
+
+    // A room nobody is in, and a room after a member left.
+    let (status, v) = room_presence(&gw, "room=empty");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (
+            v["connections"].as_u64(),
+            v["users"].as_u64(),
+            v["more"].as_bool()
+        ),
+        (Some(0), Some(0), Some(false)),
+        "{v}"
+    );
+    u2.send_text(r#"{"type":"leave","room":"r"}"#);
+    u2.send_text(r#"{"type":"ping"}"#);
+    assert_eq!(u2.recv_json()["type"], "pong");
+    let (_, v) = room_presence(&gw, "room=r");
+    assert_eq!(who(&v), [member("u1", "phone"), member("u1", "web")], "{v}");
+
+    for bad in [
+        "",
+        "room=",
+        "limit=2",
+        "room=a&room=b",
+        "room=r&limit=6",
+        "room=r&limit=x",
+        "room=r&count_only=2",
+    ] {
+        let (status, v) = room_presence(&gw, bad);
+        assert_eq!(status, 400, "{bad}: {v}");
+    }
+    let (status, _) = post(gw.control_addr, "/v1/rooms/presence?room=r", "", None);
+    assert_eq!(status, 405);
+    assert_eq!(
+        gw.metric(r#"pushgate_room_presence_queries_total{result="complete"}"#),
+        5.0
+    );
+    assert_eq!(
+        gw.metric(r#"pushgate_room_presence_queries_total{result="bad_request"}"#),
+        7.0
+    );
+}
+
+#[test]
+fn room_presence_sees_server_side_joins() {
+    let gw = Gateway::dev(&ROOMY);
+    let mut a = ws(&gw, "alice");
+    let (status, resp) = post(
+        gw.control_addr,
+        "/v1/rooms/join",
+        r#"{"uid":"alice","room":"ops"}"#,
+        None,
+    );
+    assert_eq!(status, 200, "{resp}");
+    // The joined notice comes once the connection is in the room.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "alice never learnt of the join");
+        if let Read_::Msg(Message::Text(t)) = a.read(Duration::from_millis(200)) {
+            let v: Value = serde_json::from_slice(&t).unwrap();
+            if v["type"] == "joined" {
+                break;
+            }
+        }
+    }
+    let (status, v) = room_presence(&gw, "room=ops");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(who(&v), [member("alice", "default")], "{v}");
+    assert_eq!(v["users"], 1);
 }

@@ -324,6 +324,34 @@ fn every_answer_matches_the_openapi_spec() {
     r.ask("GET", "/v1/presence", "?uid=alice", "", b"", 401);
     r.ask("POST", "/v1/presence", "?uid=alice", AUTH, b"", 405);
 
+    // GET /v1/rooms/presence (alice is in "team" from the join below only later: first
+    // an empty room, then the member)
+    let p = r.ask("GET", "/v1/rooms/presence", "?room=team", AUTH, b"", 200);
+    assert_eq!(
+        (p["connections"].as_u64(), p["users"].as_u64()),
+        (Some(0), Some(0)),
+        "{p}"
+    );
+    r.ask(
+        "GET",
+        "/v1/rooms/presence",
+        "?room=team&count_only=1",
+        AUTH,
+        b"",
+        200,
+    );
+    r.ask("GET", "/v1/rooms/presence", "", AUTH, b"", 400);
+    r.ask(
+        "GET",
+        "/v1/rooms/presence",
+        "?room=team&limit=1001",
+        AUTH,
+        b"",
+        400,
+    );
+    r.ask("GET", "/v1/rooms/presence", "?room=team", "", b"", 401);
+    r.ask("POST", "/v1/rooms/presence", "?room=team", AUTH, b"", 405);
+
     // POST /v1/rooms/join and /v1/rooms/leave
     let j = r.ask(
         "POST",
@@ -340,6 +368,20 @@ fn every_answer_matches_the_openapi_spec() {
         seen = alice.recv_json();
     }
     assert_eq!(seen["type"], "joined", "{seen}");
+    let p = r.ask("GET", "/v1/rooms/presence", "?room=team", AUTH, b"", 200);
+    assert_eq!(p["members"][0]["device"], "phone", "{p}");
+    let p = r.ask(
+        "GET",
+        "/v1/rooms/presence",
+        "?room=team&limit=0",
+        AUTH,
+        b"",
+        200,
+    );
+    assert_eq!(
+        (p["connections"].as_u64(), p["more"].as_bool()),
+        (Some(1), None)
+    );
     let l = r.ask(
         "POST",
         "/v1/rooms/leave",

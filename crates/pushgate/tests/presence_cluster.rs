@@ -1,5 +1,6 @@
 //! Three nodes over a real `nats-server`: `/v1/presence` answers for the whole cluster
-//! and names a node that does not answer in time (one frozen with SIGSTOP);
+//! and names a node that does not answer in time (one frozen with SIGSTOP), and so does
+//! `/v1/rooms/presence` (over two nodes);
 //! `/v1/disconnect` closes connections on every node with the code given.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // In tests a failed unwrap is a failed test.
 
@@ -277,4 +278,124 @@ fn a_presence_query_is_never_answered_on_a_delivery_subject() {
         gw.metric("pushgate_bus_control_received_total{kind=\"presence\"}"),
         0.0
     );
+}
+
+fn room_presence(gw: &Gateway, query: &str) -> Value {
+    let (status, body) = gw.control_get(&format!("/v1/rooms/presence?{query}"));
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// (uid, device, node) of each member listed, in the answer's order.
+fn members(v: &Value) -> Vec<(String, String, String)> {
+    v["members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no members in {v}"))
+        .iter()
+        .map(|m| {
+            let s = |k: &str| m[k].as_str().unwrap().to_owned();
+            (s("uid"), s("device"), s("node"))
+        })
+        .collect()
+}
+
+fn m(uid: &str, device: &str, node: &str) -> (String, String, String) {
+    (uid.to_owned(), device.to_owned(), node.to_owned())
+}
+
+/// Joins `room` and waits for the answer (requests are handled in order).
+fn join(c: &mut Client, room: &str) {
+    c.send_text(&format!(r#"{{"type":"join","room":"{room}"}}"#));
+    c.send_text(r#"{"type":"ping"}"#);
+    assert_eq!(c.recv_json()["type"], "pong");
+}
+
+/// Room presence over two nodes: members and counts from both, the limit over the
+/// whole cluster, the count form, and a frozen node named in `partial`.
+#[test]
+fn room_presence_spans_two_nodes_and_names_a_frozen_one() {
+    let nats = NatsServer::start();
+    // The wait for the other node is not the subject until it is frozen: a generous
+    // one, so that a descheduled live node is never named.
+    let args = ["--presence-timeout", "3"];
+    let n1 = node(&nats.url(), "n1", &args);
+    let n2 = node(&nats.url(), "n2", &args);
+    for gw in [&n1, &n2] {
+        assert!(
+            gw.eventually(WAIT, |g| g.metric("pushgate_cluster_peers") == 1.0),
+            "the nodes never heard each other"
+        );
+    }
+    let mut a1 = ws(&n1, "uid=alice&device=phone");
+    let mut a2 = ws(&n2, "uid=alice&device=web");
+    let mut b2 = ws(&n2, "uid=bob");
+    let mut c1 = ws(&n1, "uid=carol");
+    for c in [&mut a1, &mut a2, &mut b2] {
+        join(c, "team");
+    }
+    join(&mut c1, "other");
+
+    let everyone = vec![
+        m("alice", "phone", "n1"),
+        m("alice", "web", "n2"),
+        m("bob", "default", "n2"),
+    ];
+    for gw in [&n1, &n2] {
+        let v = room_presence(gw, "room=team");
+        assert!(v.get("partial").is_none(), "{v}");
+        assert_eq!(members(&v), everyone, "{v}");
+        assert_eq!(
+            (
+                v["connections"].as_u64(),
+                v["users"].as_u64(),
+                v["more"].as_bool()
+            ),
+            (Some(3), Some(2), Some(false)),
+            "{v}"
+        );
+        let v = room_presence(gw, "room=team&count_only=1");
+        assert_eq!(
+            v,
+            serde_json::json!({"ok": true, "room": "team", "connections": 3})
+        );
+        // The limit holds for the whole cluster: the first two in the answer's order.
+        let v = room_presence(gw, "room=team&limit=2");
+        assert_eq!(members(&v), everyone[..2], "{v}");
+        assert_eq!(
+            (v["connections"].as_u64(), v["more"].as_bool()),
+            (Some(3), Some(true))
+        );
+    }
+    assert_eq!(
+        n2.metric("pushgate_room_presence_queries_total{result=\"complete\"}"),
+        3.0
+    );
+
+    // n2 frozen: named in `partial`, its members and count missing.
+    signal(&n2, "-STOP");
+    let resume = Resume(&n2);
+    stopped(&n2);
+    let start = Instant::now();
+    let v = room_presence(&n1, "room=team");
+    println!("room presence, n2 frozen: {:?}", start.elapsed());
+    assert_eq!(v["partial"], serde_json::json!(["n2"]), "{v}");
+    assert_eq!(members(&v), [m("alice", "phone", "n1")], "{v}");
+    assert_eq!(v["connections"], 1);
+    let v = room_presence(&n1, "room=team&count_only=1");
+    assert_eq!(v["partial"], serde_json::json!(["n2"]), "{v}");
+    assert_eq!(v["connections"], 1);
+    assert_eq!(
+        n1.metric("pushgate_room_presence_queries_total{result=\"partial\"}"),
+        2.0
+    );
+    drop(resume);
+
+    // Back: n2 answers again.
+    assert!(
+        n1.eventually(WAIT, |g| room_presence(g, "room=team")
+            .get("partial")
+            .is_none()),
+        "n2 never answered again"
+    );
+    assert_eq!(members(&room_presence(&n1, "room=team")), everyone);
 }

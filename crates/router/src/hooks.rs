@@ -7,6 +7,7 @@ use reactor::{ConnRef, Hooks, ReactorStats};
 use session::client_protocol::RequestError;
 use session::ClientRequest;
 
+use crate::room_presence::RoomListTask;
 use crate::rooms::{Outcome, RoomOp, RoomTask};
 use crate::router::Router;
 
@@ -275,6 +276,13 @@ impl Hooks for RouterHooks {
     }
 
     fn on_task(&mut self, conn: ConnRef, task: &(dyn std::any::Any + Send + Sync)) {
+        if let Some(t) = task.downcast_ref::<RoomListTask>() {
+            if let Some(info) = info_mut(&mut self.conns, conn) {
+                let device = info.extra.as_ref().and_then(|e| e.device.as_deref());
+                t.found(conn, &info.uid, device);
+            }
+            return;
+        }
         let Some(t) = task.downcast_ref::<RoomTask>() else {
             return;
         };

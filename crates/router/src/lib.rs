@@ -23,6 +23,7 @@ pub mod history;
 pub mod hooks;
 pub mod idempotency;
 pub mod registry;
+pub mod room_presence;
 pub mod rooms;
 pub mod router;
 pub mod undelivered;

@@ -267,6 +267,17 @@ impl ShardedMap {
         }
     }
 
+    /// How many connections are under `id`, appending the first `max` of them to `out`.
+    fn count_some(&self, id: &str, max: usize, out: &mut Vec<ConnRef>) -> usize {
+        match self.shard(id).map.read().get(id) {
+            Some(m) => {
+                out.extend(m.list.iter().take(max).copied());
+                m.list.len()
+            }
+            None => 0,
+        }
+    }
+
     /// Appends the members under `id` that `keep` selects.
     fn members(&self, id: &str, mut keep: impl FnMut(&UserConn) -> bool, out: &mut Vec<UserConn>) {
         if let Some(m) = self.shard(id).map.read().get(id) {
@@ -416,6 +427,11 @@ impl Registry {
     /// Appends every member connection of `room`; false if the room is empty here.
     pub fn room_connections(&self, room: &str, out: &mut Vec<ConnRef>) -> bool {
         self.rooms.collect(room, out)
+    }
+
+    /// How many connections are in `room`, appending the first `max` of them to `out`.
+    pub fn room_members(&self, room: &str, max: usize, out: &mut Vec<ConnRef>) -> usize {
+        self.rooms.count_some(room, max, out)
     }
 
     /// Users with at least one connection here.

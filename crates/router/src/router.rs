@@ -19,6 +19,7 @@ use crate::cluster_history::UserSeq;
 use crate::history::{History, HistoryConfig};
 use crate::idempotency::Idempotency;
 use crate::registry::Registry;
+use crate::room_presence::{ListingDone, RoomListTask};
 use crate::rooms::{RoomChange, RoomStats, RoomTally, RoomTask};
 use crate::undelivered::{Deadlines, EventSink};
 use session::client_protocol::{self as cp, RequestError};
@@ -286,6 +287,34 @@ impl Router {
             rest = tail;
         }
         conns.len()
+    }
+
+    /// The connections in `room` on this node (`node`), listing at most `limit` of them
+    /// with their user and device: `done` is told once the reactors holding them answered
+    /// (see [`crate::room_presence`]), at once when none is to be asked. Never waits.
+    pub fn room_presence_local(&self, room: &str, node: &str, limit: usize, done: ListingDone) {
+        let mut targets = Vec::new();
+        let connections = self.registry.room_members(room, limit, &mut targets);
+        let task = RoomListTask::new(node, connections, done);
+        targets.sort_unstable_by_key(|c| c.reactor);
+        let reactors = self.reactors.get().map(Vec::as_slice).unwrap_or_default();
+        let mut rest = targets.as_slice();
+        while let Some(first) = rest.first() {
+            let n = rest
+                .iter()
+                .take_while(|c| c.reactor == first.reactor)
+                .count();
+            let (mine, tail) = rest.split_at(n);
+            if let Some(r) = reactors.get(usize::from(first.reactor)) {
+                // A reactor whose inbox is full does not list its members: the answer
+                // says `"more"` (fewer listed than counted) rather than wait.
+                let _ = r.send(Command::Task {
+                    targets: mine.to_vec(),
+                    task: Arc::clone(&task) as Arc<dyn std::any::Any + Send + Sync>,
+                });
+            }
+            rest = tail;
+        }
     }
 
     /// Registers a connection of `uid` on `device` under the per-user cap, closing what
@@ -1064,6 +1093,10 @@ impl crate::bus::Inbound for Router {
 
     fn disconnect_local(&self, req: &Disconnect) -> usize {
         Router::disconnect_local(self, req)
+    }
+
+    fn room_presence_local(&self, room: &str, node: &str, limit: usize, done: ListingDone) {
+        Router::room_presence_local(self, room, node, limit, done);
     }
 
     fn change_rooms_local(&self, req: &RoomChange) {

@@ -3,6 +3,10 @@
 //! - `GET /v1/presence?uid=u1&uid=u2`: every connection of those users in the cluster,
 //!   this node's from its registry and the others' over the bus, waiting for them at most
 //!   `presence_timeout`; nodes that did not answer in time are named in `"partial"`.
+//! - `GET /v1/rooms/presence?room=r&limit=n&count_only=1`: how many connections a room
+//!   has in the cluster and (up to `limit`) whose they are, gathered like presence;
+//!   each node's count comes from its registry, its listing from its reactors
+//!   ([`router::room_presence`]).
 //! - `POST /v1/disconnect {"uid":..,"device":..,"code":..,"reason":..}`: closes those
 //!   connections here and asks every other node to, without waiting for them.
 //!
@@ -14,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use router::bus::stats::Counter;
-use router::bus::{BusError, Disconnect, PresenceEntry};
+use router::bus::{BusError, ClusterPresence, Disconnect, PresenceEntry};
+use router::room_presence::{sort_members, RoomListing, RoomMember};
 use router::Router;
 use session::auth::MAX_ID_LEN;
 
@@ -30,6 +35,8 @@ pub struct OperatorLimits {
     pub presence_timeout: Duration,
     /// Most users one presence query may name.
     pub presence_max_uids: usize,
+    /// Most members one room presence query may list.
+    pub room_presence_max_limit: usize,
 }
 
 /// Counters of the operator routes.
@@ -37,6 +44,8 @@ pub struct OperatorLimits {
 pub struct OperatorStats {
     /// Presence queries by [`PRESENCE_RESULTS`].
     pub presence: [Counter; 4],
+    /// Room presence queries by [`PRESENCE_RESULTS`].
+    pub room_presence: [Counter; 4],
     /// Disconnect requests by [`DISCONNECT_RESULTS`].
     pub disconnects: [Counter; 3],
 }
@@ -93,6 +102,189 @@ pub fn presence_then(
             ))
         }),
     );
+}
+
+/// Members a room presence query lists when it names no `limit`.
+pub const ROOM_PRESENCE_DEFAULT_LIMIT: usize = 100;
+
+/// A room presence query's arguments.
+#[derive(Debug, PartialEq, Eq)]
+struct RoomQuery {
+    room: String,
+    /// Members to list (0: count only).
+    limit: usize,
+}
+
+fn room_query(query: &str, max: usize) -> Result<RoomQuery, &'static str> {
+    let mut room = None;
+    let mut limit = None;
+    let mut count_only = false;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "room" if room.is_some() => return Err("name one room: ?room=..."),
+            "room" if value.is_empty() || value.len() > MAX_ID_LEN => {
+                return Err("room must be 1 to 256 bytes")
+            }
+            "room" => room = Some(value.into_owned()),
+            "limit" => match value.parse::<usize>() {
+                Ok(n) if n <= max => limit = Some(n),
+                Ok(_) => return Err("limit is past --room-presence-max-limit"),
+                Err(_) => return Err("limit must be a non-negative integer"),
+            },
+            "count_only" => match &*value {
+                "1" | "true" => count_only = true,
+                "0" | "false" => count_only = false,
+                _ => return Err("count_only must be 1 or 0"),
+            },
+            _ => {}
+        }
+    }
+    let room = room.ok_or("name the room: ?room=...")?;
+    let limit = if count_only {
+        0
+    } else {
+        limit.unwrap_or(ROOM_PRESENCE_DEFAULT_LIMIT.min(max))
+    };
+    Ok(RoomQuery { room, limit })
+}
+
+/// `GET /v1/rooms/presence` with `query`: `done` is told the answer once this node's
+/// reactors and the other nodes answered (or the others' time ran out), on whichever
+/// thread finished last. Nothing waits: both halves are callbacks.
+pub fn room_presence_then(
+    router: &Arc<Router>,
+    node: &str,
+    limits: &OperatorLimits,
+    stats: &Arc<OperatorStats>,
+    query: &str,
+    done: Box<dyn FnOnce(Answer) + Send>,
+) {
+    let q = match room_query(query, limits.room_presence_max_limit) {
+        Ok(q) => q,
+        Err(e) => {
+            stats.room_presence[2].add(1);
+            return done((400, Err(e)));
+        }
+    };
+    let deadline = Instant::now() + limits.presence_timeout;
+    let join = Arc::new(std::sync::Mutex::new(RoomJoin {
+        local: None,
+        remote: None,
+        done: Some(done),
+        room: q.room.clone(),
+        limit: q.limit,
+        stats: Arc::clone(stats),
+    }));
+    let j = Arc::clone(&join);
+    router.room_presence_local(
+        &q.room,
+        node,
+        q.limit,
+        Box::new(move |listing| RoomJoin::local(&j, listing)),
+    );
+    router.bus().room_presence(
+        &q.room,
+        q.limit,
+        deadline,
+        Box::new(move |remote| RoomJoin::remote(&join, remote)),
+    );
+}
+
+/// The two halves of a room presence answer, whichever comes first.
+struct RoomJoin {
+    local: Option<RoomListing>,
+    remote: Option<Result<ClusterPresence, BusError>>,
+    done: Option<Box<dyn FnOnce(Answer) + Send>>,
+    room: String,
+    limit: usize,
+    stats: Arc<OperatorStats>,
+}
+
+impl RoomJoin {
+    fn local(this: &std::sync::Mutex<Self>, listing: RoomListing) {
+        let mut j = this
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        j.local = Some(listing);
+        j.try_finish();
+    }
+
+    fn remote(this: &std::sync::Mutex<Self>, remote: Result<ClusterPresence, BusError>) {
+        let mut j = this
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        j.remote = Some(remote);
+        j.try_finish();
+    }
+
+    fn try_finish(&mut self) {
+        if self.local.is_none() || self.remote.is_none() {
+            return;
+        }
+        let (Some(local), Some(remote), Some(done)) =
+            (self.local.take(), self.remote.take(), self.done.take())
+        else {
+            return;
+        };
+        let remote = match remote {
+            Ok(r) => r,
+            Err(e) => {
+                self.stats.room_presence[3].add(1);
+                return done((503, Err(bus_error(e))));
+            }
+        };
+        self.stats.room_presence[usize::from(!remote.partial.is_empty())].add(1);
+        let connections = local.connections + remote.connections;
+        let mut members = local.members;
+        members.extend(remote.members);
+        sort_members(&mut members);
+        members.truncate(self.limit);
+        done((
+            200,
+            Ok(room_answer(
+                &self.room,
+                connections,
+                &members,
+                self.limit == 0,
+                &remote.partial,
+            )),
+        ))
+    }
+}
+
+/// `{"ok":true,"room":..,"connections":n,"users":n?,"members":[..]?,"more":b?,
+/// "partial":[..]?}`: `users` (distinct users) only when every connection is listed;
+/// `members` and `more` not for a count-only query.
+fn room_answer(
+    room: &str,
+    connections: usize,
+    members: &[RoomMember],
+    count_only: bool,
+    partial: &[String],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96 + 96 * members.len());
+    out.extend_from_slice(b"{\"ok\":true,\"room\":");
+    let _ = serde_json::to_writer(&mut out, room);
+    out.extend_from_slice(format!(",\"connections\":{connections}").as_bytes());
+    if !count_only {
+        // Fewer listed than counted: cut at the limit or a node's byte bound, or a
+        // member closed while being listed.
+        let more = members.len() < connections;
+        if !more {
+            let mut uids: Vec<&str> = members.iter().map(|m| m.uid.as_str()).collect();
+            uids.dedup();
+            out.extend_from_slice(format!(",\"users\":{}", uids.len()).as_bytes());
+        }
+        out.extend_from_slice(b",\"members\":");
+        let _ = serde_json::to_writer(&mut out, members);
+        out.extend_from_slice(format!(",\"more\":{more}").as_bytes());
+    }
+    if !partial.is_empty() {
+        out.extend_from_slice(b",\"partial\":");
+        let _ = serde_json::to_writer(&mut out, partial);
+    }
+    out.push(b'}');
+    out
 }
 
 /// The distinct `uid` parameters of a query, in order.
@@ -238,6 +430,64 @@ mod tests {
         assert_eq!(v["truncated"], true);
         let a = presence_answer(&[("u".into(), vec![])], &[], false);
         assert_eq!(a, br#"{"ok":true,"users":{"u":[]}}"#);
+    }
+
+    #[test]
+    fn room_queries() {
+        let q = |s| room_query(s, 50);
+        assert_eq!(
+            q("room=a%20b&x=1").unwrap(),
+            RoomQuery {
+                room: "a b".into(),
+                limit: 50
+            }
+        );
+        assert_eq!(q("room=r&limit=3").unwrap().limit, 3);
+        assert_eq!(q("room=r&limit=0").unwrap().limit, 0);
+        assert_eq!(q("room=r&limit=9&count_only=1").unwrap().limit, 0);
+        assert_eq!(room_query("room=r", 500).unwrap().limit, 100);
+        for bad in [
+            "",
+            "room=",
+            "limit=3",
+            "room=a&room=b",
+            "room=r&limit=51",
+            "room=r&limit=-1",
+            "room=r&limit=x",
+            "room=r&count_only=yes",
+        ] {
+            assert!(q(bad).is_err(), "{bad}");
+        }
+        assert!(q(&format!("room={}", "x".repeat(257))).is_err());
+    }
+
+    #[test]
+    fn room_answers_are_json() {
+        let m = |uid: &str| RoomMember {
+            uid: uid.into(),
+            device: "default".into(),
+            node: "n1".into(),
+            conn: "0.1.1".into(),
+        };
+        let a = room_answer("r\"", 3, &[m("a"), m("a"), m("b")], false, &[]);
+        let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
+        assert_eq!(v["room"], "r\"");
+        assert_eq!(
+            (v["connections"].as_u64(), v["users"].as_u64()),
+            (Some(3), Some(2))
+        );
+        assert_eq!(v["members"][2]["uid"], "b");
+        assert_eq!(v["more"], false);
+        assert!(v.get("partial").is_none());
+        let a = room_answer("r", 5, &[m("a")], false, &["n2".into()]);
+        let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
+        assert!(v.get("users").is_none(), "not every connection listed");
+        assert_eq!(
+            (v["more"].as_bool(), v["partial"][0].as_str()),
+            (Some(true), Some("n2"))
+        );
+        let a = room_answer("r", 5, &[], true, &[]);
+        assert_eq!(a, br#"{"ok":true,"room":"r","connections":5}"#);
     }
 
     #[test]

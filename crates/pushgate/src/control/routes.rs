@@ -16,6 +16,9 @@ use super::http::{error_body, json_error, response, Request};
 use super::operator::{self, OperatorLimits, OperatorStats};
 use crate::metrics::Metrics;
 
+/// `GET /v1/rooms/presence` (served by [`operator::room_presence_then`]).
+const ROOM_PRESENCE_PATH: &str = "/v1/rooms/presence";
+
 /// `POST /v1/batch` (served by [`batch`]).
 pub(super) const BATCH_PATH: &str = "/v1/batch";
 
@@ -128,6 +131,13 @@ impl ControlState {
         if req.path == "/v1/presence" && req.method == "GET" && self.authorized(req) {
             return self.presence_later(req, parking);
         }
+        if req.path == ROOM_PRESENCE_PATH {
+            return match (req.method.as_str(), self.authorized(req)) {
+                ("GET", true) => self.room_presence_later(req, parking),
+                ("GET", false) => Some(json_error(401, "missing or wrong API key", keep)),
+                _ => Some(json_error(405, "method not allowed", keep)),
+            };
+        }
         let room_op = match req.path.as_str() {
             "/v1/rooms/join" => Some(router::rooms::RoomOp::Join),
             "/v1/rooms/leave" => Some(router::rooms::RoomOp::Leave),
@@ -202,6 +212,35 @@ impl ControlState {
             ));
         };
         operator::presence_then(
+            &self.router,
+            &self.node_id,
+            &limits,
+            &self.operator_stats,
+            req.head.query().unwrap_or(""),
+            Box::new(move |(status, body)| {
+                completion.complete(match body {
+                    Ok(body) => response(status, "application/json", &body, keep),
+                    Err(msg) => json_error(status, msg, keep),
+                })
+            }),
+        );
+        None
+    }
+
+    /// `/v1/rooms/presence`, answered once this node's reactors and the other nodes did
+    /// (or the other nodes' time ran out).
+    fn room_presence_later(&self, req: &Request, parking: &mut Parking<'_>) -> Option<Vec<u8>> {
+        let keep = req.keep_alive;
+        let limits = self.operator_limits;
+        let Some(completion) = parking.park(limits.presence_timeout + PRESENCE_PARK_SLACK, keep)
+        else {
+            return Some(json_error(
+                503,
+                "cannot wait for the other nodes here",
+                keep,
+            ));
+        };
+        operator::room_presence_then(
             &self.router,
             &self.node_id,
             &limits,

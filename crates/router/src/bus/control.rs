@@ -19,6 +19,9 @@
 //!   nodes store, so that the node owning a message's deadline learns of them.
 //! - `<prefix>.events` (published, never subscribed): connect, disconnect and undelivered
 //!   events for backends on the bus.
+//! - `<prefix>.ctl.room_presence`: a query for who is in a room, answered like a presence
+//!   query, but later: the answering node asks its reactors which users its members are
+//!   ([`crate::room_presence`]) and queues its answer from the thread that finishes.
 //! - `<prefix>.ctl.rooms`: a server-side room change (`POST /v1/rooms/join|leave`) for a
 //!   user's connections everywhere; no answer.
 //!
@@ -30,6 +33,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -40,6 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use super::inbound::Inbound;
 use super::BusError;
+use crate::room_presence::RoomMember;
 
 /// How often a node announces itself.
 pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
@@ -78,6 +83,10 @@ pub struct ClusterPresence {
     pub partial: Vec<String>,
     /// Some node cut its answer at [`ANSWER_MAX_BYTES`].
     pub truncated: bool,
+    /// A room query's: the room's connections on the nodes that answered.
+    pub connections: usize,
+    /// A room query's: the members they listed.
+    pub members: Vec<RoomMember>,
 }
 
 /// A request to close a user's connections.
@@ -139,11 +148,39 @@ struct Query {
 }
 
 #[derive(Serialize, Deserialize)]
+struct RoomQuery {
+    node: String,
+    room: String,
+    limit: usize,
+}
+
+#[derive(Serialize, Deserialize)]
 struct Answer {
     node: String,
+    #[serde(default)]
     users: Vec<Vec<PresenceEntry>>,
     #[serde(default)]
     truncated: bool,
+    /// A room query's: the room's connections on the node, and those listed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    connections: usize,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    members: Vec<RoomMember>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// Wakes the bus thread when an answer was queued from another thread (a reactor that
+/// finished a room listing).
+#[derive(Default)]
+struct Waker(std::sync::OnceLock<Arc<dyn Fn() + Send + Sync>>);
+
+impl std::fmt::Debug for Waker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Waker")
+    }
 }
 
 /// Told a presence query's answers from the other nodes (on the bus thread, or on the
@@ -203,6 +240,10 @@ pub struct Control {
     presence_subject: String,
     disconnect_subject: String,
     rooms_subject: String,
+    room_presence_subject: String,
+    /// `<prefix>.ctl.`
+    ctl_root: String,
+    waker: Waker,
     /// `<prefix>.h.ack.`: acks stored by the nodes, under it.
     acks_prefix: String,
     /// Subscribe to the acks (the undelivered hook is on).
@@ -239,6 +280,9 @@ impl Control {
             presence_subject: format!("{prefix}.ctl.presence"),
             disconnect_subject: format!("{prefix}.ctl.disconnect"),
             rooms_subject: format!("{prefix}.ctl.rooms"),
+            room_presence_subject: format!("{prefix}.ctl.room_presence"),
+            ctl_root: format!("{prefix}.ctl."),
+            waker: Waker::default(),
             acks_prefix: format!("{prefix}.h.ack."),
             watch_acks: std::sync::atomic::AtomicBool::new(false),
             events_subject: format!("{prefix}.events"),
@@ -255,6 +299,12 @@ impl Control {
         }
     }
 
+    /// How another thread wakes the bus thread to publish what it queued: set once,
+    /// by the bus, before it starts.
+    pub fn set_waker(&self, wake: Arc<dyn Fn() + Send + Sync>) {
+        let _ = self.waker.0.set(wake);
+    }
+
     /// The counters.
     pub fn stats(&self) -> &ControlStats {
         &self.stats
@@ -267,6 +317,7 @@ impl Control {
             self.presence_subject.clone(),
             self.disconnect_subject.clone(),
             self.rooms_subject.clone(),
+            self.room_presence_subject.clone(),
             format!("{}*", self.reply_prefix),
         ];
         if self.watch_acks.load(Ordering::Relaxed) {
@@ -399,10 +450,46 @@ impl Control {
         wake: impl FnOnce(),
         done: PresenceDone,
     ) {
+        let query = Query {
+            node: self.node.clone(),
+            uids: uids.to_vec(),
+        };
+        let subject = self.presence_subject.clone();
+        self.ask(subject, json(&query), uids.len(), deadline, wake, done);
+    }
+
+    /// Asks every other live node who is in `room`, listing at most `limit` members
+    /// each; `done` is told as by [`Control::ask_presence`].
+    pub fn ask_room_presence(
+        &self,
+        room: &str,
+        limit: usize,
+        deadline: Instant,
+        wake: impl FnOnce(),
+        done: PresenceDone,
+    ) {
+        let query = RoomQuery {
+            node: self.node.clone(),
+            room: room.to_owned(),
+            limit,
+        };
+        let subject = self.room_presence_subject.clone();
+        self.ask(subject, json(&query), 0, deadline, wake, done);
+    }
+
+    fn ask(
+        &self,
+        subject: String,
+        payload: Bytes,
+        users: usize,
+        deadline: Instant,
+        wake: impl FnOnce(),
+        done: PresenceDone,
+    ) {
         let now = Instant::now();
         let mut expected = self.live_peers(now);
         let mut result = ClusterPresence {
-            users: vec![Vec::new(); uids.len()],
+            users: vec![Vec::new(); users],
             ..ClusterPresence::default()
         };
         result.partial.extend(self.gone_peers(now));
@@ -430,14 +517,10 @@ impl Control {
                 done,
             },
         );
-        let query = Query {
-            node: self.node.clone(),
-            uids: uids.to_vec(),
-        };
         let sent = self.queue(ControlOut {
-            subject: self.presence_subject.clone(),
+            subject,
             reply: Some(format!("{}{token}", self.reply_prefix)),
-            payload: json(&query),
+            payload,
         });
         if let Err(e) = sent {
             let g = self.waiting.lock().remove(&token);
@@ -509,7 +592,7 @@ impl Control {
                 Err(_) => self.stats.invalid.add(1),
             }
         } else if subject == self.presence_subject {
-            let ctl_root = self.presence_subject.trim_end_matches("presence");
+            let ctl_root = self.ctl_root.as_str();
             match (serde_json::from_slice::<Query>(payload), reply) {
                 (Ok(_), Some(reply))
                     if !super::reply_subject::is_control_inbox(ctl_root, reply) =>
@@ -527,6 +610,22 @@ impl Control {
                         reply: None,
                         payload: json(&answer),
                     });
+                }
+                _ => self.stats.invalid.add(1),
+            }
+        } else if subject == self.room_presence_subject {
+            match (serde_json::from_slice::<RoomQuery>(payload), reply) {
+                (Ok(_), Some(reply))
+                    if !super::reply_subject::is_control_inbox(&self.ctl_root, reply) =>
+                {
+                    self.stats.bad_reply.add(1);
+                }
+                (Ok(q), Some(reply)) if !q.room.is_empty() => {
+                    if self.seen(&q.node, now) {
+                        self.announce_soon();
+                    }
+                    self.stats.queries_answered.add(1);
+                    self.answer_room(router, &q, reply);
                 }
                 _ => self.stats.invalid.add(1),
             }
@@ -579,6 +678,8 @@ impl Control {
                 }
                 g.expected.retain(|n| *n != answer.node);
                 g.result.truncated |= answer.truncated;
+                g.result.connections += answer.connections;
+                g.result.members.extend(answer.members);
                 for (mine, theirs) in g.result.users.iter_mut().zip(answer.users) {
                     mine.extend(theirs);
                 }
@@ -592,6 +693,48 @@ impl Control {
                 self.finish(g);
             }
         }
+    }
+
+    /// Lists this node's members of a room for another node: the answer is queued (and
+    /// the bus thread woken) by the thread that finishes the listing, cut at
+    /// [`ANSWER_MAX_BYTES`].
+    fn answer_room(&self, router: &dyn Inbound, q: &RoomQuery, reply: &str) {
+        let (tx, node, reply) = (self.tx.clone(), self.node.clone(), reply.to_owned());
+        let waker = self.waker.0.get().cloned();
+        let limit = q.limit.min(crate::room_presence::MAX_LISTED);
+        router.room_presence_local(
+            &q.room,
+            &self.node.clone(),
+            limit,
+            Box::new(move |listing| {
+                let mut bytes = 0;
+                let mut members = listing.members;
+                let keep = members
+                    .iter()
+                    .take_while(|m| {
+                        bytes += m.uid.len() + m.device.len() + m.node.len() + m.conn.len() + 48;
+                        bytes <= ANSWER_MAX_BYTES
+                    })
+                    .count();
+                let truncated = keep < members.len();
+                members.truncate(keep);
+                let answer = Answer {
+                    node,
+                    users: Vec::new(),
+                    truncated,
+                    connections: listing.connections,
+                    members,
+                };
+                let _ = tx.try_send(ControlOut {
+                    subject: reply,
+                    reply: None,
+                    payload: json(&answer),
+                });
+                if let Some(wake) = waker {
+                    wake();
+                }
+            }),
+        );
     }
 
     /// This node's answer to a query for `uids`, cut at [`ANSWER_MAX_BYTES`].
@@ -621,6 +764,8 @@ impl Control {
             node: self.node.clone(),
             users,
             truncated,
+            connections: 0,
+            members: Vec::new(),
         }
     }
 }
@@ -647,6 +792,8 @@ mod tests {
                 uid_entries
             ]],
             truncated: false,
+            connections: 0,
+            members: Vec::new(),
         })
         .unwrap()
     }
@@ -733,6 +880,76 @@ mod tests {
         // A late answer finds nobody waiting, and n3 is waited for again.
         c.on_message(&router, &reply, None, &answer("n3", 1));
         assert!(!c.suspect.lock().contains("n3"));
+    }
+
+    #[test]
+    fn a_room_query_is_answered_by_whoever_finishes_the_listing() {
+        let c = Control::new("p", "me", 7);
+        let woken = Arc::new(AtomicU64::new(0));
+        let w = Arc::clone(&woken);
+        c.set_waker(Arc::new(move || {
+            w.fetch_add(1, Ordering::Relaxed);
+        }));
+        let router = Router::new();
+        c.on_message(&router, "p.ctl.node", None, br#"{"node":"n2"}"#);
+        // Two members here; no reactor runs in this test, so none is listed.
+        for index in [1, 2] {
+            let conn = reactor::ConnRef {
+                reactor: 0,
+                index,
+                generation: 1,
+            };
+            router.registry().join("team", conn);
+        }
+        let (tx, got) = crossbeam_channel::bounded(1);
+        c.ask_room_presence(
+            "team",
+            5,
+            Instant::now() + Duration::from_secs(60),
+            || {},
+            Box::new(move |r| {
+                let _ = tx.try_send(r);
+            }),
+        );
+        let q = c
+            .take_outgoing(Instant::now(), 16)
+            .into_iter()
+            .find(|m| m.subject == "p.ctl.room_presence")
+            .unwrap();
+        let reply = q.reply.unwrap();
+        // This node answers its own query as a peer would.
+        c.on_message(&router, "p.ctl.room_presence", Some(&reply), &q.payload);
+        assert_eq!(woken.load(Ordering::Relaxed), 1, "the bus thread is woken");
+        let a = c
+            .take_outgoing(Instant::now(), 16)
+            .into_iter()
+            .find(|m| m.subject == reply)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&a.payload).unwrap();
+        assert_eq!(
+            (v["node"].as_str(), v["connections"].as_u64()),
+            (Some("me"), Some(2))
+        );
+        // n2's answer, with a member, ends the query.
+        let theirs = br#"{"node":"n2","connections":3,"members":[{"uid":"u","device":"default","node":"n2","conn":"0.1.1"}]}"#;
+        c.on_message(&router, &reply, None, theirs);
+        let r = got.try_recv().unwrap().unwrap();
+        assert_eq!((r.connections, r.members.len()), (3, 1));
+        assert!(r.partial.is_empty());
+        // A query without a room, or answered elsewhere than a control inbox, is not.
+        c.on_message(
+            &router,
+            "p.ctl.room_presence",
+            Some(&reply),
+            br#"{"node":"n2","room":"","limit":1}"#,
+        );
+        c.on_message(
+            &router,
+            "p.ctl.room_presence",
+            Some("p.all"),
+            br#"{"node":"n2","room":"r","limit":1}"#,
+        );
+        assert_eq!((c.stats().invalid.get(), c.stats().bad_reply.get()), (1, 1));
     }
 
     #[test]

@@ -49,6 +49,15 @@ pub trait Inbound: Send + Sync {
     fn presence_local(&self, uid: &str, node: &str) -> Vec<PresenceEntry>;
     /// Closes this node's connections a disconnect names; how many.
     fn disconnect_local(&self, req: &Disconnect) -> usize;
+    /// The connections in `room` here, `limit` of them listed; `done` is told them
+    /// later, on whichever thread finishes the listing (never waits).
+    fn room_presence_local(
+        &self,
+        room: &str,
+        node: &str,
+        limit: usize,
+        done: crate::room_presence::ListingDone,
+    );
     /// Carries another node's server-side room change to this node's connections.
     fn change_rooms_local(&self, req: &crate::rooms::RoomChange);
     /// A device of `uid` acknowledged up to `seq` on another node (an ack it stored).

@@ -125,6 +125,11 @@ pub trait ClusterBus: Send + Sync + Debug {
             ..ClusterPresence::default()
         }))
     }
+    /// Asks the other nodes who is in `room` (listing at most `limit` members each);
+    /// `done` is told their answers once all came or `deadline` passed, never waiting.
+    fn room_presence(&self, _room: &str, _limit: usize, _deadline: Instant, done: PresenceDone) {
+        done(Ok(ClusterPresence::default()))
+    }
     /// Asks the other nodes to close connections, without waiting.
     fn disconnect(&self, _req: &Disconnect) -> Result<(), BusError> {
         Ok(())
@@ -188,6 +193,10 @@ impl<T: ClusterBus + ?Sized> ClusterBus for Arc<T> {
 
     fn presence(&self, uids: &[String], deadline: Instant, done: PresenceDone) {
         (**self).presence(uids, deadline, done)
+    }
+
+    fn room_presence(&self, room: &str, limit: usize, deadline: Instant, done: PresenceDone) {
+        (**self).room_presence(room, limit, deadline, done)
     }
 
     fn disconnect(&self, req: &Disconnect) -> Result<(), BusError> {

@@ -338,7 +338,20 @@ impl NatsBus {
                 options,
                 rx,
             })),
-        })
+        }
+        .with_waker())
+    }
+
+    /// Lets control answers queued on other threads (room listings) wake the bus thread;
+    /// a weak reference, so that the bus's state does not keep itself alive.
+    fn with_waker(self) -> Self {
+        let weak = Arc::downgrade(&self.shared);
+        self.shared.control.set_waker(Arc::new(move || {
+            if let Some(shared) = weak.upgrade() {
+                shared.wake.notify_one();
+            }
+        }));
+        self
     }
 
     /// Starts the bus thread, which connects (retrying with backoff for as long as it
@@ -709,6 +722,19 @@ impl ClusterBus for NatsBus {
         self.shared
             .control
             .ask_presence(uids, deadline, || self.shared.wake.notify_one(), done)
+    }
+
+    fn room_presence(&self, room: &str, limit: usize, deadline: Instant, done: PresenceDone) {
+        if !self.shared.is_ready() {
+            return done(Err(BusError::Disconnected));
+        }
+        self.shared.control.ask_room_presence(
+            room,
+            limit,
+            deadline,
+            || self.shared.wake.notify_one(),
+            done,
+        )
     }
 
     fn disconnect(&self, req: &Disconnect) -> Result<(), BusError> {
