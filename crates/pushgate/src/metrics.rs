@@ -165,6 +165,8 @@ pub mod names {
     pub const BUS_SLOW_CONSUMER: &str = "pushgate_bus_slow_consumer_total";
     /// Counter: NATS left a round trip unanswered past `--bus-ping-timeout`.
     pub const BUS_PING_TIMEOUTS: &str = "pushgate_bus_ping_timeouts_total";
+    /// Counter: history stream setups asked again after JetStream did not answer.
+    pub const BUS_STREAM_SETUP_RETRIES: &str = "pushgate_bus_stream_setup_retries_total";
     /// Histogram: publish on any node to delivery handed to the reactors here.
     pub const BUS_LATENCY: &str = "pushgate_bus_latency_seconds";
     /// Counter: `/v1/presence` queries by result.
@@ -1004,6 +1006,11 @@ fn bus(src: &Sources, out: &mut Families) {
             BUS_PING_TIMEOUTS,
             "Round trips to NATS unanswered past the ping timeout (node unready meanwhile).",
             &stats.ping_timeouts,
+        ),
+        (
+            BUS_STREAM_SETUP_RETRIES,
+            "History stream setups asked again after JetStream did not answer (live-only meanwhile).",
+            &stats.stream_setup_retries,
         ),
     ];
     for (name, help, c) in counters {

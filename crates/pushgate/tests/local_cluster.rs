@@ -119,6 +119,25 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The nodes' own words, before the directory goes.
+            let mut logs: Vec<_> = std::fs::read_dir(&self.dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "log" || x == "out"))
+                .collect();
+            logs.sort();
+            for log in logs {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<_> = text.lines().rev().take(40).collect();
+                eprintln!("--- {} (last {} lines)", log.display(), tail.len());
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
         if self.up.try_wait().ok().flatten().is_none() {
             let _ = Command::new(script())
                 .args(["stop", self.dir.to_str().unwrap()])

@@ -59,6 +59,8 @@ pub struct BusStats {
     /// Times NATS left a round trip unanswered past the ping timeout (the node turned
     /// unready).
     pub ping_timeouts: Counter,
+    /// History stream setups asked again after JetStream did not answer.
+    pub stream_setup_retries: Counter,
     /// Publish (by the header timestamp) to delivery handed to the reactors; written by
     /// the bus thread only.
     pub latency: Histogram,

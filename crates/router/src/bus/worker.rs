@@ -71,6 +71,10 @@ const READ_CHUNK: usize = 64 * 1024;
 pub(super) const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the stream's creation may take to be answered.
 const SETUP_WINDOW: Duration = Duration::from_secs(5);
+/// After a stream setup that found no JetStream, the next one is asked this long after,
+/// doubling up to [`STREAM_RETRY_MAX`].
+const STREAM_RETRY_MIN: Duration = Duration::from_secs(1);
+const STREAM_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Messages may be this much larger than `max_payload` (the server counts headers in it;
 /// this is slack, not trust).
@@ -144,6 +148,10 @@ pub(super) struct Worker {
     trimmer: Trimmer,
     probe_seq: u64,
     next_probe: Instant,
+    /// When the history stream is asked for again while JetStream did not answer, and how
+    /// many times it was asked on this connection.
+    next_stream_setup: Instant,
+    stream_setups: u32,
     /// Subscriptions changed since the last probe.
     subs_changed: bool,
     /// The subscription count to publish once probe `.0` is answered.
@@ -205,6 +213,8 @@ impl Worker {
             trimmer: Trimmer::new(),
             probe_seq: 0,
             next_probe: Instant::now(),
+            next_stream_setup: Instant::now(),
+            stream_setups: 0,
             subs_changed: false,
             gauge_pending: None,
             was_answering: true,
@@ -363,6 +373,8 @@ impl Worker {
         stats.connects.add(1);
         stats.connected.store(true, Ordering::Relaxed);
         tracing::info!(server, server_id = %info.server_id, known_servers = self.pool.len(), "cluster bus: connected to NATS");
+        self.stream_setups = 0;
+        self.next_stream_setup = Instant::now() + SETUP_WINDOW + STREAM_RETRY_MIN;
         self.setup_stream(&mut c);
         if let Err(e) = self.process(&mut c) {
             return End::Lost(e);
@@ -396,6 +408,7 @@ impl Worker {
             self.probe(&mut c, now);
             self.confirm_catch_up();
             self.watch_liveness(now);
+            self.retry_stream(&mut c, now);
             if let Some((_, sent)) = c.pings.front() {
                 if now.saturating_duration_since(*sent)
                     > self.config.ping_timeout * DEAD_AFTER_TIMEOUTS
@@ -935,6 +948,27 @@ impl Worker {
                 ends: Ends::First,
             },
         );
+    }
+
+    /// Asks for the history stream again while JetStream has not answered: a node that
+    /// connected while JetStream was electing a leader (one NATS server of the cluster just
+    /// died) or before it was enabled would otherwise stay live-only until its next
+    /// reconnect, its clients welcomed without a seq.
+    fn retry_stream(&mut self, c: &mut Conn, now: Instant) {
+        if self.config.history.is_none()
+            || self.shared.js.load(Ordering::Relaxed) != JS_ABSENT
+            || now < self.next_stream_setup
+        {
+            return;
+        }
+        let wait = STREAM_RETRY_MIN
+            .saturating_mul(1 << self.stream_setups.min(5))
+            .min(STREAM_RETRY_MAX);
+        self.stream_setups = self.stream_setups.saturating_add(1);
+        // The answer (or its absence) comes within the setup window: no two at once.
+        self.next_stream_setup = now + SETUP_WINDOW + wait;
+        self.shared.stats.stream_setup_retries.add(1);
+        self.setup_stream(c);
     }
 
     /// Sends `job` to the history stream, expecting the user's last seq as cached.
