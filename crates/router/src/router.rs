@@ -266,26 +266,7 @@ impl Router {
             Arc::clone(&self.room_stats),
         );
         let mut targets: Vec<ConnRef> = conns.iter().map(|c| c.conn).collect();
-        targets.sort_unstable_by_key(|c| c.reactor);
-        let reactors = self.reactors.get().map(Vec::as_slice).unwrap_or_default();
-        let mut rest = targets.as_slice();
-        while let Some(first) = rest.first() {
-            let n = rest
-                .iter()
-                .take_while(|c| c.reactor == first.reactor)
-                .count();
-            let (mine, tail) = rest.split_at(n);
-            let sent = reactors.get(usize::from(first.reactor)).map(|r| {
-                r.send(Command::Task {
-                    targets: mine.to_vec(),
-                    task: Arc::clone(&task),
-                })
-            });
-            if !matches!(sent, Some(Ok(()))) {
-                self.room_stats.unreached(req.op, n);
-            }
-            rest = tail;
-        }
+        self.task_per_reactor(&mut targets, task, |n| self.room_stats.unreached(req.op, n));
         conns.len()
     }
 
@@ -296,24 +277,31 @@ impl Router {
         let mut targets = Vec::new();
         let connections = self.registry.room_members(room, limit, &mut targets);
         let task = RoomListTask::new(node, connections, done);
+        // A reactor whose inbox is full does not list its members: the answer says
+        // `"more"` (fewer listed than counted) rather than wait.
+        self.task_per_reactor(&mut targets, task, |_| {});
+    }
+
+    /// Hands `task` to each reactor holding some of `targets`, once, with its share of
+    /// them; `refused(n)` for each share a reactor did not take. Never waits.
+    fn task_per_reactor(
+        &self,
+        targets: &mut [ConnRef],
+        task: Arc<dyn std::any::Any + Send + Sync>,
+        mut refused: impl FnMut(usize),
+    ) {
         targets.sort_unstable_by_key(|c| c.reactor);
         let reactors = self.reactors.get().map(Vec::as_slice).unwrap_or_default();
-        let mut rest = targets.as_slice();
-        while let Some(first) = rest.first() {
-            let n = rest
-                .iter()
-                .take_while(|c| c.reactor == first.reactor)
-                .count();
-            let (mine, tail) = rest.split_at(n);
-            if let Some(r) = reactors.get(usize::from(first.reactor)) {
-                // A reactor whose inbox is full does not list its members: the answer
-                // says `"more"` (fewer listed than counted) rather than wait.
-                let _ = r.send(Command::Task {
+        for mine in targets.chunk_by(|a, b| a.reactor == b.reactor) {
+            let sent = reactors.get(usize::from(mine[0].reactor)).map(|r| {
+                r.send(Command::Task {
                     targets: mine.to_vec(),
-                    task: Arc::clone(&task) as Arc<dyn std::any::Any + Send + Sync>,
-                });
+                    task: Arc::clone(&task),
+                })
+            });
+            if !matches!(sent, Some(Ok(()))) {
+                refused(mine.len());
             }
-            rest = tail;
         }
     }
 

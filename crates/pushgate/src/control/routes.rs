@@ -34,6 +34,16 @@ pub(super) const PUSH_PARK: Duration = router::STORE_WAIT.saturating_add(Duratio
 /// answers at the timeout; this only bounds a bus thread that stopped).
 const PRESENCE_PARK_SLACK: Duration = Duration::from_secs(1);
 
+/// A gathering of answers from this node's reactors and the other nodes.
+type GatherFn = fn(
+    &Arc<Router>,
+    &str,
+    &OperatorLimits,
+    &Arc<operator::OperatorStats>,
+    &str,
+    Box<dyn FnOnce(operator::Answer) + Send>,
+);
+
 /// Counters of the server API.
 #[derive(Debug, Default)]
 pub struct ApiStats {
@@ -129,11 +139,11 @@ impl ControlState {
             });
         }
         if req.path == "/v1/presence" && req.method == "GET" && self.authorized(req) {
-            return self.presence_later(req, parking);
+            return self.gather_later(req, parking, operator::presence_then);
         }
         if req.path == ROOM_PRESENCE_PATH {
             return match (req.method.as_str(), self.authorized(req)) {
-                ("GET", true) => self.room_presence_later(req, parking),
+                ("GET", true) => self.gather_later(req, parking, operator::room_presence_then),
                 ("GET", false) => Some(json_error(401, "missing or wrong API key", keep)),
                 _ => Some(json_error(405, "method not allowed", keep)),
             };
@@ -199,8 +209,15 @@ impl ControlState {
         None
     }
 
-    /// `/v1/presence`, answered once the other nodes did (or their time ran out).
-    fn presence_later(&self, req: &Request, parking: &mut Parking<'_>) -> Option<Vec<u8>> {
+    /// `/v1/presence` (`ask` = [`operator::presence_then`]) or `/v1/rooms/presence`
+    /// ([`operator::room_presence_then`]), answered once this node's reactors and the other
+    /// nodes did (or the other nodes' time ran out).
+    fn gather_later(
+        &self,
+        req: &Request,
+        parking: &mut Parking<'_>,
+        ask: GatherFn,
+    ) -> Option<Vec<u8>> {
         let keep = req.keep_alive;
         let limits = self.operator_limits;
         let Some(completion) = parking.park(limits.presence_timeout + PRESENCE_PARK_SLACK, keep)
@@ -211,36 +228,7 @@ impl ControlState {
                 keep,
             ));
         };
-        operator::presence_then(
-            &self.router,
-            &self.node_id,
-            &limits,
-            &self.operator_stats,
-            req.head.query().unwrap_or(""),
-            Box::new(move |(status, body)| {
-                completion.complete(match body {
-                    Ok(body) => response(status, "application/json", &body, keep),
-                    Err(msg) => json_error(status, msg, keep),
-                })
-            }),
-        );
-        None
-    }
-
-    /// `/v1/rooms/presence`, answered once this node's reactors and the other nodes did
-    /// (or the other nodes' time ran out).
-    fn room_presence_later(&self, req: &Request, parking: &mut Parking<'_>) -> Option<Vec<u8>> {
-        let keep = req.keep_alive;
-        let limits = self.operator_limits;
-        let Some(completion) = parking.park(limits.presence_timeout + PRESENCE_PARK_SLACK, keep)
-        else {
-            return Some(json_error(
-                503,
-                "cannot wait for the other nodes here",
-                keep,
-            ));
-        };
-        operator::room_presence_then(
+        ask(
             &self.router,
             &self.node_id,
             &limits,
@@ -311,7 +299,7 @@ impl ControlState {
             return (401, Err("missing or wrong API key"));
         }
         if presence {
-            // Served by `presence_later`, which parks; here only when it cannot.
+            // Served by `gather_later`, which parks; here only when it cannot.
             (503, Err("cannot wait for the other nodes here"))
         } else {
             operator::disconnect(&self.router, &self.operator_stats, &req.body)
